@@ -1,0 +1,97 @@
+"""The application factory: everything is built here, nothing at import time."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+import aiohttp
+from aiohttp import web
+from prometheus_client import CollectorRegistry
+
+from gateway.auth.base import Authenticator
+from gateway.auth.basic import BasicBackend
+from gateway.auth.passwords import PasswordChecker
+from gateway.auth.store import CredentialStore
+from gateway.config import Config
+from gateway.keys import (
+    AUTHENTICATOR,
+    CONFIG,
+    METRICS,
+    PASSWORDS,
+    REQUEST_ID,
+    STORAGE,
+    VERSIONS,
+)
+from gateway.metrics import Metrics, metrics_middleware
+from gateway.middlewares import auth_middleware, error_middleware, request_id_middleware
+from gateway.routes import XAPI_PREFIX, setup_routes
+from gateway.upstream import Upstream
+from gateway.xapiversion import VERSION_HEADER, VersionPolicy
+
+__all__ = ["create_app"]
+
+
+async def _storage_session(app: web.Application) -> AsyncIterator[None]:
+    config = app[CONFIG].storage
+    connector = aiohttp.TCPConnector(limit=config.max_connections, ttl_dns_cache=300)
+    async with aiohttp.ClientSession(connector=connector, auto_decompress=False,
+                                     skip_auto_headers=("User-Agent",)) as session:
+        app[STORAGE] = Upstream(session, config)
+        yield
+
+
+async def _authentication(app: web.Application) -> AsyncIterator[None]:
+    config = app[CONFIG]
+    basic = config.auth.basic
+    checker = PasswordChecker()
+    app[PASSWORDS] = checker
+    store = CredentialStore(config.resolve_path(basic.credentials_file),
+                            account_homepage=basic.account_homepage,
+                            scope_prefix=config.auth.scope_prefix,
+                            reload_interval=basic.reload_interval)
+    await store.load()
+    backend = BasicBackend(store, checker, cache_max_size=basic.cache_max_size,
+                           cache_ttl=basic.cache_ttl)
+    app[AUTHENTICATOR] = Authenticator([backend])
+    watcher = asyncio.create_task(store.watch(), name="credentials-watch")
+    yield
+    watcher.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await watcher
+    await asyncio.to_thread(checker.close)
+
+
+async def _stamp_response(request: web.Request, response: web.StreamResponse) -> None:
+    """Stamp every answer (streamed or not, errors too) before its headers go out.
+
+    All carry their request id; every /xAPI/ answer names the xAPI version.
+    """
+    if REQUEST_ID in request:
+        response.headers["X-Request-ID"] = request[REQUEST_ID]
+    if request.path.startswith(XAPI_PREFIX) and VERSION_HEADER not in response.headers:
+        response.headers[VERSION_HEADER] = request.app[VERSIONS].answer_for(
+            request.headers.get(VERSION_HEADER))
+
+
+def create_app(config: Config, *, registry: CollectorRegistry | None = None) -> web.Application:
+    """Build the gateway application for `config`; `registry` defaults to a fresh one."""
+    metrics = Metrics(registry if registry is not None else CollectorRegistry())
+    app = web.Application(
+        middlewares=[
+            request_id_middleware,  # outermost: it logs the answer the client really got
+            metrics_middleware(metrics),
+            error_middleware,  # whatever happens below becomes a JSON answer
+            auth_middleware,
+        ],
+        client_max_size=config.server.max_body_size,
+    )
+    app[CONFIG] = config
+    app[METRICS] = metrics
+    app[VERSIONS] = VersionPolicy(config.xapi.versions)
+    app.cleanup_ctx.append(_storage_session)
+    app.cleanup_ctx.append(_authentication)
+    app.on_response_prepare.append(_stamp_response)
+    setup_routes(app, metrics_path=config.metrics.path if config.metrics.enabled else None)
+    return app

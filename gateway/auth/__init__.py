@@ -1,0 +1,1 @@
+"""Authentication: backends that turn an Authorization header into a Principal."""

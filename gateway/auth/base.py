@@ -1,0 +1,62 @@
+"""The backend Protocol, and the one place that asks each enabled backend in turn."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Sequence
+from typing import Protocol
+
+from gateway.errors import Unauthorized
+from gateway.principal import Principal
+
+__all__ = ["AuthBackend", "Authenticator", "decode_basic"]
+
+
+class AuthBackend(Protocol):
+    """One authentication scheme.
+
+    `authenticate` has three outcomes: None (not my scheme), a Principal, or Unauthorized
+    raised (my scheme, bad credentials).
+    """
+
+    @property
+    def challenge(self) -> str:
+        """The WWW-Authenticate value this backend asks for."""
+        ...
+
+    async def authenticate(self, scheme: str, credentials: str) -> Principal | None:
+        """Check `credentials` given with `scheme` (already lower-cased)."""
+        ...
+
+
+def decode_basic(credentials: str) -> tuple[str, str]:
+    """Decode `user:password` from a Basic credential, or raise Unauthorized."""
+    try:
+        decoded = base64.b64decode(credentials.strip(), validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        raise Unauthorized("the Basic credentials are not valid base64 of user:password") from None
+    username, sep, password = decoded.partition(":")
+    if not sep or not username or "\0" in username:
+        raise Unauthorized("the Basic credentials are not in the form user:password")
+    return username, password
+
+
+class Authenticator:
+    """Asks the enabled backends in order; a 401 names every enabled scheme."""
+
+    def __init__(self, backends: Sequence[AuthBackend]) -> None:
+        self._backends = tuple(backends)
+        self.challenges = tuple(backend.challenge for backend in self._backends)
+
+    async def authenticate(self, authorization: str | None) -> Principal:
+        """Return the caller's Principal or raise Unauthorized."""
+        if not authorization:
+            raise Unauthorized("authentication is required")
+        scheme, _, credentials = authorization.strip().partition(" ")
+        scheme = scheme.lower()
+        for backend in self._backends:
+            principal = await backend.authenticate(scheme, credentials)
+            if principal is not None:
+                return principal
+        raise Unauthorized("the Authorization scheme is not one this gateway accepts")

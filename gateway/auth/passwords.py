@@ -1,0 +1,74 @@
+"""bcrypt checks in a bounded thread pool, never on the event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import hmac
+import re
+
+import bcrypt
+
+__all__ = ["PasswordChecker", "bcrypt_cost", "is_bcrypt_hash"]
+
+_BCRYPT = re.compile(r"^\$2[aby]\$(\d\d)\$[./A-Za-z0-9]{53}$")
+# bcrypt only ever reads 72 bytes; bcrypt>=5 raises instead of truncating, but hashes made
+# by older versions (Ralph's CLI) for longer passwords must keep working.
+_BCRYPT_MAX_BYTES = 72
+_DUMMY_PASSWORD = b"lrs-gateway dummy password for unknown users"
+
+
+def is_bcrypt_hash(value: str) -> bool:
+    """Whether `value` is a bcrypt hash in modular crypt format ($2a$, $2b$, $2y$)."""
+    return _BCRYPT.match(value) is not None
+
+
+def bcrypt_cost(value: str) -> int:
+    """The cost factor of a bcrypt hash."""
+    match = _BCRYPT.match(value)
+    if match is None:
+        raise ValueError("not a bcrypt hash")
+    return int(match.group(1))
+
+
+class PasswordChecker:
+    """Runs bcrypt in its own small pool so a flood of checks cannot take the loop's threads."""
+
+    def __init__(self, workers: int = 2) -> None:
+        self._pool = concurrent.futures.ThreadPoolExecutor(
+            max_workers=workers, thread_name_prefix="bcrypt"
+        )
+        self._dummy: dict[int, bytes] = {}
+        self.checks = 0  # bcrypt runs so far (tests assert on it; metrics read it)
+
+    async def check(self, password: str, hashed: str) -> bool:
+        """Whether `password` matches the bcrypt `hashed`."""
+        secret = password.encode("utf-8")[:_BCRYPT_MAX_BYTES]
+        loop = asyncio.get_running_loop()
+        self.checks += 1
+        return await loop.run_in_executor(self._pool, _checkpw, secret, hashed.encode("ascii"))
+
+    async def dummy_check(self, password: str, cost: int) -> None:
+        """Spend the same time as a real check, for a user that does not exist."""
+        loop = asyncio.get_running_loop()
+        if cost not in self._dummy:
+            self._dummy[cost] = await loop.run_in_executor(
+                self._pool, bcrypt.hashpw, _DUMMY_PASSWORD, bcrypt.gensalt(cost)
+            )
+        await self.check(password, self._dummy[cost].decode("ascii"))
+
+    @staticmethod
+    def check_plain(password: str, stored: str) -> bool:
+        """Constant-time comparison for plain-text secrets (Rustici lines)."""
+        return hmac.compare_digest(password.encode("utf-8"), stored.encode("utf-8"))
+
+    def close(self) -> None:
+        """Stop the pool; pending checks finish first."""
+        self._pool.shutdown(wait=True)
+
+
+def _checkpw(password: bytes, hashed: bytes) -> bool:
+    try:
+        return bcrypt.checkpw(password, hashed)
+    except ValueError:  # a malformed hash that slipped past the file check
+        return False

@@ -1,0 +1,133 @@
+"""The `lrs-gateway` command: serve, check-config, auth add."""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from aiohttp import web
+
+from gateway import __version__, authcli
+from gateway.auth.credentials import CredentialsError, parse_credentials
+from gateway.config import Config, load_config, resolve_config_path
+from gateway.errors import ConfigError
+
+__all__ = ["main"]
+
+log = logging.getLogger("gateway")
+
+
+def _load(args: argparse.Namespace) -> Config:
+    return load_config(resolve_config_path(args.config, os.environ), os.environ)
+
+
+def _check_credentials(config: Config) -> list[str]:
+    """Problems with the credentials file, as messages (warnings included)."""
+    basic = config.auth.basic
+    path = config.resolve_path(basic.credentials_file)
+    try:
+        parsed = parse_credentials(path.read_text(encoding="utf-8"),
+                                   account_homepage=basic.account_homepage,
+                                   scope_prefix=config.auth.scope_prefix)
+    except (OSError, UnicodeDecodeError) as exc:
+        return [f"{path}: cannot read the credentials file ({type(exc).__name__})"]
+    except CredentialsError as exc:
+        return [f"{path}: {exc}"]
+    return [f"{path}: warning: {warning}" for warning in parsed.warnings]
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from gateway.app import create_app
+
+    config = _load(args)
+    problems = [p for p in _check_credentials(config) if ": warning: " not in p]
+    if problems:
+        raise ConfigError("\n".join(problems))
+    app = create_app(config)
+    log.info("lrs-gateway %s listening on http://%s:%d/ (storage %s)", __version__,
+             config.server.host, config.server.port, config.storage.url)
+    web.run_app(app, host=config.server.host, port=config.server.port,
+                shutdown_timeout=config.server.shutdown_timeout, access_log=None,
+                print=None, handle_signals=True)
+    return 0
+
+
+def _check_config(args: argparse.Namespace) -> int:
+    config = _load(args)
+    problems = _check_credentials(config)
+    for problem in problems:
+        print(problem)
+    if any(": warning: " not in p for p in problems):
+        return 1
+    print("ok")
+    return 0
+
+
+def _auth_add(args: argparse.Namespace) -> int:
+    password = args.password
+    if password is None:
+        password = getpass.getpass("Password: ")
+        if password != getpass.getpass("Password (again): "):
+            print("the passwords differ", file=sys.stderr)
+            return 2
+    try:
+        entry = authcli.build_entry(args, password)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if not args.write:
+        print(json.dumps(entry, indent=2))
+        return 0
+    path = Path(args.file) if args.file else _load(args).resolve_path(
+        _load(args).auth.basic.credentials_file)
+    try:
+        replaced = authcli.write_entry(path, entry)
+    except (ValueError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(f"{'replaced' if replaced else 'added'} {args.username} in {path}")
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lrs-gateway", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"lrs-gateway {__version__}")
+    parser.add_argument("--config", help="config file (default: $LRS_GATEWAY_CONFIG or "
+                        "./config.yaml)")
+    parser.add_argument("--log-level", default="INFO",
+                        choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser("serve", help="run the gateway")
+    serve.set_defaults(run=_serve)
+    check = commands.add_parser("check-config", help="validate the configuration")
+    check.set_defaults(run=_check_config)
+    auth = commands.add_parser("auth", help="manage Basic credentials")
+    auth_commands = auth.add_subparsers(dest="auth_command", required=True)
+    add = auth_commands.add_parser("add", help="create a credential (Ralph format)")
+    authcli.add_arguments(add)
+    add.set_defaults(run=_auth_add)
+    for sub in (serve, check):
+        sub.add_argument("--config", dest="config", default=argparse.SUPPRESS)
+    add.add_argument("--config", dest="config", default=argparse.SUPPRESS)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the console script and of `python -m gateway`."""
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        code: int = args.run(args)
+    except ConfigError as exc:
+        print(f"configuration error:\n{exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return code

@@ -1,0 +1,123 @@
+"""The gateway's exception hierarchy; each class carries the HTTP status it maps to.
+
+    GatewayError                 500  anything we did not foresee
+    ├── BadRequest               400  malformed input (JSON, statement shape, headers)
+    │   └── UnsupportedVersion   400  missing or unsupported X-Experience-API-Version
+    ├── Unauthorized             401  missing or bad credentials
+    ├── Forbidden                403  valid credentials without the needed scope
+    ├── NotFound                 404
+    ├── PayloadTooLarge          413
+    ├── UnsupportedMediaType     415
+    └── UpstreamError            502  the storage LRS could not be used
+        ├── UpstreamUnavailable  502  connection refused / reset / bad answer
+        ├── UpstreamTimeout      504
+        └── StorageUnavailable   503  storage known to be down (readiness)
+
+`ConfigError` is separate: it is raised before the server exists and ends the process.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BadRequest",
+    "ConfigError",
+    "Forbidden",
+    "GatewayError",
+    "NotFound",
+    "PayloadTooLarge",
+    "StorageUnavailable",
+    "Unauthorized",
+    "UnsupportedMediaType",
+    "UnsupportedVersion",
+    "UpstreamError",
+    "UpstreamTimeout",
+    "UpstreamUnavailable",
+]
+
+
+class GatewayError(Exception):
+    """Base of every error the gateway turns into an HTTP answer."""
+
+    status = 500
+    kind = "internal_error"
+
+    def __init__(self, message: str = "internal error") -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class BadRequest(GatewayError):
+    """The request cannot be understood as sent."""
+
+    status = 400
+    kind = "bad_request"
+
+
+class UnsupportedVersion(BadRequest):
+    """X-Experience-API-Version is missing or not one we accept."""
+
+    kind = "unsupported_version"
+
+
+class Unauthorized(GatewayError):
+    """Credentials are missing or wrong; the middleware adds the challenges."""
+
+    status = 401
+    kind = "unauthorized"
+
+
+class Forbidden(GatewayError):
+    """The caller is known but lacks the scope this request needs."""
+
+    status = 403
+    kind = "forbidden"
+
+
+class NotFound(GatewayError):
+    """No such resource (or not one the caller may know about)."""
+
+    status = 404
+    kind = "not_found"
+
+
+class PayloadTooLarge(GatewayError):
+    """The request body exceeds the configured limit."""
+
+    status = 413
+    kind = "payload_too_large"
+
+
+class UnsupportedMediaType(GatewayError):
+    """The body's content type is not one this endpoint handles."""
+
+    status = 415
+    kind = "unsupported_media_type"
+
+
+class UpstreamError(GatewayError):
+    """The storage LRS could not be used to answer."""
+
+    status = 502
+    kind = "bad_gateway"
+
+
+class UpstreamUnavailable(UpstreamError):
+    """Connecting to or reading from the upstream failed."""
+
+
+class UpstreamTimeout(UpstreamError):
+    """The upstream did not answer in time."""
+
+    status = 504
+    kind = "gateway_timeout"
+
+
+class StorageUnavailable(UpstreamError):
+    """The storage LRS is known to be unavailable."""
+
+    status = 503
+    kind = "service_unavailable"
+
+
+class ConfigError(Exception):
+    """The configuration is invalid; the message names the file and the key."""

@@ -1,0 +1,28 @@
+"""Every typed key for state kept on the app or on a request, in one place."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from gateway.auth.base import Authenticator
+from gateway.auth.passwords import PasswordChecker
+from gateway.config import Config
+from gateway.metrics import Metrics
+from gateway.principal import Principal
+from gateway.upstream import Upstream
+from gateway.xapiversion import VersionPolicy
+
+__all__ = [
+    "AUTHENTICATOR", "CONFIG", "METRICS", "PASSWORDS", "PRINCIPAL", "REQUEST_ID", "STORAGE",
+    "VERSIONS",
+]
+
+CONFIG = web.AppKey("config", Config)
+AUTHENTICATOR = web.AppKey("authenticator", Authenticator)
+PASSWORDS = web.AppKey("passwords", PasswordChecker)
+METRICS = web.AppKey("metrics", Metrics)
+STORAGE = web.AppKey("storage", Upstream)
+VERSIONS = web.AppKey("versions", VersionPolicy)
+
+PRINCIPAL = web.RequestKey("principal", Principal)
+REQUEST_ID = web.RequestKey("request_id", str)

@@ -1,0 +1,119 @@
+"""The middlewares; their order is written once, in app.py."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+import uuid
+
+from aiohttp import web
+from aiohttp.typedefs import Handler
+
+from gateway.errors import Forbidden, GatewayError, Unauthorized
+from gateway.keys import AUTHENTICATOR, METRICS, PRINCIPAL, REQUEST_ID, VERSIONS
+from gateway.routes import route_info
+from gateway.scopes import is_allowed
+from gateway.xapiversion import VERSION_HEADER
+
+__all__ = ["auth_middleware", "error_middleware", "render_error", "request_id_middleware"]
+
+log = logging.getLogger(__name__)
+access_log = logging.getLogger("gateway.access")
+_SAFE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+
+
+def render_error(request: web.Request, error: GatewayError) -> web.Response:
+    """xAPI-style JSON error body with the request id."""
+    body = {"error": error.kind, "message": error.message,
+            "request_id": request.get(REQUEST_ID, "")}
+    response = web.Response(status=error.status, text=json.dumps(body),
+                            content_type="application/json")
+    if isinstance(error, Unauthorized):
+        for challenge in request.app[AUTHENTICATOR].challenges:
+            response.headers.add("WWW-Authenticate", challenge)
+    return response
+
+
+_HTTP_KINDS = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Turn every error into a JSON answer; nothing unforeseen leaks a traceback."""
+    try:
+        return await handler(request)
+    except GatewayError as error:
+        return render_error(request, error)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        translated = GatewayError(exc.reason)
+        translated.status = exc.status
+        translated.kind = _HTTP_KINDS.get(exc.status, "http_error")
+        response = render_error(request, translated)
+        for name in ("Allow",):
+            if name in exc.headers:
+                response.headers[name] = exc.headers[name]
+        return response
+    except (ConnectionResetError, TimeoutError):
+        raise  # the client went away or was too slow: nobody to answer
+    except Exception:
+        log.exception("unexpected error (request %s)", request.get(REQUEST_ID, "-"))
+        return render_error(request, GatewayError("internal error"))
+
+
+@web.middleware
+async def request_id_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Give the request an id (or keep a sane incoming one) and write the access log line."""
+    incoming = request.headers.get("X-Request-ID", "")
+    request_id = incoming if _SAFE_REQUEST_ID.match(incoming) else uuid.uuid4().hex
+    request[REQUEST_ID] = request_id
+    started = time.perf_counter()
+    status = 500
+    try:
+        response = await handler(request)
+        status = response.status
+        return response
+    finally:
+        principal = request.get(PRINCIPAL)
+        route = route_info(request).name
+        access_log.info(
+            "%s %s %s %d %.1fms principal=%s request_id=%s",
+            request.remote or "-", request.method, route, status,
+            (time.perf_counter() - started) * 1000,
+            principal.id if principal else "-", request_id,
+        )
+
+
+@web.middleware
+async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Who is calling (401), which xAPI version (400), whether they may (403)."""
+    info = route_info(request)
+    if info.public:
+        return await handler(request)
+    authorization = request.headers.get("Authorization")
+    attempts = request.app[METRICS].auth
+    try:
+        principal = await request.app[AUTHENTICATOR].authenticate(authorization)
+    except Unauthorized:
+        attempts.labels(_scheme_label(authorization), "bad_credentials").inc()
+        raise
+    request[PRINCIPAL] = principal
+    if info.xapi:
+        request.app[VERSIONS].check(request.headers.get(VERSION_HEADER))
+    resource = info.resource
+    if resource is not None and not is_allowed(principal.scopes, resource, request.method):
+        attempts.labels(principal.scheme, "forbidden").inc()
+        raise Forbidden(f"the credentials lack the scope to {request.method} {info.name}")
+    attempts.labels(principal.scheme, "ok").inc()
+    return await handler(request)
+
+
+def _scheme_label(authorization: str | None) -> str:
+    """A metric label from a fixed set, whatever the client sent."""
+    if not authorization:
+        return "none"
+    scheme = authorization.strip().partition(" ")[0].lower()
+    return scheme if scheme in ("basic", "bearer") else "other"

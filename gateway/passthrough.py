@@ -1,0 +1,62 @@
+"""Stream a request to the storage LRS and its answer back, rewriting nothing."""
+
+from __future__ import annotations
+
+from aiohttp import web
+from multidict import CIMultiDict
+
+from gateway.bodies import LimitedStream, check_declared_length
+from gateway.errors import UpstreamError
+from gateway.keys import CONFIG, REQUEST_ID, STORAGE
+from gateway.routes import raw_query, xapi_tail
+from gateway.upstream import check_relative_path, request_headers, response_headers
+
+__all__ = ["proxy"]
+
+# Answers up to this size are read whole and sent in one write: cheaper than streaming.
+_BUFFER_LIMIT = 256 * 1024
+_CHUNK = 64 * 1024
+_BODYLESS = frozenset({"GET", "HEAD", "OPTIONS", "DELETE"})
+
+
+async def proxy(request: web.Request) -> web.StreamResponse:
+    """Documents, activities, agents and any other /xAPI/ path: both bodies streamed."""
+    tail = check_relative_path(xapi_tail(request))
+    limit = request.app[CONFIG].server.max_body_size
+    check_declared_length(request, limit)
+    has_body = request.method not in _BODYLESS or request.body_exists
+    body = LimitedStream(request, limit) if has_body else None
+    headers = request_headers(request.headers, extra={"X-Request-ID": request[REQUEST_ID]})
+    if has_body and request.content_length is not None:
+        headers["Content-Length"] = str(request.content_length)
+    try:
+        return await _exchange(request, tail, headers, body)
+    except UpstreamError:
+        if body is not None and body.exceeded:
+            raise body.error() from None
+        raise
+
+
+async def _exchange(request: web.Request, tail: str, headers: CIMultiDict[str],
+                    body: LimitedStream | None) -> web.StreamResponse:
+    storage = request.app[STORAGE]
+    data = body.__aiter__() if body is not None else None
+    async with storage.request(request.method, tail, raw_query=raw_query(request),
+                               headers=headers, data=data) as upstream:
+        out_headers = response_headers(upstream.headers, decoded=False)
+        length = upstream.content_length
+        if request.method == "HEAD" or (length is not None and length <= _BUFFER_LIMIT):
+            response = web.Response(status=upstream.status, reason=upstream.reason,
+                                    body=await upstream.read(), headers=out_headers)
+            if request.method == "HEAD" and length is not None:
+                response.content_length = length
+            return response
+        streamed = web.StreamResponse(status=upstream.status, reason=upstream.reason,
+                                      headers=out_headers)
+        if length is not None:
+            streamed.content_length = length
+        await streamed.prepare(request)
+        async for chunk in upstream.content.iter_chunked(_CHUNK):
+            await streamed.write(chunk)
+        await streamed.write_eof()
+        return streamed

@@ -1,0 +1,59 @@
+"""The gateway's own endpoints: whoami, liveness, readiness, xAPI about, metrics."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from gateway.errors import GatewayError
+from gateway.keys import CONFIG, METRICS, PRINCIPAL, STORAGE
+from gateway.xapiversion import VERSION_HEADER
+
+__all__ = ["about", "heartbeat", "lbheartbeat", "metrics", "whoami"]
+
+
+async def whoami(request: web.Request) -> web.Response:
+    """Ralph's shape `{agent, scopes}` plus the username and the scheme that proved it."""
+    principal = request[PRINCIPAL]
+    return web.json_response({
+        "agent": principal.agent,
+        "scopes": sorted(principal.scopes),
+        "username": principal.id,
+        "scheme": principal.scheme,
+    })
+
+
+async def lbheartbeat(request: web.Request) -> web.Response:
+    """Liveness: the process answers."""
+    return web.json_response({"status": "ok"})
+
+
+async def heartbeat(request: web.Request) -> web.Response:
+    """Readiness: the storage LRS answers HTTP and accepts the gateway's credential.
+
+    Any answer below 500 but 401/403 counts: some LRSes (Ralph) have no /about and say 404.
+    """
+    storage = request.app[STORAGE]
+    try:
+        async with storage.request("GET", "about",
+                                   headers={VERSION_HEADER: storage_version(request)}) as answer:
+            ready = answer.status < 500 and answer.status not in (401, 403)
+            detail = "ok" if ready else f"answered {answer.status}"
+    except GatewayError as error:
+        ready, detail = False, error.message
+    return web.json_response({"status": "ok" if ready else "unavailable",
+                              "checks": {"storage": detail}}, status=200 if ready else 503)
+
+
+def storage_version(request: web.Request) -> str:
+    """The version header the gateway uses for its own calls to the storage LRS."""
+    return request.app[CONFIG].xapi.versions[0]
+
+
+async def about(request: web.Request) -> web.Response:
+    """XAPI /about: the versions this gateway accepts; no authentication needed."""
+    return web.json_response({"version": list(request.app[CONFIG].xapi.versions)})
+
+
+async def metrics(request: web.Request) -> web.Response:
+    """Prometheus exposition of the app's registry."""
+    return request.app[METRICS].exposition()

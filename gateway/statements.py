@@ -1,0 +1,97 @@
+"""Statement bodies: parse, check their shape, give ids, set `authority` (no aiohttp here)."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from gateway.agents import AgentError, validate_actor
+from gateway.errors import BadRequest
+
+__all__ = ["parse_json_body", "prepare_post", "prepare_put"]
+
+
+def parse_json_body(body: bytes) -> Any:
+    """Decode a JSON body or raise BadRequest saying why."""
+    if not body.strip():
+        raise BadRequest("the request body is empty; a statement or a list of statements is needed")
+    try:
+        return json.loads(body)
+    except UnicodeDecodeError:
+        raise BadRequest("the request body is not UTF-8") from None
+    except json.JSONDecodeError as exc:
+        raise BadRequest(f"the request body is not valid JSON: {exc.msg} at line "
+                         f"{exc.lineno} column {exc.colno}") from None
+    except RecursionError:
+        raise BadRequest("the request body nests too deeply") from None
+
+
+def _canonical_uuid(value: Any, where: str) -> str:
+    if not isinstance(value, str):
+        raise BadRequest(f"{where}: must be a UUID string")
+    try:
+        parsed = uuid.UUID(value)
+    except ValueError:
+        raise BadRequest(f"{where}: {value[:60]!r} is not a UUID") from None
+    if len(value) != 36 or parsed.int is None:  # uuid.UUID also takes braces and urn:
+        raise BadRequest(f"{where}: {value[:60]!r} is not a UUID in canonical form")
+    return value
+
+
+def _check_statement(statement: Any, where: str) -> None:
+    if not isinstance(statement, dict):
+        raise BadRequest(f"{where}: a statement must be a JSON object")
+    if "id" in statement:
+        _canonical_uuid(statement["id"], f"{where}.id")
+    for key in ("actor", "verb", "object"):
+        if key not in statement:
+            raise BadRequest(f"{where}: the {key!r} property is required")
+    try:
+        validate_actor(statement["actor"], f"{where}.actor")
+    except AgentError as exc:
+        raise BadRequest(str(exc)) from None
+    verb = statement["verb"]
+    if not isinstance(verb, dict) or not isinstance(verb.get("id"), str) or ":" not in verb["id"]:
+        raise BadRequest(f"{where}.verb: must be an object with an IRI id")
+    if not isinstance(statement["object"], dict):
+        raise BadRequest(f"{where}.object: must be an object")
+
+
+def _complete(statement: dict[str, Any], authority: dict[str, Any]) -> None:
+    """Fix what the storage LRS would otherwise choose, so every copy is identical."""
+    statement.setdefault("id", str(uuid.uuid4()))
+    # Without a timestamp an LRS stamps its own storage time, and a retried or forwarded
+    # copy then differs from the stored one (Ralph answers 409 to such a resend).
+    statement.setdefault("timestamp", datetime.now(UTC).isoformat(timespec="milliseconds"))
+    statement["authority"] = authority
+
+
+def prepare_post(data: Any, authority: dict[str, Any]) -> tuple[Any, list[str]]:
+    """Check one statement or a list, give each an id, set authority; return (body, ids)."""
+    batch = data if isinstance(data, list) else [data]
+    if isinstance(data, list) and not data:
+        raise BadRequest("the statement list is empty")
+    ids: list[str] = []
+    for index, statement in enumerate(batch):
+        where = f"statements[{index}]" if isinstance(data, list) else "statement"
+        _check_statement(statement, where)
+        _complete(statement, authority)
+        ids.append(statement["id"])
+    if len(set(ids)) != len(ids):
+        raise BadRequest("the batch holds the same statement id more than once")
+    return data, ids
+
+
+def prepare_put(data: Any, statement_id: str | None, authority: dict[str, Any]) -> Any:
+    """Check a PUT body against its `statementId`, set the id and authority."""
+    if statement_id is None:
+        raise BadRequest("PUT /statements needs the statementId query parameter")
+    statement_id = _canonical_uuid(statement_id, "statementId")
+    _check_statement(data, "statement")
+    if "id" in data and str(data["id"]).lower() != statement_id.lower():
+        raise BadRequest("the statement's id differs from the statementId parameter")
+    data["id"] = data.get("id", statement_id)
+    _complete(data, authority)
+    return data

@@ -1,0 +1,119 @@
+"""The storage LRS client: one session, its own credentials, timeouts, errors translated here."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from typing import Any
+from urllib.parse import unquote
+
+import aiohttp
+from multidict import CIMultiDict, CIMultiDictProxy
+from yarl import URL
+
+from gateway.config import StorageConfig
+from gateway.errors import BadRequest, UpstreamTimeout, UpstreamUnavailable
+
+__all__ = ["HOP_BY_HOP", "Upstream", "check_relative_path", "response_headers"]
+
+HOP_BY_HOP = frozenset({
+    "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te",
+    "trailer", "trailers", "transfer-encoding", "upgrade",
+})
+# Never sent upstream: ours to handle (auth), recomputed by aiohttp (length, host), or ours
+# to decide (encoding).
+_REQUEST_DROP = HOP_BY_HOP | {"host", "authorization", "content-length", "expect", "cookie"}
+_RESPONSE_DROP = HOP_BY_HOP | {"content-length", "server", "date"}
+
+
+def check_relative_path(raw_tail: str) -> str:
+    """Refuse a path (still percent-encoded) that could leave the upstream's xAPI base."""
+    segments = raw_tail.split("/")
+    for segment in segments:
+        decoded = unquote(segment)
+        if decoded in (".", "..") or "/" in decoded or "\\" in decoded or "\0" in decoded:
+            raise BadRequest("the request path is not allowed")
+    if any(segment == "" for segment in segments[:-1]):
+        raise BadRequest("the request path is not allowed")
+    return raw_tail
+
+
+def request_headers(incoming: Mapping[str, str], *, extra: Mapping[str, str]) -> CIMultiDict[str]:
+    """Client headers fit to send upstream, plus `extra`."""
+    connection_tokens = {
+        token.strip().lower() for token in incoming.get("Connection", "").split(",") if token
+    }
+    out: CIMultiDict[str] = CIMultiDict()
+    for name, value in incoming.items():
+        lowered = name.lower()
+        if lowered not in _REQUEST_DROP and lowered not in connection_tokens:
+            out.add(name, value)
+    out.update(extra)
+    return out
+
+
+def response_headers(upstream: CIMultiDictProxy[str], *, decoded: bool) -> CIMultiDict[str]:
+    """Upstream answer headers fit to pass to the client."""
+    out: CIMultiDict[str] = CIMultiDict()
+    for name, value in upstream.items():
+        lowered = name.lower()
+        if lowered in _RESPONSE_DROP or (decoded and lowered == "content-encoding"):
+            continue
+        out.add(name, value)
+    return out
+
+
+class Upstream:
+    """An upstream LRS at `base` (ending with `/`); answers are the caller's to release."""
+
+    def __init__(self, session: aiohttp.ClientSession, config: StorageConfig) -> None:
+        self._session = session
+        self.base = URL(config.url if config.url.endswith("/") else config.url + "/")
+        self.base_path = self.base.raw_path
+        self._auth: dict[str, str] = {}
+        if config.basic_username is not None and config.basic_password is not None:
+            token = f"{config.basic_username}:{config.basic_password.reveal()}"
+            self._auth["Authorization"] = "Basic " + base64.b64encode(token.encode()).decode()
+        self._timeout = aiohttp.ClientTimeout(
+            total=config.timeout, sock_connect=config.connect_timeout
+        )
+
+    def url(self, raw_tail: str, raw_query: str = "") -> URL:
+        """The upstream URL for a path relative to the xAPI base (still encoded)."""
+        target = str(self.base) + raw_tail + (f"?{raw_query}" if raw_query else "")
+        return URL(target, encoded=True)
+
+    @asynccontextmanager
+    async def request(
+        self,
+        method: str,
+        raw_tail: str,
+        *,
+        raw_query: str = "",
+        headers: Mapping[str, str] | None = None,
+        data: Any = None,
+        decompress: bool = False,
+    ) -> AsyncIterator[aiohttp.ClientResponse]:
+        """Send one request; connection errors become 502 and timeouts 504, in here only."""
+        sent = CIMultiDict(headers or {})
+        sent.update(self._auth)
+        try:
+            async with self._session.request(
+                method,
+                self.url(raw_tail, raw_query),
+                headers=sent,
+                data=data,
+                timeout=self._timeout,
+                allow_redirects=False,
+                auto_decompress=decompress,
+            ) as response:
+                yield response
+        except TimeoutError:
+            raise UpstreamTimeout("the storage LRS did not answer in time") from None
+        except aiohttp.ClientPayloadError:
+            raise UpstreamUnavailable("the storage LRS sent a broken answer") from None
+        except aiohttp.ClientError as exc:
+            raise UpstreamUnavailable(
+                f"the storage LRS cannot be reached ({type(exc).__name__})"
+            ) from None

@@ -1,0 +1,1 @@
+"""Real external parts (a Ralph LRS) started by the test suite."""

@@ -1,0 +1,93 @@
+"""Test helpers: configs with fast bcrypt credentials, and a scripted fake LRS."""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import bcrypt
+import yaml
+from aiohttp import web
+
+from gateway.config import Config, load_config
+
+XAPI = {"X-Experience-API-Version": "1.0.3"}
+FAST_SALT = bcrypt.gensalt(4)  # tests need bcrypt to run, not to be slow
+
+
+def basic(username: str, password: str) -> dict[str, str]:
+    """An Authorization header (plus the xAPI version header)."""
+    token = base64.b64encode(f"{username}:{password}".encode()).decode()
+    return {"Authorization": f"Basic {token}", **XAPI}
+
+
+def credential(username: str, password: str, scopes: list[str],
+               agent: dict[str, Any] | None = None) -> dict[str, Any]:
+    """One Ralph-format credentials entry with a cheap bcrypt hash."""
+    return {
+        "username": username,
+        "hash": bcrypt.hashpw(password.encode(), FAST_SALT).decode(),
+        "scopes": scopes,
+        "agent": agent or {"mbox": f"mailto:{username}@example.com"},
+    }
+
+
+def write_config(tmp_path: Path, storage_url: str, users: list[dict[str, Any]],
+                 extra: dict[str, Any] | None = None,
+                 environ: dict[str, str] | None = None) -> Config:
+    """Write auth.json and config.yaml under tmp_path; load the config like the CLI does."""
+    (tmp_path / "auth.json").write_text(json.dumps(users))
+    raw: dict[str, Any] = {
+        "storage": {"url": storage_url, "timeout": 5},
+        "auth": {"basic": {"credentials_file": "auth.json", "reload_interval": 0.05}},
+    }
+    for section, values in (extra or {}).items():
+        if isinstance(values, dict):
+            raw.setdefault(section, {}).update(values)
+        else:
+            raw[section] = values
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return load_config(path, environ or {})
+
+
+@dataclass
+class Recorded:
+    """One request as the fake LRS saw it."""
+
+    method: str
+    path_qs: str
+    headers: dict[str, str]
+    body: bytes
+
+
+Script = Callable[[web.Request, bytes], Awaitable[web.StreamResponse]]
+
+
+@dataclass
+class FakeLRS:
+    """A scripted LRS: records every request; `script` decides each answer."""
+
+    script: Script | None = None
+    seen: list[Recorded] = field(default_factory=list)
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        body = await request.read()
+        self.seen.append(Recorded(request.method, request.raw_path, dict(request.headers), body))
+        if self.script is not None:
+            return await self.script(request, body)
+        if request.method == "POST" and request.path.rstrip("/").endswith("statements"):
+            data = json.loads(body)
+            batch = data if isinstance(data, list) else [data]
+            return web.json_response([s["id"] for s in batch],
+                                     headers={"X-Experience-API-Version": "1.0.3"})
+        return web.json_response({"statements": [], "more": ""})
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", self.handle)
+        return app

@@ -1,0 +1,113 @@
+"""Configuration loading: YAML, environment overrides, errors naming key and file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from gateway.config import load_config, resolve_config_path
+from gateway.errors import ConfigError
+from gateway.secret import Secret
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "config.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_repo_example_config_loads() -> None:
+    config = load_config(REPO / "config.yaml", {})
+    assert config.server.port == 8080
+    assert config.auth.backends == ("basic",)
+    assert config.resolve_path(config.auth.basic.credentials_file) == REPO / "auth.json"
+
+
+def test_defaults_from_an_empty_file(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, ""), {})
+    assert config.auth.basic.cache_max_size == 100
+    assert config.auth.basic.cache_ttl == 3600
+    assert config.xapi.versions == ("1.0.3", "2.0.0")
+
+
+def test_environment_overrides_are_typed(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, "server:\n  port: 9000\n"), {
+        "LRS_GATEWAY__SERVER__PORT": "9100",
+        "LRS_GATEWAY__STORAGE__BASIC_USERNAME": "gw",
+        "LRS_GATEWAY__STORAGE__BASIC_PASSWORD": "12345",
+        "LRS_GATEWAY__AUTH__BASIC__CACHE_TTL": "60",
+        "LRS_GATEWAY__XAPI__VERSIONS": "[1.0.3]",
+        "LRS_GATEWAY__SERVER__PUBLIC_URL": "null",
+        "UNRELATED": "x",
+    })
+    assert config.server.port == 9100
+    assert config.storage.basic_password == Secret("12345")
+    assert config.auth.basic.cache_ttl == 60.0
+    assert config.xapi.versions == ("1.0.3",)
+    assert config.server.public_url is None
+
+
+def test_secrets_are_masked_in_reprs(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, "storage:\n  basic_username: gw\n"
+                                         "  basic_password: hunter2-secret\n"), {})
+    assert "hunter2-secret" not in repr(config)
+    assert config.storage.basic_password is not None
+    assert config.storage.basic_password.reveal() == "hunter2-secret"
+
+
+@pytest.mark.parametrize(
+    ("text", "environ", "expected"),
+    [
+        ("storage:\n  timeout: soon\n", {}, "config.yaml: storage.timeout: expected a number"),
+        ("storage:\n  bogus: 1\n", {}, "config.yaml: storage.bogus: unknown key"),
+        ("nonsense: 1\n", {}, "config.yaml: nonsense: unknown key"),
+        ("server:\n  port: true\n", {}, "server.port: expected an integer"),
+        ("auth:\n  backends: basic\n", {}, "auth.backends: expected a list"),
+        ("auth:\n  backends: [kerberos]\n", {}, "unknown backend 'kerberos'"),
+        ("auth:\n  backends: [oidc]\n", {}, "'oidc' is not available in this version yet"),
+        ("storage:\n  url: ftp://x/\n", {}, "storage.url: must be an http"),
+        ("xapi:\n  versions: [one]\n", {}, "xapi.versions"),
+        ("server: [1, 2]\n", {}, "server: expected a mapping"),
+        ("- a\n", {}, "the top level must be a mapping"),
+        ("a: [\n", {}, "not valid YAML"),
+        ("forwardings:\n  - url: http://x/\n", {}, "forwardings: forwarding"),
+        ("", {"LRS_GATEWAY__SERVER__PORTT": "1"}, "environment LRS_GATEWAY__SERVER__PORTT"),
+        ("", {"LRS_GATEWAY__SERVER__PORT": "x"}, "environment LRS_GATEWAY__SERVER__PORT: "
+                                                 "expected an integer"),
+        ("", {"LRS_GATEWAY__BASE_DIR": "/"}, "LRS_GATEWAY__BASE_DIR: unknown setting"),
+        ("storage:\n  basic_username: gw\n", {}, "basic_username and basic_password"),
+    ],
+)
+def test_errors_name_the_key_and_the_source(tmp_path: Path, text: str,
+                                            environ: dict[str, str], expected: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_config(write(tmp_path, text), environ)
+    assert expected in str(caught.value)
+
+
+def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_config(write(tmp_path, "server:\n  port: x\n  host: 1\n"), {})
+    assert "server.port" in str(caught.value)
+    assert "server.host" in str(caught.value)
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="file not found"):
+        load_config(tmp_path / "absent.yaml", {})
+
+
+def test_config_path_resolution() -> None:
+    assert resolve_config_path("a.yaml", {"LRS_GATEWAY_CONFIG": "b.yaml"}) == Path("a.yaml")
+    assert resolve_config_path(None, {"LRS_GATEWAY_CONFIG": "b.yaml"}) == Path("b.yaml")
+    assert resolve_config_path(None, {}) == Path("config.yaml")
+
+
+def test_password_parse_failure_does_not_echo_it(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_config(write(tmp_path, "storage:\n  basic_password: [not-a-string-secret]\n"), {})
+    assert "not-a-string-secret" not in str(caught.value) or "expected a string" in str(
+        caught.value)
