@@ -87,6 +87,10 @@ def _json_response(data: Any, headers: Any) -> web.Response:
                         headers=headers, content_type="application/json")
 
 
+def _asks_for_one(request: web.Request) -> bool:
+    return "statementId" in request.query or "voidedStatementId" in request.query
+
+
 async def get_statements(request: web.Request) -> web.StreamResponse:
     """Proxy a statement query; map `more`; for read/mine keep only the caller's."""
     principal: Principal = request[PRINCIPAL]
@@ -113,6 +117,9 @@ async def get_statements(request: web.Request) -> web.StreamResponse:
     more = data.get("more") or ""
     if mine:
         statements = keep_own(statements, principal.agent_key)
+        if not statements and _asks_for_one(request):
+            # Some LRSes (Ralph) answer a statementId query with a StatementResult.
+            raise NotFound("no statement with that id")
         pages = 1
         while not statements and more and pages < _MINE_MAX_PAGES:
             next_tail = upstream_tail_of_more(more, storage.base_path)

@@ -282,6 +282,8 @@ async def test_read_mine_sees_only_own_statements_across_pages(make_gateway: Mak
     async def script(request: web.Request, body: bytes) -> web.StreamResponse:
         if "statementId" in request.query:
             return web.json_response(other)
+        if "voidedStatementId" in request.query:  # Ralph's shape for a single statement
+            return web.json_response({"statements": [other], "more": ""})
         page = request.query.get("page", "1")
         items, nxt = pages[page]
         return web.json_response({"statements": items,
@@ -297,6 +299,9 @@ async def test_read_mine_sees_only_own_statements_across_pages(make_gateway: Mak
     response = await client.get(data["more"], headers=auth)
     assert (await response.json()) == {"statements": [], "more": ""}
     response = await client.get(f"/xAPI/statements?statementId={uuid.uuid4()}", headers=auth)
+    assert response.status == 404
+    response = await client.get(f"/xAPI/statements?voidedStatementId={uuid.uuid4()}",
+                                headers=auth)
     assert response.status == 404
     response = await client.get("/xAPI/statements?attachments=true", headers=auth)
     assert response.status == 400

@@ -1,0 +1,148 @@
+"""The gateway in front of a real Ralph LRS: what a user of the core gets, end to end."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient
+from prometheus_client import CollectorRegistry
+from realparts.ralph import RalphServer
+from support import basic, credential, write_config
+
+from gateway.agents import agent_identity
+from gateway.app import create_app
+
+pytestmark = pytest.mark.ralph
+
+ADMIN = credential("admin", "admin-pw", ["all"])
+READER = credential("reader", "reader-pw", ["statements/read"])
+# Ralph lowercases mbox domains when it stores an authority; read/mine must still match.
+ANNA = credential("anna", "anna-pw", ["statements/read/mine", "statements/write"],
+                  {"mbox": "mailto:Anna@Example.ORG"})
+BORIS = credential("boris", "boris-pw", ["statements/read/mine", "statements/write"],
+                   {"account": {"homePage": "https://lms.example.org", "name": "boris"}})
+
+Client = TestClient[web.Request, web.Application]
+
+
+@pytest.fixture
+async def gateway(ralph: RalphServer, tmp_path: Path, aiohttp_client: Any) -> Client:
+    config = write_config(tmp_path, ralph.url, [ADMIN, READER, ANNA, BORIS], {"storage": {
+        "basic_username": ralph.username, "basic_password": ralph.password}})
+    client: Client = await aiohttp_client(create_app(config, registry=CollectorRegistry()))
+    return client
+
+
+def statement(actor: str, **extra: Any) -> dict[str, Any]:
+    return {"actor": {"mbox": f"mailto:{actor}@example.com"},
+            "verb": {"id": "http://adlnet.gov/expapi/verbs/completed"},
+            "object": {"id": "http://example.com/course/ralph"}, **extra}
+
+
+def one_statement(answer: Any) -> Any:
+    """Ralph answers a statementId query with a StatementResult; xAPI says a Statement."""
+    if "statements" in answer:
+        (only,) = answer["statements"]
+        return only
+    return answer
+
+
+def same_agent(a: Any, b: Any) -> bool:
+    return agent_identity(a) == agent_identity(b)
+
+
+async def test_post_then_get_carries_the_callers_authority(gateway: Client) -> None:
+    forged = {"mbox": "mailto:ceo@example.com"}
+    response = await gateway.post("/xAPI/statements", json=[statement("p1", authority=forged)],
+                                  headers=basic("anna", "anna-pw"))
+    assert response.status == 200, await response.text()
+    (sid,) = await response.json()
+    response = await gateway.get(f"/xAPI/statements?statementId={sid}",
+                                 headers=basic("admin", "admin-pw"))
+    assert response.status == 200
+    stored = one_statement(await response.json())
+    assert stored["id"] == sid
+    assert same_agent(stored["authority"], ANNA["agent"])
+    assert response.headers["X-Experience-API-Version"] == "1.0.3"
+
+
+async def test_put_with_statement_id_and_conflicting_duplicate(gateway: Client) -> None:
+    sid = str(uuid.uuid4())
+    auth = basic("admin", "admin-pw")
+    response = await gateway.put(f"/xAPI/statements?statementId={sid}",
+                                 json=statement("p2"), headers=auth)
+    assert response.status == 204, await response.text()
+    response = await gateway.get(f"/xAPI/statements?statementId={sid}", headers=auth)
+    assert one_statement(await response.json())["actor"]["mbox"] == "mailto:p2@example.com"
+    response = await gateway.post("/xAPI/statements",
+                                  json=statement("someone-else", id=sid), headers=auth)
+    assert response.status == 409  # Ralph's own answer, passed through
+
+
+async def test_read_mine_callers_never_see_each_other(gateway: Client) -> None:
+    actor = f"shared-{uuid.uuid4().hex[:8]}"  # both write about the same learner
+    posted: dict[str, set[str]] = {"anna": set(), "boris": set()}
+    for user in ("anna", "boris", "anna", "boris", "anna"):
+        response = await gateway.post("/xAPI/statements", json=statement(actor),
+                                      headers=basic(user, f"{user}-pw"))
+        assert response.status == 200
+        posted[user].update(await response.json())
+
+    async def read_all(user: str) -> set[str]:
+        seen: set[str] = set()
+        url = ("/xAPI/statements?limit=1&agent="
+               f"%7B%22mbox%22%3A%22mailto%3A{actor}%40example.com%22%7D")
+        for _ in range(50):
+            response = await gateway.get(url, headers=basic(user, f"{user}-pw"))
+            assert response.status == 200, await response.text()
+            page = await response.json()
+            assert len(page["statements"]) <= 1
+            seen.update(s["id"] for s in page["statements"])
+            if not page["more"]:
+                return seen
+            assert page["more"].startswith("/xAPI/statements")
+            url = page["more"]
+        pytest.fail("paging did not end")
+
+    assert await read_all("anna") == posted["anna"]
+    assert await read_all("boris") == posted["boris"]
+    # a single statement of someone else's is "not found", not forbidden
+    other = next(iter(posted["boris"]))
+    response = await gateway.get(f"/xAPI/statements?statementId={other}",
+                                 headers=basic("anna", "anna-pw"))
+    assert response.status == 404
+    response = await gateway.get(f"/xAPI/statements?statementId={other}",
+                                 headers=basic("reader", "reader-pw"))
+    assert response.status == 200
+
+
+async def test_errors_in_front_of_ralph(gateway: Client) -> None:
+    response = await gateway.post("/xAPI/statements", json=statement("p3"),
+                                  headers=basic("admin", "bad-password"))
+    assert response.status == 401
+    response = await gateway.post("/xAPI/statements", json=statement("p3"),
+                                  headers=basic("reader", "reader-pw"))
+    assert response.status == 403
+    response = await gateway.post("/xAPI/statements", data=b"{nope",
+                                  headers=basic("admin", "admin-pw"))
+    assert response.status == 400
+    response = await gateway.get("/xAPI/statements", headers={
+        k: v for k, v in basic("admin", "admin-pw").items() if k != "X-Experience-API-Version"})
+    assert response.status == 400
+
+
+async def test_gateway_endpoints_with_ralph(gateway: Client) -> None:
+    response = await gateway.get("/__heartbeat__")
+    assert response.status == 200, await response.text()
+    response = await gateway.get("/whoami", headers=basic("boris", "boris-pw"))
+    assert (await response.json())["agent"] == BORIS["agent"]
+    response = await gateway.head("/xAPI/statements?limit=1", headers=basic("admin", "admin-pw"))
+    assert response.status == 200  # Ralph itself answers HEAD with 405
+
+
+MakeClient = Callable[[], Awaitable[Client]]
