@@ -126,10 +126,19 @@ cat <<EOF
 
 EOF
 
-# Not `exec`: this shell has to stay to stop Ralph when the gateway exits.
+# In the background, not `exec`: this shell stays to stop Ralph, and passes Ctrl-C or a
+# SIGTERM on to the gateway (which then finishes its in-flight requests).
 LRS_GATEWAY__STORAGE__URL="${RALPH_ROOT}xAPI/" \
 LRS_GATEWAY__STORAGE__BASIC_USERNAME=gateway \
 LRS_GATEWAY__STORAGE__BASIC_PASSWORD="$RALPH_PASSWORD" \
 LRS_GATEWAY__AUTH__BASIC__CREDENTIALS_FILE="$DEMO/auth.json" \
 LRS_GATEWAY__DATA_DIR="$DEMO/gateway-data" \
-    .venv/bin/lrs-gateway serve --config config.yaml
+    .venv/bin/lrs-gateway serve --config config.yaml &
+GATEWAY_PID=$!
+trap 'kill -TERM "$GATEWAY_PID" 2>/dev/null || true' INT TERM
+status=0
+wait "$GATEWAY_PID" || status=$?
+if kill -0 "$GATEWAY_PID" 2>/dev/null; then  # woken by the trap: let the gateway finish
+    wait "$GATEWAY_PID" || status=$?
+fi
+exit "$status"

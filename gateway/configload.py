@@ -158,6 +158,8 @@ def _convert(hint: Any, value: Any) -> Any:
     if hint is str or hint is Secret:
         text = value.raw if isinstance(value, _EnvValue) else value
         if not isinstance(text, str):
+            if hint is Secret:  # never echo what may be a password YAML read as a number
+                raise ValueError("expected a string (quote it in YAML); the value is not shown")
             raise ValueError(f"expected a string, got {_describe(value)}")
         return Secret(text) if hint is Secret else text
     if isinstance(value, _EnvValue):

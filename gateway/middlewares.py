@@ -91,7 +91,9 @@ async def request_id_middleware(request: web.Request, handler: Handler) -> web.S
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Who is calling (401), which xAPI version (400), whether they may (403)."""
     info = route_info(request)
-    if info.public:
+    if info.public or (info.xapi and request.method == "OPTIONS"):
+        # A CORS preflight never carries credentials: the LRS behind answers it, so browser
+        # clients keep working exactly as they did against the LRS itself.
         return await handler(request)
     authorization = request.headers.get("Authorization")
     attempts = request.app[METRICS].auth

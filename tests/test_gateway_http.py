@@ -411,3 +411,19 @@ async def test_rustici_lines(make_gateway: MakeGateway, tmp_path: Path) -> None:
     assert data["agent"]["account"]["name"] == "plain_user"
     response = await client.get("/xAPI/statements", headers=basic("writer2", "pw2"))
     assert response.status == 403
+
+
+async def test_cors_preflight_reaches_the_lrs_without_credentials(
+        make_gateway: MakeGateway) -> None:
+    async def script(request: web.Request, body: bytes) -> web.StreamResponse:
+        return web.Response(status=204, headers={
+            "Access-Control-Allow-Origin": "https://course.example.org",
+            "Access-Control-Allow-Headers": "Authorization, X-Experience-API-Version"})
+
+    client, fake = await make_gateway(script)
+    response = await client.options("/xAPI/statements", headers={
+        "Origin": "https://course.example.org", "Access-Control-Request-Method": "POST"})
+    assert response.status == 204
+    assert response.headers["Access-Control-Allow-Origin"] == "https://course.example.org"
+    assert fake.seen[0].method == "OPTIONS"
+    assert fake.seen[0].path_qs == "/xAPI/statements"

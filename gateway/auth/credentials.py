@@ -107,8 +107,10 @@ def _parse_rustici_lines(text: str, homepage: str) -> ParsedCredentials:
             raise CredentialsError(f"{where}: expected username:secret:role")
         role = role.strip().lower()
         if role not in ROLE_SCOPES:
+            # The role is not echoed: on a line missing it, it is the end of the password.
             raise CredentialsError(
-                f"{where} ({username!r}): role {role!r} is not one of {', '.join(ROLE_SCOPES)}"
+                f"{where} ({username!r}): the role after the last ':' is not one of "
+                f"{', '.join(ROLE_SCOPES)}"
             )
         hashed = is_bcrypt_hash(secret)
         if not hashed:

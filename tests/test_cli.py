@@ -1,0 +1,562 @@
+"""The `lrs-gateway` command, run for real as a subprocess (`python -m gateway ...`).
+
+Every run gets a temporary working directory and an environment without any LRS_GATEWAY*
+variable unless the test sets one. Starting Python and importing aiohttp costs about half a
+second per run, so independent runs of one test are started together (`run_all`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import os
+import select
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import bcrypt
+import pytest
+import yaml
+from aiohttp import web
+from pytest_aiohttp import AiohttpServer
+from support import FakeLRS, basic, credential, write_config
+
+from gateway import __version__
+from gateway.auth.credentials import parse_credentials
+
+RUN_TIMEOUT = 20.0  # seconds; a run that takes this long is hung, not slow
+HOMEPAGE = "https://lrs-gateway.example.org/accounts"
+YAML_SECRET = "yaml-Secret-4711"
+ENV_SECRET = "env-Secret-0815"
+
+
+# -- running the command ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Call:
+    """One invocation of `python -m gateway ARGS` in `cwd` with extra environment `env`."""
+
+    cwd: Path
+    args: tuple[str, ...]
+    env: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Result:
+    """What one invocation did."""
+
+    args: tuple[str, ...]
+    code: int
+    out: str
+    err: str
+
+    @property
+    def output(self) -> str:
+        return self.out + self.err
+
+    def __str__(self) -> str:
+        return (f"lrs-gateway {' '.join(self.args)} -> exit {self.code}\n"
+                f"--- stdout\n{self.out}--- stderr\n{self.err}")
+
+
+def clean_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """This process's environment minus every LRS_GATEWAY* variable, plus `extra`."""
+    env = {key: value for key, value in os.environ.items()
+           if not key.upper().startswith("LRS_GATEWAY")}
+    env.update(extra or {})
+    return env
+
+
+def command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "gateway", *args]
+
+
+def run_all(*calls: Call) -> list[Result]:
+    """Start every call at once, then collect them in order."""
+    procs = [subprocess.Popen(command(*call.args), cwd=call.cwd, env=clean_env(call.env),
+                              stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+             for call in calls]
+    results: list[Result] = []
+    try:
+        for call, proc in zip(calls, procs, strict=True):
+            out, err = proc.communicate(timeout=RUN_TIMEOUT)
+            results.append(Result(call.args, proc.returncode, out, err))
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    return results
+
+
+def run(cwd: Path, *args: str, env: Mapping[str, str] | None = None) -> Result:
+    return run_all(Call(cwd, args, env or {}))[0]
+
+
+def assert_clean_failure(result: Result, *expected: str) -> None:
+    """Non-zero exit, every `expected` text in the output, and no traceback."""
+    assert result.code != 0, result
+    assert "Traceback" not in result.output, result
+    for text in expected:
+        assert text in result.output, f"{text!r} missing\n{result}"
+
+
+def printed_entry(result: Result) -> dict[str, Any]:
+    """The credential `auth add` printed; it must be the whole of stdout."""
+    assert result.code == 0, result
+    assert result.err == "", result
+    entry: dict[str, Any] = json.loads(result.out)
+    return entry
+
+
+def entries_in(path: Path) -> list[dict[str, Any]]:
+    """The credentials file's entries; the gateway's own parser must accept the file."""
+    text = path.read_text(encoding="utf-8")
+    parsed = parse_credentials(text, account_homepage=HOMEPAGE)
+    assert parsed.warnings == []
+    entries: list[dict[str, Any]] = json.loads(text)
+    assert sorted(parsed.users) == sorted(e["username"] for e in entries)
+    return entries
+
+
+def checks(password: str, entry: Mapping[str, Any]) -> bool:
+    return bcrypt.checkpw(password.encode(), str(entry["hash"]).encode())
+
+
+def write_yaml(path: Path, raw: Mapping[str, Any]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(dict(raw)), encoding="utf-8")
+    return path
+
+
+# -- auth add: printing -----------------------------------------------------------------------
+
+
+def test_auth_add_prints_a_ralph_entry_for_each_kind_of_agent(tmp_path: Path) -> None:
+    sha1 = hashlib.sha1(b"mailto:sha@example.com").hexdigest()  # noqa: S324 (xAPI's choice)
+    cases: list[tuple[tuple[str, ...], dict[str, Any]]] = [
+        (("--agent-mbox", "mailto:ann@example.com"), {"mbox": "mailto:ann@example.com"}),
+        (("-S", sha1), {"mbox_sha1sum": sha1}),  # Ralph's short flags work too
+        (("--agent-openid", "https://openid.example.com/ann"),
+         {"openid": "https://openid.example.com/ann"}),
+        (("--agent-account-name", "ann-42", "--agent-account-homepage", "https://lms.example.com"),
+         {"account": {"name": "ann-42", "homePage": "https://lms.example.com"}}),
+    ]
+    results = run_all(*(
+        Call(tmp_path, ("auth", "add", "-u", f"ann{index}", "-p", f"pw-{index}", "--cost", "4",
+                        "--scope", "statements/write", "-s", "statements/read/mine", *flags))
+        for index, (flags, _) in enumerate(cases)))
+    for index, ((_, agent), result) in enumerate(zip(cases, results, strict=True)):
+        entry = printed_entry(result)
+        assert list(entry) == ["username", "hash", "scopes", "agent"], result
+        assert entry["username"] == f"ann{index}"
+        assert entry["hash"].startswith("$2b$04$"), result
+        assert checks(f"pw-{index}", entry)
+        assert not checks("wrong", entry)
+        assert entry["scopes"] == ["statements/write", "statements/read/mine"]
+        assert entry["agent"] == agent, result
+        parsed = parse_credentials(json.dumps([entry]), account_homepage=HOMEPAGE)
+        assert parsed.warnings == []
+        assert parsed.users[f"ann{index}"].agent == agent
+    assert list(tmp_path.iterdir()) == []  # printing writes nothing
+
+
+def test_auth_add_refuses_bad_flags_with_a_clear_message(tmp_path: Path) -> None:
+    base = ("auth", "add", "-p", "pw", "--cost", "4")
+    bob = ("-u", "bob")
+    cases: list[tuple[tuple[str, ...], str]] = [
+        ((*bob, "--agent-account-name", "bob"),
+         "--agent-account-name needs --agent-account-homepage"),
+        ((*bob, "--agent-mbox", "mailto:bob@example.com",
+          "--agent-account-homepage", "https://x.org"),
+         "--agent-account-homepage goes with --agent-account-name"),
+        ((*bob, "--agent-mbox", "mailto:bob@example.com",
+          "--agent-openid", "https://id.example.com"),
+         "not allowed with argument"),
+        ((*bob, "--agent-mbox", "bob@example.com"), "agent.mbox: must be a mailto: IRI"),
+        (("-u", "bo:b", "--agent-mbox", "mailto:bob@example.com"), "must not contain ':'"),
+    ]
+    results = run_all(*(Call(tmp_path, (*base, *flags)) for flags, _ in cases))
+    for (_, message), result in zip(cases, results, strict=True):
+        assert_clean_failure(result, message)
+        assert message in result.err, result
+        assert result.out == "", result
+    assert list(tmp_path.iterdir()) == []
+
+
+# -- auth add --write -------------------------------------------------------------------------
+
+
+def test_auth_add_write_creates_appends_and_replaces(tmp_path: Path) -> None:
+    path = tmp_path / "creds" / "users.json"
+    add = ("auth", "add", "-w", "--file", str(path), "--cost", "4")
+    # Without --file, the file is the config's credentials_file (relative to the config).
+    config = write_yaml(tmp_path / "etc" / "gw.yaml",
+                        {"auth": {"basic": {"credentials_file": "users.json"}}})
+    first, by_config = run_all(
+        Call(tmp_path, (*add, "-u", "alice", "-p", "old-pw", "-s", "all",
+                        "--agent-mbox", "mailto:alice@example.com")),
+        Call(tmp_path, ("auth", "add", "-w", "--config", str(config), "-u", "carol", "-p", "pw",
+                        "-s", "all", "--cost", "4", "--agent-mbox", "mailto:carol@example.com")))
+    for result, written in ((first, path), (by_config, tmp_path / "etc" / "users.json")):
+        assert result.code == 0, result
+        assert result.out == f"added {entries_in(written)[0]['username']} in {written}\n"
+        assert written.stat().st_mode & 0o777 == 0o600
+    (alice,) = entries_in(path)
+    assert checks("old-pw", alice)
+
+    second = run(tmp_path, *add, "-u", "bob", "-p", "bob-pw", "-s", "statements/read",
+                 "--agent-openid", "https://id.example.com/bob")
+    assert second.code == 0, second
+    assert "added bob" in second.out
+    assert [e["username"] for e in entries_in(path)] == ["alice", "bob"]
+
+    path.chmod(0o640)  # an operator's choice of mode is kept
+    third = run(tmp_path, *add, "-u", "alice", "-p", "new-pw", "-s", "statements/write",
+                "--agent-account-name", "alice", "--agent-account-homepage", "https://lms.example")
+    assert third.code == 0, third
+    assert f"replaced alice in {path}" in third.out
+    entries = entries_in(path)
+    assert sorted(e["username"] for e in entries) == ["alice", "bob"]
+    (alice,) = [e for e in entries if e["username"] == "alice"]
+    assert checks("new-pw", alice)
+    assert not checks("old-pw", alice)
+    assert alice["scopes"] == ["statements/write"]
+    assert alice["agent"] == {"account": {"name": "alice", "homePage": "https://lms.example"}}
+    assert path.stat().st_mode & 0o777 == 0o640
+    assert sorted(p.name for p in path.parent.iterdir()) == ["users.json"]  # no temp files left
+
+
+def test_auth_add_write_refuses_files_it_cannot_keep(tmp_path: Path) -> None:
+    contents = {
+        "rustici.txt": "alice:$2b$04$abcdefghijklmnopqrstuvwxyz0123456789ABCDEFGHIJKLMNOPQ:root\n",
+        "broken.json": '[{"username": "alice",\n',
+    }
+    for name, text in contents.items():
+        (tmp_path / name).write_text(text, encoding="utf-8")
+    before = {name: (tmp_path / name).stat().st_mtime_ns for name in contents}
+    results = run_all(*(
+        Call(tmp_path, ("auth", "add", "-w", "--file", name, "-u", "bob", "-p", "pw",
+                        "--cost", "4", "--agent-mbox", "mailto:bob@example.com"))
+        for name in contents))
+    expected = ["is not a JSON credentials file", "not valid JSON"]
+    for (name, text), message, result in zip(contents.items(), expected, results, strict=True):
+        assert_clean_failure(result, name, message)
+        assert (tmp_path / name).read_text(encoding="utf-8") == text
+        assert (tmp_path / name).stat().st_mtime_ns == before[name]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(contents)
+
+
+# -- auth add: the password prompt, on a real terminal ------------------------------------------
+
+# getpass reads from /dev/tty, so the child gets a pseudo-terminal as its controlling terminal:
+# a tiny trampoline claims it (TIOCSCTTY, allowed for a session leader) and execs the command.
+TRAMPOLINE = ("import fcntl, os, sys, termios; fcntl.ioctl(0, termios.TIOCSCTTY, 0); "
+              "os.execv(sys.executable, [sys.executable, '-m', 'gateway', *sys.argv[1:]])")
+
+
+def read_until(fd: int, marker: bytes, deadline: float) -> bytes:
+    """Read the terminal until `marker` shows up (or the deadline passes)."""
+    data = b""
+    while marker not in data:
+        remaining = deadline - time.monotonic()
+        assert remaining > 0, f"no {marker!r} on the terminal; got {data!r}"
+        ready, _, _ = select.select([fd], [], [], remaining)
+        if ready:
+            try:
+                chunk = os.read(fd, 4096)
+            except OSError:  # EIO: the child closed the terminal
+                chunk = b""
+            assert chunk, f"terminal closed before {marker!r}; got {data!r}"
+            data += chunk
+    return data
+
+
+def read_rest(fd: int) -> bytes:
+    data = b""
+    while select.select([fd], [], [], 0.2)[0]:
+        try:
+            chunk = os.read(fd, 4096)
+        except OSError:
+            break
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+@pytest.mark.parametrize("again", ["typed-s3cret", "typo-s3cret"])
+def test_auth_add_prompts_twice_for_the_password_on_the_terminal(
+        tmp_path: Path, again: str) -> None:
+    master, slave = os.openpty()
+    proc = subprocess.Popen(
+        [sys.executable, "-c", TRAMPOLINE, "auth", "add", "-u", "tty-user", "--cost", "4",
+         "--agent-mbox", "mailto:tty@example.com"],
+        cwd=tmp_path, env=clean_env(), stdin=slave, stdout=subprocess.PIPE, stderr=slave,
+        start_new_session=True)
+    os.close(slave)
+    try:
+        deadline = time.monotonic() + RUN_TIMEOUT
+        screen = read_until(master, b"Password: ", deadline)
+        os.write(master, b"typed-s3cret\n")
+        screen += read_until(master, b"Password (again): ", deadline)
+        os.write(master, again.encode() + b"\n")
+        out, _ = proc.communicate(timeout=RUN_TIMEOUT)
+        screen += read_rest(master)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        os.close(master)
+    assert b"s3cret" not in screen  # no echo
+    assert b"Traceback" not in screen
+    if again == "typed-s3cret":
+        assert proc.returncode == 0, screen
+        entry = json.loads(out)
+        assert entry["username"] == "tty-user"
+        assert checks("typed-s3cret", entry)
+    else:
+        assert proc.returncode != 0
+        assert b"the passwords differ" in screen
+        assert out == b""
+
+
+# -- check-config and --version -----------------------------------------------------------------
+
+
+def good_setup(directory: Path, storage: Mapping[str, Any] | None = None) -> Path:
+    """config.yaml + auth.json (one user) in `directory`; returns the config path."""
+    directory.mkdir(parents=True, exist_ok=True)
+    users = [credential("alice", "alice-pw", ["all"])]
+    (directory / "auth.json").write_text(json.dumps(users), encoding="utf-8")
+    return write_yaml(directory / "config.yaml", {
+        "storage": {"url": "http://127.0.0.1:8100/xAPI/", **(storage or {})},
+        "auth": {"basic": {"credentials_file": "auth.json"}},
+    })
+
+
+def test_check_config_accepts_a_good_setup_found_every_way(tmp_path: Path) -> None:
+    from_yaml = good_setup(tmp_path / "yaml", {"basic_username": "gw",
+                                                "basic_password": YAML_SECRET})
+    # Valid only with the password from the environment (username and password go together).
+    from_env = good_setup(tmp_path / "env", {"basic_username": "gw"})
+    secret = {"LRS_GATEWAY__STORAGE__BASIC_PASSWORD": ENV_SECRET}
+    results = run_all(
+        Call(tmp_path, ("check-config", "--config", str(from_yaml))),
+        Call(tmp_path, ("--config", str(from_env), "check-config"),
+             {**secret, "LRS_GATEWAY_CONFIG": str(tmp_path / "missing.yaml")}),  # --config wins
+        Call(tmp_path, ("check-config",), {**secret, "LRS_GATEWAY_CONFIG": str(from_env)}),
+        Call(tmp_path, ("--version",)),
+    )
+    for result in results[:3]:
+        assert result.code == 0, result
+        assert result.out == "ok\n", result
+        assert result.err == "", result
+    assert results[3].code == 0, results[3]
+    assert results[3].out.strip() == f"lrs-gateway {__version__}"
+    for result in results:
+        assert YAML_SECRET not in result.output, result
+        assert ENV_SECRET not in result.output, result
+
+
+def test_check_config_names_the_file_and_the_bad_key(tmp_path: Path) -> None:
+    unknown = write_yaml(tmp_path / "unknown.yaml", {"storage": {"urll": "http://x/"}})
+    typed = write_yaml(tmp_path / "typed.yaml", {"server": {"port": "eighty"}})
+    results = run_all(
+        Call(tmp_path, ("check-config", "--config", str(unknown))),
+        Call(tmp_path, ("check-config", "--config", str(typed))),
+    )
+    assert_clean_failure(results[0], f"{unknown}: storage.urll: unknown key")
+    assert_clean_failure(results[1], f"{typed}: server.port: expected an integer")
+    for result in results:
+        assert result.out == "", result
+        assert result.err.startswith("configuration error"), result
+
+
+def test_check_config_reports_credentials_file_problems(tmp_path: Path) -> None:
+    dirs = {name: tmp_path / name for name in ("missing", "broken", "rustici")}
+    for directory in dirs.values():
+        good_setup(directory)
+    (dirs["missing"] / "auth.json").unlink()
+    (dirs["broken"] / "auth.json").write_text('[{"username": ', encoding="utf-8")
+    (dirs["rustici"] / "auth.json").write_text("bob:plain-Text-pw:root\n", encoding="utf-8")
+    missing, broken, rustici = run_all(
+        *(Call(tmp_path, ("check-config", "--config", str(directory / "config.yaml")))
+          for directory in dirs.values()))
+    assert_clean_failure(missing, str(dirs["missing"] / "auth.json"),
+                         "cannot read the credentials file")
+    assert_clean_failure(broken, str(dirs["broken"] / "auth.json"), "not valid JSON")
+    for result in (missing, broken):
+        assert "ok" not in result.out.split(), result
+    # A plain-text Rustici secret is usable but worth a warning; the secret is not shown.
+    assert rustici.code == 0, rustici
+    assert "plain-text secret" in rustici.out
+    assert rustici.out.endswith("ok\n")
+    assert "plain-Text-pw" not in rustici.output
+
+
+def test_check_config_never_shows_the_storage_password_of_a_bad_config(tmp_path: Path) -> None:
+    bad = write_yaml(tmp_path / "bad.yaml", {
+        "storage": {"basic_username": "gw", "basic_password": YAML_SECRET, "timeout": "soon",
+                    "bogus": YAML_SECRET},
+        "server": {"port": "eighty"},
+    })
+    alone = write_yaml(tmp_path / "alone.yaml", {"storage": {"basic_password": YAML_SECRET}})
+    env_only = good_setup(tmp_path / "env", {"basic_username": "gw"})
+    results = run_all(
+        Call(tmp_path, ("check-config", "--config", str(bad))),
+        Call(tmp_path, ("check-config", "--config", str(alone))),
+        Call(tmp_path, ("check-config", "--config", str(env_only)),
+             {"LRS_GATEWAY__STORAGE__BASIC_PASSWORD": ENV_SECRET,
+              "LRS_GATEWAY__STORAGE__TIMEOUT": "soon", "LRS_GATEWAY__SERVER__PORTT": "1"}),
+        # The variable is named, as the file and key are for YAML (see the test above).
+    )
+    assert_clean_failure(results[0], "storage.timeout", "storage.bogus: unknown key",
+                         "server.port")
+    assert_clean_failure(results[1], "basic_username and basic_password go together")
+    assert_clean_failure(results[2], "environment LRS_GATEWAY__STORAGE__TIMEOUT: expected a number",
+                         "LRS_GATEWAY__SERVER__PORTT: unknown setting")
+    for result in results:
+        assert YAML_SECRET not in result.output, result
+        assert ENV_SECRET not in result.output, result
+
+
+def test_check_config_hides_a_password_that_yaml_reads_as_a_number(tmp_path: Path) -> None:
+    config = write_yaml(tmp_path / "config.yaml",
+                        {"storage": {"basic_username": "gw", "basic_password": 4711081512}})
+    result = run(tmp_path, "check-config", "--config", str(config))
+    assert_clean_failure(result, "storage.basic_password: expected a string")
+    assert "4711081512" not in result.output, result
+
+
+# -- serve --------------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+async def refuses_connections(port: int) -> bool:
+    try:
+        _, writer = await asyncio.open_connection("127.0.0.1", port)
+    except ConnectionRefusedError:
+        return True
+    writer.close()
+    with contextlib.suppress(OSError):
+        await writer.wait_closed()
+    return False
+
+
+async def wait_until_serving(proc: asyncio.subprocess.Process, url: str) -> None:
+    connector = aiohttp.TCPConnector(force_close=True)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        deadline = time.monotonic() + RUN_TIMEOUT
+        while time.monotonic() < deadline:
+            assert proc.returncode is None, "the gateway exited before serving"
+            with contextlib.suppress(aiohttp.ClientConnectionError):
+                async with session.get(url) as response:
+                    if response.status == 200:
+                        return
+            await asyncio.sleep(0.05)
+    raise AssertionError("the gateway did not answer /__lbheartbeat__ in time")
+
+
+async def test_serve_drains_in_flight_requests_on_sigterm(
+        tmp_path: Path, aiohttp_server: AiohttpServer) -> None:
+    reached = asyncio.Event()
+
+    async def slow_storage(request: web.Request, body: bytes) -> web.StreamResponse:
+        reached.set()
+        await asyncio.sleep(1.5)
+        return web.json_response({"statements": [], "more": ""},
+                                 headers={"X-Experience-API-Version": "1.0.3"})
+
+    fake = FakeLRS(slow_storage)
+    storage = await aiohttp_server(fake.app())
+    port = free_port()
+    write_config(tmp_path, str(storage.make_url("/xAPI/")),
+                 [credential("alice", "alice-pw", ["all"])],
+                 {"server": {"port": port, "shutdown_timeout": 10},
+                  "storage": {"basic_username": "gw"}},
+                 environ={"LRS_GATEWAY__STORAGE__BASIC_PASSWORD": ENV_SECRET})
+    proc = await asyncio.create_subprocess_exec(
+        *command("--config", str(tmp_path / "config.yaml"), "serve"),
+        cwd=tmp_path, env=clean_env({"LRS_GATEWAY__STORAGE__BASIC_PASSWORD": ENV_SECRET}),
+        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        await wait_until_serving(proc, f"{base}/__lbheartbeat__")
+
+        async def get_statements() -> tuple[int, Any]:
+            async with aiohttp.ClientSession() as session, session.get(
+                    f"{base}/xAPI/statements", headers=basic("alice", "alice-pw")) as response:
+                return response.status, await response.json()
+
+        in_flight = asyncio.create_task(get_statements())
+        await asyncio.wait_for(reached.wait(), RUN_TIMEOUT)
+        proc.send_signal(signal.SIGTERM)
+
+        # The listener closes at once; the request already inside is still being served.
+        deadline = time.monotonic() + 1.0
+        while not await refuses_connections(port):
+            assert time.monotonic() < deadline, "still accepting connections after SIGTERM"
+            await asyncio.sleep(0.02)
+        assert not in_flight.done()
+
+        status, body = await asyncio.wait_for(in_flight, RUN_TIMEOUT)
+        assert status == 200
+        assert body == {"statements": [], "more": ""}
+        code = await asyncio.wait_for(proc.wait(), 5)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    out, err = await proc.communicate()
+    logs = (out + err).decode()
+    assert code == 0, logs
+    assert await refuses_connections(port)
+    assert "Traceback" not in logs
+    assert ENV_SECRET not in logs
+    (seen,) = fake.seen  # the gateway used its own storage credential, from the environment
+    assert seen.headers["Authorization"] == basic("gw", ENV_SECRET)["Authorization"]
+
+
+def test_serve_refuses_to_start_with_a_broken_credentials_file(tmp_path: Path) -> None:
+    config = good_setup(tmp_path, {"basic_username": "gw", "basic_password": YAML_SECRET})
+    (tmp_path / "auth.json").write_text('[{"username": "alice", "hash": ', encoding="utf-8")
+    result = run(tmp_path, "serve")  # ./config.yaml
+    assert config == tmp_path / "config.yaml"
+    assert_clean_failure(result, "configuration error", str(tmp_path / "auth.json"),
+                         "not valid JSON")
+    assert YAML_SECRET not in result.output, result
+    assert "listening" not in result.output, result
+
+
+def test_serve_on_a_busy_port_is_a_clear_error(tmp_path: Path) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        (tmp_path / "auth.json").write_text(json.dumps([credential("u", "p", ["all"])]))
+        config = write_yaml(tmp_path / "config.yaml", {"server": {"port": port}})
+        result = run(tmp_path, "serve", "--config", str(config))
+    assert result.code == 1, result
+    assert f"cannot listen on 127.0.0.1:{port}" in result.output
+    assert "Traceback" not in result.output
+    assert "listening on" not in result.output
