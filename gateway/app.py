@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import aiohttp
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
-from gateway.auth.base import Authenticator
+from gateway.auth.base import AuthBackend, Authenticator
 from gateway.auth.basic import BasicBackend
+from gateway.auth.callback import CallbackBackend
+from gateway.auth.jwks import ProviderKeys
+from gateway.auth.oidc import OidcBackend
 from gateway.auth.passwords import PasswordChecker
 from gateway.auth.store import CredentialStore
+from gateway.auth.tokens import TokenBackend, TokenSigner
 from gateway.config import Config
 from gateway.keys import (
     AUTHENTICATOR,
@@ -22,6 +26,7 @@ from gateway.keys import (
     PASSWORDS,
     REQUEST_ID,
     STORAGE,
+    TOKEN_SIGNER,
     VERSIONS,
 )
 from gateway.metrics import Metrics, metrics_middleware
@@ -43,23 +48,44 @@ async def _storage_session(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _authentication(app: web.Application) -> AsyncIterator[None]:
+    """Build the enabled backends in the configured order, with what each one owns."""
     config = app[CONFIG]
-    basic = config.auth.basic
+    auth = config.auth
     checker = PasswordChecker()
     app[PASSWORDS] = checker
-    store = CredentialStore(config.resolve_path(basic.credentials_file),
-                            account_homepage=basic.account_homepage,
-                            scope_prefix=config.auth.scope_prefix,
-                            reload_interval=basic.reload_interval)
-    await store.load()
-    backend = BasicBackend(store, checker, cache_max_size=basic.cache_max_size,
-                           cache_ttl=basic.cache_ttl)
-    app[AUTHENTICATOR] = Authenticator([backend])
-    watcher = asyncio.create_task(store.watch(), name="credentials-watch")
-    yield
-    watcher.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await watcher
+    background: list[asyncio.Task[None]] = []
+    backends: list[AuthBackend] = []
+    # One session for the identity provider and the auth callback, apart from storage's.
+    async with aiohttp.ClientSession(skip_auto_headers=("User-Agent",)) as session:
+        for name in auth.backends:
+            if name == "basic":
+                store = CredentialStore(config.resolve_path(auth.basic.credentials_file),
+                                        account_homepage=auth.basic.account_homepage,
+                                        scope_prefix=auth.scope_prefix,
+                                        reload_interval=auth.basic.reload_interval)
+                await store.load()
+                background.append(asyncio.create_task(store.watch(), name="credentials"))
+                backends.append(BasicBackend(store, checker,
+                                             cache_max_size=auth.basic.cache_max_size,
+                                             cache_ttl=auth.basic.cache_ttl))
+            elif name == "oidc":
+                assert auth.oidc.issuer is not None
+                keys = ProviderKeys(session, auth.oidc.issuer, timeout=auth.oidc.timeout,
+                                    refresh_interval=auth.oidc.refresh_interval,
+                                    unknown_kid_interval=auth.oidc.unknown_kid_interval)
+                background.append(asyncio.create_task(keys.run(), name="oidc-discovery"))
+                backends.append(OidcBackend(keys, auth.oidc, auth.scope_prefix))
+            elif name == "callback":
+                backends.append(CallbackBackend(session, auth.callback))
+            elif name == "token":
+                signer = TokenSigner(auth.tokens, Path(config.base_dir))
+                app[TOKEN_SIGNER] = signer
+                backends.append(TokenBackend(signer))
+        app[AUTHENTICATOR] = Authenticator(backends)
+        yield
+        for task in background:
+            task.cancel()
+        await asyncio.gather(*background, return_exceptions=True)
     await asyncio.to_thread(checker.close)
 
 

@@ -25,6 +25,21 @@ def _load(args: argparse.Namespace) -> Config:
     return load_config(resolve_config_path(args.config, os.environ), os.environ)
 
 
+def _check_auth(config: Config) -> list[str]:
+    """Problems with what the enabled auth backends read from disk (warnings included)."""
+    problems = []
+    if "basic" in config.auth.backends:
+        problems += _check_credentials(config)
+    if "token" in config.auth.backends:
+        from gateway.auth.tokens import TokenSigner
+
+        try:
+            TokenSigner(config.auth.tokens, Path(config.base_dir))
+        except (OSError, ValueError) as exc:
+            problems.append(f"auth.tokens.private_key_file: cannot be used ({exc})")
+    return problems
+
+
 def _check_credentials(config: Config) -> list[str]:
     """Problems with the credentials file, as messages (warnings included)."""
     basic = config.auth.basic
@@ -47,7 +62,7 @@ def _serve(args: argparse.Namespace) -> int:
     from gateway.app import create_app
 
     config = _load(args)
-    problems = [p for p in _check_credentials(config) if ": warning: " not in p]
+    problems = [p for p in _check_auth(config) if ": warning: " not in p]
     if problems:
         raise ConfigError("\n".join(problems))
     app = create_app(config)
@@ -68,7 +83,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 def _check_config(args: argparse.Namespace) -> int:
     config = _load(args)
-    problems = _check_credentials(config)
+    problems = _check_auth(config)
     for problem in problems:
         print(problem)
     if any(": warning: " not in p for p in problems):
@@ -109,6 +124,39 @@ def _auth_add(args: argparse.Namespace) -> int:
     return 0
 
 
+def _token_issue(args: argparse.Namespace) -> int:
+    """Sign a token for a user of the credentials file, as POST /token would for them."""
+    from gateway.auth.tokens import TokenSigner
+    from gateway.errors import Forbidden
+    from gateway.principal import Principal
+
+    config = _load(args)
+    basic = config.auth.basic
+    path = config.resolve_path(basic.credentials_file)
+    try:
+        signer = TokenSigner(config.auth.tokens, Path(config.base_dir))
+        users = parse_credentials(path.read_text(encoding="utf-8"),
+                                  account_homepage=basic.account_homepage,
+                                  scope_prefix=config.auth.scope_prefix).users
+    except (OSError, ValueError, AssertionError) as exc:
+        print(f"error: {exc or 'auth.tokens needs a secret or private_key_file'}",
+              file=sys.stderr)
+        return 1
+    user = users.get(args.username)
+    if user is None:
+        print(f"error: no user {args.username!r} in {path}", file=sys.stderr)
+        return 1
+    principal = Principal(id=user.username, agent=user.agent, scopes=user.scopes,
+                          scheme="basic")
+    try:
+        token, expires = signer.issue(principal, args.scopes, args.expires_in)
+    except Forbidden as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        return 1
+    print(json.dumps({"token": token, "expires_at": expires}))
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lrs-gateway", description=__doc__)
     parser.add_argument("--version", action="version", version=f"lrs-gateway {__version__}")
@@ -126,9 +174,17 @@ def _parser() -> argparse.ArgumentParser:
     add = auth_commands.add_parser("add", help="create a credential (Ralph format)")
     authcli.add_arguments(add)
     add.set_defaults(run=_auth_add)
-    for sub in (serve, check):
+    token = commands.add_parser("token", help="gateway-issued bearer tokens")
+    token_commands = token.add_subparsers(dest="token_command", required=True)
+    issue = token_commands.add_parser("issue", help="sign a token for a credentials-file user")
+    issue.add_argument("-u", "--username", required=True)
+    issue.add_argument("-s", "--scope", action="append", default=[], dest="scopes",
+                       required=True, help="repeat for several; within the user's scopes")
+    issue.add_argument("--expires-in", type=float, default=3600.0,
+                       help="seconds (capped by auth.tokens.max_lifetime)")
+    issue.set_defaults(run=_token_issue)
+    for sub in (serve, check, add, issue):
         sub.add_argument("--config", dest="config", default=argparse.SUPPRESS)
-    add.add_argument("--config", dest="config", default=argparse.SUPPRESS)
     return parser
 
 

@@ -28,8 +28,9 @@ __all__ = [
 
 ENV_PREFIX = "LRS_GATEWAY__"
 CONFIG_PATH_ENV = "LRS_GATEWAY_CONFIG"
-AVAILABLE_BACKENDS = ("basic",)
-PLANNED_BACKENDS = ("oidc", "callback", "token")
+AVAILABLE_BACKENDS = ("basic", "oidc", "callback", "token")
+OIDC_AGENTS = ("account", "openid", "group")
+_FORBIDDEN_OIDC_ALGORITHMS = ("none", "HS256", "HS384", "HS512")
 
 
 @dataclass(frozen=True)
@@ -63,30 +64,37 @@ class BasicAuthConfig:
 
 @dataclass(frozen=True)
 class OidcConfig:
-    """OpenID Connect bearer tokens (not available in this version yet)."""
+    """OpenID Connect bearer tokens: discovery, JWKS, claim checks, the agent they map to."""
 
     issuer: str | None = None
     audience: str | None = None
     algorithms: tuple[str, ...] = ("RS256", "PS256", "ES256", "EdDSA")
     leeway: float = 30.0
+    agent: str = "account"  # account {iss, sub} | openid "<iss>/<sub>" | group (SQL LRS)
+    refresh_interval: float = 3600.0  # seconds between discovery/JWKS refreshes
+    unknown_kid_interval: float = 5.0  # at most one JWKS refetch per this, for unknown kids
+    timeout: float = 5.0
 
 
 @dataclass(frozen=True)
 class CallbackConfig:
-    """Rustici-style auth callback (not available in this version yet)."""
+    """Rustici-style auth callback: Basic credentials checked by POSTing them to a URL."""
 
     url: str | None = None
     timeout: float = 5.0
     cache_max_size: int = 1000
     cache_seconds_success: float = 600.0
     cache_seconds_failure: float = 10.0
+    account_homepage: str = "https://lrs-gateway.example.org/accounts"
 
 
 @dataclass(frozen=True)
 class TokensConfig:
-    """Short-lived tokens the gateway signs (not available in this version yet)."""
+    """Short-lived tokens the gateway signs itself (HS256 secret or EdDSA private key)."""
 
     secret: Secret | None = None
+    private_key_file: str | None = None
+    issuer: str = "lrs-gateway"
     max_lifetime: float = 3600.0
 
 
@@ -151,13 +159,34 @@ def _validate(config: Config) -> list[str]:
         problems.append("storage.url: must be an http:// or https:// URL")
     if (config.storage.basic_username is None) != (config.storage.basic_password is None):
         problems.append("storage: basic_username and basic_password go together")
-    for name in config.auth.backends:
-        if name in PLANNED_BACKENDS:
-            problems.append(f"auth.backends: {name!r} is not available in this version yet")
-        elif name not in AVAILABLE_BACKENDS:
-            problems.append(f"auth.backends: unknown backend {name!r} (known: basic)")
-    if not config.auth.backends:
+    auth = config.auth
+    for name in auth.backends:
+        if name not in AVAILABLE_BACKENDS:
+            problems.append(f"auth.backends: unknown backend {name!r} "
+                            f"(known: {', '.join(AVAILABLE_BACKENDS)})")
+    if not auth.backends:
         problems.append("auth.backends: at least one backend is needed")
+    if len(set(auth.backends)) != len(auth.backends):
+        problems.append("auth.backends: a backend is listed twice")
+    if "oidc" in auth.backends:
+        if not auth.oidc.issuer:
+            problems.append("auth.oidc.issuer: needed when the oidc backend is on")
+        bad = [a for a in auth.oidc.algorithms if a.lower() == "none" or a.upper().startswith("HS")]
+        if bad:
+            problems.append(f"auth.oidc.algorithms: {', '.join(bad)} never verify OIDC tokens")
+        if not auth.oidc.algorithms:
+            problems.append("auth.oidc.algorithms: at least one algorithm is needed")
+    if auth.oidc.agent not in OIDC_AGENTS:
+        problems.append(f"auth.oidc.agent: one of {', '.join(OIDC_AGENTS)}")
+    if "callback" in auth.backends and not auth.callback.url:
+        problems.append("auth.callback.url: needed when the callback backend is on")
+    if "token" in auth.backends:
+        tokens = auth.tokens
+        if (tokens.secret is None) == (tokens.private_key_file is None):
+            problems.append("auth.tokens: set exactly one of secret (HS256) and "
+                            "private_key_file (EdDSA)")
+        elif tokens.secret is not None and len(tokens.secret.reveal().encode()) < 32:
+            problems.append("auth.tokens.secret: must be at least 32 bytes")
     for version in config.xapi.versions:
         if not _VERSION.match(version):
             problems.append(f"xapi.versions: {version!r} is not a version like 1.0.3")
@@ -173,6 +202,11 @@ def _validate(config: Config) -> list[str]:
         ("server.max_body_size", config.server.max_body_size),
         ("storage.max_connections", config.storage.max_connections),
         ("auth.basic.cache_max_size", config.auth.basic.cache_max_size),
+        ("auth.oidc.refresh_interval", config.auth.oidc.refresh_interval),
+        ("auth.oidc.timeout", config.auth.oidc.timeout),
+        ("auth.callback.timeout", config.auth.callback.timeout),
+        ("auth.callback.cache_max_size", config.auth.callback.cache_max_size),
+        ("auth.tokens.max_lifetime", config.auth.tokens.max_lifetime),
     ):
         if value <= 0:
             problems.append(f"{key}: must be greater than 0")

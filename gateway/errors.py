@@ -12,6 +12,7 @@
         ├── UpstreamUnavailable  502  connection refused / reset / bad answer
         ├── UpstreamTimeout      504
         └── StorageUnavailable   503  storage known to be down (readiness)
+    AuthUnavailable              503  an identity provider or auth callback cannot answer
 
 `ConfigError` is separate: it is raised before the server exists and ends the process.
 """
@@ -19,6 +20,7 @@
 from __future__ import annotations
 
 __all__ = [
+    "AuthUnavailable",
     "BadRequest",
     "ConfigError",
     "Forbidden",
@@ -117,6 +119,13 @@ class StorageUnavailable(UpstreamError):
 
     status = 503
     kind = "service_unavailable"
+
+
+class AuthUnavailable(GatewayError):
+    """Credentials cannot be checked now (IdP or callback down): not the caller's fault."""
+
+    status = 503
+    kind = "auth_unavailable"
 
 
 class ConfigError(Exception):

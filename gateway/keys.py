@@ -6,6 +6,7 @@ from aiohttp import web
 
 from gateway.auth.base import Authenticator
 from gateway.auth.passwords import PasswordChecker
+from gateway.auth.tokens import TokenSigner
 from gateway.config import Config
 from gateway.metrics import Metrics
 from gateway.principal import Principal
@@ -14,11 +15,12 @@ from gateway.xapiversion import VersionPolicy
 
 __all__ = [
     "AUTHENTICATOR", "CONFIG", "METRICS", "PASSWORDS", "PRINCIPAL", "REQUEST_ID", "STORAGE",
-    "VERSIONS",
+    "TOKEN_SIGNER", "VERSIONS",
 ]
 
 CONFIG = web.AppKey("config", Config)
 AUTHENTICATOR = web.AppKey("authenticator", Authenticator)
+TOKEN_SIGNER = web.AppKey("token_signer", TokenSigner)
 PASSWORDS = web.AppKey("passwords", PasswordChecker)
 METRICS = web.AppKey("metrics", Metrics)
 STORAGE = web.AppKey("storage", Upstream)

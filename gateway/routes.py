@@ -35,6 +35,7 @@ _INFO = {
         RouteInfo("xapi.agents", xapi=True, resource=Resource.AGENTS),
         RouteInfo("xapi.other", xapi=True, resource=Resource.OTHER),
         RouteInfo("whoami"),
+        RouteInfo("token"),
         RouteInfo("lbheartbeat", public=True),
         RouteInfo("heartbeat", public=True),
         RouteInfo("metrics", public=True),
@@ -62,7 +63,7 @@ def raw_query(request: web.Request) -> str:
 
 def setup_routes(app: web.Application, *, metrics_path: str | None) -> None:
     """Register every route; the catch-all for other /xAPI/ paths goes last."""
-    from gateway import passthrough, service, statements_api
+    from gateway import passthrough, service, statements_api, tokens_api
 
     router = app.router
     router.add_get("/xAPI/about{slash:/?}", service.about, name="xapi.about")
@@ -81,6 +82,7 @@ def setup_routes(app: web.Application, *, metrics_path: str | None) -> None:
     ):
         router.add_route("*", path, passthrough.proxy, name=name)
     router.add_get("/whoami", service.whoami, name="whoami")
+    router.add_post("/token", tokens_api.issue_token, name="token")
     router.add_get("/__lbheartbeat__", service.lbheartbeat, name="lbheartbeat")
     router.add_get("/__heartbeat__", service.heartbeat, name="heartbeat")
     if metrics_path is not None:

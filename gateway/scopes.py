@@ -11,6 +11,7 @@ __all__ = [
     "ROLE_SCOPES",
     "Resource",
     "ScopeSet",
+    "covers",
     "is_allowed",
     "normalize_scopes",
     "statements_read_mode",
@@ -39,7 +40,13 @@ _EXPANSIONS: dict[str, tuple[str, ...]] = {
 KNOWN_SCOPES = frozenset({
     "all", "all/read", "statements/write", "statements/read", "statements/read/mine",
     "state/read", "state/write", "profile/read", "profile/write", "define", "admin",
+    "tokens/issue",
 })
+_READ_SCOPES = frozenset({
+    "all/read", "statements/read", "statements/read/mine", "state/read", "profile/read",
+    "define",
+})
+_GATEWAY_SCOPES = frozenset({"admin", "tokens/issue"})
 _ALIASES: dict[str, str] = {
     "activities_profile": "profile",  # SQL LRS
     "agents_profile": "profile",  # SQL LRS
@@ -93,6 +100,19 @@ def is_allowed(scopes: ScopeSet, resource: Resource, method: str) -> bool:
     if read and "all/read" in scopes:
         return True
     return not scopes.isdisjoint(_NEEDED.get((resource, not read), frozenset()))
+
+
+def covers(granted: ScopeSet, scope: str) -> bool:
+    """Whether holding `granted` includes `scope` (a token may only narrow its issuer's)."""
+    if scope in granted:
+        return True
+    if scope in _GATEWAY_SCOPES:
+        return False  # `all` is about xAPI data, not about running the gateway
+    if "all" in granted:
+        return True
+    if "all/read" in granted and scope in _READ_SCOPES:
+        return True
+    return scope == "statements/read/mine" and "statements/read" in granted
 
 
 def statements_read_mode(scopes: ScopeSet) -> Literal["all", "mine"] | None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from gateway.errors import GatewayError
-from gateway.keys import CONFIG, METRICS, PRINCIPAL, STORAGE
+from gateway.keys import AUTHENTICATOR, CONFIG, METRICS, PRINCIPAL, STORAGE
 from gateway.xapiversion import VERSION_HEADER
 
 __all__ = ["about", "heartbeat", "lbheartbeat", "metrics", "whoami"]
@@ -40,8 +40,13 @@ async def heartbeat(request: web.Request) -> web.Response:
             detail = "ok" if ready else f"answered {answer.status}"
     except GatewayError as error:
         ready, detail = False, error.message
-    return web.json_response({"status": "ok" if ready else "unavailable",
-                              "checks": {"storage": detail}}, status=200 if ready else 503)
+    checks = {"storage": detail}
+    problems = request.app[AUTHENTICATOR].readiness_problems()
+    if problems:
+        ready = False
+        checks["auth"] = "; ".join(problems)
+    return web.json_response({"status": "ok" if ready else "unavailable", "checks": checks},
+                             status=200 if ready else 503)
 
 
 def storage_version(request: web.Request) -> str:

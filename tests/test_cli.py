@@ -25,6 +25,7 @@ from typing import Any
 
 import aiohttp
 import bcrypt
+import jwt
 import pytest
 import yaml
 from aiohttp import web
@@ -560,3 +561,23 @@ def test_serve_on_a_busy_port_is_a_clear_error(tmp_path: Path) -> None:
     assert f"cannot listen on 127.0.0.1:{port}" in result.output
     assert "Traceback" not in result.output
     assert "listening on" not in result.output
+
+
+def test_token_issue_from_the_cli(tmp_path: Path) -> None:
+    secret = "cli-token-secret-that-is-32-bytes-long"
+    (tmp_path / "auth.json").write_text(json.dumps(
+        [credential("reader", "p", ["statements/read"])]))
+    config = write_yaml(tmp_path / "config.yaml", {"auth": {
+        "backends": ["basic", "token"], "tokens": {"secret": secret, "max_lifetime": 120}}})
+    result = run(tmp_path, "--config", str(config), "token", "issue", "-u", "reader",
+                 "-s", "statements/read/mine", "--expires-in", "9999")
+    assert result.code == 0, result
+    issued = json.loads(result.out)
+    claims = jwt.decode(issued["token"], secret, algorithms=["HS256"], audience="lrs-gateway")
+    assert claims["scope"] == "statements/read/mine"
+    assert claims["exp"] - claims["iat"] == 120
+    wider = run(tmp_path, "--config", str(config), "token", "issue", "-u", "reader",
+                "-s", "all")
+    assert wider.code == 1
+    assert "does not hold: all" in wider.err
+    assert "Traceback" not in wider.output

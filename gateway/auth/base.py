@@ -50,13 +50,27 @@ class Authenticator:
         self.challenges = tuple(backend.challenge for backend in self._backends)
 
     async def authenticate(self, authorization: str | None) -> Principal:
-        """Return the caller's Principal or raise Unauthorized."""
+        """Return the caller's Principal or raise Unauthorized.
+
+        When two backends take the same scheme (Basic from the file, then the callback), a
+        failure of the first lets the next one try; the last failure is the answer.
+        """
         if not authorization:
             raise Unauthorized("authentication is required")
         scheme, _, credentials = authorization.strip().partition(" ")
         scheme = scheme.lower()
+        failure: Unauthorized | None = None
         for backend in self._backends:
-            principal = await backend.authenticate(scheme, credentials)
+            try:
+                principal = await backend.authenticate(scheme, credentials.strip())
+            except Unauthorized as exc:
+                failure = exc
+                continue
             if principal is not None:
                 return principal
-        raise Unauthorized("the Authorization scheme is not one this gateway accepts")
+        raise failure or Unauthorized("no enabled authentication scheme accepts these credentials")
+
+    def readiness_problems(self) -> list[str]:
+        """What keeps a backend from working yet (e.g. OIDC discovery pending)."""
+        problems = (getattr(backend, "readiness_problem", None) for backend in self._backends)
+        return [problem for problem in problems if problem]

@@ -1,0 +1,108 @@
+"""Short-lived tokens the gateway signs itself, with scopes narrowed from the issuer's."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import jwt
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+from gateway.agents import AgentError, validate_actor
+from gateway.auth.bearer import peek_issuer, token_scopes
+from gateway.config import TokensConfig
+from gateway.errors import Forbidden, Unauthorized
+from gateway.principal import Principal
+from gateway.scopes import ScopeSet, covers, normalize_scopes
+
+__all__ = ["TokenBackend", "TokenSigner"]
+
+_AUDIENCE = "lrs-gateway"
+
+
+class TokenSigner:
+    """Signs and verifies gateway tokens: HS256 with a secret, or EdDSA with a private key.
+
+    Changing the secret or key invalidates every outstanding token.
+    """
+
+    def __init__(self, config: TokensConfig, base_dir: Path) -> None:
+        self.issuer = config.issuer
+        self.max_lifetime = config.max_lifetime
+        if config.secret is not None:
+            self._algorithm = "HS256"
+            self._signing_key: Any = config.secret.reveal().encode("utf-8")
+            self._verifying_key: Any = self._signing_key
+        else:
+            assert config.private_key_file is not None
+            path = Path(config.private_key_file).expanduser()
+            path = path if path.is_absolute() else base_dir / path
+            key = load_pem_private_key(path.read_bytes(), password=None)
+            if not isinstance(key, Ed25519PrivateKey):
+                raise ValueError(f"{path}: an Ed25519 private key (PEM) is needed")
+            self._algorithm = "EdDSA"
+            self._signing_key = key
+            self._verifying_key = key.public_key()
+
+    def issue(self, principal: Principal, requested: Iterable[str],
+              lifetime: float) -> tuple[str, int]:
+        """A token for `principal` with `requested` scopes; 403 when they are not all covered."""
+        scopes, unknown = normalize_scopes(requested)
+        if unknown:
+            raise Forbidden(f"unknown scopes: {', '.join(sorted(unknown))}")
+        if not scopes:
+            raise Forbidden("a token needs at least one scope")
+        wider = sorted(s for s in scopes if not covers(principal.scopes, s))
+        if wider:
+            raise Forbidden(f"the caller does not hold: {', '.join(wider)}")
+        now = int(time.time())
+        expires = now + int(min(lifetime, self.max_lifetime))
+        claims = {
+            "iss": self.issuer, "aud": _AUDIENCE, "sub": principal.id, "iat": now,
+            "exp": expires, "jti": uuid.uuid4().hex, "scope": " ".join(sorted(scopes)),
+            "agent": principal.agent, "via": principal.scheme,
+        }
+        token = jwt.encode(claims, self._signing_key, algorithm=self._algorithm)
+        return token, expires
+
+    def verify(self, token: str) -> dict[str, Any]:
+        """The claims of a valid token, or Unauthorized."""
+        try:
+            claims: dict[str, Any] = jwt.decode(
+                token, self._verifying_key, algorithms=[self._algorithm], issuer=self.issuer,
+                audience=_AUDIENCE, leeway=5,
+                options={"require": ["exp", "iat", "iss", "sub", "aud"]})
+        except jwt.ExpiredSignatureError:
+            raise Unauthorized("the token has expired") from None
+        except (jwt.PyJWTError, ValueError, TypeError):
+            raise Unauthorized("the token is not valid") from None
+        if claims["exp"] - claims["iat"] > self.max_lifetime + 1:
+            raise Unauthorized("the token outlives the allowed lifetime")
+        return claims
+
+
+class TokenBackend:
+    """`Authorization: Bearer <gateway token>`."""
+
+    challenge = 'Bearer realm="xAPI"'
+
+    def __init__(self, signer: TokenSigner) -> None:
+        self._signer = signer
+
+    async def authenticate(self, scheme: str, credentials: str) -> Principal | None:
+        """Verify a token this gateway issued; None for other schemes or issuers."""
+        if scheme != "bearer" or peek_issuer(credentials) != self._signer.issuer:
+            return None
+        claims = self._signer.verify(credentials)
+        agent = claims.get("agent")
+        try:
+            validate_actor(agent)
+        except AgentError:
+            raise Unauthorized("the token carries no valid agent") from None
+        assert isinstance(agent, dict)
+        scopes: ScopeSet = normalize_scopes(token_scopes(claims))[0]
+        return Principal(id=str(claims["sub"]), agent=agent, scopes=scopes, scheme="token")
