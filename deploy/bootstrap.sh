@@ -3,9 +3,12 @@
 #
 #   .venv        the gateway with its dev tools:  pip install -e '.[dev]'
 #   .venv-ralph  a real Ralph LRS for tests and the demo: tests/realparts/requirements-ralph.txt
+#   tests/oidc/node_modules  a real OpenID provider (npm oidc-provider) for the OIDC tests:
+#                npm ci from tests/oidc/package-lock.json (needs Node >= 20 and npm)
 #
 # A venv is (re)installed only when its inputs changed (pyproject.toml, or the Ralph
-# requirements file, or the Python version), as recorded in a stamp file inside it.
+# requirements file, or the Python version), as recorded in a stamp file inside it; the
+# same for node_modules (the lockfile, or the Node version).
 # Environment: PYTHON (default python3, must be >= 3.11).
 set -euo pipefail
 
@@ -65,4 +68,32 @@ RALPH_REQS="tests/realparts/requirements-ralph.txt"
 
 ensure_venv .venv "python=$PY_VERSION inputs=$(inputs_hash pyproject.toml)" -e '.[dev]'
 ensure_venv .venv-ralph "python=$PY_VERSION inputs=$(inputs_hash "$RALPH_REQS")" -r "$RALPH_REQS"
-say "ready (.venv, .venv-ralph)"
+
+# ensure_node_modules DIR: `npm ci` in DIR when its lockfile (or Node) changed.
+ensure_node_modules() {
+    local dir="$1" node_version wanted stamp log
+    [[ -f "$dir/package-lock.json" ]] || die "$dir/package-lock.json missing"
+    command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1 \
+        || die "node and npm are required for the OIDC tests ($dir); install Node.js >= 20 with npm"
+    node_version="$(node --version)"
+    [[ "$node_version" =~ ^v([0-9]+)\. ]] && (( BASH_REMATCH[1] >= 20 )) \
+        || die "node is $node_version; Node.js >= 20 is required for $dir"
+    wanted="node=$node_version inputs=$(inputs_hash "$dir/package.json" "$dir/package-lock.json")"
+    stamp="$dir/node_modules/$STAMP_NAME"
+    if [[ -f "$stamp" ]] && [[ "$(cat "$stamp")" == "$wanted" ]]; then
+        say "$dir/node_modules is up to date"
+        return 0
+    fi
+    say "npm ci in $dir"
+    log="$(mktemp)"
+    if ! npm ci --prefix "$dir" --no-audit --no-fund --loglevel=error >"$log" 2>&1; then
+        cat "$log" >&2
+        rm -f "$log"
+        die "npm ci in $dir failed"
+    fi
+    rm -f "$log"
+    printf '%s\n' "$wanted" >"$stamp"
+}
+
+ensure_node_modules tests/oidc
+say "ready (.venv, .venv-ralph, tests/oidc/node_modules)"
