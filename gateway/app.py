@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -37,6 +38,8 @@ from gateway.xapiversion import VERSION_HEADER, VersionPolicy
 
 __all__ = ["create_app"]
 
+log = logging.getLogger(__name__)
+
 
 async def _storage_session(app: web.Application) -> AsyncIterator[None]:
     config = app[CONFIG].storage
@@ -70,6 +73,9 @@ async def _authentication(app: web.Application) -> AsyncIterator[None]:
                                              cache_ttl=auth.basic.cache_ttl))
             elif name == "oidc":
                 assert auth.oidc.issuer is not None
+                if auth.oidc.audience is None:
+                    log.warning("auth.oidc.audience is not set: tokens issued by %s for "
+                                "any other service will be accepted", auth.oidc.issuer)
                 keys = ProviderKeys(session, auth.oidc.issuer, timeout=auth.oidc.timeout,
                                     refresh_interval=auth.oidc.refresh_interval,
                                     unknown_kid_interval=auth.oidc.unknown_kid_interval)
