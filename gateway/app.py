@@ -20,9 +20,11 @@ from gateway.auth.passwords import PasswordChecker
 from gateway.auth.store import CredentialStore
 from gateway.auth.tokens import TokenBackend, TokenSigner
 from gateway.config import Config
+from gateway.forwarding.forwarder import Forwarder
 from gateway.keys import (
     AUTHENTICATOR,
     CONFIG,
+    FORWARDER,
     METRICS,
     PASSWORDS,
     REQUEST_ID,
@@ -95,6 +97,19 @@ async def _authentication(app: web.Application) -> AsyncIterator[None]:
     await asyncio.to_thread(checker.close)
 
 
+async def _forwarding(app: web.Application) -> AsyncIterator[None]:
+    """The durable fan-out, when any forwarding target is active."""
+    config = app[CONFIG]
+    if not any(target.is_active for target in config.forwardings):
+        yield
+        return
+    forwarder = Forwarder(config, app[STORAGE])
+    await forwarder.start()
+    app[FORWARDER] = forwarder
+    yield
+    await forwarder.stop()
+
+
 async def _stamp_response(request: web.Request, response: web.StreamResponse) -> None:
     """Stamp every answer (streamed or not, errors too) before its headers go out.
 
@@ -124,6 +139,7 @@ def create_app(config: Config, *, registry: CollectorRegistry | None = None) -> 
     app[VERSIONS] = VersionPolicy(config.xapi.versions)
     app.cleanup_ctx.append(_storage_session)
     app.cleanup_ctx.append(_authentication)
+    app.cleanup_ctx.append(_forwarding)
     app.on_response_prepare.append(_stamp_response)
     setup_routes(app, metrics_path=config.metrics.path if config.metrics.enabled else None)
     return app

@@ -1,4 +1,4 @@
-"""The `lrs-gateway` command: serve, check-config, auth add."""
+"""The `lrs-gateway` command: serve, check-config, auth add, token issue, forwarding."""
 
 from __future__ import annotations
 
@@ -10,11 +10,15 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from gateway import __version__, authcli
 from gateway.auth.credentials import CredentialsError, parse_credentials
 from gateway.config import Config, load_config, resolve_config_path
 from gateway.errors import ConfigError
+
+if TYPE_CHECKING:
+    from gateway.forwarding.store import OutboxStore
 
 __all__ = ["main"]
 
@@ -157,6 +161,70 @@ def _token_issue(args: argparse.Namespace) -> int:
     return 0
 
 
+def _open_outbox(config: Config) -> OutboxStore:
+    from gateway.forwarding.forwarder import OUTBOX_FILE
+    from gateway.forwarding.store import OutboxStore
+
+    path = config.resolve_path(config.data_dir) / OUTBOX_FILE
+    if not path.exists():
+        raise ConfigError(f"{path}: no outbox yet (nothing was ever forwarded)")
+    # WAL lets this process read and write while a running gateway uses the database.
+    return OutboxStore(path, synchronous=config.outbox.synchronous)
+
+
+def _forwarding_status(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    config = _load(args)
+    store = _open_outbox(config)
+    try:
+        names = [t.label for t in config.forwardings]
+        stats = store.stats(names + [t for t in store.targets() if t not in names])
+    finally:
+        store.close()
+    if args.json:
+        print(json.dumps({name: asdict(s) for name, s in stats.items()}, indent=2))
+        return 0
+    print(f"{'target':<24} {'backlog':>9} {'oldest':>9} {'delivered':>10} {'retries':>8} "
+          f"{'dead':>7}")
+    for name, s in stats.items():
+        oldest = "-" if s.oldest_age is None else f"{s.oldest_age:.1f}s"
+        print(f"{name:<24} {s.backlog:>9} {oldest:>9} {s.delivered:>10} {s.retries:>8} "
+              f"{s.dead_letters:>7}")
+    return 0
+
+
+def _forwarding_replay(args: argparse.Namespace) -> int:
+    config = _load(args)
+    store = _open_outbox(config)
+    try:
+        waiting = store.stats([args.target])[args.target].dead_letters
+        if waiting == 0:
+            print(f"{args.target}: no dead letters")
+            return 0
+        moved = 0
+        while True:  # in chunks, each its own transaction, so a running gateway keeps going
+            store.conn.execute("BEGIN IMMEDIATE")
+            count = store.requeue(args.target, transient_only=False, limit=1000)
+            store.conn.execute("COMMIT")
+            if not count:
+                break
+            moved += count
+            _progress(moved, waiting)
+        print(file=sys.stderr)
+    finally:
+        store.close()
+    print(f"{args.target}: {moved} dead letters re-queued")
+    return 0
+
+
+def _progress(done: int, total: int) -> None:
+    width = 30
+    filled = min(width, width * done // max(total, 1))
+    sys.stderr.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total}")
+    sys.stderr.flush()
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lrs-gateway", description=__doc__)
     parser.add_argument("--version", action="version", version=f"lrs-gateway {__version__}")
@@ -183,7 +251,15 @@ def _parser() -> argparse.ArgumentParser:
     issue.add_argument("--expires-in", type=float, default=3600.0,
                        help="seconds (capped by auth.tokens.max_lifetime)")
     issue.set_defaults(run=_token_issue)
-    for sub in (serve, check, add, issue):
+    forwarding = commands.add_parser("forwarding", help="the forwarding outbox")
+    forwarding_commands = forwarding.add_subparsers(dest="forwarding_command", required=True)
+    status = forwarding_commands.add_parser("status", help="per target backlog and totals")
+    status.add_argument("--json", action="store_true")
+    status.set_defaults(run=_forwarding_status)
+    replay = forwarding_commands.add_parser("replay", help="re-queue a target's dead letters")
+    replay.add_argument("--target", required=True, help="the target's name")
+    replay.set_defaults(run=_forwarding_replay)
+    for sub in (serve, check, add, issue, status, replay):
         sub.add_argument("--config", dest="config", default=argparse.SUPPRESS)
     return parser
 

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
 
-from gateway.configload import load_dataclass, read_yaml_file
+from gateway.configload import build_list, load_dataclass, read_yaml_file
 from gateway.errors import ConfigError
 from gateway.secret import Secret
 
@@ -28,6 +32,8 @@ __all__ = [
 
 ENV_PREFIX = "LRS_GATEWAY__"
 CONFIG_PATH_ENV = "LRS_GATEWAY_CONFIG"
+# JSON lists of targets; Ralph's own variable is accepted unchanged.
+FORWARDINGS_ENV = ("LRS_GATEWAY_XAPI_FORWARDINGS", "RALPH_XAPI_FORWARDINGS")
 AVAILABLE_BACKENDS = ("basic", "oidc", "callback", "token")
 OIDC_AGENTS = ("account", "openid", "group")
 _FORBIDDEN_OIDC_ALGORITHMS = ("none", "HS256", "HS384", "HS512")
@@ -123,6 +129,45 @@ class StorageConfig:
 
 
 @dataclass(frozen=True)
+class ForwardingTarget:
+    """A forwarding LRS in Ralph's RALPH_XAPI_FORWARDINGS format, plus optional extras."""
+
+    is_active: bool
+    url: str  # the target's statements endpoint, e.g. https://lrs2.example.org/xAPI/statements
+    basic_username: str | None
+    basic_password: Secret | None
+    max_retries: int
+    timeout: float
+    name: str | None = None
+    headers: Mapping[str, str] = field(default_factory=dict)
+    bearer_token: Secret | None = None
+    batch_size: int = 50
+    backoff_base: float = 0.5
+    backoff_cap: float = 60.0
+    xapi_version: str = "1.0.3"
+    backlog_limit: int = 1_000_000
+
+    @property
+    def label(self) -> str:
+        """The name used in metrics, logs and the CLI."""
+        if self.name:
+            return self.name
+        parsed = urlsplit(self.url)
+        return re.sub(r"[^A-Za-z0-9_.:-]+", "_", f"{parsed.hostname}:{parsed.port or ''}").strip(
+            "_:")
+
+
+@dataclass(frozen=True)
+class OutboxConfig:
+    """The durable forwarding outbox (SQLite in data_dir)."""
+
+    # full: an fsync per group commit; normal: survives a crash of the process, not of the
+    # machine.
+    synchronous: str = "full"
+    resolve_pending_after: float = 30.0  # seconds before an unresolved write is checked
+
+
+@dataclass(frozen=True)
 class MetricsConfig:
     """Prometheus exposition."""
 
@@ -138,7 +183,8 @@ class Config:
     xapi: XapiConfig = field(default_factory=XapiConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
-    forwardings: tuple[()] = ()
+    forwardings: tuple[ForwardingTarget, ...] = ()
+    outbox: OutboxConfig = field(default_factory=OutboxConfig)
     data_dir: str = "./data"
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     base_dir: str = field(default=".", metadata={"internal": True})
@@ -210,6 +256,25 @@ def _validate(config: Config) -> list[str]:
     ):
         if value <= 0:
             problems.append(f"{key}: must be greater than 0")
+    labels = [target.label for target in config.forwardings]
+    for index, target in enumerate(config.forwardings):
+        where = f"forwardings[{index}] ({target.label})"
+        if not target.url.startswith(("http://", "https://")):
+            problems.append(f"{where}: url: must be an http:// or https:// URL")
+        if (target.basic_username is None) != (target.basic_password is None):
+            problems.append(f"{where}: basic_username and basic_password go together")
+        if target.max_retries < 0:
+            problems.append(f"{where}: max_retries: must be 0 or more")
+        for key, value in (("timeout", target.timeout), ("batch_size", target.batch_size),
+                           ("backoff_base", target.backoff_base),
+                           ("backoff_cap", target.backoff_cap),
+                           ("backlog_limit", target.backlog_limit)):
+            if value <= 0:
+                problems.append(f"{where}: {key}: must be greater than 0")
+        if labels.count(target.label) > 1:
+            problems.append(f"{where}: name: two targets share it (set distinct names)")
+    if config.outbox.synchronous not in ("full", "normal"):
+        problems.append("outbox.synchronous: full or normal")
     if config.metrics.enabled and not config.metrics.path.startswith("/"):
         problems.append("metrics.path: must start with /")
     return problems
@@ -224,16 +289,25 @@ def load_config(path: Path, environ: Mapping[str, str]) -> Config:
     """Read YAML at `path`, apply environment overrides, validate; raise ConfigError."""
     raw = read_yaml_file(path)
     raw = {key: value for key, value in raw.items()}
-    if raw.get("forwardings"):
-        raise ConfigError(
-            f"{path}: forwardings: forwarding to other LRSes is not available in this "
-            "version yet; remove the targets (the list must be empty)"
-        )
-    raw.pop("forwardings", None)
     if "base_dir" in raw:
         raise ConfigError(f"{path}: base_dir: unknown key")
     raw["base_dir"] = str(path.resolve().parent)
+    targets_raw: Any = raw.pop("forwardings", None) or []
+    targets_source = str(path)
+    for variable in FORWARDINGS_ENV:
+        if variable in environ:
+            targets_source = f"environment {variable}"
+            try:
+                targets_raw = json.loads(environ[variable])
+            except json.JSONDecodeError as exc:
+                raise ConfigError(f"{targets_source}: not valid JSON ({exc.msg})") from None
+            break
     config = load_dataclass(Config, raw, source=str(path), environ=environ, env_prefix=ENV_PREFIX)
+    problems: list[str] = []
+    targets = build_list(ForwardingTarget, targets_raw, "forwardings", targets_source, problems)
+    if problems:
+        raise ConfigError("\n".join(problems))
+    config = dataclasses.replace(config, forwardings=targets)
     problems = _validate(config)
     if problems:
         raise ConfigError("\n".join(f"{path}: {problem}" for problem in problems))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections.abc
 import dataclasses
 import types
 import typing
@@ -109,7 +110,7 @@ def _where(value: Any, key: str, source: str) -> str:
 
 def _build(cls: Any, raw: Any, prefix: str, source: str, problems: list[str]) -> Any:
     if not isinstance(raw, Mapping):
-        problems.append(f"{source}: {prefix.rstrip('.') or 'top level'}: expected a mapping")
+        problems.append(f"{source}: {prefix.rstrip('.: ') or 'top level'}: expected a mapping")
         return None
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
@@ -117,8 +118,12 @@ def _build(cls: Any, raw: Any, prefix: str, source: str, problems: list[str]) ->
         if key not in fields:
             problems.append(f"{source}: {prefix}{key}: unknown key")
     kwargs: dict[str, Any] = {}
-    for name in fields:
+    for name, fld in fields.items():
         if name not in raw:
+            required = (fld.default is dataclasses.MISSING
+                        and fld.default_factory is dataclasses.MISSING)
+            if required:
+                problems.append(f"{source}: {prefix}{name}: missing (required)")
             continue
         value = raw[name]
         key = f"{prefix}{name}"
@@ -128,6 +133,10 @@ def _build(cls: Any, raw: Any, prefix: str, source: str, problems: list[str]) ->
                 continue  # an empty section in YAML means "all defaults"
             kwargs[name] = _build(hint, value, f"{key}.", source, problems)
             continue
+        item = _dataclass_items(hint)
+        if item is not None:
+            kwargs[name] = build_list(item, value, key, source, problems)
+            continue
         try:
             kwargs[name] = _convert(hint, value)
         except (TypeError, ValueError) as exc:
@@ -135,6 +144,32 @@ def _build(cls: Any, raw: Any, prefix: str, source: str, problems: list[str]) ->
     if problems:
         return None
     return cls(**kwargs)
+
+
+def _dataclass_items(hint: Any) -> Any:
+    """The element class of `tuple[SomeDataclass, ...]`, else None."""
+    args = typing.get_args(hint)
+    if typing.get_origin(hint) is tuple and len(args) == 2 and dataclasses.is_dataclass(args[0]):
+        return args[0]
+    return None
+
+
+def build_list(cls: Any, items: Any, key: str, source: str, problems: list[str]) -> Any:
+    """A tuple of `cls` from a list of mappings, each named in errors by index and name."""
+    if isinstance(items, _EnvValue):
+        problems.append(f"environment {items.name}: a list of objects cannot be set this way")
+        return ()
+    if not isinstance(items, list):
+        problems.append(f"{source}: {key}: expected a list")
+        return ()
+    built = []
+    for index, item in enumerate(items):
+        label = f"{key}[{index}]"
+        # Named by `name` only: a URL may carry credentials.
+        if isinstance(item, Mapping) and isinstance(item.get("name"), str):
+            label += f" ({item['name']})"
+        built.append(_build(cls, item, f"{label}: ", source, problems))
+    return tuple(built)
 
 
 def _describe(value: Any) -> str:
@@ -180,6 +215,11 @@ def _convert(hint: Any, value: Any) -> Any:
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ValueError(f"expected a number, got {_describe(value)}")
         return float(value)
+    if origin in (dict, Mapping, collections.abc.Mapping):
+        if not isinstance(value, dict) or not all(
+                isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
+            raise ValueError("expected a mapping of strings to strings")
+        return types.MappingProxyType(dict(value))
     if origin is tuple:
         if not isinstance(value, list):
             raise ValueError(f"expected a list, got {_describe(value)}")

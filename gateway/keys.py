@@ -8,14 +8,15 @@ from gateway.auth.base import Authenticator
 from gateway.auth.passwords import PasswordChecker
 from gateway.auth.tokens import TokenSigner
 from gateway.config import Config
+from gateway.forwarding.forwarder import Forwarder
 from gateway.metrics import Metrics
 from gateway.principal import Principal
 from gateway.upstream import Upstream
 from gateway.xapiversion import VersionPolicy
 
 __all__ = [
-    "AUTHENTICATOR", "CONFIG", "METRICS", "PASSWORDS", "PRINCIPAL", "REQUEST_ID", "STORAGE",
-    "TOKEN_SIGNER", "VERSIONS",
+    "AUTHENTICATOR", "CONFIG", "FORWARDER", "METRICS", "PASSWORDS", "PRINCIPAL", "REQUEST_ID",
+    "STORAGE", "TOKEN_SIGNER", "VERSIONS",
 ]
 
 CONFIG = web.AppKey("config", Config)
@@ -23,6 +24,7 @@ AUTHENTICATOR = web.AppKey("authenticator", Authenticator)
 TOKEN_SIGNER = web.AppKey("token_signer", TokenSigner)
 PASSWORDS = web.AppKey("passwords", PasswordChecker)
 METRICS = web.AppKey("metrics", Metrics)
+FORWARDER = web.AppKey("forwarder", Forwarder)
 STORAGE = web.AppKey("storage", Upstream)
 VERSIONS = web.AppKey("versions", VersionPolicy)
 

@@ -36,6 +36,7 @@ _INFO = {
         RouteInfo("xapi.other", xapi=True, resource=Resource.OTHER),
         RouteInfo("whoami"),
         RouteInfo("token"),
+        RouteInfo("admin.forwarding"),
         RouteInfo("lbheartbeat", public=True),
         RouteInfo("heartbeat", public=True),
         RouteInfo("metrics", public=True),
@@ -83,6 +84,7 @@ def setup_routes(app: web.Application, *, metrics_path: str | None) -> None:
         router.add_route("*", path, passthrough.proxy, name=name)
     router.add_get("/whoami", service.whoami, name="whoami")
     router.add_post("/token", tokens_api.issue_token, name="token")
+    router.add_get("/admin/forwarding", service.forwarding_status, name="admin.forwarding")
     router.add_get("/__lbheartbeat__", service.lbheartbeat, name="lbheartbeat")
     router.add_get("/__heartbeat__", service.heartbeat, name="heartbeat")
     if metrics_path is not None:

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from gateway.errors import GatewayError
-from gateway.keys import AUTHENTICATOR, CONFIG, METRICS, PRINCIPAL, STORAGE
+from gateway.errors import Forbidden, GatewayError
+from gateway.keys import AUTHENTICATOR, CONFIG, FORWARDER, METRICS, PRINCIPAL, STORAGE
 from gateway.xapiversion import VERSION_HEADER
 
-__all__ = ["about", "heartbeat", "lbheartbeat", "metrics", "whoami"]
+__all__ = ["about", "forwarding_status", "heartbeat", "lbheartbeat", "metrics", "whoami"]
 
 
 async def whoami(request: web.Request) -> web.Response:
@@ -62,3 +62,13 @@ async def about(request: web.Request) -> web.Response:
 async def metrics(request: web.Request) -> web.Response:
     """Prometheus exposition of the app's registry."""
     return request.app[METRICS].exposition()
+
+
+async def forwarding_status(request: web.Request) -> web.Response:
+    """Per forwarding target: backlog, oldest undelivered age, delivered, retries, dead letters."""
+    if "admin" not in request[PRINCIPAL].scopes:
+        raise Forbidden("the forwarding status needs the admin scope")
+    forwarder = request.app.get(FORWARDER)
+    if forwarder is None:
+        return web.json_response({"targets": {}})
+    return web.json_response(forwarder.as_json(await forwarder.status()))

@@ -9,7 +9,7 @@ from aiohttp import web
 
 from gateway.bodies import read_limited
 from gateway.errors import BadRequest, NotFound, UnsupportedMediaType, UpstreamUnavailable
-from gateway.keys import CONFIG, PRINCIPAL, REQUEST_ID, STORAGE
+from gateway.keys import CONFIG, FORWARDER, PRINCIPAL, REQUEST_ID, STORAGE
 from gateway.principal import Principal
 from gateway.routes import raw_query, xapi_tail
 from gateway.scopes import statements_read_mode
@@ -33,25 +33,45 @@ def _check_plain_write(request: web.Request) -> None:
         )
 
 
-async def _send_write(request: web.Request, method: str, body: Any) -> web.Response:
-    payload = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+def _encode(statement: Any) -> bytes:
+    return json.dumps(statement, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
+async def _send_write(request: web.Request, method: str, statements: list[Any],
+                      batch: bool) -> web.Response:
+    """Send to storage; with forwarding on, record the statements ahead and settle them after.
+
+    Each statement is encoded once: storage and every forwarding target get the same bytes.
+    """
+    parts = [_encode(statement) for statement in statements]
+    payload = b"[" + b",".join(parts) + b"]" if batch else parts[0]
+    forwarder = request.app.get(FORWARDER)
+    seqs = (await forwarder.record_pending([(s["id"], b) for s, b in zip(statements, parts,
+                                                                          strict=True)])
+            if forwarder is not None else [])
     headers = request_headers(request.headers, extra={
         "X-Request-ID": request[REQUEST_ID], "Content-Type": "application/json",
     })
+    # If storage's answer is lost (timeout, crash), the pending record stays and the
+    # resolver asks storage about each statement later.
     async with request.app[STORAGE].request(method, xapi_tail(request),
                                             raw_query=raw_query(request),
                                             headers=headers, data=payload) as upstream:
         answer = await upstream.read()
-        return web.Response(status=upstream.status, reason=upstream.reason, body=answer,
-                            headers=response_headers(upstream.headers, decoded=False))
+    if forwarder is not None:
+        await (forwarder.accepted(seqs) if 200 <= upstream.status < 300
+               else forwarder.refused(seqs))
+    return web.Response(status=upstream.status, reason=upstream.reason, body=answer,
+                        headers=response_headers(upstream.headers, decoded=False))
 
 
 async def post_statements(request: web.Request) -> web.Response:
     """Store one statement or a batch, each with an id and the caller as authority."""
     _check_plain_write(request)
     body = await read_limited(request, request.app[CONFIG].server.max_body_size)
-    statements, _ = prepare_post(parse_json_body(body), request[PRINCIPAL].agent)
-    return await _send_write(request, "POST", statements)
+    data, _ = prepare_post(parse_json_body(body), request[PRINCIPAL].agent)
+    batch = isinstance(data, list)
+    return await _send_write(request, "POST", data if batch else [data], batch)
 
 
 async def put_statements(request: web.Request) -> web.Response:
@@ -60,7 +80,7 @@ async def put_statements(request: web.Request) -> web.Response:
     body = await read_limited(request, request.app[CONFIG].server.max_body_size)
     statement = prepare_put(parse_json_body(body), request.query.get("statementId"),
                             request[PRINCIPAL].agent)
-    return await _send_write(request, "PUT", statement)
+    return await _send_write(request, "PUT", [statement], batch=False)
 
 
 async def _fetch_json(storage: Upstream, request: web.Request, tail: str,

@@ -80,7 +80,11 @@ def test_secrets_are_masked_in_reprs(tmp_path: Path) -> None:
         ("server: [1, 2]\n", {}, "server: expected a mapping"),
         ("- a\n", {}, "the top level must be a mapping"),
         ("a: [\n", {}, "not valid YAML"),
-        ("forwardings:\n  - url: http://x/\n", {}, "forwardings: forwarding"),
+        ("forwardings:\n  - url: http://x/\n", {}, "forwardings[0]: is_active: missing"),
+        ("forwardings:\n  - 3\n", {}, "forwardings[0]: expected a mapping"),
+        ("", {"RALPH_XAPI_FORWARDINGS": "[{"}, "environment RALPH_XAPI_FORWARDINGS: not valid"),
+        ("", {"LRS_GATEWAY_XAPI_FORWARDINGS": '[{"name": "t1", "url": "http://x/"}]'},
+         "environment LRS_GATEWAY_XAPI_FORWARDINGS: forwardings[0] (t1): max_retries: missing"),
         ("", {"LRS_GATEWAY__SERVER__PORTT": "1"}, "environment LRS_GATEWAY__SERVER__PORTT"),
         ("", {"LRS_GATEWAY__SERVER__PORT": "x"}, "environment LRS_GATEWAY__SERVER__PORT: "
                                                  "expected an integer"),

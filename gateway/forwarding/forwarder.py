@@ -1,0 +1,155 @@
+"""Ties the outbox to the request path, the target workers and the pending resolver."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import asdict
+from typing import Any
+
+import aiohttp
+
+from gateway.config import Config
+from gateway.errors import GatewayError
+from gateway.forwarding.outbox import Outbox
+from gateway.forwarding.store import OutboxStore, TargetStats
+from gateway.forwarding.worker import TargetWorker
+from gateway.upstream import Upstream
+
+__all__ = ["OUTBOX_FILE", "Forwarder"]
+
+log = logging.getLogger(__name__)
+OUTBOX_FILE = "outbox.sqlite3"
+_GC_INTERVAL = 30.0
+_SNAPSHOT_INTERVAL = 2.0
+
+
+class Forwarder:
+    """Durable fan-out: write-ahead on the request path, delivery in the background."""
+
+    def __init__(self, config: Config, storage: Upstream) -> None:
+        self._config = config
+        self._storage = storage
+        self.outbox = Outbox(config.resolve_path(config.data_dir) / OUTBOX_FILE,
+                             synchronous=config.outbox.synchronous)
+        self._active = [t for t in config.forwardings if t.is_active]
+        self._limits = [(t.label, t.backlog_limit) for t in self._active]
+        self.workers: list[TargetWorker] = []
+        self._tasks: list[asyncio.Task[None]] = []
+        self._session: aiohttp.ClientSession | None = None
+        self._started_at = time.time()
+        self.snapshot: dict[str, TargetStats] = {}
+
+    async def start(self) -> None:
+        """Open the outbox, start a worker per active target, the resolver and the GC."""
+        await self.outbox.open()
+        self._started_at = time.time()
+        self._session = aiohttp.ClientSession(skip_auto_headers=("User-Agent",))
+        for target in self._active:
+            worker = TargetWorker(target, self.outbox, self._session)
+            self.workers.append(worker)
+            self._tasks.append(asyncio.create_task(worker.run(), name=f"forward-{worker.name}"))
+        self._tasks.append(asyncio.create_task(self._resolve_pending(), name="outbox-resolve"))
+        self._tasks.append(asyncio.create_task(self._housekeeping(), name="outbox-housekeeping"))
+        log.info("forwarding to %d targets: %s", len(self.workers),
+                 ", ".join(w.name for w in self.workers) or "-")
+
+    async def stop(self) -> None:
+        """Stop the background work; what is queued stays in the outbox for next time."""
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._session is not None:
+            await self._session.close()
+        await self.outbox.close()
+
+    # -- the request path ---------------------------------------------------------------
+
+    async def record_pending(self, items: Sequence[tuple[str, bytes]]) -> list[int]:
+        """Before storage sees them: (statement id, exact bytes) recorded durably."""
+        return await self.outbox.call(lambda s: s.write_pending(items))
+
+    async def accepted(self, seqs: Sequence[int]) -> None:
+        """Storage accepted them: queue them for every active target."""
+        await self.outbox.call(lambda s: s.mark_ready(seqs, self._limits))
+        for worker in self.workers:
+            worker.wake()
+
+    async def refused(self, seqs: Sequence[int]) -> None:
+        """Storage refused them: nothing to forward."""
+        await self.outbox.call(lambda s: s.drop(seqs))
+
+    # -- background ---------------------------------------------------------------------
+
+    async def _in_storage(self, statement_id: str) -> bool | None:
+        """Whether storage holds the statement; None when it cannot tell now."""
+        headers = {"X-Experience-API-Version": self._config.xapi.versions[0]}
+        try:
+            async with self._storage.request("GET", "statements",
+                                             raw_query=f"statementId={statement_id}",
+                                             headers=headers, decompress=True) as response:
+                if response.status == 404:
+                    return False
+                if response.status != 200:
+                    return None
+                data: Any = json.loads(await response.read())
+        except (GatewayError, ValueError):
+            return None
+        if isinstance(data, dict) and "statements" in data:  # Ralph answers with a result
+            return bool(data["statements"])
+        return isinstance(data, dict) and data.get("id") == statement_id
+
+    async def resolve_once(self) -> int:
+        """Settle writes left pending by a crash or a lost answer; how many were settled."""
+        threshold = self._config.outbox.resolve_pending_after
+        before = max(self._started_at, time.time() - threshold)
+        settled = 0
+        rows = await self.outbox.call(lambda s: s.pending(before))
+        for seq, statement_id in rows:
+            present = await self._in_storage(statement_id)
+            if present is None:
+                continue  # storage cannot tell now: next round
+            await (self.accepted([seq]) if present else self.refused([seq]))
+            settled += 1
+        if settled:
+            log.info("outbox: %d pending statements settled against storage", settled)
+        return settled
+
+    async def _resolve_pending(self) -> None:
+        while True:
+            with contextlib.suppress(Exception):
+                await self.resolve_once()
+            await asyncio.sleep(max(1.0, self._config.outbox.resolve_pending_after / 2))
+
+    async def _housekeeping(self) -> None:
+        last_gc = time.monotonic()
+        while True:
+            with contextlib.suppress(Exception):
+                self.snapshot = await self.status()
+                if time.monotonic() - last_gc >= _GC_INTERVAL:
+                    last_gc = time.monotonic()
+                    await self.outbox.call(OutboxStore.collect_garbage)
+            await asyncio.sleep(_SNAPSHOT_INTERVAL)
+
+    async def status(self) -> dict[str, TargetStats]:
+        """Fresh per-target figures (configured targets first, then any the outbox knows)."""
+        names = [t.label for t in self._config.forwardings]
+
+        def query(store: OutboxStore) -> dict[str, TargetStats]:
+            known = names + [t for t in store.targets() if t not in names]
+            return store.stats(known)
+
+        return await self.outbox.call(query)
+
+    def failed(self) -> dict[str, int]:
+        """Failed sends per target since start."""
+        return {worker.name: worker.failed for worker in self.workers}
+
+    @staticmethod
+    def as_json(stats: dict[str, TargetStats]) -> dict[str, Any]:
+        """The status as a JSON-able document."""
+        return {"targets": {name: asdict(figures) for name, figures in stats.items()}}

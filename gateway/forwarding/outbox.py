@@ -1,0 +1,126 @@
+"""The outbox store behind one thread, with group commits.
+
+The event loop never waits on SQLite, and the requests of a few milliseconds share one
+transaction (one fsync).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import queue
+import sqlite3
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from gateway.forwarding.store import OutboxStore
+
+__all__ = ["Outbox"]
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+_Job = tuple[Callable[[OutboxStore], Any], asyncio.Future[Any]]
+_MAX_GROUP = 512  # operations in one transaction at most
+_MAX_WAITING = 10_000  # operations queued at most; callers wait beyond that
+
+
+class Outbox:
+    """Runs `OutboxStore` operations on its own thread, in group-committed transactions."""
+
+    def __init__(self, path: Path, *, synchronous: str) -> None:
+        self._path = path
+        self._synchronous = synchronous
+        self._jobs: queue.Queue[_Job | None] = queue.Queue()
+        self._room = asyncio.Semaphore(_MAX_WAITING)
+        self._thread: threading.Thread | None = None
+        self._store: OutboxStore | None = None
+        self.commits = 0  # transactions so far (bench and tests read it)
+
+    async def open(self) -> None:
+        """Open (or create) the database and start the thread."""
+        self._store = await asyncio.to_thread(OutboxStore, self._path,
+                                              synchronous=self._synchronous)
+        self._thread = threading.Thread(target=self._run, name="outbox", daemon=True)
+        self._thread.start()
+
+    async def close(self) -> None:
+        """Finish queued operations, stop the thread, close the database."""
+        if self._thread is None:
+            return
+        self._jobs.put(None)
+        await asyncio.to_thread(self._thread.join)
+        self._thread = None
+        if self._store is not None:
+            self._store.close()
+
+    @property
+    def backlog(self) -> dict[str, int]:
+        """Deliveries queued per target (read without a round trip to the thread)."""
+        return dict(self._store.backlog) if self._store is not None else {}
+
+    async def call(self, operation: Callable[[OutboxStore], T]) -> T:
+        """Run `operation(store)` in the next group commit; its result once committed."""
+        async with self._room:
+            future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+            self._jobs.put((operation, future))
+            return await future
+
+    def _run(self) -> None:
+        assert self._store is not None
+        store = self._store
+        while True:
+            first = self._jobs.get()
+            if first is None:
+                return
+            group = [first]
+            stop = False
+            while len(group) < _MAX_GROUP:
+                try:
+                    job = self._jobs.get_nowait()
+                except queue.Empty:
+                    break
+                if job is None:
+                    stop = True
+                    break
+                group.append(job)
+            self._commit(store, group)
+            if stop:
+                return
+
+    def _commit(self, store: OutboxStore, group: list[_Job]) -> None:
+        results: list[tuple[asyncio.Future[Any], bool, Any]] = []
+        try:
+            store.conn.execute("BEGIN IMMEDIATE")
+            for index, (operation, future) in enumerate(group):
+                store.conn.execute(f"SAVEPOINT op{index}")
+                try:
+                    value = operation(store)
+                except Exception as exc:  # one bad operation must not sink the group
+                    store.conn.execute(f"ROLLBACK TO op{index}")
+                    store.recount()  # the in-memory backlog may have moved with it
+                    results.append((future, False, exc))
+                else:
+                    results.append((future, True, value))
+                store.conn.execute(f"RELEASE op{index}")
+            store.conn.execute("COMMIT")
+            self.commits += 1
+        except sqlite3.Error as exc:
+            log.error("outbox: a group commit failed: %s", exc)
+            with contextlib.suppress(sqlite3.Error):
+                store.conn.execute("ROLLBACK")
+            store.recount()
+            results = [(future, False, exc) for _, future in group]
+        for future, ok, value in results:
+            future.get_loop().call_soon_threadsafe(_settle, future, ok, value)
+
+
+def _settle(future: asyncio.Future[Any], ok: bool, value: Any) -> None:
+    if future.cancelled():
+        return
+    if ok:
+        future.set_result(value)
+    else:
+        future.set_exception(value)

@@ -1,0 +1,258 @@
+"""The outbox's SQLite schema and operations; synchronous, used by one thread or the CLI.
+
+A statement is written `pending` before the storage LRS sees it, made `ready` (with one
+delivery row per target) once storage accepted it, and dropped if storage refused it.
+Deliveries leave by ack (delivered) or to the dead letters (with the reason).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = ["BACKLOG_FULL", "Claimed", "OutboxStore", "TargetStats"]
+
+BACKLOG_FULL = "backlog full"
+_PENDING, _READY = 0, 1
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS statements (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    statement_id TEXT NOT NULL,
+    body BLOB NOT NULL,
+    state INTEGER NOT NULL,
+    created REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS statements_pending ON statements(created) WHERE state = 0;
+CREATE TABLE IF NOT EXISTS deliveries (
+    target TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt REAL NOT NULL DEFAULT 0,
+    last_error TEXT,
+    PRIMARY KEY (target, seq)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS deliveries_seq ON deliveries(seq);
+CREATE TABLE IF NOT EXISTS dead_letters (
+    target TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    reason TEXT NOT NULL,
+    transient INTEGER NOT NULL,
+    failed_at REAL NOT NULL,
+    PRIMARY KEY (target, seq)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS dead_letters_seq ON dead_letters(seq);
+CREATE INDEX IF NOT EXISTS dead_letters_transient ON dead_letters(target, transient, seq);
+CREATE TABLE IF NOT EXISTS counters (
+    target TEXT NOT NULL,
+    name TEXT NOT NULL,
+    value INTEGER NOT NULL,
+    PRIMARY KEY (target, name)
+) WITHOUT ROWID;
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Claimed:
+    """A delivery due now: its sequence number, the statement's bytes, attempts so far."""
+
+    seq: int
+    body: bytes
+    attempts: int
+
+
+@dataclass(frozen=True, slots=True)
+class TargetStats:
+    """What `forwarding status` shows for one target."""
+
+    backlog: int
+    oldest_age: float | None
+    delivered: int
+    retries: int
+    dead_letters: int  # waiting in the dead-letter list now
+    transient_dead_letters: int  # of those, the ones a recovered target gets again
+    dead_lettered_total: int  # ever moved to the dead-letter list
+
+
+def _marks(count: int) -> str:
+    return ",".join("?" * count)
+
+
+class OutboxStore:
+    """One SQLite connection in WAL mode; `backlog` counts deliveries per target in memory."""
+
+    def __init__(self, path: Path, *, synchronous: str = "full") -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self.conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self.conn.execute("PRAGMA journal_mode=WAL")
+        self.conn.execute(f"PRAGMA synchronous={'FULL' if synchronous == 'full' else 'NORMAL'}")
+        self.conn.execute("PRAGMA busy_timeout=5000")
+        self.conn.executescript(_SCHEMA)
+        self.backlog: dict[str, int] = {}
+        self.recount()
+
+    def close(self) -> None:
+        """Close the connection."""
+        self.conn.close()
+
+    def recount(self) -> None:
+        """Backlog counts from the database (at start, and after a failed commit)."""
+        rows = self.conn.execute("SELECT target, COUNT(*) FROM deliveries GROUP BY target")
+        self.backlog = {target: count for target, count in rows}
+
+    def _bump(self, target: str, name: str, by: int) -> None:
+        self.conn.execute(
+            "INSERT INTO counters(target, name, value) VALUES (?, ?, ?) "
+            "ON CONFLICT(target, name) DO UPDATE SET value = value + excluded.value",
+            (target, name, by))
+
+    # -- the write path -----------------------------------------------------------------
+
+    def write_pending(self, items: Sequence[tuple[str, bytes]]) -> list[int]:
+        """Record statements before storage sees them; their sequence numbers."""
+        now = time.time()
+        seqs = []
+        for statement_id, body in items:
+            cursor = self.conn.execute(
+                "INSERT INTO statements(statement_id, body, state, created) VALUES (?, ?, ?, ?)",
+                (statement_id, body, _PENDING, now))
+            assert cursor.lastrowid is not None
+            seqs.append(cursor.lastrowid)
+        return seqs
+
+    def mark_ready(self, seqs: Sequence[int], targets: Sequence[tuple[str, int]]) -> None:
+        """Storage accepted them: queue one delivery per (target, backlog_limit)."""
+        if not seqs:
+            return
+        self.conn.execute(f"UPDATE statements SET state = ? WHERE seq IN ({_marks(len(seqs))})",
+                          (_READY, *seqs))
+        now = time.time()
+        for target, limit in targets:
+            room = max(0, limit - self.backlog.get(target, 0))
+            queued, overflow = seqs[:room], seqs[room:]
+            self.conn.executemany("INSERT OR IGNORE INTO deliveries(target, seq) VALUES (?, ?)",
+                                  [(target, seq) for seq in queued])
+            self.backlog[target] = self.backlog.get(target, 0) + len(queued)
+            if overflow:
+                self.conn.executemany(
+                    "INSERT OR REPLACE INTO dead_letters(target, seq, reason, transient, "
+                    "failed_at) VALUES (?, ?, ?, 1, ?)",
+                    [(target, seq, BACKLOG_FULL, now) for seq in overflow])
+                self._bump(target, "dead_letters", len(overflow))
+
+    def drop(self, seqs: Sequence[int]) -> None:
+        """Storage refused them: forget them (only while still pending)."""
+        if seqs:
+            self.conn.execute(
+                f"DELETE FROM statements WHERE state = ? AND seq IN ({_marks(len(seqs))})",
+                (_PENDING, *seqs))
+
+    def pending(self, created_before: float, limit: int = 500) -> list[tuple[int, str]]:
+        """Pending statements older than a moment: (seq, statement id), to resolve."""
+        return list(self.conn.execute(
+            "SELECT seq, statement_id FROM statements WHERE state = ? AND created < ? "
+            "ORDER BY created LIMIT ?", (_PENDING, created_before, limit)))
+
+    # -- the delivery path --------------------------------------------------------------
+
+    def claim(self, target: str, limit: int, now: float) -> list[Claimed]:
+        """Deliveries due for `target`, oldest first."""
+        rows = self.conn.execute(
+            "SELECT d.seq, s.body, d.attempts FROM deliveries d JOIN statements s "
+            "ON s.seq = d.seq WHERE d.target = ? AND d.next_attempt <= ? ORDER BY d.seq LIMIT ?",
+            (target, now, limit))
+        return [Claimed(seq, bytes(body), attempts) for seq, body, attempts in rows]
+
+    def next_due(self, target: str) -> float | None:
+        """When the next delivery for `target` is due, if any is queued."""
+        row = self.conn.execute("SELECT MIN(next_attempt) FROM deliveries WHERE target = ?",
+                                (target,)).fetchone()
+        return None if row is None or row[0] is None else float(row[0])
+
+    def ack(self, target: str, seqs: Sequence[int]) -> None:
+        """Delivered."""
+        deleted = self.conn.execute(
+            f"DELETE FROM deliveries WHERE target = ? AND seq IN ({_marks(len(seqs))})",
+            (target, *seqs)).rowcount
+        self.backlog[target] = self.backlog.get(target, 0) - deleted
+        self._bump(target, "delivered", deleted)
+
+    def retry(self, target: str, seqs: Sequence[int], next_attempt: float, error: str) -> None:
+        """A transient failure: try again at `next_attempt`."""
+        self.conn.execute(
+            "UPDATE deliveries SET attempts = attempts + 1, next_attempt = ?, last_error = ? "
+            f"WHERE target = ? AND seq IN ({_marks(len(seqs))})",
+            (next_attempt, error, target, *seqs))
+        self._bump(target, "retries", len(seqs))
+
+    def dead_letter(self, target: str, seqs: Sequence[int], reason: str,
+                    transient: bool) -> None:
+        """Give up on these deliveries (they stay replayable)."""
+        deleted = self.conn.execute(
+            f"DELETE FROM deliveries WHERE target = ? AND seq IN ({_marks(len(seqs))})",
+            (target, *seqs)).rowcount
+        self.backlog[target] = self.backlog.get(target, 0) - deleted
+        now = time.time()
+        self.conn.executemany(
+            "INSERT OR REPLACE INTO dead_letters(target, seq, reason, transient, failed_at) "
+            "VALUES (?, ?, ?, ?, ?)", [(target, seq, reason, int(transient), now) for seq in seqs])
+        self._bump(target, "dead_letters", len(seqs))
+
+    def requeue(self, target: str, *, transient_only: bool, limit: int | None = None,
+                attempts: int = 0) -> int:
+        """Move dead letters of `target` back into its queue; how many moved."""
+        query = "SELECT seq FROM dead_letters WHERE target = ?"
+        if transient_only:
+            query += " AND transient = 1"
+        query += " ORDER BY seq" + (f" LIMIT {int(limit)}" if limit is not None else "")
+        seqs = [seq for (seq,) in self.conn.execute(query, (target,))]
+        if not seqs:
+            return 0
+        self.conn.executemany(
+            "INSERT OR IGNORE INTO deliveries(target, seq, attempts, next_attempt) "
+            "VALUES (?, ?, ?, 0)", [(target, seq, attempts) for seq in seqs])
+        self.conn.execute(
+            f"DELETE FROM dead_letters WHERE target = ? AND seq IN ({_marks(len(seqs))})",
+            (target, *seqs))
+        self.backlog[target] = self.backlog.get(target, 0) + len(seqs)
+        return len(seqs)
+
+    def collect_garbage(self) -> int:
+        """Delete statements no delivery or dead letter needs any more."""
+        return self.conn.execute(
+            "DELETE FROM statements WHERE state = ? AND NOT EXISTS "
+            "(SELECT 1 FROM deliveries d WHERE d.seq = statements.seq) AND NOT EXISTS "
+            "(SELECT 1 FROM dead_letters x WHERE x.seq = statements.seq)", (_READY,)).rowcount
+
+    # -- operating it -------------------------------------------------------------------
+
+    def targets(self) -> list[str]:
+        """Every target the database knows of."""
+        rows = self.conn.execute(
+            "SELECT target FROM deliveries UNION SELECT target FROM dead_letters "
+            "UNION SELECT target FROM counters")
+        return sorted(target for (target,) in rows)
+
+    def stats(self, targets: Iterable[str]) -> dict[str, TargetStats]:
+        """Per target: backlog, age of the oldest undelivered statement, totals."""
+        now = time.time()
+        result = {}
+        for target in targets:
+            counters = dict(self.conn.execute(
+                "SELECT name, value FROM counters WHERE target = ?", (target,)))
+            row = self.conn.execute(
+                "SELECT s.created FROM deliveries d JOIN statements s ON s.seq = d.seq "
+                "WHERE d.target = ? ORDER BY d.seq LIMIT 1", (target,)).fetchone()
+            dead, transient = self.conn.execute(
+                "SELECT COUNT(*), COALESCE(SUM(transient), 0) FROM dead_letters "
+                "WHERE target = ?", (target,)).fetchone()
+            result[target] = TargetStats(
+                backlog=self.backlog.get(target, 0),
+                oldest_age=None if row is None else max(0.0, now - row[0]),
+                delivered=counters.get("delivered", 0), retries=counters.get("retries", 0),
+                dead_letters=dead, transient_dead_letters=transient,
+                dead_lettered_total=counters.get("dead_letters", 0))
+        return result

@@ -1,0 +1,178 @@
+"""One worker per forwarding target: batches, retries with backoff and jitter, dead letters."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import logging
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
+from functools import partial
+
+import aiohttp
+
+from gateway.config import ForwardingTarget
+from gateway.forwarding.outbox import Outbox
+from gateway.forwarding.store import Claimed, OutboxStore
+
+__all__ = ["Outcome", "TargetWorker"]
+
+log = logging.getLogger(__name__)
+_IDLE_POLL = 1.0  # seconds between looks at the queue (the CLI replays without waking us)
+_REASON_CHARS = 300
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """How one POST to the target went."""
+
+    kind: str  # delivered | split | rejected | transient
+    reason: str = ""
+    retry_after: float | None = None
+
+
+def _retry_after(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
+    except (TypeError, ValueError):
+        return None
+
+
+class TargetWorker:
+    """Delivers a target's queue in order; a slow or dead target only delays itself."""
+
+    def __init__(self, target: ForwardingTarget, outbox: Outbox,
+                 session: aiohttp.ClientSession) -> None:
+        self.target = target
+        self.name = target.label
+        self._outbox = outbox
+        self._session = session
+        self._wake = asyncio.Event()
+        self._timeout = aiohttp.ClientTimeout(total=target.timeout)
+        self._headers = {"Content-Type": "application/json",
+                         "X-Experience-API-Version": target.xapi_version, **target.headers}
+        if target.bearer_token is not None:
+            self._headers["Authorization"] = f"Bearer {target.bearer_token.reveal()}"
+        elif target.basic_username is not None and target.basic_password is not None:
+            token = f"{target.basic_username}:{target.basic_password.reveal()}".encode()
+            self._headers["Authorization"] = "Basic " + base64.b64encode(token).decode()
+        self._last_probe = 0.0
+        self.failed = 0  # failed sends (metrics read it)
+
+    def wake(self) -> None:
+        """New deliveries were queued."""
+        self._wake.set()
+
+    async def run(self) -> None:
+        """Deliver until cancelled."""
+        while True:
+            try:
+                batch = await self._outbox.call(
+                    lambda s: s.claim(self.name, self.target.batch_size, time.time()))
+                if batch:
+                    await self._deliver(batch)
+                else:
+                    await self._idle()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # the outbox or a bug: log, breathe, go on
+                log.exception("forwarding to %s: unexpected error", self.name)
+                await asyncio.sleep(1.0)
+
+    async def _idle(self) -> None:
+        due = await self._outbox.call(lambda s: s.next_due(self.name))
+        wait = min(_IDLE_POLL, self.target.backoff_cap if due is None
+                   else max(0.0, due - time.time()))
+        if due is None and time.monotonic() - self._last_probe >= self.target.backoff_cap:
+            # Transient dead letters (the target was down): send a few again as a probe;
+            # a success brings all the others back (see _settle).
+            self._last_probe = time.monotonic()
+            moved = await self._outbox.call(lambda s: s.requeue(
+                self.name, transient_only=True, limit=self.target.batch_size,
+                attempts=self.target.max_retries))
+            if moved:
+                return
+        self._wake.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), timeout=wait)
+
+    async def _deliver(self, batch: Sequence[Claimed]) -> None:
+        pending: list[Sequence[Claimed]] = [batch]
+        while pending:
+            part = pending.pop()
+            outcome = await self._send(part)
+            seqs = [item.seq for item in part]
+            if outcome.kind == "delivered":
+                await self._outbox.call(partial(OutboxStore.ack, target=self.name, seqs=seqs))
+                await self._recovered()
+            elif outcome.kind == "split":
+                half = len(part) // 2
+                pending.extend([part[half:], part[:half]])  # first half goes first
+            elif outcome.kind == "rejected":
+                log.warning("forwarding to %s: statement dead-lettered: %s", self.name,
+                            outcome.reason)
+                await self._outbox.call(partial(OutboxStore.dead_letter, target=self.name,
+                                                seqs=seqs, reason=outcome.reason,
+                                                transient=False))
+            else:
+                self.failed += 1
+                await self._retry_or_give_up(part, outcome)
+                return  # the target is struggling: wait for the backoff before more
+
+    async def _recovered(self) -> None:
+        # In chunks: after a long outage the dead letters may be many; each success brings
+        # the next chunk back.
+        moved = await self._outbox.call(lambda s: s.requeue(
+            self.name, transient_only=True, limit=10 * self.target.batch_size))
+        if moved:
+            log.info("forwarding to %s: reachable again, %d dead letters re-queued",
+                     self.name, moved)
+
+    async def _retry_or_give_up(self, part: Sequence[Claimed], outcome: Outcome) -> None:
+        attempts = max(item.attempts for item in part) + 1
+        seqs = [item.seq for item in part]
+        if attempts > self.target.max_retries:
+            log.warning("forwarding to %s: %d statements dead-lettered after %d attempts: %s",
+                        self.name, len(seqs), attempts, outcome.reason)
+            await self._outbox.call(
+                lambda s: s.dead_letter(self.name, seqs, outcome.reason, True))
+            return
+        # Full jitter: spread retries of many gateways over the whole window.
+        window = min(self.target.backoff_cap, self.target.backoff_base * 2 ** attempts)
+        delay = max(random.uniform(0, window), outcome.retry_after or 0.0)
+        await self._outbox.call(
+            lambda s: s.retry(self.name, seqs, time.time() + delay, outcome.reason))
+
+    async def _send(self, part: Sequence[Claimed]) -> Outcome:
+        body = b"[" + b",".join(item.body for item in part) + b"]"
+        try:
+            async with self._session.post(self.target.url, data=body, headers=self._headers,
+                                          timeout=self._timeout,
+                                          allow_redirects=False) as response:
+                text = (await response.read())[:_REASON_CHARS].decode("utf-8", "replace")
+                status = response.status
+                retry_after = _retry_after(response.headers.get("Retry-After"))
+        except TimeoutError:
+            return Outcome("transient", f"timed out after {self.target.timeout} s")
+        except aiohttp.ClientError as exc:
+            return Outcome("transient", f"{type(exc).__name__}: {exc}"[:_REASON_CHARS])
+        reason = f"HTTP {status}: {text}".strip()
+        if status in (200, 204):
+            return Outcome("delivered")
+        if status == 409 and len(part) == 1:
+            return Outcome("delivered")  # it already holds that id: delivered before
+        if status == 429 or status >= 500 or status in (408,):
+            return Outcome("transient", reason, retry_after)
+        if len(part) > 1:
+            return Outcome("split", reason)  # find the statement it objects to
+        return Outcome("rejected", reason)

@@ -1,0 +1,351 @@
+"""Durable fan-out against scripted targets: faults, retries, splits, dead letters, replay."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+from prometheus_client import CollectorRegistry
+from support import FakeLRS, basic, credential, write_config
+
+from gateway.app import create_app
+from gateway.keys import FORWARDER
+
+Client = TestClient[web.Request, web.Application]
+USERS = [credential("admin", "admin-pw", ["all", "admin"]),
+         credential("lms", "lms-pw", ["statements/write"])]
+Behaviour = Callable[[web.Request, list[Any]], Awaitable[web.StreamResponse | None]]
+
+
+@dataclass
+class Target:
+    """A scripted forwarding target: `behaviour` may answer; otherwise it stores and says 200."""
+
+    behaviour: Behaviour | None = None
+    stored: dict[str, Any] = field(default_factory=dict)
+    requests: list[list[Any]] = field(default_factory=list)
+    times: list[float] = field(default_factory=list)
+    headers: list[dict[str, str]] = field(default_factory=list)
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        batch = json.loads(await request.read())
+        self.requests.append(batch)
+        self.times.append(time.monotonic())
+        self.headers.append(dict(request.headers))
+        if self.behaviour is not None:
+            answer = await self.behaviour(request, batch)
+            if answer is not None:
+                return answer
+        for statement in batch:
+            self.stored[statement["id"]] = statement
+        return web.json_response([s["id"] for s in batch])
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_post("/xAPI/statements", self.handle)
+        return app
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def target_config(name: str, url: str, **extra: Any) -> dict[str, Any]:
+    return {"name": name, "is_active": True, "url": url, "basic_username": f"{name}-user",
+            "basic_password": f"{name}-secret", "max_retries": 3, "timeout": 1,
+            "backoff_base": 0.05, "backoff_cap": 0.3, **extra}
+
+
+@dataclass
+class Setup:
+    client: Client
+    storage: FakeLRS
+    targets: dict[str, Target]
+    tmp_path: Path
+
+
+MakeSetup = Callable[..., Awaitable[Setup]]
+
+
+@pytest.fixture
+def make_setup(tmp_path: Path, aiohttp_server: Any, aiohttp_client: Any) -> MakeSetup:
+    async def make(targets: dict[str, Target], *, storage_script: Any = None,
+                   urls: dict[str, str] | None = None, **per_target: Any) -> Setup:
+        storage = FakeLRS(storage_script)
+        storage_server: TestServer = await aiohttp_server(storage.app())
+        forwardings = []
+        for name, target in targets.items():
+            if urls and name in urls:
+                url = urls[name]
+            else:
+                server: TestServer = await aiohttp_server(target.app())
+                url = str(server.make_url("/xAPI/statements"))
+            forwardings.append(target_config(name, url, **per_target.get(name, {})))
+        config = write_config(tmp_path, str(storage_server.make_url("/xAPI/")), USERS,
+                              {"forwardings": forwardings, "data_dir": "data"})
+        client: Client = await aiohttp_client(create_app(config, registry=CollectorRegistry()))
+        return Setup(client, storage, targets, tmp_path)
+
+    return make
+
+
+def statement(n: int, **extra: Any) -> dict[str, Any]:
+    return {"actor": {"mbox": f"mailto:learner{n}@example.com"},
+            "verb": {"id": "http://adlnet.gov/expapi/verbs/completed"},
+            "object": {"id": f"http://example.com/course/{n}"}, **extra}
+
+
+async def eventually(check: Callable[[], bool], within: float = 5.0) -> None:
+    deadline = time.monotonic() + within
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        await asyncio.sleep(0.02)
+
+
+async def post(setup: Setup, body: Any, user: str = "lms") -> list[str]:
+    response = await setup.client.post("/xAPI/statements", json=body,
+                                       headers=basic(user, f"{user}-pw"))
+    assert response.status == 200, await response.text()
+    ids: list[str] = await response.json()
+    return ids
+
+
+async def status(setup: Setup) -> dict[str, Any]:
+    response = await setup.client.get("/admin/forwarding", headers=basic("admin", "admin-pw"))
+    assert response.status == 200
+    data: dict[str, Any] = (await response.json())["targets"]
+    return data
+
+
+async def test_every_target_gets_exactly_what_storage_stored(make_setup: MakeSetup) -> None:
+    setup = await make_setup({"one": Target(), "two": Target()})
+    ids = await post(setup, [statement(1), statement(2)]) + await post(setup, statement(3))
+    sid = "1f0f2d4c-6a9b-4e1e-9a34-5b6c7d8e9f00"
+    response = await setup.client.put(f"/xAPI/statements?statementId={sid}",
+                                      json=statement(4), headers=basic("lms", "lms-pw"))
+    assert response.status == 200  # the fake LRS answers PUT like a POST
+    ids.append(sid)
+    stored = {}
+    for seen in setup.storage.seen:
+        body = json.loads(seen.body)
+        for item in body if isinstance(body, list) else [body]:
+            stored[item["id"]] = item
+    for target in setup.targets.values():
+        await eventually(lambda t=target: len(t.stored) == 4)  # type: ignore[misc]
+        assert target.stored == stored  # same ids, same authority, same timestamps
+        assert set(target.stored) == set(ids)
+    assert setup.targets["one"].headers[0]["Authorization"] == (
+        "Basic b25lLXVzZXI6b25lLXNlY3JldA==")  # one-user:one-secret
+    assert setup.targets["one"].headers[0]["X-Experience-API-Version"] == "1.0.3"
+    await eventually(lambda: True)
+    figures = await status(setup)
+    assert figures["one"]["delivered"] == 4
+    assert figures["one"]["backlog"] == 0
+    assert figures["one"]["oldest_age"] is None
+
+
+@pytest.mark.parametrize("answer", [400, 409, 500])
+async def test_what_storage_refuses_is_never_forwarded(make_setup: MakeSetup,
+                                                       answer: int) -> None:
+    async def refuse(request: web.Request, body: bytes) -> web.StreamResponse:
+        return web.json_response({"detail": "no"}, status=answer)
+
+    target = Target()
+    setup = await make_setup({"t": target}, storage_script=refuse)
+    response = await setup.client.post("/xAPI/statements", json=statement(1),
+                                       headers=basic("lms", "lms-pw"))
+    assert response.status == answer
+    await asyncio.sleep(0.3)
+    assert target.requests == []
+    assert (await status(setup))["t"]["backlog"] == 0
+
+
+async def test_500_then_200_and_429_with_retry_after(make_setup: MakeSetup) -> None:
+    calls = {"flaky": 0, "busy": 0}
+
+    async def flaky(request: web.Request, batch: list[Any]) -> web.StreamResponse | None:
+        calls["flaky"] += 1
+        return web.Response(status=500) if calls["flaky"] <= 2 else None
+
+    async def busy(request: web.Request, batch: list[Any]) -> web.StreamResponse | None:
+        calls["busy"] += 1
+        if calls["busy"] == 1:
+            return web.Response(status=429, headers={"Retry-After": "1"})
+        return None
+
+    setup = await make_setup({"flaky": Target(flaky), "busy": Target(busy)})
+    (sid,) = await post(setup, statement(1))
+    await eventually(lambda: sid in setup.targets["flaky"].stored)
+    await eventually(lambda: sid in setup.targets["busy"].stored, within=4)
+    busy_times = setup.targets["busy"].times
+    assert busy_times[1] - busy_times[0] >= 0.95  # Retry-After honoured
+    figures = await status(setup)
+    assert figures["flaky"]["retries"] == 2
+    assert figures["flaky"]["delivered"] == 1
+    assert figures["busy"]["retries"] == 1
+
+
+async def test_hanging_and_connection_dropping_targets_are_retried(
+        make_setup: MakeSetup) -> None:
+    calls = {"hang": 0, "drop": 0}
+
+    async def hang(request: web.Request, batch: list[Any]) -> web.StreamResponse | None:
+        calls["hang"] += 1
+        if calls["hang"] == 1:
+            await asyncio.sleep(3)  # past the 1 s timeout
+        return None
+
+    async def drop(request: web.Request, batch: list[Any]) -> web.StreamResponse | None:
+        calls["drop"] += 1
+        if calls["drop"] == 1:
+            assert request.transport is not None
+            request.transport.close()  # mid-response: the connection just ends
+            await asyncio.sleep(0.1)
+        return None
+
+    setup = await make_setup({"hang": Target(hang), "drop": Target(drop)})
+    (sid,) = await post(setup, statement(1))
+    await eventually(lambda: sid in setup.targets["drop"].stored)
+    await eventually(lambda: sid in setup.targets["hang"].stored, within=6)
+    figures = await status(setup)
+    assert figures["hang"]["retries"] >= 1
+    assert figures["drop"]["retries"] >= 1
+
+
+async def test_one_bad_statement_in_a_batch_is_found_and_the_rest_delivered(
+        make_setup: MakeSetup) -> None:
+    bad_actor = "mailto:learner3@example.com"
+
+    async def picky(request: web.Request, batch: list[Any]) -> web.StreamResponse | None:
+        if any(s["actor"]["mbox"] == bad_actor for s in batch):
+            return web.json_response({"error": "learner3 is not welcome"}, status=400)
+        return None
+
+    target = Target(picky)
+    setup = await make_setup({"picky": target})
+    ids = await post(setup, [statement(n) for n in range(8)])
+    await eventually(lambda: len(target.stored) == 7)
+    assert set(target.stored) == set(ids) - {ids[3]}
+    await eventually(lambda: True)
+    figures = await status(setup)
+    assert figures["picky"]["dead_letters"] == 1
+    assert figures["picky"]["transient_dead_letters"] == 0
+    assert figures["picky"]["backlog"] == 0
+
+
+async def test_a_conflicting_id_in_a_batch_does_not_cost_the_others(
+        make_setup: MakeSetup) -> None:
+    async def has_one(request: web.Request, batch: list[Any]) -> web.StreamResponse | None:
+        if any(s["actor"]["mbox"] == "mailto:learner1@example.com" for s in batch):
+            return web.json_response({"error": "conflict"}, status=409)
+        return None
+
+    target = Target(has_one)
+    setup = await make_setup({"t": target})
+    ids = await post(setup, [statement(n) for n in range(4)])
+    await eventually(lambda: len(target.stored) == 3)
+    figures = await status(setup)
+    assert figures["t"]["delivered"] == 4  # the 409 one counts: it holds that id already
+    assert set(target.stored) == set(ids) - {ids[1]}
+
+
+async def test_a_target_down_gets_everything_once_it_is_back(
+        make_setup: MakeSetup, aiohttp_server: Any) -> None:
+    port = free_port()
+    target = Target()
+    setup = await make_setup({"late": target},
+                             urls={"late": f"http://127.0.0.1:{port}/xAPI/statements"},
+                             late={"max_retries": 1})
+    ids = []
+    for n in range(5):
+        ids += await post(setup, statement(n))
+    await eventually(lambda: True)
+    await asyncio.sleep(0.6)
+    figures = await status(setup)
+    assert figures["late"]["dead_letters"] + figures["late"]["backlog"] == 5
+    server = TestServer(target.app(), port=port)
+    await server.start_server()
+    try:
+        await eventually(lambda: set(target.stored) == set(ids), within=8)
+        figures = await status(setup)
+        assert figures["late"]["dead_letters"] == 0
+        assert figures["late"]["backlog"] == 0
+    finally:
+        await server.close()
+
+
+async def test_backlog_cap_dead_letters_with_a_reason(make_setup: MakeSetup) -> None:
+    port = free_port()
+    setup = await make_setup({"capped": Target()},
+                             urls={"capped": f"http://127.0.0.1:{port}/xAPI/statements"},
+                             capped={"backlog_limit": 2, "max_retries": 100})
+    await post(setup, [statement(n) for n in range(5)])
+    figures = (await status(setup))["capped"]
+    assert figures["backlog"] == 2
+    assert figures["dead_letters"] == 3
+    forwarder = setup.client.app[FORWARDER]
+    reasons = await forwarder.outbox.call(lambda s: [r for (r,) in s.conn.execute(
+        "SELECT reason FROM dead_letters")])
+    assert reasons == ["backlog full"] * 3
+
+
+async def test_a_slow_target_does_not_slow_the_client(make_setup: MakeSetup) -> None:
+    async def slow(request: web.Request, batch: list[Any]) -> web.StreamResponse | None:
+        await asyncio.sleep(0.8)
+        return None
+
+    setup = await make_setup({"slow": Target(slow), "fast": Target()},
+                             slow={"timeout": 5})
+    started = time.monotonic()
+    for n in range(10):
+        await post(setup, statement(n))
+    elapsed = time.monotonic() - started
+    assert elapsed < 2.0, elapsed  # ten POSTs, while the slow target takes 0.8 s a batch
+    await eventually(lambda: len(setup.targets["fast"].stored) == 10)
+
+
+async def test_status_needs_admin(make_setup: MakeSetup) -> None:
+    setup = await make_setup({"t": Target()})
+    response = await setup.client.get("/admin/forwarding", headers=basic("lms", "lms-pw"))
+    assert response.status == 403
+
+
+async def test_replay_from_the_cli_requeues_dead_letters(make_setup: MakeSetup) -> None:
+    async def reject(request: web.Request, batch: list[Any]) -> web.StreamResponse | None:
+        return web.json_response({"error": "not today"}, status=400) if reject_all else None
+
+    reject_all = True
+    target = Target(reject)
+    setup = await make_setup({"t": target})
+    ids = await post(setup, statement(1)) + await post(setup, statement(2))
+    await eventually(lambda: len(target.requests) >= 2)
+    await asyncio.sleep(0.2)
+    assert (await status(setup))["t"]["dead_letters"] == 2
+    reject_all = False
+    config = str(setup.tmp_path / "config.yaml")
+    out = await asyncio.to_thread(subprocess.run, [
+        sys.executable, "-m", "gateway", "--config", config, "forwarding", "status"],
+        capture_output=True, text=True, check=False)
+    assert out.returncode == 0, out.stderr
+    assert "t " in out.stdout
+    out = await asyncio.to_thread(subprocess.run, [
+        sys.executable, "-m", "gateway", "--config", config, "forwarding", "replay",
+        "--target", "t"], capture_output=True, text=True, check=False)
+    assert out.returncode == 0, out.stderr
+    assert "2 dead letters re-queued" in out.stdout
+    await eventually(lambda: set(target.stored) == set(ids), within=8)
