@@ -21,6 +21,7 @@ from gateway.auth.store import CredentialStore
 from gateway.auth.tokens import TokenBackend, TokenSigner
 from gateway.config import Config
 from gateway.forwarding.forwarder import Forwarder
+from gateway.forwarding.metrics import ForwardingCollector
 from gateway.keys import (
     AUTHENTICATOR,
     CONFIG,
@@ -106,7 +107,10 @@ async def _forwarding(app: web.Application) -> AsyncIterator[None]:
     forwarder = Forwarder(config, app[STORAGE])
     await forwarder.start()
     app[FORWARDER] = forwarder
+    collector = ForwardingCollector(forwarder)
+    app[METRICS].registry.register(collector)
     yield
+    app[METRICS].registry.unregister(collector)
     await forwarder.stop()
 
 

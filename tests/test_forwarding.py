@@ -349,3 +349,29 @@ async def test_replay_from_the_cli_requeues_dead_letters(make_setup: MakeSetup) 
     assert out.returncode == 0, out.stderr
     assert "2 dead letters re-queued" in out.stdout
     await eventually(lambda: set(target.stored) == set(ids), within=8)
+
+
+async def test_forwarding_metrics(make_setup: MakeSetup) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    async def fail(request: web.Request, batch: list[Any]) -> web.StreamResponse | None:
+        return web.Response(status=503)
+
+    setup = await make_setup({"ok": Target(), "down": Target(fail)}, down={"max_retries": 1})
+    await post(setup, [statement(1), statement(2)])
+    forwarder = setup.client.app[FORWARDER]
+
+    def settled() -> bool:
+        snap = forwarder.snapshot
+        return "ok" in snap and snap["ok"].delivered == 2 and snap["down"].dead_letters == 2
+
+    await eventually(settled, within=6)
+    text = await (await setup.client.get("/metrics")).text()
+    samples = {(s.name, s.labels.get("target")): s.value
+               for f in text_string_to_metric_families(text) for s in f.samples}
+    assert samples[("lrs_gateway_forwarding_delivered_total", "ok")] == 2
+    assert samples[("lrs_gateway_forwarding_backlog", "ok")] == 0
+    assert samples[("lrs_gateway_forwarding_dead_letters", "down")] == 2
+    assert samples[("lrs_gateway_forwarding_retried_total", "down")] == 2
+    assert samples[("lrs_gateway_forwarding_failed_total", "down")] >= 2
+    assert "down-secret" not in text
