@@ -33,7 +33,7 @@ from gateway.keys import (
     TOKEN_SIGNER,
     VERSIONS,
 )
-from gateway.metrics import Metrics, metrics_middleware
+from gateway.metrics import AuthCollector, Metrics, metrics_middleware
 from gateway.middlewares import auth_middleware, error_middleware, request_id_middleware
 from gateway.routes import XAPI_PREFIX, setup_routes
 from gateway.upstream import Upstream
@@ -49,7 +49,7 @@ async def _storage_session(app: web.Application) -> AsyncIterator[None]:
     connector = aiohttp.TCPConnector(limit=config.max_connections, ttl_dns_cache=300)
     async with aiohttp.ClientSession(connector=connector, auto_decompress=False,
                                      skip_auto_headers=("User-Agent",)) as session:
-        app[STORAGE] = Upstream(session, config)
+        app[STORAGE] = Upstream(session, config, observe=app[METRICS].upstream)
         yield
 
 
@@ -57,7 +57,7 @@ async def _authentication(app: web.Application) -> AsyncIterator[None]:
     """Build the enabled backends in the configured order, with what each one owns."""
     config = app[CONFIG]
     auth = config.auth
-    checker = PasswordChecker()
+    checker = PasswordChecker(observe=app[METRICS].bcrypt.observe)
     app[PASSWORDS] = checker
     background: list[asyncio.Task[None]] = []
     backends: list[AuthBackend] = []
@@ -91,7 +91,10 @@ async def _authentication(app: web.Application) -> AsyncIterator[None]:
                 app[TOKEN_SIGNER] = signer
                 backends.append(TokenBackend(signer))
         app[AUTHENTICATOR] = Authenticator(backends)
+        collector = AuthCollector(backends)
+        app[METRICS].registry.register(collector)
         yield
+        app[METRICS].registry.unregister(collector)
         for task in background:
             task.cancel()
         await asyncio.gather(*background, return_exceptions=True)
@@ -104,7 +107,7 @@ async def _forwarding(app: web.Application) -> AsyncIterator[None]:
     if not any(target.is_active for target in config.forwardings):
         yield
         return
-    forwarder = Forwarder(config, app[STORAGE])
+    forwarder = Forwarder(config, app[STORAGE], observe=app[METRICS].upstream)
     await forwarder.start()
     app[FORWARDER] = forwarder
     collector = ForwardingCollector(forwarder)

@@ -11,7 +11,7 @@ import uuid
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from gateway.errors import Forbidden, GatewayError, Unauthorized
+from gateway.errors import AuthUnavailable, Forbidden, GatewayError, Unauthorized
 from gateway.keys import AUTHENTICATOR, METRICS, PRINCIPAL, REQUEST_ID, VERSIONS
 from gateway.routes import route_info
 from gateway.scopes import is_allowed
@@ -101,6 +101,9 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
         principal = await request.app[AUTHENTICATOR].authenticate(authorization)
     except Unauthorized:
         attempts.labels(_scheme_label(authorization), "bad_credentials").inc()
+        raise
+    except AuthUnavailable:
+        attempts.labels(_scheme_label(authorization), "error").inc()
         raise
     request[PRINCIPAL] = principal
     if info.xapi:

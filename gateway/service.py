@@ -45,6 +45,7 @@ async def heartbeat(request: web.Request) -> web.Response:
     if problems:
         ready = False
         checks["auth"] = "; ".join(problems)
+    request.app[METRICS].ready.set(1 if ready else 0)
     return web.json_response({"status": "ok" if ready else "unavailable", "checks": checks},
                              status=200 if ready else 503)
 

@@ -9,7 +9,7 @@ from aiohttp import web
 
 from gateway.bodies import read_limited
 from gateway.errors import BadRequest, NotFound, UnsupportedMediaType, UpstreamUnavailable
-from gateway.keys import CONFIG, FORWARDER, PRINCIPAL, REQUEST_ID, STORAGE
+from gateway.keys import CONFIG, FORWARDER, METRICS, PRINCIPAL, REQUEST_ID, STORAGE
 from gateway.principal import Principal
 from gateway.routes import raw_query, xapi_tail
 from gateway.scopes import statements_read_mode
@@ -58,9 +58,11 @@ async def _send_write(request: web.Request, method: str, statements: list[Any],
                                             raw_query=raw_query(request),
                                             headers=headers, data=payload) as upstream:
         answer = await upstream.read()
+    accepted = 200 <= upstream.status < 300
+    if accepted:
+        request.app[METRICS].statements_accepted.inc(len(statements))
     if forwarder is not None:
-        await (forwarder.accepted(seqs) if 200 <= upstream.status < 300
-               else forwarder.refused(seqs))
+        await (forwarder.accepted(seqs) if accepted else forwarder.refused(seqs))
     return web.Response(status=upstream.status, reason=upstream.reason, body=answer,
                         headers=response_headers(upstream.headers, decoded=False))
 

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import base64
-from collections.abc import AsyncIterator, Mapping
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, TypeAlias
 from urllib.parse import unquote
 
 import aiohttp
@@ -14,8 +15,9 @@ from yarl import URL
 
 from gateway.config import StorageConfig
 from gateway.errors import BadRequest, UpstreamTimeout, UpstreamUnavailable
+from gateway.metrics import status_class
 
-__all__ = ["HOP_BY_HOP", "Upstream", "check_relative_path", "response_headers"]
+__all__ = ["HOP_BY_HOP", "Observe", "Upstream", "check_relative_path", "response_headers"]
 
 HOP_BY_HOP = frozenset({
     "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te",
@@ -25,6 +27,7 @@ HOP_BY_HOP = frozenset({
 # to decide (encoding).
 _REQUEST_DROP = HOP_BY_HOP | {"host", "authorization", "content-length", "expect", "cookie"}
 _RESPONSE_DROP = HOP_BY_HOP | {"content-length", "server", "date"}
+Observe: TypeAlias = Callable[[str, str, float], None]  # (target, outcome, seconds)
 
 
 def check_relative_path(raw_tail: str) -> str:
@@ -67,8 +70,11 @@ def response_headers(upstream: CIMultiDictProxy[str], *, decoded: bool) -> CIMul
 class Upstream:
     """An upstream LRS at `base` (ending with `/`); answers are the caller's to release."""
 
-    def __init__(self, session: aiohttp.ClientSession, config: StorageConfig) -> None:
+    def __init__(self, session: aiohttp.ClientSession, config: StorageConfig, *,
+                 name: str = "storage", observe: Observe | None = None) -> None:
         self._session = session
+        self.name = name
+        self._observe = observe
         self.base = URL(config.url if config.url.endswith("/") else config.url + "/")
         self.base_path = self.base.raw_path
         self._auth: dict[str, str] = {}
@@ -98,6 +104,8 @@ class Upstream:
         """Send one request; connection errors become 502 and timeouts 504, in here only."""
         sent = CIMultiDict(headers or {})
         sent.update(self._auth)
+        started = time.perf_counter()
+        answered = False
         try:
             async with self._session.request(
                 method,
@@ -108,12 +116,20 @@ class Upstream:
                 allow_redirects=False,
                 auto_decompress=decompress,
             ) as response:
+                answered = True
+                if self._observe is not None:
+                    self._observe(self.name, status_class(response.status),
+                                  time.perf_counter() - started)
                 yield response
         except TimeoutError:
+            if not answered and self._observe is not None:
+                self._observe(self.name, "timeout", time.perf_counter() - started)
             raise UpstreamTimeout("the storage LRS did not answer in time") from None
         except aiohttp.ClientPayloadError:
             raise UpstreamUnavailable("the storage LRS sent a broken answer") from None
         except aiohttp.ClientError as exc:
+            if not answered and self._observe is not None:
+                self._observe(self.name, "error", time.perf_counter() - started)
             raise UpstreamUnavailable(
                 f"the storage LRS cannot be reached ({type(exc).__name__})"
             ) from None

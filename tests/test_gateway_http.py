@@ -348,6 +348,27 @@ async def test_metrics_parse_and_count_requests(make_gateway: MakeGateway) -> No
                                                    ("status_class", "2xx")))] == 1
     assert samples[("lrs_gateway_auth_attempts_total", (("result", "bad_credentials"),
                                                         ("scheme", "basic")))] == 1
+    await client.get("/xAPI/statements", headers=basic("reader", "reader-pw"))  # cached
+    await client.post("/xAPI/statements", json=[statement(), statement()],
+                      headers=basic("writer", "writer-pw"))
+    await client.get("/__heartbeat__")
+    text = await (await client.get("/metrics")).text()
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for family in text_string_to_metric_families(text) for s in family.samples}
+    assert samples[("lrs_gateway_auth_cache_lookups_total",
+                    (("result", "hit"), ("scheme", "basic")))] == 1
+    assert samples[("lrs_gateway_auth_cache_lookups_total",
+                    (("result", "miss"), ("scheme", "basic")))] == 3
+    assert samples[("lrs_gateway_bcrypt_duration_seconds_count", ())] == 3
+    assert samples[("lrs_gateway_statements_accepted_total", ())] == 2
+    assert samples[("lrs_gateway_upstream_requests_total",
+                    (("outcome", "2xx"), ("target", "storage")))] == 4  # and readiness
+    assert samples[("lrs_gateway_ready", ())] == 1
+    buckets = [v for (name, labels), v in samples.items()
+               if name == "lrs_gateway_request_duration_seconds_bucket"
+               and ("route", "xapi.statements") in labels and ("method", "GET") in labels]
+    assert buckets == sorted(buckets)  # cumulative
+    assert buckets[-1] == 3  # the 401 is timed too
     assert "reader" not in text
     assert "bad" not in text.replace("bad_credentials", "")
 

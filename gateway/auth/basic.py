@@ -52,10 +52,10 @@ class BasicBackend:
         return Principal(id=username, agent=credential.agent, scopes=credential.scopes,
                          scheme="basic")
 
-    def cache_info(self) -> tuple[int, int]:
-        """(hits, misses) of the verification cache."""
+    def cache_figures(self) -> tuple[str, int, int]:
+        """(scheme, hits, misses) of the verification cache, for metrics."""
         info = self._verified.cache_info()
-        return info.hits, info.misses
+        return "basic", info.hits, info.misses
 
     async def authenticate(self, scheme: str, credentials: str) -> Principal | None:
         """Check Basic credentials; None for any other scheme."""

@@ -44,6 +44,10 @@ class CallbackBackend:
         self._inflight: dict[bytes, asyncio.Future[Principal | None]] = {}
         self.calls = 0  # callback requests made (tests and metrics read it)
 
+    def cache_figures(self) -> tuple[str, int, int]:
+        """(scheme, hits, misses) of the answer cache, for metrics."""
+        return "callback", self._cache.hits, self._cache.misses
+
     def _digest(self, username: str, password: str) -> bytes:
         message = username.encode("utf-8") + b"\0" + password.encode("utf-8")
         return hmac.new(self._key, message, hashlib.sha256).digest()

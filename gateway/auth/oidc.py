@@ -47,6 +47,10 @@ class OidcBackend:
         self._algorithms = list(config.algorithms)
         self.challenge = 'Bearer realm="xAPI"'
 
+    def key_refreshes(self) -> int:
+        """Fetches of the provider's keys so far, for metrics."""
+        return self._keys.refreshes
+
     @property
     def readiness_problem(self) -> str | None:
         """Why OIDC tokens cannot be checked yet, if so."""

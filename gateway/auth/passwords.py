@@ -6,6 +6,8 @@ import asyncio
 import concurrent.futures
 import hmac
 import re
+import time
+from collections.abc import Callable
 
 import bcrypt
 
@@ -34,11 +36,13 @@ def bcrypt_cost(value: str) -> int:
 class PasswordChecker:
     """Runs bcrypt in its own small pool so a flood of checks cannot take the loop's threads."""
 
-    def __init__(self, workers: int = 2) -> None:
+    def __init__(self, workers: int = 2,
+                 observe: Callable[[float], None] | None = None) -> None:
         self._pool = concurrent.futures.ThreadPoolExecutor(
             max_workers=workers, thread_name_prefix="bcrypt"
         )
         self._dummy: dict[int, bytes] = {}
+        self._observe = observe
         self.checks = 0  # bcrypt runs so far (tests assert on it; metrics read it)
 
     async def check(self, password: str, hashed: str) -> bool:
@@ -46,7 +50,11 @@ class PasswordChecker:
         secret = password.encode("utf-8")[:_BCRYPT_MAX_BYTES]
         loop = asyncio.get_running_loop()
         self.checks += 1
-        return await loop.run_in_executor(self._pool, _checkpw, secret, hashed.encode("ascii"))
+        started = time.perf_counter()
+        ok = await loop.run_in_executor(self._pool, _checkpw, secret, hashed.encode("ascii"))
+        if self._observe is not None:
+            self._observe(time.perf_counter() - started)
+        return ok
 
     async def dummy_check(self, password: str, cost: int) -> None:
         """Spend the same time as a real check, for a user that does not exist."""

@@ -18,7 +18,7 @@ from gateway.errors import GatewayError
 from gateway.forwarding.outbox import Outbox
 from gateway.forwarding.store import OutboxStore, TargetStats
 from gateway.forwarding.worker import TargetWorker
-from gateway.upstream import Upstream
+from gateway.upstream import Observe, Upstream
 
 __all__ = ["OUTBOX_FILE", "Forwarder"]
 
@@ -31,8 +31,10 @@ _SNAPSHOT_INTERVAL = 2.0
 class Forwarder:
     """Durable fan-out: write-ahead on the request path, delivery in the background."""
 
-    def __init__(self, config: Config, storage: Upstream) -> None:
+    def __init__(self, config: Config, storage: Upstream, *,
+                 observe: Observe | None = None) -> None:
         self._config = config
+        self._observe = observe
         self._storage = storage
         self.outbox = Outbox(config.resolve_path(config.data_dir) / OUTBOX_FILE,
                              synchronous=config.outbox.synchronous)
@@ -50,7 +52,7 @@ class Forwarder:
         self._started_at = time.time()
         self._session = aiohttp.ClientSession(skip_auto_headers=("User-Agent",))
         for target in self._active:
-            worker = TargetWorker(target, self.outbox, self._session)
+            worker = TargetWorker(target, self.outbox, self._session, observe=self._observe)
             self.workers.append(worker)
             self._tasks.append(asyncio.create_task(worker.run(), name=f"forward-{worker.name}"))
         self._tasks.append(asyncio.create_task(self._resolve_pending(), name="outbox-resolve"))

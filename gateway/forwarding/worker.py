@@ -18,6 +18,8 @@ import aiohttp
 from gateway.config import ForwardingTarget
 from gateway.forwarding.outbox import Outbox
 from gateway.forwarding.store import Claimed, OutboxStore
+from gateway.metrics import status_class
+from gateway.upstream import Observe
 
 __all__ = ["Outcome", "TargetWorker"]
 
@@ -52,8 +54,9 @@ class TargetWorker:
     """Delivers a target's queue in order; a slow or dead target only delays itself."""
 
     def __init__(self, target: ForwardingTarget, outbox: Outbox,
-                 session: aiohttp.ClientSession) -> None:
+                 session: aiohttp.ClientSession, *, observe: Observe | None = None) -> None:
         self.target = target
+        self._observe = observe
         self.name = target.label
         self._outbox = outbox
         self._session = session
@@ -155,6 +158,15 @@ class TargetWorker:
 
     async def _send(self, part: Sequence[Claimed]) -> Outcome:
         body = b"[" + b",".join(item.body for item in part) + b"]"
+        started = time.perf_counter()
+        outcome = await self._post(body, len(part))
+        if self._observe is not None:
+            label = {"timeout": "timeout", "error": "error"}.get(outcome[1], outcome[1])
+            self._observe(self.name, label, time.perf_counter() - started)
+        return outcome[0]
+
+    async def _post(self, body: bytes, count: int) -> tuple[Outcome, str]:
+        """(outcome, metric label) of one POST."""
         try:
             async with self._session.post(self.target.url, data=body, headers=self._headers,
                                           timeout=self._timeout,
@@ -163,16 +175,17 @@ class TargetWorker:
                 status = response.status
                 retry_after = _retry_after(response.headers.get("Retry-After"))
         except TimeoutError:
-            return Outcome("transient", f"timed out after {self.target.timeout} s")
+            return Outcome("transient", f"timed out after {self.target.timeout} s"), "timeout"
         except aiohttp.ClientError as exc:
-            return Outcome("transient", f"{type(exc).__name__}: {exc}"[:_REASON_CHARS])
+            return Outcome("transient", f"{type(exc).__name__}: {exc}"[:_REASON_CHARS]), "error"
         reason = f"HTTP {status}: {text}".strip()
+        label = status_class(status)
         if status in (200, 204):
-            return Outcome("delivered")
-        if status == 409 and len(part) == 1:
-            return Outcome("delivered")  # it already holds that id: delivered before
+            return Outcome("delivered"), label
+        if status == 409 and count == 1:
+            return Outcome("delivered"), label  # it already holds that id: delivered before
         if status == 429 or status >= 500 or status in (408,):
-            return Outcome("transient", reason, retry_after)
-        if len(part) > 1:
-            return Outcome("split", reason)  # find the statement it objects to
-        return Outcome("rejected", reason)
+            return Outcome("transient", reason, retry_after), label
+        if count > 1:
+            return Outcome("split", reason), label  # find the statement it objects to
+        return Outcome("rejected", reason), label
