@@ -16,6 +16,7 @@ from gateway import __version__, authcli
 from gateway.auth.credentials import CredentialsError, parse_credentials
 from gateway.config import Config, load_config, resolve_config_path
 from gateway.errors import ConfigError
+from gateway.logs import setup_logging
 
 if TYPE_CHECKING:
     from gateway.forwarding.store import OutboxStore
@@ -232,6 +233,8 @@ def _parser() -> argparse.ArgumentParser:
                         "./config.yaml)")
     parser.add_argument("--log-level", default="INFO",
                         choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    parser.add_argument("--log-format", default="text", choices=["text", "json"],
+                        help="json: one object per line, for log shippers")
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser("serve", help="run the gateway")
     serve.set_defaults(run=_serve)
@@ -267,8 +270,7 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script and of `python -m gateway`."""
     args = _parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging(args.log_level, args.log_format)
     try:
         code: int = args.run(args)
     except ConfigError as exc:

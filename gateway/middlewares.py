@@ -78,13 +78,16 @@ async def request_id_middleware(request: web.Request, handler: Handler) -> web.S
         return response
     finally:
         principal = request.get(PRINCIPAL)
-        route = route_info(request).name
-        access_log.info(
-            "%s %s %s %d %.1fms principal=%s request_id=%s",
-            request.remote or "-", request.method, route, status,
-            (time.perf_counter() - started) * 1000,
-            principal.id if principal else "-", request_id,
-        )
+        fields = {
+            "request_id": request_id, "remote": request.remote or "-",
+            "method": request.method, "route": route_info(request).name, "status": status,
+            "duration_ms": round((time.perf_counter() - started) * 1000, 2),
+            "principal": principal.id if principal else "-",
+        }
+        # Only the route name, never the raw path or query: they may carry personal data.
+        access_log.info("%(remote)s %(method)s %(route)s %(status)d %(duration_ms).1fms "
+                        "principal=%(principal)s request_id=%(request_id)s", fields,
+                        extra=fields)
 
 
 @web.middleware

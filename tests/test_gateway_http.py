@@ -448,3 +448,23 @@ async def test_cors_preflight_reaches_the_lrs_without_credentials(
     assert response.headers["Access-Control-Allow-Origin"] == "https://course.example.org"
     assert fake.seen[0].method == "OPTIONS"
     assert fake.seen[0].path_qs == "/xAPI/statements"
+
+
+async def test_access_log_fields_and_json_lines(make_gateway: MakeGateway,
+                                                caplog: pytest.LogCaptureFixture) -> None:
+    from gateway.logs import JsonFormatter
+
+    client, _ = await make_gateway()
+    caplog.set_level("INFO", logger="gateway.access")
+    response = await client.get("/xAPI/statements?agent=secret-person",
+                                headers=basic("reader", "reader-pw"))
+    (record,) = [r for r in caplog.records if r.name == "gateway.access"]
+    line = json.loads(JsonFormatter().format(record))
+    assert line["request_id"] == response.headers["X-Request-ID"]
+    assert line["route"] == "xapi.statements"
+    assert line["status"] == 200
+    assert line["principal"] == "reader"
+    assert line["method"] == "GET"
+    assert isinstance(line["duration_ms"], float)
+    assert "secret-person" not in json.dumps(line)
+    assert "reader-pw" not in json.dumps(line)
