@@ -65,8 +65,11 @@ def _serve(args: argparse.Namespace) -> int:
     from aiohttp import web
 
     from gateway.app import create_app
+    from gateway.sentry import setup_sentry
 
     config = _load(args)
+    if setup_sentry(config.sentry):
+        log.info("reporting errors to Sentry (environment %s)", config.sentry.environment)
     problems = [p for p in _check_auth(config) if ": warning: " not in p]
     if problems:
         raise ConfigError("\n".join(problems))

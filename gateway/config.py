@@ -22,6 +22,7 @@ __all__ = [
     "Config",
     "MetricsConfig",
     "OidcConfig",
+    "SentryConfig",
     "ServerConfig",
     "StorageConfig",
     "TokensConfig",
@@ -32,6 +33,13 @@ __all__ = [
 
 ENV_PREFIX = "LRS_GATEWAY__"
 CONFIG_PATH_ENV = "LRS_GATEWAY_CONFIG"
+# Ralph's Sentry variables, honoured when ours are not set.
+RALPH_SENTRY_ENV = {
+    "RALPH_SENTRY_DSN": "LRS_GATEWAY__SENTRY__DSN",
+    "RALPH_EXECUTION_ENVIRONMENT": "LRS_GATEWAY__SENTRY__ENVIRONMENT",
+    "RALPH_SENTRY_LRS_TRACES_SAMPLE_RATE": "LRS_GATEWAY__SENTRY__TRACES_SAMPLE_RATE",
+    "RALPH_SENTRY_IGNORE_HEALTH_CHECKS": "LRS_GATEWAY__SENTRY__IGNORE_HEALTH_CHECKS",
+}
 # JSON lists of targets; Ralph's own variable is accepted unchanged.
 FORWARDINGS_ENV = ("LRS_GATEWAY_XAPI_FORWARDINGS", "RALPH_XAPI_FORWARDINGS")
 AVAILABLE_BACKENDS = ("basic", "oidc", "callback", "token")
@@ -168,6 +176,16 @@ class OutboxConfig:
 
 
 @dataclass(frozen=True)
+class SentryConfig:
+    """Error and performance reporting to Sentry (the optional `sentry` extra)."""
+
+    dsn: Secret | None = None
+    environment: str | None = None
+    traces_sample_rate: float = 0.0
+    ignore_health_checks: bool = True
+
+
+@dataclass(frozen=True)
 class MetricsConfig:
     """Prometheus exposition."""
 
@@ -187,6 +205,7 @@ class Config:
     outbox: OutboxConfig = field(default_factory=OutboxConfig)
     data_dir: str = "./data"
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    sentry: SentryConfig = field(default_factory=SentryConfig)
     base_dir: str = field(default=".", metadata={"internal": True})
 
     def resolve_path(self, value: str) -> Path:
@@ -273,6 +292,8 @@ def _validate(config: Config) -> list[str]:
                 problems.append(f"{where}: {key}: must be greater than 0")
         if labels.count(target.label) > 1:
             problems.append(f"{where}: name: two targets share it (set distinct names)")
+    if not 0.0 <= config.sentry.traces_sample_rate <= 1.0:
+        problems.append("sentry.traces_sample_rate: between 0 and 1")
     if config.outbox.synchronous not in ("full", "normal"):
         problems.append("outbox.synchronous: full or normal")
     if config.metrics.enabled and not config.metrics.path.startswith("/"):
@@ -302,6 +323,8 @@ def load_config(path: Path, environ: Mapping[str, str]) -> Config:
             except json.JSONDecodeError as exc:
                 raise ConfigError(f"{targets_source}: not valid JSON ({exc.msg})") from None
             break
+    environ = {**{ours: environ[theirs] for theirs, ours in RALPH_SENTRY_ENV.items()
+                  if theirs in environ and ours not in environ}, **environ}
     config = load_dataclass(Config, raw, source=str(path), environ=environ, env_prefix=ENV_PREFIX)
     problems: list[str] = []
     targets = build_list(ForwardingTarget, targets_raw, "forwardings", targets_source, problems)
