@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import aiohttp
@@ -30,14 +31,19 @@ from gateway.keys import (
     PASSWORDS,
     REQUEST_ID,
     STORAGE,
+    STORAGE_ABOUT,
     TOKEN_SIGNER,
     VERSIONS,
 )
 from gateway.metrics import AuthCollector, Metrics, metrics_middleware
 from gateway.middlewares import auth_middleware, error_middleware, request_id_middleware
 from gateway.routes import XAPI_PREFIX, setup_routes
+from gateway.storage_about import StorageAbout
 from gateway.upstream import Upstream
 from gateway.xapiversion import VERSION_HEADER, VersionPolicy
+
+CONSISTENT_THROUGH = "X-Experience-API-Consistent-Through"
+STATEMENTS_PREFIX = XAPI_PREFIX + "statements"
 
 __all__ = ["create_app"]
 
@@ -127,6 +133,11 @@ async def _stamp_response(request: web.Request, response: web.StreamResponse) ->
     if request.path.startswith(XAPI_PREFIX) and VERSION_HEADER not in response.headers:
         response.headers[VERSION_HEADER] = request.app[VERSIONS].answer_for(
             request.headers.get(VERSION_HEADER))
+    if (request.path.startswith(STATEMENTS_PREFIX)
+            and CONSISTENT_THROUGH not in response.headers):
+        # Answers the gateway makes itself (errors) still say how current they are.
+        response.headers[CONSISTENT_THROUGH] = datetime.now(UTC).isoformat(
+            timespec="milliseconds").replace("+00:00", "Z")
 
 
 def create_app(config: Config, *, registry: CollectorRegistry | None = None) -> web.Application:
@@ -144,6 +155,7 @@ def create_app(config: Config, *, registry: CollectorRegistry | None = None) -> 
     app[CONFIG] = config
     app[METRICS] = metrics
     app[VERSIONS] = VersionPolicy(config.xapi.versions)
+    app[STORAGE_ABOUT] = StorageAbout()
     app.cleanup_ctx.append(_storage_session)
     app.cleanup_ctx.append(_authentication)
     app.cleanup_ctx.append(_forwarding)

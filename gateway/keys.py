@@ -11,12 +11,13 @@ from gateway.config import Config
 from gateway.forwarding.forwarder import Forwarder
 from gateway.metrics import Metrics
 from gateway.principal import Principal
+from gateway.storage_about import StorageAbout
 from gateway.upstream import Upstream
 from gateway.xapiversion import VersionPolicy
 
 __all__ = [
     "AUTHENTICATOR", "CONFIG", "FORWARDER", "METRICS", "PASSWORDS", "PRINCIPAL", "REQUEST_ID",
-    "STORAGE", "TOKEN_SIGNER", "VERSIONS",
+    "STORAGE", "STORAGE_ABOUT", "TOKEN_SIGNER", "VERSIONS",
 ]
 
 CONFIG = web.AppKey("config", Config)
@@ -26,6 +27,7 @@ PASSWORDS = web.AppKey("passwords", PasswordChecker)
 METRICS = web.AppKey("metrics", Metrics)
 FORWARDER = web.AppKey("forwarder", Forwarder)
 STORAGE = web.AppKey("storage", Upstream)
+STORAGE_ABOUT = web.AppKey("storage_about", StorageAbout)
 VERSIONS = web.AppKey("versions", VersionPolicy)
 
 PRINCIPAL = web.RequestKey("principal", Principal)

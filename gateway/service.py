@@ -2,10 +2,20 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from aiohttp import web
 
 from gateway.errors import Forbidden, GatewayError
-from gateway.keys import AUTHENTICATOR, CONFIG, FORWARDER, METRICS, PRINCIPAL, STORAGE
+from gateway.keys import (
+    AUTHENTICATOR,
+    CONFIG,
+    FORWARDER,
+    METRICS,
+    PRINCIPAL,
+    STORAGE,
+    STORAGE_ABOUT,
+)
 from gateway.xapiversion import VERSION_HEADER
 
 __all__ = ["about", "forwarding_status", "heartbeat", "lbheartbeat", "metrics", "whoami"]
@@ -56,8 +66,13 @@ def storage_version(request: web.Request) -> str:
 
 
 async def about(request: web.Request) -> web.Response:
-    """XAPI /about: the versions this gateway accepts; no authentication needed."""
-    return web.json_response({"version": list(request.app[CONFIG].xapi.versions)})
+    """The xAPI /about: the versions this gateway accepts, the storage's extensions."""
+    body: dict[str, Any] = {"version": list(request.app[CONFIG].xapi.versions)}
+    extensions = await request.app[STORAGE_ABOUT].extensions(request.app[STORAGE],
+                                                              storage_version(request))
+    if extensions:
+        body["extensions"] = extensions
+    return web.json_response(body)
 
 
 async def metrics(request: web.Request) -> web.Response:

@@ -27,10 +27,13 @@ _MINE_MAX_PAGES = 10
 def _check_plain_write(request: web.Request) -> None:
     if "method" in request.query:
         raise BadRequest("the alternate request syntax (?method=) is not supported yet")
-    if request.content_type.startswith("multipart/"):
+    if request.content_type == "multipart/mixed":
         raise UnsupportedMediaType(
             "statements with attachments (multipart/mixed) are not supported by this gateway yet"
         )
+    if request.content_type != "application/json":
+        raise BadRequest(f"statements are sent as application/json (or multipart/mixed with "
+                         f"attachments), not {request.content_type[:60]}")
 
 
 def _encode(statement: Any) -> bytes:

@@ -162,7 +162,8 @@ async def test_bad_statements_are_400_and_never_sent(
 async def test_body_limit_is_413(make_gateway: MakeGateway) -> None:
     client, fake = await make_gateway(extra={"server": {"max_body_size": 1000}})
     response = await client.post("/xAPI/statements", data=b"[" + b" " * 2000 + b"]",
-                                 headers=basic("alice", "alice-pw"))
+                                 headers={**basic("alice", "alice-pw"),
+                                          "Content-Type": "application/json"})
     assert response.status == 413
     assert (await error_body(response))["error"] == "payload_too_large"
 
@@ -468,3 +469,26 @@ async def test_access_log_fields_and_json_lines(make_gateway: MakeGateway,
     assert isinstance(line["duration_ms"], float)
     assert "secret-person" not in json.dumps(line)
     assert "reader-pw" not in json.dumps(line)
+
+
+@pytest.mark.parametrize("content_type", ["text/plain", "application/x-www-form-urlencoded",
+                                          "application/jsonx"])
+async def test_statement_writes_need_json(make_gateway: MakeGateway, content_type: str) -> None:
+    client, fake = await make_gateway()
+    response = await client.post("/xAPI/statements", data=json.dumps(statement()),
+                                 headers={**basic("alice", "alice-pw"),
+                                          "Content-Type": content_type})
+    assert response.status == 400
+    assert response.headers["X-Experience-API-Consistent-Through"].endswith("Z")
+    assert fake.seen == []
+
+
+async def test_about_merges_the_storage_extensions(make_gateway: MakeGateway) -> None:
+    async def script(request: web.Request, body: bytes) -> web.StreamResponse:
+        return web.json_response({"version": ["1.0.3"],
+                                  "extensions": {"http://lrs.example.org/ext": {"x": 1}}})
+
+    client, _ = await make_gateway(script)
+    response = await client.get("/xAPI/about")
+    assert await response.json() == {"version": ["1.0.3", "2.0.0"],
+                                     "extensions": {"http://lrs.example.org/ext": {"x": 1}}}
