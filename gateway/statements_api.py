@@ -57,15 +57,19 @@ async def _send_write(request: web.Request, method: str, statements: list[Any],
     })
     # If storage's answer is lost (timeout, crash), the pending record stays and the
     # resolver asks storage about each statement later.
-    async with request.app[STORAGE].request(method, xapi_tail(request),
-                                            raw_query=raw_query(request),
-                                            headers=headers, data=payload) as upstream:
-        answer = await upstream.read()
-    accepted = 200 <= upstream.status < 300
-    if accepted:
-        request.app[METRICS].statements_accepted.inc(len(statements))
-    if forwarder is not None:
-        await (forwarder.accepted(seqs) if accepted else forwarder.refused(seqs))
+    try:
+        async with request.app[STORAGE].request(method, xapi_tail(request),
+                                                raw_query=raw_query(request),
+                                                headers=headers, data=payload) as upstream:
+            answer = await upstream.read()
+        accepted = 200 <= upstream.status < 300
+        if accepted:
+            request.app[METRICS].statements_accepted.inc(len(statements))
+        if forwarder is not None:
+            await (forwarder.accepted(seqs) if accepted else forwarder.refused(seqs))
+    finally:
+        if forwarder is not None:
+            forwarder.settled(seqs)
     return web.Response(status=upstream.status, reason=upstream.reason, body=answer,
                         headers=response_headers(upstream.headers, decoded=False))
 

@@ -17,6 +17,13 @@ def ralph(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RalphServer]:
         yield server
 
 
+@pytest.fixture(scope="session")
+def ralph_target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RalphServer]:
+    """A second, independent Ralph LRS (own data, own credential): a forwarding target."""
+    with run_ralph(tmp_path_factory.mktemp("ralph-target")) as server:
+        yield server
+
+
 OIDC_AUDIENCE = "http://127.0.0.1/lrs-gateway"
 OIDC_SCOPES = [
     "lrs:all",

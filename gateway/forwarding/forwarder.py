@@ -45,6 +45,9 @@ class Forwarder:
         self._session: aiohttp.ClientSession | None = None
         self._started_at = time.time()
         self.snapshot: dict[str, TargetStats] = {}
+        # Pending rows whose request still waits for storage: the resolver must not touch
+        # them, or it could drop one storage is about to accept (or queue one twice).
+        self._in_flight: set[int] = set()
 
     async def start(self) -> None:
         """Open the outbox, start a worker per active target, the resolver and the GC."""
@@ -72,8 +75,17 @@ class Forwarder:
     # -- the request path ---------------------------------------------------------------
 
     async def record_pending(self, items: Sequence[tuple[str, bytes]]) -> list[int]:
-        """Before storage sees them: (statement id, exact bytes) recorded durably."""
-        return await self.outbox.call(lambda s: s.write_pending(items))
+        """Before storage sees them: (statement id, exact bytes) recorded durably.
+
+        The caller must call `settled` when it stops waiting for storage, whatever happened.
+        """
+        seqs = await self.outbox.call(lambda s: s.write_pending(items))
+        self._in_flight.update(seqs)
+        return seqs
+
+    def settled(self, seqs: Sequence[int]) -> None:
+        """The request no longer waits: from now on the resolver may settle what is left."""
+        self._in_flight.difference_update(seqs)
 
     async def accepted(self, seqs: Sequence[int]) -> None:
         """Storage accepted them: queue them for every active target."""
@@ -112,6 +124,8 @@ class Forwarder:
         settled = 0
         rows = await self.outbox.call(lambda s: s.pending(before))
         for seq, statement_id in rows:
+            if seq in self._in_flight:
+                continue
             present = await self._in_storage(statement_id)
             if present is None:
                 continue  # storage cannot tell now: next round

@@ -124,18 +124,23 @@ class OutboxStore:
         return seqs
 
     def mark_ready(self, seqs: Sequence[int], targets: Sequence[tuple[str, int]]) -> None:
-        """Storage accepted them: queue one delivery per (target, backlog_limit)."""
+        """Storage accepted them: queue one delivery per (target, backlog_limit).
+
+        Only rows still pending move: one the resolver settled meanwhile is not queued twice.
+        """
         if not seqs:
             return
-        self.conn.execute(f"UPDATE statements SET state = ? WHERE seq IN ({_marks(len(seqs))})",
-                          (_READY, *seqs))
+        seqs = sorted(seq for (seq,) in self.conn.execute(
+            f"UPDATE statements SET state = ? WHERE state = ? AND seq IN ({_marks(len(seqs))}) "
+            "RETURNING seq", (_READY, _PENDING, *seqs)))
         now = time.time()
         for target, limit in targets:
             room = max(0, limit - self.backlog.get(target, 0))
             queued, overflow = seqs[:room], seqs[room:]
-            self.conn.executemany("INSERT OR IGNORE INTO deliveries(target, seq) VALUES (?, ?)",
-                                  [(target, seq) for seq in queued])
-            self.backlog[target] = self.backlog.get(target, 0) + len(queued)
+            inserted = self.conn.executemany(
+                "INSERT OR IGNORE INTO deliveries(target, seq) VALUES (?, ?)",
+                [(target, seq) for seq in queued]).rowcount
+            self.backlog[target] = self.backlog.get(target, 0) + max(inserted, 0)
             if overflow:
                 self.conn.executemany(
                     "INSERT OR REPLACE INTO dead_letters(target, seq, reason, transient, "
