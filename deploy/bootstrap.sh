@@ -5,6 +5,8 @@
 #   .venv-ralph  a real Ralph LRS for tests and the demo: tests/realparts/requirements-ralph.txt
 #   tests/oidc/node_modules  a real OpenID provider (npm oidc-provider) for the OIDC tests:
 #                npm ci from tests/oidc/package-lock.json (needs Node >= 20 and npm)
+#   promtool     Prometheus' rule checker, for tests/test_deploy.py (deploy/prometheus):
+#                the Debian package `prometheus` when missing (needs root and apt-get)
 #
 # A venv is (re)installed only when its inputs changed (pyproject.toml, or the Ralph
 # requirements file, or the Python version), as recorded in a stamp file inside it; the
@@ -74,7 +76,7 @@ ensure_node_modules() {
     local dir="$1" node_version wanted stamp log
     [[ -f "$dir/package-lock.json" ]] || die "$dir/package-lock.json missing"
     command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1 \
-        || die "node and npm are required for the OIDC tests ($dir); install Node.js >= 20 with npm"
+        || die "node and npm are required for the OIDC and Learning Locker tests ($dir); install Node.js >= 20 with npm"
     node_version="$(node --version)"
     [[ "$node_version" =~ ^v([0-9]+)\. ]] && (( BASH_REMATCH[1] >= 20 )) \
         || die "node is $node_version; Node.js >= 20 is required for $dir"
@@ -96,4 +98,37 @@ ensure_node_modules() {
 }
 
 ensure_node_modules tests/oidc
-say "ready (.venv, .venv-ralph, tests/oidc/node_modules)"
+
+# ensure_promtool: promtool on PATH, from Debian's `prometheus` package (the only one that
+# ships it) when missing. Without root (or apt-get) it says so and goes on: the tests that
+# need promtool then skip, and fail under CI=true.
+ensure_promtool() {
+    local log
+    if command -v promtool >/dev/null 2>&1 || [[ -x /usr/bin/promtool ]]; then
+        say "promtool is installed"
+        return 0
+    fi
+    if [[ "$(id -u)" -ne 0 ]] || ! command -v apt-get >/dev/null 2>&1; then
+        say "promtool is missing and cannot be installed here (needs root and apt-get): skipping;"
+        say "  install Debian's 'prometheus' package for tests/test_deploy.py (they fail under CI=true)"
+        return 0
+    fi
+    say "installing promtool (Debian package prometheus)"
+    log="$(mktemp)"
+    if ! { apt-get update -qq \
+            && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+                prometheus; } >"$log" 2>&1; then
+        cat "$log" >&2
+        rm -f "$log"
+        die "apt-get install prometheus failed"
+    fi
+    rm -f "$log"
+    # Only promtool is wanted: where systemd runs, do not leave a Prometheus server running.
+    if [[ -d /run/systemd/system ]] && command -v systemctl >/dev/null 2>&1; then
+        systemctl disable --now prometheus.service >/dev/null 2>&1 || true
+    fi
+    command -v promtool >/dev/null 2>&1 || die "the prometheus package did not install promtool"
+}
+
+ensure_promtool
+say "ready (.venv, .venv-ralph, tests/oidc/node_modules, promtool)"

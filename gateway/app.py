@@ -23,10 +23,12 @@ from gateway.auth.tokens import TokenBackend, TokenSigner
 from gateway.config import Config
 from gateway.forwarding.forwarder import Forwarder
 from gateway.forwarding.metrics import ForwardingCollector
+from gateway.guard import Guard
 from gateway.keys import (
     AUTHENTICATOR,
     CONFIG,
     FORWARDER,
+    GUARD,
     METRICS,
     PASSWORDS,
     REQUEST_ID,
@@ -36,7 +38,12 @@ from gateway.keys import (
     VERSIONS,
 )
 from gateway.metrics import AuthCollector, Metrics, metrics_middleware
-from gateway.middlewares import auth_middleware, error_middleware, request_id_middleware
+from gateway.middlewares import (
+    auth_middleware,
+    error_middleware,
+    request_id_middleware,
+    throttle_middleware,
+)
 from gateway.routes import XAPI_PREFIX, setup_routes
 from gateway.storage_about import StorageAbout
 from gateway.upstream import Upstream
@@ -55,7 +62,8 @@ async def _storage_session(app: web.Application) -> AsyncIterator[None]:
     connector = aiohttp.TCPConnector(limit=config.max_connections, ttl_dns_cache=300)
     async with aiohttp.ClientSession(connector=connector, auto_decompress=False,
                                      skip_auto_headers=("User-Agent",)) as session:
-        app[STORAGE] = Upstream(session, config, observe=app[METRICS].upstream)
+        app[STORAGE] = Upstream(session, config, observe=app[METRICS].upstream,
+                                queue_timeout=app[CONFIG].limits.upstream_queue_timeout)
         yield
 
 
@@ -148,14 +156,22 @@ def create_app(config: Config, *, registry: CollectorRegistry | None = None) -> 
             request_id_middleware,  # outermost: it logs the answer the client really got
             metrics_middleware(metrics),
             error_middleware,  # whatever happens below becomes a JSON answer
+            throttle_middleware,  # per address, before any work for the request
             auth_middleware,
         ],
         client_max_size=config.server.max_body_size,
+        handler_args={
+            "max_field_size": config.limits.max_header_size,
+            "max_line_size": config.limits.max_header_size,
+            "max_headers": config.limits.max_headers,
+            "keepalive_timeout": config.limits.keepalive_timeout,
+        },
     )
     app[CONFIG] = config
     app[METRICS] = metrics
     app[VERSIONS] = VersionPolicy(config.xapi.versions)
     app[STORAGE_ABOUT] = StorageAbout()
+    app[GUARD] = Guard(config.rate_limit, config.lockout)
     app.cleanup_ctx.append(_storage_session)
     app.cleanup_ctx.append(_authentication)
     app.cleanup_ctx.append(_forwarding)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import json
 import re
 from collections.abc import Mapping
@@ -20,8 +21,13 @@ __all__ = [
     "BasicAuthConfig",
     "CallbackConfig",
     "Config",
+    "ForwardingTarget",
+    "LimitsConfig",
+    "LockoutConfig",
     "MetricsConfig",
     "OidcConfig",
+    "OutboxConfig",
+    "RateLimitConfig",
     "SentryConfig",
     "ServerConfig",
     "StorageConfig",
@@ -176,6 +182,42 @@ class OutboxConfig:
 
 
 @dataclass(frozen=True)
+class LimitsConfig:
+    """Sizes and times that keep one client from taking more than its share."""
+
+    max_batch_statements: int = 1000
+    max_header_size: int = 8190
+    max_headers: int = 100
+    max_upstream_response: int = 64 * 1024 * 1024  # answers the gateway reads to rewrite
+    keepalive_timeout: float = 75.0
+    upstream_queue_timeout: float = 5.0  # wait for a free storage connection, then 503
+
+
+@dataclass(frozen=True)
+class RateLimitConfig:
+    """Token buckets per client address and per authenticated caller (429 past them)."""
+
+    enabled: bool = True
+    per_ip_rate: float = 500.0
+    per_ip_burst: int = 1000
+    per_principal_rate: float = 250.0
+    per_principal_burst: int = 500
+    trusted_proxies: tuple[str, ...] = ()  # CIDRs whose X-Forwarded-For is believed
+    max_tracked: int = 100_000
+
+
+@dataclass(frozen=True)
+class LockoutConfig:
+    """Failed Basic logins per username and per address: past the limit, 429 without bcrypt."""
+
+    enabled: bool = True
+    max_failures: int = 10
+    window: float = 300.0
+    block: float = 300.0
+    max_tracked: int = 100_000
+
+
+@dataclass(frozen=True)
 class SentryConfig:
     """Error and performance reporting to Sentry (the optional `sentry` extra)."""
 
@@ -206,6 +248,9 @@ class Config:
     data_dir: str = "./data"
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     sentry: SentryConfig = field(default_factory=SentryConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
+    rate_limit: RateLimitConfig = field(default_factory=RateLimitConfig)
+    lockout: LockoutConfig = field(default_factory=LockoutConfig)
     base_dir: str = field(default=".", metadata={"internal": True})
 
     def resolve_path(self, value: str) -> Path:
@@ -292,6 +337,27 @@ def _validate(config: Config) -> list[str]:
                 problems.append(f"{where}: {key}: must be greater than 0")
         if labels.count(target.label) > 1:
             problems.append(f"{where}: name: two targets share it (set distinct names)")
+    for cidr in config.rate_limit.trusted_proxies:
+        try:
+            ipaddress.ip_network(cidr, strict=False)
+        except ValueError:
+            problems.append(f"rate_limit.trusted_proxies: {cidr!r} is not an address or CIDR")
+    for key, number in (
+        ("limits.max_batch_statements", config.limits.max_batch_statements),
+        ("limits.max_header_size", config.limits.max_header_size),
+        ("limits.max_upstream_response", config.limits.max_upstream_response),
+        ("limits.keepalive_timeout", config.limits.keepalive_timeout),
+        ("limits.upstream_queue_timeout", config.limits.upstream_queue_timeout),
+        ("rate_limit.per_ip_rate", config.rate_limit.per_ip_rate),
+        ("rate_limit.per_ip_burst", config.rate_limit.per_ip_burst),
+        ("rate_limit.per_principal_rate", config.rate_limit.per_principal_rate),
+        ("rate_limit.per_principal_burst", config.rate_limit.per_principal_burst),
+        ("lockout.max_failures", config.lockout.max_failures),
+        ("lockout.window", config.lockout.window),
+        ("lockout.block", config.lockout.block),
+    ):
+        if number <= 0:
+            problems.append(f"{key}: must be greater than 0")
     if not 0.0 <= config.sentry.traces_sample_rate <= 1.0:
         problems.append("sentry.traces_sample_rate: between 0 and 1")
     if config.outbox.synchronous not in ("full", "normal"):

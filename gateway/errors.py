@@ -7,10 +7,12 @@
     ├── Forbidden                403  valid credentials without the needed scope
     ├── NotFound                 404
     ├── PayloadTooLarge          413
+    ├── TooManyRequests          429  rate limit or login lockout (with Retry-After)
     ├── UnsupportedMediaType     415
     └── UpstreamError            502  the storage LRS could not be used
         ├── UpstreamUnavailable  502  connection refused / reset / bad answer
         ├── UpstreamTimeout      504
+        ├── UpstreamFailed       5xx  the LRS's own 5xx, its body (traces, hosts) kept back
         └── StorageUnavailable   503  storage known to be down (readiness)
     AuthUnavailable              503  an identity provider or auth callback cannot answer
 
@@ -28,10 +30,12 @@ __all__ = [
     "NotFound",
     "PayloadTooLarge",
     "StorageUnavailable",
+    "TooManyRequests",
     "Unauthorized",
     "UnsupportedMediaType",
     "UnsupportedVersion",
     "UpstreamError",
+    "UpstreamFailed",
     "UpstreamTimeout",
     "UpstreamUnavailable",
 ]
@@ -96,6 +100,17 @@ class UnsupportedMediaType(GatewayError):
     kind = "unsupported_media_type"
 
 
+class TooManyRequests(GatewayError):
+    """Slow down: a rate limit or a login lockout; `retry_after` seconds until it lifts."""
+
+    status = 429
+    kind = "too_many_requests"
+
+    def __init__(self, message: str, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
 class UpstreamError(GatewayError):
     """The storage LRS could not be used to answer."""
 
@@ -105,6 +120,17 @@ class UpstreamError(GatewayError):
 
 class UpstreamUnavailable(UpstreamError):
     """Connecting to or reading from the upstream failed."""
+
+
+class UpstreamFailed(UpstreamError):
+    """The upstream answered 5xx: same status to the client, but our body, not its."""
+
+    kind = "upstream_error"
+
+    def __init__(self, status: int) -> None:
+        super().__init__(f"the storage LRS failed (HTTP {status}); the request id is in "
+                         "the gateway's log with its answer")
+        self.status = status
 
 
 class UpstreamTimeout(UpstreamError):
@@ -126,6 +152,7 @@ class AuthUnavailable(GatewayError):
 
     status = 503
     kind = "auth_unavailable"
+    retry_after: float | None = None
 
 
 class ConfigError(Exception):

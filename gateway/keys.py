@@ -9,6 +9,7 @@ from gateway.auth.passwords import PasswordChecker
 from gateway.auth.tokens import TokenSigner
 from gateway.config import Config
 from gateway.forwarding.forwarder import Forwarder
+from gateway.guard import Guard
 from gateway.metrics import Metrics
 from gateway.principal import Principal
 from gateway.storage_about import StorageAbout
@@ -16,8 +17,8 @@ from gateway.upstream import Upstream
 from gateway.xapiversion import VersionPolicy
 
 __all__ = [
-    "AUTHENTICATOR", "CONFIG", "FORWARDER", "METRICS", "PASSWORDS", "PRINCIPAL", "REQUEST_ID",
-    "STORAGE", "STORAGE_ABOUT", "TOKEN_SIGNER", "VERSIONS",
+    "AUTHENTICATOR", "CONFIG", "FORWARDER", "GUARD", "METRICS", "PASSWORDS", "PRINCIPAL",
+    "REQUEST_ID", "STORAGE", "STORAGE_ABOUT", "TOKEN_SIGNER", "VERSIONS",
 ]
 
 CONFIG = web.AppKey("config", Config)
@@ -26,6 +27,7 @@ TOKEN_SIGNER = web.AppKey("token_signer", TokenSigner)
 PASSWORDS = web.AppKey("passwords", PasswordChecker)
 METRICS = web.AppKey("metrics", Metrics)
 FORWARDER = web.AppKey("forwarder", Forwarder)
+GUARD = web.AppKey("guard", Guard)
 STORAGE = web.AppKey("storage", Upstream)
 STORAGE_ABOUT = web.AppKey("storage_about", StorageAbout)
 VERSIONS = web.AppKey("versions", VersionPolicy)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import re
 import time
 import uuid
@@ -12,12 +13,15 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from gateway.errors import AuthUnavailable, Forbidden, GatewayError, Unauthorized
-from gateway.keys import AUTHENTICATOR, METRICS, PRINCIPAL, REQUEST_ID, VERSIONS
+from gateway.keys import AUTHENTICATOR, GUARD, METRICS, PRINCIPAL, REQUEST_ID, VERSIONS
 from gateway.routes import route_info
 from gateway.scopes import is_allowed
 from gateway.xapiversion import VERSION_HEADER
 
-__all__ = ["auth_middleware", "error_middleware", "render_error", "request_id_middleware"]
+__all__ = [
+    "auth_middleware", "error_middleware", "render_error", "request_id_middleware",
+    "throttle_middleware",
+]
 
 log = logging.getLogger(__name__)
 access_log = logging.getLogger("gateway.access")
@@ -33,6 +37,9 @@ def render_error(request: web.Request, error: GatewayError) -> web.Response:
     if isinstance(error, Unauthorized):
         for challenge in request.app[AUTHENTICATOR].challenges:
             response.headers.add("WWW-Authenticate", challenge)
+    retry_after = getattr(error, "retry_after", None)
+    if retry_after is not None:
+        response.headers["Retry-After"] = str(max(1, math.ceil(retry_after)))
     return response
 
 
@@ -91,6 +98,14 @@ async def request_id_middleware(request: web.Request, handler: Handler) -> web.S
 
 
 @web.middleware
+async def throttle_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Per client address: a token bucket (429 with Retry-After past it)."""
+    guard = request.app[GUARD]
+    guard.check_rate(f"ip:{guard.client_address(request)}", per_principal=False)
+    return await handler(request)
+
+
+@web.middleware
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Who is calling (401), which xAPI version (400), whether they may (403)."""
     info = route_info(request)
@@ -100,14 +115,20 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
         return await handler(request)
     authorization = request.headers.get("Authorization")
     attempts = request.app[METRICS].auth
+    guard = request.app[GUARD]
+    login_keys = guard.login_keys(request, authorization)
+    guard.check_lockout(login_keys)  # 429 before any bcrypt runs
     try:
         principal = await request.app[AUTHENTICATOR].authenticate(authorization)
     except Unauthorized:
         attempts.labels(_scheme_label(authorization), "bad_credentials").inc()
+        guard.login_failed(login_keys)
         raise
     except AuthUnavailable:
         attempts.labels(_scheme_label(authorization), "error").inc()
         raise
+    guard.login_succeeded(login_keys)
+    guard.check_rate(f"principal:{principal.scheme}:{principal.id}", per_principal=True)
     request[PRINCIPAL] = principal
     if info.xapi:
         request.app[VERSIONS].check(request.headers.get(VERSION_HEADER))

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from gateway.agents import AgentError, validate_actor
-from gateway.errors import BadRequest
+from gateway.errors import BadRequest, PayloadTooLarge
 
 __all__ = ["parse_json_body", "prepare_post", "prepare_put"]
 
@@ -68,11 +68,14 @@ def _complete(statement: dict[str, Any], authority: dict[str, Any]) -> None:
     statement["authority"] = authority
 
 
-def prepare_post(data: Any, authority: dict[str, Any]) -> tuple[Any, list[str]]:
+def prepare_post(data: Any, authority: dict[str, Any],
+                 max_batch: int = 1000) -> tuple[Any, list[str]]:
     """Check one statement or a list, give each an id, set authority; return (body, ids)."""
     batch = data if isinstance(data, list) else [data]
     if isinstance(data, list) and not data:
         raise BadRequest("the statement list is empty")
+    if len(batch) > max_batch:
+        raise PayloadTooLarge(f"a batch holds at most {max_batch} statements")
     ids: list[str] = []
     for index, statement in enumerate(batch):
         where = f"statements[{index}]" if isinstance(data, list) else "statement"

@@ -15,7 +15,13 @@ from gateway.routes import raw_query, xapi_tail
 from gateway.scopes import statements_read_mode
 from gateway.statement_results import gateway_more, keep_own, upstream_tail_of_more
 from gateway.statements import parse_json_body, prepare_post, prepare_put
-from gateway.upstream import Upstream, request_headers, response_headers
+from gateway.upstream import (
+    Upstream,
+    hide_failure,
+    read_capped,
+    request_headers,
+    response_headers,
+)
 
 __all__ = ["get_statements", "post_statements", "put_statements"]
 
@@ -61,6 +67,7 @@ async def _send_write(request: web.Request, method: str, statements: list[Any],
         async with request.app[STORAGE].request(method, xapi_tail(request),
                                                 raw_query=raw_query(request),
                                                 headers=headers, data=payload) as upstream:
+            await hide_failure(upstream, "storage", request[REQUEST_ID])
             answer = await upstream.read()
         accepted = 200 <= upstream.status < 300
         if accepted:
@@ -78,7 +85,8 @@ async def post_statements(request: web.Request) -> web.Response:
     """Store one statement or a batch, each with an id and the caller as authority."""
     _check_plain_write(request)
     body = await read_limited(request, request.app[CONFIG].server.max_body_size)
-    data, _ = prepare_post(parse_json_body(body), request[PRINCIPAL].agent)
+    data, _ = prepare_post(parse_json_body(body), request[PRINCIPAL].agent,
+                           request.app[CONFIG].limits.max_batch_statements)
     batch = isinstance(data, list)
     return await _send_write(request, "POST", data if batch else [data], batch)
 
@@ -99,7 +107,8 @@ async def _fetch_json(storage: Upstream, request: web.Request, tail: str,
     headers.pop("Accept-Encoding", None)
     async with storage.request("GET", tail, raw_query=query, headers=headers,
                                decompress=True) as upstream:
-        body = await upstream.read()
+        await hide_failure(upstream, storage.name, request[REQUEST_ID])
+        body = await read_capped(upstream, request.app[CONFIG].limits.max_upstream_response)
         out_headers = response_headers(upstream.headers, decoded=True)
         if upstream.status != 200 or upstream.content_type != "application/json":
             return web.Response(status=upstream.status, reason=upstream.reason, body=body,

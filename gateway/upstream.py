@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import logging
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
@@ -14,10 +16,33 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 from gateway.config import StorageConfig
-from gateway.errors import BadRequest, UpstreamTimeout, UpstreamUnavailable
+from gateway.errors import (
+    BadRequest,
+    StorageUnavailable,
+    UpstreamFailed,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+)
 from gateway.metrics import status_class
 
-__all__ = ["HOP_BY_HOP", "Observe", "Upstream", "check_relative_path", "response_headers"]
+__all__ = [
+    "HOP_BY_HOP", "Observe", "Upstream", "check_relative_path", "hide_failure",
+    "read_capped", "response_headers",
+]
+
+
+async def read_capped(response: aiohttp.ClientResponse, limit: int) -> bytes:
+    """An upstream body the gateway must rewrite, refused (502) past `limit` bytes."""
+    if response.content_length is not None and response.content_length > limit:
+        raise UpstreamUnavailable(f"the storage LRS's answer is larger than {limit} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in response.content.iter_chunked(64 * 1024):
+        size += len(chunk)
+        if size > limit:
+            raise UpstreamUnavailable(f"the storage LRS's answer is larger than {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 HOP_BY_HOP = frozenset({
     "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te",
@@ -27,6 +52,8 @@ HOP_BY_HOP = frozenset({
 # to decide (encoding).
 _REQUEST_DROP = HOP_BY_HOP | {"host", "authorization", "content-length", "expect", "cookie"}
 _RESPONSE_DROP = HOP_BY_HOP | {"content-length", "server", "date"}
+log = logging.getLogger(__name__)
+_LOGGED_BODY = 2000
 Observe: TypeAlias = Callable[[str, str, float], None]  # (target, outcome, seconds)
 
 
@@ -67,14 +94,32 @@ def response_headers(upstream: CIMultiDictProxy[str], *, decoded: bool) -> CIMul
     return out
 
 
+async def hide_failure(response: aiohttp.ClientResponse, target: str,
+                       request_id: str) -> None:
+    """Keep an upstream 5xx's body from the client: log it, raise our own error instead.
+
+    Such bodies may hold stack traces and internal host names.
+    """
+    if response.status < 500:
+        return
+    said = (await response.content.read(_LOGGED_BODY)).decode("utf-8", "replace")
+    log.warning("%s answered HTTP %d (request %s): %s", target, response.status,
+                request_id, said)
+    raise UpstreamFailed(response.status)
+
+
 class Upstream:
     """An upstream LRS at `base` (ending with `/`); answers are the caller's to release."""
 
     def __init__(self, session: aiohttp.ClientSession, config: StorageConfig, *,
-                 name: str = "storage", observe: Observe | None = None) -> None:
+                 name: str = "storage", observe: Observe | None = None,
+                 queue_timeout: float = 5.0) -> None:
         self._session = session
         self.name = name
         self._observe = observe
+        # A slot per connection: past them, wait a little, then a clean 503.
+        self._slots = asyncio.Semaphore(config.max_connections)
+        self._queue_timeout = queue_timeout
         self.base = URL(config.url if config.url.endswith("/") else config.url + "/")
         self.base_path = self.base.raw_path
         self._auth: dict[str, str] = {}
@@ -104,6 +149,22 @@ class Upstream:
         """Send one request; connection errors become 502 and timeouts 504, in here only."""
         sent = CIMultiDict(headers or {})
         sent.update(self._auth)
+        try:
+            async with asyncio.timeout(self._queue_timeout):
+                await self._slots.acquire()
+        except TimeoutError:
+            raise StorageUnavailable("the storage LRS is saturated; try again shortly") from None
+        try:
+            async with self._exchange(method, raw_tail, raw_query, sent, data,
+                                      decompress) as response:
+                yield response
+        finally:
+            self._slots.release()
+
+    @asynccontextmanager
+    async def _exchange(self, method: str, raw_tail: str, raw_query: str,
+                        sent: CIMultiDict[str], data: Any,
+                        decompress: bool) -> AsyncIterator[aiohttp.ClientResponse]:
         started = time.perf_counter()
         answered = False
         try:

@@ -6,6 +6,7 @@ import secrets
 from collections.abc import Iterator
 
 import pytest
+from realparts.learninglocker import LearningLockerServer, run_learning_locker
 from realparts.oidc import OidcClient, OidcProvider, run_oidc_provider
 from realparts.ralph import RalphServer, run_ralph
 
@@ -21,6 +22,21 @@ def ralph(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RalphServer]:
 def ralph_target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RalphServer]:
     """A second, independent Ralph LRS (own data, own credential): a forwarding target."""
     with run_ralph(tmp_path_factory.mktemp("ralph-target")) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def learning_locker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LearningLockerServer]:
+    """Learning Locker's LRS service (npm xapi-statements 5.0.1), statements in memory.
+
+    `learning_locker.url` is `http://127.0.0.1:PORT/xAPI/`; `.authorization` is the
+    `Basic ...` header of the one credential it accepts (meant as the gateway's storage
+    credential). It serves statements (attachments, signed statements, alternate syntax),
+    `about` and `activities`, not the state/profile document APIs, and it replaces every
+    statement's `authority` with `.authority`. See tests/test_learninglocker_fixture.py for
+    what it answers, status codes and headers.
+    """
+    with run_learning_locker(tmp_path_factory.mktemp("learninglocker")) as server:
         yield server
 
 

@@ -5,11 +5,14 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import hmac
+import os
 import re
 import time
 from collections.abc import Callable
 
 import bcrypt
+
+from gateway.errors import AuthUnavailable
 
 __all__ = ["PasswordChecker", "bcrypt_cost", "is_bcrypt_hash"]
 
@@ -34,13 +37,21 @@ def bcrypt_cost(value: str) -> int:
 
 
 class PasswordChecker:
-    """Runs bcrypt in its own small pool so a flood of checks cannot take the loop's threads."""
+    """Runs bcrypt in its own small pool with a bounded queue.
 
-    def __init__(self, workers: int = 2,
+    The pool leaves a core to the event loop, so a flood of password guesses cannot starve
+    requests whose credentials are cached; past `max_waiting` queued checks, new ones are
+    refused at once (503) instead of queueing without end.
+    """
+
+    def __init__(self, workers: int | None = None, *, max_waiting: int = 64,
                  observe: Callable[[float], None] | None = None) -> None:
+        workers = workers or max(1, (os.cpu_count() or 2) - 1)
         self._pool = concurrent.futures.ThreadPoolExecutor(
             max_workers=workers, thread_name_prefix="bcrypt"
         )
+        self._max_waiting = max_waiting
+        self._waiting = 0
         self._dummy: dict[int, bytes] = {}
         self._observe = observe
         self.checks = 0  # bcrypt runs so far (tests assert on it; metrics read it)
@@ -49,9 +60,18 @@ class PasswordChecker:
         """Whether `password` matches the bcrypt `hashed`."""
         secret = password.encode("utf-8")[:_BCRYPT_MAX_BYTES]
         loop = asyncio.get_running_loop()
+        if self._waiting >= self._max_waiting:
+            error = AuthUnavailable("too many logins are being checked; try again shortly")
+            error.retry_after = 1.0
+            raise error
         self.checks += 1
+        self._waiting += 1
         started = time.perf_counter()
-        ok = await loop.run_in_executor(self._pool, _checkpw, secret, hashed.encode("ascii"))
+        try:
+            ok = await loop.run_in_executor(self._pool, _checkpw, secret,
+                                            hashed.encode("ascii"))
+        finally:
+            self._waiting -= 1
         if self._observe is not None:
             self._observe(time.perf_counter() - started)
         return ok

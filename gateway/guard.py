@@ -1,0 +1,77 @@
+"""The abuse controls as the middlewares use them: rate limits and login lockout."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import ipaddress
+
+from aiohttp import web
+
+from gateway.config import LockoutConfig, RateLimitConfig
+from gateway.errors import TooManyRequests
+from gateway.throttle import FailureLockout, TokenBuckets, client_address
+
+__all__ = ["Guard"]
+
+
+class Guard:
+    """Holds the buckets and lockout state (bounded in memory) of one app."""
+
+    def __init__(self, rate_limit: RateLimitConfig, lockout: LockoutConfig) -> None:
+        self._trusted = [ipaddress.ip_network(cidr, strict=False)
+                         for cidr in rate_limit.trusted_proxies]
+        self._rates_on = rate_limit.enabled
+        self._per_ip = TokenBuckets(rate_limit.per_ip_rate, rate_limit.per_ip_burst,
+                                    rate_limit.max_tracked)
+        self._per_principal = TokenBuckets(rate_limit.per_principal_rate,
+                                           rate_limit.per_principal_burst,
+                                           rate_limit.max_tracked)
+        self._lockout_on = lockout.enabled
+        self.lockout = FailureLockout(lockout.max_failures, lockout.window, lockout.block,
+                                      lockout.max_tracked)
+
+    def client_address(self, request: web.Request) -> str:
+        """The caller's address, X-Forwarded-For believed from trusted proxies only."""
+        return client_address(request.remote, request.headers.get("X-Forwarded-For"),
+                              self._trusted)
+
+    def check_rate(self, key: str, *, per_principal: bool) -> None:
+        """429 when `key` has spent its tokens."""
+        if not self._rates_on:
+            return
+        buckets = self._per_principal if per_principal else self._per_ip
+        wait = buckets.take(key)
+        if wait > 0:
+            raise TooManyRequests("too many requests; slow down", retry_after=wait)
+
+    def login_keys(self, request: web.Request, authorization: str | None) -> tuple[str, ...]:
+        """Lockout keys of a Basic login attempt: its username and its address."""
+        if not self._lockout_on or not authorization:
+            return ()
+        scheme, _, credentials = authorization.strip().partition(" ")
+        if scheme.lower() != "basic":
+            return ()
+        address = f"ip:{self.client_address(request)}"
+        try:
+            decoded = base64.b64decode(credentials.strip(), validate=True)
+        except (binascii.Error, ValueError):
+            return (address,)
+        username = decoded.partition(b":")[0][:256].decode("utf-8", "replace")
+        return (f"user:{username}", address)
+
+    def check_lockout(self, keys: tuple[str, ...]) -> None:
+        """429 while any key is locked out: no password check runs for it."""
+        wait = max((self.lockout.blocked_for(key) for key in keys), default=0.0)
+        if wait > 0:
+            raise TooManyRequests("too many failed logins; try again later", retry_after=wait)
+
+    def login_failed(self, keys: tuple[str, ...]) -> None:
+        """Count a failed login against its username and address."""
+        for key in keys:
+            self.lockout.failed(key)
+
+    def login_succeeded(self, keys: tuple[str, ...]) -> None:
+        """A success clears the username's and the address's failures."""
+        for key in keys:
+            self.lockout.succeeded(key)
