@@ -29,9 +29,10 @@ class BasicBackend:
         # The cache key is a keyed digest: a memory dump shows neither password nor a
         # digest that could be brute-forced offline without this per-process key.
         self._key = secrets.token_bytes(32)
-        self._verified = alru_cache(maxsize=cache_max_size, ttl=cache_ttl, key=self._digest)(
-            self._verify
-        )
+        # A check in flight holds a cache slot too: room for every check the bcrypt queue
+        # admits, so a flood of wrong passwords never evicts a cached success.
+        self._verified = alru_cache(maxsize=cache_max_size + checker.capacity, ttl=cache_ttl,
+                                    key=self._digest)(self._verify)
         store.on_change(self._verified.cache_clear)
 
     def _digest(self, username: str, password: str) -> bytes:
@@ -40,8 +41,7 @@ class BasicBackend:
 
     async def _verify(self, username: str, password: str) -> Principal:
         credential = self._store.get(username)
-        if credential is None:
-            await self._checker.dummy_check(password, self._store.max_cost)
+        if credential is None:  # removed by a reload since authenticate() looked
             raise Unauthorized("unknown user or wrong password")
         if credential.hashed:
             ok = await self._checker.check(password, credential.secret.reveal())
@@ -62,4 +62,8 @@ class BasicBackend:
         if scheme != "basic":
             return None
         username, password = decode_basic(credentials)
+        if self._store.get(username) is None:
+            # Unknown users never enter the cache, but pay the same bcrypt time.
+            await self._checker.dummy_check(password, self._store.max_cost)
+            raise Unauthorized("unknown user or wrong password")
         return await self._verified(username, password)

@@ -52,6 +52,7 @@ class PasswordChecker:
         )
         self._max_waiting = max_waiting
         self._waiting = 0
+        self.capacity = max_waiting  # checks that may be in progress at once
         self._dummy: dict[int, bytes] = {}
         self._observe = observe
         self.checks = 0  # bcrypt runs so far (tests assert on it; metrics read it)
