@@ -44,6 +44,7 @@ from gateway.middlewares import (
     request_id_middleware,
     throttle_middleware,
 )
+from gateway.readiness import readiness_loop
 from gateway.routes import XAPI_PREFIX, setup_routes
 from gateway.storage_about import StorageAbout
 from gateway.upstream import Upstream
@@ -175,6 +176,7 @@ def create_app(config: Config, *, registry: CollectorRegistry | None = None) -> 
     app.cleanup_ctx.append(_storage_session)
     app.cleanup_ctx.append(_authentication)
     app.cleanup_ctx.append(_forwarding)
+    app.cleanup_ctx.append(readiness_loop)
     app.on_response_prepare.append(_stamp_response)
     setup_routes(app, metrics_path=config.metrics.path if config.metrics.enabled else None)
     return app

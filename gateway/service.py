@@ -6,9 +6,8 @@ from typing import Any
 
 from aiohttp import web
 
-from gateway.errors import Forbidden, GatewayError
+from gateway.errors import Forbidden
 from gateway.keys import (
-    AUTHENTICATOR,
     CONFIG,
     FORWARDER,
     METRICS,
@@ -16,7 +15,7 @@ from gateway.keys import (
     STORAGE,
     STORAGE_ABOUT,
 )
-from gateway.xapiversion import VERSION_HEADER
+from gateway.readiness import check_readiness
 
 __all__ = ["about", "forwarding_status", "heartbeat", "lbheartbeat", "metrics", "whoami"]
 
@@ -38,24 +37,8 @@ async def lbheartbeat(request: web.Request) -> web.Response:
 
 
 async def heartbeat(request: web.Request) -> web.Response:
-    """Readiness: the storage LRS answers HTTP and accepts the gateway's credential.
-
-    Any answer below 500 but 401/403 counts: some LRSes (Ralph) have no /about and say 404.
-    """
-    storage = request.app[STORAGE]
-    try:
-        async with storage.request("GET", "about",
-                                   headers={VERSION_HEADER: storage_version(request)}) as answer:
-            ready = answer.status < 500 and answer.status not in (401, 403)
-            detail = "ok" if ready else f"answered {answer.status}"
-    except GatewayError as error:
-        ready, detail = False, error.message
-    checks = {"storage": detail}
-    problems = request.app[AUTHENTICATOR].readiness_problems()
-    if problems:
-        ready = False
-        checks["auth"] = "; ".join(problems)
-    request.app[METRICS].ready.set(1 if ready else 0)
+    """Readiness: storage answers and accepts the gateway's credential; auth is set up."""
+    ready, checks = await check_readiness(request.app)
     return web.json_response({"status": "ok" if ready else "unavailable", "checks": checks},
                              status=200 if ready else 503)
 

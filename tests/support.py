@@ -74,10 +74,14 @@ class FakeLRS:
 
     script: Script | None = None
     seen: list[Recorded] = field(default_factory=list)
+    about_calls: list[Recorded] = field(default_factory=list)
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         body = await request.read()
-        self.seen.append(Recorded(request.method, request.raw_path, dict(request.headers), body))
+        recorded = Recorded(request.method, request.raw_path, dict(request.headers), body)
+        # The gateway's own readiness checks (GET about) are kept apart from client traffic.
+        is_about = request.method == "GET" and request.path.rstrip("/").endswith("/about")
+        (self.about_calls if is_about else self.seen).append(recorded)
         if self.script is not None:
             return await self.script(request, body)
         if request.method == "POST" and request.path.rstrip("/").endswith("statements"):

@@ -519,11 +519,13 @@ def scripted_storage(stored: Stored, write: StorageBehaviour) -> FakeLRS:
     """GET by statementId answers from `stored` (404 if unknown); writes go to `write`."""
 
     async def script(request: web.Request, body: bytes) -> web.StreamResponse:
-        if request.method == "GET":
-            statement_id = request.query.get("statementId", "")
+        if request.method == "GET" and "statementId" in request.query:
+            statement_id = request.query["statementId"]
             stored.asked.append(statement_id)
             if statement_id in stored.statements:
                 return web.json_response(stored.statements[statement_id], headers=XAPI)
+            return web.json_response({"detail": "not found"}, status=404, headers=XAPI)
+        if request.method == "GET":  # the gateway's readiness check (about)
             return web.json_response({"detail": "not found"}, status=404, headers=XAPI)
         data = json.loads(body)
         return await write(request, data if isinstance(data, list) else [data])
