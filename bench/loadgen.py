@@ -15,28 +15,30 @@ import argparse
 import asyncio
 import json
 import time
+from typing import Any
 from urllib.parse import urlsplit
 
 
-async def _read_response(reader: asyncio.StreamReader) -> int:
+async def _read_response(reader: asyncio.StreamReader) -> tuple[int, bytes]:
     head = await reader.readuntil(b"\r\n\r\n")
     status = int(head[9:12])
     lowered = head.lower()
     index = lowered.find(b"\r\ncontent-length:")
+    body = b""
     if index >= 0:
         end = lowered.find(b"\r\n", index + 2)
-        await reader.readexactly(int(lowered[index + 17:end].strip()))
+        body = await reader.readexactly(int(lowered[index + 17:end].strip()))
     elif b"\r\ntransfer-encoding: chunked" in lowered:
         while True:
             size = int((await reader.readuntil(b"\r\n")).split(b";")[0], 16)
-            await reader.readexactly(size + 2)
+            body += (await reader.readexactly(size + 2))[:-2]
             if size == 0:
                 break
-    return status
+    return status, body
 
 
 async def _connection(host: str, port: int, request: bytes, deadline: float,
-                      latencies: list[float], counts: dict[str, int]) -> None:
+                      latencies: list[float], counts: dict[str, Any]) -> None:
     try:
         reader, writer = await asyncio.open_connection(host, port)
     except OSError:
@@ -47,13 +49,15 @@ async def _connection(host: str, port: int, request: bytes, deadline: float,
             started = time.perf_counter()
             writer.write(request)
             try:
-                status = await asyncio.wait_for(_read_response(reader), 10)
+                status, body = await asyncio.wait_for(_read_response(reader), 10)
             except TimeoutError:
                 counts["timeout_errors"] += 1
                 return
             latencies.append(time.perf_counter() - started)
+            counts["statuses"][str(status)] = counts["statuses"].get(str(status), 0) + 1
             if not 200 <= status < 400:
                 counts["status_errors"] += 1
+                counts.setdefault("first_error", f"{status} {body[:300]!r}")
     except (OSError, asyncio.IncompleteReadError, ValueError):
         counts["read_errors"] += 1
     finally:
@@ -61,7 +65,7 @@ async def _connection(host: str, port: int, request: bytes, deadline: float,
 
 
 async def run(url: str, body: bytes, headers: list[str], connections: int,
-              duration: float) -> dict[str, float]:
+              duration: float) -> dict[str, Any]:
     parts = urlsplit(url)
     host, port = parts.hostname or "127.0.0.1", parts.port or 80
     target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
@@ -69,8 +73,8 @@ async def run(url: str, body: bytes, headers: list[str], connections: int,
             f"Content-Length: {len(body)}", *headers]
     request = ("\r\n".join(head) + "\r\n\r\n").encode() + body
     latencies: list[float] = []
-    counts = {"connect_errors": 0, "read_errors": 0, "write_errors": 0, "status_errors": 0,
-              "timeout_errors": 0}
+    counts: dict[str, Any] = {"connect_errors": 0, "read_errors": 0, "write_errors": 0,
+                              "status_errors": 0, "timeout_errors": 0, "statuses": {}}
     started = time.perf_counter()
     deadline = started + duration
     await asyncio.gather(*(_connection(host, port, request, deadline, latencies, counts)
