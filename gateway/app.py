@@ -32,6 +32,7 @@ from gateway.keys import (
     METRICS,
     PASSWORDS,
     REQUEST_ID,
+    REQUEST_IDS,
     STORAGE,
     STORAGE_ABOUT,
     TOKEN_SIGNER,
@@ -45,6 +46,7 @@ from gateway.middlewares import (
     throttle_middleware,
 )
 from gateway.readiness import readiness_loop
+from gateway.requestids import RequestIds
 from gateway.routes import XAPI_PREFIX, setup_routes
 from gateway.storage_about import StorageAbout
 from gateway.upstream import Upstream
@@ -173,6 +175,7 @@ def create_app(config: Config, *, registry: CollectorRegistry | None = None) -> 
     app[VERSIONS] = VersionPolicy(config.xapi.versions)
     app[STORAGE_ABOUT] = StorageAbout()
     app[GUARD] = Guard(config.rate_limit, config.lockout)
+    app[REQUEST_IDS] = RequestIds()
     app.cleanup_ctx.append(_storage_session)
     app.cleanup_ctx.append(_authentication)
     app.cleanup_ctx.append(_forwarding)

@@ -20,6 +20,8 @@ def check_declared_length(request: web.Request, limit: int) -> None:
 async def read_limited(request: web.Request, limit: int) -> bytes:
     """The whole body, or 413 as soon as it passes `limit`."""
     check_declared_length(request, limit)
+    if request.content_length is not None:  # within the limit: one read, no chunk list
+        return await request.read()
     chunks: list[bytes] = []
     size = 0
     async for chunk in request.content.iter_any():

@@ -80,6 +80,7 @@ def _serve(args: argparse.Namespace) -> int:
         log.info("lrs-gateway %s listening on http://%s:%d/ (storage %s)", __version__,
                  host, port, config.storage.url)
 
+    _tune_runtime()
     try:
         web.run_app(app, host=host, port=port, shutdown_timeout=config.server.shutdown_timeout,
                     access_log=None, print=listening, handle_signals=True)
@@ -87,6 +88,24 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"error: cannot listen on {host}:{port}: {exc.strerror or exc}", file=sys.stderr)
         return 1
     return 0
+
+
+def _tune_runtime() -> None:
+    """Uvloop when installed, and a garbage collector that runs less often on the hot path.
+
+    Both measured in bench/: uvloop +15% single statements; a larger first generation
+    +10-40% on batches (each request allocates many short-lived dicts).
+    """
+    import asyncio
+    import gc
+
+    try:
+        import uvloop
+    except ImportError:
+        pass
+    else:
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    gc.set_threshold(20_000, 20, 20)
 
 
 def _check_config(args: argparse.Namespace) -> int:

@@ -12,13 +12,14 @@ from gateway.forwarding.forwarder import Forwarder
 from gateway.guard import Guard
 from gateway.metrics import Metrics
 from gateway.principal import Principal
+from gateway.requestids import RequestIds
 from gateway.storage_about import StorageAbout
 from gateway.upstream import Upstream
 from gateway.xapiversion import VersionPolicy
 
 __all__ = [
     "AUTHENTICATOR", "CONFIG", "FORWARDER", "GUARD", "METRICS", "PASSWORDS", "PRINCIPAL",
-    "REQUEST_ID", "STORAGE", "STORAGE_ABOUT", "TOKEN_SIGNER", "VERSIONS",
+    "REQUEST_ID", "REQUEST_IDS", "STORAGE", "STORAGE_ABOUT", "TOKEN_SIGNER", "VERSIONS",
 ]
 
 CONFIG = web.AppKey("config", Config)
@@ -28,6 +29,7 @@ PASSWORDS = web.AppKey("passwords", PasswordChecker)
 METRICS = web.AppKey("metrics", Metrics)
 FORWARDER = web.AppKey("forwarder", Forwarder)
 GUARD = web.AppKey("guard", Guard)
+REQUEST_IDS = web.AppKey("request_ids", RequestIds)
 STORAGE = web.AppKey("storage", Upstream)
 STORAGE_ABOUT = web.AppKey("storage_about", StorageAbout)
 VERSIONS = web.AppKey("versions", VersionPolicy)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
@@ -106,6 +107,10 @@ def metrics_middleware(metrics: Metrics) -> web.middleware:  # type: ignore[vali
     """Count and time every request by route name, method and status class."""
     from gateway.routes import route_info
 
+    # Labelled children looked up once per label set: `labels()` costs more than the update.
+    durations: dict[tuple[str, str], Any] = {}
+    counts: dict[tuple[str, str, str], Any] = {}
+
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         route = route_info(request).name
@@ -119,7 +124,15 @@ def metrics_middleware(metrics: Metrics) -> web.middleware:  # type: ignore[vali
             return response
         finally:
             metrics.in_flight.dec()
-            metrics.duration.labels(route, method).observe(time.perf_counter() - started)
-            metrics.requests.labels(route, method, status_class(status)).inc()
+            key = (route, method)
+            duration = durations.get(key)
+            if duration is None:
+                duration = durations[key] = metrics.duration.labels(route, method)
+            duration.observe(time.perf_counter() - started)
+            count_key = (route, method, status_class(status))
+            count = counts.get(count_key)
+            if count is None:
+                count = counts[count_key] = metrics.requests.labels(*count_key)
+            count.inc()
 
     return middleware

@@ -7,13 +7,20 @@ import logging
 import math
 import re
 import time
-import uuid
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from gateway.errors import AuthUnavailable, Forbidden, GatewayError, Unauthorized
-from gateway.keys import AUTHENTICATOR, GUARD, METRICS, PRINCIPAL, REQUEST_ID, VERSIONS
+from gateway.keys import (
+    AUTHENTICATOR,
+    GUARD,
+    METRICS,
+    PRINCIPAL,
+    REQUEST_ID,
+    REQUEST_IDS,
+    VERSIONS,
+)
 from gateway.routes import route_info
 from gateway.scopes import is_allowed
 from gateway.xapiversion import VERSION_HEADER
@@ -26,6 +33,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 access_log = logging.getLogger("gateway.access")
 _SAFE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+
 
 
 def render_error(request: web.Request, error: GatewayError) -> web.Response:
@@ -75,7 +83,8 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
 async def request_id_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Give the request an id (or keep a sane incoming one) and write the access log line."""
     incoming = request.headers.get("X-Request-ID", "")
-    request_id = incoming if _SAFE_REQUEST_ID.match(incoming) else uuid.uuid4().hex
+    request_id = (incoming if _SAFE_REQUEST_ID.match(incoming)
+                  else request.app[REQUEST_IDS].next())
     request[REQUEST_ID] = request_id
     started = time.perf_counter()
     status = 500
@@ -84,17 +93,22 @@ async def request_id_middleware(request: web.Request, handler: Handler) -> web.S
         status = response.status
         return response
     finally:
-        principal = request.get(PRINCIPAL)
-        fields = {
-            "request_id": request_id, "remote": request.remote or "-",
-            "method": request.method, "route": route_info(request).name, "status": status,
-            "duration_ms": round((time.perf_counter() - started) * 1000, 2),
-            "principal": principal.id if principal else "-",
-        }
-        # Only the route name, never the raw path or query: they may carry personal data.
-        access_log.info("%(remote)s %(method)s %(route)s %(status)d %(duration_ms).1fms "
-                        "principal=%(principal)s request_id=%(request_id)s", fields,
-                        extra=fields)
+        if access_log.isEnabledFor(logging.INFO):
+            _log_access(request, request_id, status, started)
+
+
+def _log_access(request: web.Request, request_id: str, status: int, started: float) -> None:
+    principal = request.get(PRINCIPAL)
+    fields = {
+        "request_id": request_id, "remote": request.remote or "-",
+        "method": request.method, "route": route_info(request).name, "status": status,
+        "duration_ms": round((time.perf_counter() - started) * 1000, 2),
+        "principal": principal.id if principal else "-",
+    }
+    # Only the route name, never the raw path or query: they may carry personal data.
+    access_log.info("%(remote)s %(method)s %(route)s %(status)d %(duration_ms).1fms "
+                    "principal=%(principal)s request_id=%(request_id)s", fields,
+                    extra=fields)
 
 
 @web.middleware

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import json
+import re
 import uuid
 from datetime import UTC, datetime
 from typing import Any
 
+from gateway import jsoncodec
 from gateway.agents import AgentError, validate_actor
 from gateway.errors import BadRequest, PayloadTooLarge
 
@@ -18,24 +19,19 @@ def parse_json_body(body: bytes) -> Any:
     if not body.strip():
         raise BadRequest("the request body is empty; a statement or a list of statements is needed")
     try:
-        return json.loads(body)
-    except UnicodeDecodeError:
-        raise BadRequest("the request body is not UTF-8") from None
-    except json.JSONDecodeError as exc:
+        return jsoncodec.loads(body)
+    except jsoncodec.JSONDecodeError as exc:
         raise BadRequest(f"the request body is not valid JSON: {exc.msg} at line "
                          f"{exc.lineno} column {exc.colno}") from None
-    except RecursionError:
-        raise BadRequest("the request body nests too deeply") from None
+
+
+_UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 
 
 def _canonical_uuid(value: Any, where: str) -> str:
     if not isinstance(value, str):
         raise BadRequest(f"{where}: must be a UUID string")
-    try:
-        parsed = uuid.UUID(value)
-    except ValueError:
-        raise BadRequest(f"{where}: {value[:60]!r} is not a UUID") from None
-    if len(value) != 36 or parsed.int is None:  # uuid.UUID also takes braces and urn:
+    if _UUID.fullmatch(value) is None:
         raise BadRequest(f"{where}: {value[:60]!r} is not a UUID in canonical form")
     return value
 
@@ -61,10 +57,12 @@ def _check_statement(statement: Any, where: str) -> None:
 
 def _complete(statement: dict[str, Any], authority: dict[str, Any]) -> None:
     """Fix what the storage LRS would otherwise choose, so every copy is identical."""
-    statement.setdefault("id", str(uuid.uuid4()))
-    # Without a timestamp an LRS stamps its own storage time, and a retried or forwarded
-    # copy then differs from the stored one (Ralph answers 409 to such a resend).
-    statement.setdefault("timestamp", datetime.now(UTC).isoformat(timespec="milliseconds"))
+    if "id" not in statement:
+        statement["id"] = str(uuid.uuid4())
+    if "timestamp" not in statement:
+        # Without a timestamp an LRS stamps its own storage time, and a retried or
+        # forwarded copy then differs from the stored one (Ralph answers 409 to a resend).
+        statement["timestamp"] = datetime.now(UTC).isoformat(timespec="milliseconds")
     statement["authority"] = authority
 
 

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from aiohttp import web
 
+from gateway import jsoncodec
 from gateway.bodies import read_limited
 from gateway.errors import BadRequest, NotFound, UnsupportedMediaType, UpstreamUnavailable
 from gateway.keys import CONFIG, FORWARDER, METRICS, PRINCIPAL, REQUEST_ID, STORAGE
@@ -43,7 +43,7 @@ def _check_plain_write(request: web.Request) -> None:
 
 
 def _encode(statement: Any) -> bytes:
-    return json.dumps(statement, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    return jsoncodec.dumps(statement)
 
 
 async def _send_write(request: web.Request, method: str, statements: list[Any],
@@ -114,14 +114,14 @@ async def _fetch_json(storage: Upstream, request: web.Request, tail: str,
             return web.Response(status=upstream.status, reason=upstream.reason, body=body,
                                 headers=out_headers), None, out_headers
     try:
-        return None, json.loads(body), out_headers
-    except (UnicodeDecodeError, json.JSONDecodeError):
+        return None, jsoncodec.loads(body), out_headers
+    except jsoncodec.JSONDecodeError:
         raise UpstreamUnavailable("the storage LRS answered with invalid JSON") from None
 
 
 def _json_response(data: Any, headers: Any) -> web.Response:
     headers.pop("Content-Type", None)
-    return web.Response(body=json.dumps(data, ensure_ascii=False, separators=(",", ":")),
+    return web.Response(body=jsoncodec.dumps(data),
                         headers=headers, content_type="application/json")
 
 
