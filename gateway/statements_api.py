@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
 
 from gateway import jsoncodec
+from gateway.attachments import AttachmentBody, pack_parts, parts_for, read_attachment_body
 from gateway.bodies import read_limited
-from gateway.errors import BadRequest, NotFound, UnsupportedMediaType, UpstreamUnavailable
+from gateway.errors import BadRequest, NotFound, UpstreamUnavailable
 from gateway.keys import CONFIG, FORWARDER, METRICS, PRINCIPAL, REQUEST_ID, STORAGE
+from gateway.multipart import Multipart, boundary_of, parse
 from gateway.principal import Principal
 from gateway.routes import raw_query, xapi_tail
 from gateway.scopes import statements_read_mode
@@ -30,36 +33,43 @@ __all__ = ["get_statements", "post_statements", "put_statements"]
 _MINE_MAX_PAGES = 10
 
 
-def _check_plain_write(request: web.Request) -> None:
+async def _read_write_body(request: web.Request) -> tuple[Any, AttachmentBody | None]:
+    """The statements of a write, JSON or multipart/mixed with attachments."""
     if "method" in request.query:
         raise BadRequest("the alternate request syntax (?method=) is not supported yet")
-    if request.content_type == "multipart/mixed":
-        raise UnsupportedMediaType(
-            "statements with attachments (multipart/mixed) are not supported by this gateway yet"
-        )
-    if request.content_type != "application/json":
+    content_type = request.content_type
+    if content_type not in ("application/json", "multipart/mixed"):
         raise BadRequest(f"statements are sent as application/json (or multipart/mixed with "
-                         f"attachments), not {request.content_type[:60]}")
-
-
-def _encode(statement: Any) -> bytes:
-    return jsoncodec.dumps(statement)
+                         f"attachments), not {content_type[:60]}")
+    body = await read_limited(request, request.app[CONFIG].server.max_body_size)
+    if content_type == "application/json":
+        return parse_json_body(body), None
+    attached = read_attachment_body(body, request.headers["Content-Type"])
+    return attached.statements, attached
 
 
 async def _send_write(request: web.Request, method: str, statements: list[Any],
-                      batch: bool) -> web.Response:
+                      batch: bool, attached: AttachmentBody | None) -> web.Response:
     """Send to storage; with forwarding on, record the statements ahead and settle them after.
 
-    Each statement is encoded once: storage and every forwarding target get the same bytes.
+    Each statement is encoded once: storage and every forwarding target get the same bytes,
+    attachment parts included.
     """
-    parts = [_encode(statement) for statement in statements]
-    payload = b"[" + b",".join(parts) + b"]" if batch else parts[0]
+    parts = [jsoncodec.dumps(statement) for statement in statements]
+    encoded = b"[" + b",".join(parts) + b"]" if batch else parts[0]
+    if attached is None:
+        payload, content_type = encoded, "application/json"
+        packed: list[bytes | None] = [None] * len(statements)
+    else:
+        packed = [pack_parts(found) for found in parts_for(statements, attached.by_hash)]
+        payload = attached.with_statements(encoded)
+        content_type = request.headers["Content-Type"]  # same boundary, same other parts
     forwarder = request.app.get(FORWARDER)
-    seqs = (await forwarder.record_pending([(s["id"], b) for s, b in zip(statements, parts,
-                                                                          strict=True)])
-            if forwarder is not None else [])
+    seqs = (await forwarder.record_pending(
+        [(s["id"], b, p) for s, b, p in zip(statements, parts, packed, strict=True)])
+        if forwarder is not None else [])
     headers = request_headers(request.headers, extra={
-        "X-Request-ID": request[REQUEST_ID], "Content-Type": "application/json",
+        "X-Request-ID": request[REQUEST_ID], "Content-Type": content_type,
     })
     # If storage's answer is lost (timeout, crash), the pending record stays and the
     # resolver asks storage about each statement later.
@@ -83,26 +93,53 @@ async def _send_write(request: web.Request, method: str, statements: list[Any],
 
 async def post_statements(request: web.Request) -> web.Response:
     """Store one statement or a batch, each with an id and the caller as authority."""
-    _check_plain_write(request)
-    body = await read_limited(request, request.app[CONFIG].server.max_body_size)
-    data, _ = prepare_post(parse_json_body(body), request[PRINCIPAL].agent,
+    data, attached = await _read_write_body(request)
+    data, _ = prepare_post(data, request[PRINCIPAL].agent,
                            request.app[CONFIG].limits.max_batch_statements)
     batch = isinstance(data, list)
-    return await _send_write(request, "POST", data if batch else [data], batch)
+    return await _send_write(request, "POST", data if batch else [data], batch, attached)
 
 
 async def put_statements(request: web.Request) -> web.Response:
     """Store one statement under the `statementId` the client chose."""
-    _check_plain_write(request)
-    body = await read_limited(request, request.app[CONFIG].server.max_body_size)
-    statement = prepare_put(parse_json_body(body), request.query.get("statementId"),
-                            request[PRINCIPAL].agent)
-    return await _send_write(request, "PUT", [statement], batch=False)
+    data, attached = await _read_write_body(request)
+    statement = prepare_put(data, request.query.get("statementId"), request[PRINCIPAL].agent)
+    return await _send_write(request, "PUT", [statement], False, attached)
 
 
-async def _fetch_json(storage: Upstream, request: web.Request, tail: str,
-                      query: str) -> tuple[web.Response | None, Any, Any]:
-    """GET from storage; (passthrough response, None, headers) when not a JSON 200."""
+@dataclass
+class _Page:
+    """One storage answer to a statement query: a JSON document, perhaps inside multipart."""
+
+    data: Any
+    headers: Any
+    multipart: Multipart | None = None
+
+    def response(self, data: Any, filtered: bool) -> web.Response:
+        """Our answer: `data` as JSON, or as the multipart it came in.
+
+        When statements were filtered out, so are the attachment parts only they used.
+        """
+        encoded = jsoncodec.dumps(data)
+        if self.multipart is None:
+            self.headers.pop("Content-Type", None)
+            return web.Response(body=encoded, headers=self.headers,
+                                content_type="application/json")
+        parts = self.multipart.parts
+        if filtered:
+            kept = data.get("statements", [data]) if isinstance(data, dict) else []
+            wanted = {a.get("sha2", "").lower() for s in kept if isinstance(s, dict)
+                      for a in s.get("attachments", []) if isinstance(a, dict)}
+            parts = [parts[0]] + [p for p in parts[1:]
+                                  if (p.header("X-Experience-API-Hash") or "").lower() in wanted]
+        self.multipart.parts = [parts[0].with_body(encoded), *parts[1:]]
+        self.multipart.paddings = self.multipart.paddings[:len(self.multipart.parts)]
+        return web.Response(body=self.multipart.serialize(), headers=self.headers)
+
+
+async def _fetch(storage: Upstream, request: web.Request, tail: str,
+                 query: str) -> tuple[web.Response | None, _Page | None]:
+    """GET from storage: (its answer to pass on as is, None) unless it is a 200 we read."""
     headers = request_headers(request.headers, extra={"X-Request-ID": request[REQUEST_ID]})
     headers.pop("Accept-Encoding", None)
     async with storage.request("GET", tail, raw_query=query, headers=headers,
@@ -110,19 +147,19 @@ async def _fetch_json(storage: Upstream, request: web.Request, tail: str,
         await hide_failure(upstream, storage.name, request[REQUEST_ID])
         body = await read_capped(upstream, request.app[CONFIG].limits.max_upstream_response)
         out_headers = response_headers(upstream.headers, decoded=True)
-        if upstream.status != 200 or upstream.content_type != "application/json":
+        content_type = upstream.content_type
+        raw_type = upstream.headers.get("Content-Type", "")
+        if upstream.status != 200 or content_type not in ("application/json",
+                                                          "multipart/mixed"):
             return web.Response(status=upstream.status, reason=upstream.reason, body=body,
-                                headers=out_headers), None, out_headers
+                                headers=out_headers), None
     try:
-        return None, jsoncodec.loads(body), out_headers
-    except jsoncodec.JSONDecodeError:
-        raise UpstreamUnavailable("the storage LRS answered with invalid JSON") from None
-
-
-def _json_response(data: Any, headers: Any) -> web.Response:
-    headers.pop("Content-Type", None)
-    return web.Response(body=jsoncodec.dumps(data),
-                        headers=headers, content_type="application/json")
+        if content_type == "application/json":
+            return None, _Page(jsoncodec.loads(body), out_headers)
+        multipart = parse(body, boundary_of(raw_type))
+        return None, _Page(jsoncodec.loads(multipart.parts[0].body), out_headers, multipart)
+    except (jsoncodec.JSONDecodeError, BadRequest):
+        raise UpstreamUnavailable("the storage LRS answered with an unreadable document") from None
 
 
 def _asks_for_one(request: web.Request) -> bool:
@@ -133,22 +170,19 @@ async def get_statements(request: web.Request) -> web.StreamResponse:
     """Proxy a statement query; map `more`; for read/mine keep only the caller's."""
     principal: Principal = request[PRINCIPAL]
     mine = statements_read_mode(principal.scopes) == "mine"
-    if mine and request.query.get("attachments", "false").lower() == "true":
-        raise BadRequest("attachments=true is not available to statements/read/mine callers yet")
     storage = request.app[STORAGE]
     public_url = request.app[CONFIG].server.public_url
-    tail, query = xapi_tail(request), raw_query(request)
-    passthrough, data, headers = await _fetch_json(storage, request, tail, query)
-    if passthrough is not None:
-        if mine and passthrough.status == 200:  # not JSON: cannot be filtered, so not shown
-            raise UpstreamUnavailable("the storage LRS answered in a form read/mine cannot filter")
+    passthrough, page = await _fetch(storage, request, xapi_tail(request), raw_query(request))
+    if page is None:
+        assert passthrough is not None
         return passthrough
+    data = page.data
     if not isinstance(data, dict):
         raise UpstreamUnavailable("the storage LRS answered with an unexpected document")
     if "statements" not in data:  # a single statement (statementId / voidedStatementId)
         if mine and not keep_own([data], principal.agent_key):
             raise NotFound("no statement with that id")
-        return _json_response(data, headers)
+        return page.response(data, False)
     statements = data.get("statements")
     if not isinstance(statements, list):
         raise UpstreamUnavailable("the storage LRS answered with an unexpected document")
@@ -164,9 +198,10 @@ async def get_statements(request: web.Request) -> web.StreamResponse:
             if next_tail is None:
                 break
             path, _, next_query = next_tail.partition("?")
-            passthrough, data, headers = await _fetch_json(storage, request, path, next_query)
-            if passthrough is not None or not isinstance(data, dict):
+            _, next_page = await _fetch(storage, request, path, next_query)
+            if next_page is None or not isinstance(next_page.data, dict):
                 raise UpstreamUnavailable("the storage LRS failed while paging")
+            page, data = next_page, next_page.data
             statements = keep_own(data.get("statements") or [], principal.agent_key)
             more = data.get("more") or ""
             pages += 1
@@ -176,4 +211,4 @@ async def get_statements(request: web.Request) -> web.StreamResponse:
             raise UpstreamUnavailable("the storage LRS gave a `more` link outside its xAPI base")
         more = gateway_more(more_tail, public_url)
     result = dict(data, statements=statements, more=more)
-    return _json_response(result, headers)
+    return page.response(result, mine)

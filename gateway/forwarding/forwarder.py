@@ -74,8 +74,9 @@ class Forwarder:
 
     # -- the request path ---------------------------------------------------------------
 
-    async def record_pending(self, items: Sequence[tuple[str, bytes]]) -> list[int]:
-        """Before storage sees them: (statement id, exact bytes) recorded durably.
+    async def record_pending(self, items: Sequence[tuple[str, bytes, bytes | None]]
+                             ) -> list[int]:
+        """Before storage sees them: (id, exact bytes, attachment parts) recorded durably.
 
         The caller must call `settled` when it stops waiting for storage, whatever happened.
         """

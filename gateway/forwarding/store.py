@@ -61,6 +61,7 @@ class Claimed:
     seq: int
     body: bytes
     attempts: int
+    attachments: bytes | None = None  # its attachment parts, packed (gateway.attachments)
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +92,9 @@ class OutboxStore:
         self.conn.execute(f"PRAGMA synchronous={'FULL' if synchronous == 'full' else 'NORMAL'}")
         self.conn.execute("PRAGMA busy_timeout=5000")
         self.conn.executescript(_SCHEMA)
+        columns = {row[1] for row in self.conn.execute("PRAGMA table_info(statements)")}
+        if "attachments" not in columns:  # outboxes made before attachments were forwarded
+            self.conn.execute("ALTER TABLE statements ADD COLUMN attachments BLOB")
         self.backlog: dict[str, int] = {}
         self.recount()
 
@@ -111,14 +115,14 @@ class OutboxStore:
 
     # -- the write path -----------------------------------------------------------------
 
-    def write_pending(self, items: Sequence[tuple[str, bytes]]) -> list[int]:
-        """Record statements before storage sees them; their sequence numbers."""
+    def write_pending(self, items: Sequence[tuple[str, bytes, bytes | None]]) -> list[int]:
+        """Record (id, statement bytes, packed attachment parts) before storage sees them."""
         now = time.time()
         seqs = []
-        for statement_id, body in items:
+        for statement_id, body, attachments in items:
             cursor = self.conn.execute(
-                "INSERT INTO statements(statement_id, body, state, created) VALUES (?, ?, ?, ?)",
-                (statement_id, body, _PENDING, now))
+                "INSERT INTO statements(statement_id, body, attachments, state, created) "
+                "VALUES (?, ?, ?, ?, ?)", (statement_id, body, attachments, _PENDING, now))
             assert cursor.lastrowid is not None
             seqs.append(cursor.lastrowid)
         return seqs
@@ -166,10 +170,11 @@ class OutboxStore:
     def claim(self, target: str, limit: int, now: float) -> list[Claimed]:
         """Deliveries due for `target`, oldest first."""
         rows = self.conn.execute(
-            "SELECT d.seq, s.body, d.attempts FROM deliveries d JOIN statements s "
+            "SELECT d.seq, s.body, d.attempts, s.attachments FROM deliveries d JOIN statements s "
             "ON s.seq = d.seq WHERE d.target = ? AND d.next_attempt <= ? ORDER BY d.seq LIMIT ?",
             (target, now, limit))
-        return [Claimed(seq, bytes(body), attempts) for seq, body, attempts in rows]
+        return [Claimed(seq, bytes(body), attempts, None if parts is None else bytes(parts))
+                for seq, body, attempts, parts in rows]
 
     def next_due(self, target: str) -> float | None:
         """When the next delivery for `target` is due, if any is queued."""

@@ -15,10 +15,12 @@ from functools import partial
 
 import aiohttp
 
+from gateway.attachments import unpack_parts
 from gateway.config import ForwardingTarget
 from gateway.forwarding.outbox import Outbox
 from gateway.forwarding.store import Claimed, OutboxStore
 from gateway.metrics import status_class
+from gateway.multipart import Part, build
 from gateway.upstream import Observe
 
 __all__ = ["Outcome", "TargetWorker"]
@@ -48,6 +50,23 @@ def _retry_after(value: str | None) -> float | None:
         return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
     except (TypeError, ValueError):
         return None
+
+
+def _payload(part: Sequence[Claimed]) -> tuple[bytes, str]:
+    """The batch as JSON, or as multipart/mixed with each attachment part once."""
+    statements = b"[" + b",".join(item.body for item in part) + b"]"
+    if all(item.attachments is None for item in part):
+        return statements, "application/json"
+    parts = [Part(b"Content-Type: application/json\r\n\r\n", statements)]
+    seen: set[str] = set()
+    for item in part:
+        for attachment in unpack_parts(item.attachments or b""):
+            sha2 = (attachment.header("X-Experience-API-Hash") or "").lower()
+            if sha2 not in seen:
+                seen.add(sha2)
+                parts.append(attachment)
+    body, boundary = build(parts)
+    return body, f'multipart/mixed; boundary="{boundary}"'
 
 
 class TargetWorker:
@@ -157,18 +176,20 @@ class TargetWorker:
             lambda s: s.retry(self.name, seqs, time.time() + delay, outcome.reason))
 
     async def _send(self, part: Sequence[Claimed]) -> Outcome:
-        body = b"[" + b",".join(item.body for item in part) + b"]"
+        body, content_type = _payload(part)
         started = time.perf_counter()
-        outcome = await self._post(body, len(part))
+        outcome = await self._post(body, content_type, len(part))
         if self._observe is not None:
             label = {"timeout": "timeout", "error": "error"}.get(outcome[1], outcome[1])
             self._observe(self.name, label, time.perf_counter() - started)
         return outcome[0]
 
-    async def _post(self, body: bytes, count: int) -> tuple[Outcome, str]:
+    async def _post(self, body: bytes, content_type: str,
+                    count: int) -> tuple[Outcome, str]:
         """(outcome, metric label) of one POST."""
+        headers = {**self._headers, "Content-Type": content_type}
         try:
-            async with self._session.post(self.target.url, data=body, headers=self._headers,
+            async with self._session.post(self.target.url, data=body, headers=headers,
                                           timeout=self._timeout,
                                           allow_redirects=False) as response:
                 text = (await response.read())[:_REASON_CHARS].decode("utf-8", "replace")

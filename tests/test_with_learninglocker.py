@@ -1,0 +1,112 @@
+"""The gateway in front of Learning Locker's LRS service (a far more conformant real LRS)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient
+from prometheus_client import CollectorRegistry
+from realparts.learninglocker import LearningLockerServer
+from support import basic, credential, write_config
+
+from gateway.app import create_app
+from gateway.multipart import boundary_of, parse
+
+pytestmark = pytest.mark.learninglocker
+Client = TestClient[web.Request, web.Application]
+ADMIN = credential("admin", "admin-pw", ["all"])
+# Learning Locker reads parts as UTF-8 and strips leading CR/LF/"s": keep to such content.
+NOTES = "Notes — ü, 日本 and a last line\n".encode() * 20
+
+
+@pytest.fixture
+async def gateway(learning_locker: LearningLockerServer, tmp_path: Path,
+                  aiohttp_client: Any) -> Client:
+    config = write_config(tmp_path, learning_locker.url, [ADMIN], {"storage": {
+        "basic_username": learning_locker.username,
+        "basic_password": learning_locker.password}})
+    client: Client = await aiohttp_client(create_app(config, registry=CollectorRegistry()))
+    return client
+
+
+def statement(**extra: Any) -> dict[str, Any]:
+    return {"actor": {"mbox": "mailto:learner@example.com", "objectType": "Agent"},
+            "verb": {"id": "http://adlnet.gov/expapi/verbs/completed"},
+            "object": {"id": "http://example.com/course/ll", "objectType": "Activity"},
+            **extra}
+
+
+async def test_statements_round_trip(gateway: Client) -> None:
+    auth = basic("admin", "admin-pw")
+    response = await gateway.post("/xAPI/statements", json=[statement(), statement()],
+                                  headers=auth)
+    assert response.status == 200, await response.text()
+    first, _ = await response.json()
+    response = await gateway.get(f"/xAPI/statements?statementId={first}", headers=auth)
+    assert response.status == 200
+    stored = await response.json()
+    assert stored["id"] == first
+    assert response.headers["X-Experience-API-Version"] == "1.0.3"
+    assert response.headers["X-Experience-API-Consistent-Through"].endswith("Z")
+    response = await gateway.get("/xAPI/statements?limit=1", headers=auth)
+    page = await response.json()
+    assert page["more"].startswith("/xAPI/statements?")
+    response = await gateway.get(page["more"], headers=auth)  # the link works through us
+    assert response.status == 200
+    assert len((await response.json())["statements"]) == 1
+
+
+async def test_conflicts_and_lrs_errors_pass_through(gateway: Client) -> None:
+    auth = basic("admin", "admin-pw")
+    sid = str(uuid.uuid4())
+    response = await gateway.put(f"/xAPI/statements?statementId={sid}", json=statement(),
+                                 headers=auth)
+    assert response.status == 204
+    response = await gateway.put(f"/xAPI/statements?statementId={sid}",
+                                 json=statement(verb={"id": "http://adlnet.gov/expapi/verbs/failed"}),
+                                 headers=auth)
+    assert response.status == 409  # Learning Locker's own answer
+    assert sid in (await response.json())["message"]
+    response = await gateway.get("/xAPI/statements?nonsense=1", headers=auth)
+    assert response.status == 400  # the LRS refuses unknown parameters; we pass that on
+
+
+async def test_attachments_are_stored_and_returned(gateway: Client) -> None:
+    auth = basic("admin", "admin-pw")
+    sha2 = hashlib.sha256(NOTES).hexdigest()
+    body_statement = statement(attachments=[{
+        "usageType": "http://id.example.org/attachment/notes", "display": {"en-US": "notes"},
+        "contentType": "text/plain", "length": len(NOTES), "sha2": sha2}])
+    boundary = "gw-test-boundary"
+    body = (f"--{boundary}\r\nContent-Type: application/json\r\n\r\n".encode()
+            + json.dumps([body_statement]).encode()
+            + f"\r\n--{boundary}\r\nContent-Type: text/plain\r\n"
+              f"Content-Transfer-Encoding: binary\r\nX-Experience-API-Hash: {sha2}\r\n\r\n"
+              .encode() + NOTES + f"\r\n--{boundary}--\r\n".encode())
+    response = await gateway.post("/xAPI/statements", data=body, headers={
+        **auth, "Content-Type": f"multipart/mixed; boundary={boundary}"})
+    assert response.status == 200, await response.text()
+    (sid,) = await response.json()
+    response = await gateway.get(f"/xAPI/statements?statementId={sid}&attachments=true",
+                                 headers=auth)
+    assert response.status == 200
+    answer = parse(await response.read(), boundary_of(response.headers["Content-Type"]))
+    assert json.loads(answer.parts[0].body)["id"] == sid
+    assert [p.body for p in answer.parts[1:]] == [NOTES]
+
+
+async def test_about_and_activities(gateway: Client) -> None:
+    response = await gateway.get("/xAPI/about")
+    assert (await response.json())["version"] == ["1.0.3", "2.0.0"]
+    auth = basic("admin", "admin-pw")
+    await gateway.post("/xAPI/statements", json=statement(), headers=auth)
+    response = await gateway.get(
+        "/xAPI/activities?activityId=http%3A%2F%2Fexample.com%2Fcourse%2Fll", headers=auth)
+    assert response.status == 200
+    assert (await response.json())["id"] == "http://example.com/course/ll"
