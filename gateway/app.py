@@ -12,6 +12,7 @@ import aiohttp
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
+from gateway.alternate import alternate_syntax_middleware
 from gateway.auth.base import AuthBackend, Authenticator
 from gateway.auth.basic import BasicBackend
 from gateway.auth.callback import CallbackBackend
@@ -159,6 +160,7 @@ def create_app(config: Config, *, registry: CollectorRegistry | None = None) -> 
             request_id_middleware,  # outermost: it logs the answer the client really got
             metrics_middleware(metrics),
             error_middleware,  # whatever happens below becomes a JSON answer
+            alternate_syntax_middleware,  # POST ?method=X: the ordinary request from here on
             throttle_middleware,  # per address, before any work for the request
             auth_middleware,
         ],

@@ -7,8 +7,9 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from gateway.errors import PayloadTooLarge
+from gateway.keys import ALTERNATE_BODY
 
-__all__ = ["LimitedStream", "check_declared_length", "read_limited"]
+__all__ = ["LimitedStream", "check_declared_length", "read_limited", "read_stream"]
 
 
 def check_declared_length(request: web.Request, limit: int) -> None:
@@ -19,9 +20,17 @@ def check_declared_length(request: web.Request, limit: int) -> None:
 
 async def read_limited(request: web.Request, limit: int) -> bytes:
     """The whole body, or 413 as soon as it passes `limit`."""
+    if ALTERNATE_BODY in request:
+        return request[ALTERNATE_BODY]
     check_declared_length(request, limit)
     if request.content_length is not None:  # within the limit: one read, no chunk list
         return await request.read()
+    return await read_stream(request, limit)
+
+
+async def read_stream(request: web.Request, limit: int) -> bytes:
+    """The body from the stream itself (leaves the request clonable), 413 past `limit`."""
+    check_declared_length(request, limit)
     chunks: list[bytes] = []
     size = 0
     async for chunk in request.content.iter_any():
@@ -49,6 +58,9 @@ class LimitedStream:
         return PayloadTooLarge(f"the request body is larger than {self._limit} bytes")
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
+        if ALTERNATE_BODY in self._request:
+            yield self._request[ALTERNATE_BODY]
+            return
         size = 0
         async for chunk in self._request.content.iter_chunked(64 * 1024):
             size += len(chunk)

@@ -18,8 +18,9 @@ from gateway.upstream import Upstream
 from gateway.xapiversion import VersionPolicy
 
 __all__ = [
-    "AUTHENTICATOR", "CONFIG", "FORWARDER", "GUARD", "METRICS", "PASSWORDS", "PRINCIPAL",
-    "REQUEST_ID", "REQUEST_IDS", "STORAGE", "STORAGE_ABOUT", "TOKEN_SIGNER", "VERSIONS",
+    "ALTERNATE_BODY", "AUTHENTICATOR", "CONFIG", "FORWARDER", "GUARD", "METRICS", "PASSWORDS",
+    "PRINCIPAL", "REQUEST_ID", "REQUEST_IDS", "STORAGE", "STORAGE_ABOUT", "TOKEN_SIGNER",
+    "VERSIONS",
 ]
 
 CONFIG = web.AppKey("config", Config)
@@ -35,4 +36,6 @@ STORAGE_ABOUT = web.AppKey("storage_about", StorageAbout)
 VERSIONS = web.AppKey("versions", VersionPolicy)
 
 PRINCIPAL = web.RequestKey("principal", Principal)
+# The body of a request that came in the alternate syntax (its own stream is spent).
+ALTERNATE_BODY = web.RequestKey("alternate_body", bytes)
 REQUEST_ID = web.RequestKey("request_id", str)

@@ -69,10 +69,9 @@ def setup_routes(app: web.Application, *, metrics_path: str | None) -> None:
     router = app.router
     router.add_get("/xAPI/about{slash:/?}", service.about, name="xapi.about")
     statements = router.add_resource("/xAPI/statements{slash:/?}", name="xapi.statements")
-    statements.add_route("GET", statements_api.get_statements)
-    statements.add_route("HEAD", statements_api.get_statements)
-    statements.add_route("POST", statements_api.post_statements)
-    statements.add_route("PUT", statements_api.put_statements)
+    # One handler for every method: a request in the alternate syntax changes its method
+    # after routing.
+    statements.add_route("*", statements_api.statements)
     for path, name in (
         ("/xAPI/activities/state{slash:/?}", "xapi.state"),
         ("/xAPI/activities/profile{slash:/?}", "xapi.activity_profile"),

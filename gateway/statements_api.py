@@ -7,7 +7,7 @@ from typing import Any
 
 from aiohttp import web
 
-from gateway import jsoncodec
+from gateway import jsoncodec, passthrough
 from gateway.attachments import AttachmentBody, pack_parts, parts_for, read_attachment_body
 from gateway.bodies import read_limited
 from gateway.errors import BadRequest, NotFound, UpstreamUnavailable
@@ -26,17 +26,29 @@ from gateway.upstream import (
     response_headers,
 )
 
-__all__ = ["get_statements", "post_statements", "put_statements"]
+__all__ = ["get_statements", "post_statements", "put_statements", "statements"]
 
 # A read/mine caller whose statements are rare would otherwise page through empty pages;
 # fetch a few upstream pages per answer, then hand back a `more` that continues.
 _MINE_MAX_PAGES = 10
 
 
+async def statements(request: web.Request) -> web.StreamResponse:
+    """/xAPI/statements, by method."""
+    method = request.method
+    if method in ("GET", "HEAD"):
+        return await get_statements(request)
+    if method == "POST":
+        return await post_statements(request)
+    if method == "PUT":
+        return await put_statements(request)
+    if method == "OPTIONS":  # a CORS preflight: the LRS's to answer
+        return await passthrough.proxy(request)
+    raise web.HTTPMethodNotAllowed(method, ["GET", "HEAD", "POST", "PUT"])
+
+
 async def _read_write_body(request: web.Request) -> tuple[Any, AttachmentBody | None]:
     """The statements of a write, JSON or multipart/mixed with attachments."""
-    if "method" in request.query:
-        raise BadRequest("the alternate request syntax (?method=) is not supported yet")
     content_type = request.content_type
     if content_type not in ("application/json", "multipart/mixed"):
         raise BadRequest(f"statements are sent as application/json (or multipart/mixed with "

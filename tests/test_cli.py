@@ -455,7 +455,7 @@ def free_port() -> int:
 async def refuses_connections(port: int) -> bool:
     try:
         _, writer = await asyncio.open_connection("127.0.0.1", port)
-    except ConnectionRefusedError:
+    except (ConnectionRefusedError, ConnectionResetError):  # reset: caught mid-close
         return True
     writer.close()
     with contextlib.suppress(OSError):
