@@ -1,6 +1,9 @@
 """A fast upstream stub LRS for the benchmarks: a raw asyncio.Protocol HTTP/1.1 server.
 
-    python bench/stub_lrs.py --port 8100
+    python bench/stub_lrs.py --port 8100 [--port 8101 ...]
+
+With several --port, one process serves each port as a separate LRS (its own counters): the
+bench uses that for the forwarding targets.
 
 Answers, with keep-alive:
 - POST/PUT /xAPI/statements: 200 with the JSON list of the statement ids found in the body
@@ -10,6 +13,10 @@ Answers, with keep-alive:
 - GET /xAPI/statements (and any other GET/HEAD under /xAPI/): a small StatementResult.
 - GET /_bench/last: the last statements body it received (the bench checks the authority
   the proxies set); GET /_bench/count: how many statement writes it answered.
+- GET /_bench/reset?track=off|count|ids: zero the counters; then count the statements
+  received (count), and also remember every statement id (ids) to check exactly-once
+  delivery. GET /_bench/ids: {"writes", "statements", "distinct", "duplicates"} (distinct and
+  duplicates with track=ids), and with ?full=1 the list of distinct ids.
 Anything else: 404. Chunked request bodies are refused (411): neither wrk nor aiohttp's
 client sends them for a bytes body.
 
@@ -20,10 +27,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import re
 import signal
 import socket
+from collections import Counter
 
 _ID = re.compile(rb'"id"\s*:\s*"([0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-'
                  rb'[0-9a-fA-F]{4}-[0-9a-fA-F]{12})"')
@@ -66,6 +75,33 @@ class Stats:
     def __init__(self) -> None:
         self.last_body = b""
         self.writes = 0
+        self.track = "off"  # off | count | ids
+        self.statements = 0
+        self.ids: Counter[bytes] = Counter()
+
+    def reset(self, track: str) -> None:
+        self.writes = 0
+        self.statements = 0
+        self.ids = Counter()
+        self.track = track if track in ("off", "count", "ids") else "off"
+
+    def record(self, found: list[bytes]) -> None:
+        if self.track == "off":
+            return
+        self.statements += len(found)
+        if self.track == "ids":
+            self.ids.update(found)
+
+    def summary(self, full: bool) -> bytes:
+        distinct = len(self.ids)
+        answer: dict[str, object] = {
+            "track": self.track, "writes": self.writes, "statements": self.statements,
+            "distinct": distinct if self.track == "ids" else None,
+            "duplicates": self.statements - distinct if self.track == "ids" else None,
+        }
+        if full:
+            answer["ids"] = [found.decode() for found in self.ids]
+        return json.dumps(answer).encode()
 
 
 class StubProtocol(asyncio.Protocol):
@@ -120,22 +156,32 @@ class StubProtocol(asyncio.Protocol):
         parts = request_line.split(b" ")
         if len(parts) != 3:
             return _response(400, close=True)
-        method, target = parts[0], parts[1].partition(b"?")[0]
+        method = parts[0]
+        target, _, query = parts[1].partition(b"?")
         if target.startswith(b"/xAPI/statements"):
             if method == b"POST":
                 self._stats.last_body = body
                 self._stats.writes += 1
-                ids = b",".join(b'"' + found + b'"' for found in _ID.findall(body))
+                found = _ID.findall(body)
+                self._stats.record(found)
+                ids = b",".join(b'"' + one + b'"' for one in found)
                 return _response(200, b"[" + ids + b"]", close=close)
             if method == b"PUT":
                 self._stats.last_body = body
                 self._stats.writes += 1
+                self._stats.record(_ID.findall(body)[:1])
                 return _response(204, close=close)
         if method in (b"GET", b"HEAD"):
             if target == b"/_bench/last":
                 return _response(200, self._stats.last_body or b"null", close=close)
             if target == b"/_bench/count":
                 return _response(200, b"%d" % self._stats.writes, close=close)
+            if target == b"/_bench/reset":
+                track = query.partition(b"track=")[2].partition(b"&")[0].decode() or "off"
+                self._stats.reset(track)
+                return _response(200, self._stats.summary(False), close=close)
+            if target == b"/_bench/ids":
+                return _response(200, self._stats.summary(b"full=1" in query), close=close)
             if target.startswith(b"/xAPI/"):
                 answer = _response(200, _STATEMENT_RESULT, close=close)
                 if method == b"HEAD":
@@ -144,25 +190,32 @@ class StubProtocol(asyncio.Protocol):
         return _response(404, b'{"error":"not found"}', close=close)
 
 
-async def serve(host: str, port: int) -> None:
+async def serve(host: str, ports: list[int]) -> None:
     loop = asyncio.get_running_loop()
-    stats = Stats()
-    server = await loop.create_server(lambda: StubProtocol(stats), host, port, backlog=1024,
-                                      reuse_address=True)
+    servers = []
+    for port in ports:
+        stats = Stats()  # one LRS per port
+        servers.append(await loop.create_server(functools.partial(StubProtocol, stats), host,
+                                                port, backlog=1024, reuse_address=True))
+        print(f"stub LRS listening on http://{host}:{port}/xAPI/", flush=True)
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    print(f"stub LRS listening on http://{host}:{port}/xAPI/", flush=True)
-    async with server:
+    try:
         await stop.wait()
+    finally:
+        for server in servers:
+            server.close()
+            await server.wait_closed()
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8100)
+    parser.add_argument("--port", type=int, action="append",
+                        help="repeat for several LRSes in one process (default 8100)")
     args = parser.parse_args()
-    asyncio.run(serve(args.host, args.port))
+    asyncio.run(serve(args.host, args.port or [8100]))
 
 
 if __name__ == "__main__":
