@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections.abc
+import math
 import dataclasses
 import types
 import typing
@@ -214,6 +215,8 @@ def _convert(hint: Any, value: Any) -> Any:
     if hint is float:
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ValueError(f"expected a number, got {_describe(value)}")
+        if not math.isfinite(value):  # nan passes every `> 0` check, as inf passes `< max`
+            raise ValueError(f"expected a finite number, got {_describe(value)}")
         return float(value)
     if origin in (dict, Mapping, collections.abc.Mapping):
         if not isinstance(value, dict) or not all(

@@ -34,7 +34,8 @@ import yaml
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client import CollectorRegistry
-from realparts.ralph import RalphServer, free_port
+from realparts.process import free_port
+from realparts.ralph import RalphServer
 from support import XAPI, FakeLRS, basic, credential, write_config
 
 from gateway.agents import agent_identity

@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from .oidc import NODE_MODULES, OIDC_DIR, node_executable
-from .ralph import free_port, stop_process
+from .process import free_port, log_tail, stop_process, wait_for_interrupt
 
 PACKAGE_DIR = NODE_MODULES / "xapi-statements"
 SERVICE_SCRIPT = PACKAGE_DIR / "dist" / "index.js"
@@ -54,7 +54,6 @@ GATEWAY_AGENT: dict[str, str] = {
 }
 
 START_TIMEOUT = 30.0
-LOG_TAIL_CHARS = 4000
 _SERVICE_ENV_PREFIXES = (
     "EXPRESS_",
     "SERVICE_",
@@ -224,12 +223,6 @@ def service_environment(
     return env
 
 
-def _log_tail(log_file: Path) -> str:
-    try:
-        text = log_file.read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return "(no log)"
-    return text[-LOG_TAIL_CHARS:] or "(empty log)"
 
 
 def _answers(url: str, authorization: str) -> bool:
@@ -260,14 +253,14 @@ def wait_until_answering(
         if process.poll() is not None:
             raise LearningLockerError(
                 f"xapi-statements exited with status {process.returncode} before answering "
-                f"{probe_url}; log {log_file}:\n{_log_tail(log_file)}"
+                f"{probe_url}; log {log_file}:\n{log_tail(log_file)}"
             )
         if _answers(probe_url, authorization):
             return
         time.sleep(0.1)
     raise LearningLockerError(
         f"xapi-statements did not answer {probe_url} within {timeout:.0f} s; "
-        f"log {log_file}:\n{_log_tail(log_file)}"
+        f"log {log_file}:\n{log_tail(log_file)}"
     )
 
 
@@ -335,11 +328,7 @@ def main(argv: list[str]) -> int:
             f"{server.url}statements\n"
         )
         sys.stdout.flush()
-        try:
-            while True:
-                time.sleep(3600)
-        except KeyboardInterrupt:
-            pass
+        wait_for_interrupt()
     return 0
 
 

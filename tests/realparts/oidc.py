@@ -34,7 +34,7 @@ from urllib.parse import quote
 
 import aiohttp
 
-from .ralph import free_port, stop_process
+from .process import free_port, log_tail, stop_process, wait_for_interrupt
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 OIDC_DIR = REPO_ROOT / "tests" / "oidc"
@@ -43,7 +43,6 @@ NODE_MODULES = OIDC_DIR / "node_modules"
 NODE_ENV_VAR = "LRS_GATEWAY_NODE"
 
 START_TIMEOUT = 30.0
-LOG_TAIL_CHARS = 4000
 DEFAULT_ACCESS_TOKEN_TTL = 300
 
 AuthMethod = Literal["client_secret_basic", "client_secret_post"]
@@ -205,12 +204,6 @@ def provider_config(
     }
 
 
-def _log_tail(log_file: Path) -> str:
-    try:
-        text = log_file.read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return "(no log)"
-    return text[-LOG_TAIL_CHARS:] or "(empty log)"
 
 
 def _discovery(discovery_url: str) -> dict[str, Any] | None:
@@ -239,7 +232,7 @@ def wait_until_discoverable(
         if process.poll() is not None:
             raise OidcError(
                 f"oidc-provider exited with status {process.returncode} before answering "
-                f"{discovery_url}; log {log_file}:\n{_log_tail(log_file)}"
+                f"{discovery_url}; log {log_file}:\n{log_tail(log_file)}"
             )
         document = _discovery(discovery_url)
         if document is not None:
@@ -252,7 +245,7 @@ def wait_until_discoverable(
         time.sleep(0.1)
     raise OidcError(
         f"oidc-provider did not answer {discovery_url} within {timeout:.0f} s; "
-        f"log {log_file}:\n{_log_tail(log_file)}"
+        f"log {log_file}:\n{log_tail(log_file)}"
     )
 
 
@@ -326,11 +319,7 @@ def main(argv: list[str]) -> int:
             f"{provider.token_endpoint}\n"
         )
         sys.stdout.flush()
-        try:
-            while True:
-                time.sleep(3600)
-        except KeyboardInterrupt:
-            pass
+        wait_for_interrupt()
     return 0
 
 

@@ -11,8 +11,6 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -26,6 +24,8 @@ from typing import IO, Any
 
 import bcrypt
 
+from .process import free_port, log_tail, stop_process, wait_for_interrupt
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 LAUNCHER = Path(__file__).resolve().with_name("ralph_launcher.py")
 RALPH_PYTHON_ENV = "LRS_GATEWAY_RALPH_PYTHON"
@@ -38,8 +38,6 @@ GATEWAY_USERNAME = "gateway"
 GATEWAY_AGENT: dict[str, str] = {"mbox": "mailto:gateway@lrs-gateway.example.org"}
 
 START_TIMEOUT = 30.0
-STOP_TIMEOUT = 5.0
-LOG_TAIL_CHARS = 4000
 
 
 class RalphError(RuntimeError):
@@ -75,12 +73,6 @@ def ralph_python() -> Path:
     return python
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    """Return a TCP port that is free on `host` right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def write_auth_file(path: Path, username: str, password: str, agent: dict[str, str]) -> None:
@@ -109,12 +101,6 @@ def ralph_environment(data_dir: Path, auth_file: Path) -> dict[str, str]:
     return env
 
 
-def _log_tail(log_file: Path) -> str:
-    try:
-        text = log_file.read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return "(no log)"
-    return text[-LOG_TAIL_CHARS:] or "(empty log)"
 
 
 def _healthy(root_url: str) -> bool:
@@ -134,27 +120,17 @@ def wait_until_healthy(
         if process.poll() is not None:
             raise RalphError(
                 f"Ralph exited with status {process.returncode} before answering "
-                f"{root_url}__heartbeat__; log {log_file}:\n{_log_tail(log_file)}"
+                f"{root_url}__heartbeat__; log {log_file}:\n{log_tail(log_file)}"
             )
         if _healthy(root_url):
             return
         time.sleep(0.2)
     raise RalphError(
         f"Ralph did not answer {root_url}__heartbeat__ within {timeout:.0f} s; "
-        f"log {log_file}:\n{_log_tail(log_file)}"
+        f"log {log_file}:\n{log_tail(log_file)}"
     )
 
 
-def stop_process(process: subprocess.Popen[bytes], timeout: float = STOP_TIMEOUT) -> None:
-    """SIGTERM the process, then SIGKILL it when it has not exited after `timeout` s."""
-    if process.poll() is not None:
-        return
-    process.send_signal(signal.SIGTERM)
-    try:
-        process.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
 
 
 @contextmanager
@@ -214,11 +190,7 @@ def main(argv: list[str]) -> int:
             f"Ralph at {server.url} user={server.username} password={server.password}\n"
         )
         sys.stdout.flush()
-        try:
-            while True:
-                time.sleep(3600)
-        except KeyboardInterrupt:
-            pass
+        wait_for_interrupt()
     return 0
 
 
