@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import collections.abc
-import math
 import dataclasses
+import math
 import types
 import typing
 from collections.abc import Mapping
