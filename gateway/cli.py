@@ -74,6 +74,8 @@ def _serve(args: argparse.Namespace) -> int:
     if problems:
         raise ConfigError("\n".join(problems))
     app = create_app(config)
+    if not config.server.access_log:
+        logging.getLogger("gateway.access").setLevel(logging.WARNING)
     host, port = config.server.host, config.server.port
 
     def listening(_: str) -> None:  # run_app calls this once the sockets are bound

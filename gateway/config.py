@@ -62,6 +62,7 @@ class ServerConfig:
     public_url: str | None = None
     shutdown_timeout: float = 30.0
     max_body_size: int = 10 * 1024 * 1024
+    access_log: bool = True  # one line per request; measured in bench/ at ~20% of a request
 
 
 @dataclass(frozen=True)
