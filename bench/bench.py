@@ -245,6 +245,23 @@ def statement_template(batch: int = 0) -> bytes:
     return json.dumps(data, ensure_ascii=False).encode()
 
 
+def thread_cpu(pid: int) -> dict[int, float]:
+    """CPU seconds of each thread of a process, by thread id (the main thread's is `pid`)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    times = {}
+    try:
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
+    except OSError:
+        return {}
+    for task in tasks:
+        try:
+            fields = (task / "stat").read_text().rpartition(")")[2].split()
+        except OSError:
+            continue
+        times[int(task.name)] = (int(fields[11]) + int(fields[12])) / ticks
+    return times
+
+
 def vm_status(pid: int) -> dict[str, int]:
     """VmRSS and VmHWM of a process, in kB."""
     figures = {}
@@ -869,17 +886,28 @@ def run_flood(bench: Bench, key: str, stub: Server, one_file: Path,
         flood_started = time.monotonic()
         time.sleep(1.0)  # the bcrypt queue fills at once; give the flood a second anyway
 
-        def before() -> list[tuple[str, dict[str, str], float]]:
-            return scrape(gateway)
+        pid = gateway.process.pid
 
-        def after(first: list[tuple[str, dict[str, str], float]]) -> dict[str, Any]:
+        def before() -> tuple[list[tuple[str, dict[str, str], float]], dict[int, float], float]:
+            return scrape(gateway), thread_cpu(pid), time.perf_counter()
+
+        def after(first: tuple[list[tuple[str, dict[str, str], float]], dict[int, float],
+                               float]) -> dict[str, Any]:
             last = scrape(gateway)
+            threads = thread_cpu(pid)
+            seconds = time.perf_counter() - first[2]
+            used = {tid: (end - first[1].get(tid, 0.0)) / seconds
+                    for tid, end in threads.items()}
 
             def delta(name: str, **labels: str) -> float:
-                return metric(last, name, **labels) - metric(first, name, **labels)
+                return metric(last, name, **labels) - metric(first[0], name, **labels)
             checks = delta("lrs_gateway_bcrypt_duration_seconds_count")
-            seconds = args.duration
             return {"flood_window": {
+                "seconds": seconds,
+                # The gateway's threads: the event loop (main) and the others (the bcrypt
+                # pool's worker, mostly), in shares of a core.
+                "loop_thread_cpu": used.get(pid, 0.0),
+                "other_threads_cpu": sum(v for tid, v in used.items() if tid != pid),
                 "bcrypt_checks": checks, "bcrypt_checks_per_s": checks / seconds,
                 "bcrypt_mean_s": (delta("lrs_gateway_bcrypt_duration_seconds_sum") / checks
                                   if checks else None),
@@ -907,6 +935,7 @@ def run_flood(bench: Bench, key: str, stub: Server, one_file: Path,
             "401": statuses.get(401, 0), "503": statuses.get(503, 0),
             "429": statuses.get(429, 0),
             "other": {k: v for k, v in statuses.items() if k not in (401, 503, 429)},
+            "timed_out_10s": raw["timeout_errors"],
             "errors": sum(raw[k] for k in ("connect_errors", "read_errors", "timeout_errors")),
             "cpu": result["companions_cpu"].get("flood"),
         }
@@ -1563,9 +1592,9 @@ def print_lag(lag: dict[str, Any]) -> None:
 
 def print_flood(results: dict[str, dict[str, Any]], keys: list[str]) -> None:
     print("\n| flood variant | valid req/s | / (c) | valid p99 ms | bcrypt checks/s "
-          "| flood answers/s | 401 | 503 | 429 | flood CPU | gateway CPU | CPU0 busy "
-          "| other load |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+          "| flood answers/s | 401 | 503 | 429 | timed out | flood CPU | gateway loop / "
+          "other threads CPU | CPU0 busy | other load |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for key in keys:
         r = results[key]
         flood, window = r["flood"], r["flood_window"]
@@ -1574,12 +1603,15 @@ def print_flood(results: dict[str, dict[str, Any]], keys: list[str]) -> None:
         print(f"| {key} | {r['rps']:.0f} | {'-' if ratio is None else f'{ratio:.2f}'} "
               f"| {r['p99_ms']:.2f} | {window['bcrypt_checks_per_s']:.1f} "
               f"| {flood['answers_per_s']:.0f} | {flood['401']} | {flood['503']} "
-              f"| {flood['429']} | {(flood['cpu'] or 0) * 100:.0f}% "
-              f"| {r['server_cpu'] * 100:.0f}% "
+              f"| {flood['429']} | {flood['timed_out_10s']} | {(flood['cpu'] or 0) * 100:.0f}% "
+              f"| {window['loop_thread_cpu'] * 100:.0f}% / "
+              f"{window['other_threads_cpu'] * 100:.0f}% "
               f"| {'-' if cpu0 is None else f'{cpu0 * 100:.0f}%'} "
               f"| {r['other_cpu'] * 100:.0f}%{' (!)' if r['other_cpu'] > DISTURBED else ''} |")
-    print("(401/503/429: the flood's answers over its whole life; bcrypt checks/s: the "
-          "gateway's lrs_gateway_bcrypt_duration_seconds_count over the measured window)")
+    print("(401/503/429/timed out (no answer within 10 s): the flood's requests over its whole "
+          "life; bcrypt checks/s: the gateway's lrs_gateway_bcrypt_duration_seconds_count over "
+          "the measured window; gateway CPU by thread: the event loop's, and the others' (the "
+          "bcrypt pool), over the same window, in shares of a core: all on CPU 1 when pinned)")
 
 
 def print_rss(rss: dict[str, Any]) -> None:

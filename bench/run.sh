@@ -1,10 +1,17 @@
 #!/usr/bin/env bash
-# The lrs-gateway benchmarks (issue 8), in one command, on loopback only, ~2 minutes:
+# The lrs-gateway benchmarks (issue 8), in one command, on loopback only, ~4-5 minutes:
 #
 #   bash bench/run.sh                  # all runs, 10 s each after a 2 s warm-up
 #   bash bench/run.sh --duration 5     # shorter runs (any bench/bench.py option passes through)
 #   bash bench/run.sh --profile        # then profile the gateway's POST path with py-spy
 #   bash bench/run.sh --loadgen asyncio  # force the asyncio load generator instead of wrk
+#   bash bench/run.sh --no-flood --no-rss --no-lag   # throughput runs only (~2.5 minutes)
+#   bash bench/run.sh --rss-statements 1000000       # the issue's 1M statements (~+3 minutes)
+#
+# Parts: (a)-(e) throughput (--no-batch, --no-token, --no-forwarding skip some), the
+# forwarding lag at sustained load (--no-lag, --lag-duration, --lag-fraction), the bcrypt
+# flood (--no-flood, --flood-variants, --flood-connections), memory (--no-rss,
+# --rss-statements, --rss-sample-every). `.venv/bin/python bench/bench.py --help` lists all.
 #
 # It makes sure the venv is there (deploy/bootstrap.sh), installs wrk from Debian when it is
 # missing and we may (root, apt-get), else falls back to bench/loadgen.py (and says so), then

@@ -85,11 +85,11 @@ async def _send_write(request: web.Request, method: str, statements: list[Any],
     })
     # If storage's answer is lost (timeout, crash), the pending record stays and the
     # resolver asks storage about each statement later.
+    storage = request.app[STORAGE]
     try:
-        async with request.app[STORAGE].request(method, xapi_tail(request),
-                                                raw_query=raw_query(request),
-                                                headers=headers, data=payload) as upstream:
-            await hide_failure(upstream, "storage", request[REQUEST_ID])
+        async with storage.request(method, xapi_tail(request), raw_query=raw_query(request),
+                                   headers=headers, data=payload) as upstream:
+            await hide_failure(upstream, storage.name, request[REQUEST_ID])
             answer = await upstream.read()
         accepted = 200 <= upstream.status < 300
         if accepted:
