@@ -11,6 +11,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
 
 from gateway import __version__, authcli
 from gateway.auth.credentials import CredentialsError, parse_credentials
@@ -79,8 +80,10 @@ def _serve(args: argparse.Namespace) -> int:
     host, port = config.server.host, config.server.port
 
     def listening(_: str) -> None:  # run_app calls this once the sockets are bound
+        storage = urlsplit(config.storage.url)
+        shown = f"{storage.scheme}://{storage.hostname}:{storage.port or ''}{storage.path}"
         log.info("lrs-gateway %s listening on http://%s:%d/ (storage %s)", __version__,
-                 host, port, config.storage.url)
+                 host, port, shown)
 
     _tune_runtime()
     try:

@@ -154,7 +154,7 @@ class ForwardingTarget:
     max_retries: int
     timeout: float
     name: str | None = None
-    headers: Mapping[str, str] = field(default_factory=dict)
+    headers: Mapping[str, str] = field(default_factory=dict, repr=False)  # may hold API keys
     bearer_token: Secret | None = None
     batch_size: int = 50
     backoff_base: float = 0.5

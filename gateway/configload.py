@@ -215,9 +215,13 @@ def _convert(hint: Any, value: Any) -> Any:
     if hint is float:
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ValueError(f"expected a number, got {_describe(value)}")
-        if not math.isfinite(value):  # nan passes every `> 0` check, as inf passes `< max`
+        try:
+            number = float(value)
+        except OverflowError:
+            raise ValueError("expected a number, got an integer too large for one") from None
+        if not math.isfinite(number):  # nan passes every `> 0` check, as inf passes `< max`
             raise ValueError(f"expected a finite number, got {_describe(value)}")
-        return float(value)
+        return number
     if origin in (dict, Mapping, collections.abc.Mapping):
         if not isinstance(value, dict) or not all(
                 isinstance(k, str) and isinstance(v, str) for k, v in value.items()):

@@ -6,10 +6,12 @@ from typing import Any
 
 import orjson
 
-__all__ = ["JSONDecodeError", "dumps", "loads"]
+__all__ = ["JSONDecodeError", "JSONEncodeError", "dumps", "loads"]
 
 # A subclass of json.JSONDecodeError: `msg`, `lineno` and `colno` are there too.
 JSONDecodeError = orjson.JSONDecodeError
+# orjson reads 1024 levels of nesting but writes only 254: what parsed may not encode.
+JSONEncodeError = orjson.JSONEncodeError
 
 
 def loads(data: bytes | str) -> Any:

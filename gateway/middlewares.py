@@ -100,7 +100,7 @@ async def request_id_middleware(request: web.Request, handler: Handler) -> web.S
 def _log_access(request: web.Request, request_id: str, status: int, started: float) -> None:
     principal = request.get(PRINCIPAL)
     fields = {
-        "request_id": request_id, "remote": request.remote or "-",
+        "request_id": request_id, "remote": request.app[GUARD].client_address(request),
         "method": request.method, "route": route_info(request).name, "status": status,
         "duration_ms": round((time.perf_counter() - started) * 1000, 2),
         "principal": principal.id if principal else "-",

@@ -15,6 +15,7 @@ from gateway.errors import BadRequest
 __all__ = ["Multipart", "Part", "boundary_of", "build", "parse", "parse_headers"]
 
 _CRLF = b"\r\n"
+_BOUNDARY_CHARS = re.compile(r"[0-9A-Za-z'()+_,\-./:=? ]{0,69}[0-9A-Za-z'()+_,\-./:=?]")
 _BOUNDARY = re.compile(r"""boundary\s*=\s*(?:"([^"]{1,70})"|([^;\s]{1,70}))""", re.IGNORECASE)
 
 
@@ -62,7 +63,10 @@ def boundary_of(content_type: str) -> str:
     match = _BOUNDARY.search(content_type)
     if match is None:
         raise BadRequest("multipart/mixed needs a boundary parameter")
-    return match.group(1) or match.group(2)
+    boundary = match.group(1) or match.group(2)
+    if not _BOUNDARY_CHARS.fullmatch(boundary):
+        raise BadRequest("the multipart boundary has characters RFC 2046 does not allow")
+    return boundary
 
 
 def parse_headers(head: bytes) -> dict[str, str]:

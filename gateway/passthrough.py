@@ -8,9 +8,9 @@ from multidict import CIMultiDict
 from gateway.bodies import LimitedStream, check_declared_length
 from gateway.errors import UpstreamError
 from gateway.keys import CONFIG, REQUEST_ID, STORAGE
+from gateway.paths import check_relative_path
 from gateway.routes import raw_query, xapi_tail
 from gateway.upstream import (
-    check_relative_path,
     hide_failure,
     request_headers,
     response_headers,
@@ -48,7 +48,7 @@ async def _exchange(request: web.Request, tail: str, headers: CIMultiDict[str],
     data = body.__aiter__() if body is not None else None
     async with storage.request(request.method, tail, raw_query=raw_query(request),
                                headers=headers, data=data) as upstream:
-        await hide_failure(upstream, storage.name, request[REQUEST_ID])
+        await hide_failure(upstream, storage, request[REQUEST_ID])
         out_headers = response_headers(upstream.headers, decoded=False)
         length = upstream.content_length
         if request.method == "HEAD" or (length is not None and length <= _BUFFER_LIMIT):

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-__all__ = ["Secret"]
+import base64
+from collections.abc import Iterable
+from urllib.parse import quote
+
+__all__ = ["Secret", "redact"]
 
 
 class Secret:
@@ -30,3 +34,18 @@ class Secret:
 
     def __bool__(self) -> bool:
         return bool(self._value)
+
+
+def redact(text: str, secrets: Iterable[str]) -> str:
+    """`text` with every secret (and its base64 and percent-encoded forms) masked.
+
+    For answers of other servers that the gateway logs or keeps: an error page that
+    echoes the request's headers would otherwise carry our credentials along.
+    """
+    for secret in secrets:
+        if len(secret) < 4:
+            continue
+        for form in {secret, quote(secret, safe=""),
+                     base64.b64encode(secret.encode()).decode()}:
+            text = text.replace(form, "**********")
+    return text

@@ -31,10 +31,15 @@ def setup_sentry(config: SentryConfig) -> bool:
             return 0.0
         return config.traces_sample_rate
 
-    sentry_sdk.init(
-        dsn=config.dsn.reveal(), environment=config.environment,
-        release=f"lrs-gateway@{__version__}", traces_sampler=traces_sampler,
-        send_default_pii=False,  # no Authorization headers, cookies or user IPs
-        integrations=[AioHttpIntegration()],
-    )
+    from sentry_sdk.utils import BadDsn
+
+    try:
+        sentry_sdk.init(
+            dsn=config.dsn.reveal(), environment=config.environment,
+            release=f"lrs-gateway@{__version__}", traces_sampler=traces_sampler,
+            send_default_pii=False,  # no Authorization headers, cookies or user IPs
+            integrations=[AioHttpIntegration()],
+        )
+    except BadDsn:
+        raise ConfigError("sentry.dsn: not a valid Sentry DSN (not shown)") from None
     return True

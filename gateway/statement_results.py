@@ -8,21 +8,33 @@ from typing import Any
 from yarl import URL
 
 from gateway.agents import authority_includes
+from gateway.errors import BadRequest
+from gateway.paths import check_relative_path
 
 __all__ = ["gateway_more", "keep_own", "upstream_tail_of_more"]
 
 
-def upstream_tail_of_more(more: str, upstream_base_path: str) -> str | None:
+def upstream_tail_of_more(more: Any, upstream_base_path: str) -> str | None:
     """The part of an upstream `more` link after its xAPI base (path and query, encoded).
 
-    None when the link does not lead back under the upstream's base path.
+    None when the link is not a URL, does not lead back under the upstream's base path, or
+    would leave it (dot segments, encoded slashes): the caller answers 502 or stops paging.
     """
-    url = URL(more, encoded=True)
-    path = url.raw_path
+    if not isinstance(more, str):
+        return None
+    try:
+        url = URL(more, encoded=True)
+        path, query = url.raw_path, url.raw_query_string
+    except (ValueError, TypeError, IndexError):  # yarl's answers to broken URLs
+        return None
     if not path.startswith(upstream_base_path):
         return None
     tail = path[len(upstream_base_path):]
-    return tail + (f"?{url.raw_query_string}" if url.raw_query_string else "")
+    try:
+        check_relative_path(tail)
+    except BadRequest:
+        return None
+    return tail + (f"?{query}" if query else "")
 
 
 def gateway_more(tail: str, public_url: str | None) -> str:

@@ -11,7 +11,18 @@ from gateway import jsoncodec
 from gateway.agents import AgentError, validate_actor
 from gateway.errors import BadRequest, PayloadTooLarge
 
-__all__ = ["parse_json_body", "prepare_post", "prepare_put"]
+__all__ = ["encode_statement", "parse_json_body", "prepare_post", "prepare_put"]
+
+
+def encode_statement(statement: Any) -> bytes:
+    """The bytes storage and every target get.
+
+    400 for what parses but cannot be written back (orjson reads 1024 levels, writes 254).
+    """
+    try:
+        return jsoncodec.dumps(statement)
+    except jsoncodec.JSONEncodeError:
+        raise BadRequest("a statement nests too deeply (at most 250 levels)") from None
 
 
 def parse_json_body(body: bytes) -> Any:
@@ -80,7 +91,7 @@ def prepare_post(data: Any, authority: dict[str, Any],
         _check_statement(statement, where)
         _complete(statement, authority)
         ids.append(statement["id"])
-    if len(set(ids)) != len(ids):
+    if len({i.lower() for i in ids}) != len(ids):
         raise BadRequest("the batch holds the same statement id more than once")
     return data, ids
 

@@ -17,7 +17,7 @@ from gateway.principal import Principal
 from gateway.routes import raw_query, xapi_tail
 from gateway.scopes import statements_read_mode
 from gateway.statement_results import gateway_more, keep_own, upstream_tail_of_more
-from gateway.statements import parse_json_body, prepare_post, prepare_put
+from gateway.statements import encode_statement, parse_json_body, prepare_post, prepare_put
 from gateway.upstream import (
     Upstream,
     hide_failure,
@@ -67,7 +67,7 @@ async def _send_write(request: web.Request, method: str, statements: list[Any],
     Each statement is encoded once: storage and every forwarding target get the same bytes,
     attachment parts included.
     """
-    parts = [jsoncodec.dumps(statement) for statement in statements]
+    parts = [encode_statement(statement) for statement in statements]
     encoded = b"[" + b",".join(parts) + b"]" if batch else parts[0]
     if attached is None:
         payload, content_type = encoded, "application/json"
@@ -89,7 +89,7 @@ async def _send_write(request: web.Request, method: str, statements: list[Any],
     try:
         async with storage.request(method, xapi_tail(request), raw_query=raw_query(request),
                                    headers=headers, data=payload) as upstream:
-            await hide_failure(upstream, storage.name, request[REQUEST_ID])
+            await hide_failure(upstream, storage, request[REQUEST_ID])
             answer = await upstream.read()
         accepted = 200 <= upstream.status < 300
         if accepted:
@@ -132,7 +132,11 @@ class _Page:
 
         When statements were filtered out, so are the attachment parts only they used.
         """
-        encoded = jsoncodec.dumps(data)
+        try:
+            encoded = jsoncodec.dumps(data)
+        except jsoncodec.JSONEncodeError:
+            raise UpstreamUnavailable("the storage LRS answered with a statement nested "
+                                      "too deeply to pass on") from None
         if self.multipart is None:
             self.headers.pop("Content-Type", None)
             return web.Response(body=encoded, headers=self.headers,
@@ -156,7 +160,7 @@ async def _fetch(storage: Upstream, request: web.Request, tail: str,
     headers.pop("Accept-Encoding", None)
     async with storage.request("GET", tail, raw_query=query, headers=headers,
                                decompress=True) as upstream:
-        await hide_failure(upstream, storage.name, request[REQUEST_ID])
+        await hide_failure(upstream, storage, request[REQUEST_ID])
         body = await read_capped(upstream, request.app[CONFIG].limits.max_upstream_response)
         out_headers = response_headers(upstream.headers, decoded=True)
         content_type = upstream.content_type

@@ -9,7 +9,6 @@ import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from typing import Any, TypeAlias
-from urllib.parse import unquote
 
 import aiohttp
 from multidict import CIMultiDict, CIMultiDictProxy
@@ -17,16 +16,16 @@ from yarl import URL
 
 from gateway.config import StorageConfig
 from gateway.errors import (
-    BadRequest,
     StorageUnavailable,
     UpstreamFailed,
     UpstreamTimeout,
     UpstreamUnavailable,
 )
 from gateway.metrics import status_class
+from gateway.secret import redact
 
 __all__ = [
-    "HOP_BY_HOP", "Observe", "Upstream", "check_relative_path", "hide_failure",
+    "HOP_BY_HOP", "Observe", "Upstream", "hide_failure",
     "read_capped", "response_headers",
 ]
 
@@ -57,18 +56,6 @@ _LOGGED_BODY = 2000
 Observe: TypeAlias = Callable[[str, str, float], None]  # (target, outcome, seconds)
 
 
-def check_relative_path(raw_tail: str) -> str:
-    """Refuse a path (still percent-encoded) that could leave the upstream's xAPI base."""
-    segments = raw_tail.split("/")
-    for segment in segments:
-        decoded = unquote(segment)
-        if decoded in (".", "..") or "/" in decoded or "\\" in decoded or "\0" in decoded:
-            raise BadRequest("the request path is not allowed")
-    if any(segment == "" for segment in segments[:-1]):
-        raise BadRequest("the request path is not allowed")
-    return raw_tail
-
-
 def request_headers(incoming: Mapping[str, str], *, extra: Mapping[str, str]) -> CIMultiDict[str]:
     """Client headers fit to send upstream, plus `extra`."""
     connection_tokens = {
@@ -94,7 +81,7 @@ def response_headers(upstream: CIMultiDictProxy[str], *, decoded: bool) -> CIMul
     return out
 
 
-async def hide_failure(response: aiohttp.ClientResponse, target: str,
+async def hide_failure(response: aiohttp.ClientResponse, upstream: Upstream,
                        request_id: str) -> None:
     """Keep an upstream 5xx's body from the client: log it, raise our own error instead.
 
@@ -103,8 +90,8 @@ async def hide_failure(response: aiohttp.ClientResponse, target: str,
     if response.status < 500:
         return
     said = (await response.content.read(_LOGGED_BODY)).decode("utf-8", "replace")
-    log.warning("%s answered HTTP %d (request %s): %s", target, response.status,
-                request_id, said)
+    log.warning("%s answered HTTP %d (request %s): %s", upstream.name, response.status,
+                request_id, redact(said, upstream.secrets))
     raise UpstreamFailed(response.status)
 
 
@@ -123,9 +110,11 @@ class Upstream:
         self.base = URL(config.url if config.url.endswith("/") else config.url + "/")
         self.base_path = self.base.raw_path
         self._auth: dict[str, str] = {}
+        self.secrets: tuple[str, ...] = ()  # what to mask in its answers before logging them
         if config.basic_username is not None and config.basic_password is not None:
             token = f"{config.basic_username}:{config.basic_password.reveal()}"
             self._auth["Authorization"] = "Basic " + base64.b64encode(token.encode()).decode()
+            self.secrets = (token, config.basic_password.reveal())
         self._timeout = aiohttp.ClientTimeout(
             total=config.timeout, sock_connect=config.connect_timeout
         )

@@ -16,7 +16,7 @@ from gateway.errors import AuthUnavailable
 
 __all__ = ["PasswordChecker", "bcrypt_cost", "is_bcrypt_hash"]
 
-_BCRYPT = re.compile(r"^\$2[aby]\$(\d\d)\$[./A-Za-z0-9]{53}$")
+_BCRYPT = re.compile(r"\$2[aby]\$(0[4-9]|[12]\d|3[01])\$[./A-Za-z0-9]{53}")  # cost 4-31
 # bcrypt only ever reads 72 bytes; bcrypt>=5 raises instead of truncating, but hashes made
 # by older versions (Ralph's CLI) for longer passwords must keep working.
 _BCRYPT_MAX_BYTES = 72
@@ -25,12 +25,12 @@ _DUMMY_PASSWORD = b"lrs-gateway dummy password for unknown users"
 
 def is_bcrypt_hash(value: str) -> bool:
     """Whether `value` is a bcrypt hash in modular crypt format ($2a$, $2b$, $2y$)."""
-    return _BCRYPT.match(value) is not None
+    return _BCRYPT.fullmatch(value) is not None
 
 
 def bcrypt_cost(value: str) -> int:
     """The cost factor of a bcrypt hash."""
-    match = _BCRYPT.match(value)
+    match = _BCRYPT.fullmatch(value)
     if match is None:
         raise ValueError("not a bcrypt hash")
     return int(match.group(1))

@@ -80,6 +80,9 @@ class TokenSigner:
             raise Unauthorized("the token has expired") from None
         except (jwt.PyJWTError, ValueError, TypeError):
             raise Unauthorized("the token is not valid") from None
+        times = (claims["exp"], claims["iat"])
+        if any(isinstance(t, bool) or not isinstance(t, int | float) for t in times):
+            raise Unauthorized("the token's times are not numbers")
         if claims["exp"] - claims["iat"] > self.max_lifetime + 1:
             raise Unauthorized("the token outlives the allowed lifetime")
         return claims

@@ -21,6 +21,7 @@ from gateway.forwarding.outbox import Outbox
 from gateway.forwarding.store import Claimed, OutboxStore
 from gateway.metrics import status_class
 from gateway.multipart import Part, build
+from gateway.secret import redact
 from gateway.upstream import Observe
 
 __all__ = ["Outcome", "TargetWorker"]
@@ -83,11 +84,15 @@ class TargetWorker:
         self._timeout = aiohttp.ClientTimeout(total=target.timeout)
         self._headers = {"Content-Type": "application/json",
                          "X-Experience-API-Version": target.xapi_version, **target.headers}
+        # Masked in the target's answers before they are logged or kept as a reason.
+        self._secrets: list[str] = list(target.headers.values())  # API keys live there too
         if target.bearer_token is not None:
             self._headers["Authorization"] = f"Bearer {target.bearer_token.reveal()}"
+            self._secrets.append(target.bearer_token.reveal())
         elif target.basic_username is not None and target.basic_password is not None:
-            token = f"{target.basic_username}:{target.basic_password.reveal()}".encode()
-            self._headers["Authorization"] = "Basic " + base64.b64encode(token).decode()
+            token = f"{target.basic_username}:{target.basic_password.reveal()}"
+            self._headers["Authorization"] = "Basic " + base64.b64encode(token.encode()).decode()
+            self._secrets += [token, target.basic_password.reveal()]
         self._last_probe = 0.0
         self.failed = 0  # failed sends (metrics read it)
 
@@ -192,7 +197,8 @@ class TargetWorker:
             async with self._session.post(self.target.url, data=body, headers=headers,
                                           timeout=self._timeout,
                                           allow_redirects=False) as response:
-                text = (await response.read())[:_REASON_CHARS].decode("utf-8", "replace")
+                text = redact((await response.read())[:_REASON_CHARS].decode(
+                    "utf-8", "replace"), self._secrets)
                 status = response.status
                 retry_after = _retry_after(response.headers.get("Retry-After"))
         except TimeoutError:
