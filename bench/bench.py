@@ -51,7 +51,7 @@ beside it).
 This machine is shared and noisy: each run also reports the CPU that processes other than
 the bench's used meanwhile ("other load", with the busiest of them) and the hypervisor's
 steal; a run with other load above 25% of a core is marked (!). Ratios measured in one run
-mean more than absolute figures. Before each run it waits (--quiet-wait, 10 s at most; 45 s
+mean more than absolute figures. Before each run it waits (--quiet-wait, 10 s at most; 30 s
 in all, --quiet-budget) for the machine to be nearly idle; --rounds N interleaves N rounds
 of the throughput runs and keeps, per setup, the median of its undisturbed rounds.
 
@@ -1188,7 +1188,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--quiet-wait", type=float, default=10.0, metavar="SECONDS",
                         help="before each run, wait up to this long for the machine's other "
                              "load to drop under 25%% of a core (0: do not wait)")
-    parser.add_argument("--quiet-budget", type=float, default=45.0, metavar="SECONDS",
+    parser.add_argument("--quiet-budget", type=float, default=30.0, metavar="SECONDS",
                         help="at most this long in all for those waits (beyond it, 1 s each), "
                              "so a busy machine does not double the bench's time")
     parser.add_argument("--no-token", action="store_true", help="skip (d), the bearer token")
@@ -1703,7 +1703,7 @@ def print_targets(checks: list[dict[str, Any]]) -> None:
     for check in checks:
         value = check["value"]
         shown = "" if value is None else (f"{value * 100:+.1f}%" if "growth" in check["name"]
-                                          else f"{value:.2f}")
+                                          else f"{value:.3f}")
         met = {True: "met", False: "MISSED", None: "?"}[check["met"]]
         print(f"  {check['name']:<34} {shown:>8}  target {check['target']:<28} {met}"
               + (f"  ({check['note']})" if check["note"] else ""))
