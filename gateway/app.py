@@ -88,6 +88,7 @@ async def _authentication(app: web.Application) -> AsyncIterator[None]:
                                         scope_prefix=auth.scope_prefix,
                                         reload_interval=auth.basic.reload_interval)
                 await store.load()
+                await checker.prepare(store.max_cost)
                 background.append(asyncio.create_task(store.watch(), name="credentials"))
                 backends.append(BasicBackend(store, checker,
                                              cache_max_size=auth.basic.cache_max_size,

@@ -216,6 +216,7 @@ class LockoutConfig:
     window: float = 300.0
     block: float = 300.0
     max_tracked: int = 100_000
+    tarpit: float = 1.0  # seconds before answering a locked-out or overflowing login
 
 
 @dataclass(frozen=True)

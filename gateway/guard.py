@@ -72,6 +72,10 @@ class Guard:
             self.lockout.failed(key)
 
     def login_succeeded(self, keys: tuple[str, ...]) -> None:
-        """A success clears the username's and the address's failures."""
+        """A success clears the username's failures, not the address's.
+
+        One valid credential must not let a flood from the same address keep guessing.
+        """
         for key in keys:
-            self.lockout.succeeded(key)
+            if key.startswith("user:"):
+                self.lockout.succeeded(key)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import math
@@ -11,9 +12,16 @@ import time
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from gateway.errors import AuthUnavailable, Forbidden, GatewayError, Unauthorized
+from gateway.errors import (
+    AuthUnavailable,
+    Forbidden,
+    GatewayError,
+    TooManyRequests,
+    Unauthorized,
+)
 from gateway.keys import (
     AUTHENTICATOR,
+    CONFIG,
     GUARD,
     METRICS,
     PRINCIPAL,
@@ -131,15 +139,20 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     attempts = request.app[METRICS].auth
     guard = request.app[GUARD]
     login_keys = guard.login_keys(request, authorization)
-    guard.check_lockout(login_keys)  # 429 before any bcrypt runs
     try:
+        guard.check_lockout(login_keys)  # 429 before any bcrypt runs
         principal = await request.app[AUTHENTICATOR].authenticate(authorization)
     except Unauthorized:
         attempts.labels(_scheme_label(authorization), "bad_credentials").inc()
         guard.login_failed(login_keys)
         raise
-    except AuthUnavailable:
-        attempts.labels(_scheme_label(authorization), "error").inc()
+    except (TooManyRequests, AuthUnavailable) as refused:
+        if isinstance(refused, AuthUnavailable):
+            attempts.labels(_scheme_label(authorization), "error").inc()
+        if refused.retry_after is not None:
+            # A tarpit: answering a locked-out or overflowing guess at once would let a
+            # flood come straight back; a second's wait costs us a sleeping coroutine.
+            await asyncio.sleep(request.app[CONFIG].lockout.tarpit)
         raise
     guard.login_succeeded(login_keys)
     guard.check_rate(f"principal:{principal.scheme}:{principal.id}", per_principal=True)

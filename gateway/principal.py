@@ -21,6 +21,7 @@ class Principal:
     scopes: ScopeSet
     scheme: str
     tenant: str | None = None
+    expires_at: float | None = field(default=None, compare=False)  # bearer tokens: their exp
     agent_key: Hashable = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:

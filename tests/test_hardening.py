@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import jwt
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
@@ -18,7 +19,7 @@ from prometheus_client import CollectorRegistry
 from support import XAPI, FakeLRS, basic, credential, write_config
 
 from gateway.app import create_app
-from gateway.keys import PASSWORDS
+from gateway.keys import PASSWORDS, TOKEN_SIGNER
 from gateway.throttle import FailureLockout, TokenBuckets, client_address
 
 Client = TestClient[web.Request, web.Application]
@@ -90,7 +91,7 @@ async def test_ten_thousand_wrong_passwords(tmp_path: Path, aiohttp_server: Any,
                                             aiohttp_client: Any) -> None:
     client = await gateway(tmp_path, aiohttp_server, aiohttp_client,
                            rate_limit={"enabled": False, "trusted_proxies": ["127.0.0.1/32"]},
-                           lockout={"max_failures": 10, "block": 60})
+                           lockout={"max_failures": 10, "block": 60, "tarpit": 0})
     checker = client.app[PASSWORDS]
     assert (await client.get("/whoami", headers=from_ip("9.9.9.9",
                                                          basic("bob", "bob-pw")))).status == 200
@@ -116,6 +117,11 @@ async def test_ten_thousand_wrong_passwords(tmp_path: Path, aiohttp_server: Any,
     assert response.status == 200
     response = await client.get("/whoami", headers=from_ip("8.8.8.8",
                                                             basic("alice", "alice-pw")))
+    assert response.status == 429
+    # a success does not clear the address: bob's valid login from the flood's address
+    # leaves it locked
+    response = await client.get("/whoami", headers=from_ip("6.6.6.6",
+                                                            basic("bob", "bob-pw")))
     assert response.status == 429
     print(f"10k wrong passwords: {elapsed:.2f} s, bcrypt runs {checker.checks - before}, "
           f"answers {statuses}")
@@ -235,3 +241,38 @@ async def test_slow_and_idle_connections_do_not_hold_the_server(
 
 def test_xapi_helper_is_used() -> None:
     assert XAPI["X-Experience-API-Version"] == "1.0.3"
+
+
+async def test_locked_out_guesses_wait_in_a_tarpit(tmp_path: Path, aiohttp_server: Any,
+                                                   aiohttp_client: Any) -> None:
+    client = await gateway(tmp_path, aiohttp_server, aiohttp_client,
+                           lockout={"max_failures": 2, "tarpit": 0.5})
+    for _ in range(2):
+        assert (await client.get("/whoami", headers=basic("alice", "nope"))).status == 401
+    started = time.monotonic()
+    assert (await client.get("/whoami", headers=basic("alice", "nope"))).status == 429
+    assert time.monotonic() - started >= 0.5
+
+
+async def test_a_verified_bearer_token_is_not_verified_again(
+        tmp_path: Path, aiohttp_server: Any, aiohttp_client: Any) -> None:
+    secret = "a-token-signing-secret-of-32-bytes-or-more"
+    client = await gateway(tmp_path, aiohttp_server, aiohttp_client, auth={
+        "backends": ["basic", "token"], "tokens": {"secret": secret}})
+    now = int(time.time())
+    token = jwt.encode({"iss": "lrs-gateway", "aud": "lrs-gateway", "sub": "alice", "iat": now,
+                        "exp": now + 60, "scope": "all", "agent": ALICE["agent"]}, secret,
+                       algorithm="HS256")
+    for _ in range(5):
+        response = await client.get("/whoami", headers={"Authorization": f"Bearer {token}",
+                                                        **XAPI})
+        assert response.status == 200
+    assert client.app[TOKEN_SIGNER].verifications == 1
+    expired = jwt.encode({"iss": "lrs-gateway", "aud": "lrs-gateway", "sub": "alice",
+                          "iat": now - 120, "exp": now - 60, "scope": "all",
+                          "agent": ALICE["agent"]}, secret, algorithm="HS256")
+    for _ in range(2):  # failures are never cached
+        response = await client.get("/whoami", headers={"Authorization": f"Bearer {expired}",
+                                                        **XAPI})
+        assert response.status == 401
+    assert client.app[TOKEN_SIGNER].verifications == 3

@@ -67,7 +67,8 @@ class OidcBackend:
             (s for s in token_scopes(claims) if s.startswith(self._prefix)), self._prefix)
         issuer, subject = claims["iss"], claims["sub"]
         return Principal(id=f"{issuer.rstrip('/')}/{subject}", scheme="oidc", scopes=scopes,
-                         agent=oidc_agent(self._config.agent, claims))
+                         agent=oidc_agent(self._config.agent, claims),
+                         expires_at=float(claims["exp"]))
 
     async def _verify(self, token: str) -> dict[str, Any]:
         try:

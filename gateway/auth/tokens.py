@@ -33,6 +33,7 @@ class TokenSigner:
     def __init__(self, config: TokensConfig, base_dir: Path) -> None:
         self.issuer = config.issuer
         self.max_lifetime = config.max_lifetime
+        self.verifications = 0  # signature checks so far (tests read it)
         if config.secret is not None:
             self._algorithm = "HS256"
             self._signing_key: Any = config.secret.reveal().encode("utf-8")
@@ -71,6 +72,7 @@ class TokenSigner:
 
     def verify(self, token: str) -> dict[str, Any]:
         """The claims of a valid token, or Unauthorized."""
+        self.verifications += 1
         try:
             claims: dict[str, Any] = jwt.decode(
                 token, self._verifying_key, algorithms=[self._algorithm], issuer=self.issuer,
@@ -108,4 +110,5 @@ class TokenBackend:
             raise Unauthorized("the token carries no valid agent") from None
         assert isinstance(agent, dict)
         scopes: ScopeSet = normalize_scopes(token_scopes(claims))[0]
-        return Principal(id=str(claims["sub"]), agent=agent, scopes=scopes, scheme="token")
+        return Principal(id=str(claims["sub"]), agent=agent, scopes=scopes, scheme="token",
+                         expires_at=float(claims["exp"]))
