@@ -12,6 +12,7 @@ import aiohttp
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
+from gateway import service
 from gateway.alternate import alternate_syntax_middleware
 from gateway.auth.base import AuthBackend, Authenticator
 from gateway.auth.basic import BasicBackend
@@ -136,6 +137,24 @@ async def _forwarding(app: web.Application) -> AsyncIterator[None]:
     await forwarder.stop()
 
 
+async def _metrics_site(app: web.Application) -> AsyncIterator[None]:
+    """/metrics on its own port, so it need not be exposed with the public API."""
+    config = app[CONFIG]
+    port = config.metrics.port
+    assert port is not None
+    metrics_app = web.Application(middlewares=[error_middleware])
+    metrics_app[CONFIG] = config
+    metrics_app[METRICS] = app[METRICS]
+    metrics_app[AUTHENTICATOR] = app[AUTHENTICATOR]
+    metrics_app.router.add_get(config.metrics.path, service.metrics, name="metrics")
+    runner = web.AppRunner(metrics_app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, config.metrics.host or config.server.host, port)
+    await site.start()
+    yield
+    await runner.cleanup()
+
+
 async def _stamp_response(request: web.Request, response: web.StreamResponse) -> None:
     """Stamp every answer (streamed or not, errors too) before its headers go out.
 
@@ -184,5 +203,8 @@ def create_app(config: Config, *, registry: CollectorRegistry | None = None) -> 
     app.cleanup_ctx.append(_forwarding)
     app.cleanup_ctx.append(readiness_loop)
     app.on_response_prepare.append(_stamp_response)
-    setup_routes(app, metrics_path=config.metrics.path if config.metrics.enabled else None)
+    on_main_port = config.metrics.enabled and config.metrics.port is None
+    setup_routes(app, metrics_path=config.metrics.path if on_main_port else None)
+    if config.metrics.enabled and config.metrics.port is not None:
+        app.cleanup_ctx.append(_metrics_site)
     return app

@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 
 from gateway.configload import build_list, load_dataclass, read_yaml_file
 from gateway.errors import ConfigError
+from gateway.scopes import KNOWN_SCOPES
 from gateway.secret import Secret
 
 __all__ = [
@@ -235,6 +236,9 @@ class MetricsConfig:
 
     enabled: bool = True
     path: str = "/metrics"
+    port: int | None = None  # serve /metrics on this port only (not with the public API)
+    host: str | None = None  # for that port; default: server.host
+    scope: str | None = None  # e.g. "admin": then /metrics needs credentials holding it
 
 
 @dataclass(frozen=True)
@@ -364,6 +368,12 @@ def _validate(config: Config) -> list[str]:
         problems.append("sentry.traces_sample_rate: between 0 and 1")
     if config.outbox.synchronous not in ("full", "normal"):
         problems.append("outbox.synchronous: full or normal")
+    if config.metrics.port is not None and not 0 < config.metrics.port <= 65535:
+        problems.append("metrics.port: must be between 1 and 65535")
+    if config.metrics.port is not None and config.metrics.port == config.server.port:
+        problems.append("metrics.port: must differ from server.port")
+    if config.metrics.scope is not None and config.metrics.scope not in KNOWN_SCOPES:
+        problems.append(f"metrics.scope: {config.metrics.scope!r} is not a known scope")
     if config.metrics.enabled and not config.metrics.path.startswith("/"):
         problems.append("metrics.path: must start with /")
     return problems

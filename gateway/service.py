@@ -8,6 +8,7 @@ from aiohttp import web
 
 from gateway.errors import Forbidden
 from gateway.keys import (
+    AUTHENTICATOR,
     CONFIG,
     FORWARDER,
     METRICS,
@@ -59,7 +60,13 @@ async def about(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
-    """Prometheus exposition of the app's registry."""
+    """Prometheus exposition of the app's registry (scope-restricted when configured)."""
+    scope = request.app[CONFIG].metrics.scope
+    if scope is not None:
+        principal = await request.app[AUTHENTICATOR].authenticate(
+            request.headers.get("Authorization"))
+        if scope not in principal.scopes:
+            raise Forbidden(f"the metrics need the {scope} scope")
     return request.app[METRICS].exposition()
 
 

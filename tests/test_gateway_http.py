@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp import web
+from aiohttp import ClientSession, web
 from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
@@ -493,3 +493,22 @@ async def test_about_merges_the_storage_extensions(make_gateway: MakeGateway) ->
     response = await client.get("/xAPI/about")
     assert await response.json() == {"version": ["1.0.3", "2.0.0"],
                                      "extensions": {"http://lrs.example.org/ext": {"x": 1}}}
+
+
+async def test_metrics_on_their_own_port_and_behind_a_scope(
+        make_gateway: MakeGateway) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    client, _ = await make_gateway(extra={"metrics": {"port": port, "scope": "admin"}},
+                                   users=[*USERS, credential("ops", "ops-pw", ["admin"])])
+    assert (await client.get("/metrics")).status == 404  # not with the public API
+    async with ClientSession() as session:
+        url = f"http://127.0.0.1:{port}/metrics"
+        async with session.get(url) as response:
+            assert response.status == 401
+        async with session.get(url, headers=basic("alice", "alice-pw")) as response:
+            assert response.status == 403  # `all` is about xAPI data, not the gateway
+        async with session.get(url, headers=basic("ops", "ops-pw")) as response:
+            assert response.status == 200
+            assert "lrs_gateway_requests_total" in await response.text()
