@@ -11,7 +11,7 @@ from gateway import jsoncodec, passthrough
 from gateway.attachments import AttachmentBody, pack_parts, parts_for, read_attachment_body
 from gateway.bodies import read_limited
 from gateway.errors import BadRequest, NotFound, UpstreamUnavailable
-from gateway.keys import CONFIG, FORWARDER, METRICS, PRINCIPAL, REQUEST_ID, STORAGE
+from gateway.keys import CONFIG, FORWARDER, METRICS, PRINCIPAL, REQUEST_ID, STORAGE, VERSIONS
 from gateway.multipart import Multipart, boundary_of, parse
 from gateway.principal import Principal
 from gateway.routes import raw_query, xapi_tail
@@ -25,6 +25,7 @@ from gateway.upstream import (
     request_headers,
     response_headers,
 )
+from gateway.xapiversion import VERSION_HEADER
 
 __all__ = ["get_statements", "post_statements", "put_statements", "statements"]
 
@@ -77,8 +78,9 @@ async def _send_write(request: web.Request, method: str, statements: list[Any],
         payload = attached.with_statements(encoded)
         content_type = request.headers["Content-Type"]  # same boundary, same other parts
     forwarder = request.app.get(FORWARDER)
+    version = request.app[VERSIONS].answer_for(request.headers.get(VERSION_HEADER))
     seqs = (await forwarder.record_pending(
-        [(s["id"], b, p) for s, b, p in zip(statements, parts, packed, strict=True)])
+        [(s["id"], b, p) for s, b, p in zip(statements, parts, packed, strict=True)], version)
         if forwarder is not None else [])
     headers = request_headers(request.headers, extra={
         "X-Request-ID": request[REQUEST_ID], "Content-Type": content_type,

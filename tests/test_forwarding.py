@@ -375,3 +375,18 @@ async def test_forwarding_metrics(make_setup: MakeSetup) -> None:
     assert samples[("lrs_gateway_forwarding_retried_total", "down")] == 2
     assert samples[("lrs_gateway_forwarding_failed_total", "down")] >= 2
     assert "down-secret" not in text
+
+
+async def test_a_2_0_statement_never_reaches_a_1_0_target(make_setup: MakeSetup) -> None:
+    setup = await make_setup({"old": Target(), "new": Target()},
+                             new={"xapi_version": "2.0.0"})
+    headers = {**basic("lms", "lms-pw"), "X-Experience-API-Version": "2.0.0"}
+    response = await setup.client.post("/xAPI/statements", json=statement(1), headers=headers)
+    assert response.status == 200
+    (modern,) = await response.json()
+    (classic,) = await post(setup, statement(2))  # 1.0.3
+    await eventually(lambda: set(setup.targets["new"].stored) == {modern, classic})
+    await eventually(lambda: set(setup.targets["old"].stored) == {classic})
+    figures = await status(setup)
+    assert figures["old"]["dead_letters"] == 1
+    assert figures["old"]["transient_dead_letters"] == 0

@@ -74,13 +74,13 @@ class Forwarder:
 
     # -- the request path ---------------------------------------------------------------
 
-    async def record_pending(self, items: Sequence[tuple[str, bytes, bytes | None]]
-                             ) -> list[int]:
+    async def record_pending(self, items: Sequence[tuple[str, bytes, bytes | None]],
+                             version: str | None = None) -> list[int]:
         """Before storage sees them: (id, exact bytes, attachment parts) recorded durably.
 
         The caller must call `settled` when it stops waiting for storage, whatever happened.
         """
-        seqs = await self.outbox.call(lambda s: s.write_pending(items))
+        seqs = await self.outbox.call(lambda s: s.write_pending(items, version))
         self._in_flight.update(seqs)
         return seqs
 

@@ -62,6 +62,7 @@ class Claimed:
     body: bytes
     attempts: int
     attachments: bytes | None = None  # its attachment parts, packed (gateway.attachments)
+    version: str | None = None  # the xAPI version it was written in ("1.0.3", "2.0.0")
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +96,8 @@ class OutboxStore:
         columns = {row[1] for row in self.conn.execute("PRAGMA table_info(statements)")}
         if "attachments" not in columns:  # outboxes made before attachments were forwarded
             self.conn.execute("ALTER TABLE statements ADD COLUMN attachments BLOB")
+        if "version" not in columns:  # ... and before versions were kept
+            self.conn.execute("ALTER TABLE statements ADD COLUMN version TEXT")
         self.backlog: dict[str, int] = {}
         self.recount()
 
@@ -115,14 +118,16 @@ class OutboxStore:
 
     # -- the write path -----------------------------------------------------------------
 
-    def write_pending(self, items: Sequence[tuple[str, bytes, bytes | None]]) -> list[int]:
+    def write_pending(self, items: Sequence[tuple[str, bytes, bytes | None]],
+                      version: str | None = None) -> list[int]:
         """Record (id, statement bytes, packed attachment parts) before storage sees them."""
         now = time.time()
         seqs = []
         for statement_id, body, attachments in items:
             cursor = self.conn.execute(
-                "INSERT INTO statements(statement_id, body, attachments, state, created) "
-                "VALUES (?, ?, ?, ?, ?)", (statement_id, body, attachments, _PENDING, now))
+                "INSERT INTO statements(statement_id, body, attachments, version, state, "
+                "created) VALUES (?, ?, ?, ?, ?, ?)",
+                (statement_id, body, attachments, version, _PENDING, now))
             assert cursor.lastrowid is not None
             seqs.append(cursor.lastrowid)
         return seqs
@@ -170,11 +175,11 @@ class OutboxStore:
     def claim(self, target: str, limit: int, now: float) -> list[Claimed]:
         """Deliveries due for `target`, oldest first."""
         rows = self.conn.execute(
-            "SELECT d.seq, s.body, d.attempts, s.attachments FROM deliveries d JOIN statements s "
-            "ON s.seq = d.seq WHERE d.target = ? AND d.next_attempt <= ? ORDER BY d.seq LIMIT ?",
-            (target, now, limit))
-        return [Claimed(seq, bytes(body), attempts, None if parts is None else bytes(parts))
-                for seq, body, attempts, parts in rows]
+            "SELECT d.seq, s.body, d.attempts, s.attachments, s.version FROM deliveries d "
+            "JOIN statements s ON s.seq = d.seq WHERE d.target = ? AND d.next_attempt <= ? "
+            "ORDER BY d.seq LIMIT ?", (target, now, limit))
+        return [Claimed(seq, bytes(body), attempts, None if parts is None else bytes(parts),
+                        version) for seq, body, attempts, parts, version in rows]
 
     def next_due(self, target: str) -> float | None:
         """When the next delivery for `target` is due, if any is queued."""

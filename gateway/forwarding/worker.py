@@ -53,6 +53,11 @@ def _retry_after(value: str | None) -> float | None:
         return None
 
 
+def _minor(version: str) -> tuple[int, ...]:
+    """(major, minor) of a version like 1.0.3, for comparing."""
+    return tuple(int(part) for part in version.split(".")[:2] if part.isdigit())
+
+
 def _payload(part: Sequence[Claimed]) -> tuple[bytes, str]:
     """The batch as JSON, or as multipart/mixed with each attachment part once."""
     statements = b"[" + b",".join(item.body for item in part) + b"]"
@@ -134,6 +139,18 @@ class TargetWorker:
             await asyncio.wait_for(self._wake.wait(), timeout=wait)
 
     async def _deliver(self, batch: Sequence[Claimed]) -> None:
+        # An xAPI 2.0 statement is never sent to a target that speaks only 1.0.x.
+        target_minor = _minor(self.target.xapi_version)
+        unfit = [item.seq for item in batch
+                 if item.version is not None and _minor(item.version) > target_minor]
+        if unfit:
+            reason = (f"written in a newer xAPI version than the target's "
+                      f"{self.target.xapi_version}")
+            await self._outbox.call(partial(OutboxStore.dead_letter, target=self.name,
+                                            seqs=unfit, reason=reason, transient=False))
+            batch = [item for item in batch if item.seq not in unfit]
+            if not batch:
+                return
         pending: list[Sequence[Claimed]] = [batch]
         while pending:
             part = pending.pop()
