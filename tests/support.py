@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import contextlib
 import json
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import bcrypt
 import yaml
 from aiohttp import web
@@ -95,3 +99,19 @@ class FakeLRS:
         app = web.Application()
         app.router.add_route("*", "/{tail:.*}", self.handle)
         return app
+
+
+async def wait_until_serving(proc: asyncio.subprocess.Process, url: str,
+                             within: float = 30.0) -> None:
+    """Wait until a gateway subprocess answers 200 at `url` (fail if it exits first)."""
+    connector = aiohttp.TCPConnector(force_close=True)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        deadline = time.monotonic() + within
+        while time.monotonic() < deadline:
+            assert proc.returncode is None, "the gateway exited before serving"
+            with contextlib.suppress(aiohttp.ClientConnectionError):
+                async with session.get(url) as response:
+                    if response.status == 200:
+                        return
+            await asyncio.sleep(0.05)
+    raise AssertionError(f"the gateway did not answer {url} in time")

@@ -30,7 +30,7 @@ import pytest
 import yaml
 from aiohttp import web
 from pytest_aiohttp import AiohttpServer
-from support import FakeLRS, basic, credential, write_config
+from support import FakeLRS, basic, credential, wait_until_serving, write_config
 
 from gateway import __version__
 from gateway.auth.credentials import parse_credentials
@@ -463,20 +463,6 @@ async def refuses_connections(port: int) -> bool:
     return False
 
 
-async def wait_until_serving(proc: asyncio.subprocess.Process, url: str) -> None:
-    connector = aiohttp.TCPConnector(force_close=True)
-    async with aiohttp.ClientSession(connector=connector) as session:
-        deadline = time.monotonic() + RUN_TIMEOUT
-        while time.monotonic() < deadline:
-            assert proc.returncode is None, "the gateway exited before serving"
-            with contextlib.suppress(aiohttp.ClientConnectionError):
-                async with session.get(url) as response:
-                    if response.status == 200:
-                        return
-            await asyncio.sleep(0.05)
-    raise AssertionError("the gateway did not answer /__lbheartbeat__ in time")
-
-
 async def test_serve_drains_in_flight_requests_on_sigterm(
         tmp_path: Path, aiohttp_server: AiohttpServer) -> None:
     reached = asyncio.Event()
@@ -504,7 +490,7 @@ async def test_serve_drains_in_flight_requests_on_sigterm(
         stderr=asyncio.subprocess.PIPE)
     base = f"http://127.0.0.1:{port}"
     try:
-        await wait_until_serving(proc, f"{base}/__lbheartbeat__")
+        await wait_until_serving(proc, f"{base}/__lbheartbeat__", RUN_TIMEOUT)
 
         async def get_statements() -> tuple[int, Any]:
             async with aiohttp.ClientSession() as session, session.get(

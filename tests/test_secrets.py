@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import json
 import logging
 import os
@@ -38,7 +37,7 @@ import yaml
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client import CollectorRegistry
-from support import XAPI, FakeLRS, basic, write_config
+from support import XAPI, FakeLRS, basic, wait_until_serving, write_config
 
 from gateway.app import create_app
 from gateway.keys import CONFIG, FORWARDER
@@ -660,19 +659,6 @@ def test_cli_output_never_shows_a_secret(tmp_path: Path) -> None:
     seen.assert_clean(CLI_SECRETS)
 
 
-async def wait_until_serving(proc: asyncio.subprocess.Process, url: str) -> None:
-    async with aiohttp.ClientSession() as session:
-        deadline = time.monotonic() + RUN_TIMEOUT
-        while time.monotonic() < deadline:
-            assert proc.returncode is None, "the gateway exited before serving"
-            with contextlib.suppress(aiohttp.ClientConnectionError):
-                async with session.get(url) as response:
-                    if response.status == 200:
-                        return
-            await asyncio.sleep(0.05)
-    raise AssertionError("the gateway did not answer in time")
-
-
 async def test_serve_with_json_logs_at_debug_never_shows_a_secret(
         tmp_path: Path, aiohttp_server: Any) -> None:
     target, callback, envelopes = Target(), Callback(), []
@@ -712,7 +698,7 @@ async def test_serve_with_json_logs_at_debug_never_shows_a_secret(
     base = f"http://127.0.0.1:{port}"
     seen = Seen()
     try:
-        await wait_until_serving(proc, f"{base}/__lbheartbeat__")
+        await wait_until_serving(proc, f"{base}/__lbheartbeat__", RUN_TIMEOUT)
         alice = basic("alice", ALICE_PW)
         cases: list[tuple[str, str, str, dict[str, str], Any, int]] = [
             ("known user, wrong password", "GET", "/xAPI/statements",
