@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
+import hmac
 import ipaddress
+import secrets
 
 from aiohttp import web
 
+from gateway.auth.ttlcache import TtlCache
 from gateway.config import LockoutConfig, RateLimitConfig
 from gateway.errors import TooManyRequests
 from gateway.throttle import FailureLockout, TokenBuckets, client_address
@@ -30,6 +34,11 @@ class Guard:
         self._lockout_on = lockout.enabled
         self.lockout = FailureLockout(lockout.max_failures, lockout.window, lockout.block,
                                       lockout.max_tracked)
+        # Credentials that just succeeded (by keyed digest): they pass a locked address, so
+        # a flood from a shared address (NAT, proxy) does not lock out its valid users.
+        self._key = secrets.token_bytes(32)
+        self._proven: TtlCache[bytes, bool] = TtlCache(lockout.max_tracked)
+        self._proven_ttl = lockout.block
 
     def client_address(self, request: web.Request) -> str:
         """The caller's address, X-Forwarded-For believed from trusted proxies only."""
@@ -60,10 +69,25 @@ class Guard:
         username = decoded.partition(b":")[0][:256].decode("utf-8", "replace")
         return (f"user:{username}", address)
 
-    def check_lockout(self, keys: tuple[str, ...]) -> None:
-        """429 while any key is locked out: no password check runs for it."""
-        wait = max((self.lockout.blocked_for(key) for key in keys), default=0.0)
-        if wait > 0:
+    def _digest(self, authorization: str | None) -> bytes:
+        return hmac.new(self._key, (authorization or "").encode("utf-8", "replace"),
+                        hashlib.sha256).digest()
+
+    def check_lockout(self, keys: tuple[str, ...], authorization: str | None) -> None:
+        """429 while any key is locked out: no password check runs for it.
+
+        A locked address still lets through credentials that succeeded lately.
+        """
+        proven: bool | None = None
+        for key in keys:
+            wait = self.lockout.blocked_for(key)
+            if wait <= 0:
+                continue
+            if key.startswith("ip:"):
+                if proven is None:
+                    proven = self._proven.get(self._digest(authorization))[0]
+                if proven:
+                    continue
             raise TooManyRequests("too many failed logins; try again later", retry_after=wait)
 
     def login_failed(self, keys: tuple[str, ...]) -> None:
@@ -71,11 +95,15 @@ class Guard:
         for key in keys:
             self.lockout.failed(key)
 
-    def login_succeeded(self, keys: tuple[str, ...]) -> None:
+    def login_succeeded(self, keys: tuple[str, ...], authorization: str | None) -> None:
         """A success clears the username's failures, not the address's.
 
-        One valid credential must not let a flood from the same address keep guessing.
+        One valid credential must not let a flood from the same address keep guessing; it is
+        remembered instead, so it passes that address's lockout itself.
         """
+        if not keys:
+            return
         for key in keys:
             if key.startswith("user:"):
                 self.lockout.succeeded(key)
+        self._proven.put(self._digest(authorization), True, self._proven_ttl)

@@ -140,7 +140,7 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     guard = request.app[GUARD]
     login_keys = guard.login_keys(request, authorization)
     try:
-        guard.check_lockout(login_keys)  # 429 before any bcrypt runs
+        guard.check_lockout(login_keys, authorization)  # 429 before any bcrypt runs
         principal = await request.app[AUTHENTICATOR].authenticate(authorization)
     except Unauthorized:
         attempts.labels(_scheme_label(authorization), "bad_credentials").inc()
@@ -154,7 +154,7 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
             # flood come straight back; a second's wait costs us a sleeping coroutine.
             await asyncio.sleep(request.app[CONFIG].lockout.tarpit)
         raise
-    guard.login_succeeded(login_keys)
+    guard.login_succeeded(login_keys, authorization)
     guard.check_rate(f"principal:{principal.scheme}:{principal.id}", per_principal=True)
     request[PRINCIPAL] = principal
     if info.xapi:
