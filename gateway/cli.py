@@ -63,10 +63,9 @@ def _check_credentials(config: Config) -> list[str]:
 
 def _serve(args: argparse.Namespace) -> int:
     # Imported here: the other commands start three times faster without aiohttp.
-    from aiohttp import web
-
     from gateway.app import create_app
     from gateway.sentry import setup_sentry
+    from gateway.serving import run
 
     config = _load(args)
     if setup_sentry(config.sentry):
@@ -79,7 +78,7 @@ def _serve(args: argparse.Namespace) -> int:
         logging.getLogger("gateway.access").setLevel(logging.WARNING)
     host, port = config.server.host, config.server.port
 
-    def listening(_: str) -> None:  # run_app calls this once the sockets are bound
+    def listening() -> None:  # called once the socket is bound
         storage = urlsplit(config.storage.url)
         shown = f"{storage.scheme}://{storage.hostname}:{storage.port or ''}{storage.path}"
         log.info("lrs-gateway %s listening on http://%s:%d/ (storage %s)", __version__,
@@ -87,8 +86,8 @@ def _serve(args: argparse.Namespace) -> int:
 
     _tune_runtime()
     try:
-        web.run_app(app, host=host, port=port, shutdown_timeout=config.server.shutdown_timeout,
-                    access_log=None, print=listening, handle_signals=True)
+        run(app, host=host, port=port, shutdown_timeout=config.server.shutdown_timeout,
+            header_timeout=config.limits.header_timeout, on_listening=listening)
     except OSError as exc:
         print(f"error: cannot listen on {host}:{port}: {exc.strerror or exc}", file=sys.stderr)
         return 1

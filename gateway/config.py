@@ -192,6 +192,7 @@ class LimitsConfig:
     max_headers: int = 100
     max_upstream_response: int = 64 * 1024 * 1024  # answers the gateway reads to rewrite
     keepalive_timeout: float = 75.0
+    header_timeout: float = 10.0  # a new connection's request headers must arrive by then
     upstream_queue_timeout: float = 5.0  # wait for a free storage connection, then 503
 
 
@@ -353,6 +354,7 @@ def _validate(config: Config) -> list[str]:
         ("limits.max_header_size", config.limits.max_header_size),
         ("limits.max_upstream_response", config.limits.max_upstream_response),
         ("limits.keepalive_timeout", config.limits.keepalive_timeout),
+        ("limits.header_timeout", config.limits.header_timeout),
         ("limits.upstream_queue_timeout", config.limits.upstream_queue_timeout),
         ("rate_limit.per_ip_rate", config.rate_limit.per_ip_rate),
         ("rate_limit.per_ip_burst", config.rate_limit.per_ip_burst),

@@ -569,3 +569,33 @@ def test_token_issue_from_the_cli(tmp_path: Path) -> None:
     assert wider.code == 1
     assert "does not hold: all" in wider.err
     assert "Traceback" not in wider.output
+
+
+async def test_serve_closes_connections_whose_headers_never_come(tmp_path: Path) -> None:
+    port = free_port()
+    (tmp_path / "auth.json").write_text(json.dumps([credential("u", "p", ["all"])]))
+    write_yaml(tmp_path / "config.yaml", {"server": {"port": port},
+                                          "limits": {"header_timeout": 1}})
+    proc = await asyncio.create_subprocess_exec(
+        *command("--config", str(tmp_path / "config.yaml"), "serve"), cwd=tmp_path,
+        env=clean_env({}), stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+    try:
+        await wait_until_serving(proc, f"http://127.0.0.1:{port}/__lbheartbeat__", RUN_TIMEOUT)
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET /__lbheartbeat__ HTTP/1.1\r\nHost: x\r\n")  # and then nothing
+        await writer.drain()
+        started = time.monotonic()
+        rest = await asyncio.wait_for(reader.read(), timeout=5)  # EOF: closed by the gateway
+        assert rest == b""
+        assert 0.8 <= time.monotonic() - started < 4
+        writer.close()
+        # a complete request on a new connection is answered as usual
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET /__lbheartbeat__ HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        await writer.drain()
+        assert (await asyncio.wait_for(reader.read(), timeout=5)).startswith(b"HTTP/1.1 200")
+        writer.close()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), 10) == 0

@@ -1,0 +1,124 @@
+"""Running the app: aiohttp's runner, with a deadline for each connection's first headers.
+
+aiohttp has no timeout for reading request headers, so a client that trickles them in
+(slowloris) would keep its connection for ever; here a connection that has not sent a
+complete header block within `header_timeout` seconds is closed. Idle keep-alive
+connections are closed by aiohttp's own keepalive_timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+from typing import Any, cast
+
+from aiohttp import web
+
+__all__ = ["run"]
+
+_END_OF_HEADERS = b"\r\n\r\n"
+
+
+class _HeaderDeadline(asyncio.Protocol):
+    """Wraps aiohttp's protocol; closes the transport if the headers do not come in time."""
+
+    def __init__(self, inner: asyncio.Protocol, timeout: float) -> None:
+        self._inner = inner
+        self._timeout = timeout
+        self._timer: asyncio.TimerHandle | None = None
+        self._transport: asyncio.BaseTransport | None = None
+        self._tail = b""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport
+        self._timer = asyncio.get_running_loop().call_later(self._timeout, self._expire)
+        self._inner.connection_made(transport)
+
+    def data_received(self, data: bytes) -> None:
+        if self._timer is not None:
+            seen = self._tail + data
+            if _END_OF_HEADERS in seen:
+                self._timer.cancel()
+                self._timer = None
+            else:
+                self._tail = seen[-3:]
+        self._inner.data_received(data)
+
+    def eof_received(self) -> bool | None:
+        return self._inner.eof_received()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._inner.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        self._inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        self._inner.resume_writing()
+
+    def _expire(self) -> None:
+        self._timer = None
+        if self._transport is not None:
+            self._transport.close()
+
+
+class _GuardedServer:
+    """aiohttp's Server, handing out wrapped protocols; everything else is the Server's."""
+
+    def __init__(self, server: web.Server, timeout: float) -> None:
+        self._server = server
+        self._timeout = timeout
+
+    def __call__(self) -> asyncio.Protocol:
+        return _HeaderDeadline(cast(asyncio.Protocol, self._server()), self._timeout)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._server, name)
+
+
+class _GuardedRunner(web.AppRunner):
+    def __init__(self, app: web.Application, header_timeout: float, **kwargs: Any) -> None:
+        super().__init__(app, **kwargs)
+        self._header_timeout = header_timeout
+
+    async def _make_server(self) -> web.Server:
+        server = await super()._make_server()
+        return cast(web.Server, _GuardedServer(server, self._header_timeout))
+
+
+def run(app: web.Application, *, host: str, port: int, shutdown_timeout: float,
+        header_timeout: float, on_listening: Callable[[], None]) -> None:
+    """Serve until SIGINT/SIGTERM, then let in-flight requests finish (like web.run_app)."""
+    loop = asyncio.new_event_loop()
+    runner = _GuardedRunner(app, header_timeout, access_log=None, handle_signals=True,
+                            shutdown_timeout=shutdown_timeout)
+
+    async def serve() -> None:
+        await runner.setup()
+        try:
+            await web.TCPSite(runner, host, port).start()
+            on_listening()
+            await asyncio.Event().wait()  # until a signal ends the loop
+        finally:
+            await runner.cleanup()
+
+    task = loop.create_task(serve())
+    try:
+        asyncio.set_event_loop(loop)
+        loop.run_until_complete(task)
+    except (web.GracefulExit, KeyboardInterrupt):
+        pass
+    finally:
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                loop.run_until_complete(task)
+        for pending in asyncio.all_tasks(loop):
+            pending.cancel()
+        with contextlib.suppress(Exception):
+            loop.run_until_complete(loop.shutdown_asyncgens())
+        loop.close()
