@@ -324,6 +324,21 @@ def _validate(config: Config) -> list[str]:
         ("auth.callback.timeout", config.auth.callback.timeout),
         ("auth.callback.cache_max_size", config.auth.callback.cache_max_size),
         ("auth.tokens.max_lifetime", config.auth.tokens.max_lifetime),
+        ("outbox.resolve_pending_after", config.outbox.resolve_pending_after),
+        ("limits.max_batch_statements", config.limits.max_batch_statements),
+        ("limits.max_header_size", config.limits.max_header_size),
+        ("limits.max_headers", config.limits.max_headers),
+        ("limits.max_upstream_response", config.limits.max_upstream_response),
+        ("limits.keepalive_timeout", config.limits.keepalive_timeout),
+        ("limits.header_timeout", config.limits.header_timeout),
+        ("limits.upstream_queue_timeout", config.limits.upstream_queue_timeout),
+        ("rate_limit.per_ip_rate", config.rate_limit.per_ip_rate),
+        ("rate_limit.per_ip_burst", config.rate_limit.per_ip_burst),
+        ("rate_limit.per_principal_rate", config.rate_limit.per_principal_rate),
+        ("rate_limit.per_principal_burst", config.rate_limit.per_principal_burst),
+        ("lockout.max_failures", config.lockout.max_failures),
+        ("lockout.window", config.lockout.window),
+        ("lockout.block", config.lockout.block),
     ):
         if value <= 0:
             problems.append(f"{key}: must be greater than 0")
@@ -349,23 +364,6 @@ def _validate(config: Config) -> list[str]:
             ipaddress.ip_network(cidr, strict=False)
         except ValueError:
             problems.append(f"rate_limit.trusted_proxies: {cidr!r} is not an address or CIDR")
-    for key, number in (
-        ("limits.max_batch_statements", config.limits.max_batch_statements),
-        ("limits.max_header_size", config.limits.max_header_size),
-        ("limits.max_upstream_response", config.limits.max_upstream_response),
-        ("limits.keepalive_timeout", config.limits.keepalive_timeout),
-        ("limits.header_timeout", config.limits.header_timeout),
-        ("limits.upstream_queue_timeout", config.limits.upstream_queue_timeout),
-        ("rate_limit.per_ip_rate", config.rate_limit.per_ip_rate),
-        ("rate_limit.per_ip_burst", config.rate_limit.per_ip_burst),
-        ("rate_limit.per_principal_rate", config.rate_limit.per_principal_rate),
-        ("rate_limit.per_principal_burst", config.rate_limit.per_principal_burst),
-        ("lockout.max_failures", config.lockout.max_failures),
-        ("lockout.window", config.lockout.window),
-        ("lockout.block", config.lockout.block),
-    ):
-        if number <= 0:
-            problems.append(f"{key}: must be greater than 0")
     if not 0.0 <= config.sentry.traces_sample_rate <= 1.0:
         problems.append("sentry.traces_sample_rate: between 0 and 1")
     if config.outbox.synchronous not in ("full", "normal"):

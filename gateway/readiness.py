@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from gateway.errors import GatewayError
-from gateway.keys import AUTHENTICATOR, CONFIG, METRICS, STORAGE
+from gateway.keys import AUTHENTICATOR, METRICS, STORAGE, VERSIONS
 from gateway.xapiversion import VERSION_HEADER
 
 __all__ = ["INTERVAL", "check_readiness", "readiness_loop"]
@@ -26,7 +26,7 @@ async def check_readiness(app: web.Application) -> tuple[bool, dict[str, str]]:
     storage = app[STORAGE]
     try:
         async with storage.request("GET", "about", headers={
-                VERSION_HEADER: app[CONFIG].xapi.versions[0]}) as answer:
+                VERSION_HEADER: app[VERSIONS].default}) as answer:
             ready = answer.status < 500 and answer.status not in (401, 403)
             detail = "ok" if ready else f"answered {answer.status}"
     except GatewayError as error:

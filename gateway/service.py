@@ -15,6 +15,7 @@ from gateway.keys import (
     PRINCIPAL,
     STORAGE,
     STORAGE_ABOUT,
+    VERSIONS,
 )
 from gateway.readiness import check_readiness
 
@@ -46,7 +47,7 @@ async def heartbeat(request: web.Request) -> web.Response:
 
 def storage_version(request: web.Request) -> str:
     """The version header the gateway uses for its own calls to the storage LRS."""
-    return request.app[CONFIG].xapi.versions[0]
+    return request.app[VERSIONS].default
 
 
 async def about(request: web.Request) -> web.Response:
