@@ -51,6 +51,7 @@ RALPH_SENTRY_ENV = {
 FORWARDINGS_ENV = ("LRS_GATEWAY_XAPI_FORWARDINGS", "RALPH_XAPI_FORWARDINGS")
 AVAILABLE_BACKENDS = ("basic", "oidc", "callback", "token")
 OIDC_AGENTS = ("account", "openid", "group")
+SIGNED_STATEMENT_POLICIES = ("stamp", "verbatim")
 _FORBIDDEN_OIDC_ALGORITHMS = ("none", "HS256", "HS384", "HS512")
 
 
@@ -68,9 +69,17 @@ class ServerConfig:
 
 @dataclass(frozen=True)
 class XapiConfig:
-    """xAPI versions accepted; `1.0.3` accepts every 1.0.x, `2.0.0` every 2.0.x."""
+    """xAPI versions accepted (`1.0.3` takes every 1.0.x, `2.0.0` every 2.0.x); signed statements.
+
+    `signed_statements`: `stamp` gives signed statements an id, a timestamp and the caller as
+    `authority` like any other (the spec has the LRS ignore those in its signature check);
+    `verbatim` passes them unchanged, for LRSes that compare the JWS payload strictly
+    (Learning Locker): they must then carry their own id, and `authority` only if it is the
+    caller's.
+    """
 
     versions: tuple[str, ...] = ("1.0.3", "2.0.0")
+    signed_statements: str = "stamp"
 
 
 @dataclass(frozen=True)
@@ -309,6 +318,8 @@ def _validate(config: Config) -> list[str]:
             problems.append(f"xapi.versions: {version!r} is not a version like 1.0.3")
     if not config.xapi.versions:
         problems.append("xapi.versions: at least one version is needed")
+    if config.xapi.signed_statements not in SIGNED_STATEMENT_POLICIES:
+        problems.append(f"xapi.signed_statements: one of {', '.join(SIGNED_STATEMENT_POLICIES)}")
     if not 0 <= config.server.port <= 65535:
         problems.append("server.port: must be between 0 and 65535")
     for key, value in (

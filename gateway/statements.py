@@ -8,10 +8,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 from gateway import jsoncodec
-from gateway.agents import AgentError, validate_actor
-from gateway.errors import BadRequest, PayloadTooLarge
+from gateway.agents import AgentError, agent_identity, validate_actor
+from gateway.errors import BadRequest, Forbidden, PayloadTooLarge
 
-__all__ = ["encode_statement", "parse_json_body", "prepare_post", "prepare_put"]
+__all__ = ["encode_statement", "is_signed", "parse_json_body", "prepare_post", "prepare_put"]
+
+SIGNATURE_USAGE = "http://adlnet.gov/expapi/attachments/signature"
 
 
 def encode_statement(statement: Any) -> bytes:
@@ -66,8 +68,31 @@ def _check_statement(statement: Any, where: str) -> None:
         raise BadRequest(f"{where}.object: must be an object")
 
 
-def _complete(statement: dict[str, Any], authority: dict[str, Any]) -> None:
+def is_signed(statement: dict[str, Any]) -> bool:
+    """True when the statement carries a JWS signature attachment (xAPI Data 2.6)."""
+    attachments = statement.get("attachments")
+    return isinstance(attachments, list) and any(
+        isinstance(a, dict) and a.get("usageType") == SIGNATURE_USAGE for a in attachments)
+
+
+def _check_verbatim(statement: dict[str, Any], authority: dict[str, Any], where: str) -> None:
+    """A signed statement passed unchanged must need nothing from us and claim no one else."""
+    if "id" not in statement:
+        raise BadRequest(f"{where}: a signed statement needs its own id: the gateway passes "
+                         "signed statements unchanged (xapi.signed_statements is verbatim), "
+                         "so an id added here would break the signature check at the LRS")
+    if "authority" in statement and (
+            agent_identity(statement["authority"]) != agent_identity(authority)):
+        raise Forbidden(f"{where}: a signed statement's authority must be absent or the "
+                        "caller's own")
+
+
+def _complete(statement: dict[str, Any], authority: dict[str, Any],
+              signed_verbatim: bool, where: str) -> None:
     """Fix what the storage LRS would otherwise choose, so every copy is identical."""
+    if signed_verbatim and is_signed(statement):
+        _check_verbatim(statement, authority, where)
+        return
     if "id" not in statement:
         statement["id"] = str(uuid.uuid4())
     if "timestamp" not in statement:
@@ -77,9 +102,12 @@ def _complete(statement: dict[str, Any], authority: dict[str, Any]) -> None:
     statement["authority"] = authority
 
 
-def prepare_post(data: Any, authority: dict[str, Any],
-                 max_batch: int = 1000) -> tuple[Any, list[str]]:
-    """Check one statement or a list, give each an id, set authority; return (body, ids)."""
+def prepare_post(data: Any, authority: dict[str, Any], max_batch: int = 1000,
+                 signed_verbatim: bool = False) -> tuple[Any, list[str]]:
+    """Check one statement or a list, give each an id, set authority; return (body, ids).
+
+    With `signed_verbatim`, signed statements are checked but left as they are.
+    """
     batch = data if isinstance(data, list) else [data]
     if isinstance(data, list) and not data:
         raise BadRequest("the statement list is empty")
@@ -89,14 +117,15 @@ def prepare_post(data: Any, authority: dict[str, Any],
     for index, statement in enumerate(batch):
         where = f"statements[{index}]" if isinstance(data, list) else "statement"
         _check_statement(statement, where)
-        _complete(statement, authority)
+        _complete(statement, authority, signed_verbatim, where)
         ids.append(statement["id"])
     if len({i.lower() for i in ids}) != len(ids):
         raise BadRequest("the batch holds the same statement id more than once")
     return data, ids
 
 
-def prepare_put(data: Any, statement_id: str | None, authority: dict[str, Any]) -> Any:
+def prepare_put(data: Any, statement_id: str | None, authority: dict[str, Any],
+                signed_verbatim: bool = False) -> Any:
     """Check a PUT body against its `statementId`, set the id and authority."""
     if statement_id is None:
         raise BadRequest("PUT /statements needs the statementId query parameter")
@@ -104,6 +133,7 @@ def prepare_put(data: Any, statement_id: str | None, authority: dict[str, Any]) 
     _check_statement(data, "statement")
     if "id" in data and str(data["id"]).lower() != statement_id.lower():
         raise BadRequest("the statement's id differs from the statementId parameter")
-    data["id"] = data.get("id", statement_id)
-    _complete(data, authority)
+    if not (signed_verbatim and is_signed(data)):
+        data["id"] = data.get("id", statement_id)
+    _complete(data, authority, signed_verbatim, "statement")
     return data

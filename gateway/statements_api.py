@@ -108,8 +108,9 @@ async def _send_write(request: web.Request, method: str, statements: list[Any],
 async def post_statements(request: web.Request) -> web.Response:
     """Store one statement or a batch, each with an id and the caller as authority."""
     data, attached = await _read_write_body(request)
-    data, _ = prepare_post(data, request[PRINCIPAL].agent,
-                           request.app[CONFIG].limits.max_batch_statements)
+    config = request.app[CONFIG]
+    data, _ = prepare_post(data, request[PRINCIPAL].agent, config.limits.max_batch_statements,
+                           config.xapi.signed_statements == "verbatim")
     batch = isinstance(data, list)
     return await _send_write(request, "POST", data if batch else [data], batch, attached)
 
@@ -117,7 +118,8 @@ async def post_statements(request: web.Request) -> web.Response:
 async def put_statements(request: web.Request) -> web.Response:
     """Store one statement under the `statementId` the client chose."""
     data, attached = await _read_write_body(request)
-    statement = prepare_put(data, request.query.get("statementId"), request[PRINCIPAL].agent)
+    statement = prepare_put(data, request.query.get("statementId"), request[PRINCIPAL].agent,
+                            request.app[CONFIG].xapi.signed_statements == "verbatim")
     return await _send_write(request, "PUT", [statement], False, attached)
 
 

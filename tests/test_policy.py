@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from gateway.agents import AgentError, agent_identity, authority_includes, validate_actor
-from gateway.errors import BadRequest, UnsupportedVersion
+from gateway.errors import BadRequest, Forbidden, UnsupportedVersion
 from gateway.scopes import Resource, is_allowed, normalize_scopes, statements_read_mode
 from gateway.statement_results import gateway_more, keep_own, upstream_tail_of_more
 from gateway.statements import parse_json_body, prepare_post, prepare_put
@@ -157,6 +157,46 @@ def test_put_checks_statement_id() -> None:
         prepare_put(statement(), None, AUTHORITY)
     with pytest.raises(BadRequest, match="differs"):
         prepare_put(statement(id=str(uuid.uuid4())), sid, AUTHORITY)
+
+
+SIGNATURE = {"usageType": "http://adlnet.gov/expapi/attachments/signature",
+             "display": {"en-US": "signature"}, "contentType": "application/octet-stream",
+             "length": 10, "sha2": "0" * 64}
+
+
+def test_signed_statements_are_stamped_by_default() -> None:
+    signed = statement(attachments=[SIGNATURE])
+    body, ids = prepare_post([signed], AUTHORITY)
+    assert body[0]["authority"] == AUTHORITY
+    assert body[0]["id"] == ids[0]
+    assert "timestamp" in body[0]
+
+
+def test_verbatim_leaves_signed_statements_as_sent() -> None:
+    sid = str(uuid.uuid4())
+    signed = statement(id=sid, attachments=[SIGNATURE])
+    own = statement(id=str(uuid.uuid4()), attachments=[SIGNATURE],
+                    authority={"objectType": "Agent", "name": "me", **AUTHORITY})
+    sent = [dict(signed), dict(own), statement()]
+    body, ids = prepare_post([dict(signed), dict(own), statement()], AUTHORITY,
+                             signed_verbatim=True)
+    assert body[:2] == sent[:2]  # unchanged, not even a timestamp
+    assert body[2]["authority"] == AUTHORITY  # unsigned ones are stamped as ever
+    assert ids[:2] == [sid, own["id"]]
+    assert prepare_put(dict(signed), sid, AUTHORITY, signed_verbatim=True) == signed
+
+
+def test_verbatim_signed_statements_need_an_id_and_no_foreign_authority() -> None:
+    with pytest.raises(BadRequest, match=r"statements\[1\]: a signed statement needs its own id"):
+        prepare_post([statement(), statement(attachments=[SIGNATURE])], AUTHORITY,
+                     signed_verbatim=True)
+    with pytest.raises(BadRequest, match="needs its own id"):
+        prepare_put(statement(attachments=[SIGNATURE]), str(uuid.uuid4()), AUTHORITY,
+                    signed_verbatim=True)
+    forged = statement(id=str(uuid.uuid4()), attachments=[SIGNATURE],
+                       authority={"mbox": "mailto:ceo@example.com"})
+    with pytest.raises(Forbidden, match="authority must be absent or the caller's own"):
+        prepare_post(forged, AUTHORITY, signed_verbatim=True)
 
 
 @pytest.mark.parametrize("body", [b"", b"{", b"\xff\xfe", b"[" * 100000])

@@ -8,14 +8,17 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import jwt
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
+from cryptography.hazmat.primitives.asymmetric import rsa
 from prometheus_client import CollectorRegistry
 from realparts.learninglocker import LearningLockerServer
 from support import basic, credential, write_config
 
 from gateway.app import create_app
+from gateway.config import Config
 from gateway.multipart import boundary_of, parse
 
 pytestmark = pytest.mark.learninglocker
@@ -25,14 +28,23 @@ ADMIN = credential("admin", "admin-pw", ["all"])
 NOTES = "Notes — ü, 日本 and a last line\n".encode() * 20
 
 
+def gateway_config(ll: LearningLockerServer, directory: Path, **sections: Any) -> Config:
+    directory.mkdir(exist_ok=True)
+    return write_config(directory, ll.url, [ADMIN], {"storage": {
+        "basic_username": ll.username, "basic_password": ll.password}, **sections})
+
+
+async def start_gateway(ll: LearningLockerServer, tmp_path: Path, aiohttp_client: Any,
+                        **sections: Any) -> Client:
+    config = gateway_config(ll, tmp_path, **sections)
+    client: Client = await aiohttp_client(create_app(config, registry=CollectorRegistry()))
+    return client
+
+
 @pytest.fixture
 async def gateway(learning_locker: LearningLockerServer, tmp_path: Path,
                   aiohttp_client: Any) -> Client:
-    config = write_config(tmp_path, learning_locker.url, [ADMIN], {"storage": {
-        "basic_username": learning_locker.username,
-        "basic_password": learning_locker.password}})
-    client: Client = await aiohttp_client(create_app(config, registry=CollectorRegistry()))
-    return client
+    return await start_gateway(learning_locker, tmp_path, aiohttp_client)
 
 
 def statement(**extra: Any) -> dict[str, Any]:
@@ -110,3 +122,54 @@ async def test_about_and_activities(gateway: Client) -> None:
         "/xAPI/activities?activityId=http%3A%2F%2Fexample.com%2Fcourse%2Fll", headers=auth)
     assert response.status == 200
     assert (await response.json())["id"] == "http://example.com/course/ll"
+
+
+SIGNATURE_USAGE = "http://adlnet.gov/expapi/attachments/signature"
+
+
+def signed_body(sent: dict[str, Any], key: rsa.RSAPrivateKey, boundary: str) -> bytes:
+    """A multipart body: `sent` with a signature attachment whose JWS payload is `sent`."""
+    token = jwt.encode(sent, key, algorithm="RS256").encode()
+    sha2 = hashlib.sha256(token).hexdigest()
+    body_statement = dict(sent, attachments=[{
+        "usageType": SIGNATURE_USAGE, "display": {"en-US": "signature"},
+        "contentType": "application/octet-stream", "length": len(token), "sha2": sha2}])
+    return (f"--{boundary}\r\nContent-Type: application/json\r\n\r\n".encode()
+            + json.dumps(body_statement).encode()
+            + f"\r\n--{boundary}\r\nContent-Type: application/octet-stream\r\n"
+              f"Content-Transfer-Encoding: binary\r\nX-Experience-API-Hash: {sha2}\r\n\r\n"
+              .encode() + token + f"\r\n--{boundary}--\r\n".encode())
+
+
+async def test_signed_statements_verify_at_a_strict_lrs_when_passed_verbatim(
+        learning_locker: LearningLockerServer, tmp_path: Path, aiohttp_client: Any) -> None:
+    """Learning Locker compares the JWS payload with authority and id: stamping breaks it.
+
+    With `xapi.signed_statements: verbatim` the statement reaches it as signed and verifies;
+    with the default (`stamp`) Learning Locker's own 400 reaches the client unchanged.
+    """
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    auth = basic("admin", "admin-pw")
+    headers = {**auth, "Content-Type": "multipart/mixed; boundary=sig-boundary"}
+    verbatim = await start_gateway(learning_locker, tmp_path / "verbatim", aiohttp_client,
+                                   xapi={"signed_statements": "verbatim"})
+    sent = statement(id=str(uuid.uuid4()))
+    response = await verbatim.post("/xAPI/statements", headers=headers,
+                                   data=signed_body(sent, key, "sig-boundary"))
+    assert response.status == 200, await response.text()
+    assert await response.json() == [sent["id"]]
+    response = await verbatim.get(f"/xAPI/statements?statementId={sent['id']}", headers=auth)
+    stored = await response.json()
+    assert stored["authority"] == learning_locker.authority  # the LRS's own, as ever with LL
+    assert stored["attachments"][0]["usageType"] == SIGNATURE_USAGE
+
+    response = await verbatim.post("/xAPI/statements", headers=headers,
+                                   data=signed_body(statement(), key, "sig-boundary"))
+    assert response.status == 400  # no id: the gateway's own answer, nothing sent
+    assert "needs its own id" in (await response.json())["message"]
+
+    stamping = await start_gateway(learning_locker, tmp_path / "stamp", aiohttp_client)
+    response = await stamping.post("/xAPI/statements", headers=headers, data=signed_body(
+        statement(id=str(uuid.uuid4())), key, "sig-boundary"))
+    assert response.status == 400
+    assert (await response.json())["message"].startswith("Signed statement should match")
