@@ -6,7 +6,7 @@ import secrets
 from collections.abc import Iterator
 
 import pytest
-from realparts.learninglocker import LearningLockerServer, run_learning_locker
+from realparts.learninglocker import ACTIVITY_PROFILES, LearningLockerServer, run_learning_locker
 from realparts.oidc import OidcClient, OidcProvider, run_oidc_provider
 from realparts.ralph import RalphServer, run_ralph
 
@@ -37,6 +37,34 @@ def learning_locker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Learni
     what it answers, status codes and headers.
     """
     with run_learning_locker(tmp_path_factory.mktemp("learninglocker")) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def learning_locker_profiles(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[LearningLockerServer]:
+    """Learning Locker's activity profile service (npm @learninglocker/xapi-activities 4.4.4).
+
+    Same shape as `learning_locker` (`.url` is `http://127.0.0.1:PORT/xAPI/`, one Basic
+    credential in `.authorization`, scopes `all`), documents in memory and `storage/`. It
+    serves `/xAPI/activities/profile` only (no statements, no about: those are 404s), for
+    the whole session: use a fresh activityId per test. Quirks, all pinned by
+    tests/test_documents_learninglocker.py:
+
+    - a PUT needs `If-Match` or `If-None-Match`: without, 400 "IfMatch and IfNoneMatch
+      header are missing" when the document is absent, 409 when it exists; both at once 400;
+    - a failed precondition is 412 (PUT, POST and DELETE); a GET ignores `If-None-Match`
+      (200, never 304); DELETE of an absent document is 204; GET of one is 404;
+    - ETags are a quoted random sha1 per write; `Last-Modified` is ISO 8601 with
+      milliseconds (not an HTTP-date); `since` lists documents updated strictly after it;
+    - JSON (`application/json...`) is parsed and served re-serialised, compact, as plain
+      `application/json`; POST merges JSON objects (anything else: 400); every other
+      content type is stored and served byte for byte, its `Content-Type` as sent;
+    - error bodies are `{"errorId": <random uuid>, "message": ...}` (or `"warnings"`).
+    """
+    workdir = tmp_path_factory.mktemp("learninglocker-profiles")
+    with run_learning_locker(workdir, service=ACTIVITY_PROFILES) as server:
         yield server
 
 

@@ -1,21 +1,37 @@
-"""Run Learning Locker's LRS service (npm `xapi-statements` 5.0.1) for the test suite.
+"""Run Learning Locker's xAPI services (npm packages, on Node) for the test suite.
 
-The service is `tests/oidc/node_modules/xapi-statements/dist/index.js` (pinned in the same
-package.json/lockfile as the OpenID provider; `deploy/bootstrap.sh` runs `npm ci` there),
-run by Node with `loopback.cjs` preloaded so it binds 127.0.0.1 only. It keeps its models in
-memory and attachments in `<workdir>/storage`.
+Two services, each described by a `LearningLockerService`:
 
-It authenticates every request by asking a "client info" endpoint (`AUTH_REPO=fetch`,
+- `STATEMENTS`: the LRS service `xapi-statements` 5.0.1;
+- `ACTIVITY_PROFILES`: the activity profile service `@learninglocker/xapi-activities` 4.4.4.
+
+Both are pinned in the same package.json/lockfile as the OpenID provider (`tests/oidc`;
+`deploy/bootstrap.sh` runs `npm ci` there) and run the same way: `dist/index.js` under Node
+with `loopback.cjs` preloaded so it binds 127.0.0.1 only, models in memory, stored files
+in `<workdir>/storage`.
+
+Each authenticates every request by asking a "client info" endpoint (`AUTH_REPO=fetch`,
 `LL_CLIENT_INFO_ENDPOINT`): it GETs that URL with the request's `Authorization` header and
 wants 200 and a client document for a valid credential, 404 otherwise. `run_learning_locker`
 serves that endpoint itself (a small `http.server` thread on another loopback port) and
-accepts exactly one Basic credential, generated per run: the gateway's storage credential.
+accepts exactly one Basic credential (scopes `all`), generated per run: the gateway's
+storage credential.
 
-What the service serves (5.0.1): `/xAPI/statements` (GET, PUT, POST: JSON, multipart/mixed
-with attachments, alternate request syntax), `/xAPI/about` and `/xAPI/activities` (full
-activity). It does NOT serve the document APIs (`/xAPI/activities/state`,
-`/xAPI/activities/profile`, `/xAPI/agents/profile`): those were separate Learning Locker
-services. It always replaces a statement's `authority` with the client's own.
+What `xapi-statements` 5.0.1 serves: `/xAPI/statements` (GET, PUT, POST: JSON,
+multipart/mixed with attachments, alternate request syntax), `/xAPI/about` and
+`/xAPI/activities` (full activity). It does NOT serve the document APIs: those were
+separate Learning Locker services. It always replaces a statement's `authority` with the
+client's own.
+
+What `@learninglocker/xapi-activities` 4.4.4 serves: `/xAPI/activities/profile` only (GET
+one document or the list of profileIds, `since` included; PUT; POST merging JSON objects;
+DELETE), with its own ETags (a quoted random sha1 per write) and concurrency control: a PUT
+needs `If-Match` or `If-None-Match` (400 when the document is absent, 409 when present).
+`Last-Modified` is an ISO 8601 time, not an HTTP-date. A JSON document (any
+`application/json...` type) is parsed, stored as an object and served re-serialised
+(`JSON.stringify`) as plain `application/json`; other types are stored as bytes and served
+byte for byte with the type as sent. Learning Locker's state and agent profile services
+(`xapi-state`, `xapi-agents`) are not on npm.
 """
 
 from __future__ import annotations
@@ -37,14 +53,13 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import IO, Any
+from urllib.parse import quote
 
 from .oidc import NODE_MODULES, OIDC_DIR, node_executable
 from .process import free_port, log_tail, stop_process, wait_for_interrupt
 
-PACKAGE_DIR = NODE_MODULES / "xapi-statements"
-SERVICE_SCRIPT = PACKAGE_DIR / "dist" / "index.js"
 LOOPBACK_PRELOAD = Path(__file__).resolve().with_name("loopback.cjs")
-PACKAGE_VERSION = "5.0.1"
+PROBE_ACTIVITY_ID = "http://lrs-gateway.example.org/activities/readiness-probe"
 
 GATEWAY_USERNAME = "gateway"
 GATEWAY_AGENT: dict[str, str] = {
@@ -68,6 +83,63 @@ _SERVICE_ENV_PREFIXES = (
 
 class LearningLockerError(RuntimeError):
     """The Learning Locker service could not be found or started."""
+
+
+@dataclass(frozen=True)
+class LearningLockerService:
+    """One Learning Locker xAPI service: which npm package, and how to tell it is ready."""
+
+    package: str
+    """The npm package name, as installed under `tests/oidc/node_modules`."""
+    version: str
+    """The version pinned in `tests/oidc/package.json` (for messages)."""
+    probe: str
+    """Path and query, relative to the xAPI root, that an authenticated GET answers 200
+    once the service is ready."""
+    extra_environment: tuple[tuple[str, str], ...] = ()
+    """Settings only this service reads, on top of `service_environment`'s common ones."""
+
+    @property
+    def name(self) -> str:
+        """The package name without its npm scope, e.g. `xapi-activities`."""
+        return self.package.rpartition("/")[2]
+
+    @property
+    def package_dir(self) -> Path:
+        """Where npm installs the package."""
+        return NODE_MODULES / self.package
+
+    @property
+    def script(self) -> Path:
+        """The entry point Node runs."""
+        return self.package_dir / "dist" / "index.js"
+
+
+STATEMENTS = LearningLockerService(
+    package="xapi-statements",
+    version="5.0.1",
+    probe="statements?limit=1",
+    extra_environment=(
+        ("EVENTS_REPO", "test"),
+        # Voiding, references and activity updates finish before the response, so a
+        # read right after a write sees them (as the package's own test suite runs it).
+        ("SERVICE_AWAIT_UPDATES", "true"),
+    ),
+)
+"""The LRS service: statements, about, activities."""
+
+ACTIVITY_PROFILES = LearningLockerService(
+    package="@learninglocker/xapi-activities",
+    version="4.4.4",
+    # The list of an activity's profileIds: 200 (an empty list) without any data.
+    probe="activities/profile?activityId=" + quote(PROBE_ACTIVITY_ID, safe=""),
+)
+"""The activity profile document service: `/xAPI/activities/profile` only."""
+
+# Kept for callers written when xapi-statements was the only service.
+PACKAGE_DIR = STATEMENTS.package_dir
+SERVICE_SCRIPT = STATEMENTS.script
+PACKAGE_VERSION = STATEMENTS.version
 
 
 @dataclass(frozen=True)
@@ -95,13 +167,14 @@ def basic_authorization(username: str, password: str) -> str:
     return "Basic " + base64.b64encode(f"{username}:{password}".encode()).decode("ascii")
 
 
-def check_installed() -> None:
-    """Raise `LearningLockerError` saying what to do when xapi-statements is not installed."""
-    if not SERVICE_SCRIPT.is_file():
+def check_installed(service: LearningLockerService = STATEMENTS) -> None:
+    """Raise `LearningLockerError` saying what to do when `service` is not installed."""
+    if not service.script.is_file():
         raise LearningLockerError(
-            f"{PACKAGE_DIR} has no dist/index.js (xapi-statements {PACKAGE_VERSION} is not "
-            f"installed in {NODE_MODULES}). Run `bash deploy/bootstrap.sh` from the repository "
-            f"root (it runs `npm ci --prefix {OIDC_DIR.relative_to(OIDC_DIR.parents[1])}`)."
+            f"{service.package_dir} has no dist/index.js ({service.package} {service.version} "
+            f"is not installed in {NODE_MODULES}). Run `bash deploy/bootstrap.sh` from the "
+            f"repository root (it runs `npm ci --prefix "
+            f"{OIDC_DIR.relative_to(OIDC_DIR.parents[1])}`)."
         )
 
 
@@ -192,12 +265,16 @@ def serve_client_info(
 
 
 def service_environment(
-    port: int, storage_dir: Path, access_log_dir: Path, client_info_url: str
+    port: int,
+    storage_dir: Path,
+    access_log_dir: Path,
+    client_info_url: str,
+    service: LearningLockerService = STATEMENTS,
 ) -> dict[str, str]:
-    """Return the environment for the xapi-statements process (in-memory models).
+    """Return the environment for a Learning Locker service process (in-memory models).
 
-    Variables the service's config reads that are not set here are dropped, so a stray
-    `SERVICE_*` or `*_REPO` in the caller's environment cannot change its behaviour.
+    Variables the services' configs read that are not set here are dropped, so a stray
+    `SERVICE_*` or `*_REPO` in the caller's environment cannot change their behaviour.
     """
     env = {
         key: value
@@ -211,18 +288,13 @@ def service_environment(
             "STORAGE_REPO": "local",
             "FS_LOCAL_STORAGE_DIR": str(storage_dir),
             "EXPRESS_MORGAN_DIRECTORY": str(access_log_dir),
-            "EVENTS_REPO": "test",
             "AUTH_REPO": "fetch",
             "LL_CLIENT_INFO_ENDPOINT": client_info_url,
             "WINSTON_CONSOLE_LEVEL": "warning",
-            # Voiding, references and activity updates finish before the response, so a
-            # read right after a write sees them (as the package's own test suite runs it).
-            "SERVICE_AWAIT_UPDATES": "true",
         }
     )
+    env.update(service.extra_environment)
     return env
-
-
 
 
 def _answers(url: str, authorization: str) -> bool:
@@ -242,40 +314,45 @@ def wait_until_answering(
     authorization: str,
     log_file: Path,
     timeout: float,
+    name: str = STATEMENTS.name,
 ) -> None:
     """Poll an authenticated GET of `probe_url` until it answers 200.
 
-    Raises `LearningLockerError` (with the log tail) when the process exits first or
-    `timeout` s pass.
+    Raises `LearningLockerError` (with the log tail) when the process (`name` in messages)
+    exits first or `timeout` s pass.
     """
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise LearningLockerError(
-                f"xapi-statements exited with status {process.returncode} before answering "
+                f"{name} exited with status {process.returncode} before answering "
                 f"{probe_url}; log {log_file}:\n{log_tail(log_file)}"
             )
         if _answers(probe_url, authorization):
             return
         time.sleep(0.1)
     raise LearningLockerError(
-        f"xapi-statements did not answer {probe_url} within {timeout:.0f} s; "
+        f"{name} did not answer {probe_url} within {timeout:.0f} s; "
         f"log {log_file}:\n{log_tail(log_file)}"
     )
 
 
 @contextmanager
 def run_learning_locker(
-    workdir: Path, *, timeout: float = START_TIMEOUT
+    workdir: Path,
+    *,
+    service: LearningLockerService = STATEMENTS,
+    timeout: float = START_TIMEOUT,
 ) -> Iterator[LearningLockerServer]:
-    """Start xapi-statements in `workdir`, yield it once it answers, then stop it.
+    """Start `service` in `workdir`, yield it once it answers its probe, then stop it.
 
-    `workdir` receives the attachments (`storage/`), the access logs (`access-logs/`) and
-    the service log (`learninglocker.log`). Statements live in the process's memory: each
-    run starts empty. Node is `$LRS_GATEWAY_NODE`, else `node` on PATH.
+    `workdir` receives the stored files (`storage/`: attachments or profile documents), the
+    access logs (`access-logs/`) and the service log (`learninglocker.log`). Models live in
+    the process's memory: each run starts empty. Node is `$LRS_GATEWAY_NODE`, else `node` on
+    PATH.
     """
     node = node_executable()
-    check_installed()
+    check_installed(service)
     workdir.mkdir(parents=True, exist_ok=True)
     storage_dir = workdir / "storage"
     storage_dir.mkdir(exist_ok=True)
@@ -296,36 +373,68 @@ def run_learning_locker(
             authority=authority,
             client_info_url=client_info.url,
         )
+        env = service_environment(port, storage_dir, access_log_dir, client_info.url, service)
         log: IO[bytes]
         with log_file.open("ab") as log:
             process = subprocess.Popen(
-                [str(node), "-r", str(LOOPBACK_PRELOAD), str(SERVICE_SCRIPT)],
+                [str(node), "-r", str(LOOPBACK_PRELOAD), str(service.script)],
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 cwd=workdir,
-                env=service_environment(port, storage_dir, access_log_dir, client_info.url),
+                env=env,
             )
         try:
             wait_until_answering(
-                process, server.url + "statements?limit=1", server.authorization, log_file, timeout
+                process,
+                server.url + service.probe,
+                server.authorization,
+                log_file,
+                timeout,
+                service.name,
             )
             yield server
         finally:
             stop_process(process)
 
 
-def main(argv: list[str]) -> int:
-    """Run the service until interrupted (for poking by hand).
+SERVICES: dict[str, LearningLockerService] = {
+    "statements": STATEMENTS,
+    "activity-profiles": ACTIVITY_PROFILES,
+}
 
-    From tests/: `../.venv/bin/python -m realparts.learninglocker [WORKDIR]`.
+
+def write_authorization_header(server: LearningLockerServer, path: Path) -> Path:
+    """Write `Authorization: ...` to `path` (owner-only), for `curl -H @path`.
+
+    The credential goes to a file rather than the terminal, so it never lands in
+    scrollback or logs.
+    """
+    path.touch(mode=0o600, exist_ok=True)
+    path.chmod(0o600)
+    path.write_text(f"Authorization: {server.authorization}\n")
+    return path
+
+
+def main(argv: list[str]) -> int:
+    """Run one service until interrupted (for poking by hand).
+
+    From tests/: `../.venv/bin/python -m realparts.learninglocker [WORKDIR [SERVICE]]`,
+    SERVICE being `statements` (the default) or `activity-profiles`. The run's (throwaway)
+    credential is written to `WORKDIR/authorization.header` for `curl -H @file`.
     """
     workdir = Path(argv[1]) if len(argv) > 1 else Path.cwd() / "learninglocker-work"
-    with run_learning_locker(workdir) as server:
+    service_key = argv[2] if len(argv) > 2 else "statements"
+    if service_key not in SERVICES:
+        sys.stderr.write(f"unknown service {service_key!r}; one of {', '.join(SERVICES)}\n")
+        return 2
+    service = SERVICES[service_key]
+    with run_learning_locker(workdir, service=service) as server:
+        header_file = write_authorization_header(server, workdir / "authorization.header")
         sys.stdout.write(
-            f"Learning Locker at {server.url}\n"
-            f"curl -u {server.username}:{server.password} -H 'X-Experience-API-Version: 1.0.3' "
-            f"{server.url}statements\n"
+            f"Learning Locker {service.package} {service.version} at {server.url}\n"
+            f"curl -H @{header_file} -H 'X-Experience-API-Version: 1.0.3' "
+            f"'{server.url}{service.probe}'\n"
         )
         sys.stdout.flush()
         wait_for_interrupt()
