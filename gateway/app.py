@@ -39,6 +39,7 @@ from gateway.keys import (
     STORAGE_ABOUT,
     TOKEN_SIGNER,
     VERSIONS,
+    WORKER,
 )
 from gateway.metrics import AuthCollector, Metrics, metrics_middleware
 from gateway.middlewares import (
@@ -52,6 +53,7 @@ from gateway.requestids import RequestIds
 from gateway.routes import XAPI_PREFIX, setup_routes
 from gateway.storage_about import StorageAbout
 from gateway.upstream import Upstream
+from gateway.workers import WorkerRole, serve_siblings
 from gateway.xapiversion import VERSION_HEADER, VersionPolicy
 
 CONSISTENT_THROUGH = "X-Experience-API-Consistent-Through"
@@ -149,7 +151,8 @@ async def _metrics_site(app: web.Application) -> AsyncIterator[None]:
     metrics_app.router.add_get(config.metrics.path, service.metrics, name="metrics")
     runner = web.AppRunner(metrics_app, access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, config.metrics.host or config.server.host, port)
+    site = web.TCPSite(runner, config.metrics.host or config.server.host, port,
+                       reuse_port=WORKER in app)
     await site.start()
     yield
     await runner.cleanup()
@@ -172,8 +175,25 @@ async def _stamp_response(request: web.Request, response: web.StreamResponse) ->
             timespec="milliseconds").replace("+00:00", "Z")
 
 
-def create_app(config: Config, *, registry: CollectorRegistry | None = None) -> web.Application:
-    """Build the gateway application for `config`; `registry` defaults to a fresh one."""
+async def _sibling_socket(app: web.Application) -> AsyncIterator[None]:
+    """Answer the other workers' scrapes with this worker's own figures."""
+    sibling_app = web.Application()
+    sibling_app[CONFIG] = app[CONFIG]
+    sibling_app[METRICS] = app[METRICS]
+    if FORWARDER in app:
+        sibling_app[FORWARDER] = app[FORWARDER]
+    sibling_app.router.add_get("/metrics", service.own_metrics)
+    sibling_app.router.add_get("/forwarding", service.own_forwarding_status)
+    async for _ in serve_siblings(app[WORKER], sibling_app):
+        yield
+
+
+def create_app(config: Config, *, registry: CollectorRegistry | None = None,
+               worker: WorkerRole | None = None) -> web.Application:
+    """Build the gateway application for `config`; `registry` defaults to a fresh one.
+
+    `worker`: this process's place among several workers (`serve --workers N`, N > 1).
+    """
     metrics = Metrics(registry if registry is not None else CollectorRegistry())
     app = web.Application(
         middlewares=[
@@ -198,10 +218,14 @@ def create_app(config: Config, *, registry: CollectorRegistry | None = None) -> 
     app[STORAGE_ABOUT] = StorageAbout()
     app[GUARD] = Guard(config.rate_limit, config.lockout)
     app[REQUEST_IDS] = RequestIds()
+    if worker is not None and worker.count > 1:
+        app[WORKER] = worker
     app.cleanup_ctx.append(_storage_session)
     app.cleanup_ctx.append(_authentication)
     app.cleanup_ctx.append(_forwarding)
     app.cleanup_ctx.append(readiness_loop)
+    if WORKER in app:
+        app.cleanup_ctx.append(_sibling_socket)
     app.on_response_prepare.append(_stamp_response)
     on_main_port = config.metrics.enabled and config.metrics.port is None
     setup_routes(app, metrics_path=config.metrics.path if on_main_port else None)

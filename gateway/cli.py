@@ -9,6 +9,7 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
@@ -21,6 +22,7 @@ from gateway.logs import setup_logging
 
 if TYPE_CHECKING:
     from gateway.forwarding.store import OutboxStore
+    from gateway.workers import WorkerRole
 
 __all__ = ["main"]
 
@@ -61,19 +63,57 @@ def _check_credentials(config: Config) -> list[str]:
     return [f"{path}: warning: {warning}" for warning in parsed.warnings]
 
 
+def _worker_role(args: argparse.Namespace) -> WorkerRole | None:
+    from gateway.workers import WorkerRole
+
+    if args.worker is None:
+        return None
+    index, _, count = args.worker.partition("/")
+    if not (index.isdigit() and count.isdigit() and int(index) < int(count)) or not args.run_dir:
+        raise ConfigError("--worker I/N and --run-dir are set by `serve --workers N` only")
+    return WorkerRole(int(index), int(count), Path(args.run_dir), supervisor=os.getppid())
+
+
+def _refuse_stranded_outboxes(config: Config, workers: int) -> None:
+    from gateway.workers import stranded_backlogs
+
+    stranded = stranded_backlogs(config.resolve_path(config.data_dir), workers)
+    if stranded:
+        listed = ", ".join(f"{path} ({count} statements)" for path, count in stranded.items())
+        raise ConfigError(
+            f"an earlier run with more workers left statements to forward in {listed}: "
+            f"serve with --workers {max(int(p.name.split('-')[1]) for p in stranded) + 1} "
+            "until `lrs-gateway forwarding status` shows no backlog, then with fewer")
+
+
 def _serve(args: argparse.Namespace) -> int:
     # Imported here: the other commands start three times faster without aiohttp.
     from gateway.app import create_app
     from gateway.sentry import setup_sentry
     from gateway.serving import run
+    from gateway.workers import supervise, worker_command, worker_data_dir
 
     config = _load(args)
-    if setup_sentry(config.sentry):
-        log.info("reporting errors to Sentry (environment %s)", config.sentry.environment)
     problems = [p for p in _check_auth(config) if ": warning: " not in p]
     if problems:
         raise ConfigError("\n".join(problems))
-    app = create_app(config)
+    role = _worker_role(args)
+    if role is None:
+        workers = args.workers or config.server.workers
+        if workers < 1:
+            raise ConfigError("--workers: must be at least 1")
+        _refuse_stranded_outboxes(config, workers)
+        if workers > 1:
+            if config.server.port == 0:
+                raise ConfigError("server.port: workers share one port; 0 (any) cannot be")
+            _tune_runtime()
+            return supervise(worker_command(args.argv), workers,
+                             stop_timeout=config.server.shutdown_timeout)
+    else:
+        config = replace(config, data_dir=worker_data_dir(config.data_dir, role.index))
+    if setup_sentry(config.sentry):
+        log.info("reporting errors to Sentry (environment %s)", config.sentry.environment)
+    app = create_app(config, worker=role)
     if not config.server.access_log:
         logging.getLogger("gateway.access").setLevel(logging.WARNING)
     host, port = config.server.host, config.server.port
@@ -81,13 +121,15 @@ def _serve(args: argparse.Namespace) -> int:
     def listening() -> None:  # called once the socket is bound
         storage = urlsplit(config.storage.url)
         shown = f"{storage.scheme}://{storage.hostname}:{storage.port or ''}{storage.path}"
-        log.info("lrs-gateway %s listening on http://%s:%d/ (storage %s)", __version__,
-                 host, port, shown)
+        worker = "" if role is None else f" worker {role.index}/{role.count}"
+        log.info("lrs-gateway %s%s listening on http://%s:%d/ (storage %s)", __version__,
+                 worker, host, port, shown)
 
     _tune_runtime()
     try:
         run(app, host=host, port=port, shutdown_timeout=config.server.shutdown_timeout,
-            header_timeout=config.limits.header_timeout, on_listening=listening)
+            header_timeout=config.limits.header_timeout, on_listening=listening,
+            reuse_port=role is not None)
     except OSError as exc:
         print(f"error: cannot listen on {host}:{port}: {exc.strerror or exc}", file=sys.stderr)
         return 1
@@ -264,6 +306,10 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser("serve", help="run the gateway")
     serve.set_defaults(run=_serve)
+    serve.add_argument("--workers", type=int, default=None,
+                       help="processes sharing the port (default: server.workers, 1)")
+    serve.add_argument("--worker", help=argparse.SUPPRESS)  # I/N, set by the supervisor
+    serve.add_argument("--run-dir", help=argparse.SUPPRESS)
     check = commands.add_parser("check-config", help="validate the configuration")
     check.set_defaults(run=_check_config)
     auth = commands.add_parser("auth", help="manage Basic credentials")
@@ -296,6 +342,7 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script and of `python -m gateway`."""
     args = _parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # a worker's command line
     setup_logging(args.log_level, args.log_format)
     try:
         code: int = args.run(args)

@@ -65,6 +65,7 @@ class ServerConfig:
     shutdown_timeout: float = 30.0
     max_body_size: int = 10 * 1024 * 1024
     access_log: bool = True  # one line per request; measured in bench/ at ~20% of a request
+    workers: int = 1  # processes sharing the port (SO_REUSEPORT); `serve --workers` overrides
 
 
 @dataclass(frozen=True)
@@ -328,6 +329,7 @@ def _validate(config: Config) -> list[str]:
         ("auth.basic.cache_ttl", config.auth.basic.cache_ttl),
         ("auth.basic.reload_interval", config.auth.basic.reload_interval),
         ("server.max_body_size", config.server.max_body_size),
+        ("server.workers", config.server.workers),
         ("storage.max_connections", config.storage.max_connections),
         ("auth.basic.cache_max_size", config.auth.basic.cache_max_size),
         ("auth.oidc.refresh_interval", config.auth.oidc.refresh_interval),

@@ -15,12 +15,13 @@ from gateway.principal import Principal
 from gateway.requestids import RequestIds
 from gateway.storage_about import StorageAbout
 from gateway.upstream import Upstream
+from gateway.workers import WorkerRole
 from gateway.xapiversion import VersionPolicy
 
 __all__ = [
     "ALTERNATE_BODY", "AUTHENTICATOR", "CONFIG", "FORWARDER", "GUARD", "METRICS", "PASSWORDS",
     "PRINCIPAL", "REQUEST_ID", "REQUEST_IDS", "STORAGE", "STORAGE_ABOUT", "TOKEN_SIGNER",
-    "VERSIONS",
+    "VERSIONS", "WORKER",
 ]
 
 CONFIG = web.AppKey("config", Config)
@@ -29,6 +30,7 @@ TOKEN_SIGNER = web.AppKey("token_signer", TokenSigner)
 PASSWORDS = web.AppKey("passwords", PasswordChecker)
 METRICS = web.AppKey("metrics", Metrics)
 FORWARDER = web.AppKey("forwarder", Forwarder)
+WORKER = web.AppKey("worker", WorkerRole)
 GUARD = web.AppKey("guard", Guard)
 REQUEST_IDS = web.AppKey("request_ids", RequestIds)
 STORAGE = web.AppKey("storage", Upstream)

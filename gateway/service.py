@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from aiohttp import web
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
 from gateway.errors import Forbidden
 from gateway.keys import (
@@ -16,10 +18,14 @@ from gateway.keys import (
     STORAGE,
     STORAGE_ABOUT,
     VERSIONS,
+    WORKER,
 )
+from gateway.metricsmerge import merge_expositions
 from gateway.readiness import check_readiness
+from gateway.workers import merged_status, sibling_documents
 
-__all__ = ["about", "forwarding_status", "heartbeat", "lbheartbeat", "metrics", "whoami"]
+__all__ = ["about", "forwarding_status", "heartbeat", "lbheartbeat", "metrics",
+           "own_forwarding_status", "own_metrics", "whoami"]
 
 
 async def whoami(request: web.Request) -> web.Response:
@@ -68,14 +74,49 @@ async def metrics(request: web.Request) -> web.Response:
             request.headers.get("Authorization"))
         if scope not in principal.scopes:
             raise Forbidden(f"the metrics need the {scope} scope")
+    role = request.app.get(WORKER)
+    if role is None:
+        return request.app[METRICS].exposition()
+    own = generate_latest(request.app[METRICS].registry).decode()
+    others, missing = await sibling_documents(role, "/metrics")
+    workers = (
+        "# HELP lrs_gateway_workers Worker processes serving the gateway\n"
+        "# TYPE lrs_gateway_workers gauge\n"
+        f"lrs_gateway_workers {role.count}\n"
+        "# HELP lrs_gateway_workers_unscraped Workers whose figures this scrape lacks\n"
+        "# TYPE lrs_gateway_workers_unscraped gauge\n"
+        f"lrs_gateway_workers_unscraped {missing}\n")
+    body = merge_expositions([own, *(o.decode() for o in others), workers])
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+async def own_metrics(request: web.Request) -> web.Response:
+    """The answering worker's own figures, for the one adding them up (workers' socket)."""
     return request.app[METRICS].exposition()
 
 
+async def _own_forwarding(app: web.Application) -> dict[str, Any]:
+    forwarder = app.get(FORWARDER)
+    return {"targets": {}} if forwarder is None else forwarder.as_json(await forwarder.status())
+
+
+async def own_forwarding_status(request: web.Request) -> web.Response:
+    """The answering worker's own outbox figures (workers' socket)."""
+    return web.json_response(await _own_forwarding(request.app))
+
+
 async def forwarding_status(request: web.Request) -> web.Response:
-    """Per forwarding target: backlog, oldest undelivered age, delivered, retries, dead letters."""
+    """Per forwarding target: backlog, oldest undelivered age, delivered, retries, dead letters.
+
+    With several workers: every worker's outbox added up, and how many did not answer.
+    """
     if "admin" not in request[PRINCIPAL].scopes:
         raise Forbidden("the forwarding status needs the admin scope")
-    forwarder = request.app.get(FORWARDER)
-    if forwarder is None:
-        return web.json_response({"targets": {}})
-    return web.json_response(forwarder.as_json(await forwarder.status()))
+    own = await _own_forwarding(request.app)
+    role = request.app.get(WORKER)
+    if role is None:
+        return web.json_response(own)
+    others, missing = await sibling_documents(role, "/forwarding")
+    document = merged_status([own, *(json.loads(o) for o in others)])
+    document["workers"] = {"count": role.count, "unanswered": missing}
+    return web.json_response(document)

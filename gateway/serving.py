@@ -91,8 +91,12 @@ class _GuardedRunner(web.AppRunner):
 
 
 def run(app: web.Application, *, host: str, port: int, shutdown_timeout: float,
-        header_timeout: float, on_listening: Callable[[], None]) -> None:
-    """Serve until SIGINT/SIGTERM, then let in-flight requests finish (like web.run_app)."""
+        header_timeout: float, on_listening: Callable[[], None],
+        reuse_port: bool = False) -> None:
+    """Serve until SIGINT/SIGTERM, then let in-flight requests finish (like web.run_app).
+
+    `reuse_port`: share the port with other processes (SO_REUSEPORT), for workers.
+    """
     loop = asyncio.new_event_loop()
     runner = _GuardedRunner(app, header_timeout, access_log=None, handle_signals=True,
                             shutdown_timeout=shutdown_timeout)
@@ -100,7 +104,7 @@ def run(app: web.Application, *, host: str, port: int, shutdown_timeout: float,
     async def serve() -> None:
         await runner.setup()
         try:
-            await web.TCPSite(runner, host, port).start()
+            await web.TCPSite(runner, host, port, reuse_port=reuse_port or None).start()
             on_listening()
             await asyncio.Event().wait()  # until a signal ends the loop
         finally:

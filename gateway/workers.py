@@ -1,0 +1,258 @@
+"""Several worker processes on one port: the supervisor, and what workers share.
+
+`serve --workers N` starts N copies of the gateway, each bound to the same address with
+SO_REUSEPORT (the kernel spreads connections over them). Workers share nothing while
+serving: each has its own outbox (worker 0 the configured `data_dir`, worker i
+`data_dir/worker-i`), so each forwards what it accepted, durably, as a single process
+would. A scrape of /metrics (or of the forwarding status), answered by any worker, adds
+up every worker's figures, fetched over a Unix socket per worker in a private directory.
+The supervisor restarts a worker that dies and stops all of them on SIGTERM/SIGINT.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from gateway.forwarding.forwarder import OUTBOX_FILE
+from gateway.forwarding.store import OutboxStore
+
+__all__ = ["WorkerRole", "outbox_dirs", "sibling_documents", "supervise", "worker_data_dir"]
+
+log = logging.getLogger(__name__)
+
+SIBLING_TIMEOUT = 2.0  # seconds a scrape waits for another worker's figures
+RESTART_DELAYS = (0.5, 1.0, 2.0, 5.0, 10.0)  # after a worker dies, by consecutive deaths
+QUICK_DEATH = 10.0  # a worker dying sooner than this after its start counts as failing
+MAX_QUICK_DEATHS = 5  # consecutive quick deaths of one worker before the supervisor gives up
+
+
+@dataclass(frozen=True)
+class WorkerRole:
+    """Which of how many workers this process is, and where the workers' sockets live."""
+
+    index: int
+    count: int
+    run_dir: Path
+    supervisor: int  # pid: a worker whose supervisor is gone stops
+
+    def socket(self, index: int) -> Path:
+        """The Unix socket on which worker `index` answers its siblings."""
+        return self.run_dir / f"worker-{index}.sock"
+
+    @property
+    def siblings(self) -> list[int]:
+        """The other workers' indexes."""
+        return [i for i in range(self.count) if i != self.index]
+
+
+def worker_data_dir(data_dir: str, index: int) -> str:
+    """Worker 0 keeps the configured data_dir (so a single process's outbox carries over)."""
+    return data_dir if index == 0 else str(Path(data_dir) / f"worker-{index}")
+
+
+def outbox_dirs(data_dir: Path) -> list[Path]:
+    """The data directory and every worker's under it, whether or not they hold an outbox."""
+    extra = sorted((p for p in data_dir.glob("worker-*") if p.is_dir()),
+                   key=lambda p: (len(p.name), p.name))
+    return [data_dir, *extra]
+
+
+def stranded_backlogs(data_dir: Path, count: int) -> dict[Path, int]:
+    """Outboxes of workers beyond `count` that still hold statements to forward.
+
+    Run with fewer workers than before, nobody would forward them: the caller refuses to
+    start instead.
+    """
+    stranded: dict[Path, int] = {}
+    for directory in outbox_dirs(data_dir)[1:]:
+        index = directory.name.removeprefix("worker-")
+        path = directory / OUTBOX_FILE
+        if not index.isdigit() or int(index) < count or not path.exists():
+            continue
+        store = OutboxStore(path)
+        try:
+            backlog = sum(s.backlog for s in store.stats(store.targets()).values())
+            backlog += len(store.pending(time.time() + 1))  # not yet settled against storage
+        finally:
+            store.close()
+        if backlog:
+            stranded[directory] = backlog
+    return stranded
+
+
+async def sibling_documents(role: WorkerRole, path: str) -> tuple[list[bytes], int]:
+    """GET `path` from every other worker's socket: (bodies, workers that did not answer)."""
+
+    async def fetch(index: int) -> bytes | None:
+        connector = aiohttp.UnixConnector(path=str(role.socket(index)))
+        timeout = aiohttp.ClientTimeout(total=SIBLING_TIMEOUT)
+        try:
+            async with (aiohttp.ClientSession(connector=connector, timeout=timeout) as session,
+                        session.get(f"http://worker-{index}{path}") as response):
+                return await response.read() if response.status == 200 else None
+        except (aiohttp.ClientError, OSError, TimeoutError):
+            return None
+
+    answers = await asyncio.gather(*(fetch(i) for i in role.siblings))
+    bodies = [body for body in answers if body is not None]
+    return bodies, len(answers) - len(bodies)
+
+
+async def serve_siblings(role: WorkerRole, app: web.Application) -> AsyncIterator[None]:
+    """Answer the other workers on this worker's socket; stop when the supervisor is gone."""
+    path = role.socket(role.index)
+    path.unlink(missing_ok=True)  # left by this worker's previous life
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.UnixSite(runner, str(path)).start()
+    watcher = asyncio.create_task(watch_supervisor(role), name="watch-supervisor")
+    try:
+        yield
+    finally:
+        watcher.cancel()
+        await runner.cleanup()
+
+
+PARENT_CHECK_INTERVAL = 1.0
+
+
+async def watch_supervisor(role: WorkerRole) -> None:
+    """Stop this worker (as SIGTERM would) once its supervisor is gone, even if killed."""
+    # No event to wait for: the kernel just reparents an orphan.
+    while os.getppid() == role.supervisor:  # noqa: ASYNC110
+        await asyncio.sleep(PARENT_CHECK_INTERVAL)
+    log.warning("worker %d: the supervisor (pid %d) is gone; stopping", role.index,
+                role.supervisor)
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
+class _Supervisor:
+    def __init__(self, command: Sequence[str], count: int, run_dir: Path,
+                 stop_timeout: float) -> None:
+        self._command = list(command)
+        self._count = count
+        self._run_dir = run_dir
+        self._stop_timeout = stop_timeout
+        self._children: dict[int, subprocess.Popen[bytes]] = {}
+        self._started: dict[int, float] = {}
+        self._quick_deaths: dict[int, int] = {}
+        self._stopping = False
+
+    def _start(self, index: int) -> None:
+        command = [*self._command, "--worker", f"{index}/{self._count}",
+                   "--run-dir", str(self._run_dir)]
+        # Our own interpreter and arguments, nothing from outside.
+        self._children[index] = subprocess.Popen(command, stdin=subprocess.DEVNULL)  # noqa: S603
+        self._started[index] = time.monotonic()
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        self._stopping = True
+
+    def run(self) -> int:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, self._on_signal)
+        for index in range(self._count):
+            self._start(index)
+        log.info("supervising %d workers (pids %s)", self._count,
+                 ", ".join(str(c.pid) for c in self._children.values()))
+        restart_at: dict[int, float] = {}
+        code = 0
+        while not self._stopping:
+            time.sleep(0.2)
+            now = time.monotonic()
+            for index, child in list(self._children.items()):
+                status = child.poll()
+                if status is None or index in restart_at:
+                    continue
+                lived = now - self._started[index]
+                deaths = self._quick_deaths.get(index, 0) + 1 if lived < QUICK_DEATH else 1
+                self._quick_deaths[index] = deaths
+                if deaths > MAX_QUICK_DEATHS:
+                    log.error("worker %d keeps dying at start (status %s): stopping", index,
+                              status)
+                    self._stopping, code = True, 1
+                    break
+                delay = RESTART_DELAYS[min(deaths, len(RESTART_DELAYS)) - 1]
+                log.warning("worker %d (pid %d) exited with status %s; restarting it in "
+                            "%.1f s", index, child.pid, status, delay)
+                restart_at[index] = now + delay
+            for index, when in list(restart_at.items()):
+                if not self._stopping and now >= when:
+                    del restart_at[index]
+                    self._start(index)
+        self._stop_all()
+        return code
+
+    def _stop_all(self) -> None:
+        for child in self._children.values():
+            if child.poll() is None:
+                child.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + self._stop_timeout + 5
+        for child in self._children.values():
+            try:
+                child.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                log.error("worker pid %d did not stop in time: killing it", child.pid)
+                child.kill()
+                child.wait()
+
+
+def supervise(command: Sequence[str], count: int, *, stop_timeout: float) -> int:
+    """Run `command --worker i/N --run-dir DIR` for each of `count` workers until signalled."""
+    run_dir = Path(tempfile.mkdtemp(prefix="lrs-gateway-workers-"))
+    os.chmod(run_dir, 0o700)  # the sockets serve metrics without credentials
+    try:
+        return _Supervisor(command, count, run_dir, stop_timeout).run()
+    finally:
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def worker_command(argv: Sequence[str]) -> list[str]:
+    """A worker's command line: the supervisor's arguments without `--workers`."""
+    kept: list[str] = []
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+            continue
+        if arg == "--workers":
+            skip = True
+            continue
+        if arg.startswith("--workers="):
+            continue
+        kept.append(arg)
+    return [sys.executable, "-m", "gateway", *kept]
+
+
+def merged_status(documents: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Forwarding status documents of several workers as one: sums, oldest age the largest."""
+    targets: dict[str, dict[str, Any]] = {}
+    for document in documents:
+        for name, figures in document.get("targets", {}).items():
+            merged = targets.get(name)
+            if merged is None:
+                targets[name] = dict(figures)
+                continue
+            for key, value in figures.items():
+                if key == "oldest_age":
+                    ages = [a for a in (merged.get(key), value) if a is not None]
+                    merged[key] = max(ages) if ages else None
+                elif isinstance(value, int | float):
+                    merged[key] = merged.get(key, 0) + value
+    return {"targets": targets}

@@ -1,0 +1,248 @@
+"""`serve --workers N`: one port, N processes, metrics and forwarding that add up."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client.exposition import generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+from pytest_aiohttp import AiohttpServer
+from support import FakeLRS, basic, credential, wait_until_serving, write_config
+
+from gateway.forwarding.forwarder import OUTBOX_FILE
+from gateway.forwarding.store import OutboxStore
+from gateway.metricsmerge import merge_expositions
+from gateway.workers import merged_status, worker_command
+
+RUN_TIMEOUT = 30.0
+ADMIN = credential("admin", "admin-pw", ["all", "admin"])
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def gateway_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if not k.upper().startswith("LRS_GATEWAY")}
+
+
+def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+def children_of(pid: int) -> set[int]:
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                fields = (entry / "stat").read_text().rpartition(")")[2].split()
+                if int(fields[1]) == pid:
+                    found.add(int(entry.name))
+    return found
+
+
+def delivered_per_outbox(data_dir: Path) -> list[int]:
+    counts = []
+    for path in sorted(data_dir.rglob(OUTBOX_FILE)):
+        store = OutboxStore(path)
+        try:
+            counts.append(sum(s.delivered for s in store.stats(store.targets()).values()))
+        finally:
+            store.close()
+    return counts
+
+
+async def wait_for(predicate: Any, within: float = RUN_TIMEOUT) -> None:
+    deadline = time.monotonic() + within
+    while not await predicate():
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.1)
+
+
+# -- the real thing: a supervisor and two worker processes -----------------------------------
+
+
+async def test_two_workers_share_the_port_and_add_up(
+        tmp_path: Path, aiohttp_server: AiohttpServer) -> None:
+    storage_lrs, target_lrs = FakeLRS(), FakeLRS()
+    storage = await aiohttp_server(storage_lrs.app())
+    target = await aiohttp_server(target_lrs.app())
+    port = free_port()
+    write_config(tmp_path, str(storage.make_url("/xAPI/")), [ADMIN], {
+        "server": {"port": port, "shutdown_timeout": 5},
+        "data_dir": "data",
+        "forwardings": [{"name": "t", "url": str(target.make_url("/xAPI/statements")),
+                         "is_active": True, "basic_username": None, "basic_password": None,
+                         "max_retries": 3, "timeout": 5}]})
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "gateway", "--config", str(tmp_path / "config.yaml"), "serve",
+        "--workers", "2", cwd=tmp_path, env=gateway_env(), stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    base = f"http://127.0.0.1:{port}"
+    auth = basic("admin", "admin-pw")
+    sent = 40
+    try:
+        await wait_until_serving(proc, f"{base}/__lbheartbeat__", RUN_TIMEOUT)
+        # A new connection per request: the kernel spreads connections over the workers.
+        connector = aiohttp.TCPConnector(force_close=True)
+        async with aiohttp.ClientSession(connector=connector) as session:
+            for n in range(sent):
+                statement = {"actor": {"mbox": f"mailto:l{n}@example.org"},
+                             "verb": {"id": "http://adlnet.gov/expapi/verbs/completed"},
+                             "object": {"id": "http://example.org/course"}}
+                async with session.post(f"{base}/xAPI/statements", json=statement,
+                                        headers=auth) as response:
+                    assert response.status == 200, await response.text()
+
+            async def drained() -> bool:
+                async with session.get(f"{base}/admin/forwarding", headers=auth) as response:
+                    status = await response.json()
+                return bool(status["targets"].get("t", {}).get("delivered") == sent)
+
+            await wait_for(drained)
+            async with session.get(f"{base}/admin/forwarding", headers=auth) as response:
+                status = await response.json()
+            assert status["workers"] == {"count": 2, "unanswered": 0}
+            assert status["targets"]["t"]["backlog"] == 0
+            delivered = ("lrs_gateway_forwarding_delivered_total", (("target", "t"),))
+            figures: dict[Any, float] = {}
+
+            async def scraped_delivered() -> bool:  # forwarding figures refresh every second
+                nonlocal figures
+                async with session.get(f"{base}/metrics") as response:
+                    figures = samples(await response.text())
+                return figures.get(delivered) == sent
+
+            await wait_for(scraped_delivered)
+            posts = (("method", "POST"), ("route", "xapi.statements"), ("status_class", "2xx"))
+            assert figures[("lrs_gateway_requests_total", posts)] == sent
+            assert figures[("lrs_gateway_statements_accepted_total", ())] == sent
+            assert figures[("lrs_gateway_workers", ())] == 2
+            assert figures[("lrs_gateway_workers_unscraped", ())] == 0
+            assert figures[("lrs_gateway_ready", ())] in (0, 1)
+
+            # Both workers took requests, and each forwarded what it accepted from its outbox.
+            per_outbox = delivered_per_outbox(tmp_path / "data")
+            assert len(per_outbox) == 2
+            assert sum(per_outbox) == sent
+            assert min(per_outbox) > 0, per_outbox
+            forwarded = [s["id"] for r in target_lrs.seen for s in json.loads(r.body)]
+            assert len(forwarded) == len(set(forwarded)) == sent
+
+            # A worker that dies is replaced; the port keeps answering meanwhile.
+            workers = children_of(proc.pid)
+            assert len(workers) == 2
+            victim = min(workers)
+            os.kill(victim, signal.SIGKILL)
+
+            async def replaced() -> bool:
+                now = children_of(proc.pid)
+                return len(now) == 2 and victim not in now
+
+            await wait_for(replaced)
+            await wait_until_serving(proc, f"{base}/__lbheartbeat__", RUN_TIMEOUT)
+
+            async def whole_again() -> bool:
+                async with session.get(f"{base}/metrics") as response:
+                    again = samples(await response.text())
+                return again.get(("lrs_gateway_workers_unscraped", ())) == 0
+
+            await wait_for(whole_again)
+        proc.send_signal(signal.SIGTERM)
+        code = await asyncio.wait_for(proc.wait(), RUN_TIMEOUT)
+    finally:
+        if proc.returncode is None:
+            proc.kill()  # its workers notice and stop themselves
+            await proc.wait()
+    out, err = await proc.communicate()
+    logs = (out + err).decode()
+    assert code == 0, logs
+    assert "worker 0/2 listening" in logs
+    assert "worker 1/2 listening" in logs
+    assert "Traceback" not in logs
+    assert not children_of(proc.pid)
+
+
+def test_fewer_workers_than_an_outbox_needs_is_refused(tmp_path: Path) -> None:
+    write_config(tmp_path, "http://127.0.0.1:9/xAPI/", [ADMIN], {
+        "server": {"port": free_port()}, "data_dir": "data"})
+    store = OutboxStore(tmp_path / "data" / "worker-3" / OUTBOX_FILE)
+    try:
+        seqs = store.write_pending([("7e3c2b4e-1d2a-4a5b-9c1d-0e2f3a4b5c6d", b"{}", None)])
+        store.mark_ready(seqs, [("t", 1000)])
+    finally:
+        store.close()
+    result = subprocess.run(
+        [sys.executable, "-m", "gateway", "--config", str(tmp_path / "config.yaml"), "serve",
+         "--workers", "2"], cwd=tmp_path, env=gateway_env(), capture_output=True, text=True,
+        timeout=RUN_TIMEOUT, check=False)
+    assert result.returncode == 2, result
+    assert "worker-3 (1 statements)" in result.stderr
+    assert "--workers 4" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+# -- the parts -------------------------------------------------------------------------------
+
+
+def exposition(requests: int, lag: float, ready: int) -> str:
+    registry = CollectorRegistry()
+    Counter("lrs_gateway_requests", "HTTP requests answered", ["route"],
+            registry=registry).labels("statements").inc(requests)
+    Gauge("lrs_gateway_forwarding_lag_seconds", "lag", registry=registry).set(lag)
+    Gauge("lrs_gateway_ready", "ready", registry=registry).set(ready)
+    Gauge("lrs_gateway_requests_in_flight", "in flight", registry=registry).set(requests)
+    return generate_latest(registry).decode()
+
+
+def test_merging_adds_counters_and_gauges_but_not_lag_or_readiness() -> None:
+    one, two = exposition(3, 1.5, 1), exposition(4, 0.25, 0)
+    assert merge_expositions([one]).decode() == one  # one worker: unchanged
+    merged = samples(merge_expositions([one, two]).decode())
+    statements = (("route", "statements"),)
+    assert merged[("lrs_gateway_requests_total", statements)] == 7
+    assert merged[("lrs_gateway_requests_in_flight", ())] == 7
+    assert merged[("lrs_gateway_forwarding_lag_seconds", ())] == 1.5
+    assert merged[("lrs_gateway_ready", ())] == 0
+    created = [samples(t)[("lrs_gateway_requests_created", statements)] for t in (one, two)]
+    assert merged[("lrs_gateway_requests_created", statements)] == min(created)
+
+
+def test_forwarding_status_of_workers_adds_up() -> None:
+    def target(backlog: int, age: float | None) -> dict[str, Any]:
+        return {"backlog": backlog, "oldest_age": age, "delivered": 10, "retries": 1,
+                "dead_letters": 0, "transient_dead_letters": 0, "dead_lettered_total": 2}
+
+    merged = merged_status([{"targets": {"a": target(3, 1.0)}},
+                            {"targets": {"a": target(2, None), "b": target(1, 4.0)}},
+                            {"targets": {"a": target(0, 2.5)}}])
+    assert merged["targets"]["a"] == {
+        "backlog": 5, "oldest_age": 2.5, "delivered": 30, "retries": 3, "dead_letters": 0,
+        "transient_dead_letters": 0, "dead_lettered_total": 6}
+    assert merged["targets"]["b"]["oldest_age"] == 4.0
+
+
+@pytest.mark.parametrize("argv", [
+    ["--config", "c.yaml", "serve", "--workers", "2"],
+    ["--config", "c.yaml", "serve", "--workers=2"],
+])
+def test_a_worker_runs_the_supervisors_command_without_workers(argv: list[str]) -> None:
+    assert worker_command(argv) == [sys.executable, "-m", "gateway", "--config", "c.yaml",
+                                    "serve"]
