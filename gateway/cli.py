@@ -11,7 +11,7 @@ import sys
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from gateway import __version__, authcli
@@ -230,59 +230,69 @@ def _token_issue(args: argparse.Namespace) -> int:
     return 0
 
 
-def _open_outbox(config: Config) -> OutboxStore:
+def _open_outboxes(config: Config) -> list[OutboxStore]:
+    """The outbox of a single process, or of every worker (`serve --workers`)."""
     from gateway.forwarding.forwarder import OUTBOX_FILE
     from gateway.forwarding.store import OutboxStore
+    from gateway.workers import outbox_dirs
 
-    path = config.resolve_path(config.data_dir) / OUTBOX_FILE
-    if not path.exists():
-        raise ConfigError(f"{path}: no outbox yet (nothing was ever forwarded)")
+    data_dir = config.resolve_path(config.data_dir)
+    paths = [d / OUTBOX_FILE for d in outbox_dirs(data_dir) if (d / OUTBOX_FILE).exists()]
+    if not paths:
+        raise ConfigError(f"{data_dir / OUTBOX_FILE}: no outbox yet (nothing was ever forwarded)")
     # WAL lets this process read and write while a running gateway uses the database.
-    return OutboxStore(path, synchronous=config.outbox.synchronous)
+    return [OutboxStore(path, synchronous=config.outbox.synchronous) for path in paths]
 
 
 def _forwarding_status(args: argparse.Namespace) -> int:
     from dataclasses import asdict
 
+    from gateway.workers import merged_status
+
     config = _load(args)
-    store = _open_outbox(config)
-    try:
-        names = [t.label for t in config.forwardings]
-        stats = store.stats(names + [t for t in store.targets() if t not in names])
-    finally:
-        store.close()
+    names = [t.label for t in config.forwardings]
+    documents = []
+    for store in _open_outboxes(config):
+        try:
+            known = names + [t for t in store.targets() if t not in names]
+            documents.append({"targets": {n: asdict(s) for n, s in store.stats(known).items()}})
+        finally:
+            store.close()
+    targets: dict[str, dict[str, Any]] = merged_status(documents)["targets"]
     if args.json:
-        print(json.dumps({name: asdict(s) for name, s in stats.items()}, indent=2))
+        print(json.dumps(targets, indent=2))
         return 0
     print(f"{'target':<24} {'backlog':>9} {'oldest':>9} {'delivered':>10} {'retries':>8} "
           f"{'dead':>7}")
-    for name, s in stats.items():
-        oldest = "-" if s.oldest_age is None else f"{s.oldest_age:.1f}s"
-        print(f"{name:<24} {s.backlog:>9} {oldest:>9} {s.delivered:>10} {s.retries:>8} "
-              f"{s.dead_letters:>7}")
+    for name, s in targets.items():
+        oldest = "-" if s["oldest_age"] is None else f"{s['oldest_age']:.1f}s"
+        print(f"{name:<24} {s['backlog']:>9} {oldest:>9} {s['delivered']:>10} "
+              f"{s['retries']:>8} {s['dead_letters']:>7}")
     return 0
 
 
 def _forwarding_replay(args: argparse.Namespace) -> int:
     config = _load(args)
-    store = _open_outbox(config)
+    stores = _open_outboxes(config)
     try:
-        waiting = store.stats([args.target])[args.target].dead_letters
+        waiting = sum(s.stats([args.target])[args.target].dead_letters for s in stores)
         if waiting == 0:
             print(f"{args.target}: no dead letters")
             return 0
         moved = 0
-        while True:  # in chunks, each its own transaction, so a running gateway keeps going
-            store.conn.execute("BEGIN IMMEDIATE")
-            count = store.requeue(args.target, transient_only=False, limit=1000)
-            store.conn.execute("COMMIT")
-            if not count:
-                break
-            moved += count
-            _progress(moved, waiting)
+        for store in stores:  # each worker's outbox (one without workers)
+            while True:  # in chunks, each its own transaction, so a running gateway goes on
+                store.conn.execute("BEGIN IMMEDIATE")
+                count = store.requeue(args.target, transient_only=False, limit=1000)
+                store.conn.execute("COMMIT")
+                if not count:
+                    break
+                moved += count
+                _progress(moved, waiting)
         print(file=sys.stderr)
     finally:
-        store.close()
+        for store in stores:
+            store.close()
     print(f"{args.target}: {moved} dead letters re-queued")
     return 0
 

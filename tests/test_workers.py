@@ -178,6 +178,11 @@ async def test_two_workers_share_the_port_and_add_up(
     assert "worker 1/2 listening" in logs
     assert "Traceback" not in logs
     assert not children_of(proc.pid)
+    status_command = subprocess.run(  # noqa: ASYNC221 -- the gateway has stopped
+        [sys.executable, "-m", "gateway", "--config", str(tmp_path / "config.yaml"),
+         "forwarding", "status", "--json"], cwd=tmp_path, env=gateway_env(),
+        capture_output=True, text=True, timeout=RUN_TIMEOUT, check=True)
+    assert json.loads(status_command.stdout)["t"]["delivered"] == sent  # both outboxes
 
 
 def test_fewer_workers_than_an_outbox_needs_is_refused(tmp_path: Path) -> None:
