@@ -1,0 +1,82 @@
+"""Log lines: batched writes that lose nothing and hold no warning back; both formats."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import time
+
+import pytest
+
+from gateway.logs import FLUSH_INTERVAL, BatchingStreamHandler, JsonFormatter, TextFormatter
+
+
+def record(message: str, level: int = logging.INFO, **extra: object) -> logging.LogRecord:
+    made = logging.LogRecord("gateway.access", level, __file__, 1, message, None, None)
+    made.__dict__.update(extra)
+    return made
+
+
+@pytest.fixture
+def handler() -> tuple[BatchingStreamHandler, io.StringIO]:
+    stream = io.StringIO()
+    made = BatchingStreamHandler(stream)
+    made.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
+    return made, stream
+
+
+def test_info_lines_wait_for_the_writer_then_come_in_order(
+        handler: tuple[BatchingStreamHandler, io.StringIO]) -> None:
+    made, stream = handler
+    for n in range(5):
+        made.handle(record(f"line {n}"))
+    deadline = time.monotonic() + 10 * FLUSH_INTERVAL + 5
+    while stream.getvalue().count("\n") < 5:
+        assert time.monotonic() < deadline, "the writer thread never wrote"
+        time.sleep(FLUSH_INTERVAL / 4)
+    assert stream.getvalue() == "".join(f"INFO line {n}\n" for n in range(5))
+    made.close()
+
+
+def test_a_warning_is_written_at_once_with_what_waited_before_it() -> None:
+    stream = io.StringIO()
+    made = BatchingStreamHandler(stream, interval=None)  # only emit and close write
+    made.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
+    made.handle(record("before"))
+    assert stream.getvalue() == ""
+    made.handle(record("trouble", logging.WARNING))
+    assert stream.getvalue() == "INFO before\nWARNING trouble\n"
+    made.handle(record("after"))
+    made.close()  # logging's shutdown at exit: nothing is lost
+    assert stream.getvalue().endswith("INFO after\n")
+
+
+def test_a_full_batch_is_written_without_waiting() -> None:
+    stream = io.StringIO()
+    made = BatchingStreamHandler(stream, interval=None)
+    for n in range(512):
+        made.handle(record(f"{n}"))
+    assert stream.getvalue().count("\n") == 512
+    made.close()
+
+
+def test_a_broken_stream_loses_lines_but_never_raises() -> None:
+    stream = io.StringIO()
+    made = BatchingStreamHandler(stream)
+    stream.close()
+    made.handle(record("into the void", logging.ERROR))
+    made.close()
+
+
+def test_formats_carry_the_time_to_the_millisecond_and_the_access_fields() -> None:
+    line = record("GET about 200", request_id="r1", status=200)
+    line.created, line.msecs = 1795737600.25, 250.0  # 2026-11-27T00:00:00.250Z
+    document = json.loads(JsonFormatter().format(line))
+    assert document["ts"] == "2026-11-27T00:00:00.250Z"
+    assert document["request_id"] == "r1"
+    assert document["status"] == 200
+    text = TextFormatter().format(line)
+    assert text.endswith(",250 INFO gateway.access: GET about 200")
+    expected = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(1795737600))
+    assert text.startswith(expected)
