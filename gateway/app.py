@@ -69,9 +69,11 @@ async def _storage_session(app: web.Application) -> AsyncIterator[None]:
     connector = aiohttp.TCPConnector(limit=config.max_connections, ttl_dns_cache=300)
     async with aiohttp.ClientSession(connector=connector, auto_decompress=False,
                                      skip_auto_headers=("User-Agent",)) as session:
-        app[STORAGE] = Upstream(session, config, observe=app[METRICS].upstream,
-                                queue_timeout=app[CONFIG].limits.upstream_queue_timeout)
+        storage = Upstream(session, config, observe=app[METRICS].upstream,
+                           queue_timeout=app[CONFIG].limits.upstream_queue_timeout)
+        app[STORAGE] = storage
         yield
+        storage.close()
 
 
 async def _authentication(app: web.Application) -> AsyncIterator[None]:

@@ -20,6 +20,7 @@ from gateway.statement_results import gateway_more, keep_own, upstream_tail_of_m
 from gateway.statements import encode_statement, parse_json_body, prepare_post, prepare_put
 from gateway.upstream import (
     Upstream,
+    hide_failed_answer,
     hide_failure,
     read_capped,
     request_headers,
@@ -89,10 +90,10 @@ async def _send_write(request: web.Request, method: str, statements: list[Any],
     # resolver asks storage about each statement later.
     storage = request.app[STORAGE]
     try:
-        async with storage.request(method, xapi_tail(request), raw_query=raw_query(request),
-                                   headers=headers, data=payload) as upstream:
-            await hide_failure(upstream, storage, request[REQUEST_ID])
-            answer = await upstream.read()
+        upstream = await storage.exchange(
+            method, xapi_tail(request), raw_query=raw_query(request), headers=headers,
+            body=payload, limit=request.app[CONFIG].limits.max_upstream_response)
+        hide_failed_answer(upstream, storage, request[REQUEST_ID])
         accepted = 200 <= upstream.status < 300
         if accepted:
             request.app[METRICS].statements_accepted.inc(len(statements))
@@ -101,7 +102,7 @@ async def _send_write(request: web.Request, method: str, statements: list[Any],
     finally:
         if forwarder is not None:
             forwarder.settled(seqs)
-    return web.Response(status=upstream.status, reason=upstream.reason, body=answer,
+    return web.Response(status=upstream.status, reason=upstream.reason, body=upstream.body,
                         headers=response_headers(upstream.headers, decoded=False))
 
 

@@ -16,16 +16,18 @@ from yarl import URL
 
 from gateway.config import StorageConfig
 from gateway.errors import (
+    BadRequest,
     StorageUnavailable,
     UpstreamFailed,
     UpstreamTimeout,
     UpstreamUnavailable,
 )
+from gateway.h1client import ConnectionBroken, H1Error, H1Pool, H1Response, TooLarge
 from gateway.metrics import status_class
 from gateway.secret import redact
 
 __all__ = [
-    "HOP_BY_HOP", "Observe", "Upstream", "hide_failure",
+    "HOP_BY_HOP", "Observe", "Upstream", "hide_failed_answer", "hide_failure",
     "read_capped", "response_headers",
 ]
 
@@ -89,10 +91,21 @@ async def hide_failure(response: aiohttp.ClientResponse, upstream: Upstream,
     """
     if response.status < 500:
         return
-    said = (await response.content.read(_LOGGED_BODY)).decode("utf-8", "replace")
-    log.warning("%s answered HTTP %d (request %s): %s", upstream.name, response.status,
-                request_id, redact(said, upstream.secrets))
-    raise UpstreamFailed(response.status)
+    _report_failure(response.status, await response.content.read(_LOGGED_BODY), upstream,
+                    request_id)
+
+
+def hide_failed_answer(response: H1Response, upstream: Upstream, request_id: str) -> None:
+    """`hide_failure` for a whole answer of the lean client."""
+    if response.status >= 500:
+        _report_failure(response.status, response.body[:_LOGGED_BODY], upstream, request_id)
+
+
+def _report_failure(status: int, body: bytes, upstream: Upstream, request_id: str) -> None:
+    said = body.decode("utf-8", "replace")
+    log.warning("%s answered HTTP %d (request %s): %s", upstream.name, status, request_id,
+                redact(said, upstream.secrets))
+    raise UpstreamFailed(status)
 
 
 class Upstream:
@@ -118,6 +131,57 @@ class Upstream:
         self._timeout = aiohttp.ClientTimeout(
             total=config.timeout, sock_connect=config.connect_timeout
         )
+        self._total_timeout = config.timeout
+        # Statement writes take the lean client (bench/: the ClientSession path is the
+        # largest cost of a proxied write); everything streamed stays on the session.
+        self._lean = H1Pool(self.base.origin(), connect_timeout=config.connect_timeout,
+                            max_idle=config.max_connections)
+
+    def close(self) -> None:
+        """Close the lean client's idle connections (the session is its owner's to close)."""
+        self._lean.close()
+
+    async def _slot(self) -> None:
+        try:
+            async with asyncio.timeout(self._queue_timeout):
+                await self._slots.acquire()
+        except TimeoutError:
+            raise StorageUnavailable("the storage LRS is saturated; try again shortly") from None
+
+    async def exchange(self, method: str, raw_tail: str, *, raw_query: str = "",
+                       headers: Mapping[str, str], body: bytes, limit: int) -> H1Response:
+        """Send a buffered request, read the whole answer (at most `limit` bytes).
+
+        For requests that may be sent twice (see gateway.h1client): statement writes.
+        Connection errors become 502 and timeouts 504, as for `request`.
+        """
+        sent = CIMultiDict(headers)
+        sent.update(self._auth)
+        target = self.base_path + raw_tail + (f"?{raw_query}" if raw_query else "")
+        await self._slot()
+        started = time.perf_counter()
+        outcome = "error"
+        try:
+            async with asyncio.timeout(self._total_timeout):
+                response = await self._lean.request(method, target, sent, body, limit=limit)
+            outcome = status_class(response.status)
+            return response
+        except TimeoutError:
+            outcome = "timeout"
+            raise UpstreamTimeout("the storage LRS did not answer in time") from None
+        except TooLarge as exc:
+            outcome = "2xx"  # it answered; the answer is ours to refuse
+            raise UpstreamUnavailable(str(exc)) from None
+        except ConnectionBroken:
+            raise UpstreamUnavailable("the storage LRS sent a broken answer") from None
+        except H1Error as exc:
+            raise UpstreamUnavailable(str(exc)) from None
+        except ValueError as exc:  # a client's header we cannot send on
+            raise BadRequest(str(exc)) from None
+        finally:
+            self._slots.release()
+            if self._observe is not None:
+                self._observe(self.name, outcome, time.perf_counter() - started)
 
     def url(self, raw_tail: str, raw_query: str = "") -> URL:
         """The upstream URL for a path relative to the xAPI base (still encoded)."""
@@ -138,11 +202,7 @@ class Upstream:
         """Send one request; connection errors become 502 and timeouts 504, in here only."""
         sent = CIMultiDict(headers or {})
         sent.update(self._auth)
-        try:
-            async with asyncio.timeout(self._queue_timeout):
-                await self._slots.acquire()
-        except TimeoutError:
-            raise StorageUnavailable("the storage LRS is saturated; try again shortly") from None
+        await self._slot()
         try:
             async with self._exchange(method, raw_tail, raw_query, sent, data,
                                       decompress) as response:
