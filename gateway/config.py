@@ -372,6 +372,10 @@ def _validate(config: Config) -> list[str]:
                 problems.append(f"{where}: {key}: must be greater than 0")
         if labels.count(target.label) > 1:
             problems.append(f"{where}: name: two targets share it (set distinct names)")
+        for name, header_value in target.headers.items():
+            if any(c in f"{name}{header_value}" for c in "\r\n\0") or not name.strip():
+                # Only the name: the value may be an API key.
+                problems.append(f"{where}: headers: {name[:40]!r} is not a valid header")
     for cidr in config.rate_limit.trusted_proxies:
         try:
             ipaddress.ip_network(cidr, strict=False)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -90,6 +91,13 @@ def test_secrets_are_masked_in_reprs(tmp_path: Path) -> None:
                                                  "expected an integer"),
         ("", {"LRS_GATEWAY__BASE_DIR": "/"}, "LRS_GATEWAY__BASE_DIR: unknown setting"),
         ("storage:\n  basic_username: gw\n", {}, "basic_username and basic_password"),
+        ("", {"LRS_GATEWAY_XAPI_FORWARDINGS": json.dumps([{
+            "name": "t1", "url": "http://x/", "is_active": True, "max_retries": 1, "timeout": 1,
+            "basic_username": None, "basic_password": None,
+            "headers": {"X-Api-Key": "k\r\nHost: evil"}}])},
+         "forwardings[0] (t1): headers: 'X-Api-Key' is not a valid header"),
+        ("xapi:\n  signed_statements: sometimes\n", {}, "xapi.signed_statements: one of"),
+        ("server:\n  workers: 0\n", {}, "server.workers: must be greater than 0"),
     ],
 )
 def test_errors_name_the_key_and_the_source(tmp_path: Path, text: str,

@@ -11,8 +11,6 @@ from collections.abc import Sequence
 from dataclasses import asdict
 from typing import Any
 
-import aiohttp
-
 from gateway.config import Config
 from gateway.errors import GatewayError
 from gateway.forwarding.outbox import Outbox
@@ -42,7 +40,6 @@ class Forwarder:
         self._limits = [(t.label, t.backlog_limit) for t in self._active]
         self.workers: list[TargetWorker] = []
         self._tasks: list[asyncio.Task[None]] = []
-        self._session: aiohttp.ClientSession | None = None
         self._started_at = time.time()
         self.snapshot: dict[str, TargetStats] = {}
         # Pending rows whose request still waits for storage: the resolver must not touch
@@ -53,9 +50,8 @@ class Forwarder:
         """Open the outbox, start a worker per active target, the resolver and the GC."""
         await self.outbox.open()
         self._started_at = time.time()
-        self._session = aiohttp.ClientSession(skip_auto_headers=("User-Agent",))
         for target in self._active:
-            worker = TargetWorker(target, self.outbox, self._session, observe=self._observe)
+            worker = TargetWorker(target, self.outbox, observe=self._observe)
             self.workers.append(worker)
             self._tasks.append(asyncio.create_task(worker.run(), name=f"forward-{worker.name}"))
         self._tasks.append(asyncio.create_task(self._resolve_pending(), name="outbox-resolve"))
@@ -68,8 +64,8 @@ class Forwarder:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        if self._session is not None:
-            await self._session.close()
+        for worker in self.workers:
+            worker.close()
         await self.outbox.close()
 
     # -- the request path ---------------------------------------------------------------

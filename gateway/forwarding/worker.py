@@ -13,12 +13,14 @@ from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from functools import partial
 
-import aiohttp
+from multidict import CIMultiDict
+from yarl import URL
 
 from gateway.attachments import unpack_parts
 from gateway.config import ForwardingTarget
 from gateway.forwarding.outbox import Outbox
 from gateway.forwarding.store import Claimed, OutboxStore
+from gateway.h1client import H1Error, H1Pool
 from gateway.metrics import status_class
 from gateway.multipart import Part, build
 from gateway.secret import redact
@@ -29,6 +31,7 @@ __all__ = ["Outcome", "TargetWorker"]
 log = logging.getLogger(__name__)
 _IDLE_POLL = 1.0  # seconds between looks at the queue (the CLI replays without waking us)
 _REASON_CHARS = 300
+_ANSWER_LIMIT = 1 << 20  # bytes of a target's answer read (it is a list of ids)
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,15 +81,19 @@ def _payload(part: Sequence[Claimed]) -> tuple[bytes, str]:
 class TargetWorker:
     """Delivers a target's queue in order; a slow or dead target only delays itself."""
 
-    def __init__(self, target: ForwardingTarget, outbox: Outbox,
-                 session: aiohttp.ClientSession, *, observe: Observe | None = None) -> None:
+    def __init__(self, target: ForwardingTarget, outbox: Outbox, *,
+                 observe: Observe | None = None) -> None:
         self.target = target
         self._observe = observe
         self.name = target.label
         self._outbox = outbox
-        self._session = session
+        # The lean client (gateway.h1client): batches carry statement ids, so the one
+        # resend it makes on a stale connection is harmless (the target answers 409 or
+        # takes the same statements again).
+        url = URL(target.url)
+        self._pool = H1Pool(url.origin(), connect_timeout=target.timeout, max_idle=2)
+        self._path = url.raw_path_qs
         self._wake = asyncio.Event()
-        self._timeout = aiohttp.ClientTimeout(total=target.timeout)
         self._headers = {"Content-Type": "application/json",
                          "X-Experience-API-Version": target.xapi_version, **target.headers}
         # Masked in the target's answers before they are logged or kept as a reason.
@@ -100,6 +107,10 @@ class TargetWorker:
             self._secrets += [token, target.basic_password.reveal()]
         self._last_probe = 0.0
         self.failed = 0  # failed sends (metrics read it)
+
+    def close(self) -> None:
+        """Close the idle connection to the target."""
+        self._pool.close()
 
     def wake(self) -> None:
         """New deliveries were queued."""
@@ -209,19 +220,18 @@ class TargetWorker:
     async def _post(self, body: bytes, content_type: str,
                     count: int) -> tuple[Outcome, str]:
         """(outcome, metric label) of one POST."""
-        headers = {**self._headers, "Content-Type": content_type}
+        headers = CIMultiDict({**self._headers, "Content-Type": content_type})
         try:
-            async with self._session.post(self.target.url, data=body, headers=headers,
-                                          timeout=self._timeout,
-                                          allow_redirects=False) as response:
-                text = redact((await response.read())[:_REASON_CHARS].decode(
-                    "utf-8", "replace"), self._secrets)
-                status = response.status
-                retry_after = _retry_after(response.headers.get("Retry-After"))
+            async with asyncio.timeout(self.target.timeout):
+                response = await self._pool.request("POST", self._path, headers, body,
+                                                    limit=_ANSWER_LIMIT)
         except TimeoutError:
             return Outcome("transient", f"timed out after {self.target.timeout} s"), "timeout"
-        except aiohttp.ClientError as exc:
+        except H1Error as exc:
             return Outcome("transient", f"{type(exc).__name__}: {exc}"[:_REASON_CHARS]), "error"
+        text = redact(response.body[:_REASON_CHARS].decode("utf-8", "replace"), self._secrets)
+        status = response.status
+        retry_after = _retry_after(response.headers.get("Retry-After"))
         reason = f"HTTP {status}: {text}".strip()
         label = status_class(status)
         if status in (200, 204):
