@@ -85,14 +85,23 @@ class Forwarder:
         self._in_flight.difference_update(seqs)
 
     async def accepted(self, seqs: Sequence[int]) -> None:
-        """Storage accepted them: queue them for every active target."""
-        await self.outbox.call(lambda s: s.mark_ready(seqs, self._limits))
-        for worker in self.workers:
-            worker.wake()
+        """Storage accepted them: queue them for every active target.
+
+        The client does not wait for this commit: were it lost (a crash), the rows stay
+        pending and the resolver finds them in storage, as for a lost answer.
+        """
+        await self.outbox.submit(lambda s: s.mark_ready(seqs, self._limits), self._queued)
 
     async def refused(self, seqs: Sequence[int]) -> None:
-        """Storage refused them: nothing to forward."""
-        await self.outbox.call(lambda s: s.drop(seqs))
+        """Storage refused them: nothing to forward (the resolver's to drop, if lost)."""
+        await self.outbox.submit(lambda s: s.drop(seqs), self._queued)
+
+    def _queued(self, done: asyncio.Future[Any]) -> None:
+        if not done.cancelled() and done.exception() is not None:
+            log.error("outbox: settling a write failed (the resolver retries it): %s",
+                      done.exception())
+        for worker in self.workers:
+            worker.wake()
 
     # -- background ---------------------------------------------------------------------
 

@@ -68,6 +68,23 @@ class Outbox:
             self._jobs.put((operation, future))
             return await future
 
+    async def submit(self, operation: Callable[[OutboxStore], Any],
+                     then: Callable[[asyncio.Future[Any]], None]) -> None:
+        """Queue `operation` for the next group commit without waiting for the commit.
+
+        `then(future)` runs on the loop once it is committed (or failed). Only the room in
+        the queue is waited for.
+        """
+        await self._room.acquire()
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+
+        def done(settled: asyncio.Future[Any]) -> None:
+            self._room.release()
+            then(settled)
+
+        future.add_done_callback(done)
+        self._jobs.put((operation, future))
+
     def _run(self) -> None:
         assert self._store is not None
         store = self._store
