@@ -150,6 +150,8 @@ async def _metrics_site(app: web.Application) -> AsyncIterator[None]:
     metrics_app[CONFIG] = config
     metrics_app[METRICS] = app[METRICS]
     metrics_app[AUTHENTICATOR] = app[AUTHENTICATOR]
+    if WORKER in app:
+        metrics_app[WORKER] = app[WORKER]  # so it adds up every worker, as /metrics does
     metrics_app.router.add_get(config.metrics.path, service.metrics, name="metrics")
     runner = web.AppRunner(metrics_app, access_log=None)
     await runner.setup()

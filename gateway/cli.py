@@ -99,7 +99,7 @@ def _serve(args: argparse.Namespace) -> int:
         raise ConfigError("\n".join(problems))
     role = _worker_role(args)
     if role is None:
-        workers = args.workers or config.server.workers
+        workers = config.server.workers if args.workers is None else args.workers
         if workers < 1:
             raise ConfigError("--workers: must be at least 1")
         _refuse_stranded_outboxes(config, workers)

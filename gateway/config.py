@@ -52,6 +52,10 @@ FORWARDINGS_ENV = ("LRS_GATEWAY_XAPI_FORWARDINGS", "RALPH_XAPI_FORWARDINGS")
 AVAILABLE_BACKENDS = ("basic", "oidc", "callback", "token")
 OIDC_AGENTS = ("account", "openid", "group")
 SIGNED_STATEMENT_POLICIES = ("stamp", "verbatim")
+# Set by the HTTP client itself: from configuration they would make a conflicting copy.
+RESERVED_HEADERS = frozenset({"host", "content-length", "transfer-encoding", "connection",
+                              "upgrade", "te", "trailer", "expect", "keep-alive"})
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # an RFC 9110 token
 _FORBIDDEN_OIDC_ALGORITHMS = ("none", "HS256", "HS384", "HS512")
 
 
@@ -75,8 +79,7 @@ class XapiConfig:
     `signed_statements`: `stamp` gives signed statements an id, a timestamp and the caller as
     `authority` like any other (the spec has the LRS ignore those in its signature check);
     `verbatim` passes them unchanged, for LRSes that compare the JWS payload strictly
-    (Learning Locker): they must then carry their own id, and `authority` only if it is the
-    caller's.
+    (Learning Locker): they must then carry their own id and the caller as `authority`.
     """
 
     versions: tuple[str, ...] = ("1.0.3", "2.0.0")
@@ -373,9 +376,11 @@ def _validate(config: Config) -> list[str]:
         if labels.count(target.label) > 1:
             problems.append(f"{where}: name: two targets share it (set distinct names)")
         for name, header_value in target.headers.items():
-            if any(c in f"{name}{header_value}" for c in "\r\n\0") or not name.strip():
+            if (_HEADER_NAME.fullmatch(name) is None or name.lower() in RESERVED_HEADERS
+                    or any(c in header_value for c in "\r\n\0")):
                 # Only the name: the value may be an API key.
-                problems.append(f"{where}: headers: {name[:40]!r} is not a valid header")
+                problems.append(f"{where}: headers: {name[:40]!r} is not a header that can "
+                                "be set here")
     for cidr in config.rate_limit.trusted_proxies:
         try:
             ipaddress.ip_network(cidr, strict=False)

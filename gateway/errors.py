@@ -38,6 +38,7 @@ __all__ = [
     "UpstreamFailed",
     "UpstreamTimeout",
     "UpstreamUnavailable",
+    "WorkersUnavailable",
 ]
 
 
@@ -153,6 +154,13 @@ class AuthUnavailable(GatewayError):
     status = 503
     kind = "auth_unavailable"
     retry_after: float | None = None
+
+
+class WorkersUnavailable(GatewayError):
+    """Not every worker answered a scrape (`serve --workers`): the sum would be wrong."""
+
+    status = 503
+    kind = "service_unavailable"
 
 
 class ConfigError(Exception):

@@ -27,15 +27,23 @@ import httptools
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
-__all__ = ["ConnectionBroken", "H1Error", "H1Pool", "H1Response", "NothingReceived",
-           "TooLarge"]
+from gateway.config import RESERVED_HEADERS
+
+__all__ = ["ConnectTimeout", "ConnectionBroken", "H1Error", "H1Pool", "H1Response",
+           "NothingReceived", "TooLarge"]
 
 IDLE_TIMEOUT = 15.0  # seconds a connection may stay idle in the pool (aiohttp's default)
 KEEP_ALIVE_MARGIN = 1.0  # seconds before the server's announced keep-alive timeout
+MAX_HEAD = 64 * 1024  # bytes of status line and headers one answer may have
+MAX_INTERIM = 10  # 1xx answers before the real one, at most
 
 
 class H1Error(Exception):
     """An exchange failed; the message says how (no secrets, no bodies)."""
+
+
+class ConnectTimeout(H1Error):
+    """No connection within the connect timeout."""
 
 
 class NothingReceived(H1Error):
@@ -85,9 +93,12 @@ class _Connection(asyncio.Protocol):
         # One parser for the connection's life: llhttp reads answer after answer.
         self._parser = httptools.HttpResponseParser(self)
         self._received = False
+        self._interim = 0
         self._reset()
 
     def _reset(self) -> None:
+        self._head_size = 0
+        self._final = False  # a final (not 1xx) answer came: nothing may follow it
         self._headers_done = False
         self._status = 0
         self._reason = ""
@@ -118,6 +129,7 @@ class _Connection(asyncio.Protocol):
                        ConnectionBroken("the storage LRS sent a broken answer"))
 
     def eof_received(self) -> bool:
+        self.closed = True  # never taken from the pool again
         return False  # close our side too
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -125,8 +137,8 @@ class _Connection(asyncio.Protocol):
         waiter = self._waiter
         if waiter is None or waiter.done():
             return
-        if self._headers_done and not self._delimited:
-            self.on_message_complete()  # a body delimited by the close: it is whole
+        if self._headers_done and not self._delimited and exc is None:
+            self.on_message_complete()  # a body delimited by a clean close: it is whole
         elif not self._received:
             waiter.set_exception(NothingReceived("the storage LRS closed the connection"))
         else:
@@ -135,10 +147,21 @@ class _Connection(asyncio.Protocol):
 
     # -- httptools callbacks ------------------------------------------------------------
 
+    def on_message_begin(self) -> None:
+        if self._final:  # bytes after the whole answer: this connection is not in step
+            raise ConnectionBroken("the storage LRS sent more than one answer")
+
+    def _count_head(self, size: int) -> None:
+        self._head_size += size
+        if self._head_size > MAX_HEAD:
+            raise TooLarge(f"the storage LRS's answer has over {MAX_HEAD} bytes of headers")
+
     def on_status(self, status: bytes) -> None:
+        self._count_head(len(status))
         self._reason += status.decode("latin-1")
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        self._count_head(len(name) + len(value))
         self._headers.append((name.decode("latin-1"), value.decode("latin-1")))
 
     def on_headers_complete(self) -> None:
@@ -162,8 +185,12 @@ class _Connection(asyncio.Protocol):
         if waiter is None or waiter.done():
             return
         if 100 <= self._status < 200:  # an interim answer: the real one follows
+            self._interim += 1
+            if self._interim > MAX_INTERIM:
+                raise ConnectionBroken("the storage LRS sent interim answers without end")
             self._reset()
             return
+        self._final = True
         headers = CIMultiDictProxy(CIMultiDict(self._headers))
         keep = self._delimited and not self.closed and self._parser.should_keep_alive()
         if keep:
@@ -197,8 +224,11 @@ class _Connection(asyncio.Protocol):
     async def exchange(self, request: bytes, limit: int) -> H1Response:
         """Send `request` whole, return the answer to it."""
         assert self.transport is not None
+        if self.closed:
+            raise NothingReceived("the connection is closed")
         self._reset()
         self._received = False
+        self._interim = 0
         self._limit = limit
         self._waiter = self._loop.create_future()
         self.transport.write(request)
@@ -215,16 +245,17 @@ class H1Pool:
                  idle_timeout: float = IDLE_TIMEOUT, max_idle: int = 100) -> None:
         if origin.scheme not in ("http", "https") or not origin.host:
             raise ValueError(f"not an http(s) origin: {origin}")
-        self._host = origin.host
+        self._host = origin.raw_host or origin.host
         self._port = origin.port or (443 if origin.scheme == "https" else 80)
         self._ssl = ssl.create_default_context() if origin.scheme == "https" else None
         default = self._port == (443 if origin.scheme == "https" else 80)
-        host = f"[{origin.host}]" if ":" in origin.host else origin.host
+        host = f"[{self._host}]" if ":" in self._host else self._host
         self._host_header = host if default else f"{host}:{self._port}"
         self._connect_timeout = connect_timeout
         self._idle_timeout = idle_timeout
         self._max_idle = max_idle
         self._idle: collections.deque[_Connection] = collections.deque()
+        self._closed = False
         self.opened = 0  # connections ever opened (for tests and curiosity)
 
     def encode(self, method: str, target: str, headers: CIMultiDict[str], body: bytes) -> bytes:
@@ -233,6 +264,8 @@ class H1Pool:
         for name, value in headers.items():
             if not _LINE_BREAKS.isdisjoint(name) or not _LINE_BREAKS.isdisjoint(value):
                 raise ValueError(f"header {name[:40]!r} holds a line break")
+            if name.lower() in RESERVED_HEADERS:
+                raise ValueError(f"header {name[:40]!r} is the client's to set")
             lines.append(f"{name}: {value}\r\n")
         lines.append(f"Content-Length: {len(body)}\r\n\r\n")
         return "".join(lines).encode("utf-8", "surrogateescape") + body
@@ -258,7 +291,7 @@ class H1Pool:
         except BaseException:
             connection.abort()  # cancelled or failed half way: never reused
             raise
-        if not connection.closed and len(self._idle) < self._max_idle:
+        if not connection.closed and not self._closed and len(self._idle) < self._max_idle:
             now = time.monotonic()
             connection.idle_since = now
             connection.expires_at = min(connection.expires_at, now + self._idle_timeout)
@@ -285,14 +318,15 @@ class H1Pool:
                     lambda: _Connection(loop), self._host, self._port, ssl=self._ssl,
                     server_hostname=self._host if self._ssl is not None else None)
         except TimeoutError:
-            raise H1Error("connecting to the storage LRS timed out") from None
+            raise ConnectTimeout("connecting to the storage LRS timed out") from None
         except OSError as exc:
             raise H1Error(f"the storage LRS cannot be reached ({type(exc).__name__})") from None
         self.opened += 1
         return connection
 
     def close(self) -> None:
-        """Close every idle connection (ones in use close when their exchange ends)."""
+        """Close every idle connection; ones in use close when their exchange ends."""
+        self._closed = True
         while self._idle:
             self._idle.pop().abort()
 

@@ -32,7 +32,9 @@ _SMALLEST = frozenset({"lrs_gateway_ready", "process_start_time_seconds"})
 def _combiner(family: Metric, sample_name: str) -> _Combine:
     if sample_name.endswith("_created") or family.name in _SMALLEST:
         return min
-    if family.name in _LARGEST or family.type in ("info", "stateset"):
+    # The text format has no info type: an info family arrives as a gauge named *_info.
+    if (family.name in _LARGEST or family.type in ("info", "stateset")
+            or family.name.endswith("_info")):
         return max
     return _add
 

@@ -8,7 +8,7 @@ from typing import Any
 from aiohttp import web
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
-from gateway.errors import Forbidden
+from gateway.errors import Forbidden, WorkersUnavailable
 from gateway.keys import (
     AUTHENTICATOR,
     CONFIG,
@@ -79,13 +79,14 @@ async def metrics(request: web.Request) -> web.Response:
         return request.app[METRICS].exposition()
     own = generate_latest(request.app[METRICS].registry).decode()
     others, missing = await sibling_documents(role, "/metrics")
-    workers = (
-        "# HELP lrs_gateway_workers Worker processes serving the gateway\n"
-        "# TYPE lrs_gateway_workers gauge\n"
-        f"lrs_gateway_workers {role.count}\n"
-        "# HELP lrs_gateway_workers_unscraped Workers whose figures this scrape lacks\n"
-        "# TYPE lrs_gateway_workers_unscraped gauge\n"
-        f"lrs_gateway_workers_unscraped {missing}\n")
+    if missing:
+        # A sum without some workers would make every counter seem to drop (and rate()
+        # spike): better a failed scrape, which Prometheus shows as such.
+        raise WorkersUnavailable(f"{missing} of {role.count} workers did not answer (one "
+                                 "may be restarting); scrape again")
+    workers = ("# HELP lrs_gateway_workers Worker processes serving the gateway\n"
+               "# TYPE lrs_gateway_workers gauge\n"
+               f"lrs_gateway_workers {role.count}\n")
     body = merge_expositions([own, *(o.decode() for o in others), workers])
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+import signal
 from collections.abc import Callable
 from typing import Any, cast
 
@@ -18,6 +20,11 @@ from aiohttp import web
 __all__ = ["run"]
 
 _END_OF_HEADERS = b"\r\n\r\n"
+log = logging.getLogger(__name__)
+
+
+def _already_stopping() -> None:
+    log.info("already stopping: letting in-flight requests finish")
 
 
 class _HeaderDeadline(asyncio.Protocol):
@@ -118,6 +125,11 @@ def run(app: web.Application, *, host: str, port: int, shutdown_timeout: float,
         pass
     finally:
         if not task.done():
+            # A second signal (systemd signals every process of the unit, and a supervisor
+            # passes its own on) must not cut the drain short.
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                with contextlib.suppress(NotImplementedError, RuntimeError):
+                    loop.add_signal_handler(signum, _already_stopping)
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 loop.run_until_complete(task)

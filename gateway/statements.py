@@ -81,10 +81,14 @@ def _check_verbatim(statement: dict[str, Any], authority: dict[str, Any], where:
         raise BadRequest(f"{where}: a signed statement needs its own id: the gateway passes "
                          "signed statements unchanged (xapi.signed_statements is verbatim), "
                          "so an id added here would break the signature check at the LRS")
-    if "authority" in statement and (
-            agent_identity(statement["authority"]) != agent_identity(authority)):
-        raise Forbidden(f"{where}: a signed statement's authority must be absent or the "
-                        "caller's own")
+    # The signature covers it, so it must already be right: the caller's own. (Left out,
+    # the LRS would stamp its own credential's, and read/mine would never show it.)
+    if "authority" not in statement:
+        raise BadRequest(f"{where}: a signed statement needs the caller as its authority: "
+                         "the gateway passes signed statements unchanged "
+                         "(xapi.signed_statements is verbatim)")
+    if agent_identity(statement["authority"]) != agent_identity(authority):
+        raise Forbidden(f"{where}: a signed statement's authority must be the caller's own")
 
 
 def _complete(statement: dict[str, Any], authority: dict[str, Any],

@@ -22,7 +22,14 @@ from gateway.errors import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
-from gateway.h1client import ConnectionBroken, H1Error, H1Pool, H1Response, TooLarge
+from gateway.h1client import (
+    ConnectionBroken,
+    ConnectTimeout,
+    H1Error,
+    H1Pool,
+    H1Response,
+    TooLarge,
+)
 from gateway.metrics import status_class
 from gateway.secret import redact
 
@@ -166,7 +173,7 @@ class Upstream:
                 response = await self._lean.request(method, target, sent, body, limit=limit)
             outcome = status_class(response.status)
             return response
-        except TimeoutError:
+        except (TimeoutError, ConnectTimeout):
             outcome = "timeout"
             raise UpstreamTimeout("the storage LRS did not answer in time") from None
         except TooLarge as exc:

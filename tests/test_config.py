@@ -95,7 +95,7 @@ def test_secrets_are_masked_in_reprs(tmp_path: Path) -> None:
             "name": "t1", "url": "http://x/", "is_active": True, "max_retries": 1, "timeout": 1,
             "basic_username": None, "basic_password": None,
             "headers": {"X-Api-Key": "k\r\nHost: evil"}}])},
-         "forwardings[0] (t1): headers: 'X-Api-Key' is not a valid header"),
+         "forwardings[0] (t1): headers: 'X-Api-Key' is not a header that can be set here"),
         ("xapi:\n  signed_statements: sometimes\n", {}, "xapi.signed_statements: one of"),
         ("server:\n  workers: 0\n", {}, "server.workers: must be greater than 0"),
     ],

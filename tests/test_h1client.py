@@ -283,3 +283,42 @@ def test_host_header_of_default_ports_and_ipv6() -> None:
     assert host_of("http://lrs.example.org") == b"Host: lrs.example.org"
     assert host_of("https://lrs.example.org:8443") == b"Host: lrs.example.org:8443"
     assert host_of("http://[::1]:8100") == b"Host: [::1]:8100"
+
+
+async def test_bytes_after_the_answer_make_the_connection_unusable() -> None:
+    async def two_answers(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                          n: int) -> bool:
+        answer(writer, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+                       b"HTTP/1.1 200 OK\r\nContent-Le")  # a stray second answer begins
+        return True
+
+    async with serving(two_answers) as (server, pool):
+        assert await post(pool) == (200, b"ok")
+        assert await post(pool) == (200, b"ok")
+        assert server.connections == 2  # the first connection was not trusted again
+
+
+async def test_endless_headers_or_interim_answers_are_refused() -> None:
+    async def huge_head(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                        n: int) -> bool:
+        answer(writer, b"HTTP/1.1 200 OK\r\n" + b"X-Pad: " + b"p" * 70_000 + b"\r\n\r\n")
+        return True
+
+    async def interim(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                      n: int) -> bool:
+        answer(writer, b"HTTP/1.1 102 Processing\r\n\r\n" * 20)
+        return True
+
+    async with serving(huge_head) as (_, pool):
+        with pytest.raises(TooLarge, match="headers"):
+            await post(pool)
+    async with serving(interim) as (_, pool):
+        with pytest.raises(ConnectionBroken, match="interim"):
+            await post(pool)
+
+
+def test_headers_the_client_sets_itself_cannot_be_given() -> None:
+    pool = H1Pool(URL("http://127.0.0.1:9"), connect_timeout=1)
+    for name in ("Host", "content-length", "Transfer-Encoding", "Connection"):
+        with pytest.raises(ValueError, match="the client's to set"):
+            pool.encode("POST", "/", CIMultiDict({name: "x"}), b"")

@@ -174,7 +174,7 @@ def test_signed_statements_are_stamped_by_default() -> None:
 
 def test_verbatim_leaves_signed_statements_as_sent() -> None:
     sid = str(uuid.uuid4())
-    signed = statement(id=sid, attachments=[SIGNATURE])
+    signed = statement(id=sid, attachments=[SIGNATURE], authority=AUTHORITY)
     own = statement(id=str(uuid.uuid4()), attachments=[SIGNATURE],
                     authority={"objectType": "Agent", "name": "me", **AUTHORITY})
     sent = [dict(signed), dict(own), statement()]
@@ -195,8 +195,11 @@ def test_verbatim_signed_statements_need_an_id_and_no_foreign_authority() -> Non
                     signed_verbatim=True)
     forged = statement(id=str(uuid.uuid4()), attachments=[SIGNATURE],
                        authority={"mbox": "mailto:ceo@example.com"})
-    with pytest.raises(Forbidden, match="authority must be absent or the caller's own"):
+    with pytest.raises(Forbidden, match="authority must be the caller's own"):
         prepare_post(forged, AUTHORITY, signed_verbatim=True)
+    with pytest.raises(BadRequest, match="needs the caller as its authority"):
+        prepare_post(statement(id=str(uuid.uuid4()), attachments=[SIGNATURE]), AUTHORITY,
+                     signed_verbatim=True)
 
 
 @pytest.mark.parametrize("body", [b"", b"{", b"\xff\xfe", b"[" * 100000])

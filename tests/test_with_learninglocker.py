@@ -153,7 +153,7 @@ async def test_signed_statements_verify_at_a_strict_lrs_when_passed_verbatim(
     headers = {**auth, "Content-Type": "multipart/mixed; boundary=sig-boundary"}
     verbatim = await start_gateway(learning_locker, tmp_path / "verbatim", aiohttp_client,
                                    xapi={"signed_statements": "verbatim"})
-    sent = statement(id=str(uuid.uuid4()))
+    sent = statement(id=str(uuid.uuid4()), authority=ADMIN["agent"])  # signed as the caller's
     response = await verbatim.post("/xAPI/statements", headers=headers,
                                    data=signed_body(sent, key, "sig-boundary"))
     assert response.status == 200, await response.text()
@@ -163,13 +163,14 @@ async def test_signed_statements_verify_at_a_strict_lrs_when_passed_verbatim(
     assert stored["authority"] == learning_locker.authority  # the LRS's own, as ever with LL
     assert stored["attachments"][0]["usageType"] == SIGNATURE_USAGE
 
-    response = await verbatim.post("/xAPI/statements", headers=headers,
-                                   data=signed_body(statement(), key, "sig-boundary"))
+    response = await verbatim.post("/xAPI/statements", headers=headers, data=signed_body(
+        statement(authority=ADMIN["agent"]), key, "sig-boundary"))
     assert response.status == 400  # no id: the gateway's own answer, nothing sent
     assert "needs its own id" in (await response.json())["message"]
 
     stamping = await start_gateway(learning_locker, tmp_path / "stamp", aiohttp_client)
     response = await stamping.post("/xAPI/statements", headers=headers, data=signed_body(
-        statement(id=str(uuid.uuid4())), key, "sig-boundary"))
+        statement(id=str(uuid.uuid4()), authority={"mbox": "mailto:signer@example.com"}),
+        key, "sig-boundary"))
     assert response.status == 400
     assert (await response.json())["message"].startswith("Signed statement should match")
