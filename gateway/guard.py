@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
-import hmac
 import ipaddress
 import secrets
 
@@ -14,6 +12,7 @@ from aiohttp import web
 from gateway.auth.ttlcache import TtlCache
 from gateway.config import LockoutConfig, RateLimitConfig
 from gateway.errors import TooManyRequests
+from gateway.secret import keyed_digest
 from gateway.throttle import FailureLockout, TokenBuckets, client_address
 
 __all__ = ["Guard"]
@@ -70,8 +69,7 @@ class Guard:
         return (f"user:{username}", address)
 
     def _digest(self, authorization: str | None) -> bytes:
-        return hmac.new(self._key, (authorization or "").encode("utf-8", "replace"),
-                        hashlib.sha256).digest()
+        return keyed_digest(self._key, (authorization or "").encode("utf-8", "replace"))
 
     def check_lockout(self, keys: tuple[str, ...], authorization: str | None) -> None:
         """429 while any key is locked out: no password check runs for it.

@@ -29,8 +29,8 @@ from yarl import URL
 
 from gateway.config import RESERVED_HEADERS
 
-__all__ = ["ConnectTimeout", "ConnectionBroken", "H1Error", "H1Pool", "H1Response",
-           "NothingReceived", "TooLarge"]
+__all__ = ["AnswerTimeout", "ConnectTimeout", "ConnectionBroken", "H1Error", "H1Pool",
+           "H1Response", "NothingReceived", "TooLarge"]
 
 IDLE_TIMEOUT = 15.0  # seconds a connection may stay idle in the pool (aiohttp's default)
 KEEP_ALIVE_MARGIN = 1.0  # seconds before the server's announced keep-alive timeout
@@ -44,6 +44,10 @@ class H1Error(Exception):
 
 class ConnectTimeout(H1Error):
     """No connection within the connect timeout."""
+
+
+class AnswerTimeout(H1Error):
+    """No whole answer within the request's timeout."""
 
 
 class NothingReceived(H1Error):
@@ -221,8 +225,11 @@ class _Connection(asyncio.Protocol):
         if self.transport is not None:
             self.transport.abort()
 
-    async def exchange(self, request: bytes, limit: int) -> H1Response:
-        """Send `request` whole, return the answer to it."""
+    def _expire(self) -> None:
+        self._fail(AnswerTimeout("the storage LRS did not answer in time"))
+
+    async def exchange(self, request: bytes, limit: int, within: float) -> H1Response:
+        """Send `request` whole, return the answer to it within `within` seconds."""
         assert self.transport is not None
         if self.closed:
             raise NothingReceived("the connection is closed")
@@ -231,10 +238,13 @@ class _Connection(asyncio.Protocol):
         self._interim = 0
         self._limit = limit
         self._waiter = self._loop.create_future()
+        # A timer, not asyncio.timeout(): the same deadline for a fraction of the cost.
+        timer = self._loop.call_later(within, self._expire)
         self.transport.write(request)
         try:
             return await self._waiter
         finally:
+            timer.cancel()
             self._waiter = None
 
 
@@ -271,23 +281,29 @@ class H1Pool:
         return "".join(lines).encode("utf-8", "surrogateescape") + body
 
     async def request(self, method: str, target: str, headers: CIMultiDict[str], body: bytes,
-                      *, limit: int) -> H1Response:
-        """One exchange (the caller bounds its time); H1Error subclasses when it fails."""
+                      *, limit: int, within: float) -> H1Response:
+        """One exchange, whole within `within` s (connecting included); H1Error when not."""
         if method == "HEAD":
             raise ValueError("HEAD answers have no body to read: not for this client")
         request = self.encode(method, target, headers, body)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + within
         connection = self._take_idle()
         if connection is not None:
             try:
-                return await self._exchange(connection, request, limit)
+                return await self._exchange(connection, request, limit, within)
             except NothingReceived:
                 pass  # the server had closed it while idle: once more, on a new one
-        return await self._exchange(await self._open(), request, limit)
+        fresh = await self._open(min(self._connect_timeout, deadline - loop.time()))
+        return await self._exchange(fresh, request, limit, deadline - loop.time())
 
-    async def _exchange(self, connection: _Connection, request: bytes,
-                        limit: int) -> H1Response:
+    async def _exchange(self, connection: _Connection, request: bytes, limit: int,
+                        within: float) -> H1Response:
+        if within <= 0:
+            connection.abort()
+            raise AnswerTimeout("the storage LRS did not answer in time")
         try:
-            response = await connection.exchange(request, limit)
+            response = await connection.exchange(request, limit, within)
         except BaseException:
             connection.abort()  # cancelled or failed half way: never reused
             raise
@@ -310,10 +326,10 @@ class H1Pool:
             connection.abort()
         return None
 
-    async def _open(self) -> _Connection:
+    async def _open(self, within: float) -> _Connection:
         loop = asyncio.get_running_loop()
         try:
-            async with asyncio.timeout(self._connect_timeout):
+            async with asyncio.timeout(max(within, 0.0)):
                 _, connection = await loop.create_connection(
                     lambda: _Connection(loop), self._host, self._port, ssl=self._ssl,
                     server_hostname=self._host if self._ssl is not None else None)

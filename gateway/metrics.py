@@ -54,11 +54,21 @@ class Metrics:
                            namespace=_NS, registry=registry)
         Info("build", "Build information", namespace=_NS,
              registry=registry).info({"version": __version__})
+        # Labelled children looked up once: `labels()` costs more than the update itself.
+        self._upstream_counts: dict[tuple[str, str], Any] = {}
+        self._upstream_durations: dict[str, Any] = {}
 
     def upstream(self, target: str, outcome: str, seconds: float) -> None:
         """One upstream exchange: outcome is a status class, `timeout` or `error`."""
-        self.upstream_requests.labels(target, outcome).inc()
-        self.upstream_duration.labels(target).observe(seconds)
+        count = self._upstream_counts.get((target, outcome))
+        if count is None:
+            count = self._upstream_counts[target, outcome] = self.upstream_requests.labels(
+                target, outcome)
+        count.inc()
+        duration = self._upstream_durations.get(target)
+        if duration is None:
+            duration = self._upstream_durations[target] = self.upstream_duration.labels(target)
+        duration.observe(seconds)
 
     def exposition(self) -> web.Response:
         """The registry in Prometheus text format."""

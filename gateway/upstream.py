@@ -23,6 +23,7 @@ from gateway.errors import (
     UpstreamUnavailable,
 )
 from gateway.h1client import (
+    AnswerTimeout,
     ConnectionBroken,
     ConnectTimeout,
     H1Error,
@@ -149,6 +150,9 @@ class Upstream:
         self._lean.close()
 
     async def _slot(self) -> None:
+        if not self._slots.locked():
+            await self._slots.acquire()  # free: no need for a timer
+            return
         try:
             async with asyncio.timeout(self._queue_timeout):
                 await self._slots.acquire()
@@ -169,11 +173,11 @@ class Upstream:
         started = time.perf_counter()
         outcome = "error"
         try:
-            async with asyncio.timeout(self._total_timeout):
-                response = await self._lean.request(method, target, sent, body, limit=limit)
+            response = await self._lean.request(method, target, sent, body, limit=limit,
+                                                within=self._total_timeout)
             outcome = status_class(response.status)
             return response
-        except (TimeoutError, ConnectTimeout):
+        except (AnswerTimeout, ConnectTimeout):
             outcome = "timeout"
             raise UpstreamTimeout("the storage LRS did not answer in time") from None
         except TooLarge as exc:

@@ -11,7 +11,14 @@ import pytest
 from multidict import CIMultiDict
 from yarl import URL
 
-from gateway.h1client import ConnectionBroken, H1Error, H1Pool, NothingReceived, TooLarge
+from gateway.h1client import (
+    AnswerTimeout,
+    ConnectionBroken,
+    H1Error,
+    H1Pool,
+    NothingReceived,
+    TooLarge,
+)
 
 Reply = Callable[[asyncio.StreamReader, asyncio.StreamWriter, int], Awaitable[bool]]
 
@@ -67,8 +74,8 @@ def answer(writer: asyncio.StreamWriter, raw: bytes) -> None:
 
 async def post(pool: H1Pool, body: bytes = b'{"a":1}', limit: int = 1 << 20) -> tuple[int, bytes]:
     headers = CIMultiDict({"Content-Type": "application/json", "X-Request-ID": "r1"})
-    response = await asyncio.wait_for(
-        pool.request("POST", "/xAPI/statements?x=%20y", headers, body, limit=limit), 5)
+    response = await pool.request("POST", "/xAPI/statements?x=%20y", headers, body,
+                                  limit=limit, within=5)
     return response.status, response.body
 
 
@@ -253,8 +260,8 @@ async def test_a_request_given_up_closes_its_connection() -> None:
         return await ok(reader, writer, n)
 
     async with serving(never) as (server, pool):
-        with pytest.raises(TimeoutError):
-            await asyncio.wait_for(pool.request("POST", "/", CIMultiDict(), b"", limit=10), 0.2)
+        with pytest.raises(AnswerTimeout):
+            await pool.request("POST", "/", CIMultiDict(), b"", limit=10, within=0.2)
         assert await post(pool) == (200, b'["id"]\n')
         assert server.connections == 2  # the abandoned connection was not reused
 
@@ -270,9 +277,10 @@ async def test_nobody_listening_is_an_error() -> None:
 async def test_line_breaks_in_headers_are_refused_before_sending() -> None:
     pool = H1Pool(URL("http://127.0.0.1:9"), connect_timeout=1)
     with pytest.raises(ValueError, match="line break"):
-        await pool.request("POST", "/", CIMultiDict({"X-Evil": "a\r\nHost: b"}), b"", limit=1)
+        await pool.request("POST", "/", CIMultiDict({"X-Evil": "a\r\nHost: b"}), b"", limit=1,
+                           within=1)
     with pytest.raises(ValueError, match="HEAD"):
-        await pool.request("HEAD", "/", CIMultiDict(), b"", limit=1)
+        await pool.request("HEAD", "/", CIMultiDict(), b"", limit=1, within=1)
 
 
 def test_host_header_of_default_ports_and_ipv6() -> None:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import secrets
 
 from async_lru import alru_cache
@@ -13,6 +11,7 @@ from gateway.auth.passwords import PasswordChecker
 from gateway.auth.store import CredentialStore
 from gateway.errors import Unauthorized
 from gateway.principal import Principal
+from gateway.secret import keyed_digest
 
 __all__ = ["BasicBackend"]
 
@@ -37,7 +36,7 @@ class BasicBackend:
 
     def _digest(self, username: str, password: str) -> bytes:
         message = username.encode("utf-8") + b"\0" + password.encode("utf-8", "surrogatepass")
-        return hmac.new(self._key, message, hashlib.sha256).digest()
+        return keyed_digest(self._key, message)
 
     async def _verify(self, username: str, password: str) -> Principal:
         credential = self._store.get(username)

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import hmac
 import logging
 import secrets
 from typing import Any
@@ -17,6 +15,7 @@ from gateway.config import CallbackConfig
 from gateway.errors import AuthUnavailable, Unauthorized
 from gateway.principal import Principal
 from gateway.scopes import ROLE_SCOPES, normalize_scopes
+from gateway.secret import keyed_digest
 
 __all__ = ["PERMISSION_ROLES", "CallbackBackend"]
 
@@ -50,7 +49,7 @@ class CallbackBackend:
 
     def _digest(self, username: str, password: str) -> bytes:
         message = username.encode("utf-8") + b"\0" + password.encode("utf-8")
-        return hmac.new(self._key, message, hashlib.sha256).digest()
+        return keyed_digest(self._key, message)
 
     async def authenticate(self, scheme: str, credentials: str) -> Principal | None:
         """Check Basic credentials with the callback; None for any other scheme."""

@@ -20,7 +20,7 @@ from gateway.attachments import unpack_parts
 from gateway.config import ForwardingTarget
 from gateway.forwarding.outbox import Outbox
 from gateway.forwarding.store import Claimed, OutboxStore
-from gateway.h1client import ConnectTimeout, H1Error, H1Pool
+from gateway.h1client import AnswerTimeout, ConnectTimeout, H1Error, H1Pool
 from gateway.metrics import status_class
 from gateway.multipart import Part, build
 from gateway.secret import redact
@@ -222,10 +222,9 @@ class TargetWorker:
         """(outcome, metric label) of one POST."""
         headers = CIMultiDict({**self._headers, "Content-Type": content_type})
         try:
-            async with asyncio.timeout(self.target.timeout):
-                response = await self._pool.request("POST", self._path, headers, body,
-                                                    limit=_ANSWER_LIMIT)
-        except (TimeoutError, ConnectTimeout):
+            response = await self._pool.request("POST", self._path, headers, body,
+                                                limit=_ANSWER_LIMIT, within=self.target.timeout)
+        except (AnswerTimeout, ConnectTimeout):
             return Outcome("transient", f"timed out after {self.target.timeout} s"), "timeout"
         except H1Error as exc:
             return Outcome("transient", f"{type(exc).__name__}: {exc}"[:_REASON_CHARS]), "error"
