@@ -1050,6 +1050,7 @@ def run_rss(bench: Bench, stub: Server, targets: Server, target_ports: list[int]
         drained = wait_drained(gateway, args.drain_timeout)
         cpu = watch.stop()
         after_drain = vm_status(gateway.process.pid)
+        left = forwarding_status(gateway)  # what the drain wait did not see delivered
         received = {name: stub_ids(base) for name, base in
                     (("storage", stub.base), *zip(TARGETS, target_bases, strict=True))}
         for base in (stub.base, *target_bases):
@@ -1067,6 +1068,8 @@ def run_rss(bench: Bench, stub: Server, targets: Server, target_ports: list[int]
         "errors": raw["status_errors"] + raw["read_errors"] + raw["timeout_errors"],
         "statements_per_s": raw["acked_statements"] / load_seconds,
         "rss_before_kb": started_rss.get("VmRSS"), "rss_after_drain_kb": after_drain.get("VmRSS"),
+        "backlog_after_drain": sum(t["backlog"] for t in left.values()),
+        "dead_letters_after_drain": sum(t["dead_letters"] for t in left.values()),
         "hwm_kb": after_drain.get("VmHWM"),
         "samples": samples,
         "slope_mb_per_100k": slope(points),
@@ -1451,6 +1454,8 @@ def main() -> None:
                         targets_of_profile.append((gateways["gateway"], batch_file))
                     if want_token:
                         targets_of_profile.append((gateways["gateway-token"], one_file))
+                    if want_forwarding:
+                        targets_of_profile.append((gateways["gateway-fwd"], one_file))
                     for server, body in targets_of_profile:
                         profiles[f"{server.name}-{body.stem}"] = profile(
                             bench, server, body, args.py_spy, results_dir, stem,
@@ -1713,7 +1718,10 @@ def print_rss(rss: dict[str, Any]) -> None:
     for s in rss["samples"]:
         print(f"| {s['statements']} | {s['seconds']:.1f} | {s.get('VmRSS', 0) / 1024:.1f} "
               f"| {s['backlog']} |")
-    print(f"| after drain | | {(rss['rss_after_drain_kb'] or 0) / 1024:.1f} | 0 |")
+    dead = rss.get("dead_letters_after_drain", 0)
+    print(f"| after the drain wait | | {(rss['rss_after_drain_kb'] or 0) / 1024:.1f} "
+          f"| {rss.get('backlog_after_drain', 0)}"
+          f"{f' (+{dead} dead letters: backlog cap, re-queued as it drains)' if dead else ''} |")
 
     def pct(value: float | None) -> str:
         return "-" if value is None else f"{value * 100:+.1f}%"
