@@ -118,17 +118,21 @@ class TargetWorker:
 
     async def run(self) -> None:
         """Deliver until cancelled."""
+        batch: Sequence[Claimed] | None = None
         while True:
             try:
-                batch = await self._outbox.call(
-                    lambda s: s.claim(self.name, self.target.batch_size, time.time()))
+                if batch is None:
+                    batch = await self._outbox.call(
+                        lambda s: s.claim(self.name, self.target.batch_size, time.time()))
                 if batch:
-                    await self._deliver(batch)
+                    batch = await self._deliver(batch)
                 else:
+                    batch = None
                     await self._idle()
             except asyncio.CancelledError:
                 raise
             except Exception:  # the outbox or a bug: log, breathe, go on
+                batch = None
                 log.exception("forwarding to %s: unexpected error", self.name)
                 await asyncio.sleep(1.0)
 
@@ -149,7 +153,8 @@ class TargetWorker:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._wake.wait(), timeout=wait)
 
-    async def _deliver(self, batch: Sequence[Claimed]) -> None:
+    async def _deliver(self, batch: Sequence[Claimed]) -> Sequence[Claimed] | None:
+        """Send a claimed batch; the next batch when it could be claimed in the same commit."""
         # An xAPI 2.0 statement is never sent to a target that speaks only 1.0.x.
         target_minor = _minor(self.target.xapi_version)
         unfit = [item.seq for item in batch
@@ -161,15 +166,22 @@ class TargetWorker:
                                             seqs=unfit, reason=reason, transient=False))
             batch = [item for item in batch if item.seq not in unfit]
             if not batch:
-                return
+                return None
         pending: list[Sequence[Claimed]] = [batch]
         while pending:
             part = pending.pop()
             outcome = await self._send(part)
             seqs = [item.seq for item in part]
             if outcome.kind == "delivered":
-                await self._outbox.call(partial(OutboxStore.ack, target=self.name, seqs=seqs))
-                await self._recovered()
+                # One commit: the ack, dead letters brought back, and (after the last part)
+                # the next batch.
+                moved, following = await self._outbox.call(partial(
+                    self._acked, seqs=seqs, claim_next=not pending))
+                if moved:
+                    log.info("forwarding to %s: reachable again, %d dead letters re-queued",
+                             self.name, moved)
+                if not pending:
+                    return following
             elif outcome.kind == "split":
                 half = len(part) // 2
                 pending.extend([part[half:], part[:half]])  # first half goes first
@@ -182,16 +194,20 @@ class TargetWorker:
             else:
                 self.failed += 1
                 await self._retry_or_give_up(part, outcome)
-                return  # the target is struggling: wait for the backoff before more
+                return None  # the target is struggling: wait for the backoff before more
+        return None
 
-    async def _recovered(self) -> None:
-        # In chunks: after a long outage the dead letters may be many; each success brings
-        # the next chunk back.
-        moved = await self._outbox.call(lambda s: s.requeue(
-            self.name, transient_only=True, limit=10 * self.target.batch_size))
-        if moved:
-            log.info("forwarding to %s: reachable again, %d dead letters re-queued",
-                     self.name, moved)
+    def _acked(self, store: OutboxStore, seqs: Sequence[int],
+               claim_next: bool) -> tuple[int, list[Claimed] | None]:
+        """Delivered: ack, bring transient dead letters back, perhaps claim what is next.
+
+        Dead letters come back in chunks: after a long outage they may be many.
+        """
+        store.ack(self.name, seqs)
+        moved = store.requeue(self.name, transient_only=True, limit=10 * self.target.batch_size)
+        following = (store.claim(self.name, self.target.batch_size, time.time())
+                     if claim_next else None)
+        return moved, following
 
     async def _retry_or_give_up(self, part: Sequence[Claimed], outcome: Outcome) -> None:
         attempts = max(item.attempts for item in part) + 1
