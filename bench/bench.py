@@ -880,13 +880,17 @@ def run_lag(bench: Bench, gateway: Server, stub: Server, targets: Server,
 
 
 def run_half_load(bench: Bench, stub: Server, gateway: Server, one_file: Path,
-                  max_rps: float) -> dict[str, Any]:
-    """The latency the gateway adds at 50% of its peak: (a) and (c) at one constant rate."""
+                  max_rps: float, baseline: Server | None = None) -> dict[str, Any]:
+    """The latency the gateway adds at 50% of its peak: (a), (b) and (c) at one rate.
+
+    The baseline proxy at the same rate tells what any aiohttp proxy adds on this machine.
+    """
     rate = max(1.0, round(0.5 * max_rps))
     print(f"\nadded latency at 50% load: {rate:.0f} req/s open loop, {bench.args.duration} s, "
-          "direct (a) then the gateway (c)", flush=True)
+          "direct (a), the baseline proxy (b), then the gateway (c)", flush=True)
     figures: dict[str, Any] = {"rate": rate}
-    for key, server in (("a", stub), ("c", gateway)):
+    runs = [("a", stub), *([("b", baseline)] if baseline is not None else []), ("c", gateway)]
+    for key, server in runs:
         bench.quiet()
         watch = Watch(bench)
         done = subprocess.run(
@@ -904,6 +908,10 @@ def run_half_load(bench: Bench, stub: Server, gateway: Server, one_file: Path,
               f"{' (!)' if cpu['other'] > DISTURBED else ''})", flush=True)
     figures["added_p99_ms"] = figures["c"]["p99_ms"] - figures["a"]["p99_ms"]
     figures["added_p50_ms"] = figures["c"]["p50_ms"] - figures["a"]["p50_ms"]
+    if "b" in figures:
+        figures["baseline_added_p99_ms"] = figures["b"]["p99_ms"] - figures["a"]["p99_ms"]
+        print(f"  added by the baseline proxy at the same rate: p99 "
+              f"+{figures['baseline_added_p99_ms']:.2f} ms", flush=True)
     print(f"  added by the gateway at 50% load: p50 +{figures['added_p50_ms']:.2f} ms, "
           f"p99 +{figures['added_p99_ms']:.2f} ms (target <= 2 ms)", flush=True)
     return figures
@@ -1424,7 +1432,7 @@ def main() -> None:
             half: dict[str, Any] | None = None
             if args.half_load and "c" in results:
                 half = run_half_load(bench, stub, gateways["gateway"], one_file,
-                                     results["c"]["rps"])
+                                     results["c"]["rps"], baseline)
             lag: dict[str, Any] | None = None
             if want_lag and targets is not None:
                 lag = run_lag(bench, gateways["gateway-fwd"], stub, targets, target_ports,
