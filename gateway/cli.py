@@ -69,9 +69,13 @@ def _worker_role(args: argparse.Namespace) -> WorkerRole | None:
     if args.worker is None:
         return None
     index, _, count = args.worker.partition("/")
-    if not (index.isdigit() and count.isdigit() and int(index) < int(count)) or not args.run_dir:
-        raise ConfigError("--worker I/N and --run-dir are set by `serve --workers N` only")
-    return WorkerRole(int(index), int(count), Path(args.run_dir), supervisor=os.getppid())
+    if (not (index.isdigit() and count.isdigit() and int(index) < int(count))
+            or not args.run_dir or args.supervisor is None):
+        raise ConfigError("--worker I/N, --run-dir and --supervisor are set by "
+                          "`serve --workers N` only")
+    # The pid from the supervisor itself: were it gone before this process asked, its
+    # parent would already be someone else.
+    return WorkerRole(int(index), int(count), Path(args.run_dir), supervisor=args.supervisor)
 
 
 def _refuse_stranded_outboxes(config: Config, workers: int) -> None:
@@ -320,6 +324,7 @@ def _parser() -> argparse.ArgumentParser:
                        help="processes sharing the port (default: server.workers, 1)")
     serve.add_argument("--worker", help=argparse.SUPPRESS)  # I/N, set by the supervisor
     serve.add_argument("--run-dir", help=argparse.SUPPRESS)
+    serve.add_argument("--supervisor", type=int, help=argparse.SUPPRESS)
     check = commands.add_parser("check-config", help="validate the configuration")
     check.set_defaults(run=_check_config)
     auth = commands.add_parser("auth", help="manage Basic credentials")

@@ -156,7 +156,7 @@ class _Supervisor:
 
     def _start(self, index: int) -> None:
         command = [*self._command, "--worker", f"{index}/{self._count}",
-                   "--run-dir", str(self._run_dir)]
+                   "--run-dir", str(self._run_dir), "--supervisor", str(os.getpid())]
         # Our own interpreter and arguments, nothing from outside.
         self._children[index] = subprocess.Popen(command, stdin=subprocess.DEVNULL)  # noqa: S603
         self._started[index] = time.monotonic()
@@ -167,6 +167,12 @@ class _Supervisor:
     def run(self) -> int:
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, self._on_signal)
+        try:
+            return self._supervise()
+        finally:  # whatever happened here, no worker is left behind
+            self._stop_all()
+
+    def _supervise(self) -> int:
         for index in range(self._count):
             self._start(index)
         log.info("supervising %d workers (pids %s)", self._count,
@@ -196,7 +202,6 @@ class _Supervisor:
                 if not self._stopping and now >= when:
                     del restart_at[index]
                     self._start(index)
-        self._stop_all()
         return code
 
     def _stop_all(self) -> None:

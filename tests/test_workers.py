@@ -251,3 +251,19 @@ def test_forwarding_status_of_workers_adds_up() -> None:
 def test_a_worker_runs_the_supervisors_command_without_workers(argv: list[str]) -> None:
     assert worker_command(argv) == [sys.executable, "-m", "gateway", "--config", "c.yaml",
                                     "serve"]
+
+
+def test_a_worker_whose_supervisor_is_gone_stops(tmp_path: Path) -> None:
+    write_config(tmp_path, "http://127.0.0.1:9/xAPI/", [ADMIN], {
+        "server": {"port": free_port()}, "data_dir": "data"})
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "gateway", "--config", str(tmp_path / "config.yaml"), "serve",
+         "--worker", "1/2", "--run-dir", str(tmp_path), "--supervisor", gone.stdout.strip()],
+        cwd=tmp_path, env=gateway_env(), capture_output=True, text=True,
+        timeout=RUN_TIMEOUT, check=False)
+    assert result.returncode == 0, result
+    assert "the supervisor" in result.stderr
+    assert "is gone; stopping" in result.stderr
+    assert "Traceback" not in result.stderr
