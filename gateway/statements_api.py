@@ -86,6 +86,8 @@ async def _send_write(request: web.Request, method: str, statements: list[Any],
     headers = request_headers(request.headers, extra={
         "X-Request-ID": request[REQUEST_ID], "Content-Type": content_type,
     })
+    # The body is ours, re-encoded from what aiohttp already decoded: never compressed.
+    headers.popall("Content-Encoding", None)
     # If storage's answer is lost (timeout, crash), the pending record stays and the
     # resolver asks storage about each statement later.
     storage = request.app[STORAGE]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gzip
 import json
 import socket
 import uuid
@@ -140,6 +141,20 @@ async def test_put_keeps_statement_id(make_gateway: MakeGateway) -> None:
     assert response.status == 204
     assert fake.seen[0].path_qs == f"/xAPI/statements?statementId={sid}"
     assert json.loads(fake.seen[0].body)["id"] == sid
+
+
+async def test_a_compressed_write_reaches_storage_as_plain_json(
+        make_gateway: MakeGateway) -> None:
+    client, fake = await make_gateway()
+    sid = str(uuid.uuid4())
+    body = gzip.compress(json.dumps(statement(id=sid)).encode())
+    response = await client.post("/xAPI/statements", data=body, headers={
+        **basic("writer", "writer-pw"), "Content-Type": "application/json",
+        "Content-Encoding": "gzip"})
+    assert response.status == 200, await response.text()
+    (seen,) = fake.seen
+    assert "Content-Encoding" not in seen.headers
+    assert json.loads(seen.body)["id"] == sid
 
 
 @pytest.mark.parametrize(
