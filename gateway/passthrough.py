@@ -32,7 +32,11 @@ async def proxy(request: web.Request) -> web.StreamResponse:
     has_body = request.method not in _BODYLESS or request.body_exists
     body = LimitedStream(request, limit) if has_body else None
     headers = request_headers(request.headers, extra={"X-Request-ID": request[REQUEST_ID]})
-    if has_body and request.content_length is not None:
+    if has_body and _decoded_by_server(request):
+        # aiohttp hands us the decoded body: pass that on (chunked), without the encoding
+        # or the encoded length.
+        headers.popall("Content-Encoding", None)
+    elif has_body and request.content_length is not None:
         headers["Content-Length"] = str(request.content_length)
     try:
         return await _exchange(request, tail, headers, body)
@@ -66,3 +70,12 @@ async def _exchange(request: web.Request, tail: str, headers: CIMultiDict[str],
             await streamed.write(chunk)
         await streamed.write_eof()
         return streamed
+
+
+# The request body encodings aiohttp's server decodes before the handler reads the body.
+_SERVER_DECODED = frozenset({"gzip", "deflate", "br", "zstd"})
+
+
+def _decoded_by_server(request: web.Request) -> bool:
+    encoding = request.headers.get("Content-Encoding", "")
+    return encoding.isascii() and encoding.strip().lower() in _SERVER_DECODED

@@ -275,6 +275,23 @@ async def test_documents_stream_through_with_concurrency_headers(
     assert response.headers["X-Experience-API-Version"] == "1.0.3"
 
 
+async def test_a_compressed_document_reaches_the_lrs_decoded(make_gateway: MakeGateway) -> None:
+    async def script(request: web.Request, body: bytes) -> web.StreamResponse:
+        return web.Response(status=204)
+
+    client, fake = await make_gateway(script)
+    document = b'{"progress": 0.5, "bookmark": "page-12"}' * 100
+    response = await client.put(
+        "/xAPI/activities/state?activityId=http%3A%2F%2Fexample.com%2Fa&stateId=s",
+        data=gzip.compress(document), headers={
+            **basic("alice", "alice-pw"), "Content-Type": "application/json",
+            "Content-Encoding": "gzip", "If-None-Match": "*"})
+    assert response.status == 204
+    (seen,) = fake.seen
+    assert seen.body == document  # what aiohttp decoded, with no stale encoding or length
+    assert "Content-Encoding" not in seen.headers
+
+
 async def test_more_links_point_at_the_gateway(make_gateway: MakeGateway) -> None:
     async def script(request: web.Request, body: bytes) -> web.StreamResponse:
         return web.json_response({"statements": [statement()],
