@@ -19,6 +19,9 @@ __all__ = ["ACCESS_FIELDS", "BatchingStreamHandler", "JsonFormatter", "setup_log
 
 FLUSH_INTERVAL = 0.1  # seconds an INFO line may wait before it is written
 MAX_BATCH = 512  # lines; a fuller batch is written at once
+# Workers share one stderr pipe: a write of at most PIPE_BUF bytes is never interleaved
+# with another process's, so no line is torn (Linux: 4096).
+ATOMIC_WRITE = 4096
 
 # Extra fields the access log attaches to its records (and the JSON lines carry as keys).
 ACCESS_FIELDS = ("request_id", "remote", "method", "route", "status", "duration_ms",
@@ -111,10 +114,11 @@ class BatchingStreamHandler(logging.Handler):
     def _write_locked(self) -> None:
         if not self._lines:
             return
-        text, self._lines = "".join(self._lines), []
+        lines, self._lines = self._lines, []
         try:
-            self._stream.write(text)
-            self._stream.flush()
+            for chunk in _whole_line_chunks(lines):
+                self._stream.write(chunk)
+                self._stream.flush()
         except (OSError, ValueError):  # a closed or broken stream: the lines are gone
             pass
 
@@ -137,6 +141,23 @@ class BatchingStreamHandler(logging.Handler):
         self._wake.set()
         self.flush()
         super().close()
+
+
+def _whole_line_chunks(lines: list[str]) -> list[str]:
+    """The lines joined into writes of at most ATOMIC_WRITE bytes (a longer line alone)."""
+    chunks: list[str] = []
+    current: list[str] = []
+    size = 0
+    for line in lines:
+        length = len(line.encode("utf-8", "surrogateescape"))
+        if current and size + length > ATOMIC_WRITE:
+            chunks.append("".join(current))
+            current, size = [], 0
+        current.append(line)
+        size += length
+    if current:
+        chunks.append("".join(current))
+    return chunks
 
 
 def setup_logging(level: str, fmt: str) -> None:

@@ -10,7 +10,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import bcrypt
@@ -18,6 +18,9 @@ import yaml
 from aiohttp import web
 
 from gateway.config import Config, load_config
+
+if TYPE_CHECKING:
+    from realparts.learninglocker import LearningLockerServer
 
 XAPI = {"X-Experience-API-Version": "1.0.3"}
 FAST_SALT = bcrypt.gensalt(4)  # tests need bcrypt to run, not to be slow
@@ -115,3 +118,11 @@ async def wait_until_serving(proc: asyncio.subprocess.Process, url: str,
                         return
             await asyncio.sleep(0.05)
     raise AssertionError(f"the gateway did not answer {url} in time")
+
+
+def learning_locker_config(ll: LearningLockerServer, directory: Path,
+                           users: list[dict[str, Any]], **sections: Any) -> Config:
+    """A gateway config in `directory` with a Learning Locker service as storage."""
+    directory.mkdir(exist_ok=True)
+    return write_config(directory, ll.url, users, {"storage": {
+        "basic_username": ll.username, "basic_password": ll.password}, **sections})

@@ -9,7 +9,13 @@ import time
 
 import pytest
 
-from gateway.logs import FLUSH_INTERVAL, BatchingStreamHandler, JsonFormatter, TextFormatter
+from gateway.logs import (
+    ATOMIC_WRITE,
+    FLUSH_INTERVAL,
+    BatchingStreamHandler,
+    JsonFormatter,
+    TextFormatter,
+)
 
 
 def record(message: str, level: int = logging.INFO, **extra: object) -> logging.LogRecord:
@@ -80,3 +86,26 @@ def test_formats_carry_the_time_to_the_millisecond_and_the_access_fields() -> No
     assert text.endswith(",250 INFO gateway.access: GET about 200")
     expected = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(1795737600))
     assert text.startswith(expected)
+
+
+def test_writes_end_on_whole_lines_within_the_atomic_size() -> None:
+    class Recording(io.StringIO):
+        def __init__(self) -> None:
+            super().__init__()
+            self.writes: list[str] = []
+
+        def write(self, text: str) -> int:
+            self.writes.append(text)
+            return super().write(text)
+
+    stream = Recording()
+    made = BatchingStreamHandler(stream, interval=None)
+    made.setFormatter(logging.Formatter("%(message)s"))
+    for n in range(200):
+        made.handle(record(f"{n:03d} " + "é" * 60))  # 125 bytes a line in UTF-8
+    made.close()
+    assert len(stream.writes) > 1
+    for written in stream.writes:
+        assert written.endswith("\n")
+        assert len(written.encode()) <= ATOMIC_WRITE
+    assert stream.getvalue().count("\n") == 200

@@ -15,10 +15,9 @@ from aiohttp.test_utils import TestClient
 from cryptography.hazmat.primitives.asymmetric import rsa
 from prometheus_client import CollectorRegistry
 from realparts.learninglocker import LearningLockerServer
-from support import basic, credential, write_config
+from support import basic, credential, learning_locker_config
 
 from gateway.app import create_app
-from gateway.config import Config
 from gateway.multipart import boundary_of, parse
 
 pytestmark = pytest.mark.learninglocker
@@ -28,15 +27,9 @@ ADMIN = credential("admin", "admin-pw", ["all"])
 NOTES = "Notes — ü, 日本 and a last line\n".encode() * 20
 
 
-def gateway_config(ll: LearningLockerServer, directory: Path, **sections: Any) -> Config:
-    directory.mkdir(exist_ok=True)
-    return write_config(directory, ll.url, [ADMIN], {"storage": {
-        "basic_username": ll.username, "basic_password": ll.password}, **sections})
-
-
 async def start_gateway(ll: LearningLockerServer, tmp_path: Path, aiohttp_client: Any,
                         **sections: Any) -> Client:
-    config = gateway_config(ll, tmp_path, **sections)
+    config = learning_locker_config(ll, tmp_path, [ADMIN], **sections)
     client: Client = await aiohttp_client(create_app(config, registry=CollectorRegistry()))
     return client
 
