@@ -132,8 +132,9 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     """Who is calling (401), which xAPI version (400), whether they may (403)."""
     info = route_info(request)
     if info.public or (info.xapi and request.method == "OPTIONS"):
-        # A CORS preflight never carries credentials: the LRS behind answers it, so browser
-        # clients keep working exactly as they did against the LRS itself.
+        # A CORS preflight never carries credentials. With server.cors the gateway answered
+        # it already; without, the LRS behind does, so browser clients keep working as they
+        # did against the LRS itself: sent WITHOUT the gateway's credential (passthrough).
         return await handler(request)
     authorization = request.headers.get("Authorization")
     attempts = request.app[METRICS].auth

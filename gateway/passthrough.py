@@ -7,7 +7,8 @@ from multidict import CIMultiDict
 
 from gateway.bodies import LimitedStream, check_declared_length
 from gateway.errors import UpstreamError
-from gateway.keys import CONFIG, REQUEST_ID, STORAGE
+from gateway.forwarded_headers import forwarded_headers
+from gateway.keys import CONFIG, PRINCIPAL, REQUEST_ID, STORAGE
 from gateway.paths import check_relative_path
 from gateway.routes import raw_query, xapi_tail
 from gateway.upstream import (
@@ -31,7 +32,8 @@ async def proxy(request: web.Request) -> web.StreamResponse:
     check_declared_length(request, limit)
     has_body = request.method not in _BODYLESS or request.body_exists
     body = LimitedStream(request, limit) if has_body else None
-    headers = request_headers(request.headers, extra={"X-Request-ID": request[REQUEST_ID]})
+    headers = request_headers(request.headers, extra={
+        **forwarded_headers(request), "X-Request-ID": request[REQUEST_ID]})
     if has_body and _decoded_by_server(request):
         # aiohttp hands us the decoded body: pass that on (chunked), without the encoding
         # or the encoded length.
@@ -50,8 +52,11 @@ async def _exchange(request: web.Request, tail: str, headers: CIMultiDict[str],
                     body: LimitedStream | None) -> web.StreamResponse:
     storage = request.app[STORAGE]
     data = body.__aiter__() if body is not None else None
+    # What no caller proved itself for (an OPTIONS: a CORS preflight, let through without
+    # auth) must not go with the gateway's identity either.
     async with storage.request(request.method, tail, raw_query=raw_query(request),
-                               headers=headers, data=data) as upstream:
+                               headers=headers, data=data,
+                               authenticated=PRINCIPAL in request) as upstream:
         await hide_failure(upstream, storage, request[REQUEST_ID])
         out_headers = response_headers(upstream.headers, decoded=False)
         length = upstream.content_length

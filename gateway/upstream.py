@@ -35,8 +35,9 @@ from gateway.metrics import status_class
 from gateway.secret import redact
 
 __all__ = [
-    "HOP_BY_HOP", "Observe", "Upstream", "hide_failed_answer", "hide_failure",
-    "read_capped", "response_headers",
+    "CLIENT_ASSERTED_HEADERS", "CLIENT_ASSERTED_PREFIXES", "HOP_BY_HOP", "Observe", "Upstream",
+    "hide_failed_answer", "hide_failure", "is_client_asserted", "read_capped",
+    "request_headers", "response_headers",
 ]
 
 
@@ -60,21 +61,56 @@ HOP_BY_HOP = frozenset({
 # Never sent upstream: ours to handle (auth), recomputed by aiohttp (length, host), or ours
 # to decide (encoding).
 _REQUEST_DROP = HOP_BY_HOP | {"host", "authorization", "content-length", "expect", "cookie"}
+# Headers an LRS, or a proxy in front of it, may believe about who is calling, from where,
+# or which URL and method were really asked for (the gateway checked this path, this method).
+# A client sends them to be believed, so none reaches storage: the gateway sends its own
+# forwarding headers instead (gateway.forwarded_headers). Exact names, then name prefixes.
+CLIENT_ASSERTED_HEADERS = frozenset({
+    # where the request came from
+    "forwarded", "forwarded-for", "x-forwarded", "x-real-ip", "x-client-ip",
+    "true-client-ip", "cf-connecting-ip", "fastly-client-ip", "x-cluster-client-ip",
+    "x-proxyuser-ip", "x-host", "x-http-host-override",
+    # who is calling (identity-aware proxies, SSO front ends, Kong, Authelia, oauth2-proxy)
+    "x-user", "x-user-id", "x-user-email", "x-user-name", "x-username", "x-email",
+    "x-jwt-assertion", "x-id-token", "x-access-token", "x-arr-clientcert", "ssl-client-cert",
+    # which URL and method: the gateway authorised this request's own
+    "x-original-url", "x-rewrite-url", "x-override-url", "x-http-method-override",
+    "x-http-method", "x-method-override",
+})
+CLIENT_ASSERTED_PREFIXES = (
+    "x-forwarded-",  # -for, -host, -proto, -port, -prefix, -user, -email, -client-cert, ...
+    "x-original-",  # -host, -forwarded-for, -method (ingress controllers)
+    "remote-", "x-remote-",  # Remote-User, X-Remote-User, -Group, -Email
+    "x-auth-",  # X-Auth-User, X-Auth-Request-User/-Email/-Groups (oauth2-proxy)
+    "x-authenticated-", "x-consumer-", "x-credential-", "x-anonymous-",  # Kong
+    "x-ssl-", "x-client-cert", "x-client-verify", "x-client-dn", "x-amzn-mtls-",  # mTLS
+    "x-amzn-oidc-", "x-goog-iap-", "x-goog-authenticated-", "x-ms-client-principal",
+)
 _RESPONSE_DROP = HOP_BY_HOP | {"content-length", "server", "date"}
 log = logging.getLogger(__name__)
 _LOGGED_BODY = 2000
 Observe: TypeAlias = Callable[[str, str, float], None]  # (target, outcome, seconds)
 
 
+def is_client_asserted(name: str) -> bool:
+    """Whether a header (lowercase name) is one a client must not have believed upstream."""
+    return name in CLIENT_ASSERTED_HEADERS or name.startswith(CLIENT_ASSERTED_PREFIXES)
+
+
 def request_headers(incoming: Mapping[str, str], *, extra: Mapping[str, str]) -> CIMultiDict[str]:
-    """Client headers fit to send upstream, plus `extra`."""
+    """Client headers fit to send upstream, plus `extra` (the gateway's own, kept as given).
+
+    Every request to storage is built here: hop-by-hop, credentials and client-asserted
+    identity and forwarding headers (`CLIENT_ASSERTED_HEADERS`) never pass.
+    """
     connection_tokens = {
         token.strip().lower() for token in incoming.get("Connection", "").split(",") if token
     }
     out: CIMultiDict[str] = CIMultiDict()
     for name, value in incoming.items():
         lowered = name.lower()
-        if lowered not in _REQUEST_DROP and lowered not in connection_tokens:
+        if (lowered not in _REQUEST_DROP and lowered not in connection_tokens
+                and not is_client_asserted(lowered)):
             out.add(name, value)
     out.update(extra)
     return out
@@ -209,10 +245,18 @@ class Upstream:
         headers: Mapping[str, str] | None = None,
         data: Any = None,
         decompress: bool = False,
+        authenticated: bool = True,
     ) -> AsyncIterator[aiohttp.ClientResponse]:
-        """Send one request; connection errors become 502 and timeouts 504, in here only."""
+        """Send one request; connection errors become 502 and timeouts 504, in here only.
+
+        `authenticated=False` sends it without the gateway's storage credential: for what a
+        client sends without proving who it is (CORS preflights).
+        """
         sent = CIMultiDict(headers or {})
-        sent.update(self._auth)
+        if authenticated:
+            sent.update(self._auth)
+        else:
+            sent.popall("Authorization", None)  # whatever the caller passed: no identity at all
         await self._slot()
         try:
             async with self._exchange(method, raw_tail, raw_query, sent, data,
