@@ -4,18 +4,28 @@ A busy gateway writes an access line per request, so the per-line cost matters (
 bench/: about a fifth of a cached request). Lines are written in batches by a thread
 (warnings and errors at once, and everything at exit), records skip the caller lookup and
 the thread/process fields nothing here prints, and timestamps are formatted once a second.
+
+No credential reaches the log, whichever logger wrote the record (aiohttp's own included):
+the handler's RedactingFilter takes Authorization values, Basic/Bearer credentials, URL
+passwords and `password=`-like values out of messages, arguments and tracebacks, and turns
+aiohttp's record of a request its parser refused (which quotes the raw header line) into
+one clean line.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 import threading
 import time
 from typing import TextIO
 
-__all__ = ["ACCESS_FIELDS", "BatchingStreamHandler", "JsonFormatter", "setup_logging"]
+from aiohttp.http_exceptions import HttpProcessingError
+
+__all__ = ["ACCESS_FIELDS", "BatchingStreamHandler", "JsonFormatter", "RedactingFilter",
+           "TextFormatter", "redact", "setup_logging"]
 
 FLUSH_INTERVAL = 0.1  # seconds an INFO line may wait before it is written
 MAX_BATCH = 512  # lines; a fuller batch is written at once
@@ -26,6 +36,29 @@ ATOMIC_WRITE = 4096
 # Extra fields the access log attaches to its records (and the JSON lines carry as keys).
 ACCESS_FIELDS = ("request_id", "remote", "method", "route", "status", "duration_ms",
                  "principal")
+ACCESS_LOGGER = "gateway.access"
+_AIOHTTP_SERVER = "aiohttp.server"  # logs the requests its parser refused, with the bytes
+
+REDACTED = "[redacted]"
+# Lower-case words without which no pattern below can match: most records skip the regexes.
+_MARKERS = ("auth", "basic", "bearer", "pass", "secret", "token", "://")
+_CREDENTIALS = (
+    # An Authorization or Proxy-Authorization header in any rendering (raw line, dict or
+    # multidict repr, form field): its whole value, to the closing quote or end of line.
+    (re.compile(r"""(?<![\w-])((?:proxy-)?authorization['"]?\s*[:=]\s*['"]?)[^'"\r\n&]+""",
+                re.IGNORECASE), rf"\1{REDACTED}"),
+    # A Basic or Bearer credential wherever it stands, also after an escaped line break.
+    (re.compile(r"\b(basic|bearer)((?:\s|\\[rnt]|%20)+)[A-Za-z0-9+/=._~-]+", re.IGNORECASE),
+     rf"\1\2{REDACTED}"),
+    # The password of a URL's userinfo.
+    (re.compile(r"(\b[a-z][a-z0-9+.-]*://[^/\s:@'\"]*):[^/\s@'\"]+@", re.IGNORECASE),
+     rf"\1:{REDACTED}@"),
+    # `password=...`, and a quoted value after a password/secret/token-named key.
+    (re.compile(r"""(\b\w*(?:password|passwd|secret|token)['"]?(?:=|\s*[:=]\s*(?=['"])))"""
+                r"""(?:'[^']*'|"[^"]*"|[^\s'"&,;)}]+)""", re.IGNORECASE), rf"\1{REDACTED}"),
+)
+# Where the reason of a parser error ends and its quotation of the raw bytes begins.
+_QUOTATION = re.compile(r"""[:'"\\\n]""")
 
 
 class _SecondCache:
@@ -76,9 +109,73 @@ class JsonFormatter(logging.Formatter):
         for name in ACCESS_FIELDS:
             if hasattr(record, name):
                 document[name] = getattr(record, name)
-        if record.exc_info:
+        if record.exc_text:  # the traceback as the redacting filter left it
+            document["exception"] = record.exc_text
+        elif record.exc_info:
             document["exception"] = self.formatException(record.exc_info)
         return json.dumps(document, ensure_ascii=False, default=str)
+
+
+def redact(text: str) -> str:
+    """`text` with every credential it shows replaced by "[redacted]"."""
+    lowered = text.lower()
+    if not any(marker in lowered for marker in _MARKERS):
+        return text
+    for pattern, replacement in _CREDENTIALS:
+        text = pattern.sub(replacement, text)
+    return text
+
+
+class RedactingFilter(logging.Filter):
+    """Takes credentials out of a record before any formatter sees it (mutates the record)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._tracebacks = logging.Formatter()  # the rendering every formatter here uses
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Scrub `record` in place; never drops it."""
+        if record.name == ACCESS_LOGGER:
+            # The hot path, and clean by construction: route names, status, principal id,
+            # validated request id and address (middlewares.py), never a header or a query.
+            return True
+        error = record.exc_info[1] if record.exc_info else None
+        if record.name == _AIOHTTP_SERVER and isinstance(error, HttpProcessingError):
+            _as_bad_request(record, error)
+        else:
+            self._scrub(record)
+        return True
+
+    def _scrub(self, record: logging.LogRecord) -> None:
+        try:
+            message = record.getMessage()
+        except Exception:  # arguments that do not fit: logging would print both raw
+            message = f"{record.msg} {record.args!r}"
+        record.msg, record.args = redact(message), None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = self._tracebacks.formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = redact(record.exc_text)
+        if record.stack_info:
+            record.stack_info = redact(record.stack_info)
+
+
+def _as_bad_request(record: logging.LogRecord, error: HttpProcessingError) -> None:
+    """Rewrite aiohttp's "Error handling request" + traceback as one line, no raw bytes.
+
+    The parser's message quotes the offending bytes (a header line with its credential, or
+    only the continuation line of an obs-fold, which no pattern could recognise), so only
+    the reason before the quotation is kept.
+    """
+    try:
+        message = record.getMessage()
+    except Exception:  # arguments that do not fit: keep aiohttp's words only
+        message = str(record.msg)
+    first_line = str(error.message).split("\n", 1)[0]
+    reason = _QUOTATION.split(first_line, 1)[0].strip(" .") or type(error).__name__
+    record.msg = "%s: %s (%d)"
+    record.args = (redact(message), redact(reason[:120]), error.code)
+    record.exc_info, record.exc_text, record.stack_info = None, None, None
 
 
 class BatchingStreamHandler(logging.Handler):
@@ -169,6 +266,7 @@ def setup_logging(level: str, fmt: str) -> None:
     logging.logProcesses = False
     logging.logMultiprocessing = False
     handler = BatchingStreamHandler()
+    handler.addFilter(RedactingFilter())  # on the handler: records of every logger pass it
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
     root = logging.getLogger()
     for old in root.handlers:
