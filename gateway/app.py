@@ -23,12 +23,14 @@ from gateway.auth.passwords import PasswordChecker
 from gateway.auth.store import CredentialStore
 from gateway.auth.tokens import TokenBackend, TokenSigner
 from gateway.config import Config
+from gateway.cors import CorsPolicy, add_cors_headers, cors_middleware
 from gateway.forwarding.forwarder import Forwarder
 from gateway.forwarding.metrics import ForwardingCollector
 from gateway.guard import Guard
 from gateway.keys import (
     AUTHENTICATOR,
     CONFIG,
+    CORS,
     FORWARDER,
     GUARD,
     METRICS,
@@ -206,6 +208,9 @@ def create_app(config: Config, *, registry: CollectorRegistry | None = None,
             error_middleware,  # whatever happens below becomes a JSON answer
             alternate_syntax_middleware,  # POST ?method=X: the ordinary request from here on
             throttle_middleware,  # per address, before any work for the request
+            # server.cors: preflights answered here, before auth (they carry no credentials)
+            # and inside error_middleware (a refused origin gets the JSON error).
+            cors_middleware,
             auth_middleware,
         ],
         client_max_size=config.server.max_body_size,
@@ -231,6 +236,10 @@ def create_app(config: Config, *, registry: CollectorRegistry | None = None,
     if WORKER in app:
         app.cleanup_ctx.append(_sibling_socket)
     app.on_response_prepare.append(_stamp_response)
+    if config.server.cors.enabled:
+        app[CORS] = CorsPolicy(config.server.cors)
+        # At prepare time: errors and streamed answers get their CORS headers too.
+        app.on_response_prepare.append(add_cors_headers)
     on_main_port = config.metrics.enabled and config.metrics.port is None
     setup_routes(app, metrics_path=config.metrics.path if on_main_port else None)
     if config.metrics.enabled and config.metrics.port is not None:

@@ -22,6 +22,7 @@ __all__ = [
     "BasicAuthConfig",
     "CallbackConfig",
     "Config",
+    "CorsConfig",
     "ForwardingTarget",
     "LimitsConfig",
     "LockoutConfig",
@@ -60,6 +61,29 @@ _FORBIDDEN_OIDC_ALGORITHMS = ("none", "HS256", "HS384", "HS512")
 
 
 @dataclass(frozen=True)
+class CorsConfig:
+    """CORS answered by the gateway itself; off (preflights go to storage) with no origins.
+
+    `allow_origins`: exact origins (`https://lms.example.org`), or `"*"` (never with
+    `allow_credentials`).
+    """
+
+    allow_origins: tuple[str, ...] = ()
+    allow_headers: tuple[str, ...] = ("Authorization", "Content-Type",
+                                      "X-Experience-API-Version", "If-Match", "If-None-Match")
+    expose_headers: tuple[str, ...] = ("ETag", "Last-Modified",
+                                       "X-Experience-API-Consistent-Through",
+                                       "X-Experience-API-Version")
+    max_age: int = 600  # seconds a browser may keep a preflight's answer
+    allow_credentials: bool = False
+
+    @property
+    def enabled(self) -> bool:
+        """Whether the gateway answers CORS itself."""
+        return bool(self.allow_origins)
+
+
+@dataclass(frozen=True)
 class ServerConfig:
     """Where the gateway listens and how it presents itself."""
 
@@ -70,6 +94,7 @@ class ServerConfig:
     max_body_size: int = 10 * 1024 * 1024
     access_log: bool = True  # one line per request; measured in bench/ at ~20% of a request
     workers: int = 1  # processes sharing the port (SO_REUSEPORT); `serve --workers` overrides
+    cors: CorsConfig = field(default_factory=CorsConfig)
 
 
 @dataclass(frozen=True)
@@ -326,6 +351,7 @@ def _validate(config: Config) -> list[str]:
         problems.append(f"xapi.signed_statements: one of {', '.join(SIGNED_STATEMENT_POLICIES)}")
     if not 0 <= config.server.port <= 65535:
         problems.append("server.port: must be between 0 and 65535")
+    problems += _validate_cors(config.server.cors)
     for key, value in (
         ("storage.timeout", config.storage.timeout),
         ("storage.connect_timeout", config.storage.connect_timeout),
@@ -398,6 +424,33 @@ def _validate(config: Config) -> list[str]:
         problems.append(f"metrics.scope: {config.metrics.scope!r} is not a known scope")
     if config.metrics.enabled and not config.metrics.path.startswith("/"):
         problems.append("metrics.path: must start with /")
+    return problems
+
+
+# A serialized origin as browsers send it: scheme://host[:port], no path, no trailing slash.
+_ORIGIN = re.compile(r"[a-z][a-z0-9+.-]*://[^/?#@\s]+")
+
+
+def _validate_cors(cors: CorsConfig) -> list[str]:
+    """server.cors: origins a browser can send, header names, `*` without credentials."""
+    problems: list[str] = []
+    for origin in cors.allow_origins:
+        if origin == "null":
+            # Sandboxed frames and file:// pages all send `null`: allowing it allows them all.
+            problems.append("server.cors.allow_origins: 'null' cannot be allowed")
+        elif origin != "*" and _ORIGIN.fullmatch(origin.lower()) is None:
+            problems.append(f"server.cors.allow_origins: {origin[:60]!r} is not an origin "
+                            "like https://lms.example.org (no path, no trailing slash)")
+    if "*" in cors.allow_origins and cors.allow_credentials:
+        problems.append('server.cors.allow_credentials: cannot be true with allow_origins "*" '
+                        "(list the origins instead)")
+    for key, names in (("allow_headers", cors.allow_headers),
+                       ("expose_headers", cors.expose_headers)):
+        for name in names:
+            if _HEADER_NAME.fullmatch(name) is None:
+                problems.append(f"server.cors.{key}: {name[:40]!r} is not a header name")
+    if not 0 <= cors.max_age <= 86400:  # browsers keep a preflight a day at most
+        problems.append("server.cors.max_age: between 0 and 86400 (seconds)")
     return problems
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from aiohttp import web
 
 from gateway.auth.base import Authenticator
@@ -18,10 +20,13 @@ from gateway.upstream import Upstream
 from gateway.workers import WorkerRole
 from gateway.xapiversion import VersionPolicy
 
+if TYPE_CHECKING:  # gateway.cors reads its key from here: no import back at run time
+    from gateway.cors import CorsPolicy
+
 __all__ = [
-    "ALTERNATE_BODY", "AUTHENTICATOR", "CONFIG", "FORWARDER", "GUARD", "METRICS", "PASSWORDS",
-    "PRINCIPAL", "REQUEST_ID", "REQUEST_IDS", "STORAGE", "STORAGE_ABOUT", "TOKEN_SIGNER",
-    "VERSIONS", "WORKER",
+    "ALTERNATE_BODY", "AUTHENTICATOR", "CONFIG", "CORS", "FORWARDER", "GUARD", "METRICS",
+    "PASSWORDS", "PRINCIPAL", "REQUEST_ID", "REQUEST_IDS", "STORAGE", "STORAGE_ABOUT",
+    "TOKEN_SIGNER", "VERSIONS", "WORKER",
 ]
 
 CONFIG = web.AppKey("config", Config)
@@ -36,6 +41,8 @@ REQUEST_IDS = web.AppKey("request_ids", RequestIds)
 STORAGE = web.AppKey("storage", Upstream)
 STORAGE_ABOUT = web.AppKey("storage_about", StorageAbout)
 VERSIONS = web.AppKey("versions", VersionPolicy)
+# Present only when server.cors lists origins: the gateway then answers CORS itself.
+CORS: web.AppKey[CorsPolicy] = web.AppKey("cors")
 
 PRINCIPAL = web.RequestKey("principal", Principal)
 # The body of a request that came in the alternate syntax (its own stream is spent).

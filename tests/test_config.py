@@ -51,6 +51,22 @@ def test_environment_overrides_are_typed(tmp_path: Path) -> None:
     assert config.server.public_url is None
 
 
+def test_cors_is_off_by_default_and_set_from_yaml_or_environment(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, ""), {})
+    assert not config.server.cors.enabled
+    assert "Authorization" in config.server.cors.allow_headers
+    config = load_config(write(tmp_path, "server:\n  cors:\n    allow_origins: "
+                                         "[https://lms.example.org]\n    max_age: 60\n"), {})
+    assert config.server.cors.enabled
+    assert config.server.cors.allow_origins == ("https://lms.example.org",)
+    assert config.server.cors.max_age == 60
+    config = load_config(write(tmp_path, "server:\n  cors: null\n"), {
+        "LRS_GATEWAY__SERVER__CORS__ALLOW_ORIGINS": "['*']",
+        "LRS_GATEWAY__SERVER__CORS__EXPOSE_HEADERS": "[ETag]"})
+    assert config.server.cors.allow_origins == ("*",)
+    assert config.server.cors.expose_headers == ("ETag",)
+
+
 def test_secrets_are_masked_in_reprs(tmp_path: Path) -> None:
     config = load_config(write(tmp_path, "storage:\n  basic_username: gw\n"
                                          "  basic_password: hunter2-secret\n"), {})
@@ -98,6 +114,33 @@ def test_secrets_are_masked_in_reprs(tmp_path: Path) -> None:
          "forwardings[0] (t1): headers: 'X-Api-Key' is not a header that can be set here"),
         ("xapi:\n  signed_statements: sometimes\n", {}, "xapi.signed_statements: one of"),
         ("server:\n  workers: 0\n", {}, "server.workers: must be greater than 0"),
+        ("server:\n  cors:\n    allow_origins: https://lms.example.org\n", {},
+         "config.yaml: server.cors.allow_origins: expected a list"),
+        ("server:\n  cors:\n    allow_origins: [1]\n", {},
+         "server.cors.allow_origins: expected a string"),
+        ("server:\n  cors:\n    max_age: soon\n", {}, "server.cors.max_age: expected an integer"),
+        ("server:\n  cors:\n    max_age: -1\n", {}, "server.cors.max_age: between 0 and 86400"),
+        ("server:\n  cors:\n    max_age: 86401\n", {}, "server.cors.max_age: between 0 and"),
+        ("server:\n  cors:\n    allow_credentials: sometimes\n", {},
+         "server.cors.allow_credentials: expected true or false"),
+        ("server:\n  cors:\n    allow_origin: ['*']\n", {},
+         "server.cors.allow_origin: unknown key"),
+        ("server:\n  cors: [a]\n", {}, "server.cors: expected a mapping"),
+        ("server:\n  cors:\n    allow_origins: ['*']\n    allow_credentials: true\n", {},
+         'server.cors.allow_credentials: cannot be true with allow_origins "*"'),
+        ("server:\n  cors:\n    allow_origins: ['https://lms.example.org/']\n", {},
+         "server.cors.allow_origins: 'https://lms.example.org/' is not an origin"),
+        ("server:\n  cors:\n    allow_origins: [lms.example.org]\n", {},
+         "server.cors.allow_origins: 'lms.example.org' is not an origin"),
+        ("server:\n  cors:\n    allow_origins: ['null']\n", {},
+         "server.cors.allow_origins: 'null' cannot be allowed"),
+        ("server:\n  cors:\n    allow_headers: ['X-Bad Header']\n", {},
+         "server.cors.allow_headers: 'X-Bad Header' is not a header name"),
+        ("", {"LRS_GATEWAY__SERVER__CORS__ALLOW_ORIGINS": "['*']",
+              "LRS_GATEWAY__SERVER__CORS__ALLOW_CREDENTIALS": "true"},
+         "server.cors.allow_credentials: cannot be true"),
+        ("", {"LRS_GATEWAY__SERVER__CORS__MAX_AGE": "x"},
+         "environment LRS_GATEWAY__SERVER__CORS__MAX_AGE: expected an integer"),
     ],
 )
 def test_errors_name_the_key_and_the_source(tmp_path: Path, text: str,
