@@ -12,6 +12,7 @@ from typing import Any
 import bcrypt
 
 from gateway.agents import AgentError, validate_agent
+from gateway.auth.passwords import check_new_password
 
 __all__ = ["add_arguments", "build_entry", "write_entry"]
 
@@ -59,8 +60,7 @@ def build_entry(args: argparse.Namespace, password: str) -> dict[str, Any]:
     """One credentials-file entry, with a fresh bcrypt hash."""
     if ":" in args.username or not args.username:
         raise ValueError("the username must be non-empty and must not contain ':'")
-    if len(password.encode("utf-8")) > 72:
-        raise ValueError("bcrypt reads at most 72 bytes of a password; choose a shorter one")
+    check_new_password(password)  # the rules every way of setting a password shares
     if not 4 <= args.cost <= 31:
         raise ValueError("--cost must be between 4 and 31")
     hashed = bcrypt.hashpw(password.encode("utf-8"), bcrypt.gensalt(args.cost)).decode()

@@ -197,6 +197,26 @@ def test_auth_add_refuses_bad_flags_with_a_clear_message(tmp_path: Path) -> None
     assert list(tmp_path.iterdir()) == []
 
 
+def test_auth_add_refuses_a_password_bcrypt_cannot_check_in_full(tmp_path: Path) -> None:
+    # bcrypt reads 72 bytes: a longer password would also let in any that shares them.
+    base = ("auth", "add", "-u", "bob", "--cost", "4", "--agent-mbox", "mailto:bob@example.com")
+    users = tmp_path / "users.json"
+    refused: list[tuple[tuple[str, ...], str]] = [
+        (("-p", "a" * 73), "73 bytes long in UTF-8; bcrypt reads at most 72 bytes"),
+        (("-p", "é" * 37), "74 bytes long"),  # 37 characters: the UTF-8 bytes count
+        (("-w", "--file", str(users), "-p", "p" * 100), "100 bytes long"),
+        (("-p", ""), "the password must not be empty"),
+    ]
+    *results, accepted = run_all(*(Call(tmp_path, (*base, *flags)) for flags, _ in refused),
+                                 Call(tmp_path, (*base, "-p", "é" * 36)))
+    for (_, message), result in zip(refused, results, strict=True):
+        assert_clean_failure(result, message)
+        assert result.code == 2, result
+        assert result.out == "", result
+    assert list(tmp_path.iterdir()) == []  # nothing written
+    assert checks("é" * 36, printed_entry(accepted))  # exactly 72 bytes: fine
+
+
 # -- auth add --write -------------------------------------------------------------------------
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import hashlib
 import hmac
 import os
 import re
@@ -16,13 +17,35 @@ import bcrypt
 
 from gateway.errors import AuthUnavailable
 
-__all__ = ["PasswordChecker", "bcrypt_cost", "is_bcrypt_hash"]
+__all__ = ["BCRYPT_MAX_BYTES", "PasswordChecker", "UnusablePassword", "bcrypt_cost",
+           "check_new_password", "is_bcrypt_hash"]
 
 _BCRYPT = re.compile(r"\$2[aby]\$(0[4-9]|[12]\d|3[01])\$[./A-Za-z0-9]{53}")  # cost 4-31
-# bcrypt only ever reads 72 bytes; bcrypt>=5 raises instead of truncating, but hashes made
-# by older versions (Ralph's CLI) for longer passwords must keep working.
-_BCRYPT_MAX_BYTES = 72
+# bcrypt reads at most 72 bytes of a password. Older bcrypt versions (and Ralph's CLI on
+# them) silently dropped the rest, so any longer password sharing those 72 bytes matched
+# (red-team issue 13, finding 7): longer passwords are refused when set and never match.
+BCRYPT_MAX_BYTES = 72
 _DUMMY_PASSWORD = b"lrs-gateway dummy password for unknown users"
+
+
+class UnusablePassword(ValueError):
+    """A new password the gateway will not store: empty, past 72 bytes, or with a NUL."""
+
+
+def check_new_password(password: str) -> None:
+    """Raise UnusablePassword unless bcrypt would check every byte of `password`."""
+    if not password:
+        raise UnusablePassword("the password must not be empty")
+    try:
+        size = len(password.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise UnusablePassword("the password is not valid text (UTF-8)") from None
+    if size > BCRYPT_MAX_BYTES:
+        raise UnusablePassword(
+            f"the password is {size} bytes long in UTF-8; bcrypt reads at most "
+            f"{BCRYPT_MAX_BYTES} bytes, so the rest would not count: choose a shorter one")
+    if "\0" in password:  # C bcrypt implementations stop reading at a NUL byte
+        raise UnusablePassword("the password must not contain a NUL character")
 
 
 def is_bcrypt_hash(value: str) -> bool:
@@ -61,8 +84,13 @@ class PasswordChecker:
         self.checks = 0  # bcrypt runs so far (tests assert on it; metrics read it)
 
     async def check(self, password: str, hashed: str) -> bool:
-        """Whether `password` matches the bcrypt `hashed`."""
-        secret = password.encode("utf-8")[:_BCRYPT_MAX_BYTES]
+        """Whether `password` matches the bcrypt `hashed` (never, past 72 bytes)."""
+        secret = password.encode("utf-8")
+        too_long = len(secret) > BCRYPT_MAX_BYTES
+        if too_long:
+            # Refused whatever its first 72 bytes are; bcrypt still runs, on the same hash
+            # with a fixed password, so the answer takes a wrong password's time.
+            secret = _DUMMY_PASSWORD
         loop = asyncio.get_running_loop()
         if self._waiting >= self._max_waiting:
             error = AuthUnavailable("too many logins are being checked; try again shortly")
@@ -78,7 +106,7 @@ class PasswordChecker:
             self._waiting -= 1
         if self._observe is not None:
             self._observe(time.perf_counter() - started)
-        return ok
+        return ok and not too_long
 
     async def prepare(self, cost: int) -> None:
         """Make the dummy hash for `cost` now (at start), not under the first flood."""
@@ -95,8 +123,12 @@ class PasswordChecker:
 
     @staticmethod
     def check_plain(password: str, stored: str) -> bool:
-        """Constant-time comparison for plain-text secrets (Rustici lines)."""
-        return hmac.compare_digest(password.encode("utf-8"), stored.encode("utf-8"))
+        """Exact, constant-time comparison for plain-text secrets (Rustici lines)."""
+        # Digests of equal size: compare_digest would otherwise show a length mismatch by
+        # its time. Every byte counts, whatever the length (no bcrypt limit here).
+        given = hashlib.sha256(password.encode("utf-8", "surrogatepass")).digest()
+        expected = hashlib.sha256(stored.encode("utf-8", "surrogatepass")).digest()
+        return hmac.compare_digest(given, expected)
 
     def close(self) -> None:
         """Stop the pool; pending checks finish first."""
