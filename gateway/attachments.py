@@ -7,29 +7,44 @@ from collections.abc import Sequence
 from typing import Any
 
 from gateway.errors import BadRequest
-from gateway.multipart import Multipart, Part, boundary_of, parse, parse_headers
+from gateway.multipart import Part, build, check_head, parse, parse_headers, request_boundary
 from gateway.statements import parse_json_body
 
-__all__ = ["AttachmentBody", "pack_parts", "parts_for", "read_attachment_body", "unpack_parts"]
+__all__ = [
+    "AttachmentBody", "canonical_body", "pack_parts", "parts_for", "read_attachment_body",
+    "unpack_parts",
+]
+
+_STATEMENTS_HEAD = b"Content-Type: application/json\r\n\r\n"
 
 
 class AttachmentBody:
     """A multipart statements request: the statements, and the parts by their sha2."""
 
-    def __init__(self, multipart: Multipart, statements: Any, by_hash: dict[str, Part]) -> None:
-        self.multipart = multipart
+    def __init__(self, statements: Any, by_hash: dict[str, Part]) -> None:
         self.statements = statements
         self.by_hash = by_hash
 
-    def with_statements(self, encoded: bytes) -> bytes:
-        """The body again, its statement part replaced, every other byte as received."""
-        self.multipart.parts[0] = self.multipart.parts[0].with_body(encoded)
-        return self.multipart.serialize()
+
+def canonical_body(encoded: bytes, wanted: Sequence[Sequence[Part]]) -> tuple[bytes, str]:
+    """The body storage gets: our statements, then each wanted part once; (body, type).
+
+    Nothing of the client's body but the checked attachment parts survives: not its
+    boundary, preamble, epilogue or statement part.
+    """
+    unique = {id(part): part for found in wanted for part in found}
+    body, boundary = build([Part(_STATEMENTS_HEAD, encoded), *unique.values()])
+    return body, f"multipart/mixed; boundary={boundary}"
 
 
 def read_attachment_body(body: bytes, content_type: str) -> AttachmentBody:
     """Parse and check the parts; 400 saying which rule a part breaks."""
-    multipart = parse(body, boundary_of(content_type))
+    multipart = parse(body, request_boundary(content_type))
+    for index, part in enumerate(multipart.parts):
+        check_head(part.head, f"multipart part {index}")
+        length = part.header("Content-Length")
+        if length is not None and length != str(len(part.body)):
+            raise BadRequest(f"multipart part {index} has a Content-Length that is not its size")
     first = multipart.parts[0]
     if not (first.header("Content-Type") or "").lower().startswith("application/json"):
         raise BadRequest("the first part of a multipart statement request must be the "
@@ -44,7 +59,7 @@ def read_attachment_body(body: bytes, content_type: str) -> AttachmentBody:
         if hashlib.sha256(part.body).hexdigest() != sha2.lower():
             raise BadRequest(f"multipart part {index} does not match its X-Experience-API-Hash")
         by_hash[sha2.lower()] = part
-    return AttachmentBody(multipart, parse_json_body(first.body), by_hash)
+    return AttachmentBody(parse_json_body(first.body), by_hash)
 
 
 def _attachments(statement: Any, where: str) -> list[dict[str, Any]]:

@@ -8,9 +8,16 @@ from typing import Any
 from aiohttp import web
 
 from gateway import jsoncodec, passthrough
-from gateway.attachments import AttachmentBody, pack_parts, parts_for, read_attachment_body
+from gateway.attachments import (
+    AttachmentBody,
+    canonical_body,
+    pack_parts,
+    parts_for,
+    read_attachment_body,
+)
 from gateway.bodies import read_limited
 from gateway.errors import BadRequest, NotFound, UpstreamUnavailable
+from gateway.forwarded_headers import forwarded_headers
 from gateway.keys import CONFIG, FORWARDER, METRICS, PRINCIPAL, REQUEST_ID, STORAGE, VERSIONS
 from gateway.multipart import Multipart, boundary_of, parse
 from gateway.principal import Principal
@@ -75,15 +82,17 @@ async def _send_write(request: web.Request, method: str, statements: list[Any],
         payload, content_type = encoded, "application/json"
         packed: list[bytes | None] = [None] * len(statements)
     else:
-        packed = [pack_parts(found) for found in parts_for(statements, attached.by_hash)]
-        payload = attached.with_statements(encoded)
-        content_type = request.headers["Content-Type"]  # same boundary, same other parts
+        wanted = parts_for(statements, attached.by_hash)
+        packed = [pack_parts(found) for found in wanted]
+        # What storage gets is built here from what was checked, never the client's body.
+        payload, content_type = canonical_body(encoded, wanted)
     forwarder = request.app.get(FORWARDER)
     version = request.app[VERSIONS].answer_for(request.headers.get(VERSION_HEADER))
     seqs = (await forwarder.record_pending(
         [(s["id"], b, p) for s, b, p in zip(statements, parts, packed, strict=True)], version)
         if forwarder is not None else [])
     headers = request_headers(request.headers, extra={
+        **forwarded_headers(request),
         "X-Request-ID": request[REQUEST_ID], "Content-Type": content_type,
     })
     # The body is ours, re-encoded from what aiohttp already decoded: never compressed.
@@ -163,7 +172,8 @@ class _Page:
 async def _fetch(storage: Upstream, request: web.Request, tail: str,
                  query: str) -> tuple[web.Response | None, _Page | None]:
     """GET from storage: (its answer to pass on as is, None) unless it is a 200 we read."""
-    headers = request_headers(request.headers, extra={"X-Request-ID": request[REQUEST_ID]})
+    headers = request_headers(request.headers, extra={
+        **forwarded_headers(request), "X-Request-ID": request[REQUEST_ID]})
     headers.pop("Accept-Encoding", None)
     async with storage.request("GET", tail, raw_query=query, headers=headers,
                                decompress=True) as upstream:

@@ -19,7 +19,7 @@ from support import FakeLRS, basic, credential, write_config
 
 from gateway.app import create_app
 from gateway.errors import BadRequest
-from gateway.multipart import boundary_of, parse
+from gateway.multipart import Part, boundary_of, build, parse, request_boundary
 
 Client = TestClient[web.Request, web.Application]
 WRITER = credential("writer", "writer-pw", ["statements/write"])
@@ -107,13 +107,14 @@ async def test_parts_pass_byte_exact_and_statements_get_authority(
     assert response.status == 200, await response.text()
     ids = await response.json()
     (seen,) = fake.seen
-    sent = parse(seen.body, BOUNDARY)
+    sent = parse(seen.body, request_boundary(seen.headers["Content-Type"]))
     original = parse(body, BOUNDARY)
-    assert seen.headers["Content-Type"] == HEADERS["Content-Type"]
+    assert BOUNDARY not in seen.headers["Content-Type"]  # a body the gateway built
     assert [(p.head, p.body) for p in sent.parts[1:]] == [
         (p.head, p.body) for p in original.parts[1:]]  # every attachment byte-identical
-    assert sent.preamble == original.preamble
-    assert sent.closing == original.closing
+    assert sent.preamble == b""  # the client's preamble and epilogue are not passed on
+    assert sent.closing == b"--\r\n"
+    assert sent.parts[0].head == b"Content-Type: application/json\r\n\r\n"
     stored = json.loads(sent.parts[0].body)
     assert [s["id"] for s in stored] == ids
     assert all(s["authority"] == WRITER["agent"] for s in stored)
@@ -163,7 +164,7 @@ async def test_put_with_an_attachment(client: tuple[Client, FakeLRS, list[bytes]
                                     data=multipart(statement(1, PDF), PDF),
                                     headers={**basic("writer", "writer-pw"), **HEADERS})
     assert response.status == 200
-    sent = parse(fake.seen[0].body, BOUNDARY)
+    sent = parse(fake.seen[0].body, request_boundary(fake.seen[0].headers["Content-Type"]))
     assert json.loads(sent.parts[0].body)["id"] == sid
     assert sent.parts[1].body == PDF
 
@@ -202,3 +203,49 @@ def test_any_mutation_is_a_clean_400(noise: bytes, cut: int) -> None:
     mutated = raw[:cut] + noise + raw[cut:]
     with contextlib.suppress(BadRequest):  # anything else would fail the test
         parse(mutated, "bnd").serialize()
+
+
+@pytest.mark.parametrize(("content_type", "message"), [
+    ('multipart/mixed; boundary ="xapi-boundary-7d3f"; x-boundary=LL', "malformed"),
+    ("multipart/mixed; boundary= xapi-boundary-7d3f", "malformed"),
+    (f"multipart/mixed; boundary={BOUNDARY}; BOUNDARY=LL", "twice"),
+    (f"multipart/mixed; boundary={BOUNDARY} LL", "malformed"),
+    (f'multipart/mixed; boundary="{BOUNDARY}\\\\"', "escapes"),
+    ("multipart/mixed; charset=utf-8", "needs a boundary"),
+    ("multipart/mixedx; boundary=LL", "not multipart/mixedx"),
+])
+async def test_an_ambiguous_content_type_is_400(client: tuple[Client, FakeLRS, list[bytes]],
+                                                content_type: str, message: str) -> None:
+    app_client, fake, _ = client
+    response = await app_client.post(
+        "/xAPI/statements", data=multipart([statement(1, PDF)], PDF),
+        headers={**basic("writer", "writer-pw"), "Content-Type": content_type})
+    assert response.status == 400
+    assert message in (await response.json())["message"]
+    assert fake.seen == []
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    (b"X-Experience-API-Hash: " + b"0" * 64 + b"\r\n", "twice"),  # which one wins?
+    (b"X-Note: a\nX-Experience-API-Hash: x\r\n", "malformed"),  # a lone LF
+    (b"X-Note: a\r\n continued\r\n", "malformed"),  # obs-fold
+    (b"X-Note: a\x00b\r\n", "malformed"),
+    (b"Content-Length: 3\r\n", "Content-Length"),
+])
+async def test_an_ambiguous_part_header_is_400(client: tuple[Client, FakeLRS, list[bytes]],
+                                               extra: bytes, message: str) -> None:
+    app_client, fake, _ = client
+    response = await app_client.post(
+        "/xAPI/statements", data=multipart([statement(1, PDF)], PDF, extra_headers=extra),
+        headers={**basic("writer", "writer-pw"), **HEADERS})
+    assert response.status == 400
+    assert message in (await response.json())["message"]
+    assert fake.seen == []
+
+
+def test_a_part_that_holds_the_boundary_gets_another_one() -> None:
+    tricky = Part(b"Content-Type: text/plain\r\n\r\n", b"x\r\n--first--\r\n")
+    candidates = iter(["first", "second"])
+    body, boundary = build([tricky], lambda: next(candidates))
+    assert boundary == "second"
+    assert parse(body, boundary).parts[0].body == tricky.body

@@ -167,3 +167,42 @@ async def test_signed_statements_verify_at_a_strict_lrs_when_passed_verbatim(
         key, "sig-boundary"))
     assert response.status == 400
     assert (await response.json())["message"].startswith("Signed statement should match")
+
+
+def _smuggling_body(forged: dict[str, Any], legit: dict[str, Any]) -> bytes:
+    """Issue 13's attack: an `LL` part the gateway reads as preamble, then its own `GW` part."""
+    hx = hashlib.sha256(b"x").hexdigest()
+    return (b"--LL\r\nContent-Type: application/json\r\n\r\n" + json.dumps([forged]).encode()
+            + b"\r\n--LL\r\nContent-Type: text/plain\r\nContent-Transfer-Encoding: binary\r\n"
+            + b"X-Experience-API-Hash: " + hx.encode() + b"\r\n\r\nx"
+            + b"\r\n--GW\r\nContent-Type: application/json\r\n\r\n"
+            + json.dumps([legit]).encode() + b"\r\n--GW--\r\n--LL--")
+
+
+@pytest.mark.parametrize("content_type", [
+    'multipart/mixed; boundary ="GW"; x-boundary=LL',  # the reported one
+    "multipart/mixed; boundary=GW; boundary=LL",
+    "multipart/mixed; x-boundary=LL; boundary=GW",  # well-formed: LL reads LL, we GW
+    'multipart/mixed;boundary="GW"',  # well-formed and unambiguous
+])
+async def test_a_body_two_parsers_read_differently_never_reaches_storage(
+        gateway: Client, content_type: str) -> None:
+    auth = basic("admin", "admin-pw")
+    forged_id = str(uuid.uuid4())
+    forged = statement(id=forged_id, authority={"mbox": "mailto:alice@example.org"},
+                       attachments=[{"usageType": "http://example.org/u",
+                                     "display": {"en-US": "a"}, "contentType": "text/plain",
+                                     "length": 1, "sha2": hashlib.sha256(b"x").hexdigest()}])
+    legit = statement()
+    response = await gateway.post("/xAPI/statements", data=_smuggling_body(forged, legit),
+                                  headers={**auth, "Content-Type": content_type})
+    if response.status == 200:
+        # Only an unambiguous body is taken, and then storage gets what the gateway checked.
+        (stored_id,) = await response.json()
+        response = await gateway.get(f"/xAPI/statements?statementId={stored_id}",
+                                     headers=auth)
+        assert (await response.json())["actor"] == legit["actor"]
+    else:
+        assert response.status == 400, await response.text()
+    response = await gateway.get(f"/xAPI/statements?statementId={forged_id}", headers=auth)
+    assert response.status == 404  # the forged statement was never stored

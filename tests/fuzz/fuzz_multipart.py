@@ -1,15 +1,19 @@
-"""Fuzz statements with attachments: boundary_of, multipart parse, read_attachment_body.
+"""Fuzz statements with attachments: Content-Type grammar, multipart parse, canonical bodies.
 
-Any Content-Type and body end in BadRequest, or in parts that serialize back to exactly the
-bytes received, attachment parts that match their X-Experience-API-Hash, statements that
-prepare like JSON ones, parts matched to statements (pack/unpack round trip), and a body
-with the statements replaced whose other parts are byte for byte the same.
+Any Content-Type and body end in BadRequest, or in: a boundary that Python's own MIME
+parser (`email`) reads the same way from a Content-Type the strict grammar accepted; parts
+that serialize back to exactly the bytes received; attachment parts that match their
+X-Experience-API-Hash and whose headers are unambiguous; statements that prepare like JSON
+ones; parts matched to statements (pack/unpack round trip); and a canonical body (ours:
+new boundary, no preamble or epilogue) holding the new statements and each checked part
+byte for byte.
 
     python tests/fuzz/fuzz_multipart.py [CORPUS_DIR] [-max_total_time=60] [libFuzzer flags]
 """
 
 from __future__ import annotations
 
+import email.message
 import hashlib
 import json
 import sys
@@ -19,9 +23,15 @@ import fuzzing
 
 with fuzzing.instrumented():
     from gateway import jsoncodec
-    from gateway.attachments import pack_parts, parts_for, read_attachment_body, unpack_parts
+    from gateway.attachments import (
+        canonical_body,
+        pack_parts,
+        parts_for,
+        read_attachment_body,
+        unpack_parts,
+    )
     from gateway.errors import BadRequest, PayloadTooLarge
-    from gateway.multipart import boundary_of, parse, parse_headers
+    from gateway.multipart import boundary_of, parse, parse_headers, request_boundary
     from gateway.statements import prepare_post
 
 AUTHORITY: dict[str, Any] = {"mbox": "mailto:caller@example.org"}
@@ -29,7 +39,14 @@ BOUNDARIES = ["abc", "lrs-gateway-0123", "a b", "x" * 70, "x" * 71, "=_Part_1", 
               "\udcff", "é", '"q"', "", ";"]
 CONTENT_TYPES = ['multipart/mixed; boundary="{b}"', "multipart/mixed; boundary={b}",
                  "multipart/mixed;boundary = {b}; charset=utf-8", "multipart/mixed",
-                 "multipart/mixed; BOUNDARY={b}", "multipart/mixed; boundary=\"{b}"]
+                 "multipart/mixed; BOUNDARY={b}", "multipart/mixed; boundary=\"{b}",
+                 # the strict grammar's cases: look-alikes, repeats, escapes, stray text
+                 'multipart/mixed; boundary ="{b}"; x-boundary=LL', "multipart/mixed; "
+                 "boundary={b}; boundary=LL", "multipart/mixed; x-boundary=LL; boundary={b}",
+                 'multipart/mixed; boundary="{b}\\"', "multipart/mixed;;boundary={b};",
+                 "Multipart/Mixed ; boundary={b}", "multipart/mixed; boundary={b} trailing",
+                 "multipart/mixed, text/plain; boundary={b}", "multipart/mixed;\tboundary={b}",
+                 'multipart/mixed; a="x;boundary=LL"; boundary={b}']
 PART_BODIES = [b"hello", b"", b"\r\n", b"--abc", b"\r\n--abc\r\n", b"\x00\xff" * 8,
                b"Content-Type: x\r\n\r\n"]
 
@@ -90,6 +107,20 @@ def check_parse(body: bytes, boundary: str) -> None:
         fuzzing.check(part.headers == parse_headers(part.head), "headers differ from head")
 
 
+def check_content_type(content_type: str) -> None:
+    """What the strict grammar accepts, Python's MIME parser must read the same way."""
+    try:
+        boundary = request_boundary(content_type)
+    except BadRequest:
+        return
+    message = email.message.Message()
+    message["Content-Type"] = content_type
+    fuzzing.check(message.get_content_type() == "multipart/mixed",
+                  f"{content_type!r} accepted as multipart/mixed")
+    fuzzing.check(message.get_boundary() == boundary,
+                  f"{content_type!r}: we read {boundary!r}, email {message.get_boundary()!r}")
+
+
 def check_attachments(body: bytes, content_type: str) -> None:
     try:
         attached = read_attachment_body(body, content_type)
@@ -114,13 +145,15 @@ def check_attachments(body: bytes, content_type: str) -> None:
         again = unpack_parts(pack_parts(parts) or b"")
         fuzzing.check([(p.head, p.body) for p in again] == [(p.head, p.body) for p in parts],
                       "pack_parts / unpack_parts changed a part")
-    before = [(p.head, p.body) for p in attached.multipart.parts[1:]]
     encoded = jsoncodec.dumps(data)
-    replaced = parse(attached.with_statements(encoded), attached.multipart.boundary.decode(
-        "latin-1"))
-    fuzzing.check(replaced.parts[0].body == encoded, "the statements part is not the new one")
-    fuzzing.check([(p.head, p.body) for p in replaced.parts[1:]] == before,
-                  "an attachment part changed when the statements were replaced")
+    canonical, canonical_type = canonical_body(encoded, wanted)
+    rebuilt = parse(canonical, request_boundary(canonical_type))
+    fuzzing.check(rebuilt.preamble == b"" and rebuilt.closing == b"--\r\n",
+                  "the canonical body keeps a preamble or an epilogue")
+    fuzzing.check(rebuilt.parts[0].body == encoded, "the statements part is not the new one")
+    expected = list({id(p): (p.head, p.body) for ps in wanted for p in ps}.values())
+    fuzzing.check([(p.head, p.body) for p in rebuilt.parts[1:]] == expected,
+                  "the canonical body's attachment parts are not the checked ones")
 
 
 def test_one_input(data: bytes) -> None:
@@ -137,6 +170,7 @@ def test_one_input(data: bytes) -> None:
         return
     fuzzing.check(isinstance(boundary, str) and 0 < len(boundary) <= 70,
                   f"boundary {boundary!r} from {content_type!r}")
+    check_content_type(content_type)
     check_parse(body, boundary)
     check_attachments(body, content_type)
 
