@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Create (or refresh) the project's virtualenvs; safe to run again and again.
+# Create (or refresh) everything the test command needs; safe to run again and again.
 #
 #   .venv        the gateway with its dev tools:  pip install -e '.[dev]'
 #   .venv-ralph  a real Ralph LRS for tests and the demo: tests/realparts/requirements-ralph.txt
@@ -8,68 +8,26 @@
 #   promtool     Prometheus' rule checker, for tests/test_deploy.py (deploy/prometheus):
 #                the Debian package `prometheus` when missing (needs root and apt-get)
 #
-# A venv is (re)installed only when its inputs changed (pyproject.toml, or the Ralph
-# requirements file, or the Python version), as recorded in a stamp file inside it; the
-# same for node_modules (the lockfile, or the Node version).
+# The venvs are made by deploy/demo/venvs.sh, which deploy/demo.sh shares (the demo installs
+# only the gateway's runtime dependencies and Ralph, never npm or apt). A venv is
+# (re)installed only when its inputs changed (pyproject.toml, or the Ralph requirements
+# file, or the Python version), as recorded in a stamp file inside it; the same for
+# node_modules (the lockfile, or the Node version).
 # Environment: PYTHON (default python3, must be >= 3.11).
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
-REPO_ROOT="$(pwd)"
-PYTHON="${PYTHON:-python3}"
 STAMP_NAME=".lrs-gateway-bootstrap.stamp"
 
 say() { printf 'bootstrap: %s\n' "$*"; }
 die() { printf 'bootstrap: error: %s\n' "$*" >&2; exit 1; }
 
-command -v "$PYTHON" >/dev/null 2>&1 || die "$PYTHON not found (set PYTHON=/path/to/python3.11+)"
-"$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
-    || die "$PYTHON is $("$PYTHON" -V 2>&1); Python >= 3.11 is required"
-PY_VERSION="$("$PYTHON" -c 'import sys; print(sys.version.split()[0])')"
-
-# One bootstrap at a time for this checkout (tests/run and demo.sh may race).
-if command -v flock >/dev/null 2>&1; then
-    lock_id="$(printf '%s' "$REPO_ROOT" | sha256sum | cut -c1-16)"
-    exec 9>"${TMPDIR:-/tmp}/lrs-gateway-bootstrap-${lock_id}.lock"
-    flock 9
-fi
-
-# ensure_venv DIR STAMP_CONTENT INSTALL_ARGS...
-ensure_venv() {
-    local dir="$1" wanted="$2"
-    shift 2
-    local stamp="$dir/$STAMP_NAME" log
-    if [[ -x "$dir/bin/python" && -f "$stamp" ]] && [[ "$(cat "$stamp")" == "$wanted" ]] \
-        && "$dir/bin/python" -c '' >/dev/null 2>&1; then
-        say "$dir is up to date"
-        return 0
-    fi
-    if [[ ! -x "$dir/bin/python" ]] || ! "$dir/bin/python" -c '' >/dev/null 2>&1; then
-        say "creating $dir"
-        rm -rf "$dir"
-        "$PYTHON" -m venv "$dir"
-    fi
-    say "installing into $dir: $*"
-    rm -f "$stamp"
-    log="$(mktemp)"
-    if ! "$dir/bin/python" -m pip install --disable-pip-version-check --no-input -q "$@" \
-        >"$log" 2>&1; then
-        cat "$log" >&2
-        rm -f "$log"
-        die "pip install into $dir failed"
-    fi
-    rm -f "$log"
-    printf '%s\n' "$wanted" >"$stamp"
-}
-
-inputs_hash() { cat "$@" | sha256sum | cut -d' ' -f1; }
-
-RALPH_REQS="tests/realparts/requirements-ralph.txt"
-[[ -f pyproject.toml ]] || die "pyproject.toml missing in $REPO_ROOT"
-[[ -f "$RALPH_REQS" ]] || die "$RALPH_REQS missing"
-
-ensure_venv .venv "python=$PY_VERSION inputs=$(inputs_hash pyproject.toml)" -e '.[dev]'
-ensure_venv .venv-ralph "python=$PY_VERSION inputs=$(inputs_hash "$RALPH_REQS")" -r "$RALPH_REQS"
+# shellcheck source=deploy/demo/venvs.sh
+source deploy/demo/venvs.sh
+venvs_check_python
+venvs_lock
+ensure_gateway_venv_dev
+ensure_ralph_venv
 
 # ensure_node_modules DIR: `npm ci` in DIR when its lockfile (or Node) changed.
 ensure_node_modules() {
