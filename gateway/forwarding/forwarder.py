@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import time
@@ -24,6 +23,24 @@ log = logging.getLogger(__name__)
 OUTBOX_FILE = "outbox.sqlite3"
 _GC_INTERVAL = 30.0
 _SNAPSHOT_INTERVAL = 2.0
+_FAILURE_LOG_EVERY = 60.0  # seconds between log lines of one failing background loop
+
+
+class _FailureLog:
+    """Logs a background loop's failures at most once a minute, with how many there were."""
+
+    def __init__(self, what: str) -> None:
+        self._what = what
+        self._last = -_FAILURE_LOG_EVERY
+        self._unlogged = 0
+
+    def failed(self, exc: Exception) -> None:
+        """One more failure: logged unless one was logged less than a minute ago."""
+        self._unlogged += 1
+        if time.monotonic() - self._last >= _FAILURE_LOG_EVERY:
+            log.error("outbox: %s failed (%d times since the last line): %s", self._what,
+                      self._unlogged, exc)
+            self._last, self._unlogged = time.monotonic(), 0
 
 
 class Forwarder:
@@ -142,19 +159,25 @@ class Forwarder:
         return settled
 
     async def _resolve_pending(self) -> None:
+        failing = _FailureLog("settling pending statements")
         while True:
-            with contextlib.suppress(Exception):
+            try:
                 await self.resolve_once()
+            except Exception as exc:  # storage or the outbox: next round
+                failing.failed(exc)
             await asyncio.sleep(max(1.0, self._config.outbox.resolve_pending_after / 2))
 
     async def _housekeeping(self) -> None:
         last_gc = time.monotonic()
+        failing = _FailureLog("reading the outbox's figures")
         while True:
-            with contextlib.suppress(Exception):
+            try:
                 self.snapshot = await self.status()
                 if time.monotonic() - last_gc >= _GC_INTERVAL:
                     last_gc = time.monotonic()
                     await self.outbox.call(OutboxStore.collect_garbage)
+            except Exception as exc:  # the outbox: stale figures until it answers again
+                failing.failed(exc)
             await asyncio.sleep(_SNAPSHOT_INTERVAL)
 
     async def status(self) -> dict[str, TargetStats]:
@@ -170,6 +193,10 @@ class Forwarder:
     def failed(self) -> dict[str, int]:
         """Failed sends per target since start."""
         return {worker.name: worker.failed for worker in self.workers}
+
+    def target_up(self) -> dict[str, bool]:
+        """Whether each active target is up, as its worker knows it now."""
+        return {worker.name: worker.up for worker in self.workers}
 
     @staticmethod
     def as_json(stats: dict[str, TargetStats]) -> dict[str, Any]:

@@ -13,7 +13,7 @@ __all__ = ["ForwardingCollector"]
 
 
 class ForwardingCollector(Collector):
-    """Backlog, lag and totals per target; no database work happens during a scrape."""
+    """Up/down, backlog, lag and totals per target; no database work during a scrape."""
 
     def __init__(self, forwarder: Forwarder) -> None:
         self._forwarder = forwarder
@@ -24,6 +24,10 @@ class ForwardingCollector(Collector):
         backlog = self._forwarder.outbox.backlog
         failed = self._forwarder.failed()
         families: dict[str, GaugeMetricFamily | CounterMetricFamily] = {
+            "up": GaugeMetricFamily(
+                "lrs_gateway_forwarding_target_up",
+                "1 while a target answers, 0 once retries are exhausted (it is probed slowly)",
+                labels=["target"]),
             "backlog": GaugeMetricFamily(
                 "lrs_gateway_forwarding_backlog", "Statements waiting for a target",
                 labels=["target"]),
@@ -31,7 +35,8 @@ class ForwardingCollector(Collector):
                 "lrs_gateway_forwarding_lag_seconds",
                 "Age of the oldest statement a target has not received", labels=["target"]),
             "dead": GaugeMetricFamily(
-                "lrs_gateway_forwarding_dead_letters", "Statements in a target's dead letters",
+                "lrs_gateway_forwarding_dead_letters",
+                "Statements in a target's dead letters (refused for a permanent reason)",
                 labels=["target"]),
             "delivered": CounterMetricFamily(
                 "lrs_gateway_forwarding_delivered", "Statements delivered", labels=["target"]),
@@ -39,12 +44,16 @@ class ForwardingCollector(Collector):
                 "lrs_gateway_forwarding_retried", "Statement deliveries retried",
                 labels=["target"]),
             "dead_total": CounterMetricFamily(
-                "lrs_gateway_forwarding_dead_lettered", "Statements ever dead-lettered",
-                labels=["target"]),
+                "lrs_gateway_forwarding_dead_lettered",
+                "Statements ever dead-lettered (permanent reasons only)", labels=["target"]),
             "failed": CounterMetricFamily(
                 "lrs_gateway_forwarding_failed",
                 "Sends to a target that failed (since start)", labels=["target"]),
         }
+        # The workers know now; the snapshot (2 s old at most) knows targets without one.
+        up = {name: stats.up for name, stats in snapshot.items()} | self._forwarder.target_up()
+        for name, value in up.items():
+            families["up"].add_metric([name], 1.0 if value else 0.0)
         for name, stats in snapshot.items():
             families["backlog"].add_metric([name], backlog.get(name, stats.backlog))
             families["lag"].add_metric([name], stats.oldest_age or 0.0)

@@ -2,19 +2,23 @@
 
 A statement is written `pending` before the storage LRS sees it, made `ready` (with one
 delivery row per target) once storage accepted it, and dropped if storage refused it.
-Deliveries leave by ack (delivered) or to the dead letters (with the reason).
+Deliveries leave by ack (delivered) or, for a permanent reason only, to the dead letters: a
+target that is down keeps them in its backlog. Each target's up/down state is kept too, so
+the CLI and a restarted gateway see it.
 """
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["BACKLOG_FULL", "Claimed", "OutboxStore", "TargetStats"]
+__all__ = ["BACKLOG_FULL", "Claimed", "OutboxStore", "TargetState", "TargetStats"]
 
+log = logging.getLogger(__name__)
 BACKLOG_FULL = "backlog full"
 _PENDING, _READY = 0, 1
 _SCHEMA = """
@@ -51,7 +55,38 @@ CREATE TABLE IF NOT EXISTS counters (
     value INTEGER NOT NULL,
     PRIMARY KEY (target, name)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS target_states (
+    target TEXT PRIMARY KEY,
+    up INTEGER NOT NULL,
+    since REAL NOT NULL,
+    reason TEXT
+) WITHOUT ROWID;
 """
+
+
+def _add_columns(conn: sqlite3.Connection) -> None:
+    """Outboxes made before attachments were forwarded, or versions kept."""
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(statements)")}
+    for column, kind in (("attachments", "BLOB"), ("version", "TEXT")):
+        if column not in columns:
+            conn.execute(f"ALTER TABLE statements ADD COLUMN {column} {kind}")
+
+
+def _requeue_transient(conn: sqlite3.Connection) -> None:
+    """Older versions dead-lettered what a down target missed: it goes back in the backlog."""
+    moved = dict(conn.execute(
+        "SELECT target, COUNT(*) FROM dead_letters WHERE transient = 1 GROUP BY target"))
+    conn.execute("INSERT OR IGNORE INTO deliveries(target, seq) "
+                 "SELECT target, seq FROM dead_letters WHERE transient = 1")
+    conn.execute("DELETE FROM dead_letters WHERE transient = 1")
+    for target, count in moved.items():
+        log.info("outbox: %d transient dead letters of %s (left by an older version) are "
+                 "back in its backlog", count, target)
+
+
+# Ordered: PRAGMA user_version says how many of them a file has had.
+_MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (
+    _add_columns, _requeue_transient)
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,16 +101,28 @@ class Claimed:
 
 
 @dataclass(frozen=True, slots=True)
+class TargetState:
+    """Whether a target answers; when that last changed (None: never went down); why."""
+
+    up: bool = True
+    since: float | None = None
+    reason: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class TargetStats:
     """What `forwarding status` shows for one target."""
 
-    backlog: int
-    oldest_age: float | None
+    state: str  # "up" or "down" (retries exhausted: probed every backoff_cap)
+    up: bool
+    backlog: int  # statements it has not received (a down target's included)
+    oldest_age: float | None  # seconds: the lag
     delivered: int
     retries: int
-    dead_letters: int  # waiting in the dead-letter list now
-    transient_dead_letters: int  # of those, the ones a recovered target gets again
-    dead_lettered_total: int  # ever moved to the dead-letter list
+    dead_letters: int  # permanent dead letters waiting now (a human must look)
+    dead_lettered_total: int  # ever dead-lettered (each time once, permanent reasons only)
+    down_since: float | None  # Unix time it went down; None while up
+    last_error: str | None  # why it is down; None while up
 
 
 def _marks(count: int) -> str:
@@ -93,13 +140,24 @@ class OutboxStore:
         self.conn.execute(f"PRAGMA synchronous={'FULL' if synchronous == 'full' else 'NORMAL'}")
         self.conn.execute("PRAGMA busy_timeout=5000")
         self.conn.executescript(_SCHEMA)
-        columns = {row[1] for row in self.conn.execute("PRAGMA table_info(statements)")}
-        if "attachments" not in columns:  # outboxes made before attachments were forwarded
-            self.conn.execute("ALTER TABLE statements ADD COLUMN attachments BLOB")
-        if "version" not in columns:  # ... and before versions were kept
-            self.conn.execute("ALTER TABLE statements ADD COLUMN version TEXT")
+        self._migrate()
         self.backlog: dict[str, int] = {}
+        self._full: set[str] = set()  # targets past backlog_limit (logged once per episode)
         self.recount()
+
+    def _migrate(self) -> None:
+        """Run the migrations this file has not had, in one transaction."""
+        self.conn.execute("BEGIN IMMEDIATE")  # the CLI may open the file of a running gateway
+        try:
+            (done,) = self.conn.execute("PRAGMA user_version").fetchone()
+            for step in _MIGRATIONS[done:]:
+                step(self.conn)
+            if done < len(_MIGRATIONS):
+                self.conn.execute(f"PRAGMA user_version = {len(_MIGRATIONS)}")
+            self.conn.execute("COMMIT")
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
 
     def close(self) -> None:
         """Close the connection."""
@@ -136,6 +194,8 @@ class OutboxStore:
         """Storage accepted them: queue one delivery per (target, backlog_limit).
 
         Only rows still pending move: one the resolver settled meanwhile is not queued twice.
+        Past a target's backlog_limit they are dead letters with the reason `backlog full`
+        (permanent: the operator set the limit to decide by hand beyond it), never dropped.
         """
         if not seqs:
             return
@@ -153,9 +213,17 @@ class OutboxStore:
             if overflow:
                 self.conn.executemany(
                     "INSERT OR REPLACE INTO dead_letters(target, seq, reason, transient, "
-                    "failed_at) VALUES (?, ?, ?, 1, ?)",
+                    "failed_at) VALUES (?, ?, ?, 0, ?)",
                     [(target, seq, BACKLOG_FULL, now) for seq in overflow])
                 self._bump(target, "dead_letters", len(overflow))
+                if target not in self._full:
+                    self._full.add(target)
+                    log.warning("forwarding to %s: backlog full (%d statements, its "
+                                "backlog_limit): new statements go to its dead letters "
+                                "(`lrs-gateway forwarding replay` once it has caught up)",
+                                target, limit)
+            elif queued:
+                self._full.discard(target)
 
     def drop(self, seqs: Sequence[int]) -> None:
         """Storage refused them: forget them (only while still pending)."""
@@ -172,20 +240,18 @@ class OutboxStore:
 
     # -- the delivery path --------------------------------------------------------------
 
-    def claim(self, target: str, limit: int, now: float) -> list[Claimed]:
-        """Deliveries due for `target`, oldest first."""
+    def claim(self, target: str, limit: int) -> list[Claimed]:
+        """The oldest deliveries for `target`.
+
+        The worker paces itself (backoff, probes of a down target) and sends in order, so
+        `next_attempt` is only a record here: after a restart, everything is due at once.
+        """
         rows = self.conn.execute(
             "SELECT d.seq, s.body, d.attempts, s.attachments, s.version FROM deliveries d "
-            "JOIN statements s ON s.seq = d.seq WHERE d.target = ? AND d.next_attempt <= ? "
-            "ORDER BY d.seq LIMIT ?", (target, now, limit))
+            "JOIN statements s ON s.seq = d.seq WHERE d.target = ? "
+            "ORDER BY d.seq LIMIT ?", (target, limit))
         return [Claimed(seq, bytes(body), attempts, None if parts is None else bytes(parts),
                         version) for seq, body, attempts, parts, version in rows]
-
-    def next_due(self, target: str) -> float | None:
-        """When the next delivery for `target` is due, if any is queued."""
-        row = self.conn.execute("SELECT MIN(next_attempt) FROM deliveries WHERE target = ?",
-                                (target,)).fetchone()
-        return None if row is None or row[0] is None else float(row[0])
 
     def ack(self, target: str, seqs: Sequence[int]) -> None:
         """Delivered."""
@@ -203,9 +269,8 @@ class OutboxStore:
             (next_attempt, error, target, *seqs))
         self._bump(target, "retries", len(seqs))
 
-    def dead_letter(self, target: str, seqs: Sequence[int], reason: str,
-                    transient: bool) -> None:
-        """Give up on these deliveries (they stay replayable)."""
+    def dead_letter(self, target: str, seqs: Sequence[int], reason: str) -> None:
+        """Give up on these deliveries for a permanent reason (they stay replayable)."""
         deleted = self.conn.execute(
             f"DELETE FROM deliveries WHERE target = ? AND seq IN ({_marks(len(seqs))})",
             (target, *seqs)).rowcount
@@ -213,8 +278,20 @@ class OutboxStore:
         now = time.time()
         self.conn.executemany(
             "INSERT OR REPLACE INTO dead_letters(target, seq, reason, transient, failed_at) "
-            "VALUES (?, ?, ?, ?, ?)", [(target, seq, reason, int(transient), now) for seq in seqs])
+            "VALUES (?, ?, ?, 0, ?)", [(target, seq, reason, now) for seq in seqs])
         self._bump(target, "dead_letters", len(seqs))
+
+    def set_state(self, target: str, state: TargetState) -> None:
+        """Record that `target` went down or came back."""
+        self.conn.execute(
+            "INSERT OR REPLACE INTO target_states(target, up, since, reason) VALUES (?, ?, ?, ?)",
+            (target, int(state.up), state.since or time.time(), state.reason))
+
+    def target_state(self, target: str) -> TargetState:
+        """Whether `target` was last seen up (a target never seen down is up)."""
+        row = self.conn.execute("SELECT up, since, reason FROM target_states WHERE target = ?",
+                                (target,)).fetchone()
+        return TargetState() if row is None else TargetState(bool(row[0]), row[1], row[2])
 
     def requeue(self, target: str, *, transient_only: bool, limit: int | None = None,
                 attempts: int = 0) -> int:
@@ -248,7 +325,7 @@ class OutboxStore:
         """Every target the database knows of."""
         rows = self.conn.execute(
             "SELECT target FROM deliveries UNION SELECT target FROM dead_letters "
-            "UNION SELECT target FROM counters")
+            "UNION SELECT target FROM counters UNION SELECT target FROM target_states")
         return sorted(target for (target,) in rows)
 
     def stats(self, targets: Iterable[str]) -> dict[str, TargetStats]:
@@ -261,13 +338,15 @@ class OutboxStore:
             row = self.conn.execute(
                 "SELECT s.created FROM deliveries d JOIN statements s ON s.seq = d.seq "
                 "WHERE d.target = ? ORDER BY d.seq LIMIT 1", (target,)).fetchone()
-            dead, transient = self.conn.execute(
-                "SELECT COUNT(*), COALESCE(SUM(transient), 0) FROM dead_letters "
-                "WHERE target = ?", (target,)).fetchone()
+            (dead,) = self.conn.execute(
+                "SELECT COUNT(*) FROM dead_letters WHERE target = ?", (target,)).fetchone()
+            state = self.target_state(target)
             result[target] = TargetStats(
+                state="up" if state.up else "down", up=state.up,
                 backlog=self.backlog.get(target, 0),
                 oldest_age=None if row is None else max(0.0, now - row[0]),
                 delivered=counters.get("delivered", 0), retries=counters.get("retries", 0),
-                dead_letters=dead, transient_dead_letters=transient,
-                dead_lettered_total=counters.get("dead_letters", 0))
+                dead_letters=dead, dead_lettered_total=counters.get("dead_letters", 0),
+                down_since=None if state.up else state.since,
+                last_error=None if state.up else state.reason)
         return result

@@ -1,4 +1,9 @@
-"""One worker per forwarding target: batches, retries with backoff and jitter, dead letters."""
+"""One worker per forwarding target: batches, retries with backoff and jitter, up/down state.
+
+Retries exhausted mean the target is down, not that its statements are given up: they stay
+in its backlog (and lag) while the worker probes it every `backoff_cap` with the oldest
+batch. Only a permanent reason (a 4xx about one statement) makes a dead letter.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +11,7 @@ import asyncio
 import base64
 import contextlib
 import logging
+import math
 import random
 import time
 from collections.abc import Sequence
@@ -19,7 +25,7 @@ from yarl import URL
 from gateway.attachments import unpack_parts
 from gateway.config import ForwardingTarget
 from gateway.forwarding.outbox import Outbox
-from gateway.forwarding.store import Claimed, OutboxStore
+from gateway.forwarding.store import Claimed, OutboxStore, TargetState
 from gateway.h1client import AnswerTimeout, ConnectTimeout, H1Error, H1Pool
 from gateway.metrics import status_class
 from gateway.multipart import Part, build
@@ -30,6 +36,9 @@ __all__ = ["Outcome", "TargetWorker"]
 
 log = logging.getLogger(__name__)
 _IDLE_POLL = 1.0  # seconds between looks at the queue (the CLI replays without waking us)
+# Answers about the target, not a statement: its credential, URL or method is wrong. Splitting
+# would dead-letter every statement one by one; the target is rather down until it is fixed.
+_TARGET_REFUSED = frozenset({401, 403, 404, 405, 407})
 _REASON_CHARS = 300
 _ANSWER_LIMIT = 1 << 20  # bytes of a target's answer read (it is a list of ids)
 
@@ -38,7 +47,7 @@ _ANSWER_LIMIT = 1 << 20  # bytes of a target's answer read (it is a list of ids)
 class Outcome:
     """How one POST to the target went."""
 
-    kind: str  # delivered | split | rejected | transient
+    kind: str  # delivered | split | rejected | transient (the target's trouble, not a statement's)
     reason: str = ""
     retry_after: float | None = None
 
@@ -105,8 +114,11 @@ class TargetWorker:
             token = f"{target.basic_username}:{target.basic_password.reveal()}"
             self._headers["Authorization"] = "Basic " + base64.b64encode(token.encode()).decode()
             self._secrets += [token, target.basic_password.reveal()]
-        self._last_probe = 0.0
         self.failed = 0  # failed sends (metrics read it)
+        self.up = True  # metrics and readiness read it; from the outbox once running
+        self._down_since: float | None = None  # Unix time
+        self._failures = 0  # transient failures in a row
+        self._hold_until = 0.0  # monotonic: nothing is sent before (backoff, next probe)
 
     def close(self) -> None:
         """Close the idle connection to the target."""
@@ -116,14 +128,22 @@ class TargetWorker:
         """New deliveries were queued."""
         self._wake.set()
 
+    @property
+    def behind(self) -> int:
+        """Statements this target has not received (read without a round trip)."""
+        return self._outbox.backlog.get(self.name, 0)
+
     async def run(self) -> None:
         """Deliver until cancelled."""
+        await self._restore_state()
         batch: Sequence[Claimed] | None = None
         while True:
             try:
                 if batch is None:
+                    await self._hold()
+                    self._wake.clear()  # before the claim: a wake during it is not lost
                     batch = await self._outbox.call(
-                        lambda s: s.claim(self.name, self.target.batch_size, time.time()))
+                        lambda s: s.claim(self.name, self.target.batch_size))
                 if batch:
                     batch = await self._deliver(batch)
                 else:
@@ -136,22 +156,29 @@ class TargetWorker:
                 log.exception("forwarding to %s: unexpected error", self.name)
                 await asyncio.sleep(1.0)
 
+    async def _restore_state(self) -> None:
+        """A target down before a restart stays down (probed at once: a restart may be the fix)."""
+        while True:
+            try:
+                state = await self._outbox.call(lambda s: s.target_state(self.name))
+                break
+            except Exception as exc:  # the outbox cannot answer yet: as in run()
+                log.error("forwarding to %s: reading its state failed: %s", self.name, exc)
+                await asyncio.sleep(1.0)
+        if not state.up:
+            self.up, self._down_since = False, state.since
+            log.info("forwarding to %s: down since %s (%s), %d statements behind; probing it",
+                     self.name, _when(state.since), state.reason, self.behind)
+
+    async def _hold(self) -> None:
+        """Wait out the backoff, or the time to the next probe of a down target."""
+        wait = self._hold_until - time.monotonic()
+        if wait > 0:
+            await asyncio.sleep(wait)
+
     async def _idle(self) -> None:
-        due = await self._outbox.call(lambda s: s.next_due(self.name))
-        wait = min(_IDLE_POLL, self.target.backoff_cap if due is None
-                   else max(0.0, due - time.time()))
-        if due is None and time.monotonic() - self._last_probe >= self.target.backoff_cap:
-            # Transient dead letters (the target was down): send a few again as a probe;
-            # a success brings all the others back (see _settle).
-            self._last_probe = time.monotonic()
-            moved = await self._outbox.call(lambda s: s.requeue(
-                self.name, transient_only=True, limit=self.target.batch_size,
-                attempts=self.target.max_retries))
-            if moved:
-                return
-        self._wake.clear()
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wake.wait(), timeout=wait)
+            await asyncio.wait_for(self._wake.wait(), timeout=_IDLE_POLL)
 
     async def _deliver(self, batch: Sequence[Claimed]) -> Sequence[Claimed] | None:
         """Send a claimed batch; the next batch when it could be claimed in the same commit."""
@@ -163,7 +190,7 @@ class TargetWorker:
             reason = (f"written in a newer xAPI version than the target's "
                       f"{self.target.xapi_version}")
             await self._outbox.call(partial(OutboxStore.dead_letter, target=self.name,
-                                            seqs=unfit, reason=reason, transient=False))
+                                            seqs=unfit, reason=reason))
             batch = [item for item in batch if item.seq not in unfit]
             if not batch:
                 return None
@@ -172,57 +199,71 @@ class TargetWorker:
             part = pending.pop()
             outcome = await self._send(part)
             seqs = [item.seq for item in part]
+            if outcome.kind == "transient":
+                self.failed += 1
+                await self._failed(seqs, outcome)
+                return None  # the target is struggling: wait for the backoff before more
+            await self._answered()
             if outcome.kind == "delivered":
-                # One commit: the ack, dead letters brought back, and (after the last part)
-                # the next batch.
-                moved, following = await self._outbox.call(partial(
+                # One commit: the ack and (after the last part) the next batch.
+                following = await self._outbox.call(partial(
                     self._acked, seqs=seqs, claim_next=not pending))
-                if moved:
-                    log.info("forwarding to %s: reachable again, %d dead letters re-queued",
-                             self.name, moved)
                 if not pending:
                     return following
             elif outcome.kind == "split":
                 half = len(part) // 2
                 pending.extend([part[half:], part[:half]])  # first half goes first
-            elif outcome.kind == "rejected":
+            else:  # rejected: one statement, for a reason a human must look at
                 log.warning("forwarding to %s: statement dead-lettered: %s", self.name,
                             outcome.reason)
                 await self._outbox.call(partial(OutboxStore.dead_letter, target=self.name,
-                                                seqs=seqs, reason=outcome.reason,
-                                                transient=False))
-            else:
-                self.failed += 1
-                await self._retry_or_give_up(part, outcome)
-                return None  # the target is struggling: wait for the backoff before more
+                                                seqs=seqs, reason=outcome.reason))
         return None
 
     def _acked(self, store: OutboxStore, seqs: Sequence[int],
-               claim_next: bool) -> tuple[int, list[Claimed] | None]:
-        """Delivered: ack, bring transient dead letters back, perhaps claim what is next.
-
-        Dead letters come back in chunks: after a long outage they may be many.
-        """
+               claim_next: bool) -> list[Claimed] | None:
+        """Delivered: ack, and perhaps claim what is next."""
         store.ack(self.name, seqs)
-        moved = store.requeue(self.name, transient_only=True, limit=10 * self.target.batch_size)
-        following = (store.claim(self.name, self.target.batch_size, time.time())
-                     if claim_next else None)
-        return moved, following
+        return store.claim(self.name, self.target.batch_size) if claim_next else None
 
-    async def _retry_or_give_up(self, part: Sequence[Claimed], outcome: Outcome) -> None:
-        attempts = max(item.attempts for item in part) + 1
-        seqs = [item.seq for item in part]
-        if attempts > self.target.max_retries:
-            log.warning("forwarding to %s: %d statements dead-lettered after %d attempts: %s",
-                        self.name, len(seqs), attempts, outcome.reason)
-            await self._outbox.call(
-                lambda s: s.dead_letter(self.name, seqs, outcome.reason, True))
+    async def _answered(self) -> None:
+        """The target answered (whatever it thought of the statements): it is up."""
+        self._failures = 0
+        if self.up:
             return
-        # Full jitter: spread retries of many gateways over the whole window.
-        window = min(self.target.backoff_cap, self.target.backoff_base * 2 ** attempts)
-        delay = max(random.uniform(0, window), outcome.retry_after or 0.0)
-        await self._outbox.call(
-            lambda s: s.retry(self.name, seqs, time.time() + delay, outcome.reason))
+        down_since = self._down_since
+        await self._outbox.call(lambda s: s.set_state(self.name, TargetState(True)))
+        self.up, self._down_since = True, None
+        log.info("forwarding to %s: target is back after %s down, %d statements behind; "
+                 "delivering them", self.name, _duration(down_since), self.behind)
+
+    async def _failed(self, seqs: Sequence[int], outcome: Outcome) -> None:
+        """A transient failure: back off; past max_retries in a row, the target is down."""
+        self._failures += 1
+        going_down = self.up and self._failures > self.target.max_retries
+        if self.up and not going_down:
+            # Full jitter: spread retries of many gateways over the whole window.
+            window = min(self.target.backoff_cap,
+                         self.target.backoff_base * 2 ** self._failures)
+            delay = max(random.uniform(0, window), outcome.retry_after or 0.0)
+        else:  # down: probe slowly, with the oldest batch
+            delay = max(self.target.backoff_cap, outcome.retry_after or 0.0)
+        now = time.time()
+        state = TargetState(False, now, outcome.reason)
+
+        def record(store: OutboxStore) -> None:
+            store.retry(self.name, seqs, now + delay, outcome.reason)
+            if going_down:
+                store.set_state(self.name, state)
+
+        await self._outbox.call(record)
+        self._hold_until = time.monotonic() + delay
+        if going_down:
+            self.up, self._down_since = False, now
+            log.warning("forwarding to %s: target down after %d failed attempts in a row (%s); "
+                        "%d statements behind, kept until it is back; probing it every %g s",
+                        self.name, self._failures, outcome.reason, self.behind,
+                        self.target.backoff_cap)
 
     async def _send(self, part: Sequence[Claimed]) -> Outcome:
         body, content_type = _payload(part)
@@ -253,8 +294,28 @@ class TargetWorker:
             return Outcome("delivered"), label
         if status == 409 and count == 1:
             return Outcome("delivered"), label  # it already holds that id: delivered before
-        if status == 429 or status >= 500 or status in (408,):
+        if status == 429 or status >= 500 or status == 408:
             return Outcome("transient", reason, retry_after), label
+        if status in _TARGET_REFUSED:
+            return Outcome("transient", f"{reason} (the target refuses the gateway's "
+                           "credential, or its URL is wrong)", retry_after), label
         if count > 1:
             return Outcome("split", reason), label  # find the statement it objects to
         return Outcome("rejected", reason), label
+
+
+def _when(moment: float | None) -> str:
+    """A Unix time for a log line (UTC, to the second)."""
+    if moment is None:
+        return "an unknown time"
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(moment))
+
+
+def _duration(since: float | None) -> str:
+    """How long ago `since` was, for a log line."""
+    if since is None:
+        return "an unknown time"
+    seconds = max(0, math.floor(time.time() - since))
+    minutes, seconds = divmod(seconds, 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m{seconds:02d}s" if hours else f"{minutes}m{seconds:02d}s"
