@@ -85,6 +85,7 @@ METRICS: dict[str, Family] = {
     "lrs_gateway_upstream_requests": Family(COUNTER, {"target": FREE, "outcome": OUTCOMES}),
     "lrs_gateway_upstream_duration_seconds": Family(HISTOGRAM, {"target": FREE}),
     "lrs_gateway_statements_accepted": Family(COUNTER, {}),
+    "lrs_gateway_forwarding_target_up": _forwarding(GAUGE),
     "lrs_gateway_forwarding_backlog": _forwarding(GAUGE),
     "lrs_gateway_forwarding_lag_seconds": _forwarding(GAUGE),
     "lrs_gateway_forwarding_dead_letters": _forwarding(GAUGE),
@@ -373,7 +374,8 @@ def test_rule_unit_tests_prove_the_lag_alert_fires_and_stays_quiet() -> None:
     tests = load_yaml(RULES_TEST)["tests"]
     cases = [(case["alertname"], bool(case.get("exp_alerts")))
              for test in tests for case in test.get("alert_rule_test", [])]
-    for alert in ("LrsGatewayForwardingLag", "LrsGatewayForwardingDeadLetters"):
+    for alert in ("LrsGatewayForwardingLag", "LrsGatewayForwardingDeadLetters",
+                  "LrsGatewayForwardingTargetDown"):
         assert (alert, True) in cases, f"no unit test shows {alert} firing"
         assert (alert, False) in cases, f"no unit test shows {alert} quiet"
     tested = {name for name, _ in cases}
@@ -381,10 +383,24 @@ def test_rule_unit_tests_prove_the_lag_alert_fires_and_stays_quiet() -> None:
     assert defined <= tested, f"alerts without a unit test: {sorted(defined - tested)}"
 
 
+def test_a_rule_unit_test_shows_the_lag_alert_firing_while_a_target_is_down() -> None:
+    """A down target keeps its statements in its backlog: the lag alert must fire then."""
+    for test in load_yaml(RULES_TEST)["tests"]:
+        series = {s["series"].split("{")[0]: s["values"] for s in test["input_series"]
+                  if 'target="analytics"' in s["series"]}
+        fired = {case["alertname"] for case in test.get("alert_rule_test", [])
+                 if case.get("exp_alerts")}
+        if ("0x" in series.get("lrs_gateway_forwarding_target_up", "")
+                and {"LrsGatewayForwardingLag", "LrsGatewayForwardingTargetDown"} <= fired):
+            return
+    raise AssertionError("no rule unit test has LrsGatewayForwardingLag fire during an outage")
+
+
 def test_rules_cover_what_operators_alert_on() -> None:
     exprs = " ".join(rule["expr"] for group in load_yaml(RULES)["groups"]
                      for rule in group["rules"])
     for needed in ("lrs_gateway_forwarding_lag_seconds", "lrs_gateway_forwarding_dead_letters",
+                   "lrs_gateway_forwarding_target_up == 0",
                    "lrs_gateway_upstream_requests_total", 'status_class="5xx"',
                    'result="bad_credentials"', "lrs_gateway_ready == 0", "up{"):
         assert needed in exprs, needed
