@@ -73,7 +73,8 @@ def main(argv: list[str]) -> int:  # noqa: C901, PLR0912, PLR0915 - a linear scr
             (scratch / name).mkdir()
         env.update(HOME=str(scratch / "home"), XDG_CACHE_HOME=str(scratch / "cache"),
                    PIP_CACHE_DIR=str(scratch / "cache" / "pip"), PIP_NO_CACHE_DIR="1")
-        env.pop("PIP_CONFIG_FILE", None)
+        for variable in ("PIP_CONFIG_FILE", "PIP_FIND_LINKS", "XDG_CONFIG_HOME"):
+            env.pop(variable, None)
     gateway = f"http://127.0.0.1:{env.get('LRS_GATEWAY_DEMO_PORT', '8080')}"
     output: list[str] = []
     started = time.monotonic()
