@@ -13,6 +13,7 @@
         ├── UpstreamUnavailable  502  connection refused / reset / bad answer
         ├── UpstreamTimeout      504
         ├── UpstreamFailed       5xx  the LRS's own 5xx, its body (traces, hosts) kept back
+        ├── StorageRefused       502  the LRS's 401/403 to the gateway's own credential
         └── StorageUnavailable   503  storage known to be down (readiness)
     AuthUnavailable              503  an identity provider or auth callback cannot answer
 
@@ -29,6 +30,7 @@ __all__ = [
     "GatewayError",
     "NotFound",
     "PayloadTooLarge",
+    "StorageRefused",
     "StorageUnavailable",
     "TooManyRequests",
     "Unauthorized",
@@ -132,6 +134,20 @@ class UpstreamFailed(UpstreamError):
         super().__init__(f"the storage LRS failed (HTTP {status}); the request id is in "
                          "the gateway's log with its answer")
         self.status = status
+
+
+class StorageRefused(UpstreamError):
+    """Storage answered 401/403 to the gateway's own credential: the operator's to fix.
+
+    Never passed on as the LRS said it: its `WWW-Authenticate` would tell the client that
+    *its* password is wrong.
+    """
+
+    kind = "storage_refused_credential"
+
+    def __init__(self) -> None:
+        super().__init__("the storage LRS refused the gateway's credential; the gateway's "
+                         "operator must fix it (the request id is in the gateway's log)")
 
 
 class UpstreamTimeout(UpstreamError):

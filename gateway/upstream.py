@@ -17,6 +17,7 @@ from yarl import URL
 from gateway.config import StorageConfig
 from gateway.errors import (
     BadRequest,
+    StorageRefused,
     StorageUnavailable,
     UpstreamFailed,
     UpstreamTimeout,
@@ -35,7 +36,8 @@ from gateway.metrics import status_class
 from gateway.secret import redact
 
 __all__ = [
-    "CLIENT_ASSERTED_HEADERS", "CLIENT_ASSERTED_PREFIXES", "HOP_BY_HOP", "Observe", "Upstream",
+    "CLIENT_ASSERTED_HEADERS", "CLIENT_ASSERTED_PREFIXES", "HOP_BY_HOP", "Observe",
+    "Occasionally", "Upstream", "describe_credential",
     "hide_failed_answer", "hide_failure", "is_client_asserted", "read_capped",
     "request_headers", "response_headers",
 ]
@@ -127,22 +129,77 @@ def response_headers(upstream: CIMultiDictProxy[str], *, decoded: bool) -> CIMul
     return out
 
 
+class Occasionally:
+    """When to log a repeated event: the first time, then at most once per `every` seconds."""
+
+    def __init__(self, every: float = 60.0, *,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._every = every
+        self._clock = clock
+        self._count = 0
+        self._logged_at: float | None = None
+
+    def due(self) -> int | None:
+        """Count one occurrence; how many since the last log line if one is due now, else None."""
+        self._count += 1
+        now = self._clock()
+        if self._logged_at is not None and now - self._logged_at < self._every:
+            return None
+        self._logged_at = now
+        count, self._count = self._count, 0
+        return count
+
+
+# What an LRS answers a credential it does not accept (401) or one without the needed
+# permission (403). The gateway sends its own credential, so either is the operator's to
+# fix, never the client's.
+_REFUSED = frozenset({401, 403})
+
+
 async def hide_failure(response: aiohttp.ClientResponse, upstream: Upstream,
                        request_id: str) -> None:
-    """Keep an upstream 5xx's body from the client: log it, raise our own error instead.
+    """Keep an upstream failure from the client as the LRS said it: log it, raise ours.
 
-    Such bodies may hold stack traces and internal host names.
+    A 5xx body may hold stack traces and internal host names. A 401/403 to the gateway's
+    credential would tell the client, with the LRS's `WWW-Authenticate`, that *its*
+    password is wrong: it becomes a 502 (`StorageRefused`). A request deliberately sent
+    without the credential (an unauthenticated CORS preflight) keeps the LRS's answer.
     """
-    if response.status < 500:
-        return
-    _report_failure(response.status, await response.content.read(_LOGGED_BODY), upstream,
-                    request_id)
+    if response.status >= 500:
+        _report_failure(response.status, await response.content.read(_LOGGED_BODY), upstream,
+                        request_id)
+    sent_credential = "Authorization" in response.request_info.headers
+    if response.status in _REFUSED and (sent_credential or upstream.username is None):
+        _report_refusal(response.status, await response.content.read(_LOGGED_BODY), upstream,
+                        request_id)
 
 
 def hide_failed_answer(response: H1Response, upstream: Upstream, request_id: str) -> None:
-    """`hide_failure` for a whole answer of the lean client."""
+    """`hide_failure` for a whole answer of the lean client (always sent with the credential)."""
     if response.status >= 500:
         _report_failure(response.status, response.body[:_LOGGED_BODY], upstream, request_id)
+    if response.status in _REFUSED:
+        _report_refusal(response.status, response.body[:_LOGGED_BODY], upstream, request_id)
+
+
+def describe_credential(upstream: Upstream) -> str:
+    """The storage credential as an operator finds it in the config (never the password)."""
+    if upstream.username is None:
+        return "no credential (storage.basic_username is not set)"
+    return f"the credential of storage.basic_username {upstream.username!r}"
+
+
+def _report_refusal(status: int, body: bytes, upstream: Upstream, request_id: str) -> None:
+    # One line a minute, with how many: an outage is one event, not one line per request.
+    count = upstream.refusals.due()
+    if count is not None:
+        said = redact(body.decode("utf-8", "replace"), upstream.secrets)
+        log.error("the storage LRS refused the gateway's credential: %s answered HTTP %d to "
+                  "%s (request %s; %d such answer(s) since the last line like this); clients "
+                  "get 502 until the credential or its permissions in the LRS are fixed: %s",
+                  upstream.name, status, describe_credential(upstream), request_id, count,
+                  said[:200])
+    raise StorageRefused()
 
 
 def _report_failure(status: int, body: bytes, upstream: Upstream, request_id: str) -> None:
@@ -167,6 +224,8 @@ class Upstream:
         self.base = URL(config.url if config.url.endswith("/") else config.url + "/")
         self.base_path = self.base.raw_path
         self._auth: dict[str, str] = {}
+        self.username = config.basic_username  # named in logs; the password never is
+        self.refusals = Occasionally(60.0)  # when to log storage refusing the credential
         self.secrets: tuple[str, ...] = ()  # what to mask in its answers before logging them
         if config.basic_username is not None and config.basic_password is not None:
             token = f"{config.basic_username}:{config.basic_password.reveal()}"
