@@ -180,6 +180,9 @@ class StorageConfig:
     timeout: float = 10.0
     connect_timeout: float = 3.0
     max_connections: int = 100
+    # /__heartbeat__'s own request to storage: well below an orchestrator's probe timeout
+    # (Kubernetes: a few seconds), whatever `timeout` client requests may take.
+    probe_timeout: float = 2.0
 
 
 @dataclass(frozen=True)
@@ -355,6 +358,7 @@ def _validate(config: Config) -> list[str]:
     for key, value in (
         ("storage.timeout", config.storage.timeout),
         ("storage.connect_timeout", config.storage.connect_timeout),
+        ("storage.probe_timeout", config.storage.probe_timeout),
         ("auth.basic.cache_ttl", config.auth.basic.cache_ttl),
         ("auth.basic.reload_interval", config.auth.basic.reload_interval),
         ("server.max_body_size", config.server.max_body_size),

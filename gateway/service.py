@@ -45,10 +45,12 @@ async def lbheartbeat(request: web.Request) -> web.Response:
 
 
 async def heartbeat(request: web.Request) -> web.Response:
-    """Readiness: storage answers and accepts the gateway's credential; auth is set up."""
-    ready, checks = await check_readiness(request.app)
-    return web.json_response({"status": "ok" if ready else "unavailable", "checks": checks},
-                             status=200 if ready else 503)
+    """Readiness: storage answers the gateway's credential with 2xx; auth and outbox work.
+
+    The body details each check and each forwarding target (never a reason for 503).
+    """
+    report = await check_readiness(request.app)
+    return web.json_response(report.as_json(), status=200 if report.ready else 503)
 
 
 def storage_version(request: web.Request) -> str:

@@ -18,6 +18,7 @@ import yaml
 from aiohttp import web
 
 from gateway.config import Config, load_config
+from gateway.readiness import PROBE_REQUEST_ID
 
 if TYPE_CHECKING:
     from realparts.learninglocker import LearningLockerServer
@@ -86,8 +87,10 @@ class FakeLRS:
     async def handle(self, request: web.Request) -> web.StreamResponse:
         body = await request.read()
         recorded = Recorded(request.method, request.raw_path, dict(request.headers), body)
-        # The gateway's own readiness checks (GET about) are kept apart from client traffic.
-        is_about = request.method == "GET" and request.path.rstrip("/").endswith("/about")
+        # The gateway's own calls (readiness probes, GET about) are kept apart from client
+        # traffic. The probe names itself in X-Request-ID.
+        is_about = ((request.method == "GET" and request.path.rstrip("/").endswith("/about"))
+                    or request.headers.get("X-Request-ID") == PROBE_REQUEST_ID)
         (self.about_calls if is_about else self.seen).append(recorded)
         if self.script is not None:
             return await self.script(request, body)
