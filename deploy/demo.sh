@@ -7,7 +7,9 @@
 # Needs only python3 (>= 3.11) and PyPI: no root, no apt, no npm. It
 # - installs what it runs, once (deploy/demo/venvs.sh): .venv with the gateway's runtime
 #   dependencies (`pip install -e .`, no dev tools) and .venv-ralph with Ralph (its pins clash
-#   with ours), both at the same time; about 40 s on a fresh machine, 1 s afterwards;
+#   with ours), both at the same time: about 45 s on a fresh machine, nothing afterwards;
+#   the whole demo is up in about 55 s the first time (measured from a fresh clone with
+#   empty caches: deploy/demo/time_demo.py --fresh), in about 8 s afterwards;
 # - starts Ralph (filesystem backend) with one credential `gateway` (scope all) whose
 #   password is generated once (demo/ralph-password), data in demo/ralph-data;
 # - with --with-target, a second Ralph the same way under demo/target/, set as the gateway's
@@ -183,7 +185,7 @@ else
         elif venv_is_current "$dir" "$(ralph_stamp)"; then
             step "$n" "$dir: up to date"; return 0
         fi
-        step "$n" "$dir: installing $what (first run: about $expected s; log demo/install$dir.log)"
+        step "$n" "$dir: installing $what; about $expected s (first run only; log demo/install$dir.log)"
         local log="$DEMO/install$dir.log"
         ( "$@" ) >"$log" 2>&1 &
         INSTALL_PIDS+=($!)
@@ -191,9 +193,9 @@ else
         JOB_LOG[$!]="$log"
         JOB_START[$!]=$SECONDS
     }
-    install_job 1 .venv "the gateway and its runtime dependencies (pip install -e .)" 30 \
+    install_job 1 .venv "the gateway's runtime dependencies (pip install -e ., no dev tools)" 35 \
         ensure_gateway_venv_runtime
-    install_job 2 .venv-ralph "Ralph (ralph-malph, in its own venv)" 35 \
+    install_job 2 .venv-ralph "Ralph (ralph-malph, in parallel)" 40 \
         ensure_ralph_venv --no-compile
     # Both at once; a line every 10 s while they run.
     next_tick=$((SECONDS + 10))
@@ -299,7 +301,7 @@ RALPH_ROOT="http://$HOST:$RALPH_PORT/"
 GATEWAY_URL="http://$HOST:$GATEWAY_PORT"
 write_ralph_auth "$DEMO/ralph-auth.json" "$RALPH_PASSWORD"
 
-step 3 "starting Ralph, the storage LRS, on $RALPH_ROOT (about 5 s; log demo/ralph.log)"
+step 3 "starting Ralph, the storage LRS, on $RALPH_ROOT (about 10 s the first time, then 3 s; log demo/ralph.log)"
 start_ralph "$DEMO" "$DEMO/ralph-data" "$DEMO/ralph-auth.json" "$RALPH_PORT" "$DEMO/ralph.log"
 RALPH_PID=$LAST_PID
 CHILD_PIDS+=("$RALPH_PID")
@@ -310,7 +312,7 @@ if ((WITH_TARGET)); then
     TARGET_PASSWORD="$(kept_password "$TARGET/ralph-password")"
     TARGET_ROOT="http://$HOST:$TARGET_PORT/"
     write_ralph_auth "$TARGET/ralph-auth.json" "$TARGET_PASSWORD"
-    step 4 "starting a second Ralph, the forwarding target, on $TARGET_ROOT (about 5 s, at the same time; log demo/target/ralph.log)"
+    step 4 "starting a second Ralph, the forwarding target, on $TARGET_ROOT (at the same time; log demo/target/ralph.log)"
     start_ralph "$TARGET" "$TARGET/data" "$TARGET/ralph-auth.json" "$TARGET_PORT" "$TARGET/ralph.log"
     TARGET_PID=$LAST_PID
     CHILD_PIDS+=("$TARGET_PID")
