@@ -7,6 +7,9 @@
   and what storage holds of the unanswered ones reaches the targets too.
 - The pending resolver (scripted storage): a write whose answer was lost is forwarded if
   storage holds it, and never if storage does not.
+- A Ralph target that is down (nothing listens on its port) then up: the gateway marks it
+  down, keeps its statements in the backlog (no dead letters) and delivers each once it is
+  back.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urlsplit
 
 import aiohttp
 import pytest
@@ -238,6 +241,102 @@ async def test_a_second_ralph_gets_each_statement_as_storage_holds_it(
                 for m in [*ids, new_id]} == dict.fromkeys([*ids, new_id], True)
         everything = await ralph_all_about(session, ralph_target, mbox)
         assert sorted(s["id"] for s in everything) == sorted([*ids, new_id])
+
+
+class Relay:
+    """A TCP relay to a real server that can be switched off: a target that goes down.
+
+    Off, nothing listens on its port (connection refused, as for a stopped LRS); on, every
+    connection is relayed to the server as is.
+    """
+
+    def __init__(self, upstream_url: str) -> None:
+        upstream = urlsplit(upstream_url)
+        assert upstream.hostname is not None
+        assert upstream.port is not None
+        self._upstream = (upstream.hostname, upstream.port)
+        self.port = free_port()
+        self._server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._relay, "127.0.0.1", self.port)
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection(*self._upstream)
+        pipes = [asyncio.create_task(self._pipe(reader, up_writer)),
+                 asyncio.create_task(self._pipe(up_reader, writer))]
+        self._tasks.update(pipes)
+        try:
+            await asyncio.gather(*pipes, return_exceptions=True)
+        finally:
+            self._tasks.difference_update(pipes)
+            for stream in (writer, up_writer):
+                stream.close()
+
+    @staticmethod
+    async def _pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+        while chunk := await source.read(65536):
+            sink.write(chunk)
+            await sink.drain()
+        with contextlib.suppress(OSError):
+            sink.write_eof()
+
+
+@pytest.mark.ralph
+async def test_a_ralph_target_down_then_up_gets_every_statement_once(
+        ralph: RalphServer, ralph_target: RalphServer, tmp_path: Path,
+        aiohttp_client: Any) -> None:
+    relay = Relay(ralph_target.url)  # off: the target is down from the start
+    entry = ralph_target_entry(ralph_target, "ralph-down", max_retries=2, backoff_cap=0.3,
+                               url=f"http://127.0.0.1:{relay.port}/xAPI/statements")
+    config = write_config(tmp_path, ralph.url, USERS, {
+        "storage": {"basic_username": ralph.username, "basic_password": ralph.password},
+        "forwardings": [entry], "data_dir": "data"})
+    client: Client = await aiohttp_client(create_app(config, registry=CollectorRegistry()))
+    mbox = unique_mbox("target-down")
+    ids: list[str] = []
+    for first in range(0, 12, 4):
+        response = await client.post(
+            "/xAPI/statements", json=[statement(mbox, n) for n in range(first, first + 4)],
+            headers=LMS)
+        assert response.status == 200, await response.text()
+        ids += await response.json()
+
+    check = deadline_loop(10, "the target marked down")
+    while (figures := (await forwarding_status(client))["ralph-down"])["state"] != "down":
+        check()
+        await asyncio.sleep(0.05)
+    assert figures["up"] is False
+    assert figures["backlog"] == 12  # kept for it, counted in backlog and lag
+    assert figures["oldest_age"] > 0
+    assert figures["dead_letters"] == figures["dead_lettered_total"] == 0
+    assert figures["last_error"]
+
+    await relay.start()
+    try:
+        async with aiohttp.ClientSession() as session:
+            await wait_in_ralph(session, ralph_target, ids)  # ralph_one: each at most once
+            check = deadline_loop(10, "the backlog drained")
+            while (figures := (await forwarding_status(client))["ralph-down"])["backlog"]:
+                check()
+                await asyncio.sleep(0.05)
+            assert (figures["state"], figures["up"], figures["oldest_age"]) == ("up", True, None)
+            assert figures["delivered"] == 12
+            assert figures["dead_lettered_total"] == 0
+            everything = await ralph_all_about(session, ralph_target, mbox)
+            assert sorted(s["id"] for s in everything) == sorted(ids)
+    finally:
+        await client.close()
+        await relay.stop()
 
 
 # -- 2. kill -9 under load --------------------------------------------------------------------
