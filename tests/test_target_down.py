@@ -309,3 +309,14 @@ async def test_a_gateway_started_on_an_old_outbox_delivers_its_transient_dead_le
     await eventually(lambda: set(target.received) == owed)
     figures = await status(client)
     assert (figures["backlog"], figures["dead_letters"]) == (0, 1)  # the permanent one waits
+
+
+def test_a_failing_background_loop_logs_once_a_minute_with_a_count(
+        caplog: pytest.LogCaptureFixture) -> None:
+    from gateway.forwarding.failures import FailureLog
+
+    failing = FailureLog(logging.getLogger("gateway.forwarding.test"), "forwarding to t")
+    for _ in range(50):
+        failing.failed(sqlite3.OperationalError("disk I/O error"))
+    assert [r.getMessage() for r in caplog.records] == [
+        "forwarding to t failed (1 times since the last line): OperationalError: disk I/O error"]

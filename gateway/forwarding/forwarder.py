@@ -12,6 +12,7 @@ from typing import Any
 
 from gateway.config import Config
 from gateway.errors import GatewayError
+from gateway.forwarding.failures import FailureLog
 from gateway.forwarding.outbox import Outbox
 from gateway.forwarding.store import OutboxStore, TargetStats
 from gateway.forwarding.worker import TargetWorker
@@ -23,24 +24,6 @@ log = logging.getLogger(__name__)
 OUTBOX_FILE = "outbox.sqlite3"
 _GC_INTERVAL = 30.0
 _SNAPSHOT_INTERVAL = 2.0
-_FAILURE_LOG_EVERY = 60.0  # seconds between log lines of one failing background loop
-
-
-class _FailureLog:
-    """Logs a background loop's failures at most once a minute, with how many there were."""
-
-    def __init__(self, what: str) -> None:
-        self._what = what
-        self._last = -_FAILURE_LOG_EVERY
-        self._unlogged = 0
-
-    def failed(self, exc: Exception) -> None:
-        """One more failure: logged unless one was logged less than a minute ago."""
-        self._unlogged += 1
-        if time.monotonic() - self._last >= _FAILURE_LOG_EVERY:
-            log.error("outbox: %s failed (%d times since the last line): %s", self._what,
-                      self._unlogged, exc)
-            self._last, self._unlogged = time.monotonic(), 0
 
 
 class Forwarder:
@@ -159,7 +142,7 @@ class Forwarder:
         return settled
 
     async def _resolve_pending(self) -> None:
-        failing = _FailureLog("settling pending statements")
+        failing = FailureLog(log, "outbox: settling pending statements")
         while True:
             try:
                 await self.resolve_once()
@@ -169,7 +152,7 @@ class Forwarder:
 
     async def _housekeeping(self) -> None:
         last_gc = time.monotonic()
-        failing = _FailureLog("reading the outbox's figures")
+        failing = FailureLog(log, "outbox: reading its figures")
         while True:
             try:
                 self.snapshot = await self.status()

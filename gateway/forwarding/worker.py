@@ -24,6 +24,7 @@ from yarl import URL
 
 from gateway.attachments import unpack_parts
 from gateway.config import ForwardingTarget
+from gateway.forwarding.failures import FailureLog
 from gateway.forwarding.outbox import Outbox
 from gateway.forwarding.store import Claimed, OutboxStore, TargetState
 from gateway.h1client import AnswerTimeout, ConnectTimeout, H1Error, H1Pool
@@ -135,7 +136,8 @@ class TargetWorker:
 
     async def run(self) -> None:
         """Deliver until cancelled."""
-        await self._restore_state()
+        failing = FailureLog(log, f"forwarding to {self.name}")
+        await self._restore_state(failing)
         batch: Sequence[Claimed] | None = None
         while True:
             try:
@@ -151,19 +153,19 @@ class TargetWorker:
                     await self._idle()
             except asyncio.CancelledError:
                 raise
-            except Exception:  # the outbox or a bug: log, breathe, go on
+            except Exception as exc:  # the outbox or a bug: log, breathe, go on
                 batch = None
-                log.exception("forwarding to %s: unexpected error", self.name)
+                failing.failed(exc, traceback=True)
                 await asyncio.sleep(1.0)
 
-    async def _restore_state(self) -> None:
+    async def _restore_state(self, failing: FailureLog) -> None:
         """A target down before a restart stays down (probed at once: a restart may be the fix)."""
         while True:
             try:
                 state = await self._outbox.call(lambda s: s.target_state(self.name))
                 break
             except Exception as exc:  # the outbox cannot answer yet: as in run()
-                log.error("forwarding to %s: reading its state failed: %s", self.name, exc)
+                failing.failed(exc)
                 await asyncio.sleep(1.0)
         if not state.up:
             self.up, self._down_since = False, state.since
