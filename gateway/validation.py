@@ -19,6 +19,7 @@ from gateway.validation_activity import (
     check_activity,
     check_closed,
     check_extensions,
+    check_fields,
     check_iri,
     check_language_map,
     check_object,
@@ -127,8 +128,7 @@ def _check_statement(value: Any, where: str, v2: bool, *, substatement: bool) ->
 
 
 def _check_verb(value: Any, where: str) -> Any:
-    verb = check_object(value, where)
-    check_closed(verb, VERB_KEYS, where, "a Verb")
+    verb = check_fields(value, VERB_KEYS, where, "a Verb")
     if "id" not in verb:
         raise BadRequest(f"{where}.id: is required")
     check_iri(verb["id"], f"{where}.id")
@@ -172,8 +172,7 @@ def _check_object(value: Any, where: str, v2: bool, in_substatement: bool) -> bo
 
 
 def _check_statement_ref(value: Any, where: str) -> None:
-    ref = check_object(value, where)
-    check_closed(ref, STATEMENT_REF_KEYS, where, "a StatementRef")
+    ref = check_fields(value, STATEMENT_REF_KEYS, where, "a StatementRef")
     if ref.get("objectType") != "StatementRef":  # 2.4.4.3.s4.b1
         raise BadRequest(f"{where}.objectType: must be StatementRef")
     if not is_uuid(ref.get("id")):  # 2.4.4.3.s4.b2
@@ -181,15 +180,13 @@ def _check_statement_ref(value: Any, where: str) -> None:
 
 
 def _is_number(value: Any) -> bool:
-    # JSON booleans are Python ints; a float from elsewhere may be NaN or infinite.
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return False
-    return isinstance(value, int) or value - value == 0
+    # Exact types: a JSON boolean is a Python int subclass. NaN and infinities are no JSON.
+    kind = type(value)
+    return kind is int or (kind is float and value - value == 0)
 
 
 def _check_score(value: Any, where: str) -> None:
-    score = check_object(value, where)
-    check_closed(score, SCORE_KEYS, where, "a Score")
+    score = check_fields(value, SCORE_KEYS, where, "a Score")
     for key in score:
         if not _is_number(score[key]):
             raise BadRequest(f"{where}.{key}: must be a number")
@@ -206,8 +203,7 @@ def _check_score(value: Any, where: str) -> None:
 
 
 def _check_result(value: Any, where: str) -> None:
-    result = check_object(value, where)
-    check_closed(result, RESULT_KEYS, where, "a Result")
+    result = check_fields(value, RESULT_KEYS, where, "a Result")
     if "score" in result:
         _check_score(result["score"], f"{where}.score")
     for key in ("success", "completion"):
@@ -222,8 +218,7 @@ def _check_result(value: Any, where: str) -> None:
 
 
 def _check_context_activities(value: Any, where: str) -> None:
-    activities = check_object(value, where)
-    check_closed(activities, CONTEXT_ACTIVITY_KEYS, where, "contextActivities")
+    activities = check_fields(value, CONTEXT_ACTIVITY_KEYS, where, "contextActivities")
     for key, entry in activities.items():
         # 2.4.6.2.s4.b2: a single Activity or an array of them (left as sent).
         if isinstance(entry, list):
@@ -250,8 +245,7 @@ def _check_context_agents(value: Any, where: str, group: bool) -> None:
                              else ("contextAgent", "agent", CONTEXT_AGENT_KEYS))
     for index, item in enumerate(value):
         here = f"{where}[{index}]"
-        entry = check_object(item, here)
-        check_closed(entry, allowed, here, f"a {kind}")
+        entry = check_fields(item, allowed, here, f"a {kind}")
         if entry.get("objectType") != kind:
             raise BadRequest(f"{here}.objectType: must be {kind}")
         if member not in entry:
@@ -264,8 +258,7 @@ def _check_context_agents(value: Any, where: str, group: bool) -> None:
 
 
 def _check_context(value: Any, where: str, v2: bool, object_is_activity: bool) -> None:
-    context = check_object(value, where)
-    check_closed(context, CONTEXT_KEYS_2 if v2 else CONTEXT_KEYS_1, where, "a Context")
+    context = check_fields(value, CONTEXT_KEYS_2 if v2 else CONTEXT_KEYS_1, where, "a Context")
     if "registration" in context and not is_uuid(context["registration"]):
         raise BadRequest(f"{where}.registration: must be a UUID in its standard string form")
     if "instructor" in context:
@@ -305,8 +298,7 @@ def _check_authority(value: Any, where: str, v2: bool) -> None:
 
 
 def _check_attachment(value: Any, where: str) -> None:
-    attachment = check_object(value, where)
-    check_closed(attachment, ATTACHMENT_KEYS, where, "an Attachment")
+    attachment = check_fields(value, ATTACHMENT_KEYS, where, "an Attachment")
     for key in ATTACHMENT_REQUIRED:
         if key not in attachment:
             raise BadRequest(f"{where}.{key}: is required")

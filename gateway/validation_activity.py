@@ -15,6 +15,7 @@ __all__ = [
     "check_activity",
     "check_closed",
     "check_extensions",
+    "check_fields",
     "check_iri",
     "check_language_map",
     "check_object",
@@ -57,6 +58,15 @@ def check_object(value: Any, where: str) -> dict[str, Any]:
     return value
 
 
+def check_fields(value: Any, allowed: frozenset[str], where: str, kind: str) -> dict[str, Any]:
+    """Return `value` if it is a JSON object with only `allowed` properties, else raise."""
+    if not isinstance(value, dict):
+        raise BadRequest(f"{where}: must be an object")
+    if not allowed.issuperset(value):
+        check_closed(value, allowed, where, kind)
+    return value
+
+
 def check_iri(value: Any, where: str, what: str = "an IRI") -> None:
     """Refuse anything but an absolute IRI (an IRL is checked the same way)."""
     if not is_iri(value):
@@ -95,8 +105,7 @@ def _check_components(value: Any, where: str) -> None:
     seen: set[str] = set()
     for index, component in enumerate(value):
         here = f"{where}[{index}]"
-        check_closed(check_object(component, here), COMPONENT_KEYS, here,
-                     "an interaction component")
+        check_fields(component, COMPONENT_KEYS, here, "an interaction component")
         if "id" not in component:
             raise BadRequest(f"{here}.id: is required")
         component_id = component["id"]
@@ -132,8 +141,7 @@ def _check_interaction(definition: dict[str, Any], where: str) -> None:
 
 
 def _check_definition(value: Any, where: str) -> None:
-    definition = check_object(value, where)
-    check_closed(definition, DEFINITION_KEYS, where, "an Activity definition")
+    definition = check_fields(value, DEFINITION_KEYS, where, "an Activity definition")
     for key in ("name", "description"):
         if key in definition:
             check_language_map(definition[key], f"{where}.{key}")
@@ -148,8 +156,7 @@ def _check_definition(value: Any, where: str) -> None:
 
 def check_activity(value: Any, where: str) -> None:
     """An Activity (2.4.4.1): objectType Activity if given, an IRI id, a definition."""
-    activity = check_object(value, where)
-    check_closed(activity, ACTIVITY_KEYS, where, "an Activity")
+    activity = check_fields(value, ACTIVITY_KEYS, where, "an Activity")
     if "objectType" in activity and activity["objectType"] != "Activity":
         raise BadRequest(f"{where}.objectType: must be Activity")
     if "id" not in activity:
