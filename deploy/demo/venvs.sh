@@ -62,12 +62,13 @@ venv_is_current() {
     return 1
 }
 
-# install_venv DIR STAMP PIP_INSTALL_ARGS...: (re)create DIR when its Python does not run,
-# pip install into it, then write STAMP. On failure: pip's output, and `die`.
+# install_venv DIR STAMP PIP_INSTALL_ARGS...: (re)create DIR when its Python or pip does not
+# run (e.g. an interrupted first run), pip install into it, then write STAMP. On failure:
+# pip's output, and `die`.
 install_venv() {
     local dir="$1" stamp="$2" log
     shift 2
-    if [[ ! -x "$dir/bin/python" ]] || ! "$dir/bin/python" -c '' >/dev/null 2>&1; then
+    if [[ ! -x "$dir/bin/python" ]] || ! "$dir/bin/python" -m pip --version >/dev/null 2>&1; then
         say "creating $dir"
         rm -rf "$dir"
         "$PYTHON" -m venv "$dir"
