@@ -8,8 +8,9 @@
 # - installs what it runs, once (deploy/demo/venvs.sh): .venv with the gateway's runtime
 #   dependencies (`pip install -e .`, no dev tools) and .venv-ralph with Ralph (its pins clash
 #   with ours), both at the same time: about 45 s on a fresh machine, nothing afterwards;
-#   the whole demo is up in about 55 s the first time (measured from a fresh clone with
-#   empty caches: deploy/demo/time_demo.py --fresh), in about 8 s afterwards;
+#   the whole demo is up in under a minute the first time (34-57 s measured from a fresh
+#   clone with empty caches on 2 cores: deploy/demo/time_demo.py --fresh), in about 7 s
+#   afterwards;
 # - starts Ralph (filesystem backend) with one credential `gateway` (scope all) whose
 #   password is generated once (demo/ralph-password), data in demo/ralph-data;
 # - with --with-target, a second Ralph the same way under demo/target/, set as the gateway's
