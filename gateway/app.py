@@ -86,17 +86,20 @@ async def _authentication(app: web.Application) -> AsyncIterator[None]:
     app[PASSWORDS] = checker
     background: list[asyncio.Task[None]] = []
     backends: list[AuthBackend] = []
+    store: CredentialStore | None = None
+    if "basic" in auth.backends:
+        store = CredentialStore(config.resolve_path(auth.basic.credentials_file),
+                                account_homepage=auth.basic.account_homepage,
+                                scope_prefix=auth.scope_prefix,
+                                reload_interval=auth.basic.reload_interval)
+        await store.load()
+        await checker.prepare(store.max_cost)
+        background.append(asyncio.create_task(store.watch(), name="credentials"))
     # One session for the identity provider and the auth callback, apart from storage's.
     async with aiohttp.ClientSession(skip_auto_headers=("User-Agent",)) as session:
         for name in auth.backends:
             if name == "basic":
-                store = CredentialStore(config.resolve_path(auth.basic.credentials_file),
-                                        account_homepage=auth.basic.account_homepage,
-                                        scope_prefix=auth.scope_prefix,
-                                        reload_interval=auth.basic.reload_interval)
-                await store.load()
-                await checker.prepare(store.max_cost)
-                background.append(asyncio.create_task(store.watch(), name="credentials"))
+                assert store is not None
                 backends.append(BasicBackend(store, checker,
                                              cache_max_size=auth.basic.cache_max_size,
                                              cache_ttl=auth.basic.cache_ttl))
@@ -115,8 +118,12 @@ async def _authentication(app: web.Application) -> AsyncIterator[None]:
             elif name == "token":
                 signer = TokenSigner(auth.tokens, Path(config.base_dir))
                 app[TOKEN_SIGNER] = signer
-                backends.append(TokenBackend(signer))
-        app[AUTHENTICATOR] = Authenticator(backends)
+                # Tokens of file users are checked against the file as it is now.
+                backends.append(TokenBackend(signer, store))
+        authenticator = Authenticator(backends)
+        if store is not None:
+            store.on_change(authenticator.forget_tokens)
+        app[AUTHENTICATOR] = authenticator
         collector = AuthCollector(backends)
         app[METRICS].registry.register(collector)
         yield

@@ -44,6 +44,9 @@ async def issue_token(request: web.Request) -> web.Response:
     if signer is None:
         raise NotFound("token issuing is not enabled (auth.backends has no 'token')")
     principal = request[PRINCIPAL]
+    if principal.scheme == "token":
+        raise Forbidden("a gateway token cannot issue tokens: use the credential it was "
+                        "issued from")
     if principal.scopes.isdisjoint({"admin", "tokens/issue"}):
         raise Forbidden("issuing tokens needs the admin or tokens/issue scope")
     body = parse_json_body(await read_limited(request, _MAX_REQUEST))

@@ -219,7 +219,8 @@ async def test_bad_token_requests(make_gateway: MakeGateway, user: str, body: An
 def forge(claims: dict[str, Any], key: str = SECRET, alg: str = "HS256") -> str:
     now = int(time.time())
     base = {"iss": "lrs-gateway", "aud": "lrs-gateway", "sub": "boss", "iat": now,
-            "exp": now + 60, "scope": "all", "agent": {"mbox": "mailto:boss@example.com"}}
+            "exp": now + 60, "scope": "all", "agent": {"mbox": "mailto:boss@example.com"},
+            "via": "basic"}
     return jwt.encode({**base, **claims}, key, algorithm=alg)
 
 
@@ -240,6 +241,9 @@ def tamper(token: str) -> str:
         forge({"aud": "someone-else"}),
         forge({"agent": {"name": "no identifier"}}),
         tamper(forge({"scope": "statements/read"})),
+        forge({"sub": "nobody"}),  # a user the credentials file does not hold
+        forge({"agent": {"mbox": "mailto:someone-else@example.com"}}),  # not boss's agent
+        forge({"via": "token"}),  # minted by a token
         jwt.encode({"iss": "lrs-gateway", "sub": "boss", "scope": "all"}, "",
                    algorithm="none"),
         "not.a.jwt",
@@ -263,3 +267,55 @@ async def test_malformed_authorization_headers_are_401(make_gateway: MakeGateway
     client, _ = await make_gateway(["basic", "token"])
     response = await client.get("/whoami", headers={"Authorization": header})
     assert response.status == 401
+
+
+async def test_a_token_never_mints_tokens_nor_carries_admin(make_gateway: MakeGateway) -> None:
+    client, _ = await make_gateway(["basic", "token"])
+    for user, scopes in (("tokener", ["tokens/issue", "statements/read/mine"]),
+                         ("boss", ["admin"]), ("boss", ["all", "tokens/issue"])):
+        response = await client.post("/token", json={"scopes": scopes},
+                                     headers=basic(user, f"{user}-pw"))
+        assert response.status == 403, (user, scopes)
+        assert "never holds" in (await response.json())["message"]
+    response = await client.post("/token", json={"scopes": ["statements/read/mine"]},
+                                 headers=basic("tokener", "tokener-pw"))
+    token = (await response.json())["token"]
+    response = await client.post("/token", json={"scopes": ["statements/read/mine"],
+                                                  "expires_in": 600}, headers=bearer(token))
+    assert response.status == 403
+    assert "cannot issue tokens" in (await response.json())["message"]
+    # A token forged with the gateway's key but holding admin gets none of it.
+    response = await client.get("/whoami", headers=bearer(forge({"scope": "all admin"})))
+    assert (await response.json())["scopes"] == ["all"]
+
+
+async def until_status(client: Client, token: str, wanted: int) -> dict[str, Any]:
+    """/whoami with `token` until it answers `wanted` (the file is re-read every 0.05 s)."""
+    deadline = time.monotonic() + 10
+    while True:
+        response = await client.get("/whoami", headers=bearer(token))
+        if response.status == wanted:
+            answer: dict[str, Any] = await response.json()
+            return answer
+        assert time.monotonic() < deadline, f"still {response.status}"
+        await asyncio.sleep(0.02)
+
+
+async def test_a_token_follows_its_user_in_the_credentials_file(
+        make_gateway: MakeGateway, tmp_path: Path) -> None:
+    client, _ = await make_gateway(["basic", "token"])
+    response = await client.post("/token", json={"scopes": ["all"]},
+                                 headers=basic("boss", "boss-pw"))
+    token = (await response.json())["token"]
+    assert (await until_status(client, token, 200))["scopes"] == ["all"]
+    users = json.loads((tmp_path / "auth.json").read_text())
+    for user in users:
+        if user["username"] == "boss":
+            user["scopes"] = ["statements/read"]  # demoted: the token shrinks with it
+    (tmp_path / "auth.json").write_text(json.dumps(users))
+    while (await until_status(client, token, 200))["scopes"] != []:
+        await asyncio.sleep(0.02)
+    (tmp_path / "auth.json").write_text(json.dumps(
+        [u for u in users if u["username"] != "boss"]))  # removed: the token is refused
+    answer = await until_status(client, token, 401)
+    assert "no longer exists" in answer["message"]

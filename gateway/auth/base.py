@@ -88,6 +88,10 @@ class Authenticator:
                 return principal
         raise failure or Unauthorized("no enabled authentication scheme accepts these credentials")
 
+    def forget_tokens(self) -> None:
+        """Verify every bearer token again on its next use (e.g. its user may be gone)."""
+        self._bearer.clear()
+
     def readiness_problems(self) -> list[str]:
         """What keeps a backend from working yet (e.g. OIDC discovery pending)."""
         problems = (getattr(backend, "readiness_problem", None) for backend in self._backends)

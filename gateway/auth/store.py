@@ -8,6 +8,7 @@ import logging
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from gateway.auth.credentials import (
     Credential,
@@ -15,6 +16,7 @@ from gateway.auth.credentials import (
     ParsedCredentials,
     parse_credentials,
 )
+from gateway.scopes import ScopeSet
 
 __all__ = ["CredentialStore"]
 
@@ -39,6 +41,11 @@ class CredentialStore:
     def get(self, username: str) -> Credential | None:
         """The credential for `username`, if any."""
         return self._users.get(username)
+
+    def current(self, username: str) -> tuple[dict[str, Any], ScopeSet] | None:
+        """(agent, scopes) of `username` now: how gateway tokens find their user again."""
+        credential = self._users.get(username)
+        return None if credential is None else (credential.agent, credential.scopes)
 
     def __len__(self) -> int:
         return len(self._users)

@@ -1,4 +1,13 @@
-"""Short-lived tokens the gateway signs itself, with scopes narrowed from the issuer's."""
+"""Short-lived tokens the gateway signs itself, with scopes narrowed from the issuer's.
+
+Revocation: a token minted for a user of the credentials file is good only while that
+user is still there, and only for the scopes the user still holds (checked when the token
+is verified, and the verified-token cache is emptied whenever the file changes). Tokens
+never mint tokens and never carry `admin` or `tokens/issue`, so a leaked token cannot
+outlive its user by renewing itself. Subjects the gateway cannot look up (callback, OIDC)
+keep their token until it expires (at most `auth.tokens.max_lifetime`); changing the
+secret or key revokes every token.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +15,7 @@ import time
 import uuid
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import jwt
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -19,9 +28,21 @@ from gateway.errors import Forbidden, Unauthorized
 from gateway.principal import Principal
 from gateway.scopes import ScopeSet, covers, normalize_scopes
 
-__all__ = ["TokenBackend", "TokenSigner"]
+__all__ = ["NEVER_IN_A_TOKEN", "Subjects", "TokenBackend", "TokenSigner"]
 
 _AUDIENCE = "lrs-gateway"
+# Scopes that would let a token act on credentials or mint its own successor.
+NEVER_IN_A_TOKEN = frozenset({"admin", "tokens/issue"})
+# The schemes whose subject the gateway can look up again when the token comes back.
+_LOOKED_UP = "basic"
+
+
+class Subjects(Protocol):
+    """Where the users behind `basic` tokens are looked up again (the credentials file)."""
+
+    def current(self, username: str) -> tuple[dict[str, Any], ScopeSet] | None:
+        """(agent, scopes) of the user now, or None when the user is gone."""
+        ...
 
 
 class TokenSigner:
@@ -51,12 +72,22 @@ class TokenSigner:
 
     def issue(self, principal: Principal, requested: Iterable[str],
               lifetime: float) -> tuple[str, int]:
-        """A token for `principal` with `requested` scopes; 403 when they are not all covered."""
+        """A token for `principal` with `requested` scopes; 403 when they are not all covered.
+
+        Only a primary credential (Basic, callback, OIDC) mints tokens, and never ones
+        holding `admin` or `tokens/issue`.
+        """
+        if principal.scheme == "token":
+            raise Forbidden("a gateway token cannot issue tokens: use the credential it "
+                            "was issued from")
         scopes, unknown = normalize_scopes(requested)
         if unknown:
             raise Forbidden(f"unknown scopes: {', '.join(sorted(unknown))}")
         if not scopes:
             raise Forbidden("a token needs at least one scope")
+        withheld = sorted(scopes & NEVER_IN_A_TOKEN)
+        if withheld:
+            raise Forbidden(f"a token never holds {' or '.join(withheld)}")
         wider = sorted(s for s in scopes if not covers(principal.scopes, s))
         if wider:
             raise Forbidden(f"the caller does not hold: {', '.join(wider)}")
@@ -95,8 +126,9 @@ class TokenBackend:
 
     challenge = 'Bearer realm="xAPI"'
 
-    def __init__(self, signer: TokenSigner) -> None:
+    def __init__(self, signer: TokenSigner, subjects: Subjects | None = None) -> None:
         self._signer = signer
+        self._subjects = subjects
 
     async def authenticate(self, scheme: str, credentials: str) -> Principal | None:
         """Verify a token this gateway issued; None for other schemes or issuers."""
@@ -109,6 +141,22 @@ class TokenBackend:
         except AgentError:
             raise Unauthorized("the token carries no valid agent") from None
         assert isinstance(agent, dict)
-        scopes: ScopeSet = normalize_scopes(token_scopes(claims))[0]
+        scopes: ScopeSet = normalize_scopes(token_scopes(claims))[0] - NEVER_IN_A_TOKEN
+        via = claims.get("via")
+        if via == "token":  # minted by a token before tokens stopped minting tokens
+            raise Unauthorized("the token was issued by another token")
+        if via == _LOOKED_UP:
+            scopes = self._still_granted(str(claims["sub"]), agent, scopes)
         return Principal(id=str(claims["sub"]), agent=agent, scopes=scopes, scheme="token",
                          expires_at=float(claims["exp"]))
+
+    def _still_granted(self, username: str, agent: dict[str, Any],
+                       scopes: ScopeSet) -> ScopeSet:
+        """The token's scopes its user still holds; 401 once the user is gone or changed."""
+        now = self._subjects.current(username) if self._subjects is not None else None
+        if now is None:
+            raise Unauthorized("the token's user no longer exists")
+        current_agent, current_scopes = now
+        if current_agent != agent:
+            raise Unauthorized("the token's user has another agent now")
+        return frozenset(s for s in scopes if covers(current_scopes, s))
