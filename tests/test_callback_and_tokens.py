@@ -289,14 +289,17 @@ async def test_a_token_never_mints_tokens_nor_carries_admin(make_gateway: MakeGa
     assert (await response.json())["scopes"] == ["all"]
 
 
-async def until_status(client: Client, token: str, wanted: int) -> dict[str, Any]:
-    """/whoami with `token` until it answers `wanted` (the file is re-read every 0.05 s)."""
+async def until_status(client: Client, token: str, wanted: int,
+                       scopes: list[str] | None = None) -> dict[str, Any]:
+    """/whoami with `token` until it answers `wanted` (and `scopes`): the file is re-read
+    every 0.05 s."""
     deadline = time.monotonic() + 10
     while True:
         response = await client.get("/whoami", headers=bearer(token))
         if response.status == wanted:
             answer: dict[str, Any] = await response.json()
-            return answer
+            if scopes is None or answer["scopes"] == scopes:
+                return answer
         assert time.monotonic() < deadline, f"still {response.status}"
         await asyncio.sleep(0.02)
 
@@ -313,8 +316,7 @@ async def test_a_token_follows_its_user_in_the_credentials_file(
         if user["username"] == "boss":
             user["scopes"] = ["statements/read"]  # demoted: the token shrinks with it
     (tmp_path / "auth.json").write_text(json.dumps(users))
-    while (await until_status(client, token, 200))["scopes"] != []:
-        await asyncio.sleep(0.02)
+    await until_status(client, token, 200, scopes=[])
     (tmp_path / "auth.json").write_text(json.dumps(
         [u for u in users if u["username"] != "boss"]))  # removed: the token is refused
     answer = await until_status(client, token, 401)
