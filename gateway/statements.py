@@ -2,18 +2,25 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import re
 import uuid
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
 from gateway import jsoncodec
-from gateway.agents import AgentError, agent_identity, validate_actor
+from gateway.agents import AgentError, agent_identity, validate_actor, validate_agent
 from gateway.errors import BadRequest, Forbidden, PayloadTooLarge
+from gateway.validation import validate_statement
 
 __all__ = ["encode_statement", "is_signed", "parse_json_body", "prepare_post", "prepare_put"]
 
 SIGNATURE_USAGE = "http://adlnet.gov/expapi/attachments/signature"
+# Data 2.6: the JWS of a signed statement uses RS256, RS384 or RS512.
+_SIGNATURE_ALGORITHMS = frozenset({"RS256", "RS384", "RS512"})
+_JWS_COMPACT = re.compile(rb"([A-Za-z0-9_-]+)\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+")
 
 
 def encode_statement(statement: Any) -> bytes:
@@ -49,7 +56,10 @@ def _canonical_uuid(value: Any, where: str) -> str:
     return value
 
 
-def _check_statement(statement: Any, where: str) -> None:
+def _check_statement(statement: Any, where: str, version: str, strict: bool) -> None:
+    if strict:
+        validate_statement(statement, version, where)
+        return
     if not isinstance(statement, dict):
         raise BadRequest(f"{where}: a statement must be a JSON object")
     if "id" in statement:
@@ -66,13 +76,41 @@ def _check_statement(statement: Any, where: str) -> None:
         raise BadRequest(f"{where}.verb: must be an object with an IRI id")
     if not isinstance(statement["object"], dict):
         raise BadRequest(f"{where}.object: must be an object")
+    if "authority" in statement:  # replaced below, but an invalid one is refused (2.4.9)
+        try:
+            validate_actor(statement["authority"], f"{where}.authority")
+        except AgentError as exc:
+            raise BadRequest(str(exc)) from None
 
 
-def is_signed(statement: dict[str, Any]) -> bool:
-    """True when the statement carries a JWS signature attachment (xAPI Data 2.6)."""
+def _is_jws(token: bytes) -> bool:
+    """A JWS in compact form whose header names an algorithm xAPI allows."""
+    match = _JWS_COMPACT.fullmatch(token)
+    if match is None:
+        return False
+    encoded = match.group(1)
+    try:
+        header = jsoncodec.loads(base64.urlsafe_b64decode(encoded + b"=" * (-len(encoded) % 4)))
+    except (binascii.Error, ValueError):
+        return False
+    return isinstance(header, dict) and header.get("alg") in _SIGNATURE_ALGORITHMS
+
+
+def is_signed(statement: dict[str, Any], signatures: Mapping[str, bytes]) -> bool:
+    """True when the statement really carries a JWS signature (xAPI Data 2.6).
+
+    The claim in its attachments is not enough: the signature part must be in the request
+    (`signatures`: part bodies by lower-cased sha2) and be a JWS.
+    """
     attachments = statement.get("attachments")
-    return isinstance(attachments, list) and any(
-        isinstance(a, dict) and a.get("usageType") == SIGNATURE_USAGE for a in attachments)
+    if not isinstance(attachments, list):
+        return False
+    for attachment in attachments:
+        if isinstance(attachment, dict) and attachment.get("usageType") == SIGNATURE_USAGE:
+            sha2 = attachment.get("sha2")
+            token = signatures.get(sha2.lower()) if isinstance(sha2, str) else None
+            return token is not None and _is_jws(token)
+    return False
 
 
 def _check_verbatim(statement: dict[str, Any], authority: dict[str, Any], where: str) -> None:
@@ -81,20 +119,28 @@ def _check_verbatim(statement: dict[str, Any], authority: dict[str, Any], where:
         raise BadRequest(f"{where}: a signed statement needs its own id: the gateway passes "
                          "signed statements unchanged (xapi.signed_statements is verbatim), "
                          "so an id added here would break the signature check at the LRS")
-    # The signature covers it, so it must already be right: the caller's own. (Left out,
-    # the LRS would stamp its own credential's, and read/mine would never show it.)
     if "authority" not in statement:
-        raise BadRequest(f"{where}: a signed statement needs the caller as its authority: "
-                         "the gateway passes signed statements unchanged "
-                         "(xapi.signed_statements is verbatim)")
-    if agent_identity(statement["authority"]) != agent_identity(authority):
+        return  # storage stamps its own, as xAPI has it (Data 2.4.9)
+    # The signature covers it, so it must already be right: exactly the caller's Agent.
+    # A Group (whose members read/mine would count) or a second identifier is refused.
+    claimed = statement["authority"]
+    try:
+        validate_agent(claimed, f"{where}.authority", closed=True)
+    except AgentError as exc:
+        raise BadRequest(f"{exc}: a signed statement passed unchanged needs the caller's "
+                         "own Agent as authority, or none") from None
+    if agent_identity(claimed) != agent_identity(authority):
         raise Forbidden(f"{where}: a signed statement's authority must be the caller's own")
 
 
 def _complete(statement: dict[str, Any], authority: dict[str, Any],
-              signed_verbatim: bool, where: str) -> None:
-    """Fix what the storage LRS would otherwise choose, so every copy is identical."""
-    if signed_verbatim and is_signed(statement):
+              verbatim: Mapping[str, bytes] | None, where: str) -> None:
+    """Fix what the storage LRS would otherwise choose, so every copy is identical.
+
+    With `verbatim` (the request's signature parts), a really signed statement is left as
+    it is, once it is checked.
+    """
+    if verbatim is not None and is_signed(statement, verbatim):
         _check_verbatim(statement, authority, where)
         return
     if "id" not in statement:
@@ -107,10 +153,13 @@ def _complete(statement: dict[str, Any], authority: dict[str, Any],
 
 
 def prepare_post(data: Any, authority: dict[str, Any], max_batch: int = 1000,
-                 signed_verbatim: bool = False) -> tuple[Any, list[str]]:
+                 verbatim: Mapping[str, bytes] | None = None, *, version: str = "1.0.3",
+                 strict: bool = False) -> tuple[Any, list[str]]:
     """Check one statement or a list, give each an id, set authority; return (body, ids).
 
-    With `signed_verbatim`, signed statements are checked but left as they are.
+    `verbatim`: with `xapi.signed_statements: verbatim`, the request's attachment parts
+    (bodies by lower-cased sha2); really signed statements are checked but left as they
+    are. `strict`: the whole Data chapter for `version` (gateway.validation).
     """
     batch = data if isinstance(data, list) else [data]
     if isinstance(data, list) and not data:
@@ -120,8 +169,8 @@ def prepare_post(data: Any, authority: dict[str, Any], max_batch: int = 1000,
     ids: list[str] = []
     for index, statement in enumerate(batch):
         where = f"statements[{index}]" if isinstance(data, list) else "statement"
-        _check_statement(statement, where)
-        _complete(statement, authority, signed_verbatim, where)
+        _check_statement(statement, where, version, strict)
+        _complete(statement, authority, verbatim, where)
         ids.append(statement["id"])
     if len({i.lower() for i in ids}) != len(ids):
         raise BadRequest("the batch holds the same statement id more than once")
@@ -129,15 +178,16 @@ def prepare_post(data: Any, authority: dict[str, Any], max_batch: int = 1000,
 
 
 def prepare_put(data: Any, statement_id: str | None, authority: dict[str, Any],
-                signed_verbatim: bool = False) -> Any:
+                verbatim: Mapping[str, bytes] | None = None, *, version: str = "1.0.3",
+                strict: bool = False) -> Any:
     """Check a PUT body against its `statementId`, set the id and authority."""
     if statement_id is None:
         raise BadRequest("PUT /statements needs the statementId query parameter")
     statement_id = _canonical_uuid(statement_id, "statementId")
-    _check_statement(data, "statement")
+    _check_statement(data, "statement", version, strict)
     if "id" in data and str(data["id"]).lower() != statement_id.lower():
         raise BadRequest("the statement's id differs from the statementId parameter")
-    if not (signed_verbatim and is_signed(data)):
+    if not (verbatim is not None and is_signed(data, verbatim)):
         data["id"] = data.get("id", statement_id)
-    _complete(data, authority, signed_verbatim, "statement")
+    _complete(data, authority, verbatim, "statement")
     return data

@@ -117,12 +117,23 @@ async def _send_write(request: web.Request, method: str, statements: list[Any],
                         headers=response_headers(upstream.headers, decoded=False))
 
 
+def _write_rules(request: web.Request,
+                 attached: AttachmentBody | None) -> dict[str, Any]:
+    """How statements are checked and completed for this request (prepare_* keywords)."""
+    xapi = request.app[CONFIG].xapi
+    verbatim = ({sha2: part.body for sha2, part in attached.by_hash.items()}
+                if attached is not None and xapi.signed_statements == "verbatim" else None)
+    return {"verbatim": verbatim,
+            "version": request.app[VERSIONS].answer_for(request.headers.get(VERSION_HEADER)),
+            "strict": getattr(xapi, "validation", "strict") == "strict"}
+
+
 async def post_statements(request: web.Request) -> web.Response:
     """Store one statement or a batch, each with an id and the caller as authority."""
     data, attached = await _read_write_body(request)
-    config = request.app[CONFIG]
-    data, _ = prepare_post(data, request[PRINCIPAL].agent, config.limits.max_batch_statements,
-                           config.xapi.signed_statements == "verbatim")
+    data, _ = prepare_post(data, request[PRINCIPAL].agent,
+                           request.app[CONFIG].limits.max_batch_statements,
+                           **_write_rules(request, attached))
     batch = isinstance(data, list)
     return await _send_write(request, "POST", data if batch else [data], batch, attached)
 
@@ -131,7 +142,7 @@ async def put_statements(request: web.Request) -> web.Response:
     """Store one statement under the `statementId` the client chose."""
     data, attached = await _read_write_body(request)
     statement = prepare_put(data, request.query.get("statementId"), request[PRINCIPAL].agent,
-                            request.app[CONFIG].xapi.signed_statements == "verbatim")
+                            **_write_rules(request, attached))
     return await _send_write(request, "PUT", [statement], False, attached)
 
 

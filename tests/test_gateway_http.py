@@ -159,7 +159,7 @@ async def test_a_compressed_write_reaches_storage_as_plain_json(
 
 @pytest.mark.parametrize(
     ("body", "message"),
-    [(b"{not json", "not valid JSON"), (b"[]", "empty"), (b'{"actor": 1}', "'verb'"),
+    [(b"{not json", "not valid JSON"), (b"[]", "empty"), (b'{"actor": 1}', "verb"),
      (json.dumps({"actor": {"mbox": "x"}, "verb": {"id": "a:b"}, "object": {}}).encode(),
       "mailto")],
 )

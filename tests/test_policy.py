@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import json
 import uuid
 from typing import Any
 
@@ -159,9 +162,18 @@ def test_put_checks_statement_id() -> None:
         prepare_put(statement(id=str(uuid.uuid4())), sid, AUTHORITY)
 
 
+def jws(alg: str = "RS256") -> bytes:
+    """A compact JWS shape with `alg` (the LRS checks the signature; the gateway the form)."""
+    header = base64.urlsafe_b64encode(json.dumps({"alg": alg}).encode()).rstrip(b"=")
+    return header + b".eyJ4IjoxfQ.c2lnbmF0dXJl"
+
+
+TOKEN = jws()
+TOKEN_SHA2 = hashlib.sha256(TOKEN).hexdigest()
 SIGNATURE = {"usageType": "http://adlnet.gov/expapi/attachments/signature",
              "display": {"en-US": "signature"}, "contentType": "application/octet-stream",
-             "length": 10, "sha2": "0" * 64}
+             "length": len(TOKEN), "sha2": TOKEN_SHA2}
+PARTS = {TOKEN_SHA2: TOKEN}  # the request's parts, by sha2
 
 
 def test_signed_statements_are_stamped_by_default() -> None:
@@ -177,29 +189,63 @@ def test_verbatim_leaves_signed_statements_as_sent() -> None:
     signed = statement(id=sid, attachments=[SIGNATURE], authority=AUTHORITY)
     own = statement(id=str(uuid.uuid4()), attachments=[SIGNATURE],
                     authority={"objectType": "Agent", "name": "me", **AUTHORITY})
-    sent = [dict(signed), dict(own), statement()]
-    body, ids = prepare_post([dict(signed), dict(own), statement()], AUTHORITY,
-                             signed_verbatim=True)
-    assert body[:2] == sent[:2]  # unchanged, not even a timestamp
-    assert body[2]["authority"] == AUTHORITY  # unsigned ones are stamped as ever
-    assert ids[:2] == [sid, own["id"]]
-    assert prepare_put(dict(signed), sid, AUTHORITY, signed_verbatim=True) == signed
+    unstamped = statement(id=str(uuid.uuid4()), attachments=[SIGNATURE])  # storage stamps
+    sent = [dict(signed), dict(own), dict(unstamped), statement()]
+    body, ids = prepare_post([dict(x) for x in sent], AUTHORITY, verbatim=PARTS)
+    assert body[:3] == sent[:3]  # unchanged, not even a timestamp
+    assert body[3]["authority"] == AUTHORITY  # unsigned ones are stamped as ever
+    assert ids[:3] == [sid, own["id"], unstamped["id"]]
+    assert prepare_put(dict(signed), sid, AUTHORITY, verbatim=PARTS) == signed
 
 
-def test_verbatim_signed_statements_need_an_id_and_no_foreign_authority() -> None:
+@pytest.mark.parametrize("parts", [
+    {},  # the usageType claims a signature, but the request has no such part
+    {TOKEN_SHA2: b"not a jws"},
+    {TOKEN_SHA2: jws("HS256")},  # Data 2.6: RS256, RS384 or RS512 only
+    {TOKEN_SHA2: jws("none")},
+])
+def test_only_a_real_signature_part_makes_a_statement_verbatim(parts: dict[str, bytes]) -> None:
+    claimed = statement(id=str(uuid.uuid4()), attachments=[SIGNATURE],
+                        authority={"objectType": "Group", "mbox": AUTHORITY["mbox"],
+                                   "member": [{"mbox": "mailto:lms@example.com"}]})
+    body, _ = prepare_post([claimed], AUTHORITY, verbatim=parts)
+    assert body[0]["authority"] == AUTHORITY  # stamped like any statement
+
+
+def test_verbatim_signed_statements_need_an_id_and_exactly_the_callers_agent() -> None:
     with pytest.raises(BadRequest, match=r"statements\[1\]: a signed statement needs its own id"):
         prepare_post([statement(), statement(attachments=[SIGNATURE])], AUTHORITY,
-                     signed_verbatim=True)
+                     verbatim=PARTS)
     with pytest.raises(BadRequest, match="needs its own id"):
         prepare_put(statement(attachments=[SIGNATURE]), str(uuid.uuid4()), AUTHORITY,
-                    signed_verbatim=True)
+                    verbatim=PARTS)
     forged = statement(id=str(uuid.uuid4()), attachments=[SIGNATURE],
                        authority={"mbox": "mailto:ceo@example.com"})
     with pytest.raises(Forbidden, match="authority must be the caller's own"):
-        prepare_post(forged, AUTHORITY, signed_verbatim=True)
-    with pytest.raises(BadRequest, match="needs the caller as its authority"):
-        prepare_post(statement(id=str(uuid.uuid4()), attachments=[SIGNATURE]), AUTHORITY,
-                     signed_verbatim=True)
+        prepare_post(forged, AUTHORITY, verbatim=PARTS)
+    for authority in (
+        {"objectType": "Group", "mbox": AUTHORITY["mbox"],  # a Group naming someone else
+         "member": [{"mbox": "mailto:lms@example.com"}]},
+        {"objectType": "Group", "member": [AUTHORITY, {"mbox": "mailto:lms@example.com"}]},
+        {**AUTHORITY, "account": {"homePage": "https://x.example", "name": "alice"}},
+        {**AUTHORITY, "member": [{"mbox": "mailto:lms@example.com"}]},
+    ):
+        with pytest.raises(BadRequest, match="authority"):
+            prepare_post(statement(id=str(uuid.uuid4()), attachments=[SIGNATURE],
+                                   authority=authority), AUTHORITY, verbatim=PARTS)
+
+
+@pytest.mark.parametrize("authority", [
+    {"mbox": "alice@example.com"},  # no mailto:
+    {"mbox": "mailto:a@example.com", "openid": "http://a.example.com"},  # two identifiers
+    {"objectType": "Agent"},  # none
+    {"account": {"homePage": "not an IRL", "name": "x"}},
+    "mailto:a@example.com",
+])
+def test_an_invalid_authority_is_refused_not_replaced(authority: Any) -> None:
+    for strict in (False, True):
+        with pytest.raises(BadRequest, match="authority"):
+            prepare_post(statement(authority=authority), AUTHORITY, strict=strict)
 
 
 @pytest.mark.parametrize("body", [b"", b"{", b"\xff\xfe", b"[" * 100000])

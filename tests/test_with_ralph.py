@@ -146,3 +146,38 @@ async def test_gateway_endpoints_with_ralph(gateway: Client) -> None:
 
 
 MakeClient = Callable[[], Awaitable[Client]]
+
+
+async def test_a_claimed_signature_cannot_smuggle_someone_elses_authority(
+        ralph: RalphServer, tmp_path: Path, aiohttp_client: Any) -> None:
+    """Issue 13, finding 3: verbatim applies to real JWS parts only, authority the caller's.
+
+    Ralph keeps the authority the gateway's `all` credential sends, so a Group authority
+    naming BORIS as a member would make the statement BORIS's own for read/mine.
+    """
+    config = write_config(tmp_path, ralph.url, [ANNA, BORIS], {
+        "storage": {"basic_username": ralph.username, "basic_password": ralph.password},
+        "xapi": {"signed_statements": "verbatim"}})
+    gateway: Client = await aiohttp_client(create_app(config, registry=CollectorRegistry()))
+    signature = {
+        "usageType": "http://adlnet.gov/expapi/attachments/signature",
+        "display": {"en-US": "signature"}, "contentType": "application/octet-stream",
+        "length": 10, "sha2": "0" * 64, "fileUrl": "http://example.com/sig"}
+    anna = basic("anna", "anna-pw")
+    for refused in ({"objectType": "Group", "mbox": "mailto:Anna@Example.ORG",
+                     "member": [BORIS["agent"]]},
+                    {"mbox": "mailto:Anna@Example.ORG", **BORIS["agent"]}):
+        response = await gateway.post("/xAPI/statements", headers=anna, json=statement(
+            "p9", id=str(uuid.uuid4()), authority=refused, attachments=[signature]))
+        assert response.status == 400, await response.text()  # not a valid authority
+    # A valid (3-legged OAuth) authority with BORIS in it, and only a claimed signature:
+    claimed = statement("p9", id=str(uuid.uuid4()), attachments=[signature], authority={
+        "objectType": "Group", "member": [ANNA["agent"], BORIS["agent"]]})
+    response = await gateway.post("/xAPI/statements", json=claimed, headers=anna)
+    assert response.status == 200, await response.text()
+    response = await gateway.get(f"/xAPI/statements?statementId={claimed['id']}",
+                                 headers=basic("boris", "boris-pw"))
+    assert response.status == 404  # not BORIS's: the gateway stamped ANNA's own agent
+    response = await gateway.get(f"/xAPI/statements?statementId={claimed['id']}",
+                                 headers=anna)
+    assert same_agent(one_statement(await response.json())["authority"], ANNA["agent"])
