@@ -51,6 +51,7 @@ from gateway.middlewares import (
     throttle_middleware,
 )
 from gateway.readiness import readiness_loop
+from gateway.request_rules_mw import request_rules_middleware
 from gateway.requestids import RequestIds
 from gateway.routes import XAPI_PREFIX, setup_routes
 from gateway.storage_about import StorageAbout
@@ -219,6 +220,9 @@ def create_app(config: Config, *, registry: CollectorRegistry | None = None,
             # and inside error_middleware (a refused origin gets the JSON error).
             cors_middleware,
             auth_middleware,
+            # xAPI query parameters and document merges (400): after 401/403, on the
+            # ordinary request an alternate-syntax one became, before any handler.
+            request_rules_middleware,
         ],
         client_max_size=config.server.max_body_size,
         handler_args={
