@@ -186,8 +186,9 @@ async def test_body_limit_is_413(make_gateway: MakeGateway) -> None:
         for _ in range(5):
             yield b"x" * 400
 
-    response = await client.put("/xAPI/activities/state?stateId=s", data=chunks(),
-                                headers=basic("alice", "alice-pw"))
+    response = await client.put("/xAPI/activities/state?activityId=http%3A%2F%2Fexample.com"
+                                "%2Fa&agent=%7B%22mbox%22%3A%22mailto%3Ax%40example.com%22%7D"
+                                "&stateId=s", data=chunks(), headers=basic("alice", "alice-pw"))
     assert response.status == 413
     assert fake.seen == [] or fake.seen[0].body != b"x" * 2000
 
@@ -282,7 +283,8 @@ async def test_a_compressed_document_reaches_the_lrs_decoded(make_gateway: MakeG
     client, fake = await make_gateway(script)
     document = b'{"progress": 0.5, "bookmark": "page-12"}' * 100
     response = await client.put(
-        "/xAPI/activities/state?activityId=http%3A%2F%2Fexample.com%2Fa&stateId=s",
+        "/xAPI/activities/state?activityId=http%3A%2F%2Fexample.com%2Fa&stateId=s"
+        "&agent=%7B%22mbox%22%3A%22mailto%3Ax%40example.com%22%7D",
         data=gzip.compress(document), headers={
             **basic("alice", "alice-pw"), "Content-Type": "application/json",
             "Content-Encoding": "gzip", "If-None-Match": "*"})
@@ -317,17 +319,17 @@ async def test_read_mine_sees_only_own_statements_across_pages(make_gateway: Mak
             return web.json_response(other)
         if "voidedStatementId" in request.query:  # Ralph's shape for a single statement
             return web.json_response({"statements": [other], "more": ""})
-        page = request.query.get("page", "1")
+        page = request.query.get("cursor", "1")
         items, nxt = pages[page]
         return web.json_response({"statements": items,
-                                  "more": f"/xAPI/statements?page={nxt}" if nxt else ""})
+                                  "more": f"/xAPI/statements?cursor={nxt}" if nxt else ""})
 
     client, fake = await make_gateway(script)
     auth = basic("mine", "mine-pw")
     response = await client.get("/xAPI/statements", headers=auth)
     data = await response.json()
     assert data["statements"] == [own]
-    assert data["more"] == "/xAPI/statements?page=4"
+    assert data["more"] == "/xAPI/statements?cursor=4"
     assert len(fake.seen) == 3
     response = await client.get(data["more"], headers=auth)
     assert (await response.json()) == {"statements": [], "more": ""}
@@ -490,7 +492,8 @@ async def test_access_log_fields_and_json_lines(make_gateway: MakeGateway,
 
     client, _ = await make_gateway()
     caplog.set_level("INFO", logger="gateway.access")
-    response = await client.get("/xAPI/statements?agent=secret-person",
+    response = await client.get("/xAPI/statements?agent=%7B%22mbox%22%3A%22mailto%3A"
+                                "secret-person%40example.com%22%7D",
                                 headers=basic("reader", "reader-pw"))
     (record,) = [r for r in caplog.records if r.name == "gateway.access"]
     line = json.loads(JsonFormatter().format(record))
