@@ -73,7 +73,8 @@ async def test_get_and_documents_in_a_form(gateway: tuple[Client, FakeLRS]) -> N
     body = form(Authorization=basic("writer", "writer-pw")["Authorization"],
                 **{"X-Experience-API-Version": "1.0.3", "Content-Type": "text/plain",
                    "If-Match": '"abc"'},
-                activityId="http://example.com/a", stateId="s", content="hello state")
+                activityId="http://example.com/a", agent='{"mbox": "mailto:x@example.com"}',
+                stateId="s", content="hello state")
     await client.post("/xAPI/activities/state?method=PUT", data=body, headers=FORM)
     seen = fake.seen[-1]
     assert seen.method == "PUT"
