@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 from gateway.errors import BadRequest
 
 __all__ = [
-    "Multipart", "Part", "boundary_of", "build", "check_head", "parse", "parse_headers",
-    "request_boundary",
+    "Multipart", "Part", "boundary_of", "build", "check_head", "parse", "parse_answer",
+    "parse_headers", "request_boundary",
 ]
 
 _CRLF = b"\r\n"
@@ -199,6 +199,24 @@ def parse(body: bytes, boundary: str) -> Multipart:
             head, content = raw[:split + 4], raw[split + 4:]
         parts.append(Part(head, content, parse_headers(head)))
         position = end + 2
+
+
+def parse_answer(body: bytes, boundary: str) -> Multipart:
+    """An LRS's multipart answer, read liberally; never for what a client sends.
+
+    What `parse` reads is kept as it is (so `serialize` gives the same bytes back). Beyond
+    that, a closing delimiter without the CRLF before it (`...}--boundary--`, as Learning
+    Locker writes it) is taken as closing the last part; that CRLF is then added, so what
+    the client gets is well-formed.
+    """
+    try:
+        return parse(body, boundary)
+    except BadRequest:
+        dash = b"--" + boundary.encode("latin-1")
+        closing = body.rfind(dash + b"--")
+        if closing <= 0 or body[closing - 2:closing] == _CRLF:
+            raise
+        return parse(body[:closing] + _CRLF + body[closing:], boundary)
 
 
 def build(parts: list[Part],

@@ -6,7 +6,7 @@ from urllib.parse import unquote
 
 from gateway.errors import BadRequest
 
-__all__ = ["check_relative_path"]
+__all__ = ["check_origin_form", "check_relative_path"]
 
 
 def check_relative_path(raw_tail: str) -> str:
@@ -19,3 +19,16 @@ def check_relative_path(raw_tail: str) -> str:
     if any(segment == "" for segment in segments[:-1]):
         raise BadRequest("the request path is not allowed")
     return raw_tail
+
+
+def check_origin_form(raw_target: str) -> str:
+    """Refuse a request target that is not origin-form (`/path?query`); return it.
+
+    aiohttp routes an absolute-form target (`GET http://other/xAPI/statements`) on the path
+    it parsed out of it, while the raw target, which the upstream URL is built from, still
+    holds the scheme and host: what was authorised and what is forwarded would differ.
+    """
+    if not raw_target.startswith("/"):
+        raise BadRequest("the request target must be a path (origin-form), not an "
+                         "absolute URL")
+    return raw_target

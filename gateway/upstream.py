@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -39,7 +40,7 @@ __all__ = [
     "CLIENT_ASSERTED_HEADERS", "CLIENT_ASSERTED_PREFIXES", "HOP_BY_HOP", "Observe",
     "Occasionally", "Upstream", "describe_credential",
     "hide_failed_answer", "hide_failure", "is_client_asserted", "read_capped",
-    "request_headers", "response_headers",
+    "refuse_unprocessable", "request_headers", "response_headers",
 ]
 
 
@@ -207,6 +208,39 @@ def _report_failure(status: int, body: bytes, upstream: Upstream, request_id: st
     log.warning("%s answered HTTP %d (request %s): %s", upstream.name, status, request_id,
                 redact(said, upstream.secrets))
     raise UpstreamFailed(status)
+
+
+# At most this many of a 422's validation errors are named in the client's 400.
+_NAMED_ERRORS = 3
+
+
+def refuse_unprocessable(status: int, body: bytes) -> None:
+    """A storage 422 becomes the gateway's 400, with the LRS's message summarised.
+
+    xAPI has no 422 (Ralph's FastAPI answers it for invalid input): a client of an xAPI
+    LRS expects 400 and an error body like the gateway's own.
+    """
+    if status == 422:
+        raise BadRequest("the storage LRS refused the request: " + _summary(body))
+
+
+def _summary(body: bytes) -> str:
+    """FastAPI's `{"detail": [{"loc": [...], "msg": ...}]}` (or a message) in one line."""
+    try:
+        document = json.loads(body)
+    except ValueError:
+        document = None
+    said = document.get("detail", document.get("message")) if isinstance(
+        document, dict) else None
+    if isinstance(said, str) and said:
+        return said[:300]
+    if isinstance(said, list):
+        named = [f"{'.'.join(str(p) for p in e.get('loc', []))}: {e.get('msg', '')}"
+                 for e in said[:_NAMED_ERRORS] if isinstance(e, dict)]
+        more = f" (and {len(said) - _NAMED_ERRORS} more)" if len(said) > _NAMED_ERRORS else ""
+        if named:
+            return ("; ".join(named) + more)[:500]
+    return "it found the request invalid (HTTP 422)"
 
 
 class Upstream:
