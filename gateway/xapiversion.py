@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 from gateway.errors import UnsupportedVersion
 
-__all__ = ["VERSION_HEADER", "VersionPolicy"]
+__all__ = ["VERSION_HEADER", "Narrowing", "VersionPolicy"]
 
 VERSION_HEADER = "X-Experience-API-Version"
 
@@ -16,13 +17,48 @@ def _major_minor(version: str) -> tuple[str, str]:
     return parts[0], parts[1] if len(parts) > 1 else ""
 
 
+@dataclass(frozen=True)
+class Narrowing:
+    """What the storage LRS's versions did to the configured list."""
+
+    served: tuple[str, ...]  # what the gateway accepts and advertises now
+    dropped: tuple[str, ...]  # configured, but storage does not speak them
+    disjoint: bool = False  # storage speaks none of them: the configured list is kept
+
+
 class VersionPolicy:
-    """A configured `X.Y.Z` accepts every `X.Y` and `X.Y.n` a client may send."""
+    """A configured `X.Y.Z` accepts every `X.Y` and `X.Y.n` a client may send.
+
+    What is served is the configured list, narrowed to what the storage LRS speaks once
+    that is known (`narrow`): promising a version storage refuses would fail every request
+    of that version upstream.
+    """
 
     def __init__(self, configured: Iterable[str]) -> None:
-        self.versions = tuple(configured)
-        self._by_minor = {_major_minor(v): v for v in self.versions}
-        self.default = self.versions[0]
+        self.configured = tuple(configured)
+        self._serve(self.configured)
+
+    def _serve(self, versions: tuple[str, ...]) -> None:
+        self.versions = versions
+        self._by_minor = {_major_minor(v): v for v in versions}
+        self.default = versions[0]
+
+    def narrow(self, storage_versions: Iterable[str] | None) -> Narrowing:
+        """Serve the configured versions storage also speaks (by `X.Y`); None: all of them.
+
+        When storage speaks none of them, the configured list stays: refusing every
+        client would help nobody, and storage's own answers then say what is wrong.
+        """
+        if storage_versions is None:
+            self._serve(self.configured)
+            return Narrowing(self.configured, ())
+        spoken = {_major_minor(v) for v in storage_versions}
+        kept = tuple(v for v in self.configured if _major_minor(v) in spoken)
+        if not kept:
+            self._serve(self.configured)
+            return Narrowing(self.configured, (), disjoint=True)
+        self._serve(kept)
+        return Narrowing(kept, tuple(v for v in self.configured if v not in kept))
 
     def check(self, requested: str | None) -> str:
         """Return the version to answer with, or raise UnsupportedVersion."""
