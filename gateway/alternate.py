@@ -7,6 +7,7 @@ storage LRS sees only that ordinary request.
 
 from __future__ import annotations
 
+import re
 from urllib.parse import parse_qsl, urlencode
 
 from aiohttp import web
@@ -16,6 +17,7 @@ from multidict import CIMultiDict
 from gateway.bodies import read_stream
 from gateway.errors import BadRequest
 from gateway.keys import ALTERNATE_BODY, CONFIG
+from gateway.paths import check_origin_form
 from gateway.routes import XAPI_PREFIX
 from gateway.xapiversion import VERSION_HEADER
 
@@ -25,6 +27,11 @@ _METHODS = frozenset({"GET", "PUT", "POST", "DELETE", "HEAD"})
 _HEADER_FIELDS = {name.lower(): name for name in (
     "Authorization", VERSION_HEADER, "Content-Type", "Content-Length", "If-Match",
     "If-None-Match")}
+# A control character (CR, LF, NUL, ...) in a header value would split or end the header
+# line in the request to storage: refused here, once for every route.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+# Comm 1.3: `content` without a form Content-Type is JSON.
+_DEFAULT_CONTENT_TYPE = "application/json"
 
 
 @web.middleware
@@ -34,6 +41,7 @@ async def alternate_syntax_middleware(request: web.Request,
     if request.method != "POST" or "method" not in request.query or not request.path.startswith(
             XAPI_PREFIX):
         return await handler(request)
+    check_origin_form(request.raw_path)  # the clone below would forward the parsed path
     method = request.query["method"].upper()
     if method not in _METHODS:
         raise BadRequest(f"method={request.query['method'][:20]!r} is not an HTTP method")
@@ -52,15 +60,18 @@ async def alternate_syntax_middleware(request: web.Request,
         (k, v) for k, v in request.headers.items()
         if k.lower() not in ("content-type", "content-length"))
     query: list[tuple[str, str]] = []
-    content = b""
+    content: bytes | None = None
     for name, value in fields:
         header = _HEADER_FIELDS.get(name.lower())
         if header is not None:
-            headers[header] = value
+            headers[header] = _header_value(header, value)
         elif name == "content":
             content = value.encode("utf-8")
         else:
             query.append((name, value))
+    if content is not None and "Content-Type" not in headers:
+        headers["Content-Type"] = _DEFAULT_CONTENT_TYPE
+    content = content or b""
     if headers.get(VERSION_HEADER, "").startswith("2."):
         raise BadRequest("xAPI 2.0 has no alternate request syntax")
     headers["Content-Length"] = str(len(content))
@@ -68,3 +79,11 @@ async def alternate_syntax_middleware(request: web.Request,
     ordinary = request.clone(method=method, rel_url=path, headers=headers)
     ordinary[ALTERNATE_BODY] = content
     return await handler(ordinary)
+
+
+def _header_value(name: str, value: str) -> str:
+    """A form field's value as a header value, or 400 if it holds a control character."""
+    if _CONTROL.search(value):
+        raise BadRequest(f"the form field {name} holds a control character (CR, LF, ...), "
+                         "which no header value may")
+    return value

@@ -9,10 +9,12 @@ from gateway.bodies import LimitedStream, check_declared_length
 from gateway.errors import UpstreamError
 from gateway.forwarded_headers import forwarded_headers
 from gateway.keys import CONFIG, PRINCIPAL, REQUEST_ID, STORAGE
-from gateway.paths import check_relative_path
+from gateway.paths import check_origin_form, check_relative_path
 from gateway.routes import raw_query, xapi_tail
 from gateway.upstream import (
     hide_failure,
+    read_capped,
+    refuse_unprocessable,
     request_headers,
     response_headers,
 )
@@ -27,6 +29,7 @@ _BODYLESS = frozenset({"GET", "HEAD", "OPTIONS", "DELETE"})
 
 async def proxy(request: web.Request) -> web.StreamResponse:
     """Documents, activities, agents and any other /xAPI/ path: both bodies streamed."""
+    check_origin_form(request.raw_path)
     tail = check_relative_path(xapi_tail(request))
     limit = request.app[CONFIG].server.max_body_size
     check_declared_length(request, limit)
@@ -50,22 +53,41 @@ async def proxy(request: web.Request) -> web.StreamResponse:
 
 async def _exchange(request: web.Request, tail: str, headers: CIMultiDict[str],
                     body: LimitedStream | None) -> web.StreamResponse:
+    response = await _send(request, request.method, tail, headers, body)
+    if response is None:  # storage has no HEAD here: answer it from a GET (Comm 1.1)
+        response = await _send(request, "GET", tail, headers, body)
+        assert response is not None  # only a HEAD can be answered None
+    return response
+
+
+async def _send(request: web.Request, method: str, tail: str, headers: CIMultiDict[str],
+                body: LimitedStream | None) -> web.StreamResponse | None:
+    """Storage's answer to `method`, or None for a 405 to a HEAD."""
     storage = request.app[STORAGE]
     data = body.__aiter__() if body is not None else None
+    head = request.method == "HEAD"
     # What no caller proved itself for (an OPTIONS: a CORS preflight, let through without
     # auth) must not go with the gateway's identity either.
-    async with storage.request(request.method, tail, raw_query=raw_query(request),
+    async with storage.request(method, tail, raw_query=raw_query(request),
                                headers=headers, data=data,
                                authenticated=PRINCIPAL in request) as upstream:
         await hide_failure(upstream, storage, request[REQUEST_ID])
+        if upstream.status == 405 and method == "HEAD":
+            return None
+        if upstream.status == 422:
+            refuse_unprocessable(422, await read_capped(upstream, _BUFFER_LIMIT))
         out_headers = response_headers(upstream.headers, decoded=False)
         length = upstream.content_length
-        if request.method == "HEAD" or (length is not None and length <= _BUFFER_LIMIT):
-            response = web.Response(status=upstream.status, reason=upstream.reason,
-                                    body=await upstream.read(), headers=out_headers)
-            if request.method == "HEAD" and length is not None:
-                response.content_length = length
-            return response
+        if head:
+            # GET's headers without its body; web.Response keeps a Content-Length it is
+            # given for a HEAD (the property itself cannot be set on it).
+            if length is not None:
+                out_headers["Content-Length"] = str(length)
+            return web.Response(status=upstream.status, reason=upstream.reason,
+                                headers=out_headers)
+        if length is not None and length <= _BUFFER_LIMIT:
+            return web.Response(status=upstream.status, reason=upstream.reason,
+                                body=await upstream.read(), headers=out_headers)
         streamed = web.StreamResponse(status=upstream.status, reason=upstream.reason,
                                       headers=out_headers)
         if length is not None:

@@ -19,7 +19,8 @@ from gateway.bodies import read_limited
 from gateway.errors import BadRequest, NotFound, UpstreamUnavailable
 from gateway.forwarded_headers import forwarded_headers
 from gateway.keys import CONFIG, FORWARDER, METRICS, PRINCIPAL, REQUEST_ID, STORAGE, VERSIONS
-from gateway.multipart import Multipart, boundary_of, parse
+from gateway.multipart import Multipart, boundary_of, parse_answer
+from gateway.paths import check_origin_form
 from gateway.principal import Principal
 from gateway.routes import raw_query, xapi_tail
 from gateway.scopes import statements_read_mode
@@ -30,6 +31,7 @@ from gateway.upstream import (
     hide_failed_answer,
     hide_failure,
     read_capped,
+    refuse_unprocessable,
     request_headers,
     response_headers,
 )
@@ -44,6 +46,7 @@ _MINE_MAX_PAGES = 10
 
 async def statements(request: web.Request) -> web.StreamResponse:
     """/xAPI/statements, by method."""
+    check_origin_form(request.raw_path)
     method = request.method
     if method in ("GET", "HEAD"):
         return await get_statements(request)
@@ -113,6 +116,7 @@ async def _send_write(request: web.Request, method: str, statements: list[Any],
     finally:
         if forwarder is not None:
             forwarder.settled(seqs)
+    refuse_unprocessable(upstream.status, upstream.body)
     return web.Response(status=upstream.status, reason=upstream.reason, body=upstream.body,
                         headers=response_headers(upstream.headers, decoded=False))
 
@@ -193,6 +197,7 @@ async def _fetch(storage: Upstream, request: web.Request, tail: str,
         out_headers = response_headers(upstream.headers, decoded=True)
         content_type = upstream.content_type
         raw_type = upstream.headers.get("Content-Type", "")
+        refuse_unprocessable(upstream.status, body)
         if upstream.status != 200 or content_type not in ("application/json",
                                                           "multipart/mixed"):
             return web.Response(status=upstream.status, reason=upstream.reason, body=body,
@@ -200,14 +205,31 @@ async def _fetch(storage: Upstream, request: web.Request, tail: str,
     try:
         if content_type == "application/json":
             return None, _Page(jsoncodec.loads(body), out_headers)
-        multipart = parse(body, boundary_of(raw_type))
+        multipart = parse_answer(body, boundary_of(raw_type))
         return None, _Page(jsoncodec.loads(multipart.parts[0].body), out_headers, multipart)
     except (jsoncodec.JSONDecodeError, BadRequest):
         raise UpstreamUnavailable("the storage LRS answered with an unreadable document") from None
 
 
-def _asks_for_one(request: web.Request) -> bool:
-    return "statementId" in request.query or "voidedStatementId" in request.query
+def _asked_id(request: web.Request) -> str | None:
+    """The id of a statementId/voidedStatementId query (None for other queries)."""
+    return request.query.get("statementId", request.query.get("voidedStatementId"))
+
+
+def _the_statement(data: dict[str, Any], wanted: str) -> tuple[Any, bool]:
+    """(the statement asked for by id or None, whether it was unwrapped from a list).
+
+    xAPI answers such a query with the Statement itself; some LRSes (Ralph) answer with a
+    StatementResult, whose list holds it or is empty.
+    """
+    if "statements" not in data:
+        return data, False
+    listed = data["statements"]
+    if not isinstance(listed, list):
+        raise UpstreamUnavailable("the storage LRS answered with an unexpected document")
+    wanted = wanted.lower()
+    found = [s for s in listed if isinstance(s, dict) and str(s.get("id", "")).lower() == wanted]
+    return (found[0] if found else None), True
 
 
 async def get_statements(request: web.Request) -> web.StreamResponse:
@@ -223,7 +245,13 @@ async def get_statements(request: web.Request) -> web.StreamResponse:
     data = page.data
     if not isinstance(data, dict):
         raise UpstreamUnavailable("the storage LRS answered with an unexpected document")
-    if "statements" not in data:  # a single statement (statementId / voidedStatementId)
+    asked = _asked_id(request)
+    if asked is not None:
+        found, unwrapped = _the_statement(data, asked)
+        if found is None or (mine and not keep_own([found], principal.agent_key)):
+            raise NotFound("no statement with that id")
+        return page.response(found, mine or unwrapped)
+    if "statements" not in data:  # a single statement nobody asked for by id: as it came
         if mine and not keep_own([data], principal.agent_key):
             raise NotFound("no statement with that id")
         return page.response(data, False)
@@ -233,9 +261,6 @@ async def get_statements(request: web.Request) -> web.StreamResponse:
     more = data.get("more") or ""
     if mine:
         statements = keep_own(statements, principal.agent_key)
-        if not statements and _asks_for_one(request):
-            # Some LRSes (Ralph) answer a statementId query with a StatementResult.
-            raise NotFound("no statement with that id")
         pages = 1
         while not statements and more and pages < _MINE_MAX_PAGES:
             next_tail = upstream_tail_of_more(more, storage.base_path)

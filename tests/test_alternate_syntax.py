@@ -106,6 +106,26 @@ async def test_bad_alternate_requests(gateway: tuple[Client, FakeLRS], query: st
     assert fake.seen == []
 
 
+async def test_content_without_a_form_content_type_is_json(
+        gateway: tuple[Client, FakeLRS]) -> None:
+    """Comm 1.3: the form's `content` is application/json unless the form says otherwise."""
+    client, fake = gateway
+    body = form(Authorization=basic("writer", "writer-pw")["Authorization"],
+                **{"X-Experience-API-Version": "1.0.3"}, statementId=SID,
+                content=json.dumps(STATEMENT))
+    response = await client.post("/xAPI/statements?method=PUT", data=body, headers=FORM)
+    assert response.status == 204, await response.text()
+    assert fake.seen[-1].headers["Content-Type"] == "application/json"
+    body = form(Authorization=basic("writer", "writer-pw")["Authorization"],
+                **{"X-Experience-API-Version": "1.0.3"}, activityId="http://example.com/a",
+                agent=json.dumps({"mbox": "mailto:learner@example.com"}), stateId="s",
+                content='{"page": 3}')
+    await client.post("/xAPI/activities/state?method=PUT", data=body, headers=FORM)
+    seen = fake.seen[-1]
+    assert (seen.method, seen.body) == ("PUT", b'{"page": 3}')
+    assert seen.headers["Content-Type"] == "application/json"
+
+
 async def test_a_json_body_with_method_is_refused(gateway: tuple[Client, FakeLRS]) -> None:
     client, _ = gateway
     response = await client.post("/xAPI/statements?method=PUT", json=STATEMENT,

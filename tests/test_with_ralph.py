@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 from aiohttp import web
@@ -44,14 +46,6 @@ def statement(actor: str, **extra: Any) -> dict[str, Any]:
             "object": {"id": "http://example.com/course/ralph"}, **extra}
 
 
-def one_statement(answer: Any) -> Any:
-    """Ralph answers a statementId query with a StatementResult; xAPI says a Statement."""
-    if "statements" in answer:
-        (only,) = answer["statements"]
-        return only
-    return answer
-
-
 def same_agent(a: Any, b: Any) -> bool:
     return agent_identity(a) == agent_identity(b)
 
@@ -65,7 +59,7 @@ async def test_post_then_get_carries_the_callers_authority(gateway: Client) -> N
     response = await gateway.get(f"/xAPI/statements?statementId={sid}",
                                  headers=basic("admin", "admin-pw"))
     assert response.status == 200
-    stored = one_statement(await response.json())
+    stored = await response.json()  # the Statement, though Ralph answers a StatementResult
     assert stored["id"] == sid
     assert same_agent(stored["authority"], ANNA["agent"])
     assert response.headers["X-Experience-API-Version"] == "1.0.3"
@@ -78,7 +72,7 @@ async def test_put_with_statement_id_and_conflicting_duplicate(gateway: Client) 
                                  json=statement("p2"), headers=auth)
     assert response.status == 204, await response.text()
     response = await gateway.get(f"/xAPI/statements?statementId={sid}", headers=auth)
-    assert one_statement(await response.json())["actor"]["mbox"] == "mailto:p2@example.com"
+    assert (await response.json())["actor"]["mbox"] == "mailto:p2@example.com"
     response = await gateway.post("/xAPI/statements",
                                   json=statement("someone-else", id=sid), headers=auth)
     assert response.status == 409  # Ralph's own answer, passed through
@@ -119,6 +113,43 @@ async def test_read_mine_callers_never_see_each_other(gateway: Client) -> None:
     response = await gateway.get(f"/xAPI/statements?statementId={other}",
                                  headers=basic("reader", "reader-pw"))
     assert response.status == 200
+
+
+async def test_statement_id_queries_answer_a_statement_for_every_caller(
+        gateway: Client) -> None:
+    """Ralph answers `statementId` with a StatementResult; xAPI says the Statement, or 404."""
+    response = await gateway.post("/xAPI/statements", json=statement("p4"),
+                                  headers=basic("anna", "anna-pw"))
+    (sid,) = await response.json()
+    for user in ("admin", "reader", "anna"):
+        response = await gateway.get(f"/xAPI/statements?statementId={sid}",
+                                     headers=basic(user, f"{user}-pw"))
+        assert response.status == 200, user
+        stored = await response.json()
+        assert "statements" not in stored
+        assert stored["id"] == sid
+        response = await gateway.get(f"/xAPI/statements?statementId={uuid.uuid4()}",
+                                     headers=basic(user, f"{user}-pw"))
+        assert response.status == 404, user
+        assert (await response.json())["error"] == "not_found"
+
+
+async def test_ralphs_422_is_a_400_with_the_gateways_error(gateway: Client) -> None:
+    """Valid xAPI that Ralph refuses with 422: an identified Group as the `agent` filter, an
+    Agent as a statement's object. xAPI has no 422: clients get 400, Ralph's words kept."""
+    group = quote(json.dumps({"objectType": "Group", "mbox": "mailto:team@example.com"}))
+    auth = basic("admin", "admin-pw")
+    response = await gateway.get(f"/xAPI/statements?agent={group}", headers=auth)
+    error = await response.json()
+    assert (response.status, error["error"]) == (400, "bad_request"), error
+    assert set(error) == {"error", "message", "request_id"}
+    assert error["message"].startswith("the storage LRS refused the request: query.agent.")
+    response = await gateway.post("/xAPI/statements", headers=auth, json=statement(
+        "p5", object={"objectType": "Agent", "mbox": "mailto:peer@example.com"}))
+    error = await response.json()
+    assert (response.status, error["error"]) == (400, "bad_request"), error
+    assert error["message"] == ("the storage LRS refused the request: body.object.id: "
+                                "Field required")
 
 
 async def test_errors_in_front_of_ralph(gateway: Client) -> None:
@@ -180,4 +211,4 @@ async def test_a_claimed_signature_cannot_smuggle_someone_elses_authority(
     assert response.status == 404  # not BORIS's: the gateway stamped ANNA's own agent
     response = await gateway.get(f"/xAPI/statements?statementId={claimed['id']}",
                                  headers=anna)
-    assert same_agent(one_statement(await response.json())["authority"], ANNA["agent"])
+    assert same_agent((await response.json())["authority"], ANNA["agent"])
