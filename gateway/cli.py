@@ -1,4 +1,8 @@
-"""The `lrs-gateway` command: serve, check-config, auth add, token issue, forwarding."""
+"""The `lrs-gateway` command: serve, check-config, config show, auth, token, forwarding, lockout.
+
+Exit codes: 0 ok; 1 a problem (the configuration, a file, a probe, an operation that
+failed); 2 a usage error (the command line itself).
+"""
 
 from __future__ import annotations
 
@@ -6,17 +10,17 @@ import argparse
 import getpass
 import json
 import logging
-import os
 import sys
 from collections.abc import Sequence
 from dataclasses import replace
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from gateway import __version__, authcli
-from gateway.auth.credentials import CredentialsError, parse_credentials
-from gateway.config import Config, load_config, resolve_config_path
+from gateway import __version__, authcli, configcli, lockoutcli
+from gateway.auth.credentials import parse_credentials
+from gateway.config import BasicAuthConfig, Config
 from gateway.errors import ConfigError
 from gateway.logs import setup_logging
 
@@ -27,40 +31,27 @@ if TYPE_CHECKING:
 __all__ = ["main"]
 
 log = logging.getLogger("gateway")
+EXIT_HELP = """exit codes:
+  0  ok
+  1  a problem: the configuration, a file, a probe, or an operation that failed
+  2  a usage error: the command line itself
+"""
+
+
+class UsageError(Exception):
+    """The command line asks for something it cannot (exit 2)."""
 
 
 def _load(args: argparse.Namespace) -> Config:
-    return load_config(resolve_config_path(args.config, os.environ), os.environ)
-
-
-def _check_auth(config: Config) -> list[str]:
-    """Problems with what the enabled auth backends read from disk (warnings included)."""
-    problems = []
-    if "basic" in config.auth.backends:
-        problems += _check_credentials(config)
-    if "token" in config.auth.backends:
-        from gateway.auth.tokens import TokenSigner
-
-        try:
-            TokenSigner(config.auth.tokens, Path(config.base_dir))
-        except (OSError, ValueError) as exc:
-            problems.append(f"auth.tokens.private_key_file: cannot be used ({exc})")
-    return problems
-
-
-def _check_credentials(config: Config) -> list[str]:
-    """Problems with the credentials file, as messages (warnings included)."""
-    basic = config.auth.basic
-    path = config.resolve_path(basic.credentials_file)
-    try:
-        parsed = parse_credentials(path.read_text(encoding="utf-8"),
-                                   account_homepage=basic.account_homepage,
-                                   scope_prefix=config.auth.scope_prefix)
-    except (OSError, UnicodeDecodeError) as exc:
-        return [f"{path}: cannot read the credentials file ({type(exc).__name__})"]
-    except CredentialsError as exc:
-        return [f"{path}: {exc}"]
-    return [f"{path}: warning: {warning}" for warning in parsed.warnings]
+    """The configuration, or ConfigError with every problem (logs its warnings and notes)."""
+    _, report = configcli.config_report(args)
+    if report.errors or report.config is None:
+        raise ConfigError("\n".join(report.errors))
+    for line in report.warnings:
+        log.warning("configuration: %s", line)
+    for line in report.notes:
+        log.info("configuration: %s", line)
+    return report.config
 
 
 def _worker_role(args: argparse.Namespace) -> WorkerRole | None:
@@ -71,8 +62,8 @@ def _worker_role(args: argparse.Namespace) -> WorkerRole | None:
     index, _, count = args.worker.partition("/")
     if (not (index.isdigit() and count.isdigit() and int(index) < int(count))
             or not args.run_dir or args.supervisor is None):
-        raise ConfigError("--worker I/N, --run-dir and --supervisor are set by "
-                          "`serve --workers N` only")
+        raise UsageError("--worker I/N, --run-dir and --supervisor are set by "
+                         "`serve --workers N` only")
     # The pid from the supervisor itself: were it gone before this process asked, its
     # parent would already be someone else.
     return WorkerRole(int(index), int(count), Path(args.run_dir), supervisor=args.supervisor)
@@ -95,18 +86,26 @@ def _serve(args: argparse.Namespace) -> int:
     from gateway.app import create_app
     from gateway.sentry import setup_sentry
     from gateway.serving import run
-    from gateway.workers import supervise, worker_command, worker_data_dir
+    from gateway.workers import retire_outboxes, supervise, worker_command, worker_data_dir
 
     config = _load(args)
-    problems = [p for p in _check_auth(config) if ": warning: " not in p]
+    server = replace(config.server, **{key: getattr(args, key) for key in ("host", "port")
+                                       if getattr(args, key, None) is not None})
+    config = replace(config, server=server)
+    problems, warnings = configcli.check_auth(config)
     if problems:
         raise ConfigError("\n".join(problems))
     role = _worker_role(args)
     if role is None:
+        for line in warnings:
+            log.warning("%s", line)
         workers = config.server.workers if args.workers is None else args.workers
         if workers < 1:
-            raise ConfigError("--workers: must be at least 1")
+            raise UsageError("--workers: must be at least 1")
         _refuse_stranded_outboxes(config, workers)
+        data_dir = config.resolve_path(config.data_dir)
+        if data_dir.is_dir():
+            retire_outboxes(data_dir, workers)
         if workers > 1:
             if config.server.port == 0:
                 raise ConfigError("server.port: workers share one port; 0 (any) cannot be")
@@ -158,21 +157,28 @@ def _tune_runtime() -> None:
     gc.set_threshold(20_000, 20, 20)
 
 
-def _check_config(args: argparse.Namespace) -> int:
+def _credentials_path(args: argparse.Namespace) -> tuple[Path, str, str]:
+    """(file, scope prefix, account homepage): `--file` as is, else the config's."""
+    if getattr(args, "file", None):
+        return Path(args.file), "", BasicAuthConfig.account_homepage
     config = _load(args)
-    problems = _check_auth(config)
-    for problem in problems:
-        print(problem)
-    if any(": warning: " not in p for p in problems):
-        return 1
-    print("ok")
-    return 0
+    basic = config.auth.basic
+    return (config.resolve_path(basic.credentials_file), config.auth.scope_prefix,
+            basic.account_homepage)
 
 
 def _auth_add(args: argparse.Namespace) -> int:
-    if args.file and not args.write:
-        print("error: --file goes with -w/--write", file=sys.stderr)
-        return 2
+    write = args.write or args.file is not None
+    path = prefix = None
+    try:
+        # Everything checked before the password is typed, the file included.
+        if write:
+            path, prefix, _ = _credentials_path(args)
+            authcli.read_entries(path)
+        authcli.check_request(args, prefix or "")
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1 if isinstance(exc, authcli.FileProblem) else 2
     password = args.password
     if password is None:
         password = getpass.getpass("Password: ")
@@ -180,24 +186,51 @@ def _auth_add(args: argparse.Namespace) -> int:
             print("the passwords differ", file=sys.stderr)
             return 2
     try:
-        entry = authcli.build_entry(args, password)
+        entry = authcli.build_entry(args, password, prefix or "")
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    if not args.write:
+    if path is None:
         print(json.dumps(entry, indent=2))
         return 0
-    if args.file:
-        path = Path(args.file)
-    else:
-        config = _load(args)
-        path = config.resolve_path(config.auth.basic.credentials_file)
     try:
         replaced = authcli.write_entry(path, entry)
     except (ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     print(f"{'replaced' if replaced else 'added'} {args.username} in {path}")
+    return 0
+
+
+def _auth_list(args: argparse.Namespace) -> int:
+    path, _, homepage = _credentials_path(args)
+    try:
+        users = authcli.list_entries(path, homepage)
+    except (ValueError, OSError) as exc:
+        print(f"error: {path}: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(users, indent=2))
+        return 0
+    width = max([len("username"), *(len(u["username"]) for u in users)])
+    print(f"{'username':<{width}}  {'scopes':<40}  agent")
+    for user in users:
+        print(f"{user['username']:<{width}}  {' '.join(user['scopes']):<40}  "
+              f"{json.dumps(user['agent'], separators=(',', ':'))}")
+    return 0
+
+
+def _auth_remove(args: argparse.Namespace) -> int:
+    path, _, _ = _credentials_path(args)
+    try:
+        removed = authcli.remove_entry(path, args.username)
+    except (ValueError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    if not removed:
+        print(f"error: no user {args.username!r} in {path}", file=sys.stderr)
+        return 1
+    print(f"removed {args.username} from {path}")
     return 0
 
 
@@ -230,7 +263,9 @@ def _token_issue(args: argparse.Namespace) -> int:
     except Forbidden as exc:
         print(f"error: {exc.message}", file=sys.stderr)
         return 1
-    print(json.dumps({"token": token, "expires_at": expires}))
+    # As POST /token answers.
+    expires_at = datetime.fromtimestamp(expires, UTC).isoformat().replace("+00:00", "Z")
+    print(json.dumps({"token": token, "token_type": "Bearer", "expires_at": expires_at}))
     return 0
 
 
@@ -266,12 +301,20 @@ def _forwarding_status(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(targets, indent=2))
         return 0
-    print(f"{'target':<24} {'backlog':>9} {'oldest':>9} {'delivered':>10} {'retries':>8} "
-          f"{'dead':>7}")
+    print(f"{'target':<24} {'state':<5} {'backlog':>9} {'oldest':>9} {'delivered':>10} "
+          f"{'retries':>8} {'dead letters':>12}")
     for name, s in targets.items():
         oldest = "-" if s["oldest_age"] is None else f"{s['oldest_age']:.1f}s"
-        print(f"{name:<24} {s['backlog']:>9} {oldest:>9} {s['delivered']:>10} "
-              f"{s['retries']:>8} {s['dead_letters']:>7}")
+        print(f"{name:<24} {s.get('state', '-'):<5} {s['backlog']:>9} {oldest:>9} "
+              f"{s['delivered']:>10} {s['retries']:>8} {s['dead_letters']:>12}")
+    for name, s in targets.items():
+        if s.get("state") == "down":
+            since = s.get("down_since")
+            when = "" if since is None else " since " + datetime.fromtimestamp(
+                since, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+            print(f"{name}: down{when}: {s.get('last_error') or 'no answer'}")
+    print("(dead letters: statements a target refused for good; "
+          "`forwarding replay --target NAME` sends them again)")
     return 0
 
 
@@ -279,6 +322,12 @@ def _forwarding_replay(args: argparse.Namespace) -> int:
     config = _load(args)
     stores = _open_outboxes(config)
     try:
+        known = sorted({t.label for t in config.forwardings}
+                       | {t for store in stores for t in store.targets()})
+        if args.target not in known:
+            print(f"error: no forwarding target named {args.target!r} (known: "
+                  f"{', '.join(known) or 'none'})", file=sys.stderr)
+            return 1
         waiting = sum(s.stats([args.target])[args.target].dead_letters for s in stores)
         if waiting == 0:
             print(f"{args.target}: no dead letters")
@@ -308,50 +357,100 @@ def _progress(done: int, total: int) -> None:
     sys.stderr.flush()
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="lrs-gateway", description=__doc__)
-    parser.add_argument("--version", action="version", version=f"lrs-gateway {__version__}")
-    parser.add_argument("--config", help="config file (default: $LRS_GATEWAY_CONFIG or "
-                        "./config.yaml)")
-    parser.add_argument("--log-level", default="INFO",
+def _global_flags(parser: argparse.ArgumentParser, *, defaults: bool) -> None:
+    """Flags every command takes, before or after its name (`serve --config x`).
+
+    After the name they override what came before only when given (SUPPRESS).
+    """
+    def default(value: str | None) -> Any:
+        return value if defaults else argparse.SUPPRESS
+
+    parser.add_argument("--config", default=default(None), help="config file (default: "
+                        "$LRS_GATEWAY_CONFIG or ./config.yaml)")
+    parser.add_argument("--log-level", default=default("INFO"),
                         choices=["DEBUG", "INFO", "WARNING", "ERROR"])
-    parser.add_argument("--log-format", default="text", choices=["text", "json"],
+    parser.add_argument("--log-format", default=default("text"), choices=["text", "json"],
                         help="json: one object per line, for log shippers")
+
+
+def _command(commands: Any, name: str, run: Any, help_text: str) -> argparse.ArgumentParser:
+    sub: argparse.ArgumentParser = commands.add_parser(
+        name, help=help_text, description=help_text, epilog=EXIT_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    if run is not None:
+        sub.set_defaults(run=run)
+        _global_flags(sub, defaults=False)
+    return sub
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lrs-gateway", description=__doc__, epilog=EXIT_HELP,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"lrs-gateway {__version__}")
+    _global_flags(parser, defaults=True)
     commands = parser.add_subparsers(dest="command", required=True)
-    serve = commands.add_parser("serve", help="run the gateway")
-    serve.set_defaults(run=_serve)
+    serve = _command(commands, "serve", _serve, "run the gateway")
+    serve.add_argument("--host", help="listen on this address (default: server.host)")
+    serve.add_argument("--port", type=int, help="listen on this port (default: server.port)")
     serve.add_argument("--workers", type=int, default=None,
                        help="processes sharing the port (default: server.workers, 1)")
     serve.add_argument("--worker", help=argparse.SUPPRESS)  # I/N, set by the supervisor
     serve.add_argument("--run-dir", help=argparse.SUPPRESS)
     serve.add_argument("--supervisor", type=int, help=argparse.SUPPRESS)
-    check = commands.add_parser("check-config", help="validate the configuration")
-    check.set_defaults(run=_check_config)
-    auth = commands.add_parser("auth", help="manage Basic credentials")
+    check = _command(commands, "check-config", configcli.check_config,
+                     "report every problem of the configuration and the files it names")
+    check.add_argument("--probe", action="store_true",
+                       help="also check that storage and every active forwarding target "
+                       "answer and accept their credentials (targets get an empty batch)")
+    check.add_argument("--timeout", type=float, default=5.0,
+                       help="seconds each probe may take (default 5)")
+    config = _command(commands, "config", None, "the configuration")
+    config_commands = config.add_subparsers(dest="config_command", required=True)
+    show = _command(config_commands, "show", configcli.show_config,
+                    "the configuration in effect, secrets masked, with where each value "
+                    "came from (default, FILE:LINE, env VARIABLE)")
+    show.add_argument("--json", action="store_true")
+    auth = _command(commands, "auth", None, "manage Basic credentials")
     auth_commands = auth.add_subparsers(dest="auth_command", required=True)
-    add = auth_commands.add_parser("add", help="create a credential (Ralph format)")
+    add = _command(auth_commands, "add", _auth_add, "create a credential (Ralph format)")
     authcli.add_arguments(add)
-    add.set_defaults(run=_auth_add)
-    token = commands.add_parser("token", help="gateway-issued bearer tokens")
+    listing = _command(auth_commands, "list", _auth_list,
+                       "the users of the credentials file: username, scopes, agent")
+    listing.add_argument("--file", help="credentials file (default: the config's)")
+    listing.add_argument("--json", action="store_true")
+    remove = _command(auth_commands, "remove", _auth_remove,
+                      "remove a user from a JSON credentials file")
+    remove.add_argument("-u", "--username", required=True)
+    remove.add_argument("--file", help="credentials file (default: the config's)")
+    token = _command(commands, "token", None, "gateway-issued bearer tokens")
     token_commands = token.add_subparsers(dest="token_command", required=True)
-    issue = token_commands.add_parser("issue", help="sign a token for a credentials-file user")
+    issue = _command(token_commands, "issue", _token_issue,
+                     "sign a token for a credentials-file user (never with admin or "
+                     "tokens/issue)")
     issue.add_argument("-u", "--username", required=True)
     issue.add_argument("-s", "--scope", action="append", default=[], dest="scopes",
                        required=True, help="repeat for several; within the user's scopes")
     issue.add_argument("--expires-in", type=float, default=3600.0,
                        help="seconds (capped by auth.tokens.max_lifetime)")
-    issue.set_defaults(run=_token_issue)
-    forwarding = commands.add_parser("forwarding", help="the forwarding outbox")
+    forwarding = _command(commands, "forwarding", None, "the forwarding outbox")
     forwarding_commands = forwarding.add_subparsers(dest="forwarding_command", required=True)
-    status = forwarding_commands.add_parser("status", help="per target backlog and totals")
+    status = _command(forwarding_commands, "status", _forwarding_status,
+                      "per target: state, backlog, oldest age, delivered, retries, "
+                      "dead letters")
     status.add_argument("--json", action="store_true")
-    status.set_defaults(run=_forwarding_status)
-    replay = forwarding_commands.add_parser("replay", help="re-queue a target's dead letters")
+    replay = _command(forwarding_commands, "replay", _forwarding_replay,
+                      "re-queue a target's dead letters")
     replay.add_argument("--target", required=True, help="the target's name")
-    replay.set_defaults(run=_forwarding_replay)
-    for sub in (serve, check, add, issue, status, replay):
-        sub.add_argument("--config", dest="config", default=argparse.SUPPRESS)
+    lockout = _command(commands, "lockout", None, "failed-login lockouts")
+    lockout_commands = lockout.add_subparsers(dest="lockout_command", required=True)
+    clear = _command(lockout_commands, "clear", _lockout_clear,
+                     "lift a lockout in the running gateway now (POST /admin/lockout/clear)")
+    lockoutcli.add_arguments(clear)
     return parser
+
+
+def _lockout_clear(args: argparse.Namespace) -> int:
+    return lockoutcli.clear(args, None if args.url else _load(args))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -363,6 +462,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         code: int = args.run(args)
     except ConfigError as exc:
         print(f"configuration error:\n{exc}", file=sys.stderr)
+        return 1
+    except UsageError as exc:
+        print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

@@ -5,6 +5,7 @@ from __future__ import annotations
 import collections.abc
 import dataclasses
 import math
+import re
 import types
 import typing
 from collections.abc import Mapping
@@ -16,7 +17,9 @@ import yaml
 from gateway.errors import ConfigError
 from gateway.secret import Secret
 
-__all__ = ["load_dataclass", "read_yaml_file"]
+__all__ = ["build_dataclass", "build_list", "env_value", "load_dataclass", "parse_yaml",
+           "read_yaml_file", "read_yaml_text", "setting_paths", "suggest_variable",
+           "yaml_lines"]
 
 T = TypeVar("T")
 
@@ -29,25 +32,104 @@ class _EnvValue:
     raw: str
 
 
-def read_yaml_file(path: Path) -> dict[str, Any]:
-    """Read a YAML mapping; an empty file is an empty mapping."""
+def env_value(name: str, raw: str) -> Any:
+    """A value from variable `name`, typed (and named in errors) once it is placed."""
+    return _EnvValue(name, raw)
+
+
+def read_yaml_text(path: Path) -> str:
+    """The file's text; ConfigError naming the file when it cannot be read."""
     try:
-        text = path.read_text(encoding="utf-8")
+        return path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError(f"{path}: file not found") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not UTF-8 text") from None
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+
+
+def parse_yaml(text: str, path: Path) -> dict[str, Any]:
+    """A YAML mapping; an empty file is an empty mapping; a syntax error says why and where."""
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        where = getattr(exc, "problem_mark", None)
-        line = f" (line {where.line + 1})" if where is not None else ""
-        raise ConfigError(f"{path}: not valid YAML{line}") from None
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None)
+        context = getattr(exc, "context", None)
+        # PyYAML's own words ("mapping values are not allowed here"); never the text itself,
+        # which may hold a secret.
+        reason = "; ".join(str(part) for part in (context, problem) if part)
+        raise ConfigError(f"{path}: not valid YAML{where}" + (f": {reason}" if reason else "")
+                          ) from None
     if data is None:
         return {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of sections")
     return data
+
+
+def read_yaml_file(path: Path) -> dict[str, Any]:
+    """Read a YAML mapping; an empty file is an empty mapping."""
+    return parse_yaml(read_yaml_text(path), path)
+
+
+def yaml_lines(text: str) -> dict[str, int]:
+    """The line of each key in YAML `text`, by dotted path (`storage.url`, `forwardings[0].url`).
+
+    For `config show`; a document that does not compose gives no lines.
+    """
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError:
+        return {}
+    lines: dict[str, int] = {}
+
+    def walk(node: yaml.Node, path: str) -> None:
+        if isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                if isinstance(key, yaml.ScalarNode):
+                    child = f"{path}.{key.value}" if path else str(key.value)
+                    lines[child] = key.start_mark.line + 1
+                    walk(value, child)
+        elif isinstance(node, yaml.SequenceNode):
+            for index, item in enumerate(node.value):
+                child = f"{path}[{index}]"
+                lines[child] = item.start_mark.line + 1
+                walk(item, child)
+
+    if root is not None:
+        walk(root, "")
+    return lines
+
+
+def setting_paths(cls: Any, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    """Every setting of dataclass `cls` as a path of field names (sections walked into)."""
+    paths: list[tuple[str, ...]] = []
+    hints = typing.get_type_hints(cls)
+    for fld in dataclasses.fields(cls):
+        if fld.metadata.get("internal"):
+            continue
+        hint = hints[fld.name]
+        if dataclasses.is_dataclass(hint):
+            paths += setting_paths(hint, (*prefix, fld.name))
+        else:
+            paths.append((*prefix, fld.name))
+    return paths
+
+
+def _squashed(name: str) -> str:
+    return re.sub(r"_+", "_", name.upper())
+
+
+def suggest_variable(name: str, cls: Any, prefix: str) -> str | None:
+    """The setting's variable `name` was probably meant as (underscores miscounted), if any."""
+    for path in setting_paths(cls):
+        candidate = prefix + "__".join(part.upper() for part in path)
+        if candidate != name and _squashed(candidate) == _squashed(name):
+            return candidate
+    return None
 
 
 def _apply_environment(
@@ -87,6 +169,29 @@ def _apply_environment(
     return unknown
 
 
+def build_dataclass(
+    cls: type[T],
+    raw: Mapping[str, Any],
+    *,
+    source: str,
+    environ: Mapping[str, str],
+    env_prefix: str,
+    problems: list[str],
+    origins: dict[str, str],
+) -> T | None:
+    """Build `cls` from `raw` after environment overrides, collecting every problem.
+
+    A value with a problem is left at its default, so what else is wrong can still be
+    checked; `origins` gets the variable each overridden key came from (dotted paths).
+    """
+    data = dict(raw)
+    for name in _apply_environment(cls, data, environ, env_prefix):
+        meant = suggest_variable(name, cls, env_prefix)
+        hint = f" (did you mean {meant}?)" if meant else ""
+        problems.append(f"environment {name}: unknown setting{hint}")
+    return typing.cast("T | None", _build(cls, data, "", "", source, problems, origins))
+
+
 def load_dataclass(
     cls: type[T],
     raw: Mapping[str, Any],
@@ -96,20 +201,24 @@ def load_dataclass(
     env_prefix: str,
 ) -> T:
     """Build `cls` from `raw` after environment overrides; collect every problem, then raise."""
-    data = dict(raw)
-    problems = [f"environment {name}: unknown setting" for name in
-                _apply_environment(cls, data, environ, env_prefix)]
-    result = _build(cls, data, "", source, problems)
-    if problems:
+    problems: list[str] = []
+    result = build_dataclass(cls, raw, source=source, environ=environ, env_prefix=env_prefix,
+                             problems=problems, origins={})
+    if problems or result is None:
         raise ConfigError("\n".join(problems))
-    return typing.cast(T, result)
+    return result
 
 
 def _where(value: Any, key: str, source: str) -> str:
     return f"environment {value.name}" if isinstance(value, _EnvValue) else f"{source}: {key}"
 
 
-def _build(cls: Any, raw: Any, prefix: str, source: str, problems: list[str]) -> Any:
+def _build(cls: Any, raw: Any, prefix: str, path: str, source: str, problems: list[str],
+           origins: dict[str, str]) -> Any:
+    """`cls` from `raw`, or None when a required key is missing; bad values left at default.
+
+    `prefix` names keys in messages (`forwardings[0] (t1): `), `path` in `origins`.
+    """
     if not isinstance(raw, Mapping):
         problems.append(f"{source}: {prefix.rstrip('.: ') or 'top level'}: expected a mapping")
         return None
@@ -119,32 +228,40 @@ def _build(cls: Any, raw: Any, prefix: str, source: str, problems: list[str]) ->
         if key not in fields:
             problems.append(f"{source}: {prefix}{key}: unknown key")
     kwargs: dict[str, Any] = {}
+    complete = True
     for name, fld in fields.items():
         if name not in raw:
-            required = (fld.default is dataclasses.MISSING
-                        and fld.default_factory is dataclasses.MISSING)
-            if required:
+            if _required(fld):
                 problems.append(f"{source}: {prefix}{name}: missing (required)")
+                complete = False
             continue
         value = raw[name]
         key = f"{prefix}{name}"
+        dotted = f"{path}{name}"
+        if isinstance(value, _EnvValue):
+            origins[dotted] = f"environment {value.name}"
         hint = hints[name]
         if dataclasses.is_dataclass(hint):
             if value is None:
                 continue  # an empty section in YAML means "all defaults"
-            kwargs[name] = _build(hint, value, f"{key}.", source, problems)
+            section = _build(hint, value, f"{key}.", f"{dotted}.", source, problems, origins)
+            if section is not None:
+                kwargs[name] = section
             continue
         item = _dataclass_items(hint)
         if item is not None:
-            kwargs[name] = build_list(item, value, key, source, problems)
+            kwargs[name] = build_list(item, value, key, source, problems, origins, dotted)
             continue
         try:
             kwargs[name] = _convert(hint, value)
         except (TypeError, ValueError) as exc:
             problems.append(f"{_where(value, key, source)}: {exc}")
-    if problems:
-        return None
-    return cls(**kwargs)
+            complete = complete and not _required(fld)
+    return cls(**kwargs) if complete else None
+
+
+def _required(fld: dataclasses.Field[Any]) -> bool:
+    return fld.default is dataclasses.MISSING and fld.default_factory is dataclasses.MISSING
 
 
 def _dataclass_items(hint: Any) -> Any:
@@ -155,8 +272,14 @@ def _dataclass_items(hint: Any) -> Any:
     return None
 
 
-def build_list(cls: Any, items: Any, key: str, source: str, problems: list[str]) -> Any:
-    """A tuple of `cls` from a list of mappings, each named in errors by index and name."""
+def build_list(cls: Any, items: Any, key: str, source: str, problems: list[str],
+               origins: dict[str, str] | None = None, path: str | None = None) -> Any:
+    """A tuple of `cls` from a list of mappings, each named in errors by index and name.
+
+    Items that cannot be built are left out (their problems are in `problems`).
+    """
+    origins = {} if origins is None else origins
+    path = key if path is None else path
     if isinstance(items, _EnvValue):
         problems.append(f"environment {items.name}: a list of objects cannot be set this way")
         return ()
@@ -169,7 +292,9 @@ def build_list(cls: Any, items: Any, key: str, source: str, problems: list[str])
         # Named by `name` only: a URL may carry credentials.
         if isinstance(item, Mapping) and isinstance(item.get("name"), str):
             label += f" ({item['name']})"
-        built.append(_build(cls, item, f"{label}: ", source, problems))
+        value = _build(cls, item, f"{label}: ", f"{path}[{index}].", source, problems, origins)
+        if value is not None:
+            built.append(value)
     return tuple(built)
 
 

@@ -15,7 +15,20 @@ from gateway.errors import TooManyRequests
 from gateway.secret import keyed_digest
 from gateway.throttle import FailureLockout, TokenBuckets, client_address
 
-__all__ = ["Guard"]
+__all__ = ["Guard", "lockout_key"]
+
+
+def lockout_key(*, username: str | None = None, address: str | None = None) -> str:
+    """The lockout key of a username or an address, as `Guard.login_keys` makes them."""
+    if username is not None:
+        # login_keys keeps a username's first 256 bytes.
+        return "user:" + username.encode("utf-8")[:256].decode("utf-8", "replace")
+    assert address is not None
+    try:
+        address = str(ipaddress.ip_address(address.strip()))  # ::1 however it is written
+    except ValueError:
+        address = address.strip()[:64]  # a forwarded hop that is not an address
+    return f"ip:{address}"
 
 
 class Guard:
@@ -92,6 +105,10 @@ class Guard:
         """Count a failed login against its username and address."""
         for key in keys:
             self.lockout.failed(key)
+
+    def lift_lockout(self, key: str) -> bool:
+        """Lift a lockout (key from `lockout_key`) at once; whether one was in force."""
+        return self.lockout.lift(key)
 
     def login_succeeded(self, keys: tuple[str, ...], authorization: str | None) -> None:
         """A success clears the username's failures, not the address's.

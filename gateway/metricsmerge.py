@@ -3,7 +3,8 @@
 Worker processes each keep their own registry; a scrape (answered by any one of them) adds
 their expositions up so counters, histograms and summable gauges read as one gateway's.
 A few gauges are not sums: the age of the oldest undelivered statement is the largest one,
-readiness the smallest (ready only when every worker is), start times the earliest.
+readiness and a target's being up the smallest (only when every worker says so), start
+times the earliest.
 """
 
 from __future__ import annotations
@@ -26,7 +27,9 @@ _LARGEST = frozenset({
     "process_max_fds",
     "process_virtual_memory_max_bytes",
 })
-_SMALLEST = frozenset({"lrs_gateway_ready", "process_start_time_seconds"})
+# Up only when every worker says so (each worker probes its own outbox's targets).
+_SMALLEST = frozenset({"lrs_gateway_ready", "lrs_gateway_forwarding_target_up",
+                       "process_start_time_seconds"})
 
 
 def _combiner(family: Metric, sample_name: str) -> _Combine:

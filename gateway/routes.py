@@ -37,6 +37,7 @@ _INFO = {
         RouteInfo("whoami"),
         RouteInfo("token"),
         RouteInfo("admin.forwarding"),
+        RouteInfo("admin.lockout_clear"),
         RouteInfo("lbheartbeat", public=True),
         RouteInfo("heartbeat", public=True),
         RouteInfo("metrics", public=True),
@@ -65,6 +66,7 @@ def raw_query(request: web.Request) -> str:
 def setup_routes(app: web.Application, *, metrics_path: str | None) -> None:
     """Register every route; the catch-all for other /xAPI/ paths goes last."""
     from gateway import passthrough, service, statements_api, tokens_api
+    from gateway.keys import GUARD, WORKER
 
     router = app.router
     router.add_get("/xAPI/about{slash:/?}", service.about, name="xapi.about")
@@ -84,6 +86,10 @@ def setup_routes(app: web.Application, *, metrics_path: str | None) -> None:
     router.add_get("/whoami", service.whoami, name="whoami")
     router.add_post("/token", tokens_api.issue_token, name="token")
     router.add_get("/admin/forwarding", service.forwarding_status, name="admin.forwarding")
+    router.add_post("/admin/lockout/clear", service.lockout_clear, name="admin.lockout_clear")
+    role = app.get(WORKER)
+    if role is not None:  # each worker keeps its own lockouts: siblings lift theirs too
+        role.commands.register("lockout-clear", service.lift_own_lockout(app[GUARD]))
     router.add_get("/__lbheartbeat__", service.lbheartbeat, name="lbheartbeat")
     router.add_get("/__heartbeat__", service.heartbeat, name="heartbeat")
     if metrics_path is not None:

@@ -1,18 +1,24 @@
-"""The gateway's own endpoints: whoami, liveness, readiness, xAPI about, metrics."""
+"""The gateway's own endpoints: whoami, liveness, readiness, xAPI about, metrics, admin."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
-from gateway.errors import Forbidden, WorkersUnavailable
+from gateway.bodies import read_limited
+from gateway.errors import BadRequest, Forbidden, WorkersUnavailable
+from gateway.guard import Guard, lockout_key
 from gateway.keys import (
     AUTHENTICATOR,
     CONFIG,
     FORWARDER,
+    GUARD,
     METRICS,
     PRINCIPAL,
     STORAGE,
@@ -22,10 +28,19 @@ from gateway.keys import (
 )
 from gateway.metricsmerge import merge_expositions
 from gateway.readiness import check_readiness
-from gateway.workers import merged_status, sibling_documents
+from gateway.statements import parse_json_body
+from gateway.workers import (
+    Command,
+    merged_status,
+    retired_status,
+    sibling_command,
+    sibling_documents,
+)
 
-__all__ = ["about", "forwarding_status", "heartbeat", "lbheartbeat", "metrics",
-           "own_forwarding_status", "own_metrics", "whoami"]
+__all__ = ["about", "forwarding_status", "heartbeat", "lbheartbeat", "lift_own_lockout",
+           "lockout_clear", "metrics", "own_forwarding_status", "own_metrics", "whoami"]
+
+log = logging.getLogger(__name__)
 
 
 async def whoami(request: web.Request) -> web.Response:
@@ -117,9 +132,76 @@ async def forwarding_status(request: web.Request) -> web.Response:
         raise Forbidden("the forwarding status needs the admin scope")
     own = await _own_forwarding(request.app)
     role = request.app.get(WORKER)
+    # Outboxes of workers an earlier run had more of: what they delivered still counts,
+    # as `lrs-gateway forwarding status` counts it.
+    config = request.app[CONFIG]
+    data_dir = config.resolve_path(config.data_dir)
+    if role is not None and role.index > 0:
+        data_dir = data_dir.parent  # worker i keeps data_dir/worker-i
+    retired = await asyncio.to_thread(_retired, data_dir, 1 if role is None else role.count,
+                                      [t.label for t in config.forwardings])
     if role is None:
-        return web.json_response(own)
+        return web.json_response(merged_status([own, *retired]) if retired else own)
     others, missing = await sibling_documents(role, "/forwarding")
-    document = merged_status([own, *(json.loads(o) for o in others)])
+    document = merged_status([own, *(json.loads(o) for o in others), *retired])
     document["workers"] = {"count": role.count, "unanswered": missing}
     return web.json_response(document)
+
+
+def _retired(data_dir: Path, count: int, names: list[str]) -> list[dict[str, Any]]:
+    return retired_status(data_dir, count, names) if data_dir.is_dir() else []
+
+
+_MAX_LOCKOUT_REQUEST = 4096
+
+
+def _lockout_subject(body: object) -> dict[str, str]:
+    """`{"username": U}` or `{"address": A}`, exactly one, a non-empty string."""
+    if not isinstance(body, dict):
+        raise BadRequest('the body must be {"username": "..."} or {"address": "..."}')
+    given = {k: v for k, v in body.items() if k in ("username", "address")}
+    if len(given) != 1 or set(body) != set(given):
+        raise BadRequest('the body must be {"username": "..."} or {"address": "..."}')
+    ((kind, value),) = given.items()
+    if not isinstance(value, str) or not value or len(value) > 1024:
+        raise BadRequest(f"{kind} must be a non-empty string")
+    return {kind: value}
+
+
+def lift_own_lockout(guard: Guard) -> Command:
+    """The sibling command that lifts a lockout in this worker."""
+
+    async def lift(payload: dict[str, Any]) -> dict[str, Any]:
+        subject = _lockout_subject(payload)
+        return {"was_locked_out": guard.lift_lockout(lockout_key(**subject))}
+
+    return lift
+
+
+async def lockout_clear(request: web.Request) -> web.Response:
+    """POST /admin/lockout/clear: lift a username's or an address's lockout now (scope admin).
+
+    With several workers every one lifts it (each keeps its own); if one does not answer,
+    503, and the call can be repeated.
+    """
+    principal = request[PRINCIPAL]
+    if "admin" not in principal.scopes:
+        raise Forbidden("lifting a lockout needs the admin scope")
+    subject = _lockout_subject(parse_json_body(await read_limited(request,
+                                                                  _MAX_LOCKOUT_REQUEST)))
+    locked = request.app[GUARD].lift_lockout(lockout_key(**subject))
+    answer: dict[str, Any] = dict(subject)
+    role = request.app.get(WORKER)
+    if role is not None:
+        answers, missing = await sibling_command(role, "lockout-clear", subject)
+        locked = locked or any(a.get("was_locked_out") for a in answers)
+        if missing:
+            raise WorkersUnavailable(f"{missing} of {role.count} workers did not answer (one "
+                                     "may be restarting): the lockout may remain there; "
+                                     "try again")
+        answer["workers"] = role.count
+    ((kind, value),) = subject.items()
+    log.info("lockout of %s %s lifted by %s (%s)", kind, value[:256], principal.id,
+             "it was locked out" if locked else "it was not locked out")
+    answer["was_locked_out"] = locked
+    return web.json_response(answer)

@@ -4,6 +4,9 @@ aiohttp has no timeout for reading request headers, so a client that trickles th
 (slowloris) would keep its connection for ever; here a connection that has not sent a
 complete header block within `header_timeout` seconds is closed. Idle keep-alive
 connections are closed by aiohttp's own keepalive_timeout.
+
+Every answer says `Server: lrs-gateway`, never the Python and aiohttp versions (which tell
+an attacker which advisories apply).
 """
 
 from __future__ import annotations
@@ -15,10 +18,11 @@ import signal
 from collections.abc import Callable
 from typing import Any, cast
 
-from aiohttp import web
+from aiohttp import web, web_response
 
-__all__ = ["run"]
+__all__ = ["SERVER_NAME", "run"]
 
+SERVER_NAME = "lrs-gateway"
 _END_OF_HEADERS = b"\r\n\r\n"
 log = logging.getLogger(__name__)
 
@@ -104,6 +108,10 @@ def run(app: web.Application, *, host: str, port: int, shutdown_timeout: float,
 
     `reuse_port`: share the port with other processes (SO_REUSEPORT), for workers.
     """
+    # aiohttp has no setting for it and fills the header in where no hook of the app runs
+    # (a request it cannot parse is answered before routing): its default, read when each
+    # answer is sent, is replaced for this process, which only serves the gateway.
+    setattr(web_response, "SERVER_SOFTWARE", SERVER_NAME)  # noqa: B010 (not exported)
     loop = asyncio.new_event_loop()
     runner = _GuardedRunner(app, header_timeout, access_log=None, handle_signals=True,
                             shutdown_timeout=shutdown_timeout)

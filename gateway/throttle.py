@@ -100,5 +100,11 @@ class FailureLockout:
         """A success forgets the key's failures."""
         self._state.pop(key, None)
 
+    def lift(self, key: str) -> bool:
+        """An admin's decision: forget the key's failures; whether it was blocked."""
+        blocked = self.blocked_for(key) > 0
+        self._state.pop(key, None)
+        return blocked
+
     def __len__(self) -> int:
         return len(self._state)

@@ -400,11 +400,12 @@ def test_check_config_names_the_file_and_the_bad_key(tmp_path: Path) -> None:
         Call(tmp_path, ("check-config", "--config", str(unknown))),
         Call(tmp_path, ("check-config", "--config", str(typed))),
     )
-    assert_clean_failure(results[0], f"{unknown}: storage.urll: unknown key")
-    assert_clean_failure(results[1], f"{typed}: server.port: expected an integer")
+    assert_clean_failure(results[0], f"error: {unknown}: storage.urll: unknown key")
+    assert_clean_failure(results[1], f"error: {typed}: server.port: expected an integer")
     for result in results:
-        assert result.out == "", result
-        assert result.err.startswith("configuration error"), result
+        assert result.code == 1, result  # a problem found; 2 is for a bad command line
+        assert result.out.endswith("1 problem found\n"), result
+        assert result.err == "", result
 
 
 def test_check_config_reports_credentials_file_problems(tmp_path: Path) -> None:
