@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
 
-from gateway.config import load_config, resolve_config_path
+from gateway.config import inspect_config, load_config, resolve_config_path
 from gateway.errors import ConfigError
 from gateway.secret import Secret
 
@@ -173,3 +174,141 @@ def test_password_parse_failure_does_not_echo_it(tmp_path: Path) -> None:
         load_config(write(tmp_path, "storage:\n  basic_password: [not-a-string-secret]\n"), {})
     assert "not-a-string-secret" not in str(caught.value) or "expected a string" in str(
         caught.value)
+
+
+# -- the real culprit: environment variables named, every problem at once (issue 15, §3) ----
+
+TARGET = ("forwardings:\n  - name: analytics\n    is_active: true\n"
+          "    url: https://lrs2.example.org/xAPI/statements\n    max_retries: 3\n"
+          "    timeout: 5\n")
+
+
+@pytest.mark.parametrize(
+    ("text", "environ", "expected"),
+    [
+        ("", {"LRS_GATEWAY__STORAGE__URL": "ftp://x/xAPI/"},
+         "environment LRS_GATEWAY__STORAGE__URL: storage.url: must be an http"),
+        ("", {"LRS_GATEWAY__AUTH__BASIC__CACHE_TTL": "-1"},
+         "environment LRS_GATEWAY__AUTH__BASIC__CACHE_TTL: auth.basic.cache_ttl: must be "
+         "greater than 0"),
+        ("auth:\n  backends: [basic, token]\n", {"LRS_GATEWAY__AUTH__TOKENS__SECRET": "short"},
+         "environment LRS_GATEWAY__AUTH__TOKENS__SECRET: auth.tokens.secret: must be at least"),
+        ("", {"LRS_GATEWAY_XAPI_FORWARDINGS": json.dumps(
+            [{"name": "t", "is_active": True, "url": "http://x/xAPI/statements",
+              "max_retries": 1, "timeout": 1}] * 2)},
+         "environment LRS_GATEWAY_XAPI_FORWARDINGS: forwardings[1] (t): name: two targets "
+         "share it"),
+        (TARGET + "  - name: other\n    is_active: true\n    url: http://x/xAPI/statements\n"
+         "    max_retries: 3\n    timeout: 5\n",
+         {"LRS_GATEWAY__FORWARDINGS__OTHER__NAME": "analytics"},
+         "environment LRS_GATEWAY__FORWARDINGS__OTHER__NAME: forwardings[1] (analytics): "
+         "name: two targets share it"),
+        (TARGET, {"LRS_GATEWAY__FORWARDINGS__NOPE__BASIC_PASSWORD": "pw"},
+         "environment LRS_GATEWAY__FORWARDINGS__NOPE__BASIC_PASSWORD: no forwarding target "
+         "named or numbered 'NOPE' (targets: ANALYTICS; or 0 to 0)"),
+        (TARGET, {"LRS_GATEWAY__FORWARDINGS__0__BASIC_PASSWORD": "pw"},
+         "environment LRS_GATEWAY__FORWARDINGS__0__BASIC_PASSWORD: forwardings[0] "
+         "(analytics): basic_username and basic_password go together"),
+        (TARGET, {"LRS_GATEWAY__FORWARDINGS__ANALYTICS__TIMEOUT": "soon"},
+         "environment LRS_GATEWAY__FORWARDINGS__ANALYTICS__TIMEOUT: expected a number"),
+        ("", {"LRS_GATEWAY__STORAGE_URL": "http://x/xAPI/"},
+         "environment LRS_GATEWAY__STORAGE_URL: unknown setting (did you mean "
+         "LRS_GATEWAY__STORAGE__URL?)"),
+        ("xapi:\n  versions: ['1.0.3', '1.1.0']\n", {},
+         "config.yaml: xapi.versions: '1.1.0' is not an xAPI version"),
+        ("", {"LRS_GATEWAY__XAPI__VERSIONS": "['3.0.0']"},
+         "environment LRS_GATEWAY__XAPI__VERSIONS: xapi.versions: '3.0.0' is not an xAPI"),
+        (TARGET.replace("timeout: 5", "timeout: 5\n    xapi_version: 1.7.0"), {},
+         "forwardings[0] (analytics): xapi_version: '1.7.0' is not an xAPI version"),
+        ("xapi:\n  validation: lenient\n", {}, "xapi.validation: one of strict, basic"),
+        ("storage:\n  url: http://x/xAPI/\n   timeout: 3\n", {},
+         "not valid YAML at line 3, column 11: mapping values are not allowed here"),
+    ],
+)
+def test_errors_name_the_variable_they_came_from(tmp_path: Path, text: str,
+                                                 environ: dict[str, str], expected: str) -> None:
+    report = inspect_config(write(tmp_path, text), environ)
+    assert any(expected in error for error in report.errors), report.errors
+    with pytest.raises(ConfigError, match=re.escape(expected)):
+        load_config(write(tmp_path, text), environ)
+
+
+def test_every_problem_of_every_kind_is_reported_at_once(tmp_path: Path) -> None:
+    report = inspect_config(write(tmp_path, "server:\n  port: x\nstorage:\n  bogus: 1\n"
+                                            "xapi:\n  versions: ['9.9']\n" + TARGET), {
+        "LRS_GATEWAY__AUTH__BASIC__CACHE_TTL": "-5",
+        "LRS_GATEWAY_XAPI_FORWARDINGS": "[{",
+    })
+    assert sorted(e.split(": ")[1] for e in report.errors) == [
+        "auth.basic.cache_ttl", "not valid JSON (Expecting property name enclosed in double "
+        "quotes)", "server.port", "storage.bogus", "xapi.versions"], report.errors
+
+
+def test_per_target_secrets_from_the_environment(tmp_path: Path) -> None:
+    bearer_only = TARGET + ("  - name: lrs-3\n    is_active: true\n"
+                            "    url: https://lrs3.example.org/xAPI/statements\n"
+                            "    max_retries: 3\n    timeout: 5\n")
+    config = load_config(write(tmp_path, bearer_only.replace(
+        "timeout: 5\n", "timeout: 5\n    basic_username: gw\n", 1)), {
+        "LRS_GATEWAY__FORWARDINGS__ANALYTICS__BASIC_PASSWORD": "target-pw",
+        "LRS_GATEWAY__FORWARDINGS__1__BEARER_TOKEN": "t0ken",  # by index
+    })
+    analytics, third = config.forwardings
+    assert analytics.basic_username == "gw"
+    assert analytics.basic_password == Secret("target-pw")
+    # Only a bearer token: no basic_* keys at all.
+    assert (third.basic_username, third.basic_password) == (None, None)
+    assert third.bearer_token == Secret("t0ken")
+    # A name is matched as a variable can spell it: upper case, `_` for `-`.
+    config = load_config(write(tmp_path, bearer_only), {
+        "LRS_GATEWAY__FORWARDINGS__LRS_3__BEARER_TOKEN": "t0ken"})
+    assert config.forwardings[1].bearer_token == Secret("t0ken")
+    # From a JSON list of targets too.
+    config = load_config(write(tmp_path, ""), {
+        "LRS_GATEWAY_XAPI_FORWARDINGS": json.dumps([{
+            "name": "t", "is_active": True, "url": "http://x/xAPI/statements",
+            "max_retries": 1, "timeout": 1, "basic_username": "gw"}]),
+        "LRS_GATEWAY__FORWARDINGS__T__BASIC_PASSWORD": "pw"})
+    assert config.forwardings[0].basic_password == Secret("pw")
+
+
+def test_warnings_and_notes_say_how_to_fix(tmp_path: Path) -> None:
+    text = ("storage:\n  url: http://gw:secret@ralph:8100/\n"
+            + TARGET.replace("/xAPI/statements", "/xAPI/")
+            + "  - name: b\n    is_active: true\n    url: http://lrs3/data/\n"
+              "    max_retries: 3\n    timeout: 5\n")
+    report = inspect_config(write(tmp_path, text), {
+        "LRS_GATEWAY_STORAGE_URL": "http://x/xAPI/", "LRS_GATEWAY_CONFIG": "x.yaml",
+        "LRS_GATEWAY_DEMO_PORT": "8080"})
+    assert report.errors == ()
+    assert report.config is not None
+    assert report.config.forwardings[0].url == "https://lrs2.example.org/xAPI/statements"
+    assert report.notes == ("forwardings[0] (analytics): url is an xAPI base; statements go "
+                            "to /xAPI/statements",)
+    path = tmp_path / "config.yaml"
+    assert report.warnings == (
+        "environment LRS_GATEWAY_STORAGE_URL: not a setting (ignored); did you mean "
+        "LRS_GATEWAY__STORAGE__URL?",
+        f"{path}: storage.url: its path has no /xAPI/; it must be the storage LRS's xAPI "
+        "base, e.g. http://ralph:8100/xAPI/",
+        f"{path}: forwardings[1] (b): url: /data/ is not a statements endpoint; it must be "
+        "the target's statements URL, e.g. https://lrs2.example.org/xAPI/statements",
+    )
+    assert "secret" not in " ".join(report.warnings)
+
+
+def test_origins_say_where_each_value_came_from(tmp_path: Path) -> None:
+    report = inspect_config(write(tmp_path, "server:\n  port: 9000\n" + TARGET),
+                            {"LRS_GATEWAY__STORAGE__BASIC_USERNAME": "gw"})
+    path = tmp_path / "config.yaml"
+    assert report.origins["server.port"] == f"{path}:2"
+    assert report.origins["forwardings[0].url"] == f"{path}:6"
+    assert report.origins["storage.basic_username"] == (
+        "environment LRS_GATEWAY__STORAGE__BASIC_USERNAME")
+    assert "server.host" not in report.origins  # a default
+
+
+def test_validation_setting_defaults_to_strict(tmp_path: Path) -> None:
+    assert load_config(write(tmp_path, ""), {}).xapi.validation == "strict"
+    config = load_config(write(tmp_path, ""), {"LRS_GATEWAY__XAPI__VALIDATION": "basic"})
+    assert config.xapi.validation == "basic"
