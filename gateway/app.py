@@ -54,7 +54,7 @@ from gateway.readiness import readiness_loop
 from gateway.request_rules_mw import request_rules_middleware
 from gateway.requestids import RequestIds
 from gateway.routes import XAPI_PREFIX, setup_routes
-from gateway.storage_about import StorageAbout
+from gateway.storage_about import StorageAbout, storage_about_loop
 from gateway.upstream import Upstream
 from gateway.workers import WorkerRole, serve_siblings
 from gateway.xapiversion import VERSION_HEADER, VersionPolicy
@@ -241,6 +241,8 @@ def create_app(config: Config, *, registry: CollectorRegistry | None = None,
     if worker is not None and worker.count > 1:
         app[WORKER] = worker
     app.cleanup_ctx.append(_storage_session)
+    # storage's xAPI versions, learnt before serving (within storage.probe_timeout)
+    app.cleanup_ctx.append(storage_about_loop)
     app.cleanup_ctx.append(_authentication)
     app.cleanup_ctx.append(_forwarding)
     app.cleanup_ctx.append(readiness_loop)

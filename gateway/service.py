@@ -74,8 +74,11 @@ def storage_version(request: web.Request) -> str:
 
 
 async def about(request: web.Request) -> web.Response:
-    """The xAPI /about: the versions this gateway accepts, the storage's extensions."""
-    body: dict[str, Any] = {"version": list(request.app[CONFIG].xapi.versions)}
+    """The xAPI /about: the versions this gateway serves, the storage's extensions.
+
+    The configured versions narrowed to those storage speaks (gateway.storage_about).
+    """
+    body: dict[str, Any] = {"version": list(request.app[VERSIONS].versions)}
     extensions = await request.app[STORAGE_ABOUT].extensions(request.app[STORAGE],
                                                               storage_version(request))
     if extensions:
