@@ -85,13 +85,13 @@ def main() -> None:
 
     def batch_basic() -> None:
         for index, statement in enumerate(batch):
-            _check_statement(statement, f"statements[{index}]")
+            _check_statement(statement, f"statements[{index}]", "1.0.3", False)
 
     rows = [
         ("jsoncodec.loads (baseline)", per_statement(lambda: jsoncodec.loads(one_bytes), 1, 5000),
          per_statement(lambda: jsoncodec.loads(batch_bytes), BATCH, 50)),
         ("_check_statement (basic, before)", per_statement(
-            lambda: _check_statement(one, "statement"), 1, 5000),
+            lambda: _check_statement(one, "statement", "1.0.3", False), 1, 5000),
          per_statement(batch_basic, BATCH, 50)),
         ("validate_statement 1.0.3", per_statement(
             lambda: validate_statement(one, "1.0.3", "statement"), 1, 2000),
