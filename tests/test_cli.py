@@ -404,7 +404,9 @@ def test_check_config_names_the_file_and_the_bad_key(tmp_path: Path) -> None:
     assert_clean_failure(results[1], f"error: {typed}: server.port: expected an integer")
     for result in results:
         assert result.code == 1, result  # a problem found; 2 is for a bad command line
-        assert result.out.endswith("1 problem found\n"), result
+        # The missing credentials file too: every problem at once.
+        assert "auth.json: cannot read the credentials file" in result.out, result
+        assert result.out.endswith("2 problems found\n"), result
         assert result.err == "", result
 
 
@@ -624,3 +626,237 @@ async def test_serve_closes_connections_whose_headers_never_come(tmp_path: Path)
     finally:
         proc.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(proc.wait(), 10) == 0
+
+
+# -- issue 15 §3 and §4: a CLI that never makes you guess --------------------------------------
+
+
+def test_exit_codes_are_in_the_help(tmp_path: Path) -> None:
+    for result in run_all(Call(tmp_path, ("--help",)), Call(tmp_path, ("check-config", "-h")),
+                          Call(tmp_path, ("lockout", "clear", "--help"))):
+        assert result.code == 0, result
+        assert "exit codes:" in result.out
+        assert "0  ok" in result.out
+        assert "1  a problem" in result.out
+        assert "2  a usage error" in result.out
+    usage = run(tmp_path, "check-config", "--no-such-flag")
+    assert usage.code == 2, usage
+
+
+def test_auth_add_checks_everything_before_asking_for_the_password(tmp_path: Path) -> None:
+    # No -p: were it to prompt, "Password" would show; it must stop first.
+    broken = write_yaml(tmp_path / "broken.yaml", {"storage": {"urll": "x"}})
+    (tmp_path / "rustici.txt").write_text("alice:$2b$04$abc:root\n", encoding="utf-8")
+    base = ("auth", "add", "-u", "bob", "--cost", "4", "--agent-mbox", "mailto:bob@example.com")
+    scope, config, target_file = run_all(
+        Call(tmp_path, (*base, "-s", "statements/write", "-s", "statments/read")),
+        Call(tmp_path, (*base, "-w", "--config", str(broken))),
+        Call(tmp_path, (*base, "--file", "rustici.txt")))
+    assert_clean_failure(scope, "unknown scope: statments/read", "valid: ", "statements/read",
+                         "all/read", "admin")
+    assert scope.code == 2, scope
+    assert_clean_failure(config, "storage.urll: unknown key")
+    assert config.code == 1, config
+    assert_clean_failure(target_file, "rustici.txt is not a JSON credentials file")
+    assert target_file.code == 1, target_file
+    for result in (scope, config, target_file):
+        assert "Password" not in result.output, result
+
+
+def test_auth_add_list_remove_with_a_file_and_no_config(tmp_path: Path) -> None:
+    assert not (tmp_path / "config.yaml").exists()
+    users = tmp_path / "users.json"
+    add = ("auth", "add", "--file", str(users), "--cost", "4")  # --file: written, no -w needed
+    results = [run(tmp_path, *add, "-u", name, "-p", f"{name}-pw", "-s", scope,
+                   "--agent-mbox", f"mailto:{name}@example.com")
+               for name, scope in (("ann", "all"), ("ben", "statements/read/mine"))]
+    for result in results:
+        assert result.code == 0, result
+    listed, as_json = run_all(Call(tmp_path, ("auth", "list", "--file", str(users))),
+                              Call(tmp_path, ("auth", "list", "--file", str(users), "--json")))
+    assert listed.code == 0, listed
+    lines = listed.out.splitlines()
+    assert lines[0].split() == ["username", "scopes", "agent"]
+    assert lines[1].split()[:2] == ["ann", "all"]
+    assert '"mbox":"mailto:ann@example.com"' in lines[1]
+    assert "$2b$" not in listed.out + as_json.out  # never a hash
+    assert [u["username"] for u in json.loads(as_json.out)] == ["ann", "ben"]
+    removed, missing = run_all(
+        Call(tmp_path, ("auth", "remove", "-u", "ann", "--file", str(users))),
+        Call(tmp_path, ("auth", "remove", "-u", "zoe", "--file", str(users))))
+    assert removed.code == 0, removed
+    assert removed.out == f"removed ann from {users}\n"
+    assert [e["username"] for e in entries_in(users)] == ["ben"]
+    assert_clean_failure(missing, "no user 'zoe'")
+    assert missing.code == 1
+
+
+def test_check_config_reports_everything_at_once(tmp_path: Path) -> None:
+    write_yaml(tmp_path / "config.yaml", {
+        "storage": {"url": "http://127.0.0.1:8100/", "timeout": "soon"},
+        "xapi": {"versions": ["1.0.3", "1.1"]},
+        "auth": {"basic": {"credentials_file": "auth.json"}}})
+    (tmp_path / "auth.json").write_text('{"username": "alice"', encoding="utf-8")
+    result = run(tmp_path, "check-config", env={
+        "LRS_GATEWAY__AUTH__BASIC__CACHE_TTL": "-1",
+        "LRS_GATEWAY_STORAGE_BASIC_PASSWORD": ENV_SECRET})
+    assert result.code == 1, result
+    config = "config.yaml"  # as found: ./config.yaml
+    assert result.out.splitlines() == [
+        f"error: {config}: storage.timeout: expected a number, got 'soon'",
+        f"error: {config}: xapi.versions: '1.1' is not an xAPI version (1.0.3 takes every "
+        "1.0.x, 2.0.0 is xAPI 2.0)",
+        "error: environment LRS_GATEWAY__AUTH__BASIC__CACHE_TTL: auth.basic.cache_ttl: must be "
+        "greater than 0",
+        f"error: {tmp_path / 'auth.json'}: not valid JSON: Expecting ',' delimiter at line 1, "
+        "column 21",
+        "warning: environment LRS_GATEWAY_STORAGE_BASIC_PASSWORD: not a setting (ignored); "
+        "did you mean LRS_GATEWAY__STORAGE__BASIC_PASSWORD?",
+        f"warning: {config}: storage.url: its path has no /xAPI/; it must be the storage "
+        "LRS's xAPI base, e.g. http://127.0.0.1:8100/xAPI/",
+        "4 problems found",
+    ], result
+    assert ENV_SECRET not in result.output
+    broken_yaml = tmp_path / "broken.yaml"
+    broken_yaml.write_text("storage:\n  url: x\n   timeout: 3\n", encoding="utf-8")
+    result = run(tmp_path, "check-config", "--config", str(broken_yaml))
+    assert_clean_failure(result, "not valid YAML at line 3, column 11: mapping values are "
+                                 "not allowed here")
+
+
+def test_config_show_says_where_each_value_came_from(tmp_path: Path) -> None:
+    good_setup(tmp_path, {"basic_username": "gw", "basic_password": YAML_SECRET})
+    target = {"name": "t", "is_active": True, "url": "http://x/xAPI/statements",
+              "max_retries": 1, "timeout": 1, "headers": {"X-Api-Key": YAML_SECRET}}
+    result = run(tmp_path, "config", "show", env={
+        "LRS_GATEWAY__SERVER__PORT": "9100",
+        "LRS_GATEWAY_XAPI_FORWARDINGS": json.dumps([target]),
+        "LRS_GATEWAY__FORWARDINGS__T__BEARER_TOKEN": ENV_SECRET})
+    assert result.code == 0, result
+    shown = {line.partition(":")[0]: line for line in result.out.splitlines()[1:]}
+    config = "config.yaml"  # as found: ./config.yaml
+    assert shown["server.port"].split() == ["server.port:", "9100", "#", "env",
+                                            "LRS_GATEWAY__SERVER__PORT"]
+    assert shown["server.host"].split() == ["server.host:", '"127.0.0.1"', "#", "default"]
+    assert shown["storage.basic_password"].split()[1:] == ['"**********"', "#",
+                                                           f"{config}:5"]
+    assert shown["forwardings[0].bearer_token"].split()[-1] == (
+        "LRS_GATEWAY__FORWARDINGS__T__BEARER_TOKEN")
+    assert shown["forwardings[0].url"].split()[-1] == "LRS_GATEWAY_XAPI_FORWARDINGS"
+    assert '{"X-Api-Key": "**********"}' in shown["forwardings[0].headers"]
+    assert YAML_SECRET not in result.output
+    assert ENV_SECRET not in result.output
+    as_json = json.loads(run(tmp_path, "config", "show", "--json").out)
+    assert as_json["storage.basic_username"] == {"value": "gw", "from": f"{config}:6"}
+
+
+async def test_check_config_probe_asks_storage_and_every_target(
+        tmp_path: Path, aiohttp_server: AiohttpServer) -> None:
+    async def storage_script(request: web.Request, body: bytes) -> web.StreamResponse:
+        if request.headers.get("Authorization") != basic("gw", ENV_SECRET)["Authorization"]:
+            return web.json_response({"detail": "Invalid authentication"}, status=401)
+        return web.json_response({"statements": [], "more": ""})
+
+    async def target_script(request: web.Request, body: bytes) -> web.StreamResponse:
+        if request.headers.get("Authorization") != "Bearer good-token":
+            return web.Response(status=401)
+        assert body == b"[]"  # an empty batch: nothing stored
+        return web.json_response([])
+
+    storage = await aiohttp_server(FakeLRS(storage_script).app())
+    target = await aiohttp_server(FakeLRS(target_script).app())
+    good_setup(tmp_path, {"url": str(storage.make_url("/xAPI/")), "basic_username": "gw"})
+    targets = [{"name": name, "is_active": True, "max_retries": 1, "timeout": 1,
+                "url": str(target.make_url(path)), "bearer_token": token}
+               for name, path, token in (("good", "/xAPI/statements", "good-token"),
+                                         ("refused", "/xAPI/statements", "bad-token"))]
+    env = {"LRS_GATEWAY_XAPI_FORWARDINGS": json.dumps(targets),
+           "LRS_GATEWAY__STORAGE__BASIC_PASSWORD": ENV_SECRET}
+    proc = await asyncio.create_subprocess_exec(
+        *command("check-config", "--probe", "--timeout", "3"), cwd=tmp_path,
+        env=clean_env(env), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(proc.communicate(), RUN_TIMEOUT)
+    lines = out.decode().splitlines()
+    assert proc.returncode == 1, (out + err).decode()
+    assert "probe: storage: ok: /xAPI/: credential accepted" in lines
+    assert ("probe: forwardings target good: ok: answered 200 to an empty batch with its "
+            "bearer_token") in lines
+    assert ("probe: forwardings target refused: FAILED: answered 401: it refuses its "
+            "bearer_token; fix the target's credential (statements wait in the backlog "
+            "meanwhile)") in lines
+    assert lines[-1] == "1 problem found"
+    env["LRS_GATEWAY__STORAGE__BASIC_PASSWORD"] = "wrong-password"
+    proc = await asyncio.create_subprocess_exec(
+        *command("check-config", "--probe"), cwd=tmp_path, env=clean_env(env),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, _ = await asyncio.wait_for(proc.communicate(), RUN_TIMEOUT)
+    assert "probe: storage: FAILED: the storage LRS refused the gateway's credential" in (
+        out.decode())
+    assert b"wrong-password" not in out
+
+
+def test_token_issue_answers_like_post_token(tmp_path: Path) -> None:
+    secret = "cli-token-secret-that-is-32-bytes-long"
+    (tmp_path / "auth.json").write_text(json.dumps([credential("boss", "p", ["all", "admin"])]))
+    write_yaml(tmp_path / "config.yaml", {"auth": {
+        "backends": ["basic", "token"], "tokens": {"secret": secret}}})
+    issued, admin = run_all(
+        Call(tmp_path, ("token", "issue", "-u", "boss", "-s", "statements/read",
+                        "--expires-in", "60")),
+        Call(tmp_path, ("token", "issue", "-u", "boss", "-s", "admin")))
+    assert issued.code == 0, issued
+    answer = json.loads(issued.out)
+    assert sorted(answer) == ["expires_at", "token", "token_type"]
+    assert answer["token_type"] == "Bearer"
+    claims = jwt.decode(answer["token"], secret, algorithms=["HS256"], audience="lrs-gateway")
+    assert answer["expires_at"] == time.strftime("%Y-%m-%dT%H:%M:%SZ",
+                                                 time.gmtime(claims["exp"]))
+    assert_clean_failure(admin, "a token never holds admin")
+    assert admin.code == 1
+
+
+def test_forwarding_status_shows_state_and_replay_refuses_unknown_targets(
+        tmp_path: Path) -> None:
+    from gateway.forwarding.forwarder import OUTBOX_FILE
+    from gateway.forwarding.store import OutboxStore, TargetState
+
+    good_setup(tmp_path)
+    with (tmp_path / "config.yaml").open("a", encoding="utf-8") as handle:
+        handle.write("data_dir: data\n")
+    store = OutboxStore(tmp_path / "data" / OUTBOX_FILE)
+    try:
+        seqs = store.write_pending([("7e3c2b4e-1d2a-4a5b-9c1d-0e2f3a4b5c6d", b"{}", None)])
+        store.mark_ready(seqs, [("lrs2", 1000)])
+        store.set_state("lrs2", TargetState(up=False, since=1_700_000_000.0,
+                                            reason="connection refused"))
+    finally:
+        store.close()
+    status, replay = run_all(Call(tmp_path, ("forwarding", "status")),
+                             Call(tmp_path, ("forwarding", "replay", "--target", "lrs3")))
+    assert status.code == 0, status
+    header, row, *rest = status.out.splitlines()
+    assert header.split() == ["target", "state", "backlog", "oldest", "delivered", "retries",
+                              "dead", "letters"]
+    assert row.split()[:3] == ["lrs2", "down", "1"]
+    assert "lrs2: down since 2023-11-14T22:13:20Z: connection refused" in rest
+    assert_clean_failure(replay, "no forwarding target named 'lrs3' (known: lrs2)")
+    assert replay.code == 1
+
+
+async def test_serve_takes_host_port_and_log_flags_after_the_command(tmp_path: Path) -> None:
+    port = free_port()
+    good_setup(tmp_path)
+    proc = await asyncio.create_subprocess_exec(
+        *command("serve", "--host", "127.0.0.1", "--port", str(port), "--log-format", "json",
+                 "--config", str(tmp_path / "config.yaml")),
+        cwd=tmp_path, env=clean_env(), stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    try:
+        await wait_until_serving(proc, f"http://127.0.0.1:{port}/__lbheartbeat__", RUN_TIMEOUT)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(proc.wait(), RUN_TIMEOUT)
+    out, err = await proc.communicate()
+    logs = [json.loads(line) for line in (out + err).decode().splitlines() if line.strip()]
+    assert any(f"listening on http://127.0.0.1:{port}/" in entry.get("message", "")
+               for entry in logs), logs
