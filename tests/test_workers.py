@@ -231,17 +231,89 @@ def test_merging_adds_counters_and_gauges_but_not_lag_or_readiness() -> None:
 
 
 def test_forwarding_status_of_workers_adds_up() -> None:
-    def target(backlog: int, age: float | None) -> dict[str, Any]:
-        return {"backlog": backlog, "oldest_age": age, "delivered": 10, "retries": 1,
-                "dead_letters": 0, "transient_dead_letters": 0, "dead_lettered_total": 2}
+    def target(backlog: int, age: float | None, down: tuple[float, str] | None = None,
+               ) -> dict[str, Any]:
+        return {"state": "up" if down is None else "down", "up": down is None,
+                "backlog": backlog, "oldest_age": age, "delivered": 10, "retries": 1,
+                "dead_letters": 0, "dead_lettered_total": 2,
+                "down_since": None if down is None else down[0],
+                "last_error": None if down is None else down[1]}
 
     merged = merged_status([{"targets": {"a": target(3, 1.0)}},
                             {"targets": {"a": target(2, None), "b": target(1, 4.0)}},
                             {"targets": {"a": target(0, 2.5)}}])
     assert merged["targets"]["a"] == {
-        "backlog": 5, "oldest_age": 2.5, "delivered": 30, "retries": 3, "dead_letters": 0,
-        "transient_dead_letters": 0, "dead_lettered_total": 6}
+        "state": "up", "up": True, "backlog": 5, "oldest_age": 2.5, "delivered": 30,
+        "retries": 3, "dead_letters": 0, "dead_lettered_total": 6, "down_since": None,
+        "last_error": None}
     assert merged["targets"]["b"]["oldest_age"] == 4.0
+    # Up only when every worker gets through; down since the earliest, the first error.
+    merged = merged_status([{"targets": {"a": target(1, 1.0)}},
+                            {"targets": {"a": target(4, 9.0, (200.0, "HTTP 503"))}},
+                            {"targets": {"a": target(2, 5.0, (100.0, "refused"))}}])
+    figures = merged["targets"]["a"]
+    assert (figures["state"], figures["up"]) == ("down", False)
+    assert figures["up"] is False  # not a sum of booleans
+    assert (figures["down_since"], figures["last_error"]) == (100.0, "HTTP 503")
+    assert figures["backlog"] == 7
+
+
+def test_a_target_is_up_in_the_metrics_only_if_up_in_every_worker() -> None:
+    def exposition_up(up: int) -> str:
+        registry = CollectorRegistry()
+        Gauge("lrs_gateway_forwarding_target_up", "up", ["target"],
+              registry=registry).labels("t").set(up)
+        return generate_latest(registry).decode()
+
+    merged = samples(merge_expositions([exposition_up(1), exposition_up(0),
+                                        exposition_up(1)]).decode())
+    assert merged[("lrs_gateway_forwarding_target_up", (("target", "t"),))] == 0
+    merged = samples(merge_expositions([exposition_up(1), exposition_up(1)]).decode())
+    assert merged[("lrs_gateway_forwarding_target_up", (("target", "t"),))] == 1
+
+
+async def test_the_cli_and_the_admin_status_agree_after_fewer_workers(tmp_path: Path) -> None:
+    from gateway.forwarding.store import TargetState
+
+    port = free_port()
+    write_config(tmp_path, "http://127.0.0.1:9/xAPI/", [ADMIN], {
+        "server": {"port": port}, "data_dir": "data",
+        "forwardings": [{"name": "t", "url": "http://127.0.0.1:9/xAPI/statements",
+                         "is_active": False, "max_retries": 3, "timeout": 5}]})
+    # What an earlier run with two workers left in worker 1's outbox: all delivered, and
+    # the target last seen down there.
+    store = OutboxStore(tmp_path / "data" / "worker-1" / OUTBOX_FILE)
+    try:
+        seqs = store.write_pending([("7e3c2b4e-1d2a-4a5b-9c1d-0e2f3a4b5c6d", b"{}", None)])
+        store.mark_ready(seqs, [("t", 1000)])
+        store.ack("t", seqs)
+        store.set_state("t", TargetState(up=False, since=1.0, reason="refused"))
+    finally:
+        store.close()
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "gateway", "--config", str(tmp_path / "config.yaml"), "serve",
+        cwd=tmp_path, env=gateway_env(), stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        await wait_until_serving(proc, f"{base}/__lbheartbeat__", RUN_TIMEOUT)
+        async with aiohttp.ClientSession() as session, session.get(
+                f"{base}/admin/forwarding", headers=basic("admin", "admin-pw")) as response:
+            assert response.status == 200
+            served = (await response.json())["targets"]
+        status = await asyncio.to_thread(subprocess.run, [
+            sys.executable, "-m", "gateway", "--config", str(tmp_path / "config.yaml"),
+            "forwarding", "status", "--json"], cwd=tmp_path, env=gateway_env(),
+            capture_output=True, text=True, timeout=RUN_TIMEOUT, check=True)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(proc.wait(), RUN_TIMEOUT)
+    shown = json.loads(status.stdout)
+    for figures in (served["t"], shown["t"]):
+        assert figures["delivered"] == 1  # worker 1's deliveries still count
+        assert (figures["state"], figures["up"]) == ("up", True)  # nobody forwards from it
+    assert {k: v for k, v in served["t"].items() if k != "oldest_age"} == {
+        k: v for k, v in shown["t"].items() if k != "oldest_age"}
 
 
 @pytest.mark.parametrize("argv", [
