@@ -177,11 +177,13 @@ async def test_upstream_stack_traces_stay_in_the_log(
 
     client = await gateway(tmp_path, aiohttp_server, aiohttp_client, script=crash)
     caplog.set_level(logging.WARNING)
-    for method, path in (("GET", "/xAPI/statements"), ("PUT", "/xAPI/activities/state"),
+    state = ("/xAPI/activities/state?activityId=http%3A%2F%2Fx.org%2Fa&stateId=s&agent="
+             "%7B%22mbox%22%3A%22mailto%3Aa%40example.com%22%7D")
+    for method, path in (("GET", "/xAPI/statements"), ("PUT", state),
                          ("POST", "/xAPI/statements")):
         response = await client.request(method, path, json={"actor": {
-            "mbox": "mailto:a@example.com"}, "verb": {"id": "http://x.org/v"}, "object": {}},
-            headers=basic("alice", "alice-pw"))
+            "mbox": "mailto:a@example.com"}, "verb": {"id": "http://x.org/v"},
+            "object": {"id": "http://x.org/o"}}, headers=basic("alice", "alice-pw"))
         assert response.status == 500
         body = await response.json()
         assert body["error"] == "upstream_error"

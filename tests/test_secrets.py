@@ -61,6 +61,9 @@ WRONG_UNKNOWN = "Wr0ng-Unknown-b6Ts"
 RUSTICI_PW = "Rust:ici-Pw-c1Gm"
 SENTRY_KEY = "S3ntryKey0w2Hb"
 OIDC_SIGNATURE = "0idc-S1gnature-p4Kz-0idc-S1gnature"
+# The state ids of an activity and agent: a document request valid per xAPI.
+STATE_IDS = ("/xAPI/activities/state?activityId=http%3A%2F%2Fexample.com%2Fa&agent="
+             "%7B%22mbox%22%3A%22mailto%3Aa%40example.com%22%7D")
 
 
 def oidc_token(issuer: str) -> str:
@@ -342,7 +345,7 @@ async def test_no_secret_in_answers_logs_metrics_or_reprs(
     await call("path traversal", "GET", "/xAPI/activities/state/..%2f..%2fadmin", [400, 404],
                headers=alice)
     await call("no such route", "GET", "/nope", [404], headers=alice)
-    await call("storage 404", "GET", "/xAPI/activities/state", [404],
+    await call("storage 404", "GET", STATE_IDS, [404],
                headers={**alice, "X-Scenario": "404"})
     await call("method", "DELETE", "/xAPI/statements", [405], headers=alice)
     await call("body too large", "POST", "/xAPI/statements", [413],
@@ -408,7 +411,7 @@ async def test_no_secret_from_a_rustici_file_or_a_storage_that_is_down(
         ("its part before ':'", "GET", "/whoami", basic("rusty", RUSTICI_PW.split(":")[0]), 401),
         ("its part after ':'", "GET", "/whoami", basic("rusty", RUSTICI_PW.split(":")[1]), 401),
         ("storage down, GET", "GET", "/xAPI/statements", rusty, 502),
-        ("storage down, document", "GET", "/xAPI/activities/state", rusty, 502),
+        ("storage down, document", "GET", STATE_IDS, rusty, 502),
         ("storage down, about", "GET", "/xAPI/about", {}, 200),
         ("storage down, heartbeat", "GET", "/__heartbeat__", {}, 503),
     ]
