@@ -85,8 +85,12 @@ def yaml_lines(text: str) -> dict[str, int]:
     except yaml.YAMLError:
         return {}
     lines: dict[str, int] = {}
+    seen: set[int] = set()  # aliases: a node is walked once (no cycles, no blow-up)
 
     def walk(node: yaml.Node, path: str) -> None:
+        if id(node) in seen:
+            return
+        seen.add(id(node))
         if isinstance(node, yaml.MappingNode):
             for key, value in node.value:
                 if isinstance(key, yaml.ScalarNode):
