@@ -5,7 +5,6 @@ bcrypt reads only a password's first 72 bytes, so a longer one sharing them used
 
 from __future__ import annotations
 
-import statistics
 import time
 from pathlib import Path
 from typing import Any
@@ -73,19 +72,21 @@ async def test_a_too_long_password_takes_a_wrong_passwords_time() -> None:
     checker = PasswordChecker(1)
     hashed = bcrypt.hashpw(REAL.encode(), bcrypt.gensalt(8)).decode()  # ~15 ms a check
 
-    async def median(password: str) -> float:
+    async def fastest(password: str) -> float:
+        # The fastest of several: other load on the machine only ever adds time.
         times = []
-        for _ in range(7):
+        for _ in range(9):
             started = time.perf_counter()
             assert not await checker.check(password, hashed)
             times.append(time.perf_counter() - started)
-        return statistics.median(times)
+        return min(times)
 
     try:
-        wrong, too_long = await median("wrong-pw"), await median(REAL + "x")
+        wrong, too_long = await fastest("wrong-pw"), await fastest(REAL + "x")
     finally:
         checker.close()
-    assert 0.5 < too_long / wrong < 2.0, (wrong, too_long)
+    # Skipping bcrypt would make it about a thousand times faster.
+    assert 0.4 < too_long / wrong < 2.5, (wrong, too_long)
 
 
 def test_plain_text_secrets_are_compared_exactly_whatever_their_length() -> None:
