@@ -130,7 +130,8 @@ def run(app: web.Application, *, host: str, port: int, shutdown_timeout: float,
         asyncio.set_event_loop(loop)
         loop.run_until_complete(task)
     except (web.GracefulExit, KeyboardInterrupt):
-        pass
+        log.info("stopping: no new connections; in-flight requests get up to %g s to finish",
+                 shutdown_timeout)
     finally:
         if not task.done():
             # A second signal (systemd signals every process of the unit, and a supervisor
@@ -146,3 +147,4 @@ def run(app: web.Application, *, host: str, port: int, shutdown_timeout: float,
         with contextlib.suppress(Exception):
             loop.run_until_complete(loop.shutdown_asyncgens())
         loop.close()
+        log.info("stopped")

@@ -549,6 +549,10 @@ async def test_serve_drains_in_flight_requests_on_sigterm(
     assert await refuses_connections(port)
     assert "Traceback" not in logs
     assert ENV_SECRET not in logs
+    # The operator reads one line when the drain begins and one when it is over.
+    assert logs.count("stopping: no new connections") == 1, logs
+    assert logs.count(": stopped") == 1, logs
+    assert logs.index("stopping: no new connections") < logs.index(": stopped")
     (seen,) = fake.seen  # the gateway used its own storage credential, from the environment
     assert seen.headers["Authorization"] == basic("gw", ENV_SECRET)["Authorization"]
 
