@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import logging
-import time
+
+from gateway.clock import SYSTEM_CLOCK, Clock
 
 __all__ = ["FailureLog"]
 
@@ -13,8 +14,10 @@ _EVERY = 60.0  # seconds between lines about one loop
 class FailureLog:
     """Logs a loop's failures at most once a minute, with how many there were meanwhile."""
 
-    def __init__(self, logger: logging.Logger, what: str) -> None:
+    def __init__(self, logger: logging.Logger, what: str, *,
+                 clock: Clock = SYSTEM_CLOCK) -> None:
         self._log = logger
+        self._clock = clock
         self._what = what
         self._last = -_EVERY
         self._unlogged = 0
@@ -22,8 +25,9 @@ class FailureLog:
     def failed(self, exc: BaseException, *, traceback: bool = False) -> None:
         """One more failure: logged (at ERROR) unless a line went out less than a minute ago."""
         self._unlogged += 1
-        if time.monotonic() - self._last >= _EVERY:
+        now = self._clock.monotonic()
+        if now - self._last >= _EVERY:
             self._log.error("%s failed (%d times since the last line): %s: %s", self._what,
                             self._unlogged, type(exc).__name__, exc,
                             exc_info=exc if traceback else None)
-            self._last, self._unlogged = time.monotonic(), 0
+            self._last, self._unlogged = now, 0

@@ -9,23 +9,22 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import logging
 import math
 import random
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
-from email.utils import parsedate_to_datetime
 from functools import partial
 
 from multidict import CIMultiDict
 from yarl import URL
 
 from gateway.attachments import unpack_parts
+from gateway.clock import SYSTEM_CLOCK, Clock
 from gateway.config import ForwardingTarget
 from gateway.forwarding.failures import FailureLog
 from gateway.forwarding.outbox import Outbox
+from gateway.forwarding.policy import DeliveryPolicy, Kind, Verdict
 from gateway.forwarding.store import Claimed, OutboxStore, TargetState
 from gateway.h1client import AnswerTimeout, ConnectTimeout, H1Error, H1Pool
 from gateway.metrics import status_class
@@ -33,37 +32,12 @@ from gateway.multipart import Part, build
 from gateway.secret import redact
 from gateway.upstream import Observe
 
-__all__ = ["Outcome", "TargetWorker"]
+__all__ = ["TargetWorker"]
 
 log = logging.getLogger(__name__)
 _IDLE_POLL = 1.0  # seconds between looks at the queue (the CLI replays without waking us)
-# Answers about the target, not a statement: its credential, URL or method is wrong. Splitting
-# would dead-letter every statement one by one; the target is rather down until it is fixed.
-_TARGET_REFUSED = frozenset({401, 403, 404, 405, 407})
 _REASON_CHARS = 300
 _ANSWER_LIMIT = 1 << 20  # bytes of a target's answer read (it is a list of ids)
-
-
-@dataclass(frozen=True, slots=True)
-class Outcome:
-    """How one POST to the target went."""
-
-    kind: str  # delivered | split | rejected | transient (the target's trouble, not a statement's)
-    reason: str = ""
-    retry_after: float | None = None
-
-
-def _retry_after(value: str | None) -> float | None:
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
-    except (TypeError, ValueError):
-        return None
 
 
 def _minor(version: str) -> tuple[int, ...]:
@@ -92,8 +66,14 @@ class TargetWorker:
     """Delivers a target's queue in order; a slow or dead target only delays itself."""
 
     def __init__(self, target: ForwardingTarget, outbox: Outbox, *,
-                 observe: Observe | None = None) -> None:
+                 observe: Observe | None = None, clock: Clock = SYSTEM_CLOCK,
+                 rng: random.Random | None = None) -> None:
         self.target = target
+        self._clock = clock
+        self._rng = rng if rng is not None else random.Random()
+        self._policy = DeliveryPolicy(max_retries=target.max_retries,
+                                      backoff_base=target.backoff_base,
+                                      backoff_cap=target.backoff_cap, timeout=target.timeout)
         self._observe = observe
         self.name = target.label
         self._outbox = outbox
@@ -136,7 +116,7 @@ class TargetWorker:
 
     async def run(self) -> None:
         """Deliver until cancelled."""
-        failing = FailureLog(log, f"forwarding to {self.name}")
+        failing = FailureLog(log, f"forwarding to {self.name}", clock=self._clock)
         await self._restore_state(failing)
         batch: Sequence[Claimed] | None = None
         while True:
@@ -156,7 +136,7 @@ class TargetWorker:
             except Exception as exc:  # the outbox or a bug: log, breathe, go on
                 batch = None
                 failing.failed(exc, traceback=True)
-                await asyncio.sleep(1.0)
+                await self._clock.sleep(1.0)
 
     async def _restore_state(self, failing: FailureLog) -> None:
         """A target down before a restart stays down (probed at once: a restart may be the fix)."""
@@ -166,7 +146,7 @@ class TargetWorker:
                 break
             except Exception as exc:  # the outbox cannot answer yet: as in run()
                 failing.failed(exc)
-                await asyncio.sleep(1.0)
+                await self._clock.sleep(1.0)
         if not state.up:
             self.up, self._down_since = False, state.since
             log.info("forwarding to %s: down since %s (%s), %d statements behind; probing it",
@@ -174,13 +154,19 @@ class TargetWorker:
 
     async def _hold(self) -> None:
         """Wait out the backoff, or the time to the next probe of a down target."""
-        wait = self._hold_until - time.monotonic()
+        wait = self._hold_until - self._clock.monotonic()
         if wait > 0:
-            await asyncio.sleep(wait)
+            await self._clock.sleep(wait)
 
     async def _idle(self) -> None:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wake.wait(), timeout=_IDLE_POLL)
+        """Until woken, or `_IDLE_POLL` on the clock has passed."""
+        woken = asyncio.ensure_future(self._wake.wait())
+        polled = asyncio.ensure_future(self._clock.sleep(_IDLE_POLL))
+        try:
+            await asyncio.wait((woken, polled), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            woken.cancel()
+            polled.cancel()
 
     async def _deliver(self, batch: Sequence[Claimed]) -> Sequence[Claimed] | None:
         """Send a claimed batch; the next batch when it could be claimed in the same commit."""
@@ -199,27 +185,27 @@ class TargetWorker:
         pending: list[Sequence[Claimed]] = [batch]
         while pending:
             part = pending.pop()
-            outcome = await self._send(part)
+            verdict = await self._send(part)
             seqs = [item.seq for item in part]
-            if outcome.kind == "transient":
+            if verdict.kind is Kind.RETRY:
                 self.failed += 1
-                await self._failed(seqs, outcome)
+                await self._failed(seqs, verdict)
                 return None  # the target is struggling: wait for the backoff before more
             await self._answered()
-            if outcome.kind == "delivered":
+            if verdict.kind is Kind.DELIVERED:
                 # One commit: the ack and (after the last part) the next batch.
                 following = await self._outbox.call(partial(
                     self._acked, seqs=seqs, claim_next=not pending))
                 if not pending:
                     return following
-            elif outcome.kind == "split":
+            elif verdict.kind is Kind.SPLIT:
                 half = len(part) // 2
                 pending.extend([part[half:], part[:half]])  # first half goes first
-            else:  # rejected: one statement, for a reason a human must look at
+            else:  # permanent: one statement, for a reason a human must look at
                 log.warning("forwarding to %s: statement dead-lettered: %s", self.name,
-                            outcome.reason)
+                            verdict.reason)
                 await self._outbox.call(partial(OutboxStore.dead_letter, target=self.name,
-                                                seqs=seqs, reason=outcome.reason))
+                                                seqs=seqs, reason=verdict.reason))
         return None
 
     def _acked(self, store: OutboxStore, seqs: Sequence[int],
@@ -237,73 +223,56 @@ class TargetWorker:
         await self._outbox.call(lambda s: s.set_state(self.name, TargetState(True)))
         self.up, self._down_since = True, None
         log.info("forwarding to %s: target is back after %s down, %d statements behind; "
-                 "delivering them", self.name, _duration(down_since), self.behind)
+                 "delivering them", self.name, _duration(down_since, self._clock.now()),
+                 self.behind)
 
-    async def _failed(self, seqs: Sequence[int], outcome: Outcome) -> None:
-        """A transient failure: back off; past max_retries in a row, the target is down."""
+    async def _failed(self, seqs: Sequence[int], verdict: Verdict) -> None:
+        """A failure to retry: back off; past max_retries in a row, the target is down."""
         self._failures += 1
-        going_down = self.up and self._failures > self.target.max_retries
-        if self.up and not going_down:
-            # Full jitter: spread retries of many gateways over the whole window.
-            window = min(self.target.backoff_cap,
-                         self.target.backoff_base * 2 ** self._failures)
-            delay = max(random.uniform(0, window), outcome.retry_after or 0.0)
-        else:  # down: probe slowly, with the oldest batch
-            delay = max(self.target.backoff_cap, outcome.retry_after or 0.0)
-        now = time.time()
-        state = TargetState(False, now, outcome.reason)
+        pace = self._policy.pace(self._failures, was_up=self.up,
+                                 retry_after=verdict.retry_after, rng=self._rng)
+        going_down = pace.going_down
+        now = self._clock.now()
+        state = TargetState(False, now, verdict.reason)
 
         def record(store: OutboxStore) -> None:
-            store.retry(self.name, seqs, now + delay, outcome.reason)
+            store.retry(self.name, seqs, now + pace.delay, verdict.reason)
             if going_down:
                 store.set_state(self.name, state)
 
         await self._outbox.call(record)
-        self._hold_until = time.monotonic() + delay
+        self._hold_until = self._clock.monotonic() + pace.delay
         if going_down:
             self.up, self._down_since = False, now
             log.warning("forwarding to %s: target down after %d failed attempts in a row (%s); "
                         "%d statements behind, kept until it is back; probing it every %g s",
-                        self.name, self._failures, outcome.reason, self.behind,
+                        self.name, self._failures, verdict.reason, self.behind,
                         self.target.backoff_cap)
 
-    async def _send(self, part: Sequence[Claimed]) -> Outcome:
+    async def _send(self, part: Sequence[Claimed]) -> Verdict:
         body, content_type = _payload(part)
         started = time.perf_counter()
-        outcome = await self._post(body, content_type, len(part))
+        verdict, label = await self._post(body, content_type, len(part))
         if self._observe is not None:
-            label = {"timeout": "timeout", "error": "error"}.get(outcome[1], outcome[1])
             self._observe(self.name, label, time.perf_counter() - started)
-        return outcome[0]
+        return verdict
 
     async def _post(self, body: bytes, content_type: str,
-                    count: int) -> tuple[Outcome, str]:
-        """(outcome, metric label) of one POST."""
+                    count: int) -> tuple[Verdict, str]:
+        """(the policy's verdict, metric label) of one POST."""
         headers = CIMultiDict({**self._headers, "Content-Type": content_type})
         try:
             response = await self._pool.request("POST", self._path, headers, body,
                                                 limit=_ANSWER_LIMIT, within=self.target.timeout)
         except (AnswerTimeout, ConnectTimeout):
-            return Outcome("transient", f"timed out after {self.target.timeout} s"), "timeout"
+            return self._policy.timed_out(), "timeout"
         except H1Error as exc:
-            return Outcome("transient", f"{type(exc).__name__}: {exc}"[:_REASON_CHARS]), "error"
+            return self._policy.unreachable(f"{type(exc).__name__}: {exc}"[:_REASON_CHARS]), "error"
         text = redact(response.body[:_REASON_CHARS].decode("utf-8", "replace"), self._secrets)
-        status = response.status
-        retry_after = _retry_after(response.headers.get("Retry-After"))
-        reason = f"HTTP {status}: {text}".strip()
-        label = status_class(status)
-        if status in (200, 204):
-            return Outcome("delivered"), label
-        if status == 409 and count == 1:
-            return Outcome("delivered"), label  # it already holds that id: delivered before
-        if status == 429 or status >= 500 or status == 408:
-            return Outcome("transient", reason, retry_after), label
-        if status in _TARGET_REFUSED:
-            return Outcome("transient", f"{reason} (the target refuses the gateway's "
-                           "credential, or its URL is wrong)", retry_after), label
-        if count > 1:
-            return Outcome("split", reason), label  # find the statement it objects to
-        return Outcome("rejected", reason), label
+        reason = f"HTTP {response.status}: {text}".strip()
+        verdict = self._policy.answered(response.status, response.headers, reason, count,
+                                        self._clock.now())
+        return verdict, status_class(response.status)
 
 
 def _when(moment: float | None) -> str:
@@ -313,11 +282,11 @@ def _when(moment: float | None) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(moment))
 
 
-def _duration(since: float | None) -> str:
-    """How long ago `since` was, for a log line."""
+def _duration(since: float | None, now: float) -> str:
+    """How long before `now` `since` was, for a log line."""
     if since is None:
         return "an unknown time"
-    seconds = max(0, math.floor(time.time() - since))
+    seconds = max(0, math.floor(now - since))
     minutes, seconds = divmod(seconds, 60)
     hours, minutes = divmod(minutes, 60)
     return f"{hours}h{minutes:02d}m{seconds:02d}s" if hours else f"{minutes}m{seconds:02d}s"
