@@ -32,6 +32,12 @@ _HEADER_FIELDS = {name.lower(): name for name in (
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 # Comm 1.3: `content` without a form Content-Type is JSON.
 _DEFAULT_CONTENT_TYPE = "application/json"
+# A form holds a few headers, the query parameters and `content`: far fewer fields than
+# this. The cap is checked before anything is split, so a form of a million fields costs
+# nothing (it runs before authentication: the credential is in the form).
+_MAX_FIELDS = 64
+# Encoded "?", "#" or "/" in the path would become real ones in the ordinary request.
+_ENCODED_DELIMITER = re.compile(r"%(?:3f|23|2f)", re.IGNORECASE)
 
 
 @web.middleware
@@ -42,6 +48,9 @@ async def alternate_syntax_middleware(request: web.Request,
             XAPI_PREFIX):
         return await handler(request)
     check_origin_form(request.raw_path)  # the clone below would forward the parsed path
+    raw_path = request.raw_path.partition("?")[0]
+    if _ENCODED_DELIMITER.search(raw_path):
+        raise BadRequest("the request path is not allowed")
     method = request.query["method"].upper()
     if method not in _METHODS:
         raise BadRequest(f"method={request.query['method'][:20]!r} is not an HTTP method")
@@ -53,9 +62,12 @@ async def alternate_syntax_middleware(request: web.Request,
     # Read from the stream: aiohttp refuses to clone a request once read() was used.
     raw = await read_stream(request, request.app[CONFIG].server.max_body_size)
     try:
-        fields = parse_qsl(raw.decode("utf-8"), keep_blank_values=True, strict_parsing=False)
+        fields = parse_qsl(raw.decode("utf-8"), keep_blank_values=True, strict_parsing=False,
+                           max_num_fields=_MAX_FIELDS)
     except UnicodeDecodeError:
         raise BadRequest("the form body is not UTF-8") from None
+    except ValueError:
+        raise BadRequest(f"the form has more than {_MAX_FIELDS} fields") from None
     headers: CIMultiDict[str] = CIMultiDict(
         (k, v) for k, v in request.headers.items()
         if k.lower() not in ("content-type", "content-length"))
@@ -75,7 +87,7 @@ async def alternate_syntax_middleware(request: web.Request,
     if headers.get(VERSION_HEADER, "").startswith("2."):
         raise BadRequest("xAPI 2.0 has no alternate request syntax")
     headers["Content-Length"] = str(len(content))
-    path = request.rel_url.path + (f"?{urlencode(query)}" if query else "")
+    path = raw_path + (f"?{urlencode(query)}" if query else "")
     ordinary = request.clone(method=method, rel_url=path, headers=headers)
     ordinary[ALTERNATE_BODY] = content
     return await handler(ordinary)

@@ -9,7 +9,7 @@ from gateway.bodies import LimitedStream, check_declared_length
 from gateway.errors import UpstreamError
 from gateway.forwarded_headers import forwarded_headers
 from gateway.keys import CONFIG, PRINCIPAL, REQUEST_ID, STORAGE
-from gateway.paths import check_origin_form, check_relative_path
+from gateway.paths import check_not_a_resource, check_origin_form, check_relative_path
 from gateway.routes import raw_query, xapi_tail
 from gateway.upstream import (
     hide_failure,
@@ -31,6 +31,8 @@ async def proxy(request: web.Request) -> web.StreamResponse:
     """Documents, activities, agents and any other /xAPI/ path: both bodies streamed."""
     check_origin_form(request.raw_path)
     tail = check_relative_path(xapi_tail(request))
+    if request.match_info.route.name == "xapi.other":
+        check_not_a_resource(tail)
     limit = request.app[CONFIG].server.max_body_size
     check_declared_length(request, limit)
     has_body = request.method not in _BODYLESS or request.body_exists

@@ -6,7 +6,7 @@ from urllib.parse import unquote
 
 from gateway.errors import BadRequest
 
-__all__ = ["check_origin_form", "check_relative_path"]
+__all__ = ["check_not_a_resource", "check_origin_form", "check_relative_path"]
 
 
 def check_relative_path(raw_tail: str) -> str:
@@ -32,3 +32,24 @@ def check_origin_form(raw_target: str) -> str:
         raise BadRequest("the request target must be a path (origin-form), not an "
                          "absolute URL")
     return raw_target
+
+
+# The xAPI resources the gateway routes itself (gateway.routes), lower-cased.
+_GATEWAY_RESOURCES = frozenset({
+    "statements", "about", "activities", "activities/state", "activities/profile", "agents",
+    "agents/profile",
+})
+
+
+def check_not_a_resource(raw_tail: str) -> str:
+    """Refuse an `other` path that an LRS could take for a resource the gateway checks.
+
+    Many LRSes route without regard to case or a trailing slash (Learning Locker's Express
+    does): `/xAPI/STATEMENTS` must not reach their statements endpoint past the checks,
+    stamping and outbox of `/xAPI/statements`.
+    """
+    if unquote(raw_tail).strip("/").lower() in _GATEWAY_RESOURCES:
+        raise BadRequest("the xAPI resources are spelt as in the specification "
+                         "(e.g. /xAPI/statements)")
+    return raw_tail
+

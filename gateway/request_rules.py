@@ -198,9 +198,11 @@ def check_repeats(query: Mapping[str, str]) -> None:
     """400 for a parameter given twice: the gateway and the LRS could each read another one."""
     # A MultiDict counts every item in len() but may iterate each name once.
     if len(query) != len(set(query)):
-        names = [name for name, _ in query.items()]
-        repeated = next(name for index, name in enumerate(names) if name in names[:index])
-        raise _bad(repeated, "is given more than once")
+        seen: set[str] = set()
+        for name, _ in query.items():
+            if name in seen:
+                raise _bad(name, "is given more than once")
+            seen.add(name)
 
 
 def check_query(resource: str, method: str, query: Mapping[str, str], *,
