@@ -10,6 +10,7 @@ import secrets
 from aiohttp import web
 
 from gateway.auth.ttlcache import TtlCache
+from gateway.clock import SYSTEM_CLOCK, Clock
 from gateway.config import LockoutConfig, RateLimitConfig
 from gateway.errors import TooManyRequests
 from gateway.secret import keyed_digest
@@ -34,22 +35,23 @@ def lockout_key(*, username: str | None = None, address: str | None = None) -> s
 class Guard:
     """Holds the buckets and lockout state (bounded in memory) of one app."""
 
-    def __init__(self, rate_limit: RateLimitConfig, lockout: LockoutConfig) -> None:
+    def __init__(self, rate_limit: RateLimitConfig, lockout: LockoutConfig, *,
+                 clock: Clock = SYSTEM_CLOCK) -> None:
         self._trusted = [ipaddress.ip_network(cidr, strict=False)
                          for cidr in rate_limit.trusted_proxies]
         self._rates_on = rate_limit.enabled
         self._per_ip = TokenBuckets(rate_limit.per_ip_rate, rate_limit.per_ip_burst,
-                                    rate_limit.max_tracked)
+                                    rate_limit.max_tracked, clock=clock)
         self._per_principal = TokenBuckets(rate_limit.per_principal_rate,
                                            rate_limit.per_principal_burst,
-                                           rate_limit.max_tracked)
+                                           rate_limit.max_tracked, clock=clock)
         self._lockout_on = lockout.enabled
         self.lockout = FailureLockout(lockout.max_failures, lockout.window, lockout.block,
-                                      lockout.max_tracked)
+                                      lockout.max_tracked, clock=clock)
         # Credentials that just succeeded (by keyed digest): they pass a locked address, so
         # a flood from a shared address (NAT, proxy) does not lock out its valid users.
         self._key = secrets.token_bytes(32)
-        self._proven: TtlCache[bytes, bool] = TtlCache(lockout.max_tracked)
+        self._proven: TtlCache[bytes, bool] = TtlCache(lockout.max_tracked, clock=clock)
         self._proven_ttl = lockout.block
 
     def client_address(self, request: web.Request) -> str:

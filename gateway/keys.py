@@ -9,6 +9,7 @@ from aiohttp import web
 from gateway.auth.base import Authenticator
 from gateway.auth.passwords import PasswordChecker
 from gateway.auth.tokens import TokenSigner
+from gateway.clock import Clock
 from gateway.config import Config
 from gateway.forwarding.forwarder import Forwarder
 from gateway.guard import Guard
@@ -24,12 +25,14 @@ if TYPE_CHECKING:  # gateway.cors reads its key from here: no import back at run
     from gateway.cors import CorsPolicy
 
 __all__ = [
-    "ALTERNATE_BODY", "AUTHENTICATOR", "CONFIG", "CORS", "FORWARDER", "GUARD", "METRICS",
+    "ALTERNATE_BODY", "AUTHENTICATOR", "CLOCK", "CONFIG", "CORS", "FORWARDER", "GUARD", "METRICS",
     "PASSWORDS", "PRINCIPAL", "REQUEST_ID", "REQUEST_IDS", "STORAGE", "STORAGE_ABOUT",
     "TOKEN_SIGNER", "VERSIONS", "WORKER",
 ]
 
 CONFIG = web.AppKey("config", Config)
+# The app's time (the system's; a ManualClock in tests): caches, limits, forwarding read it.
+CLOCK: web.AppKey[Clock] = web.AppKey("clock")
 AUTHENTICATOR = web.AppKey("authenticator", Authenticator)
 TOKEN_SIGNER = web.AppKey("token_signer", TokenSigner)
 PASSWORDS = web.AppKey("passwords", PasswordChecker)

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import ipaddress
-import time
 from collections import OrderedDict
 from collections.abc import Sequence
+
+from gateway.clock import SYSTEM_CLOCK, Clock
 
 __all__ = ["FailureLockout", "TokenBuckets", "client_address"]
 
@@ -37,7 +38,9 @@ def client_address(remote: str | None, forwarded_for: str | None,
 class TokenBuckets:
     """One token bucket per key (`rate` per second, up to `burst`), LRU-bounded."""
 
-    def __init__(self, rate: float, burst: int, max_keys: int) -> None:
+    def __init__(self, rate: float, burst: int, max_keys: int, *,
+                 clock: Clock = SYSTEM_CLOCK) -> None:
+        self._monotonic = clock.monotonic  # bound once: a check costs one call, as before
         self._rate = rate
         self._burst = float(burst)
         self._max_keys = max_keys
@@ -45,7 +48,7 @@ class TokenBuckets:
 
     def take(self, key: str) -> float:
         """Spend a token: 0 when allowed, else the seconds until one is available."""
-        now = time.monotonic()
+        now = self._monotonic()
         tokens, stamp = self._buckets.get(key, (self._burst, now))
         tokens = min(self._burst, tokens + (now - stamp) * self._rate)
         if tokens >= 1.0:
@@ -67,7 +70,9 @@ class TokenBuckets:
 class FailureLockout:
     """After `max_failures` within `window` seconds a key is blocked for `block` seconds."""
 
-    def __init__(self, max_failures: int, window: float, block: float, max_keys: int) -> None:
+    def __init__(self, max_failures: int, window: float, block: float, max_keys: int, *,
+                 clock: Clock = SYSTEM_CLOCK) -> None:
+        self._monotonic = clock.monotonic
         self._max_failures = max_failures
         self._window = window
         self._block = block
@@ -80,11 +85,11 @@ class FailureLockout:
         state = self._state.get(key)
         if state is None:
             return 0.0
-        return max(0.0, state[2] - time.monotonic())
+        return max(0.0, state[2] - self._monotonic())
 
     def failed(self, key: str) -> None:
         """Count a failure; block the key when it reaches the limit."""
-        now = time.monotonic()
+        now = self._monotonic()
         count, start, until = self._state.get(key, (0, now, 0.0))
         if now - start > self._window:
             count, start = 0, now

@@ -5,11 +5,11 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-import time
 from collections.abc import Sequence
 from typing import Protocol
 
 from gateway.auth.ttlcache import TtlCache
+from gateway.clock import SYSTEM_CLOCK, Clock
 from gateway.errors import Unauthorized
 from gateway.principal import Principal
 
@@ -49,13 +49,14 @@ class Authenticator:
     """Asks the enabled backends in order; a 401 names every enabled scheme."""
 
     def __init__(self, backends: Sequence[AuthBackend], *, bearer_cache_size: int = 10_000,
-                 bearer_cache_ttl: float = 300.0) -> None:
+                 bearer_cache_ttl: float = 300.0, clock: Clock = SYSTEM_CLOCK) -> None:
         self._backends = tuple(backends)
+        self._clock = clock
         self.challenges = tuple(backend.challenge for backend in self._backends)
         # A verified bearer token is good until its exp: verifying a JWT on every request
         # was a third of a request's cost (bench/). Keyed on a digest, bounded, and never
         # longer than `bearer_cache_ttl`.
-        self._bearer: TtlCache[bytes, Principal] = TtlCache(bearer_cache_size)
+        self._bearer: TtlCache[bytes, Principal] = TtlCache(bearer_cache_size, clock=clock)
         self._bearer_ttl = bearer_cache_ttl
 
     async def authenticate(self, authorization: str | None) -> Principal:
@@ -83,7 +84,7 @@ class Authenticator:
                 continue
             if principal is not None:
                 if digest and principal.expires_at is not None:
-                    ttl = min(principal.expires_at - time.time(), self._bearer_ttl)
+                    ttl = min(principal.expires_at - self._clock.now(), self._bearer_ttl)
                     self._bearer.put(digest, principal, ttl)
                 return principal
         raise failure or Unauthorized("no enabled authentication scheme accepts these credentials")

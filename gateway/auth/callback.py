@@ -11,6 +11,7 @@ import aiohttp
 
 from gateway.auth.base import decode_basic
 from gateway.auth.ttlcache import TtlCache
+from gateway.clock import SYSTEM_CLOCK, Clock
 from gateway.config import CallbackConfig
 from gateway.errors import AuthUnavailable, Unauthorized
 from gateway.principal import Principal
@@ -31,7 +32,8 @@ class CallbackBackend:
 
     challenge = 'Basic realm="xAPI", charset="UTF-8"'
 
-    def __init__(self, session: aiohttp.ClientSession, config: CallbackConfig) -> None:
+    def __init__(self, session: aiohttp.ClientSession, config: CallbackConfig, *,
+                 clock: Clock = SYSTEM_CLOCK) -> None:
         assert config.url is not None
         self._session = session
         self._config = config
@@ -39,7 +41,8 @@ class CallbackBackend:
         self._timeout = aiohttp.ClientTimeout(total=config.timeout)
         self._key = secrets.token_bytes(32)
         # None marks a cached failure.
-        self._cache: TtlCache[bytes, Principal | None] = TtlCache(config.cache_max_size)
+        self._cache: TtlCache[bytes, Principal | None] = TtlCache(config.cache_max_size,
+                                                                  clock=clock)
         self._inflight: dict[bytes, asyncio.Future[Principal | None]] = {}
         self.calls = 0  # callback requests made (tests and metrics read it)
 

@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-import time
 from typing import Any
 
 import aiohttp
 import jwt
+
+from gateway.clock import SYSTEM_CLOCK, Clock
+from gateway.forwarding.failures import FailureLog
 
 __all__ = ["ProviderKeys"]
 
@@ -21,8 +23,11 @@ class ProviderKeys:
     """Discovery with retries, JWKS with a TTL, and rate-limited refetch on an unknown kid."""
 
     def __init__(self, session: aiohttp.ClientSession, issuer: str, *, timeout: float,
-                 refresh_interval: float, unknown_kid_interval: float) -> None:
+                 refresh_interval: float, unknown_kid_interval: float,
+                 clock: Clock = SYSTEM_CLOCK, rng: random.Random | None = None) -> None:
         self._session = session
+        self._clock = clock
+        self._rng = rng if rng is not None else random.Random()
         self.issuer = issuer
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._refresh_interval = refresh_interval
@@ -70,12 +75,13 @@ class ProviderKeys:
         if not keys:
             raise ValueError("the JWKS holds no usable signing key")
         self._keys = keys
-        self._fetched_at = time.monotonic()
+        self._fetched_at = self._clock.monotonic()
         self.refreshes += 1
 
     async def run(self) -> None:
         """Discover until it works (backoff with jitter), then refresh on the interval."""
         delay = 1.0
+        failing = FailureLog(log, f"OIDC provider {self.issuer}", clock=self._clock)
         while True:
             try:
                 async with self._lock:
@@ -85,14 +91,19 @@ class ProviderKeys:
                              len(self._keys))
                 self.problem = None
                 delay = 1.0
-                await asyncio.sleep(self._refresh_interval)
+                await self._clock.sleep(self._refresh_interval)
+                continue
             except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
                 # Keep the keys we have: a provider blip must not lock everyone out.
                 if not self._keys:
                     self.problem = f"OIDC discovery failed: {exc}"
                 log.warning("OIDC provider %s: %s; retrying in %.0f s", self.issuer, exc, delay)
-                await asyncio.sleep(delay * random.uniform(0.5, 1.0))
-                delay = min(delay * 2, _BACKOFF_CAP)
+            except Exception as exc:  # a bug or a document we did not foresee: keep trying
+                if not self._keys:
+                    self.problem = f"OIDC discovery failed: {type(exc).__name__}: {exc}"
+                failing.failed(exc, traceback=True)
+            await self._clock.sleep(delay * self._rng.uniform(0.5, 1.0))
+            delay = min(delay * 2, _BACKOFF_CAP)
 
     async def key(self, kid: str | None) -> jwt.PyJWK | None:
         """The signing key named `kid` (the only key, for a token without kid)."""
@@ -103,7 +114,7 @@ class ProviderKeys:
         # interval, so a flood of made-up kids cannot hammer the provider.
         async with self._lock:
             found = self._lookup(kid)
-            now = time.monotonic()
+            now = self._clock.monotonic()
             if found is None and now - self._last_refetch >= self._unknown_kid_interval:
                 self._last_refetch = now
                 try:

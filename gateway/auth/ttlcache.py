@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import time
 from collections import OrderedDict
 from typing import Generic, TypeVar
+
+from gateway.clock import SYSTEM_CLOCK, Clock
 
 __all__ = ["TtlCache"]
 
@@ -15,8 +16,9 @@ V = TypeVar("V")
 class TtlCache(Generic[K, V]):
     """LRU of at most `max_size` entries; `get` forgets an expired one."""
 
-    def __init__(self, max_size: int) -> None:
+    def __init__(self, max_size: int, *, clock: Clock = SYSTEM_CLOCK) -> None:
         self._max_size = max_size
+        self._monotonic = clock.monotonic  # bound once: a lookup costs one call, as before
         self._entries: OrderedDict[K, tuple[float, V]] = OrderedDict()
         self.hits = 0
         self.misses = 0
@@ -24,7 +26,7 @@ class TtlCache(Generic[K, V]):
     def get(self, key: K) -> tuple[bool, V | None]:
         """(found, value)."""
         entry = self._entries.get(key)
-        if entry is None or entry[0] <= time.monotonic():
+        if entry is None or entry[0] <= self._monotonic():
             if entry is not None:
                 del self._entries[key]
             self.misses += 1
@@ -37,7 +39,7 @@ class TtlCache(Generic[K, V]):
         """Store `value` for `ttl` seconds (nothing when ttl <= 0)."""
         if ttl <= 0:
             return
-        self._entries[key] = (time.monotonic() + ttl, value)
+        self._entries[key] = (self._monotonic() + ttl, value)
         self._entries.move_to_end(key)
         while len(self._entries) > self._max_size:
             self._entries.popitem(last=False)

@@ -5,11 +5,12 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import time
+import random
 from collections.abc import Sequence
 from dataclasses import asdict
 from typing import Any
 
+from gateway.clock import SYSTEM_CLOCK, Clock
 from gateway.config import Config
 from gateway.errors import GatewayError
 from gateway.forwarding.failures import FailureLog
@@ -30,17 +31,20 @@ class Forwarder:
     """Durable fan-out: write-ahead on the request path, delivery in the background."""
 
     def __init__(self, config: Config, storage: Upstream, *,
-                 observe: Observe | None = None) -> None:
+                 observe: Observe | None = None, clock: Clock = SYSTEM_CLOCK,
+                 rng: random.Random | None = None) -> None:
         self._config = config
+        self._clock = clock
+        self._rng = rng if rng is not None else random.Random()  # the workers' jitter
         self._observe = observe
         self._storage = storage
         self.outbox = Outbox(config.resolve_path(config.data_dir) / OUTBOX_FILE,
-                             synchronous=config.outbox.synchronous)
+                             synchronous=config.outbox.synchronous, clock=clock)
         self._active = [t for t in config.forwardings if t.is_active]
         self._limits = [(t.label, t.backlog_limit) for t in self._active]
         self.workers: list[TargetWorker] = []
         self._tasks: list[asyncio.Task[None]] = []
-        self._started_at = time.time()
+        self._started_at = self._clock.now()
         self.snapshot: dict[str, TargetStats] = {}
         # Pending rows whose request still waits for storage: the resolver must not touch
         # them, or it could drop one storage is about to accept (or queue one twice).
@@ -49,9 +53,10 @@ class Forwarder:
     async def start(self) -> None:
         """Open the outbox, start a worker per active target, the resolver and the GC."""
         await self.outbox.open()
-        self._started_at = time.time()
+        self._started_at = self._clock.now()
         for target in self._active:
-            worker = TargetWorker(target, self.outbox, observe=self._observe)
+            worker = TargetWorker(target, self.outbox, observe=self._observe,
+                                  clock=self._clock, rng=self._rng)
             self.workers.append(worker)
             self._tasks.append(asyncio.create_task(worker.run(), name=f"forward-{worker.name}"))
         self._tasks.append(asyncio.create_task(self._resolve_pending(), name="outbox-resolve"))
@@ -126,7 +131,7 @@ class Forwarder:
     async def resolve_once(self) -> int:
         """Settle writes left pending by a crash or a lost answer; how many were settled."""
         threshold = self._config.outbox.resolve_pending_after
-        before = max(self._started_at, time.time() - threshold)
+        before = max(self._started_at, self._clock.now() - threshold)
         settled = 0
         rows = await self.outbox.call(lambda s: s.pending(before))
         for seq, statement_id in rows:
@@ -142,26 +147,26 @@ class Forwarder:
         return settled
 
     async def _resolve_pending(self) -> None:
-        failing = FailureLog(log, "outbox: settling pending statements")
+        failing = FailureLog(log, "outbox: settling pending statements", clock=self._clock)
         while True:
             try:
                 await self.resolve_once()
             except Exception as exc:  # storage or the outbox: next round
                 failing.failed(exc)
-            await asyncio.sleep(max(1.0, self._config.outbox.resolve_pending_after / 2))
+            await self._clock.sleep(max(1.0, self._config.outbox.resolve_pending_after / 2))
 
     async def _housekeeping(self) -> None:
-        last_gc = time.monotonic()
-        failing = FailureLog(log, "outbox: reading its figures")
+        last_gc = self._clock.monotonic()
+        failing = FailureLog(log, "outbox: reading its figures", clock=self._clock)
         while True:
             try:
                 self.snapshot = await self.status()
-                if time.monotonic() - last_gc >= _GC_INTERVAL:
-                    last_gc = time.monotonic()
+                if self._clock.monotonic() - last_gc >= _GC_INTERVAL:
+                    last_gc = self._clock.monotonic()
                     await self.outbox.call(OutboxStore.collect_garbage)
             except Exception as exc:  # the outbox: stale figures until it answers again
                 failing.failed(exc)
-            await asyncio.sleep(_SNAPSHOT_INTERVAL)
+            await self._clock.sleep(_SNAPSHOT_INTERVAL)
 
     async def status(self) -> dict[str, TargetStats]:
         """Fresh per-target figures (configured targets first, then any the outbox knows)."""

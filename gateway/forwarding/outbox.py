@@ -16,6 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+from gateway.clock import SYSTEM_CLOCK, Clock
 from gateway.forwarding.store import OutboxStore
 
 __all__ = ["Outbox"]
@@ -30,8 +31,9 @@ _MAX_WAITING = 10_000  # operations queued at most; callers wait beyond that
 class Outbox:
     """Runs `OutboxStore` operations on its own thread, in group-committed transactions."""
 
-    def __init__(self, path: Path, *, synchronous: str) -> None:
+    def __init__(self, path: Path, *, synchronous: str, clock: Clock = SYSTEM_CLOCK) -> None:
         self._path = path
+        self._clock = clock
         self._synchronous = synchronous
         self._jobs: queue.Queue[_Job | None] = queue.Queue()
         self._room = asyncio.Semaphore(_MAX_WAITING)
@@ -42,7 +44,7 @@ class Outbox:
     async def open(self) -> None:
         """Open (or create) the database and start the thread."""
         self._store = await asyncio.to_thread(OutboxStore, self._path,
-                                              synchronous=self._synchronous)
+                                              synchronous=self._synchronous, clock=self._clock)
         self._thread = threading.Thread(target=self._run, name="outbox", daemon=True)
         self._thread.start()
 

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import logging
 import sqlite3
-import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+from gateway.clock import SYSTEM_CLOCK, Clock
 
 __all__ = ["BACKLOG_FULL", "Claimed", "OutboxStore", "TargetState", "TargetStats"]
 
@@ -132,8 +133,10 @@ def _marks(count: int) -> str:
 class OutboxStore:
     """One SQLite connection in WAL mode; `backlog` counts deliveries per target in memory."""
 
-    def __init__(self, path: Path, *, synchronous: str = "full") -> None:
+    def __init__(self, path: Path, *, synchronous: str = "full",
+                 clock: Clock = SYSTEM_CLOCK) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
+        self._clock = clock  # its wall time stamps rows (created, failed_at, since)
         self.path = path
         self.conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self.conn.execute("PRAGMA journal_mode=WAL")
@@ -179,7 +182,7 @@ class OutboxStore:
     def write_pending(self, items: Sequence[tuple[str, bytes, bytes | None]],
                       version: str | None = None) -> list[int]:
         """Record (id, statement bytes, packed attachment parts) before storage sees them."""
-        now = time.time()
+        now = self._clock.now()
         seqs = []
         for statement_id, body, attachments in items:
             cursor = self.conn.execute(
@@ -202,7 +205,7 @@ class OutboxStore:
         seqs = sorted(seq for (seq,) in self.conn.execute(
             f"UPDATE statements SET state = ? WHERE state = ? AND seq IN ({_marks(len(seqs))}) "
             "RETURNING seq", (_READY, _PENDING, *seqs)))
-        now = time.time()
+        now = self._clock.now()
         for target, limit in targets:
             room = max(0, limit - self.backlog.get(target, 0))
             queued, overflow = seqs[:room], seqs[room:]
@@ -275,7 +278,7 @@ class OutboxStore:
             f"DELETE FROM deliveries WHERE target = ? AND seq IN ({_marks(len(seqs))})",
             (target, *seqs)).rowcount
         self.backlog[target] = self.backlog.get(target, 0) - deleted
-        now = time.time()
+        now = self._clock.now()
         self.conn.executemany(
             "INSERT OR REPLACE INTO dead_letters(target, seq, reason, transient, failed_at) "
             "VALUES (?, ?, ?, 0, ?)", [(target, seq, reason, now) for seq in seqs])
@@ -285,7 +288,7 @@ class OutboxStore:
         """Record that `target` went down or came back."""
         self.conn.execute(
             "INSERT OR REPLACE INTO target_states(target, up, since, reason) VALUES (?, ?, ?, ?)",
-            (target, int(state.up), state.since or time.time(), state.reason))
+            (target, int(state.up), state.since or self._clock.now(), state.reason))
 
     def target_state(self, target: str) -> TargetState:
         """Whether `target` was last seen up (a target never seen down is up)."""
@@ -330,7 +333,7 @@ class OutboxStore:
 
     def stats(self, targets: Iterable[str]) -> dict[str, TargetStats]:
         """Per target: backlog, age of the oldest undelivered statement, totals."""
-        now = time.time()
+        now = self._clock.now()
         result = {}
         for target in targets:
             counters = dict(self.conn.execute(
