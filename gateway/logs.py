@@ -50,8 +50,9 @@ _CREDENTIALS = (
     # A Basic or Bearer credential wherever it stands, also after an escaped line break.
     (re.compile(r"\b(basic|bearer)((?:\s|\\[rnt]|%20)+)[A-Za-z0-9+/=._~-]+", re.IGNORECASE),
      rf"\1\2{REDACTED}"),
-    # The password of a URL's userinfo.
-    (re.compile(r"(\b[a-z][a-z0-9+.-]*://[^/\s:@'\"]*):[^/\s@'\"]+@", re.IGNORECASE),
+    # The password of a URL's userinfo. The scheme's length is bounded so that a long run
+    # of scheme characters without "://" costs linear time, not quadratic.
+    (re.compile(r"(\b[a-z][a-z0-9+.-]{0,31}://[^/\s:@'\"]*):[^/\s@'\"]+@", re.IGNORECASE),
      rf"\1:{REDACTED}@"),
     # `password=...`, and a quoted value after a password/secret/token-named key.
     (re.compile(r"""(\b\w*(?:password|passwd|secret|token)['"]?(?:=|\s*[:=]\s*(?=['"])))"""
