@@ -16,6 +16,8 @@ __all__ = [
 ]
 
 _STATEMENTS_HEAD = b"Content-Type: application/json\r\n\r\n"
+# Data 2.4.11: "the SHA-2 hash": SHA-224, -256, -384 or -512, told apart by length in hex.
+_SHA2_BY_LENGTH = {56: "sha224", 64: "sha256", 96: "sha384", 128: "sha512"}
 
 
 class AttachmentBody:
@@ -56,7 +58,8 @@ def read_attachment_body(body: bytes, content_type: str) -> AttachmentBody:
             raise BadRequest(f"multipart part {index} has no X-Experience-API-Hash header")
         if (part.header("Content-Transfer-Encoding") or "").lower() != "binary":
             raise BadRequest(f"multipart part {index} needs Content-Transfer-Encoding: binary")
-        if hashlib.sha256(part.body).hexdigest() != sha2.lower():
+        algorithm = _SHA2_BY_LENGTH.get(len(sha2))
+        if algorithm is None or hashlib.new(algorithm, part.body).hexdigest() != sha2.lower():
             raise BadRequest(f"multipart part {index} does not match its X-Experience-API-Hash")
         by_hash[sha2.lower()] = part
     return AttachmentBody(parse_json_body(first.body), by_hash)

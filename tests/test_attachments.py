@@ -249,3 +249,18 @@ def test_a_part_that_holds_the_boundary_gets_another_one() -> None:
     body, boundary = build([tricky], lambda: next(candidates))
     assert boundary == "second"
     assert parse(body, boundary).parts[0].body == tricky.body
+
+
+@pytest.mark.parametrize("algorithm", ["sha224", "sha256", "sha384", "sha512"])
+async def test_every_sha2_length_is_checked(client: tuple[Client, FakeLRS, list[bytes]],
+                                            algorithm: str) -> None:
+    app_client, _, _ = client
+    digest = hashlib.new(algorithm, PDF).hexdigest()
+    body = multipart([statement(1, PDF)], PDF).replace(sha(PDF).encode(), digest.encode())
+    response = await app_client.post("/xAPI/statements", data=body,
+                                     headers={**basic("writer", "writer-pw"), **HEADERS})
+    assert response.status == 200, await response.text()
+    wrong = body.replace(digest.encode(), hashlib.new(algorithm, b"x").hexdigest().encode(), 1)
+    response = await app_client.post("/xAPI/statements", data=wrong,
+                                     headers={**basic("writer", "writer-pw"), **HEADERS})
+    assert response.status == 400
