@@ -1,12 +1,15 @@
-"""Test helpers: configs with fast bcrypt credentials, and a scripted fake LRS."""
+"""Test helpers: configs with fast bcrypt credentials, scripted fake LRSes, waiting, ports."""
 
 from __future__ import annotations
 
 import asyncio
 import base64
 import contextlib
+import inspect
 import json
+import socket
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +28,29 @@ if TYPE_CHECKING:
 
 XAPI = {"X-Experience-API-Version": "1.0.3"}
 FAST_SALT = bcrypt.gensalt(4)  # tests need bcrypt to run, not to be slow
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port free on `host` now (the OS picks it)."""
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+async def eventually(predicate: Callable[[], bool | Awaitable[bool]], within: float = 5.0,
+                     what: str = "the condition") -> None:
+    """Poll `predicate` (plain or async) until it holds; fail after `within` seconds."""
+    deadline = time.monotonic() + within
+    while True:
+        result = predicate()
+        if inspect.isawaitable(result):
+            result = await result
+        if result:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} was not reached within {within} s")
+        await asyncio.sleep(0.02)
 
 
 def basic(username: str, password: str) -> dict[str, str]:
@@ -104,6 +130,52 @@ class FakeLRS:
     def app(self) -> web.Application:
         app = web.Application()
         app.router.add_route("*", "/{tail:.*}", self.handle)
+        return app
+
+
+Behaviour = Callable[[web.Request, list[Any]], Awaitable[web.StreamResponse | None]]
+
+
+@dataclass
+class FakeTarget:
+    """A forwarding target LRS at /xAPI/statements.
+
+    While `down` it answers `refusal`; else `behaviour` may answer a batch; otherwise it
+    stores the batch and answers its ids (200).
+    """
+
+    behaviour: Behaviour | None = None
+    down: bool = False
+    refusal: int = 503
+    stored: dict[str, Any] = field(default_factory=dict)
+    received: Counter[str] = field(default_factory=Counter)  # ids stored, how often
+    requests: list[list[Any]] = field(default_factory=list)  # every batch, answered or not
+    times: list[float] = field(default_factory=list)  # monotonic time of each request
+    headers: list[dict[str, str]] = field(default_factory=list)
+    refused: list[tuple[float, list[str]]] = field(default_factory=list)  # while down
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        batch = json.loads(await request.read())
+        now = time.monotonic()
+        self.requests.append(batch)
+        self.times.append(now)
+        self.headers.append(dict(request.headers))
+        ids = [statement["id"] for statement in batch]
+        if self.down:
+            self.refused.append((now, ids))
+            return web.json_response({"error": "unavailable"}, status=self.refusal)
+        if self.behaviour is not None:
+            answer = await self.behaviour(request, batch)
+            if answer is not None:
+                return answer
+        for statement in batch:
+            self.stored[statement["id"]] = statement
+        self.received.update(ids)
+        return web.json_response(ids)
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_post("/xAPI/statements", self.handle)
         return app
 
 

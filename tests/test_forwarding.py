@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import subprocess
 import sys
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +16,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client import CollectorRegistry
-from support import FakeLRS, basic, credential, write_config
+from support import FakeLRS, FakeTarget, basic, credential, eventually, free_port, write_config
 
 from gateway.app import create_app
 from gateway.keys import FORWARDER
@@ -25,45 +24,6 @@ from gateway.keys import FORWARDER
 Client = TestClient[web.Request, web.Application]
 USERS = [credential("admin", "admin-pw", ["all", "admin"]),
          credential("lms", "lms-pw", ["statements/write"])]
-Behaviour = Callable[[web.Request, list[Any]], Awaitable[web.StreamResponse | None]]
-
-
-@dataclass
-class Target:
-    """A scripted forwarding target: `behaviour` may answer; otherwise it stores and says 200."""
-
-    behaviour: Behaviour | None = None
-    stored: dict[str, Any] = field(default_factory=dict)
-    requests: list[list[Any]] = field(default_factory=list)
-    times: list[float] = field(default_factory=list)
-    headers: list[dict[str, str]] = field(default_factory=list)
-
-    async def handle(self, request: web.Request) -> web.StreamResponse:
-        batch = json.loads(await request.read())
-        self.requests.append(batch)
-        self.times.append(time.monotonic())
-        self.headers.append(dict(request.headers))
-        if self.behaviour is not None:
-            answer = await self.behaviour(request, batch)
-            if answer is not None:
-                return answer
-        for statement in batch:
-            self.stored[statement["id"]] = statement
-        return web.json_response([s["id"] for s in batch])
-
-    def app(self) -> web.Application:
-        app = web.Application()
-        app.router.add_post("/xAPI/statements", self.handle)
-        return app
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def target_config(name: str, url: str, **extra: Any) -> dict[str, Any]:
     return {"name": name, "is_active": True, "url": url, "basic_username": f"{name}-user",
             "basic_password": f"{name}-secret", "max_retries": 3, "timeout": 1,
@@ -74,7 +34,7 @@ def target_config(name: str, url: str, **extra: Any) -> dict[str, Any]:
 class Setup:
     client: Client
     storage: FakeLRS
-    targets: dict[str, Target]
+    targets: dict[str, FakeTarget]
     tmp_path: Path
 
 
@@ -83,7 +43,7 @@ MakeSetup = Callable[..., Awaitable[Setup]]
 
 @pytest.fixture
 def make_setup(tmp_path: Path, aiohttp_server: Any, aiohttp_client: Any) -> MakeSetup:
-    async def make(targets: dict[str, Target], *, storage_script: Any = None,
+    async def make(targets: dict[str, FakeTarget], *, storage_script: Any = None,
                    urls: dict[str, str] | None = None, **per_target: Any) -> Setup:
         storage = FakeLRS(storage_script)
         storage_server: TestServer = await aiohttp_server(storage.app())
@@ -109,14 +69,6 @@ def statement(n: int, **extra: Any) -> dict[str, Any]:
             "object": {"id": f"http://example.com/course/{n}"}, **extra}
 
 
-async def eventually(check: Callable[[], bool], within: float = 5.0) -> None:
-    deadline = time.monotonic() + within
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.02)
-
-
 async def post(setup: Setup, body: Any, user: str = "lms") -> list[str]:
     response = await setup.client.post("/xAPI/statements", json=body,
                                        headers=basic(user, f"{user}-pw"))
@@ -133,7 +85,7 @@ async def status(setup: Setup) -> dict[str, Any]:
 
 
 async def test_every_target_gets_exactly_what_storage_stored(make_setup: MakeSetup) -> None:
-    setup = await make_setup({"one": Target(), "two": Target()})
+    setup = await make_setup({"one": FakeTarget(), "two": FakeTarget()})
     ids = await post(setup, [statement(1), statement(2)]) + await post(setup, statement(3))
     sid = "1f0f2d4c-6a9b-4e1e-9a34-5b6c7d8e9f00"
     response = await setup.client.put(f"/xAPI/statements?statementId={sid}",
@@ -165,12 +117,17 @@ async def test_what_storage_refuses_is_never_forwarded(make_setup: MakeSetup,
     async def refuse(request: web.Request, body: bytes) -> web.StreamResponse:
         return web.json_response({"detail": "no"}, status=answer)
 
-    target = Target()
+    target = FakeTarget()
     setup = await make_setup({"t": target}, storage_script=refuse)
     response = await setup.client.post("/xAPI/statements", json=statement(1),
                                        headers=basic("lms", "lms-pw"))
     assert response.status == answer
-    await asyncio.sleep(0.3)
+    outbox = setup.client.app[FORWARDER].outbox
+    # The outbox runs operations in order: once this one is done, whatever the request
+    # queued is committed. Nothing was queued for the target, so it can never be sent.
+    queued = await outbox.call(
+        lambda s: s.conn.execute("SELECT COUNT(*) FROM deliveries").fetchone()[0])
+    assert queued == 0
     assert target.requests == []
     assert (await status(setup))["t"]["backlog"] == 0
 
@@ -188,7 +145,7 @@ async def test_500_then_200_and_429_with_retry_after(make_setup: MakeSetup) -> N
             return web.Response(status=429, headers={"Retry-After": "1"})
         return None
 
-    setup = await make_setup({"flaky": Target(flaky), "busy": Target(busy)})
+    setup = await make_setup({"flaky": FakeTarget(flaky), "busy": FakeTarget(busy)})
     (sid,) = await post(setup, statement(1))
     await eventually(lambda: sid in setup.targets["flaky"].stored)
     await eventually(lambda: sid in setup.targets["busy"].stored, within=4)
@@ -218,7 +175,7 @@ async def test_hanging_and_connection_dropping_targets_are_retried(
             await asyncio.sleep(0.1)
         return None
 
-    setup = await make_setup({"hang": Target(hang), "drop": Target(drop)})
+    setup = await make_setup({"hang": FakeTarget(hang), "drop": FakeTarget(drop)})
     (sid,) = await post(setup, statement(1))
     await eventually(lambda: sid in setup.targets["drop"].stored)
     await eventually(lambda: sid in setup.targets["hang"].stored, within=6)
@@ -236,7 +193,7 @@ async def test_one_bad_statement_in_a_batch_is_found_and_the_rest_delivered(
             return web.json_response({"error": "learner3 is not welcome"}, status=400)
         return None
 
-    target = Target(picky)
+    target = FakeTarget(picky)
     setup = await make_setup({"picky": target})
     ids = await post(setup, [statement(n) for n in range(8)])
     await eventually(lambda: len(target.stored) == 7)
@@ -256,7 +213,7 @@ async def test_a_conflicting_id_in_a_batch_does_not_cost_the_others(
             return web.json_response({"error": "conflict"}, status=409)
         return None
 
-    target = Target(has_one)
+    target = FakeTarget(has_one)
     setup = await make_setup({"t": target})
     ids = await post(setup, [statement(n) for n in range(4)])
     await eventually(lambda: len(target.stored) == 3)
@@ -268,7 +225,7 @@ async def test_a_conflicting_id_in_a_batch_does_not_cost_the_others(
 async def test_a_target_down_gets_everything_once_it_is_back(
         make_setup: MakeSetup, aiohttp_server: Any) -> None:
     port = free_port()
-    target = Target()
+    target = FakeTarget()
     setup = await make_setup({"late": target},
                              urls={"late": f"http://127.0.0.1:{port}/xAPI/statements"},
                              late={"max_retries": 1})
@@ -297,7 +254,7 @@ async def test_a_target_down_gets_everything_once_it_is_back(
 async def test_backlog_cap_dead_letters_with_a_reason(
         make_setup: MakeSetup, caplog: pytest.LogCaptureFixture) -> None:
     port = free_port()
-    setup = await make_setup({"capped": Target()},
+    setup = await make_setup({"capped": FakeTarget()},
                              urls={"capped": f"http://127.0.0.1:{port}/xAPI/statements"},
                              capped={"backlog_limit": 2, "max_retries": 100})
     await post(setup, [statement(n) for n in range(5)])
@@ -318,7 +275,7 @@ async def test_a_slow_target_does_not_slow_the_client(make_setup: MakeSetup) -> 
         await asyncio.sleep(0.8)
         return None
 
-    setup = await make_setup({"slow": Target(slow), "fast": Target()},
+    setup = await make_setup({"slow": FakeTarget(slow), "fast": FakeTarget()},
                              slow={"timeout": 5})
     started = time.monotonic()
     for n in range(10):
@@ -329,7 +286,7 @@ async def test_a_slow_target_does_not_slow_the_client(make_setup: MakeSetup) -> 
 
 
 async def test_status_needs_admin(make_setup: MakeSetup) -> None:
-    setup = await make_setup({"t": Target()})
+    setup = await make_setup({"t": FakeTarget()})
     response = await setup.client.get("/admin/forwarding", headers=basic("lms", "lms-pw"))
     assert response.status == 403
 
@@ -339,12 +296,13 @@ async def test_replay_from_the_cli_requeues_dead_letters(make_setup: MakeSetup) 
         return web.json_response({"error": "not today"}, status=400) if reject_all else None
 
     reject_all = True
-    target = Target(reject)
+    target = FakeTarget(reject)
     setup = await make_setup({"t": target})
     ids = await post(setup, statement(1)) + await post(setup, statement(2))
-    await eventually(lambda: len(target.requests) >= 2)
-    await asyncio.sleep(0.2)
-    assert (await status(setup))["t"]["dead_letters"] == 2
+    async def dead_lettered() -> bool:
+        return bool((await status(setup))["t"]["dead_letters"] == 2)
+
+    await eventually(dead_lettered, what="both statements dead-lettered")
     reject_all = False
     config = str(setup.tmp_path / "config.yaml")
     out = await asyncio.to_thread(subprocess.run, [
@@ -366,7 +324,8 @@ async def test_forwarding_metrics(make_setup: MakeSetup) -> None:
     async def fail(request: web.Request, batch: list[Any]) -> web.StreamResponse | None:
         return web.Response(status=503)
 
-    setup = await make_setup({"ok": Target(), "down": Target(fail)}, down={"max_retries": 1})
+    setup = await make_setup({"ok": FakeTarget(), "down": FakeTarget(fail)},
+                             down={"max_retries": 1})
     await post(setup, [statement(1), statement(2)])
     forwarder = setup.client.app[FORWARDER]
 
@@ -393,7 +352,7 @@ async def test_forwarding_metrics(make_setup: MakeSetup) -> None:
 
 
 async def test_a_2_0_statement_never_reaches_a_1_0_target(make_setup: MakeSetup) -> None:
-    setup = await make_setup({"old": Target(), "new": Target()},
+    setup = await make_setup({"old": FakeTarget(), "new": FakeTarget()},
                              new={"xapi_version": "2.0.0"})
     headers = {**basic("lms", "lms-pw"), "X-Experience-API-Version": "2.0.0"}
     response = await setup.client.post("/xAPI/statements", json=statement(1), headers=headers)
