@@ -16,9 +16,7 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections import Counter
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,10 +25,11 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
-from realparts.process import free_port
-from support import FakeLRS, basic, credential, write_config
+from support import FakeLRS, FakeTarget, basic, credential, eventually, free_port, write_config
 
 from gateway.app import create_app
+from gateway.clock import ManualClock
+from gateway.forwarding.failures import FailureLog
 from gateway.forwarding.forwarder import OUTBOX_FILE
 from gateway.forwarding.store import OutboxStore
 from gateway.keys import FORWARDER
@@ -40,30 +39,6 @@ USERS = [credential("admin", "admin-pw", ["all", "admin"]),
          credential("lms", "lms-pw", ["statements/write"])]
 BACKOFF_CAP = 0.2  # seconds between probes of a down target
 WENT_DOWN, CAME_BACK = "target down after", "target is back after"
-
-
-@dataclass
-class ScriptedTarget:
-    """A target LRS that answers `refusal` (503 unless told) while `down`, else stores."""
-
-    down: bool = False
-    refusal: int = 503
-    received: Counter[str] = field(default_factory=Counter)  # ids delivered (200), how often
-    batches: list[tuple[float, list[str]]] = field(default_factory=list)  # sent while down
-
-    async def handle(self, request: web.Request) -> web.StreamResponse:
-        batch = json.loads(await request.read())
-        ids = [statement["id"] for statement in batch]
-        if self.down:
-            self.batches.append((time.monotonic(), ids))
-            return web.json_response({"error": "unavailable"}, status=self.refusal)
-        self.received.update(ids)
-        return web.json_response(ids)
-
-    def app(self) -> web.Application:
-        app = web.Application()
-        app.router.add_post("/xAPI/statements", self.handle)
-        return app
 
 
 def target_entry(url: str, **extra: Any) -> dict[str, Any]:
@@ -86,13 +61,6 @@ def make_gateway(tmp_path: Path, aiohttp_server: Any, aiohttp_client: Any) -> Ma
         return client
 
     return make
-
-
-async def eventually(check: Callable[[], bool], within: float = 8.0) -> None:
-    deadline = time.monotonic() + within
-    while not check():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.02)
 
 
 def statement(n: int) -> dict[str, Any]:
@@ -135,7 +103,7 @@ async def test_a_down_target_keeps_backlog_and_lag_then_gets_each_statement_once
         make_gateway: MakeGateway, aiohttp_server: Any,
         caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="gateway.forwarding")
-    target = ScriptedTarget(down=True)
+    target = FakeTarget(down=True)
     server: TestServer = await aiohttp_server(target.app())
     client = await make_gateway(str(server.make_url("/xAPI/statements")))
     forwarder = client.app[FORWARDER]
@@ -144,9 +112,10 @@ async def test_a_down_target_keeps_backlog_and_lag_then_gets_each_statement_once
     for first in range(0, 20, 5):
         ids += await post(client, [statement(n) for n in range(first, first + 5)])
 
-    await eventually(lambda: not worker.up)
-    probes_from = len(target.batches)
-    await eventually(lambda: len(target.batches) >= probes_from + 3)  # slow probes go on
+    await eventually(lambda: not worker.up, within=8)
+    probes_from = len(target.refused)
+    # The slow probes go on.
+    await eventually(lambda: len(target.refused) >= probes_from + 3, within=8)
     figures = await status(client)
     assert (figures["state"], figures["up"]) == ("down", False)
     assert figures["backlog"] == 20
@@ -155,7 +124,7 @@ async def test_a_down_target_keeps_backlog_and_lag_then_gets_each_statement_once
     assert figures["down_since"] <= time.time()
     lag = figures["oldest_age"]
     await eventually(lambda: forwarder.snapshot["t"].backlog == 20
-                     and not forwarder.snapshot["t"].up)
+                     and not forwarder.snapshot["t"].up, within=8)
     samples = await metrics(client)
     assert samples["lrs_gateway_forwarding_target_up"] == 0
     assert samples["lrs_gateway_forwarding_backlog"] == 20
@@ -163,13 +132,13 @@ async def test_a_down_target_keeps_backlog_and_lag_then_gets_each_statement_once
     assert samples["lrs_gateway_forwarding_dead_letters"] == 0
     assert samples["lrs_gateway_forwarding_dead_lettered_total"] == 0
     # Down, it is probed with the oldest batch only, every backoff_cap.
-    probes = target.batches[probes_from:]
+    probes = target.refused[probes_from:]
     assert all(batch == ids[:5] for _, batch in probes)
     gaps = [b[0] - a[0] for a, b in itertools.pairwise(probes)]
     assert min(gaps) >= BACKOFF_CAP * 0.9, gaps
 
     target.down = False
-    await eventually(lambda: set(target.received) == set(ids))
+    await eventually(lambda: set(target.received) == set(ids), within=8)
     assert worker.up
     assert set(target.received.values()) == {1}  # each statement once
     figures = await status(client)
@@ -193,17 +162,17 @@ async def test_a_down_target_keeps_backlog_and_lag_then_gets_each_statement_once
 
 async def test_a_target_refusing_the_gateways_credential_is_down_not_dead_letters(
         make_gateway: MakeGateway, aiohttp_server: Any) -> None:
-    target = ScriptedTarget(down=True, refusal=401)
+    target = FakeTarget(down=True, refusal=401)
     server: TestServer = await aiohttp_server(target.app())
     client = await make_gateway(str(server.make_url("/xAPI/statements")))
     ids = await post(client, [statement(n) for n in range(3)])
-    await eventually(lambda: not client.app[FORWARDER].workers[0].up)
+    await eventually(lambda: not client.app[FORWARDER].workers[0].up, within=8)
     figures = await status(client)
     assert figures["backlog"] == 3
     assert figures["dead_letters"] == 0  # not split and refused one by one
     assert "refuses the gateway's credential" in figures["last_error"]
     target.down = False  # the operator fixed the target's credential
-    await eventually(lambda: set(target.received) == set(ids))
+    await eventually(lambda: set(target.received) == set(ids), within=8)
 
 
 async def test_a_target_down_before_a_restart_is_still_down_and_comes_back_once(
@@ -213,7 +182,7 @@ async def test_a_target_down_before_a_restart_is_still_down_and_comes_back_once(
     url = f"http://127.0.0.1:{port}/xAPI/statements"  # nothing listens there yet
     client = await make_gateway(url)
     ids = await post(client, [statement(n) for n in range(3)])
-    await eventually(lambda: not client.app[FORWARDER].workers[0].up)
+    await eventually(lambda: not client.app[FORWARDER].workers[0].up, within=8)
     await client.close()
     assert len(lines(caplog, WENT_DOWN)) == 1
 
@@ -226,12 +195,12 @@ async def test_a_target_down_before_a_restart_is_still_down_and_comes_back_once(
     assert (shown["state"], shown["up"], shown["backlog"]) == ("down", False, 3)
 
     caplog.clear()
-    target = ScriptedTarget()
+    target = FakeTarget()
     server = TestServer(target.app(), port=port)
     await server.start_server()
     try:
         client = await make_gateway(url)
-        await eventually(lambda: set(target.received) == set(ids))
+        await eventually(lambda: set(target.received) == set(ids), within=8)
         assert client.app[FORWARDER].workers[0].up
         assert lines(caplog, WENT_DOWN) == []  # no new outage: the old one ended
         assert len(lines(caplog, CAME_BACK)) == 1
@@ -302,21 +271,26 @@ def test_the_outbox_migration_puts_transient_dead_letters_back_in_the_backlog(
 async def test_a_gateway_started_on_an_old_outbox_delivers_its_transient_dead_letters(
         make_gateway: MakeGateway, aiohttp_server: Any, tmp_path: Path) -> None:
     ids = old_outbox(tmp_path / "data" / OUTBOX_FILE)
-    target = ScriptedTarget()
+    target = FakeTarget()
     server: TestServer = await aiohttp_server(target.app())
     client = await make_gateway(str(server.make_url("/xAPI/statements")))
     owed = {i for i, kind in ids.items() if kind != "permanent"}
-    await eventually(lambda: set(target.received) == owed)
+    await eventually(lambda: set(target.received) == owed, within=8)
     figures = await status(client)
     assert (figures["backlog"], figures["dead_letters"]) == (0, 1)  # the permanent one waits
 
 
 def test_a_failing_background_loop_logs_once_a_minute_with_a_count(
         caplog: pytest.LogCaptureFixture) -> None:
-    from gateway.forwarding.failures import FailureLog
-
-    failing = FailureLog(logging.getLogger("gateway.forwarding.test"), "forwarding to t")
+    clock = ManualClock()
+    failing = FailureLog(logging.getLogger("gateway.forwarding.test"), "forwarding to t",
+                         clock=clock)
     for _ in range(50):
         failing.failed(sqlite3.OperationalError("disk I/O error"))
+    clock.advance(59)
+    failing.failed(sqlite3.OperationalError("disk I/O error"))  # within the minute: counted
+    clock.advance(1)
+    failing.failed(sqlite3.OperationalError("disk I/O error"))
     assert [r.getMessage() for r in caplog.records] == [
-        "forwarding to t failed (1 times since the last line): OperationalError: disk I/O error"]
+        "forwarding to t failed (1 times since the last line): OperationalError: disk I/O error",
+        "forwarding to t failed (51 times since the last line): OperationalError: disk I/O error"]
