@@ -18,6 +18,7 @@ from prometheus_client import CollectorRegistry
 from support import XAPI, FakeLRS, basic, credential, write_config
 
 from gateway.app import create_app
+from gateway.clock import SYSTEM_CLOCK, Clock, ManualClock
 
 Client = TestClient[web.Request, web.Application]
 SECRET = "a-token-signing-secret-of-32-bytes-or-more"
@@ -50,7 +51,8 @@ MakeGateway = Callable[..., Awaitable[tuple[Client, CallbackService]]]
 
 @pytest.fixture
 def make_gateway(tmp_path: Path, aiohttp_server: Any, aiohttp_client: Any) -> MakeGateway:
-    async def make(backends: list[str], **auth: Any) -> tuple[Client, CallbackService]:
+    async def make(backends: list[str], clock: Clock = SYSTEM_CLOCK,
+                   **auth: Any) -> tuple[Client, CallbackService]:
         service = CallbackService()
         callback_app = web.Application()
         callback_app.router.add_post("/verify", service.handle)
@@ -69,14 +71,16 @@ def make_gateway(tmp_path: Path, aiohttp_server: Any, aiohttp_client: Any) -> Ma
                  credential("plain", "plain-pw", ["all"])]
         config = write_config(tmp_path, str(storage.make_url("/xAPI/")), users,
                               {"auth": settings})
-        client: Client = await aiohttp_client(create_app(config, registry=CollectorRegistry()))
+        client: Client = await aiohttp_client(create_app(config, registry=CollectorRegistry(),
+                                                         clock=clock))
         return client, service
 
     return make
 
 
 async def test_callback_verifies_maps_permissions_and_caches(make_gateway: MakeGateway) -> None:
-    client, service = await make_gateway(["callback"])
+    clock = ManualClock()
+    client, service = await make_gateway(["callback"], clock=clock)
     service.answers["ro"] = {"verified": True, "permission": "READONLY", "password": "pw"}
     service.answers["nobody"] = {"verified": True, "permission": "NONE", "password": "pw"}
     response = await client.get("/whoami", headers=basic("ro", "pw"))
@@ -97,7 +101,7 @@ async def test_callback_verifies_maps_permissions_and_caches(make_gateway: MakeG
     for _ in range(3):
         assert (await client.get("/whoami", headers=basic("ro", "bad"))).status == 401
     calls = len(service.calls)
-    await asyncio.sleep(0.35)
+    clock.advance(0.3)
     assert (await client.get("/whoami", headers=basic("ro", "bad"))).status == 401
     assert len(service.calls) == calls + 1
 

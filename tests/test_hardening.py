@@ -16,7 +16,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client import CollectorRegistry
-from support import XAPI, FakeLRS, basic, credential, write_config
+from support import XAPI, FakeLRS, basic, credential, eventually, write_config
 
 from gateway.app import create_app
 from gateway.keys import PASSWORDS, TOKEN_SIGNER
@@ -194,19 +194,26 @@ async def test_upstream_stack_traces_stay_in_the_log(
 
 async def test_storage_saturation_is_a_clean_503(tmp_path: Path, aiohttp_server: Any,
                                                  aiohttp_client: Any) -> None:
-    async def slow(request: web.Request, body: bytes) -> web.StreamResponse:
-        # The gateway's own calls (readiness probe, about) answer at once.
+    release = asyncio.Event()
+
+    async def held(request: web.Request, body: bytes) -> web.StreamResponse:
+        # The gateway's own calls (readiness probe, about) answer at once; the clients'
+        # requests hold both connections until the test has seen the others refused.
         if (not request.path.endswith("/about")
                 and request.headers.get("X-Request-ID") != PROBE_REQUEST_ID):
-            await asyncio.sleep(1.0)
+            await release.wait()
         return web.json_response({"statements": [], "more": ""})
 
-    client = await gateway(tmp_path, aiohttp_server, aiohttp_client, script=slow,
+    client = await gateway(tmp_path, aiohttp_server, aiohttp_client, script=held,
                            storage={"max_connections": 2},
                            limits={"upstream_queue_timeout": 0.2})
-    answers = await asyncio.gather(*(client.get("/xAPI/statements",
-                                                headers=basic("alice", "alice-pw"))
-                                     for _ in range(5)))
+    requests = [asyncio.ensure_future(client.get("/xAPI/statements",
+                                                 headers=basic("alice", "alice-pw")))
+                for _ in range(5)]
+    await eventually(lambda: sum(r.done() for r in requests) == 3, within=5,
+                     what="three requests refused")
+    release.set()
+    answers = await asyncio.gather(*requests)
     assert sorted(r.status for r in answers) == [200, 200, 503, 503, 503]
 
 
@@ -241,8 +248,7 @@ async def test_slow_and_idle_connections_do_not_hold_the_server(
     writer.write(b"GET /__lbheartbeat__ HTTP/1.1\r\nHost: x\r\n\r\n")
     await writer.drain()
     await reader.readuntil(b"\r\n\r\n")
-    await asyncio.sleep(1.0)
-    rest = await asyncio.wait_for(reader.read(), timeout=2)  # EOF: the server closed it
+    rest = await asyncio.wait_for(reader.read(), timeout=3)  # EOF: the server closed it
     assert rest.endswith(b"}") or rest == b""
     writer.close()
 
