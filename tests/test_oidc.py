@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
 import base64
+import contextlib
 import hashlib
 import hmac
 import json
@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from prometheus_client import CollectorRegistry
 from realparts.oidc import OidcProvider
 from realparts.ralph import RalphServer
-from support import XAPI, FakeLRS, basic, credential, write_config
+from support import XAPI, FakeLRS, basic, credential, eventually, write_config
 
 from gateway.agents import agent_identity
 from gateway.app import create_app
@@ -48,10 +48,13 @@ async def gateway_for(aiohttp_client: Any, tmp_path: Path, storage_url: str, iss
         extra["storage"] = storage_auth
     config = write_config(tmp_path, storage_url, [ADMIN], extra)
     client: Client = await aiohttp_client(create_app(config, registry=CollectorRegistry()))
-    for _ in range(100):  # discovery runs in the background at start
-        if (await client.get("/__heartbeat__")).status == 200:
-            break
-        await asyncio.sleep(0.05)
+
+    async def discovered() -> bool:  # discovery runs in the background at start
+        return (await client.get("/__heartbeat__")).status == 200
+
+    # A gateway that never becomes ready is left for the test itself to report.
+    with contextlib.suppress(AssertionError):
+        await eventually(discovered, within=5)
     return client
 
 
@@ -143,7 +146,11 @@ async def test_expired_real_token_is_401(with_fake_lrs: Client,
                                          oidc_provider: OidcProvider) -> None:
     token = await oidc_provider.token("short-lived", "lrs:all")
     assert (await with_fake_lrs.get("/whoami", headers=bearer(token))).status == 200
-    await asyncio.sleep(2.1)
+
+    async def refused() -> bool:  # the token lives 2 s (PyJWT checks exp on the real clock)
+        return (await with_fake_lrs.get("/whoami", headers=bearer(token))).status == 401
+
+    await eventually(refused, within=5, what="the expired token refused")
     response = await with_fake_lrs.get("/whoami", headers=bearer(token))
     assert response.status == 401
     assert "expired" in (await response.json())["message"]
