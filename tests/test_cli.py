@@ -30,7 +30,7 @@ import pytest
 import yaml
 from aiohttp import web
 from pytest_aiohttp import AiohttpServer
-from support import FakeLRS, basic, credential, wait_until_serving, write_config
+from support import FakeLRS, basic, credential, free_port, wait_until_serving, write_config
 
 from gateway import __version__
 from gateway.auth.credentials import parse_credentials
@@ -468,12 +468,6 @@ def test_check_config_hides_a_password_that_yaml_reads_as_a_number(tmp_path: Pat
 
 # -- serve --------------------------------------------------------------------------------------
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 async def refuses_connections(port: int) -> bool:

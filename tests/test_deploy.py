@@ -27,6 +27,7 @@ from urllib.parse import urlsplit
 import bcrypt
 import pytest
 import yaml
+from support import free_port
 
 from gateway.auth.credentials import parse_credentials
 from gateway.config import Config, ServerConfig, load_config
@@ -635,14 +636,6 @@ def test_healthcheck_commands_pass_on_200_and_fail_otherwise(health_server: str)
         assert run_healthcheck(program, f"{health_server}/down") != 0
         closed = f"http://127.0.0.1:{free_port()}/ok"
         assert run_healthcheck(program, closed) != 0
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return cast(int, sock.getsockname()[1])
 
 
 # ---------------------------------------------------------------------------------------

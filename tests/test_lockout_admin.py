@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import sys
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
@@ -17,18 +16,12 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from support import basic, credential, wait_until_serving, write_config
+from support import basic, credential, free_port, wait_until_serving, write_config
 
 RUN_TIMEOUT = 30.0
 ATTACKER = "203.0.113.7"
 ADMIN_ENV = {"LRS_GATEWAY_ADMIN_USER": "admin", "LRS_GATEWAY_ADMIN_PASSWORD": "admin-pw"}
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def clean_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:

@@ -14,7 +14,6 @@ import json
 import logging
 import os
 import signal
-import socket
 import sys
 import time
 from pathlib import Path
@@ -22,7 +21,7 @@ from typing import Any
 
 import pytest
 from aiohttp.http_exceptions import BadHttpMessage
-from support import credential, wait_until_serving, write_config
+from support import credential, free_port, wait_until_serving, write_config
 
 from gateway.logs import (
     BatchingStreamHandler,
@@ -52,12 +51,6 @@ MALFORMED = {
                 + b"A" * 9000 + b"\r\nConnection: close\r\n\r\n",
 }
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def assert_no_credential(text: str) -> None:

@@ -20,7 +20,6 @@ import json
 import logging
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -38,7 +37,7 @@ import yaml
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client import CollectorRegistry
-from support import XAPI, FakeLRS, basic, wait_until_serving, write_config
+from support import XAPI, FakeLRS, basic, free_port, wait_until_serving, write_config
 
 from gateway.app import create_app
 from gateway.keys import CONFIG, FORWARDER
@@ -148,12 +147,6 @@ class Seen:
         assert not leaks, f"{len(leaks)} leaks:\n\n" + "\n\n".join(leaks[:10])
         assert self.pieces
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def hashed(username: str, password: str, scopes: list[str]) -> dict[str, Any]:
