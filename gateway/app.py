@@ -11,6 +11,7 @@ from pathlib import Path
 import aiohttp
 from aiohttp import web
 from prometheus_client import CollectorRegistry
+from prometheus_client.registry import Collector
 
 from gateway import service
 from gateway.alternate import alternate_syntax_middleware
@@ -25,8 +26,8 @@ from gateway.auth.tokens import TokenBackend, TokenSigner
 from gateway.clock import SYSTEM_CLOCK, Clock
 from gateway.config import Config
 from gateway.cors import CorsPolicy, add_cors_headers, cors_middleware
-from gateway.forwarding.forwarder import Forwarder
-from gateway.forwarding.metrics import ForwardingCollector
+from gateway.forwarding.forwarder import OUTBOX_FILE, Forwarder
+from gateway.forwarding.metrics import ForwardingCollector, OutboxesCollector
 from gateway.guard import Guard
 from gateway.keys import (
     AUTHENTICATOR,
@@ -45,7 +46,13 @@ from gateway.keys import (
     VERSIONS,
     WORKER,
 )
-from gateway.metrics import AuthCollector, Metrics, metrics_middleware
+from gateway.metrics import (
+    Cumulative,
+    Metrics,
+    auth_figures,
+    metrics_middleware,
+    multiprocess_ready,
+)
 from gateway.middlewares import (
     auth_middleware,
     error_middleware,
@@ -58,7 +65,7 @@ from gateway.requestids import RequestIds
 from gateway.routes import XAPI_PREFIX, setup_routes
 from gateway.storage_about import StorageAbout, storage_about_loop
 from gateway.upstream import Upstream
-from gateway.workers import WorkerRole, serve_siblings
+from gateway.workers import WorkerRole, outbox_dirs, serve_siblings, shared_data_dir
 from gateway.xapiversion import VERSION_HEADER, VersionPolicy
 
 CONSISTENT_THROUGH = "X-Experience-API-Consistent-Through"
@@ -128,10 +135,12 @@ async def _authentication(app: web.Application) -> AsyncIterator[None]:
         if store is not None:
             store.on_change(authenticator.forget_tokens)
         app[AUTHENTICATOR] = authenticator
-        collector = AuthCollector(backends)
-        app[METRICS].registry.register(collector)
+        figures = auth_figures(app[METRICS], backends)
+        for cumulative in figures:
+            app[METRICS].add_cumulative(cumulative)
         yield
-        app[METRICS].registry.unregister(collector)
+        for cumulative in figures:
+            app[METRICS].remove_cumulative(cumulative)
         for task in background:
             task.cancel()
         await asyncio.gather(*background, return_exceptions=True)
@@ -148,11 +157,25 @@ async def _forwarding(app: web.Application) -> AsyncIterator[None]:
                           clock=app[CLOCK])
     await forwarder.start()
     app[FORWARDER] = forwarder
-    collector = ForwardingCollector(forwarder)
-    app[METRICS].registry.register(collector)
+    metrics = app[METRICS]
+    failed: Cumulative | None = None
+    if metrics.shared and WORKER in app:
+        # Every worker's outbox: durable totals that add up, whichever worker answers.
+        root = shared_data_dir(config.resolve_path(config.data_dir), app[WORKER])
+        collector: Collector = OutboxesCollector(
+            lambda: [d / OUTBOX_FILE for d in outbox_dirs(root)],
+            [t.label for t in config.forwardings])
+        failed = Cumulative(metrics.forwarding_failed(),
+                            lambda: {(n,): c for n, c in forwarder.failed().items()})
+        metrics.add_cumulative(failed)
+    else:
+        collector = ForwardingCollector(forwarder)
+    metrics.add_collector(collector)
     yield
-    app[METRICS].registry.unregister(collector)
+    metrics.remove_collector(collector)
     await forwarder.stop()
+    if failed is not None:
+        metrics.remove_cumulative(failed)
 
 
 async def _metrics_site(app: web.Application) -> AsyncIterator[None]:
@@ -193,17 +216,39 @@ async def _stamp_response(request: web.Request, response: web.StreamResponse) ->
             timespec="milliseconds").replace("+00:00", "Z")
 
 
+async def _publishing(app: web.Application) -> AsyncIterator[None]:
+    """Several workers: this one's cumulative figures published every second."""
+    metrics = app[METRICS]
+    task = asyncio.create_task(metrics.publishing(), name="metrics-publishing")
+    yield
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    metrics.publish()  # a worker stopping cleanly loses nothing
+
+
 async def _sibling_socket(app: web.Application) -> AsyncIterator[None]:
-    """Answer the other workers' scrapes with this worker's own figures."""
+    """Answer the other workers: forwarding status and commands (lift a lockout)."""
     sibling_app = web.Application()
     sibling_app[CONFIG] = app[CONFIG]
     sibling_app[METRICS] = app[METRICS]
     if FORWARDER in app:
         sibling_app[FORWARDER] = app[FORWARDER]
-    sibling_app.router.add_get("/metrics", service.own_metrics)
     sibling_app.router.add_get("/forwarding", service.own_forwarding_status)
     async for _ in serve_siblings(app[WORKER], sibling_app):
         yield
+
+
+def _metrics(registry: CollectorRegistry, worker: WorkerRole | None) -> Metrics:
+    """One process's metrics, or (`serve --workers N`) every worker's through shared files."""
+    if worker is None or worker.count < 2:
+        return Metrics(registry)
+    if not multiprocess_ready(worker.metrics_dir):
+        # Started by hand, not by the supervisor (which sets the directory before the
+        # interpreter imports prometheus-client): this worker's own figures only.
+        log.warning("worker %d: no shared metrics directory (PROMETHEUS_MULTIPROC_DIR from "
+                    "`serve --workers N`); /metrics shows this worker only", worker.index)
+        return Metrics(registry)
+    return Metrics(registry, shared_dir=worker.metrics_dir, workers=worker.count)
 
 
 def create_app(config: Config, *, registry: CollectorRegistry | None = None,
@@ -214,7 +259,7 @@ def create_app(config: Config, *, registry: CollectorRegistry | None = None,
     `worker`: this process's place among several workers (`serve --workers N`, N > 1).
     `clock`: the time caches, limits and forwarding read (tests pass a ManualClock).
     """
-    metrics = Metrics(registry if registry is not None else CollectorRegistry())
+    metrics = _metrics(registry if registry is not None else CollectorRegistry(), worker)
     app = web.Application(
         middlewares=[
             request_id_middleware,  # outermost: it logs the answer the client really got
@@ -255,6 +300,8 @@ def create_app(config: Config, *, registry: CollectorRegistry | None = None,
     app.cleanup_ctx.append(readiness_loop)
     if WORKER in app:
         app.cleanup_ctx.append(_sibling_socket)
+    if metrics.shared:
+        app.cleanup_ctx.append(_publishing)
     app.on_response_prepare.append(_stamp_response)
     if config.server.cors.enabled:
         app[CORS] = CorsPolicy(config.server.cors)

@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
-from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
 from gateway.bodies import read_limited
 from gateway.errors import BadRequest, Forbidden, WorkersUnavailable
@@ -26,19 +25,19 @@ from gateway.keys import (
     VERSIONS,
     WORKER,
 )
-from gateway.metricsmerge import merge_expositions
 from gateway.readiness import check_readiness
 from gateway.statements import parse_json_body
 from gateway.workers import (
     Command,
     merged_status,
     retired_status,
+    shared_data_dir,
     sibling_command,
     sibling_documents,
 )
 
 __all__ = ["about", "forwarding_status", "heartbeat", "lbheartbeat", "lift_own_lockout",
-           "lockout_clear", "metrics", "own_forwarding_status", "own_metrics", "whoami"]
+           "lockout_clear", "metrics", "own_forwarding_status", "whoami"]
 
 log = logging.getLogger(__name__)
 
@@ -87,33 +86,17 @@ async def about(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
-    """Prometheus exposition of the app's registry (scope-restricted when configured)."""
+    """Prometheus exposition (scope-restricted when configured).
+
+    With several workers, every worker's figures, whichever answers (gateway.metrics).
+    """
     scope = request.app[CONFIG].metrics.scope
     if scope is not None:
         principal = await request.app[AUTHENTICATOR].authenticate(
             request.headers.get("Authorization"))
         if scope not in principal.scopes:
             raise Forbidden(f"the metrics need the {scope} scope")
-    role = request.app.get(WORKER)
-    if role is None:
-        return request.app[METRICS].exposition()
-    own = generate_latest(request.app[METRICS].registry).decode()
-    others, missing = await sibling_documents(role, "/metrics")
-    if missing:
-        # A sum without some workers would make every counter seem to drop (and rate()
-        # spike): better a failed scrape, which Prometheus shows as such.
-        raise WorkersUnavailable(f"{missing} of {role.count} workers did not answer (one "
-                                 "may be restarting); scrape again")
-    workers = ("# HELP lrs_gateway_workers Worker processes serving the gateway\n"
-               "# TYPE lrs_gateway_workers gauge\n"
-               f"lrs_gateway_workers {role.count}\n")
-    body = merge_expositions([own, *(o.decode() for o in others), workers])
-    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
-
-
-async def own_metrics(request: web.Request) -> web.Response:
-    """The answering worker's own figures, for the one adding them up (workers' socket)."""
-    return request.app[METRICS].exposition()
+    return await request.app[METRICS].exposition()
 
 
 async def _own_forwarding(app: web.Application) -> dict[str, Any]:
@@ -139,8 +122,8 @@ async def forwarding_status(request: web.Request) -> web.Response:
     # as `lrs-gateway forwarding status` counts it.
     config = request.app[CONFIG]
     data_dir = config.resolve_path(config.data_dir)
-    if role is not None and role.index > 0:
-        data_dir = data_dir.parent  # worker i keeps data_dir/worker-i
+    if role is not None:
+        data_dir = shared_data_dir(data_dir, role)
     retired = await asyncio.to_thread(_retired, data_dir, 1 if role is None else role.count,
                                       [t.label for t in config.forwardings])
     if role is None:

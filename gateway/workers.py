@@ -4,10 +4,14 @@
 SO_REUSEPORT (the kernel spreads connections over them). Workers share nothing while
 serving: each has its own outbox (worker 0 the configured `data_dir`, worker i
 `data_dir/worker-i`), so each forwards what it accepted, durably, as a single process
-would. A scrape of /metrics (or of the forwarding status), answered by any worker, adds
-up every worker's figures, fetched over a Unix socket per worker in a private directory;
-what every worker must do at once (lift a lockout) is asked of each over the same sockets.
-The supervisor restarts a worker that dies and stops all of them on SIGTERM/SIGINT.
+would. Metrics live in prometheus-client's multiprocess files, in a directory the
+supervisor makes fresh and names to each worker (PROMETHEUS_MULTIPROC_DIR) before it
+starts: a scrape answered by any worker reads every worker's files, the dead ones' counters
+included, and every outbox (gateway.metrics). The forwarding status, answered by any
+worker, adds up every worker's, fetched over a Unix socket per worker in a private
+directory; what every worker must do at once (lift a lockout) is asked of each over the
+same sockets. The supervisor restarts a worker that dies and stops all of them on
+SIGTERM/SIGINT.
 """
 
 from __future__ import annotations
@@ -29,17 +33,19 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
+from prometheus_client.multiprocess import mark_process_dead
 
 from gateway.forwarding.forwarder import OUTBOX_FILE
 from gateway.forwarding.store import OutboxStore
 
 __all__ = ["SiblingCommands", "WorkerRole", "merged_status", "outbox_dirs", "retire_outboxes",
-           "retired_status", "sibling_command", "sibling_documents", "supervise",
-           "worker_data_dir"]
+           "retired_status", "shared_data_dir", "sibling_command", "sibling_documents",
+           "supervise", "worker_data_dir"]
 
 log = logging.getLogger(__name__)
 
-SIBLING_TIMEOUT = 2.0  # seconds a scrape waits for another worker's figures
+SIBLING_TIMEOUT = 2.0  # seconds a status request waits for another worker's figures
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"  # read by prometheus-client when first imported
 RESTART_DELAYS = (0.5, 1.0, 2.0, 5.0, 10.0)  # after a worker dies, by consecutive deaths
 QUICK_DEATH = 10.0  # a worker dying sooner than this after its start counts as failing
 MAX_QUICK_DEATHS = 5  # consecutive quick deaths of one worker before the supervisor gives up
@@ -82,6 +88,11 @@ class WorkerRole:
         return self.run_dir / f"worker-{index}.sock"
 
     @property
+    def metrics_dir(self) -> Path:
+        """Where every worker keeps its metric values (prometheus-client multiprocess files)."""
+        return metrics_dir(self.run_dir)
+
+    @property
     def siblings(self) -> list[int]:
         """The other workers' indexes."""
         return [i for i in range(self.count) if i != self.index]
@@ -90,6 +101,16 @@ class WorkerRole:
 def worker_data_dir(data_dir: str, index: int) -> str:
     """Worker 0 keeps the configured data_dir (so a single process's outbox carries over)."""
     return data_dir if index == 0 else str(Path(data_dir) / f"worker-{index}")
+
+
+def metrics_dir(run_dir: Path) -> Path:
+    """The workers' shared metrics directory in the supervisor's run directory."""
+    return run_dir / "metrics"
+
+
+def shared_data_dir(data_dir: Path, role: WorkerRole) -> Path:
+    """The configured data_dir, from the one this worker keeps its outbox in."""
+    return data_dir.parent if role.index > 0 else data_dir  # worker i: data_dir/worker-i
 
 
 def outbox_dirs(data_dir: Path) -> list[Path]:
@@ -244,13 +265,26 @@ class _Supervisor:
         self._started: dict[int, float] = {}
         self._quick_deaths: dict[int, int] = {}
         self._stopping = False
+        self._metrics_dir = metrics_dir(run_dir)
+        self._metrics_dir.mkdir()  # fresh with the run dir: totals start at 0 with the run
 
     def _start(self, index: int) -> None:
         command = [*self._command, "--worker", f"{index}/{self._count}",
                    "--run-dir", str(self._run_dir), "--supervisor", str(os.getpid())]
+        # A new interpreter: prometheus-client picks its file-backed values at import.
+        env = {**os.environ, MULTIPROC_ENV: str(self._metrics_dir)}
         # Our own interpreter and arguments, nothing from outside.
-        self._children[index] = subprocess.Popen(command, stdin=subprocess.DEVNULL)  # noqa: S603
+        self._children[index] = subprocess.Popen(  # noqa: S603
+            command, stdin=subprocess.DEVNULL, env=env)
         self._started[index] = time.monotonic()
+
+    def _buried(self, child: subprocess.Popen[bytes]) -> None:
+        """A dead worker's live gauges (in flight, ready) go; its counters stay in the sum."""
+        try:
+            path = str(self._metrics_dir)
+            mark_process_dead(child.pid, path)  # type: ignore[no-untyped-call]
+        except OSError as exc:
+            log.error("worker pid %d: removing its live gauge files failed: %s", child.pid, exc)
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         self._stopping = True
@@ -277,6 +311,7 @@ class _Supervisor:
                 status = child.poll()
                 if status is None or index in restart_at:
                     continue
+                self._buried(child)
                 lived = now - self._started[index]
                 deaths = self._quick_deaths.get(index, 0) + 1 if lived < QUICK_DEATH else 1
                 self._quick_deaths[index] = deaths

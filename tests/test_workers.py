@@ -16,8 +16,6 @@ from typing import Any
 
 import aiohttp
 import pytest
-from prometheus_client import CollectorRegistry, Counter, Gauge
-from prometheus_client.exposition import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from pytest_aiohttp import AiohttpServer
 from support import FakeLRS, basic, credential, wait_until_serving, write_config
@@ -25,7 +23,6 @@ from support import FakeLRS, basic, credential, wait_until_serving, write_config
 from gateway import __version__
 from gateway.forwarding.forwarder import OUTBOX_FILE
 from gateway.forwarding.store import OutboxStore
-from gateway.metricsmerge import merge_expositions
 from gateway.workers import merged_status, worker_command
 
 RUN_TIMEOUT = 30.0
@@ -207,29 +204,6 @@ def test_fewer_workers_than_an_outbox_needs_is_refused(tmp_path: Path) -> None:
 # -- the parts -------------------------------------------------------------------------------
 
 
-def exposition(requests: int, lag: float, ready: int) -> str:
-    registry = CollectorRegistry()
-    Counter("lrs_gateway_requests", "HTTP requests answered", ["route"],
-            registry=registry).labels("statements").inc(requests)
-    Gauge("lrs_gateway_forwarding_lag_seconds", "lag", registry=registry).set(lag)
-    Gauge("lrs_gateway_ready", "ready", registry=registry).set(ready)
-    Gauge("lrs_gateway_requests_in_flight", "in flight", registry=registry).set(requests)
-    return generate_latest(registry).decode()
-
-
-def test_merging_adds_counters_and_gauges_but_not_lag_or_readiness() -> None:
-    one, two = exposition(3, 1.5, 1), exposition(4, 0.25, 0)
-    assert merge_expositions([one]).decode() == one  # one worker: unchanged
-    merged = samples(merge_expositions([one, two]).decode())
-    statements = (("route", "statements"),)
-    assert merged[("lrs_gateway_requests_total", statements)] == 7
-    assert merged[("lrs_gateway_requests_in_flight", ())] == 7
-    assert merged[("lrs_gateway_forwarding_lag_seconds", ())] == 1.5
-    assert merged[("lrs_gateway_ready", ())] == 0
-    created = [samples(t)[("lrs_gateway_requests_created", statements)] for t in (one, two)]
-    assert merged[("lrs_gateway_requests_created", statements)] == min(created)
-
-
 def test_forwarding_status_of_workers_adds_up() -> None:
     def target(backlog: int, age: float | None, down: tuple[float, str] | None = None,
                ) -> dict[str, Any]:
@@ -256,20 +230,6 @@ def test_forwarding_status_of_workers_adds_up() -> None:
     assert figures["up"] is False  # not a sum of booleans
     assert (figures["down_since"], figures["last_error"]) == (100.0, "HTTP 503")
     assert figures["backlog"] == 7
-
-
-def test_a_target_is_up_in_the_metrics_only_if_up_in_every_worker() -> None:
-    def exposition_up(up: int) -> str:
-        registry = CollectorRegistry()
-        Gauge("lrs_gateway_forwarding_target_up", "up", ["target"],
-              registry=registry).labels("t").set(up)
-        return generate_latest(registry).decode()
-
-    merged = samples(merge_expositions([exposition_up(1), exposition_up(0),
-                                        exposition_up(1)]).decode())
-    assert merged[("lrs_gateway_forwarding_target_up", (("target", "t"),))] == 0
-    merged = samples(merge_expositions([exposition_up(1), exposition_up(1)]).decode())
-    assert merged[("lrs_gateway_forwarding_target_up", (("target", "t"),))] == 1
 
 
 async def test_the_cli_and_the_admin_status_agree_after_fewer_workers(tmp_path: Path) -> None:
@@ -339,3 +299,129 @@ def test_a_worker_whose_supervisor_is_gone_stops(tmp_path: Path) -> None:
     assert "the supervisor" in result.stderr
     assert "is gone; stopping" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+# -- metrics that stay right across a worker's restart ---------------------------------------
+
+
+def monotonic_figures(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Counter and histogram samples of a scrape: what must never go down."""
+    figures = {}
+    for family in text_string_to_metric_families(text):
+        if family.type not in ("counter", "histogram"):
+            continue
+        for s in family.samples:
+            if not s.name.endswith("_created"):
+                figures[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return figures
+
+
+async def test_counters_never_go_down_when_a_worker_is_killed_under_load(
+        tmp_path: Path, aiohttp_server: AiohttpServer) -> None:
+    storage_lrs, target_lrs = FakeLRS(), FakeLRS()
+    storage = await aiohttp_server(storage_lrs.app())
+    target = await aiohttp_server(target_lrs.app())
+    port = free_port()
+    write_config(tmp_path, str(storage.make_url("/xAPI/")), [ADMIN], {
+        "server": {"port": port, "shutdown_timeout": 5},
+        "data_dir": "data",
+        "forwardings": [{"name": "t", "url": str(target.make_url("/xAPI/statements")),
+                         "is_active": True, "max_retries": 3, "timeout": 5}]})
+    log_file = (tmp_path / "gateway.log").open("wb")
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "gateway", "--config", str(tmp_path / "config.yaml"), "serve",
+        "--workers", "2", cwd=tmp_path, env=gateway_env(), stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.DEVNULL, stderr=log_file)  # a pipe would fill up
+    base = f"http://127.0.0.1:{port}"
+    auth = basic("admin", "admin-pw")
+    answered, lost, total = 0, 0, 300
+    to_t = (("target", "t"),)
+    scrapes: list[tuple[int, str]] = []  # (status, body) of every scrape answered
+    loading = True
+    a_third_answered = asyncio.Event()
+    try:
+        await wait_until_serving(proc, f"{base}/__lbheartbeat__", RUN_TIMEOUT)
+        workers = children_of(proc.pid)
+        assert len(workers) == 2
+        connector = aiohttp.TCPConnector(force_close=True)  # spread over both workers
+        async with aiohttp.ClientSession(connector=connector) as session:
+
+            async def client(first: int) -> None:
+                nonlocal answered, lost
+                for n in range(first, total, 4):
+                    statement = {"actor": {"mbox": f"mailto:l{n}@example.org"},
+                                 "verb": {"id": "http://adlnet.gov/expapi/verbs/completed"},
+                                 "object": {"id": "http://example.org/course"}}
+                    try:
+                        async with session.post(f"{base}/xAPI/statements", json=statement,
+                                                headers=auth) as response:
+                            assert response.status == 200, await response.text()
+                            answered += 1
+                            if answered == total // 3:
+                                a_third_answered.set()
+                    except aiohttp.ClientConnectionError:
+                        lost += 1  # sent to the worker being killed: it may have counted it
+
+            async def scraper() -> None:
+                while loading:
+                    try:
+                        async with session.get(f"{base}/metrics") as response:
+                            scrapes.append((response.status, await response.text()))
+                    except aiohttp.ClientConnectionError:
+                        pass  # the killed worker's connection, not an answer
+                    await asyncio.sleep(0.02)
+
+            async def killer() -> None:
+                await a_third_answered.wait()
+                os.kill(min(workers), signal.SIGKILL)
+
+            scraping = asyncio.create_task(scraper())
+            await asyncio.gather(*(client(i) for i in range(4)), killer())
+
+            async def replaced() -> bool:
+                now = children_of(proc.pid)
+                return len(now) == 2 and min(workers) not in now
+
+            await wait_for(replaced)
+            await asyncio.sleep(1.5)  # scrapes across the new worker's start
+            loading = False
+            await scraping
+            sent = answered + lost
+
+            async def forwarded() -> bool:  # a lost request may have reached storage
+                async with session.get(f"{base}/metrics") as response:
+                    scrapes.append((response.status, await response.text()))
+                figures = samples(scrapes[-1][1])
+                return (figures.get(("lrs_gateway_forwarding_backlog", to_t)) == 0
+                        and figures.get(("lrs_gateway_forwarding_delivered_total", to_t),
+                                        0) >= answered)
+
+            await wait_for(forwarded)
+    finally:
+        if proc.returncode is None:
+            proc.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(proc.wait(), RUN_TIMEOUT)
+        log_file.close()
+    logs = (tmp_path / "gateway.log").read_text()
+    assert "Traceback" not in logs
+    assert [status for status, _ in scrapes if status != 200] == []
+    assert len(scrapes) > 20
+    previous = monotonic_figures(scrapes[0][1])
+    for n, (_, body) in enumerate(scrapes[1:], 1):
+        now = monotonic_figures(body)
+        dropped = {key: (value, now.get(key)) for key, value in previous.items()
+                   if now.get(key, 0.0) < value}
+        assert not dropped, f"scrape {n} of {len(scrapes)}: {dropped}"
+        previous = now
+    final = samples(scrapes[-1][1])
+    posts = (("method", "POST"), ("route", "xapi.statements"), ("status_class", "2xx"))
+    assert answered <= final[("lrs_gateway_requests_total", posts)] <= sent
+    counted = final[("lrs_gateway_request_duration_seconds_count",
+                     (("method", "POST"), ("route", "xapi.statements")))]
+    assert answered <= counted <= sent
+    assert answered <= final[("lrs_gateway_statements_accepted_total", ())] <= sent
+    assert answered <= final[("lrs_gateway_forwarding_delivered_total", to_t)] <= sent
+    metrics_route = (("method", "GET"), ("route", "metrics"), ("status_class", "2xx"))
+    # Each scrape is counted once answered: the last one is not in its own figures.
+    assert len(scrapes) - 1 <= final[("lrs_gateway_requests_total", metrics_route)]
+    assert final[("lrs_gateway_workers", ())] == 2

@@ -1,19 +1,61 @@
-"""Forwarding figures for Prometheus, read from the forwarder's snapshot at scrape time."""
+"""Forwarding figures for Prometheus: from the forwarder's snapshot, or from every outbox.
+
+One process reads its forwarder's snapshot. Several workers each forward from an outbox of
+their own; their scrapes read every outbox file instead, whose per-target counters are
+durable, so the totals are the whole gateway's and never go down when a worker restarts.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import logging
+import sqlite3
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from gateway.forwarding.failures import FailureLog
 from gateway.forwarding.forwarder import Forwarder
 
-__all__ = ["ForwardingCollector"]
+__all__ = ["ForwardingCollector", "OutboxesCollector"]
+
+log = logging.getLogger(__name__)
+
+_Families = dict[str, GaugeMetricFamily | CounterMetricFamily]
+
+
+def _families() -> _Families:
+    return {
+        "up": GaugeMetricFamily(
+            "lrs_gateway_forwarding_target_up",
+            "1 while a target answers, 0 once retries are exhausted (it is probed slowly)",
+            labels=["target"]),
+        "backlog": GaugeMetricFamily(
+            "lrs_gateway_forwarding_backlog", "Statements waiting for a target",
+            labels=["target"]),
+        "lag": GaugeMetricFamily(
+            "lrs_gateway_forwarding_lag_seconds",
+            "Age of the oldest statement a target has not received", labels=["target"]),
+        "dead": GaugeMetricFamily(
+            "lrs_gateway_forwarding_dead_letters",
+            "Statements in a target's dead letters (refused for a permanent reason)",
+            labels=["target"]),
+        "delivered": CounterMetricFamily(
+            "lrs_gateway_forwarding_delivered", "Statements delivered", labels=["target"]),
+        "retried": CounterMetricFamily(
+            "lrs_gateway_forwarding_retried", "Statement deliveries retried",
+            labels=["target"]),
+        "dead_total": CounterMetricFamily(
+            "lrs_gateway_forwarding_dead_lettered",
+            "Statements ever dead-lettered (permanent reasons only)", labels=["target"]),
+    }
 
 
 class ForwardingCollector(Collector):
-    """Up/down, backlog, lag and totals per target; no database work during a scrape."""
+    """One process: up/down, backlog, lag and totals per target; no database work."""
 
     def __init__(self, forwarder: Forwarder) -> None:
         self._forwarder = forwarder
@@ -23,33 +65,10 @@ class ForwardingCollector(Collector):
         snapshot = self._forwarder.snapshot
         backlog = self._forwarder.outbox.backlog
         failed = self._forwarder.failed()
-        families: dict[str, GaugeMetricFamily | CounterMetricFamily] = {
-            "up": GaugeMetricFamily(
-                "lrs_gateway_forwarding_target_up",
-                "1 while a target answers, 0 once retries are exhausted (it is probed slowly)",
-                labels=["target"]),
-            "backlog": GaugeMetricFamily(
-                "lrs_gateway_forwarding_backlog", "Statements waiting for a target",
-                labels=["target"]),
-            "lag": GaugeMetricFamily(
-                "lrs_gateway_forwarding_lag_seconds",
-                "Age of the oldest statement a target has not received", labels=["target"]),
-            "dead": GaugeMetricFamily(
-                "lrs_gateway_forwarding_dead_letters",
-                "Statements in a target's dead letters (refused for a permanent reason)",
-                labels=["target"]),
-            "delivered": CounterMetricFamily(
-                "lrs_gateway_forwarding_delivered", "Statements delivered", labels=["target"]),
-            "retried": CounterMetricFamily(
-                "lrs_gateway_forwarding_retried", "Statement deliveries retried",
-                labels=["target"]),
-            "dead_total": CounterMetricFamily(
-                "lrs_gateway_forwarding_dead_lettered",
-                "Statements ever dead-lettered (permanent reasons only)", labels=["target"]),
-            "failed": CounterMetricFamily(
-                "lrs_gateway_forwarding_failed",
-                "Sends to a target that failed (since start)", labels=["target"]),
-        }
+        families = _families()
+        families["failed"] = CounterMetricFamily(
+            "lrs_gateway_forwarding_failed",
+            "Sends to a target that failed (since start)", labels=["target"])
         # The workers know now; the snapshot (2 s old at most) knows targets without one.
         up = {name: stats.up for name, stats in snapshot.items()} | self._forwarder.target_up()
         for name, value in up.items():
@@ -63,4 +82,89 @@ class ForwardingCollector(Collector):
             families["dead_total"].add_metric([name], stats.dead_lettered_total)
         for name, count in failed.items():
             families["failed"].add_metric([name], count)
+        yield from families.values()
+
+
+@dataclass
+class _Outbox:
+    """What one outbox file says, per target."""
+
+    down: set[str] = field(default_factory=set)
+    backlog: dict[str, int] = field(default_factory=dict)
+    oldest: dict[str, float] = field(default_factory=dict)  # Unix time of the oldest owed
+    dead: dict[str, int] = field(default_factory=dict)
+    counters: dict[tuple[str, str], int] = field(default_factory=dict)
+
+    def targets(self) -> set[str]:
+        """Every target this file knows of."""
+        return (self.down | self.backlog.keys() | self.dead.keys()
+                | {target for target, _ in self.counters})
+
+
+def _read_outbox(path: Path) -> _Outbox:
+    """One outbox's figures in one read transaction (never creates or changes the file)."""
+    conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=rw", uri=True, timeout=5.0,
+                           isolation_level=None)
+    try:
+        conn.execute("BEGIN")  # one snapshot of the file
+        found = _Outbox(
+            down={t for (t,) in conn.execute("SELECT target FROM target_states WHERE up = 0")},
+            backlog=dict(conn.execute(
+                "SELECT target, COUNT(*) FROM deliveries GROUP BY target")),
+            dead=dict(conn.execute("SELECT target, COUNT(*) FROM dead_letters GROUP BY target")),
+            counters={(t, n): v for t, n, v in conn.execute(
+                "SELECT target, name, value FROM counters")})
+        for target in found.backlog:
+            row = conn.execute(
+                "SELECT s.created FROM deliveries d JOIN statements s ON s.seq = d.seq "
+                "WHERE d.target = ? ORDER BY d.seq LIMIT 1", (target,)).fetchone()
+            if row is not None:
+                found.oldest[target] = row[0]
+        conn.execute("COMMIT")
+        return found
+    finally:
+        conn.close()
+
+
+class OutboxesCollector(Collector):
+    """Several workers: every outbox file read at scrape time (call it off the event loop).
+
+    Counts add up, the lag is the largest, a target is up only if no outbox has it down.
+    """
+
+    def __init__(self, outboxes: Callable[[], Sequence[Path]], names: Sequence[str]) -> None:
+        self._outboxes = outboxes  # every outbox file there may be, now
+        self._names = list(names)  # configured targets: shown first, even with no figures
+        self._last: dict[Path, _Outbox] = {}
+        self._failing = FailureLog(log, "metrics: reading an outbox")
+
+    def _read(self, path: Path) -> _Outbox | None:
+        try:
+            self._last[path] = _read_outbox(path)
+        except sqlite3.Error as exc:
+            # Its last figures (never more than now), not a drop; a file a worker is
+            # making right now (no tables yet) holds nothing to count.
+            if "no such table" not in str(exc):
+                self._failing.failed(exc)
+        return self._last.get(path)
+
+    def collect(self) -> Iterator[Metric]:
+        """Yield the families (labels: target name only)."""
+        outboxes = [o for o in (self._read(p) for p in self._outboxes() if p.exists())
+                    if o is not None]
+        names = [*self._names, *sorted({t for o in outboxes for t in o.targets()}
+                                       - set(self._names))]
+        families = _families()
+        now = time.time()
+        for name in names:
+            oldest = [o.oldest[name] for o in outboxes if name in o.oldest]
+            families["up"].add_metric([name], 0.0 if any(name in o.down for o in outboxes)
+                                      else 1.0)
+            families["backlog"].add_metric([name], sum(o.backlog.get(name, 0) for o in outboxes))
+            families["lag"].add_metric([name], max(0.0, now - min(oldest)) if oldest else 0.0)
+            families["dead"].add_metric([name], sum(o.dead.get(name, 0) for o in outboxes))
+            for family, counter in (("delivered", "delivered"), ("retried", "retries"),
+                                    ("dead_total", "dead_letters")):
+                families[family].add_metric(
+                    [name], sum(o.counters.get((name, counter), 0) for o in outboxes))
         yield from families.values()
