@@ -39,7 +39,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client import CollectorRegistry
 from realparts.process import free_port
 from realparts.ralph import RalphServer
-from support import XAPI, FakeLRS, basic, credential, write_config
+from support import XAPI, FakeLRS, basic, credential, eventually, write_config
 
 from gateway.agents import agent_identity
 from gateway.app import create_app
@@ -665,13 +665,6 @@ async def pending_count(client: Client) -> int:
     forwarder = client.app[FORWARDER]
     count: int = await forwarder.outbox.call(lambda s: len(s.pending(time.time() + 3600)))
     return count
-
-
-async def eventually(check: Callable[[], Awaitable[bool]], within: float, what: str) -> None:
-    deadline_check = deadline_loop(within, what)
-    while not await check():
-        deadline_check()
-        await asyncio.sleep(0.05)
 
 
 async def test_resolver_forwards_what_storage_kept_and_never_what_it_did_not(
