@@ -243,6 +243,8 @@ async def test_a_target_down_gets_everything_once_it_is_back(
     await server.start_server()
     try:
         await eventually(lambda: set(target.stored) == set(ids), within=8)
+        # The target stores a batch before its answer reaches the gateway: then it is acked.
+        await eventually(lambda: worker.behind == 0 and worker.up)
         figures = await status(setup)
         assert figures["late"]["dead_letters"] == 0
         assert figures["late"]["backlog"] == 0
