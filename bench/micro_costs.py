@@ -23,8 +23,8 @@ sys.path.append(str(Path(__file__).resolve().parent.parent))  # for gateway
 
 from multidict import CIMultiDict, CIMultiDictProxy
 from prometheus_client import CollectorRegistry
+from workload import AGENT, BATCH_SIZE, statement
 
-from bench import AGENT, BATCH_SIZE, statement
 from gateway.metrics import Metrics
 from gateway.statements import prepare_post
 from gateway.upstream import request_headers, response_headers
