@@ -153,8 +153,9 @@ async def _forwarding(app: web.Application) -> AsyncIterator[None]:
     if not any(target.is_active for target in config.forwardings):
         yield
         return
+    versions = app[VERSIONS]
     forwarder = Forwarder(config, app[STORAGE], observe=app[METRICS].upstream,
-                          clock=app[CLOCK])
+                          clock=app[CLOCK], storage_version=lambda: versions.default)
     await forwarder.start()
     app[FORWARDER] = forwarder
     metrics = app[METRICS]

@@ -8,7 +8,13 @@ from email.utils import format_datetime
 
 import pytest
 
-from gateway.forwarding.policy import DeliveryPolicy, Kind, Verdict, parse_retry_after
+from gateway.forwarding.policy import (
+    MAX_RETRY_AFTER,
+    DeliveryPolicy,
+    Kind,
+    Verdict,
+    parse_retry_after,
+)
 
 POLICY = DeliveryPolicy(max_retries=3, backoff_base=0.5, backoff_cap=60.0, timeout=2.0)
 NOW = 1_700_000_000.0
@@ -107,3 +113,9 @@ def test_a_down_target_is_probed_every_backoff_cap(failures: int, was_up: bool,
                                                    going_down: bool, down: bool) -> None:
     pace = POLICY.pace(failures, was_up=was_up, retry_after=retry_after, rng=random.Random(0))
     assert (pace.delay, pace.going_down, pace.down) == (delay, going_down, down)
+
+
+@pytest.mark.parametrize("value", ["inf", "1e12", "Fri, 31 Dec 9999 23:59:59 GMT", "nan"])
+def test_a_retry_after_never_stalls_a_target_for_good(value: str) -> None:
+    seconds = parse_retry_after(value, 1_000_000.0)
+    assert seconds is None or seconds <= MAX_RETRY_AFTER

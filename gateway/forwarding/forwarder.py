@@ -6,7 +6,7 @@ import asyncio
 import json
 import logging
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from typing import Any
 
@@ -32,8 +32,12 @@ class Forwarder:
 
     def __init__(self, config: Config, storage: Upstream, *,
                  observe: Observe | None = None, clock: Clock = SYSTEM_CLOCK,
-                 rng: random.Random | None = None) -> None:
+                 rng: random.Random | None = None,
+                 storage_version: Callable[[], str] | None = None) -> None:
         self._config = config
+        # The version to ask storage in: one it speaks (the served list, narrowed to
+        # storage's own), else a 1.0.3-only LRS would refuse every question.
+        self._storage_version = storage_version or (lambda: config.xapi.versions[0])
         self._clock = clock
         self._rng = rng if rng is not None else random.Random()  # the workers' jitter
         self._observe = observe
@@ -112,7 +116,7 @@ class Forwarder:
 
     async def _in_storage(self, statement_id: str) -> bool | None:
         """Whether storage holds the statement; None when it cannot tell now."""
-        headers = {"X-Experience-API-Version": self._config.xapi.versions[0]}
+        headers = {"X-Experience-API-Version": self._storage_version()}
         try:
             async with self._storage.request("GET", "statements",
                                              raw_query=f"statementId={statement_id}",
@@ -126,7 +130,9 @@ class Forwarder:
             return None
         if isinstance(data, dict) and "statements" in data:  # Ralph answers with a result
             return bool(data["statements"])
-        return isinstance(data, dict) and data.get("id") == statement_id
+        found = data.get("id") if isinstance(data, dict) else None
+        # UUIDs compare without regard to case: an LRS may store them lower-cased.
+        return isinstance(found, str) and found.lower() == statement_id.lower()
 
     async def resolve_once(self) -> int:
         """Settle writes left pending by a crash or a lost answer; how many were settled."""

@@ -8,13 +8,17 @@ statements stay in its backlog and it is probed every `backoff_cap`.
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Mapping
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from enum import StrEnum
 
-__all__ = ["TARGET_REFUSED", "DeliveryPolicy", "Kind", "Pace", "Verdict", "parse_retry_after"]
+__all__ = [
+    "MAX_RETRY_AFTER", "TARGET_REFUSED", "DeliveryPolicy", "Kind", "Pace", "Verdict",
+    "parse_retry_after",
+]
 
 # Answers about the target, not a statement: its credential, URL or method is wrong. Splitting
 # would dead-letter every statement one by one; the target is rather down until it is fixed.
@@ -49,18 +53,28 @@ class Pace:
     down: bool  # down after this failure (just now or before)
 
 
+# A target's Retry-After is honoured up to an hour: "inf" or a date in the year 9999 must
+# not stop a target's deliveries and probes until the gateway restarts.
+MAX_RETRY_AFTER = 3600.0
+
+
 def parse_retry_after(value: str | None, now: float) -> float | None:
-    """Seconds from a Retry-After header (delta-seconds or an HTTP date), at wall time `now`."""
+    """Seconds from a Retry-After header (delta-seconds or an HTTP date), at wall time `now`.
+
+    At most MAX_RETRY_AFTER; None for anything else (NaN included).
+    """
     if not value:
         return None
     try:
-        return max(0.0, float(value))
+        seconds = float(value)
     except ValueError:
-        pass
-    try:
-        return max(0.0, parsedate_to_datetime(value).timestamp() - now)
-    except (TypeError, ValueError):
+        try:
+            seconds = parsedate_to_datetime(value).timestamp() - now
+        except (TypeError, ValueError, OverflowError):
+            return None
+    if math.isnan(seconds):
         return None
+    return min(max(0.0, seconds), MAX_RETRY_AFTER)
 
 
 @dataclass(frozen=True, slots=True)
