@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 import ipaddress
+import logging
 import secrets
 
 from aiohttp import web
@@ -15,6 +16,8 @@ from gateway.config import LockoutConfig, RateLimitConfig
 from gateway.errors import TooManyRequests
 from gateway.secret import keyed_digest
 from gateway.throttle import FailureLockout, TokenBuckets, client_address
+
+log = logging.getLogger(__name__)
 
 __all__ = ["Guard", "lockout_key"]
 
@@ -46,6 +49,7 @@ class Guard:
                                            rate_limit.per_principal_burst,
                                            rate_limit.max_tracked, clock=clock)
         self._lockout_on = lockout.enabled
+        self._lockout_config = lockout
         self.lockout = FailureLockout(lockout.max_failures, lockout.window, lockout.block,
                                       lockout.max_tracked, clock=clock)
         # Credentials that just succeeded (by keyed digest): they pass a locked address, so
@@ -104,9 +108,16 @@ class Guard:
             raise TooManyRequests("too many failed logins; try again later", retry_after=wait)
 
     def login_failed(self, keys: tuple[str, ...]) -> None:
-        """Count a failed login against its username and address."""
+        """Count a failed login against its username and address; log a lockout once."""
         for key in keys:
-            self.lockout.failed(key)
+            if self.lockout.failed(key):
+                kind, _, who = key.partition(":")
+                # One line per lockout (not per refused guess); never the password.
+                log.warning("lockout: %s %r blocked for %g s after %d failed logins within "
+                            "%g s (lrs-gateway lockout clear lifts it)",
+                            "username" if kind == "user" else "address", who,
+                            self._lockout_config.block, self._lockout_config.max_failures,
+                            self._lockout_config.window)
 
     def lift_lockout(self, key: str) -> bool:
         """Lift a lockout (key from `lockout_key`) at once; whether one was in force."""

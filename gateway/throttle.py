@@ -87,19 +87,26 @@ class FailureLockout:
             return 0.0
         return max(0.0, state[2] - self._monotonic())
 
-    def failed(self, key: str) -> None:
-        """Count a failure; block the key when it reaches the limit."""
+    def failed(self, key: str) -> bool:
+        """Count a failure; block the key at the limit (True: a lockout begins now).
+
+        Guesses already in flight when a key is blocked still fail and extend the block,
+        but do not begin another lockout.
+        """
         now = self._monotonic()
         count, start, until = self._state.get(key, (0, now, 0.0))
+        was_blocked = until > now
         if now - start > self._window:
             count, start = 0, now
         count += 1
-        if count >= self._max_failures:
+        blocked = count >= self._max_failures
+        if blocked:
             until, count, start = now + self._block, 0, now
         self._state[key] = (count, start, until)
         self._state.move_to_end(key)
         if len(self._state) > self._max_keys:
             self._state.popitem(last=False)
+        return blocked and not was_blocked
 
     def succeeded(self, key: str) -> None:
         """A success forgets the key's failures."""

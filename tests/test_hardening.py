@@ -89,7 +89,9 @@ async def test_rate_limit_per_address_and_per_caller(tmp_path: Path, aiohttp_ser
 
 
 async def test_ten_thousand_wrong_passwords(tmp_path: Path, aiohttp_server: Any,
-                                            aiohttp_client: Any) -> None:
+                                            aiohttp_client: Any,
+                                            caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="gateway.guard")
     client = await gateway(tmp_path, aiohttp_server, aiohttp_client,
                            rate_limit={"enabled": False, "trusted_proxies": ["127.0.0.1/32"]},
                            lockout={"max_failures": 10, "block": 60, "tarpit": 0})
@@ -113,6 +115,12 @@ async def test_ten_thousand_wrong_passwords(tmp_path: Path, aiohttp_server: Any,
     assert checker.checks - before <= 110
     assert statuses.get(429, 0) >= 9_890
     assert statuses.get(200, 0) == 0
+    # The operator reads one line per lockout: the username's and the address's.
+    lockouts = [r.getMessage() for r in caplog.records if "lockout:" in r.getMessage()]
+    assert len(lockouts) == 2, lockouts
+    assert any("username 'alice'" in line for line in lockouts)
+    assert any("address '6.6.6.6'" in line for line in lockouts)
+    assert not any("guess-" in line for line in caplog.text.splitlines())
     # bob, from elsewhere and cached, is unaffected; alice from elsewhere is locked (by name)
     response = await client.get("/whoami", headers=from_ip("9.9.9.9", basic("bob", "bob-pw")))
     assert response.status == 200
