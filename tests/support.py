@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 import bcrypt
 import yaml
+import yarl
 from aiohttp import web
 
 from gateway.config import Config, load_config
@@ -180,8 +181,14 @@ class FakeTarget:
 
 
 async def wait_until_serving(proc: asyncio.subprocess.Process, url: str,
-                             within: float = 30.0) -> None:
-    """Wait until a gateway subprocess answers 200 at `url` (fail if it exits first)."""
+                             within: float = 30.0, *, listeners: int = 1) -> None:
+    """Wait until a gateway subprocess answers 200 at `url` (fail if it exits first).
+
+    `listeners`: with `serve --workers N`, also wait until N sockets listen on the port:
+    the first worker answers while the others may still be starting, and requests made
+    before they listen all go to it.
+    """
+    port = yarl.URL(url).port
     connector = aiohttp.TCPConnector(force_close=True)
     async with aiohttp.ClientSession(connector=connector) as session:
         deadline = time.monotonic() + within
@@ -189,10 +196,25 @@ async def wait_until_serving(proc: asyncio.subprocess.Process, url: str,
             assert proc.returncode is None, "the gateway exited before serving"
             with contextlib.suppress(aiohttp.ClientConnectionError):
                 async with session.get(url) as response:
-                    if response.status == 200:
+                    if response.status == 200 and (
+                            port is None or listening_sockets(port) >= listeners):
                         return
             await asyncio.sleep(0.05)
     raise AssertionError(f"the gateway did not answer {url} in time")
+
+
+def listening_sockets(port: int) -> int:
+    """How many TCP sockets listen on `port` (Linux: /proc/net/tcp and tcp6)."""
+    count = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError), open(table, encoding="ascii") as lines:
+            next(lines, None)
+            for line in lines:
+                fields = line.split()
+                if (len(fields) > 3 and fields[3] == "0A"
+                        and int(fields[1].rpartition(":")[2], 16) == port):
+                    count += 1
+    return count
 
 
 def learning_locker_config(ll: LearningLockerServer, directory: Path,

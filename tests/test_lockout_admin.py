@@ -74,7 +74,8 @@ async def gateway(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterat
         stderr=asyncio.subprocess.PIPE)
     base = f"http://127.0.0.1:{port}"
     try:
-        await wait_until_serving(proc, f"{base}/__lbheartbeat__", RUN_TIMEOUT)
+        await wait_until_serving(proc, f"{base}/__lbheartbeat__", RUN_TIMEOUT,
+                                 listeners=request.param)
         yield Gateway(base, tmp_path / "config.yaml")
     finally:
         if proc.returncode is None:

@@ -97,7 +97,7 @@ async def test_two_workers_share_the_port_and_add_up(
     auth = basic("admin", "admin-pw")
     sent = 40
     try:
-        await wait_until_serving(proc, f"{base}/__lbheartbeat__", RUN_TIMEOUT)
+        await wait_until_serving(proc, f"{base}/__lbheartbeat__", RUN_TIMEOUT, listeners=2)
         # A new connection per request: the kernel spreads connections over the workers.
         connector = aiohttp.TCPConnector(force_close=True)
         async with aiohttp.ClientSession(connector=connector) as session:
@@ -155,7 +155,7 @@ async def test_two_workers_share_the_port_and_add_up(
                 return len(now) == 2 and victim not in now
 
             await wait_for(replaced)
-            await wait_until_serving(proc, f"{base}/__lbheartbeat__", RUN_TIMEOUT)
+            await wait_until_serving(proc, f"{base}/__lbheartbeat__", RUN_TIMEOUT, listeners=2)
 
             # The dead worker's requests still count.
             async with session.get(f"{base}/metrics") as response:
@@ -340,7 +340,7 @@ async def test_counters_never_go_down_when_a_worker_is_killed_under_load(
     loading = True
     a_third_answered = asyncio.Event()
     try:
-        await wait_until_serving(proc, f"{base}/__lbheartbeat__", RUN_TIMEOUT)
+        await wait_until_serving(proc, f"{base}/__lbheartbeat__", RUN_TIMEOUT, listeners=2)
         workers = children_of(proc.pid)
         assert len(workers) == 2
         connector = aiohttp.TCPConnector(force_close=True)  # spread over both workers
