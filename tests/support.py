@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import hashlib
 import inspect
 import json
 import socket
@@ -17,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import bcrypt
+import jwt
 import yaml
 import yarl
 from aiohttp import web
@@ -223,3 +225,25 @@ def learning_locker_config(ll: LearningLockerServer, directory: Path,
     directory.mkdir(exist_ok=True)
     return write_config(directory, ll.url, users, {"storage": {
         "basic_username": ll.username, "basic_password": ll.password}, **sections})
+
+
+SIGNATURE_USAGE = "http://adlnet.gov/expapi/attachments/signature"
+
+
+def signed_body(sent: dict[str, Any], key: Any, boundary: str,
+                algorithm: str = "RS256") -> bytes:
+    """A multipart body: `sent` with a signature attachment whose JWS payload is `sent`.
+
+    `key`: an RSA private key (cryptography); `algorithm` RS256, RS384 or RS512.
+    """
+    token = jwt.encode(sent, key, algorithm=algorithm).encode()
+    sha2 = hashlib.sha256(token).hexdigest()
+    body_statement = dict(sent, attachments=[{
+        "usageType": SIGNATURE_USAGE, "display": {"en-US": "signature"},
+        "contentType": "application/octet-stream", "length": len(token), "sha2": sha2}])
+    return (f"--{boundary}\r\nContent-Type: application/json\r\n\r\n".encode()
+            + json.dumps(body_statement).encode()
+            + f"\r\n--{boundary}\r\nContent-Type: application/octet-stream\r\n"
+              f"Content-Transfer-Encoding: binary\r\nX-Experience-API-Hash: {sha2}\r\n\r\n"
+              .encode() + token + f"\r\n--{boundary}--\r\n".encode())
+

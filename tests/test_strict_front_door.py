@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import copy
-import hashlib
 import json
 import time
 import uuid
@@ -19,7 +18,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import jwt
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
@@ -27,13 +25,19 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from prometheus_client import CollectorRegistry
 from realparts.learninglocker import LearningLockerServer
 from realparts.ralph import RalphServer
-from support import basic, credential, learning_locker_config, write_config
+from support import (
+    SIGNATURE_USAGE,
+    basic,
+    credential,
+    learning_locker_config,
+    signed_body,
+    write_config,
+)
 
 from gateway.app import create_app
 
 Client = TestClient[web.Request, web.Application]
 ADMIN = credential("admin", "admin-pw", ["all", "tokens/issue"])
-SIGNATURE_USAGE = "http://adlnet.gov/expapi/attachments/signature"
 
 
 def valid() -> dict[str, Any]:
@@ -139,21 +143,6 @@ async def test_in_front_of_learning_locker_every_invalid_class_is_refused_by_the
             raise AssertionError(f"{name}: {failure}") from None
 
 
-def signed_body(sent: dict[str, Any], key: rsa.RSAPrivateKey, algorithm: str,
-                boundary: str = "sig") -> bytes:
-    """A multipart body: `sent` with a signature attachment whose JWS payload is `sent`."""
-    token = jwt.encode(sent, key, algorithm=algorithm).encode()
-    sha2 = hashlib.sha256(token).hexdigest()
-    body_statement = dict(sent, attachments=[{
-        "usageType": SIGNATURE_USAGE, "display": {"en-US": "signature"},
-        "contentType": "application/octet-stream", "length": len(token), "sha2": sha2}])
-    return (f"--{boundary}\r\nContent-Type: application/json\r\n\r\n".encode()
-            + json.dumps(body_statement).encode()
-            + f"\r\n--{boundary}\r\nContent-Type: application/octet-stream\r\n"
-              f"Content-Transfer-Encoding: binary\r\nX-Experience-API-Hash: {sha2}\r\n\r\n"
-              .encode() + token + f"\r\n--{boundary}--\r\n".encode())
-
-
 @pytest.mark.learninglocker
 async def test_learning_locker_gets_signed_statements_without_authority_verbatim(
         learning_locker: LearningLockerServer, tmp_path: Path, aiohttp_client: Any) -> None:
@@ -167,7 +156,7 @@ async def test_learning_locker_gets_signed_statements_without_authority_verbatim
         sent = valid()
         del sent["timestamp"]  # nothing the gateway would add: it must not add it
         response = await gateway.post("/xAPI/statements", data=signed_body(
-            sent, key, algorithm), headers={**auth,
+            sent, key, "sig", algorithm), headers={**auth,
                                             "Content-Type": "multipart/mixed; boundary=sig"})
         assert response.status == 200, (algorithm, await response.text())
         response = await gateway.get(f"/xAPI/statements?statementId={sent['id']}",

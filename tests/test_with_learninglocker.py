@@ -8,14 +8,13 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-import jwt
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 from cryptography.hazmat.primitives.asymmetric import rsa
 from prometheus_client import CollectorRegistry
 from realparts.learninglocker import LearningLockerServer
-from support import basic, credential, learning_locker_config
+from support import SIGNATURE_USAGE, basic, credential, learning_locker_config, signed_body
 
 from gateway.app import create_app
 from gateway.multipart import boundary_of, parse
@@ -116,23 +115,6 @@ async def test_about_and_activities(gateway: Client) -> None:
         "/xAPI/activities?activityId=http%3A%2F%2Fexample.com%2Fcourse%2Fll", headers=auth)
     assert response.status == 200
     assert (await response.json())["id"] == "http://example.com/course/ll"
-
-
-SIGNATURE_USAGE = "http://adlnet.gov/expapi/attachments/signature"
-
-
-def signed_body(sent: dict[str, Any], key: rsa.RSAPrivateKey, boundary: str) -> bytes:
-    """A multipart body: `sent` with a signature attachment whose JWS payload is `sent`."""
-    token = jwt.encode(sent, key, algorithm="RS256").encode()
-    sha2 = hashlib.sha256(token).hexdigest()
-    body_statement = dict(sent, attachments=[{
-        "usageType": SIGNATURE_USAGE, "display": {"en-US": "signature"},
-        "contentType": "application/octet-stream", "length": len(token), "sha2": sha2}])
-    return (f"--{boundary}\r\nContent-Type: application/json\r\n\r\n".encode()
-            + json.dumps(body_statement).encode()
-            + f"\r\n--{boundary}\r\nContent-Type: application/octet-stream\r\n"
-              f"Content-Transfer-Encoding: binary\r\nX-Experience-API-Hash: {sha2}\r\n\r\n"
-              .encode() + token + f"\r\n--{boundary}--\r\n".encode())
 
 
 async def test_signed_statements_verify_at_a_strict_lrs_when_passed_verbatim(
