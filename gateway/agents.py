@@ -8,6 +8,7 @@ from typing import Any
 from gateway.validation_formats import is_iri, is_mailto, is_sha1_hex
 
 __all__ = [
+    "IFI_SET",
     "AgentError",
     "agent_identity",
     "authority_includes",
@@ -17,7 +18,7 @@ __all__ = [
 ]
 
 IFI_KEYS = ("mbox", "mbox_sha1sum", "openid", "account")
-_IFI_SET = frozenset(IFI_KEYS)
+IFI_SET = _IFI_SET = frozenset(IFI_KEYS)
 # The properties xAPI defines (Data 2.4.2.1, 2.4.2.2, 2.4.2.4); with `closed`, no others.
 AGENT_KEYS = frozenset(("objectType", "name", *IFI_KEYS))
 GROUP_KEYS = AGENT_KEYS | {"member"}

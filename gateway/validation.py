@@ -11,11 +11,28 @@ xAPI-Data.md); "2.0" means IEEE 9274.1.1. What differs between the two:
 
 from __future__ import annotations
 
+import marshal
+from collections.abc import Callable
 from typing import Any
 
-from gateway.agents import IFI_KEYS, AgentError, validate_actor, validate_agent, validate_group
+from gateway.agents import (
+    ACCOUNT_KEYS,
+    AGENT_KEYS,
+    GROUP_KEYS,
+    IFI_KEYS,
+    IFI_SET,
+    AgentError,
+    validate_actor,
+    validate_agent,
+    validate_group,
+)
 from gateway.errors import BadRequest
 from gateway.validation_activity import (
+    ACTIVITY_KEYS,
+    COMPONENT_KEYS,
+    COMPONENT_LISTS,
+    DEFINITION_KEYS,
+    LISTS_BY_TYPE,
     check_activity,
     check_closed,
     check_extensions,
@@ -27,8 +44,11 @@ from gateway.validation_activity import (
 )
 from gateway.validation_formats import (
     is_duration,
+    is_iri,
     is_language_tag,
+    is_mailto,
     is_media_type,
+    is_sha1_hex,
     is_sha2_hex,
     is_statement_version,
     is_timestamp,
@@ -64,6 +84,7 @@ ATTACHMENT_KEYS = frozenset((
 ))
 ATTACHMENT_REQUIRED = ("usageType", "display", "contentType", "length", "sha2")
 OBJECT_TYPES = "Activity, Agent, Group, StatementRef, SubStatement"
+INTERACTION_ONLY_KEYS = frozenset(("correctResponsesPattern", *COMPONENT_LISTS))
 
 
 def validate_statement(statement: Any, version: str, where: str) -> None:
@@ -76,6 +97,8 @@ def validate_statement(statement: Any, version: str, where: str) -> None:
     payload still matches.
     """
     v2 = _is_v2(version)
+    if _fast_statement(statement, v2, substatement=False):
+        return
     try:
         _check_statement(statement, where, v2, substatement=False)
     except AgentError as exc:
@@ -83,6 +106,10 @@ def validate_statement(statement: Any, version: str, where: str) -> None:
 
 
 def _is_v2(version: str) -> bool:
+    if version == "1.0.3":
+        return False
+    if version == "2.0.0":
+        return True
     major_minor = version.split(".")[:2]
     if major_minor == ["2", "0"]:
         return True
@@ -326,3 +353,295 @@ def _check_attachments(value: Any, where: str) -> None:
         raise BadRequest(f"{where}: must be an array of Attachment objects")
     for index, attachment in enumerate(value):
         _check_attachment(attachment, f"{where}[{index}]")
+
+
+# ---- the fast path ------------------------------------------------------------------------
+# Nearly every statement written is valid. `_fast_statement` answers True only for a
+# statement the checks above accept, with few calls and no path strings; False means "not
+# sure", and the checks above then run and raise the exact error (or accept an uncommon
+# form the fast path leaves to them). It never raises. It checks exact JSON types (`type(x)
+# is str`), so anything unusual goes the slow way.
+
+def _fast_language_map(value: Any) -> bool:
+    if type(value) is not dict:
+        return False
+    for tag, text in value.items():
+        if type(text) is not str or not is_language_tag(tag):
+            return False
+    return True
+
+
+def _fast_extensions(value: Any) -> bool:
+    if type(value) is not dict:
+        return False
+    return all(map(is_iri, value))
+
+
+def _fast_agent(obj: Any) -> bool:
+    if type(obj) is not dict or not AGENT_KEYS.issuperset(obj):
+        return False
+    if "objectType" in obj and obj["objectType"] != "Agent":
+        return False
+    if "name" in obj and type(obj["name"]) is not str:
+        return False
+    return _fast_ifi(obj, required=True)
+
+
+def _fast_ifi(obj: dict[str, Any], *, required: bool) -> bool:
+    present = IFI_SET.intersection(obj)
+    if len(present) != 1:
+        return not present and not required
+    key = next(iter(present))
+    value = obj[key]
+    if key == "account":
+        return (type(value) is dict and ACCOUNT_KEYS.issuperset(value)
+                and is_iri(value.get("homePage")) and type(value.get("name")) is str
+                and value["name"] != "")
+    if key == "mbox":
+        return is_mailto(value)
+    if key == "openid":
+        return is_iri(value)
+    return is_sha1_hex(value)
+
+
+def _fast_group(obj: Any) -> bool:
+    if (type(obj) is not dict or obj.get("objectType") != "Group"
+            or not GROUP_KEYS.issuperset(obj)):
+        return False
+    if "name" in obj and type(obj["name"]) is not str:
+        return False
+    if not _fast_ifi(obj, required=False):
+        return False
+    if "member" not in obj:
+        return not IFI_SET.isdisjoint(obj)
+    members = obj["member"]
+    if type(members) is not list or (not members and IFI_SET.isdisjoint(obj)):
+        return False
+    return all(map(_fast_agent, members))
+
+
+def _fast_actor(obj: Any) -> bool:
+    if type(obj) is dict and obj.get("objectType") == "Group":
+        return _fast_group(obj)
+    return _fast_agent(obj)
+
+
+def _fast_components(value: Any) -> bool:
+    if type(value) is not list:
+        return False
+    seen: set[str] = set()
+    for component in value:
+        if type(component) is not dict or not COMPONENT_KEYS.issuperset(component):
+            return False
+        component_id = component.get("id")
+        if type(component_id) is not str or component_id in seen:
+            return False
+        seen.add(component_id)
+        if "description" in component and not _fast_language_map(component["description"]):
+            return False
+    return True
+
+
+def _fast_definition(definition: Any) -> bool:
+    if type(definition) is not dict or not DEFINITION_KEYS.issuperset(definition):
+        return False
+    if "name" in definition and not _fast_language_map(definition["name"]):
+        return False
+    if "description" in definition and not _fast_language_map(definition["description"]):
+        return False
+    if "type" in definition and not is_iri(definition["type"]):
+        return False
+    if "moreInfo" in definition and not is_iri(definition["moreInfo"]):
+        return False
+    if "extensions" in definition and not _fast_extensions(definition["extensions"]):
+        return False
+    if "interactionType" not in definition:
+        return INTERACTION_ONLY_KEYS.isdisjoint(definition)
+    kind = definition["interactionType"]
+    lists = LISTS_BY_TYPE.get(kind) if type(kind) is str else None
+    if lists is None:
+        return False
+    if "correctResponsesPattern" in definition:
+        patterns = definition["correctResponsesPattern"]
+        if type(patterns) is not list:
+            return False
+        for pattern in patterns:
+            if type(pattern) is not str:
+                return False
+    for key in COMPONENT_LISTS:
+        if key in definition and (key not in lists or not _fast_components(definition[key])):
+            return False
+    return True
+
+
+def _fast_activity(activity: Any) -> bool:
+    if type(activity) is not dict or not ACTIVITY_KEYS.issuperset(activity):
+        return False
+    if "objectType" in activity and activity["objectType"] != "Activity":
+        return False
+    if not is_iri(activity.get("id")):
+        return False
+    return "definition" not in activity or _fast_definition(activity["definition"])
+
+
+def _fast_context_activities(activities: Any) -> bool:
+    if type(activities) is not dict or not CONTEXT_ACTIVITY_KEYS.issuperset(activities):
+        return False
+    for entry in activities.values():
+        if type(entry) is list:
+            for activity in entry:
+                if not _fast_activity(activity):
+                    return False
+        elif not _fast_activity(entry):
+            return False
+    return True
+
+
+# Statement after statement repeats the same Activities (with their long definitions) and
+# contextActivities: a bounded memo of the valid ones spares checking them again. The key
+# is marshal's format 2, which writes exact builtin types only (a str or dict subclass, an
+# Enum, a cycle are refused: checked every time, as anything invalid is) and tells a list
+# from a tuple, True from 1, 1 from 1.0: equal keys are values the checks cannot tell apart.
+_MEMO_SIZE = 1024
+_ACTIVITY_MEMO: set[bytes] = set()
+_CONTEXT_ACTIVITIES_MEMO: set[bytes] = set()
+
+
+def _memo_check(memo: set[bytes], check: Callable[[Any], bool], value: Any) -> bool:
+    try:
+        key = marshal.dumps(value, 2)
+    except ValueError:  # unmarshallable, or nested too deep
+        return check(value)
+    if key in memo:
+        return True
+    if not check(value):
+        return False
+    if len(memo) >= _MEMO_SIZE:
+        memo.clear()
+    memo.add(key)
+    return True
+
+
+def _fast_statement_ref(ref: Any) -> bool:
+    return (type(ref) is dict and STATEMENT_REF_KEYS.issuperset(ref)
+            and ref.get("objectType") == "StatementRef" and is_uuid(ref.get("id")))
+
+
+def _fast_object(obj: Any, v2: bool, in_substatement: bool) -> bool:
+    if type(obj) is not dict:
+        return False
+    kind = obj.get("objectType", "Activity")
+    if kind == "Activity":
+        if "objectType" not in obj and not IFI_SET.isdisjoint(obj):
+            return False
+        return _memo_check(_ACTIVITY_MEMO, _fast_activity, obj)
+    if kind == "Agent":
+        return _fast_agent(obj)
+    if kind == "Group":
+        return _fast_group(obj)
+    if kind == "StatementRef":
+        return _fast_statement_ref(obj)
+    if kind == "SubStatement" and not in_substatement:
+        return _fast_statement(obj, v2, substatement=True)
+    return False
+
+
+def _fast_score(score: Any) -> bool:
+    if type(score) is not dict or not SCORE_KEYS.issuperset(score):
+        return False
+    for number in score.values():
+        kind = type(number)
+        if not (kind is int or (kind is float and number - number == 0)):
+            return False
+    if "scaled" in score and not -1 <= score["scaled"] <= 1:
+        return False
+    low, high, raw = score.get("min"), score.get("max"), score.get("raw")
+    if low is not None and high is not None and not low < high:
+        return False
+    if raw is not None and low is not None and raw < low:
+        return False
+    return not (raw is not None and high is not None and raw > high)
+
+
+def _fast_result(result: Any) -> bool:
+    if type(result) is not dict or not RESULT_KEYS.issuperset(result):
+        return False
+    if "score" in result and not _fast_score(result["score"]):
+        return False
+    if "success" in result and type(result["success"]) is not bool:
+        return False
+    if "completion" in result and type(result["completion"]) is not bool:
+        return False
+    if "response" in result and type(result["response"]) is not str:
+        return False
+    if "duration" in result and not is_duration(result["duration"]):
+        return False
+    return "extensions" not in result or _fast_extensions(result["extensions"])
+
+
+def _fast_context(context: Any, object_is_activity: bool) -> bool:
+    if type(context) is not dict or not CONTEXT_KEYS_1.issuperset(context):
+        return False  # 2.0's contextAgents and contextGroups go the slow way
+    if "registration" in context and not is_uuid(context["registration"]):
+        return False
+    if "instructor" in context and not _fast_actor(context["instructor"]):
+        return False
+    if "team" in context and not _fast_group(context["team"]):
+        return False
+    if "contextActivities" in context and not _memo_check(
+            _CONTEXT_ACTIVITIES_MEMO, _fast_context_activities, context["contextActivities"]):
+        return False
+    for key in ("revision", "platform"):
+        if key in context and (type(context[key]) is not str or not object_is_activity):
+            return False
+    if "language" in context and not is_language_tag(context["language"]):
+        return False
+    if "statement" in context and not _fast_statement_ref(context["statement"]):
+        return False
+    return "extensions" not in context or _fast_extensions(context["extensions"])
+
+
+def _fast_statement(statement: Any, v2: bool, *, substatement: bool) -> bool:
+    if type(statement) is not dict:
+        return False
+    if not (SUBSTATEMENT_KEYS if substatement else STATEMENT_KEYS).issuperset(statement):
+        return False
+    if "actor" not in statement or "verb" not in statement or "object" not in statement:
+        return False
+    if "id" in statement and not is_uuid(statement["id"]):
+        return False
+    if not _fast_actor(statement["actor"]):
+        return False
+    verb = statement["verb"]
+    if type(verb) is not dict or not VERB_KEYS.issuperset(verb):
+        return False
+    verb_id = verb.get("id")
+    if verb_id == VOIDED or not is_iri(verb_id):
+        return False  # voiding statements go the slow way
+    if "display" in verb and not _fast_language_map(verb["display"]):
+        return False
+    obj = statement["object"]
+    if not _fast_object(obj, v2, substatement):
+        return False
+    if "result" in statement and not _fast_result(statement["result"]):
+        return False
+    if "context" in statement:
+        is_activity = obj.get("objectType", "Activity") == "Activity"
+        if not _fast_context(statement["context"], is_activity):
+            return False
+    if "timestamp" in statement and not is_timestamp(statement["timestamp"], zone_required=v2):
+        return False
+    if "stored" in statement and not is_timestamp(statement["stored"], zone_required=v2):
+        return False
+    if "authority" in statement:
+        authority = statement["authority"]
+        if not _fast_agent(authority):
+            return False  # a 3-legged-OAuth Group (1.0.x) goes the slow way
+    if "version" in statement and not is_statement_version(statement["version"], v2=v2):
+        return False
+    if "attachments" in statement:
+        try:
+            _check_attachments(statement["attachments"], "statement.attachments")
+        except BadRequest:
+            return False
+    return True

@@ -72,6 +72,14 @@ _TIMESTAMP_BASIC = re.compile(
     r"([0-9]{4})([0-9]{2})([0-9]{2})T([0-9]{2})(?:([0-9]{2})([0-9]{2})?)?(?:[.,][0-9]+)?"
     r"(Z|[+-]([0-9]{2})([0-9]{2})?)?"
 )
+# The form nearly every client sends (extended, to the second, a valid day of any year,
+# zone Z or +hh[:mm] or none): one match, no range checks. What it refuses gets the
+# full check below, which accepts all this does.
+_TIMESTAMP_COMMON = re.compile(
+    r"[0-9]{4}-(?:(?:0[1-9]|1[0-2])-(?:0[1-9]|1[0-9]|2[0-8])|(?:0[13-9]|1[0-2])-(?:29|30)"
+    r"|(?:0[13578]|1[02])-31)T(?:[01][0-9]|2[0-3]):[0-5][0-9]:(?:[0-5][0-9]|60)"
+    r"(?:[.,][0-9]+)?(Z|\+(?:[01][0-9]|2[0-3])(?::[0-5][0-9])?)?"
+)
 _LAST_DAY = dict(zip(
     ("01", "02", "03", "04", "05", "06", "07", "08", "09", "10", "11", "12"),
     ("31", "29", "31", "30", "31", "30", "31", "31", "30", "31", "30", "31"), strict=True,
@@ -168,6 +176,9 @@ def is_timestamp(value: object, *, zone_required: bool) -> bool:
     """
     if not isinstance(value, str):
         return False
+    common = _TIMESTAMP_COMMON.fullmatch(value)
+    if common is not None and (common.lastindex or not zone_required):
+        return True
     match = _TIMESTAMP_EXTENDED.fullmatch(value) or _TIMESTAMP_BASIC.fullmatch(value)
     if match is None:
         return False
@@ -186,8 +197,17 @@ def is_timestamp(value: object, *, zone_required: bool) -> bool:
 
 def is_duration(value: object) -> bool:
     """True for an ISO 8601 duration in the format of ISO 8601:2004 4.4.3.2."""
-    if not isinstance(value, str):
-        return False
+    if type(value) is str and len(value) <= _MEMO_LENGTH:
+        return _duration_memo(value)
+    return isinstance(value, str) and _is_duration(value)
+
+
+@functools.lru_cache(maxsize=_MEMO_SIZE)
+def _duration_memo(value: str) -> bool:
+    return _is_duration(value)
+
+
+def _is_duration(value: str) -> bool:
     match = _DURATION.fullmatch(value)
     if match is None:
         return False
