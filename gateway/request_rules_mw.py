@@ -43,7 +43,7 @@ async def request_rules_middleware(request: web.Request,
     if resource is None or request.method == "OPTIONS":  # a CORS preflight: not xAPI's
         return await handler(request)
     query = request.query
-    if getattr(request.app[CONFIG].xapi, "validation", "strict") == "basic":
+    if request.app[CONFIG].xapi.validation == "basic":
         # Kept even in basic mode: with a repeated parameter the gateway (read/mine, the
         # PUT id it checked) and the LRS could each act on another value.
         check_repeats(query)

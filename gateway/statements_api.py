@@ -129,7 +129,7 @@ def _write_rules(request: web.Request,
                 if attached is not None and xapi.signed_statements == "verbatim" else None)
     return {"verbatim": verbatim,
             "version": request.app[VERSIONS].answer_for(request.headers.get(VERSION_HEADER)),
-            "strict": getattr(xapi, "validation", "strict") == "strict"}
+            "strict": xapi.validation == "strict"}
 
 
 async def post_statements(request: web.Request) -> web.Response:
