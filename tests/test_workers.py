@@ -325,6 +325,9 @@ async def test_counters_never_go_down_when_a_worker_is_killed_under_load(
     write_config(tmp_path, str(storage.make_url("/xAPI/")), [ADMIN], {
         "server": {"port": port, "shutdown_timeout": 5},
         "data_dir": "data",
+        # An answer the killed worker sent before its commit queued the statement leaves a
+        # pending row: the restarted worker's resolver settles it after this many seconds.
+        "outbox": {"resolve_pending_after": 1},
         "forwardings": [{"name": "t", "url": str(target.make_url("/xAPI/statements")),
                          "is_active": True, "max_retries": 3, "timeout": 5}]})
     log_file = (tmp_path / "gateway.log").open("wb")
