@@ -25,9 +25,9 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from prometheus_client import CollectorRegistry
 from workload import AGENT, BATCH_SIZE, statement
 
-from gateway.metrics import Metrics
-from gateway.statements import prepare_post
-from gateway.upstream import request_headers, response_headers
+from gateway.http.metrics import Metrics
+from gateway.upstream.storage import request_headers, response_headers
+from gateway.xapi.statements import prepare_post
 
 
 def cost(label: str, call: Callable[[], Any], number: int = 2000) -> None:

@@ -19,8 +19,8 @@ from typing import Any
 sys.path.append(str(Path(__file__).resolve().parent.parent))  # for gateway
 
 from gateway import jsoncodec
-from gateway.statements import _check_statement
-from gateway.validation import validate_statement
+from gateway.xapi.statements import _check_statement
+from gateway.xapi.validation import validate_statement
 
 BATCH = 100
 

@@ -23,8 +23,8 @@ import yaml
 import yarl
 from aiohttp import web
 
-from gateway.config import Config, load_config
-from gateway.readiness import PROBE_REQUEST_ID
+from gateway.config.settings import Config, load_config
+from gateway.http.readiness import PROBE_REQUEST_ID
 
 if TYPE_CHECKING:
     from realparts.learninglocker import LearningLockerServer

@@ -14,7 +14,7 @@ from prometheus_client import CollectorRegistry
 from realparts.learninglocker import LearningLockerServer
 from support import FakeLRS, basic, credential, write_config
 
-from gateway.app import create_app
+from gateway.http.app import create_app
 
 Client = TestClient[web.Request, web.Application]
 WRITER = credential("writer", "writer-pw", ["statements/write", "state"])

@@ -17,9 +17,9 @@ from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 from support import FakeLRS, basic, credential, write_config
 
-from gateway.app import create_app
 from gateway.errors import BadRequest
-from gateway.multipart import Part, boundary_of, build, parse, request_boundary
+from gateway.http.app import create_app
+from gateway.xapi.multipart import Part, boundary_of, build, parse, request_boundary
 
 Client = TestClient[web.Request, web.Application]
 WRITER = credential("writer", "writer-pw", ["statements/write"])

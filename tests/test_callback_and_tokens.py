@@ -17,8 +17,8 @@ from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client import CollectorRegistry
 from support import XAPI, FakeLRS, basic, credential, write_config
 
-from gateway.app import create_app
 from gateway.clock import SYSTEM_CLOCK, Clock, ManualClock
+from gateway.http.app import create_app
 
 Client = TestClient[web.Request, web.Application]
 SECRET = "a-token-signing-secret-of-32-bytes-or-more"

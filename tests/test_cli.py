@@ -34,7 +34,7 @@ from support import FakeLRS, basic, credential, free_port, wait_until_serving, w
 
 from gateway import __version__
 from gateway.auth.credentials import parse_credentials
-from gateway.readiness import PROBE_REQUEST_ID
+from gateway.http.readiness import PROBE_REQUEST_ID
 
 RUN_TIMEOUT = 20.0  # seconds; a run that takes this long is hung, not slow
 HOMEPAGE = "https://lrs-gateway.example.org/accounts"

@@ -6,9 +6,9 @@ import asyncio
 
 import pytest
 
-from gateway.auth.ttlcache import TtlCache
 from gateway.clock import ManualClock
-from gateway.throttle import FailureLockout, TokenBuckets
+from gateway.http.abuse_limits import FailureLockout, TokenBuckets
+from gateway.ttlcache import TtlCache
 
 
 async def test_advance_wakes_the_sleepers_it_passes_in_order() -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.config import inspect_config, load_config, resolve_config_path
+from gateway.config.settings import inspect_config, load_config, resolve_config_path
 from gateway.errors import ConfigError
 from gateway.secret import Secret
 

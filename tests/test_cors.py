@@ -19,9 +19,9 @@ from prometheus_client import CollectorRegistry
 from realparts.ralph import RalphServer
 from support import XAPI, FakeLRS, Script, basic, credential, write_config
 
-from gateway.app import create_app
-from gateway.config import CorsConfig
-from gateway.cors import CorsPolicy
+from gateway.config.settings import CorsConfig
+from gateway.http.app import create_app
+from gateway.http.cors import CorsPolicy
 
 ALICE = credential("alice", "alice-pw", ["all"])
 LMS = "https://lms.example.org"

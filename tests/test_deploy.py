@@ -30,7 +30,7 @@ import yaml
 from support import free_port
 
 from gateway.auth.credentials import parse_credentials
-from gateway.config import Config, ServerConfig, load_config
+from gateway.config.settings import Config, ServerConfig, load_config
 
 REPO = Path(__file__).resolve().parents[1]
 DEPLOY = REPO / "deploy"
@@ -326,7 +326,7 @@ def dockerignored(ignore_file: Path, path: str) -> bool:
 def test_dockerignore_matching_works_like_docker(tmp_path: Path) -> None:
     ignore = tmp_path / "x.dockerignore"
     ignore.write_text("*\n!gateway/\n!deploy/docker/config.yaml\n**/__pycache__\n")
-    assert not dockerignored(ignore, "gateway/app.py")
+    assert not dockerignored(ignore, "gateway/http/app.py")
     assert dockerignored(ignore, "gateway/__pycache__/app.cpython-311.pyc")
     assert dockerignored(ignore, ".venv/bin/python")
     assert dockerignored(ignore, "deploy/docker/other.yaml")

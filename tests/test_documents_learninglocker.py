@@ -33,7 +33,7 @@ from realparts.learninglocker import LearningLockerServer
 from support import XAPI, basic, credential, learning_locker_config
 from yarl import URL
 
-from gateway.app import create_app
+from gateway.http.app import create_app
 
 pytestmark = pytest.mark.learninglocker
 Client = TestClient[web.Request, web.Application]

@@ -20,8 +20,8 @@ from multidict import CIMultiDict
 from prometheus_client import CollectorRegistry
 from support import FakeLRS, Recorded, basic, credential, write_config
 
-from gateway.app import create_app
-from gateway.upstream import is_client_asserted, request_headers
+from gateway.http.app import create_app
+from gateway.upstream.storage import is_client_asserted, request_headers
 
 ALICE = credential("alice", "alice-pw", ["all"])
 Client = TestClient[web.Request, web.Application]
@@ -90,12 +90,12 @@ STATE = ("/xAPI/activities/state?activityId=http%3A%2F%2Fexample.com%2Fcourse"
 async def send(client: Client, route: str, headers: dict[str, str]) -> None:
     """One request on `route`, through the path that route takes to storage."""
     sent = {**basic("alice", "alice-pw"), **headers}
-    if route == "statements POST":  # the lean client (Upstream.exchange)
+    if route == "statements POST":  # the lean client (StorageClient.exchange)
         response = await client.post("/xAPI/statements", json=statement(), headers=sent)
     elif route == "statements PUT":
         response = await client.put(f"/xAPI/statements?statementId={uuid.uuid4()}",
                                     json=statement(), headers=sent)
-    elif route == "statements GET":  # the session (Upstream.request), answer rewritten
+    elif route == "statements GET":  # the session (StorageClient.request), answer rewritten
         response = await client.get("/xAPI/statements", headers=sent)
     else:  # the document passthrough, streamed
         response = await client.put(STATE, data=json.dumps({"at": 1}),

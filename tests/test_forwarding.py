@@ -18,8 +18,8 @@ from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client import CollectorRegistry
 from support import FakeLRS, FakeTarget, basic, credential, eventually, free_port, write_config
 
-from gateway.app import create_app
-from gateway.keys import FORWARDER
+from gateway.http.app import create_app
+from gateway.http.keys import FORWARDER
 
 Client = TestClient[web.Request, web.Application]
 USERS = [credential("admin", "admin-pw", ["all", "admin"]),

@@ -41,10 +41,10 @@ from realparts.process import free_port
 from realparts.ralph import RalphServer
 from support import XAPI, FakeLRS, basic, credential, eventually, write_config
 
-from gateway.agents import agent_identity
-from gateway.app import create_app
 from gateway.forwarding.forwarder import OUTBOX_FILE
-from gateway.keys import FORWARDER
+from gateway.http.app import create_app
+from gateway.http.keys import FORWARDER
+from gateway.xapi.agents import agent_identity
 
 Client = TestClient[web.Request, web.Application]
 

@@ -24,9 +24,9 @@ from prometheus_client import CollectorRegistry
 from realparts.learninglocker import LearningLockerServer
 from support import FakeLRS, basic, credential, learning_locker_config, write_config
 
-from gateway.app import create_app
 from gateway.errors import BadRequest
-from gateway.request_rules import check_repeats
+from gateway.http.app import create_app
+from gateway.xapi.request_rules import check_repeats
 
 Client = TestClient[web.Request, web.Application]
 ROOT = credential("root", "root-pw", ["all"])

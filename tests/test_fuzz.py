@@ -30,11 +30,11 @@ from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client import CollectorRegistry
 from support import FakeLRS, basic, credential, write_config
 
-from gateway.app import create_app
 from gateway.auth.credentials import CredentialsError, parse_credentials
-from gateway.config import load_config
+from gateway.config.settings import load_config
 from gateway.errors import BadRequest, ConfigError
-from gateway.statements import prepare_post
+from gateway.http.app import create_app
+from gateway.xapi.statements import prepare_post
 
 FUZZ_DIR = Path(__file__).parent / "fuzz"
 MAX_TOTAL_TIME = 8  # seconds of fuzzing per harness; they run side by side

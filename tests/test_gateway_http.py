@@ -19,8 +19,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from support import XAPI, FakeLRS, basic, credential, eventually, write_config
 from yarl import URL
 
-from gateway.app import create_app
-from gateway.keys import PASSWORDS
+from gateway.http.app import create_app
+from gateway.http.keys import PASSWORDS
 
 ALICE = credential("alice", "alice-pw", ["all"])
 READER = credential("reader", "reader-pw", ["statements/read"])
@@ -494,7 +494,7 @@ async def test_cors_preflight_reaches_the_lrs_without_credentials(
 
 async def test_access_log_fields_and_json_lines(make_gateway: MakeGateway,
                                                 caplog: pytest.LogCaptureFixture) -> None:
-    from gateway.logs import JsonFormatter
+    from gateway.runtime.logs import JsonFormatter
 
     client, _ = await make_gateway()
     caplog.set_level("INFO", logger="gateway.access")

@@ -11,7 +11,7 @@ import pytest
 from multidict import CIMultiDict
 from yarl import URL
 
-from gateway.h1client import (
+from gateway.upstream.h1 import (
     AnswerTimeout,
     ConnectionBroken,
     H1Error,

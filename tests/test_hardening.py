@@ -18,10 +18,10 @@ from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client import CollectorRegistry
 from support import XAPI, FakeLRS, basic, credential, eventually, write_config
 
-from gateway.app import create_app
-from gateway.keys import PASSWORDS, TOKEN_SIGNER
-from gateway.readiness import PROBE_REQUEST_ID
-from gateway.throttle import FailureLockout, TokenBuckets, client_address
+from gateway.http.abuse_limits import FailureLockout, TokenBuckets, client_address
+from gateway.http.app import create_app
+from gateway.http.keys import PASSWORDS, TOKEN_SIGNER
+from gateway.http.readiness import PROBE_REQUEST_ID
 
 Client = TestClient[web.Request, web.Application]
 ALICE = credential("alice", "alice-pw", ["all"])
@@ -91,7 +91,7 @@ async def test_rate_limit_per_address_and_per_caller(tmp_path: Path, aiohttp_ser
 async def test_ten_thousand_wrong_passwords(tmp_path: Path, aiohttp_server: Any,
                                             aiohttp_client: Any,
                                             caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.WARNING, logger="gateway.guard")
+    caplog.set_level(logging.WARNING, logger="gateway.http.abuse_guard")
     client = await gateway(tmp_path, aiohttp_server, aiohttp_client,
                            rate_limit={"enabled": False, "trusted_proxies": ["127.0.0.1/32"]},
                            lockout={"max_failures": 10, "block": 60, "tarpit": 0})

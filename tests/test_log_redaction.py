@@ -23,7 +23,7 @@ import pytest
 from aiohttp.http_exceptions import BadHttpMessage
 from support import credential, free_port, wait_until_serving, write_config
 
-from gateway.logs import (
+from gateway.runtime.logs import (
     BatchingStreamHandler,
     JsonFormatter,
     RedactingFilter,
@@ -170,10 +170,11 @@ def test_an_aiohttp_bad_request_is_one_clean_line(formatter: logging.Formatter) 
 
 def test_a_parser_error_of_another_logger_keeps_its_message_and_loses_the_credential() -> None:
     record = aiohttp_bad_request(b"Authorization: Basic " + TOKEN.encode() + b"\x00")
-    record.name, record.msg, record.args = "gateway.upstream", "storage answered: %s", ("junk",)
+    record.name = "gateway.upstream.storage"
+    record.msg, record.args = "storage answered: %s", ("junk",)
     text = through_handler(record, TextFormatter())
     assert_no_credential(text)
-    assert "gateway.upstream: storage answered: junk" in text
+    assert "gateway.upstream.storage: storage answered: junk" in text
     assert "BadHttpMessage" in text  # the traceback stays (scrubbed): it is not a client's
 
 

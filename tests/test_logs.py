@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from gateway.logs import (
+from gateway.runtime.logs import (
     ATOMIC_WRITE,
     FLUSH_INTERVAL,
     BatchingStreamHandler,

@@ -12,7 +12,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from gateway.forwarding.forwarder import OUTBOX_FILE
 from gateway.forwarding.metrics import OutboxesCollector
 from gateway.forwarding.store import OutboxStore, TargetState
-from gateway.metrics import Cumulative, Metrics, auth_figures
+from gateway.http.metrics import Cumulative, Metrics, auth_figures
 
 Figures = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 

@@ -25,9 +25,9 @@ from realparts.oidc import OidcProvider
 from realparts.ralph import RalphServer
 from support import XAPI, FakeLRS, basic, credential, eventually, write_config
 
-from gateway.agents import agent_identity
-from gateway.app import create_app
 from gateway.auth.oidc import oidc_agent
+from gateway.http.app import create_app
+from gateway.xapi.agents import agent_identity
 
 pytestmark = pytest.mark.oidc
 
@@ -210,7 +210,7 @@ async def test_unknown_kid_flood_does_not_hammer_the_provider(
 
 
 def _provider_keys(app: web.Application) -> Any:
-    from gateway.keys import AUTHENTICATOR
+    from gateway.http.keys import AUTHENTICATOR
 
     for backend in app[AUTHENTICATOR]._backends:
         if hasattr(backend, "_keys"):

@@ -16,13 +16,13 @@ from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client import CollectorRegistry
 from support import FakeLRS, basic, credential, write_config
 
-from gateway.app import create_app
 from gateway.auth.passwords import (
     BCRYPT_MAX_BYTES,
     PasswordChecker,
     UnusablePassword,
     check_new_password,
 )
+from gateway.http.app import create_app
 
 Client = TestClient[web.Request, web.Application]
 FULL = "Long-Pw-" + "x7Q" * 21 + "end"  # 74 characters...

@@ -10,12 +10,12 @@ from typing import Any
 
 import pytest
 
-from gateway.agents import AgentError, agent_identity, authority_includes, validate_actor
 from gateway.errors import BadRequest, Forbidden, UnsupportedVersion
-from gateway.scopes import Resource, is_allowed, normalize_scopes, statements_read_mode
-from gateway.statement_results import gateway_more, keep_own, upstream_tail_of_more
-from gateway.statements import parse_json_body, prepare_post, prepare_put
-from gateway.xapiversion import VersionPolicy
+from gateway.xapi.agents import AgentError, agent_identity, authority_includes, validate_actor
+from gateway.xapi.results import gateway_more, keep_own, upstream_tail_of_more
+from gateway.xapi.scopes import Resource, is_allowed, normalize_scopes, statements_read_mode
+from gateway.xapi.statements import parse_json_body, prepare_post, prepare_put
+from gateway.xapi.versions import VersionPolicy
 
 AUTHORITY = {"mbox": "mailto:caller@example.com"}
 

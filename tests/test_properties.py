@@ -13,13 +13,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gateway.agents import agent_identity
 from gateway.auth.base import decode_basic
 from gateway.auth.credentials import CredentialsError, parse_credentials
-from gateway.config import load_config
+from gateway.config.settings import load_config
 from gateway.errors import BadRequest, ConfigError, PayloadTooLarge, Unauthorized
-from gateway.statement_results import gateway_more, upstream_tail_of_more
-from gateway.statements import parse_json_body, prepare_post
+from gateway.xapi.agents import agent_identity
+from gateway.xapi.results import gateway_more, upstream_tail_of_more
+from gateway.xapi.statements import parse_json_body, prepare_post
 
 AUTHORITY = {"objectType": "Agent", "mbox": "mailto:caller@example.org"}
 json_values = st.recursive(

@@ -17,11 +17,11 @@ from prometheus_client.parser import text_string_to_metric_families
 from realparts.ralph import RalphServer
 from support import FakeLRS, basic, credential, write_config
 
-from gateway.app import create_app
-from gateway.config import Config
+from gateway.config.settings import Config
 from gateway.errors import ConfigError
-from gateway.readiness import keep_checking
-from gateway.upstream import Occasionally
+from gateway.http.app import create_app
+from gateway.http.readiness import keep_checking
+from gateway.upstream.storage import Occasionally
 
 ALICE = credential("alice", "alice-pw", ["all"])
 REFUSED = "the storage LRS refused the gateway's credential"

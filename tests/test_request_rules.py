@@ -18,9 +18,9 @@ from realparts.ralph import RalphServer
 from support import XAPI, FakeLRS, basic, credential, write_config
 from yarl import URL
 
-from gateway.app import create_app
 from gateway.errors import BadRequest
-from gateway.request_rules import check_merge_document, check_query, check_repeats
+from gateway.http.app import create_app
+from gateway.xapi.request_rules import check_merge_document, check_query, check_repeats
 
 Client = TestClient[web.Request, web.Application]
 

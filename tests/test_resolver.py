@@ -16,8 +16,8 @@ from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client import CollectorRegistry
 from support import FakeLRS, FakeTarget, credential, write_config
 
-from gateway.app import create_app
-from gateway.keys import FORWARDER
+from gateway.http.app import create_app
+from gateway.http.keys import FORWARDER
 
 Client = TestClient[web.Request, web.Application]
 KEPT = str(uuid.uuid4()).upper()

@@ -39,9 +39,9 @@ from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client import CollectorRegistry
 from support import XAPI, FakeLRS, basic, free_port, wait_until_serving, write_config
 
-from gateway.app import create_app
-from gateway.keys import CONFIG, FORWARDER
-from gateway.logs import JsonFormatter
+from gateway.http.app import create_app
+from gateway.http.keys import CONFIG, FORWARDER
+from gateway.runtime.logs import JsonFormatter
 
 Client = TestClient[web.Request, web.Application]
 FAST = bcrypt.gensalt(4)

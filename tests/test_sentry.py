@@ -12,7 +12,7 @@ from typing import Any
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from gateway.config import load_config
+from gateway.config.settings import load_config
 
 
 def test_ralph_sentry_variables_are_honoured(tmp_path: Path) -> None:
@@ -32,8 +32,8 @@ def test_ralph_sentry_variables_are_honoured(tmp_path: Path) -> None:
 def test_no_dsn_means_no_sentry_import(tmp_path: Path) -> None:
     code = textwrap.dedent("""
         import sys
-        from gateway.config import SentryConfig
-        from gateway.sentry import setup_sentry
+        from gateway.config.settings import SentryConfig
+        from gateway.runtime.sentry import setup_sentry
         assert setup_sentry(SentryConfig()) is False
         assert "sentry_sdk" not in sys.modules
     """)
@@ -53,9 +53,9 @@ async def test_errors_reach_the_dsn(aiohttp_server: Any) -> None:
     dsn = f"http://publickey@127.0.0.1:{server.port}/1"
     code = textwrap.dedent(f"""
         import logging, sentry_sdk
-        from gateway.config import SentryConfig
+        from gateway.config.settings import SentryConfig
         from gateway.secret import Secret
-        from gateway.sentry import setup_sentry
+        from gateway.runtime.sentry import setup_sentry
         assert setup_sentry(SentryConfig(dsn=Secret({dsn!r}), environment="test"))
         logging.getLogger("gateway").error("unexpected error (request abc)")
         sentry_sdk.flush(timeout=5)

@@ -33,7 +33,7 @@ from support import (
     write_config,
 )
 
-from gateway.app import create_app
+from gateway.http.app import create_app
 
 Client = TestClient[web.Request, web.Application]
 ADMIN = credential("admin", "admin-pw", ["all", "tokens/issue"])

@@ -27,12 +27,12 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 from support import FakeLRS, FakeTarget, basic, credential, eventually, free_port, write_config
 
-from gateway.app import create_app
 from gateway.clock import ManualClock
-from gateway.forwarding.failures import FailureLog
+from gateway.failurelog import FailureLog
 from gateway.forwarding.forwarder import OUTBOX_FILE
 from gateway.forwarding.store import OutboxStore
-from gateway.keys import FORWARDER
+from gateway.http.app import create_app
+from gateway.http.keys import FORWARDER
 
 Client = TestClient[web.Request, web.Application]
 USERS = [credential("admin", "admin-pw", ["all", "admin"]),

@@ -14,14 +14,14 @@ from typing import Any
 import pytest
 
 from gateway.errors import BadRequest
-from gateway.validation import validate_statement
-from gateway.validation_formats import (
+from gateway.xapi.formats import (
     is_duration,
     is_iri,
     is_language_tag,
     is_mailto,
     is_timestamp,
 )
+from gateway.xapi.validation import validate_statement
 
 V1, V2 = "1.0.3", "2.0.0"
 ACTOR = {"objectType": "Agent", "mbox": "mailto:xapi@adlnet.gov"}

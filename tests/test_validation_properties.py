@@ -18,8 +18,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gateway.errors import BadRequest
-from gateway.validation import validate_statement
-from gateway.validation_activity import LISTS_BY_TYPE
+from gateway.xapi.validation import validate_statement
+from gateway.xapi.validation_activity import LISTS_BY_TYPE
 
 V1, V2 = "1.0.3", "2.0.0"
 VOIDED = "http://adlnet.gov/expapi/verbs/voided"

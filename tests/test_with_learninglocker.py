@@ -16,8 +16,8 @@ from prometheus_client import CollectorRegistry
 from realparts.learninglocker import LearningLockerServer
 from support import SIGNATURE_USAGE, basic, credential, learning_locker_config, signed_body
 
-from gateway.app import create_app
-from gateway.multipart import boundary_of, parse
+from gateway.http.app import create_app
+from gateway.xapi.multipart import boundary_of, parse
 
 pytestmark = pytest.mark.learninglocker
 Client = TestClient[web.Request, web.Application]

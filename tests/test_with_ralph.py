@@ -16,8 +16,8 @@ from prometheus_client import CollectorRegistry
 from realparts.ralph import RalphServer
 from support import basic, credential, write_config
 
-from gateway.agents import agent_identity
-from gateway.app import create_app
+from gateway.http.app import create_app
+from gateway.xapi.agents import agent_identity
 
 pytestmark = pytest.mark.ralph
 

@@ -23,7 +23,8 @@ from support import FakeLRS, basic, credential, wait_until_serving, write_config
 from gateway import __version__
 from gateway.forwarding.forwarder import OUTBOX_FILE
 from gateway.forwarding.store import OutboxStore
-from gateway.workers import merged_status, worker_command
+from gateway.runtime.supervisor import worker_command
+from gateway.runtime.workers import merged_status
 
 RUN_TIMEOUT = 30.0
 ADMIN = credential("admin", "admin-pw", ["all", "admin"])

@@ -19,11 +19,11 @@ from prometheus_client import CollectorRegistry
 from realparts.learninglocker import LearningLockerServer
 from support import FakeLRS, basic, credential, learning_locker_config, write_config
 
-from gateway.app import create_app
 from gateway.errors import BadRequest
-from gateway.keys import CONFIG, STORAGE, STORAGE_ABOUT, VERSIONS
-from gateway.multipart import boundary_of, parse, parse_answer, request_boundary
-from gateway.xapiversion import VersionPolicy
+from gateway.http.app import create_app
+from gateway.http.keys import CONFIG, STORAGE, STORAGE_ABOUT, VERSIONS
+from gateway.xapi.multipart import boundary_of, parse, parse_answer, request_boundary
+from gateway.xapi.versions import VersionPolicy
 
 Client = TestClient[web.Request, web.Application]
 ADMIN = credential("admin", "admin-pw", ["all"])
@@ -180,7 +180,7 @@ def test_answers_are_read_liberally_and_client_bodies_strictly() -> None:
 async def test_versions_narrowed_to_what_learning_locker_speaks(
         learning_locker: LearningLockerServer, tmp_path: Path, aiohttp_client: Any,
         caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO, logger="gateway.storage_about")
+    caplog.set_level(logging.INFO, logger="gateway.http.storage_about")
     client = await ll_gateway(learning_locker, tmp_path, aiohttp_client)
     response = await client.get("/xAPI/about")
     assert (await response.json())["version"] == ["1.0.3"]  # LL 5 is 1.0.3 only
@@ -191,7 +191,7 @@ async def test_versions_narrowed_to_what_learning_locker_speaks(
     assert error["error"] == "unsupported_version"
     assert "accepted: 1.0.3" in error["message"]
     await client.get("/xAPI/about")
-    (said,) = [r.getMessage() for r in caplog.records if r.name == "gateway.storage_about"]
+    (said,) = [r.getMessage() for r in caplog.records if r.name == "gateway.http.storage_about"]
     assert "serving 1.0.3" in said
     assert "not 2.0.0" in said
 
@@ -232,7 +232,7 @@ async def test_versions_follow_storage_and_each_change_is_logged_once(
             return web.json_response({"version": spoken[0]})
         return web.json_response({"statements": [], "more": ""})
 
-    caplog.set_level(logging.INFO, logger="gateway.storage_about")
+    caplog.set_level(logging.INFO, logger="gateway.http.storage_about")
     client, _ = await fake_gateway(tmp_path, aiohttp_server, aiohttp_client, script)
     app = client.app
     assert app is not None
@@ -248,7 +248,7 @@ async def test_versions_follow_storage_and_each_change_is_logged_once(
     response = await client.get("/xAPI/statements", headers=AUTH)
     assert response.status == 200
     lines = [(r.levelno, r.getMessage()) for r in caplog.records
-             if r.name == "gateway.storage_about"]
+             if r.name == "gateway.http.storage_about"]
     assert [level for level, _ in lines] == [logging.WARNING, logging.INFO]
     assert "not 1.0.3" in lines[0][1]
 

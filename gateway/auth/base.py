@@ -8,10 +8,10 @@ import hashlib
 from collections.abc import Sequence
 from typing import Protocol
 
-from gateway.auth.ttlcache import TtlCache
+from gateway.auth.principal import Principal
 from gateway.clock import SYSTEM_CLOCK, Clock
 from gateway.errors import Unauthorized
-from gateway.principal import Principal
+from gateway.ttlcache import TtlCache
 
 __all__ = ["AuthBackend", "Authenticator", "decode_basic"]
 

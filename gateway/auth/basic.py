@@ -8,9 +8,9 @@ from async_lru import alru_cache
 
 from gateway.auth.base import decode_basic
 from gateway.auth.passwords import PasswordChecker
+from gateway.auth.principal import Principal
 from gateway.auth.store import CredentialStore
 from gateway.errors import Unauthorized
-from gateway.principal import Principal
 from gateway.secret import keyed_digest
 
 __all__ = ["BasicBackend"]

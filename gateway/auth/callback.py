@@ -10,13 +10,13 @@ from typing import Any
 import aiohttp
 
 from gateway.auth.base import decode_basic
-from gateway.auth.ttlcache import TtlCache
+from gateway.auth.principal import Principal
 from gateway.clock import SYSTEM_CLOCK, Clock
-from gateway.config import CallbackConfig
+from gateway.config.settings import CallbackConfig
 from gateway.errors import AuthUnavailable, Unauthorized
-from gateway.principal import Principal
-from gateway.scopes import ROLE_SCOPES, normalize_scopes
 from gateway.secret import keyed_digest
+from gateway.ttlcache import TtlCache
+from gateway.xapi.scopes import ROLE_SCOPES, normalize_scopes
 
 __all__ = ["PERMISSION_ROLES", "CallbackBackend"]
 

@@ -6,10 +6,10 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from gateway.agents import AgentError, validate_agent
 from gateway.auth.passwords import is_bcrypt_hash
-from gateway.scopes import ROLE_SCOPES, ScopeSet, normalize_scopes
 from gateway.secret import Secret
+from gateway.xapi.agents import AgentError, validate_agent
+from gateway.xapi.scopes import ROLE_SCOPES, ScopeSet, normalize_scopes
 
 __all__ = ["Credential", "CredentialsError", "ParsedCredentials", "parse_credentials"]
 

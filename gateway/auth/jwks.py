@@ -11,7 +11,7 @@ import aiohttp
 import jwt
 
 from gateway.clock import SYSTEM_CLOCK, Clock
-from gateway.forwarding.failures import FailureLog
+from gateway.failurelog import FailureLog
 
 __all__ = ["ProviderKeys"]
 

@@ -8,10 +8,10 @@ import jwt
 
 from gateway.auth.bearer import peek_issuer, token_scopes
 from gateway.auth.jwks import ProviderKeys
-from gateway.config import OidcConfig
+from gateway.auth.principal import Principal
+from gateway.config.settings import OidcConfig
 from gateway.errors import AuthUnavailable, Unauthorized
-from gateway.principal import Principal
-from gateway.scopes import normalize_scopes
+from gateway.xapi.scopes import normalize_scopes
 
 __all__ = ["OidcBackend", "oidc_agent"]
 

@@ -16,7 +16,7 @@ from gateway.auth.credentials import (
     ParsedCredentials,
     parse_credentials,
 )
-from gateway.scopes import ScopeSet
+from gateway.xapi.scopes import ScopeSet
 
 __all__ = ["CredentialStore"]
 

@@ -21,12 +21,12 @@ import jwt
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
-from gateway.agents import AgentError, validate_actor
 from gateway.auth.bearer import peek_issuer, token_scopes
-from gateway.config import TokensConfig
+from gateway.auth.principal import Principal
+from gateway.config.settings import TokensConfig
 from gateway.errors import Forbidden, Unauthorized
-from gateway.principal import Principal
-from gateway.scopes import ScopeSet, covers, normalize_scopes
+from gateway.xapi.agents import AgentError, validate_actor
+from gateway.xapi.scopes import ScopeSet, covers, normalize_scopes
 
 __all__ = ["NEVER_IN_A_TOKEN", "Subjects", "TokenBackend", "TokenSigner"]
 

@@ -11,13 +11,14 @@ from dataclasses import asdict
 from typing import Any
 
 from gateway.clock import SYSTEM_CLOCK, Clock
-from gateway.config import Config
+from gateway.config.settings import Config
 from gateway.errors import GatewayError
-from gateway.forwarding.failures import FailureLog
+from gateway.failurelog import FailureLog
 from gateway.forwarding.outbox import Outbox
 from gateway.forwarding.store import OutboxStore, TargetStats
-from gateway.forwarding.worker import TargetWorker
-from gateway.upstream import Observe, Upstream
+from gateway.forwarding.target_worker import TargetWorker
+from gateway.upstream.storage import StorageClient
+from gateway.upstream.target import Observe
 
 __all__ = ["OUTBOX_FILE", "Forwarder"]
 
@@ -30,7 +31,7 @@ _SNAPSHOT_INTERVAL = 2.0
 class Forwarder:
     """Durable fan-out: write-ahead on the request path, delivery in the background."""
 
-    def __init__(self, config: Config, storage: Upstream, *,
+    def __init__(self, config: Config, storage: StorageClient, *,
                  observe: Observe | None = None, clock: Clock = SYSTEM_CLOCK,
                  rng: random.Random | None = None,
                  storage_version: Callable[[], str] | None = None) -> None:

@@ -17,7 +17,7 @@ from pathlib import Path
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from gateway.forwarding.failures import FailureLog
+from gateway.failurelog import FailureLog
 from gateway.forwarding.forwarder import Forwarder
 
 __all__ = ["ForwardingCollector", "OutboxesCollector"]

@@ -97,7 +97,7 @@ class Claimed:
     seq: int
     body: bytes
     attempts: int
-    attachments: bytes | None = None  # its attachment parts, packed (gateway.attachments)
+    attachments: bytes | None = None  # its attachment parts, packed (gateway.xapi.attachments)
     version: str | None = None  # the xAPI version it was written in ("1.0.3", "2.0.0")
 
 

@@ -29,16 +29,16 @@ import fuzzing
 with fuzzing.instrumented("jwt"):
     import jwt
 
-    from gateway.agents import validate_actor
     from gateway.auth.base import Authenticator, decode_basic
     from gateway.auth.bearer import peek_issuer
+    from gateway.auth.principal import Principal
     from gateway.auth.tokens import TokenBackend, TokenSigner
-    from gateway.config import LockoutConfig, RateLimitConfig, TokensConfig
+    from gateway.config.settings import LockoutConfig, RateLimitConfig, TokensConfig
     from gateway.errors import Unauthorized
-    from gateway.guard import Guard
-    from gateway.principal import Principal
-    from gateway.scopes import KNOWN_SCOPES
+    from gateway.http.abuse_guard import Guard
     from gateway.secret import Secret
+    from gateway.xapi.agents import validate_actor
+    from gateway.xapi.scopes import KNOWN_SCOPES
 
 BASIC_MESSAGES = {"the Basic credentials are not valid base64 of user:password",
                   "the Basic credentials are not in the form user:password"}

@@ -27,7 +27,13 @@ import fuzzing
 import yaml
 
 with fuzzing.instrumented():
-    from gateway.config import FORWARDINGS_ENV, Config, ForwardingTarget, _validate, load_config
+    from gateway.config.settings import (
+        FORWARDINGS_ENV,
+        Config,
+        ForwardingTarget,
+        _validate,
+        load_config,
+    )
     from gateway.errors import ConfigError
     from gateway.secret import Secret
 

@@ -19,10 +19,10 @@ from typing import Any
 import fuzzing
 
 with fuzzing.instrumented():
-    from gateway.agents import agent_identity, validate_agent
     from gateway.auth.credentials import CredentialsError, parse_credentials
     from gateway.auth.passwords import bcrypt_cost, is_bcrypt_hash
-    from gateway.scopes import KNOWN_SCOPES, ROLE_SCOPES, normalize_scopes
+    from gateway.xapi.agents import agent_identity, validate_agent
+    from gateway.xapi.scopes import KNOWN_SCOPES, ROLE_SCOPES, normalize_scopes
 
 MARKER = "Cr3d-Zecret"
 HOMEPAGE = "https://lrs-gateway.example.org/accounts"

@@ -18,9 +18,10 @@ from urllib.parse import unquote
 import fuzzing
 
 with fuzzing.instrumented("yarl"):
-    from gateway.config import StorageConfig
-    from gateway.statement_results import gateway_more, upstream_tail_of_more
-    from gateway.upstream import Upstream
+    from gateway.config.settings import StorageConfig
+    from gateway.upstream.storage import StorageClient
+    from gateway.upstream.target import storage_target
+    from gateway.xapi.results import gateway_more, upstream_tail_of_more
 
 STORAGES = ["http://lrs.internal:8100/xAPI/", "https://lrs.example/lrs/xAPI/",
             "http://127.0.0.1:8100/", "http://lrs.example/a%20b/xAPI"]
@@ -33,7 +34,8 @@ SEGMENTS = ["xAPI", "lrs", "statements", "a%20b", "..", ".", "%2e%2e", "%2E%2e",
             "%", "é", "\ufeff"]
 QUERIES = ["", "?since=2024-01-01T00:00:00Z&limit=10", "?more=abc%3D%3D", "?", "?a=%zz",
            "#frag", "?x=1#y", "?%00", "?a=b c"]
-UPSTREAMS = {url: Upstream(None, StorageConfig(url=url)) for url in STORAGES}  # type: ignore[arg-type]
+UPSTREAMS = {url: StorageClient(None, storage_target(StorageConfig(url=url)))  # type: ignore[arg-type]
+             for url in STORAGES}
 
 
 def more_from(fdp: Any) -> str:

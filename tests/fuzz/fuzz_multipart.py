@@ -23,16 +23,16 @@ import fuzzing
 
 with fuzzing.instrumented():
     from gateway import jsoncodec
-    from gateway.attachments import (
+    from gateway.errors import BadRequest, PayloadTooLarge
+    from gateway.xapi.attachments import (
         canonical_body,
         pack_parts,
         parts_for,
         read_attachment_body,
         unpack_parts,
     )
-    from gateway.errors import BadRequest, PayloadTooLarge
-    from gateway.multipart import boundary_of, parse, parse_headers, request_boundary
-    from gateway.statements import prepare_post
+    from gateway.xapi.multipart import boundary_of, parse, parse_headers, request_boundary
+    from gateway.xapi.statements import prepare_post
 
 AUTHORITY: dict[str, Any] = {"mbox": "mailto:caller@example.org"}
 BOUNDARIES = ["abc", "lrs-gateway-0123", "a b", "x" * 70, "x" * 71, "=_Part_1", "--", "€x",

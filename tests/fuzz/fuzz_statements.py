@@ -22,7 +22,7 @@ import fuzzing
 with fuzzing.instrumented():
     from gateway import jsoncodec
     from gateway.errors import BadRequest, PayloadTooLarge
-    from gateway.statements import encode_statement, parse_json_body, prepare_post, prepare_put
+    from gateway.xapi.statements import encode_statement, parse_json_body, prepare_post, prepare_put
 
 AUTHORITY: dict[str, Any] = {"objectType": "Agent",
                              "account": {"homePage": "https://gw.example", "name": "caller"}}

@@ -1,0 +1,1 @@
+"""The `lrs-gateway` command and its subcommands."""

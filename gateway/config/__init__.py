@@ -1,0 +1,1 @@
+"""Configuration: frozen dataclasses loaded once from YAML and the environment."""

@@ -1,0 +1,277 @@
+"""One worker per forwarding target: batches, retries with backoff and jitter, up/down state.
+
+Retries exhausted mean the target is down, not that its statements are given up: they stay
+in its backlog (and lag) while the worker probes it every `backoff_cap` with the oldest
+batch. Only a permanent reason (a 4xx about one statement) makes a dead letter.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import random
+import time
+from collections.abc import Sequence
+from functools import partial
+
+from multidict import CIMultiDict
+
+from gateway.clock import SYSTEM_CLOCK, Clock
+from gateway.config.settings import ForwardingTarget
+from gateway.failurelog import FailureLog
+from gateway.forwarding.outbox import Outbox
+from gateway.forwarding.policy import DeliveryPolicy, Kind, Verdict
+from gateway.forwarding.store import Claimed, OutboxStore, TargetState
+from gateway.upstream.h1 import AnswerTimeout, ConnectTimeout, H1Error
+from gateway.upstream.target import Observe, forwarding_target, status_class
+from gateway.xapi.attachments import unpack_parts
+from gateway.xapi.multipart import Part, build
+
+__all__ = ["TargetWorker"]
+
+log = logging.getLogger(__name__)
+_IDLE_POLL = 1.0  # seconds between looks at the queue (the CLI replays without waking us)
+_REASON_CHARS = 300
+_ANSWER_LIMIT = 1 << 20  # bytes of a target's answer read (it is a list of ids)
+
+
+def _minor(version: str) -> tuple[int, ...]:
+    """(major, minor) of a version like 1.0.3, for comparing."""
+    return tuple(int(part) for part in version.split(".")[:2] if part.isdigit())
+
+
+def _payload(part: Sequence[Claimed]) -> tuple[bytes, str]:
+    """The batch as JSON, or as multipart/mixed with each attachment part once."""
+    statements = b"[" + b",".join(item.body for item in part) + b"]"
+    if all(item.attachments is None for item in part):
+        return statements, "application/json"
+    parts = [Part(b"Content-Type: application/json\r\n\r\n", statements)]
+    seen: set[str] = set()
+    for item in part:
+        for attachment in unpack_parts(item.attachments or b""):
+            sha2 = (attachment.header("X-Experience-API-Hash") or "").lower()
+            if sha2 not in seen:
+                seen.add(sha2)
+                parts.append(attachment)
+    body, boundary = build(parts)
+    return body, f'multipart/mixed; boundary="{boundary}"'
+
+
+class TargetWorker:
+    """Delivers a target's queue in order; a slow or dead target only delays itself."""
+
+    def __init__(self, target: ForwardingTarget, outbox: Outbox, *,
+                 observe: Observe | None = None, clock: Clock = SYSTEM_CLOCK,
+                 rng: random.Random | None = None) -> None:
+        self.target = target
+        self._clock = clock
+        self._rng = rng if rng is not None else random.Random()
+        self._policy = DeliveryPolicy(max_retries=target.max_retries,
+                                      backoff_base=target.backoff_base,
+                                      backoff_cap=target.backoff_cap, timeout=target.timeout)
+        self._upstream = forwarding_target(target, observe=observe)
+        self.name = self._upstream.name
+        self._outbox = outbox
+        # The lean client (gateway.upstream.h1): batches carry statement ids, so the one
+        # resend it makes on a stale connection is harmless (the target answers 409 or
+        # takes the same statements again).
+        self._pool = self._upstream.lean_pool()
+        self._path = self._upstream.url.raw_path_qs
+        self._wake = asyncio.Event()
+        self.failed = 0  # failed sends (metrics read it)
+        self.up = True  # metrics and readiness read it; from the outbox once running
+        self._down_since: float | None = None  # Unix time
+        self._failures = 0  # transient failures in a row
+        self._hold_until = 0.0  # monotonic: nothing is sent before (backoff, next probe)
+
+    def close(self) -> None:
+        """Close the idle connection to the target."""
+        self._pool.close()
+
+    def wake(self) -> None:
+        """New deliveries were queued."""
+        self._wake.set()
+
+    @property
+    def behind(self) -> int:
+        """Statements this target has not received (read without a round trip)."""
+        return self._outbox.backlog.get(self.name, 0)
+
+    async def run(self) -> None:
+        """Deliver until cancelled."""
+        failing = FailureLog(log, f"forwarding to {self.name}", clock=self._clock)
+        await self._restore_state(failing)
+        batch: Sequence[Claimed] | None = None
+        while True:
+            try:
+                if batch is None:
+                    await self._hold()
+                    self._wake.clear()  # before the claim: a wake during it is not lost
+                    batch = await self._outbox.call(
+                        lambda s: s.claim(self.name, self.target.batch_size))
+                if batch:
+                    batch = await self._deliver(batch)
+                else:
+                    batch = None
+                    await self._idle()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the outbox or a bug: log, breathe, go on
+                batch = None
+                failing.failed(exc, traceback=True)
+                await self._clock.sleep(1.0)
+
+    async def _restore_state(self, failing: FailureLog) -> None:
+        """A target down before a restart stays down (probed at once: a restart may be the fix)."""
+        while True:
+            try:
+                state = await self._outbox.call(lambda s: s.target_state(self.name))
+                break
+            except Exception as exc:  # the outbox cannot answer yet: as in run()
+                failing.failed(exc)
+                await self._clock.sleep(1.0)
+        if not state.up:
+            self.up, self._down_since = False, state.since
+            log.info("forwarding to %s: down since %s (%s), %d statements behind; probing it",
+                     self.name, _when(state.since), state.reason, self.behind)
+
+    async def _hold(self) -> None:
+        """Wait out the backoff, or the time to the next probe of a down target."""
+        wait = self._hold_until - self._clock.monotonic()
+        if wait > 0:
+            await self._clock.sleep(wait)
+
+    async def _idle(self) -> None:
+        """Until woken, or `_IDLE_POLL` on the clock has passed."""
+        woken = asyncio.ensure_future(self._wake.wait())
+        polled = asyncio.ensure_future(self._clock.sleep(_IDLE_POLL))
+        try:
+            await asyncio.wait((woken, polled), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            woken.cancel()
+            polled.cancel()
+
+    async def _deliver(self, batch: Sequence[Claimed]) -> Sequence[Claimed] | None:
+        """Send a claimed batch; the next batch when it could be claimed in the same commit."""
+        # An xAPI 2.0 statement is never sent to a target that speaks only 1.0.x.
+        target_minor = _minor(self.target.xapi_version)
+        unfit = [item.seq for item in batch
+                 if item.version is not None and _minor(item.version) > target_minor]
+        if unfit:
+            reason = (f"written in a newer xAPI version than the target's "
+                      f"{self.target.xapi_version}")
+            await self._outbox.call(partial(OutboxStore.dead_letter, target=self.name,
+                                            seqs=unfit, reason=reason))
+            batch = [item for item in batch if item.seq not in unfit]
+            if not batch:
+                return None
+        pending: list[Sequence[Claimed]] = [batch]
+        while pending:
+            part = pending.pop()
+            verdict = await self._send(part)
+            seqs = [item.seq for item in part]
+            if verdict.kind is Kind.RETRY:
+                self.failed += 1
+                await self._failed(seqs, verdict)
+                return None  # the target is struggling: wait for the backoff before more
+            await self._answered()
+            if verdict.kind is Kind.DELIVERED:
+                # One commit: the ack and (after the last part) the next batch.
+                following = await self._outbox.call(partial(
+                    self._acked, seqs=seqs, claim_next=not pending))
+                if not pending:
+                    return following
+            elif verdict.kind is Kind.SPLIT:
+                half = len(part) // 2
+                pending.extend([part[half:], part[:half]])  # first half goes first
+            else:  # permanent: one statement, for a reason a human must look at
+                log.warning("forwarding to %s: statement dead-lettered: %s", self.name,
+                            verdict.reason)
+                await self._outbox.call(partial(OutboxStore.dead_letter, target=self.name,
+                                                seqs=seqs, reason=verdict.reason))
+        return None
+
+    def _acked(self, store: OutboxStore, seqs: Sequence[int],
+               claim_next: bool) -> list[Claimed] | None:
+        """Delivered: ack, and perhaps claim what is next."""
+        store.ack(self.name, seqs)
+        return store.claim(self.name, self.target.batch_size) if claim_next else None
+
+    async def _answered(self) -> None:
+        """The target answered (whatever it thought of the statements): it is up."""
+        self._failures = 0
+        if self.up:
+            return
+        down_since = self._down_since
+        await self._outbox.call(lambda s: s.set_state(self.name, TargetState(True)))
+        self.up, self._down_since = True, None
+        log.info("forwarding to %s: target is back after %s down, %d statements behind; "
+                 "delivering them", self.name, _duration(down_since, self._clock.now()),
+                 self.behind)
+
+    async def _failed(self, seqs: Sequence[int], verdict: Verdict) -> None:
+        """A failure to retry: back off; past max_retries in a row, the target is down."""
+        self._failures += 1
+        pace = self._policy.pace(self._failures, was_up=self.up,
+                                 retry_after=verdict.retry_after, rng=self._rng)
+        going_down = pace.going_down
+        now = self._clock.now()
+        state = TargetState(False, now, verdict.reason)
+
+        def record(store: OutboxStore) -> None:
+            store.retry(self.name, seqs, now + pace.delay, verdict.reason)
+            if going_down:
+                store.set_state(self.name, state)
+
+        await self._outbox.call(record)
+        self._hold_until = self._clock.monotonic() + pace.delay
+        if going_down:
+            self.up, self._down_since = False, now
+            log.warning("forwarding to %s: target down after %d failed attempts in a row (%s); "
+                        "%d statements behind, kept until it is back; probing it every %g s",
+                        self.name, self._failures, verdict.reason, self.behind,
+                        self.target.backoff_cap)
+
+    async def _send(self, part: Sequence[Claimed]) -> Verdict:
+        body, content_type = _payload(part)
+        started = time.perf_counter()
+        verdict, label = await self._post(body, content_type, len(part))
+        if self._upstream.observe is not None:
+            self._upstream.observe(self.name, label, time.perf_counter() - started)
+        return verdict
+
+    async def _post(self, body: bytes, content_type: str,
+                    count: int) -> tuple[Verdict, str]:
+        """(the policy's verdict, metric label) of one POST."""
+        headers = CIMultiDict({**self._upstream.headers, "Content-Type": content_type})
+        try:
+            response = await self._pool.request(
+                "POST", self._path, headers, body, limit=_ANSWER_LIMIT,
+                within=self._upstream.total_timeout)
+        except (AnswerTimeout, ConnectTimeout):
+            return self._policy.timed_out(), "timeout"
+        except H1Error as exc:
+            return self._policy.unreachable(f"{type(exc).__name__}: {exc}"[:_REASON_CHARS]), "error"
+        text = self._upstream.redact(response.body[:_REASON_CHARS].decode("utf-8", "replace"))
+        reason = f"HTTP {response.status}: {text}".strip()
+        verdict = self._policy.answered(response.status, response.headers, reason, count,
+                                        self._clock.now())
+        return verdict, status_class(response.status)
+
+
+def _when(moment: float | None) -> str:
+    """A Unix time for a log line (UTC, to the second)."""
+    if moment is None:
+        return "an unknown time"
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(moment))
+
+
+def _duration(since: float | None, now: float) -> str:
+    """How long before `now` `since` was, for a log line."""
+    if since is None:
+        return "an unknown time"
+    seconds = max(0, math.floor(now - since))
+    minutes, seconds = divmod(seconds, 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m{seconds:02d}s" if hours else f"{minutes}m{seconds:02d}s"

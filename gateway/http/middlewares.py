@@ -1,0 +1,176 @@
+"""The middlewares; their order is written once, in app.py."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+import re
+import time
+
+from aiohttp import web
+from aiohttp.typedefs import Handler
+
+from gateway.errors import (
+    AuthUnavailable,
+    Forbidden,
+    GatewayError,
+    TooManyRequests,
+    Unauthorized,
+)
+from gateway.http.keys import (
+    AUTHENTICATOR,
+    CONFIG,
+    GUARD,
+    METRICS,
+    PRINCIPAL,
+    REQUEST_ID,
+    REQUEST_IDS,
+    VERSIONS,
+)
+from gateway.http.route_info import route_info
+from gateway.xapi.scopes import is_allowed
+from gateway.xapi.versions import VERSION_HEADER
+
+__all__ = [
+    "auth_middleware", "error_middleware", "render_error", "request_id_middleware",
+    "throttle_middleware",
+]
+
+log = logging.getLogger(__name__)
+access_log = logging.getLogger("gateway.access")
+_SAFE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+
+
+
+def render_error(request: web.Request, error: GatewayError) -> web.Response:
+    """xAPI-style JSON error body with the request id."""
+    body = {"error": error.kind, "message": error.message,
+            "request_id": request.get(REQUEST_ID, "")}
+    response = web.Response(status=error.status, text=json.dumps(body),
+                            content_type="application/json")
+    if isinstance(error, Unauthorized):
+        for challenge in request.app[AUTHENTICATOR].challenges:
+            response.headers.add("WWW-Authenticate", challenge)
+    retry_after = getattr(error, "retry_after", None)
+    if retry_after is not None:
+        response.headers["Retry-After"] = str(max(1, math.ceil(retry_after)))
+    return response
+
+
+_HTTP_KINDS = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Turn every error into a JSON answer; nothing unforeseen leaks a traceback."""
+    try:
+        return await handler(request)
+    except GatewayError as error:
+        return render_error(request, error)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        translated = GatewayError(exc.reason)
+        translated.status = exc.status
+        translated.kind = _HTTP_KINDS.get(exc.status, "http_error")
+        response = render_error(request, translated)
+        for name in ("Allow",):
+            if name in exc.headers:
+                response.headers[name] = exc.headers[name]
+        return response
+    except (ConnectionResetError, TimeoutError):
+        raise  # the client went away or was too slow: nobody to answer
+    except Exception:
+        log.exception("unexpected error (request %s)", request.get(REQUEST_ID, "-"))
+        return render_error(request, GatewayError("internal error"))
+
+
+@web.middleware
+async def request_id_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Give the request an id (or keep a sane incoming one) and write the access log line."""
+    incoming = request.headers.get("X-Request-ID", "")
+    request_id = (incoming if _SAFE_REQUEST_ID.match(incoming)
+                  else request.app[REQUEST_IDS].next())
+    request[REQUEST_ID] = request_id
+    started = time.perf_counter()
+    status = 500
+    try:
+        response = await handler(request)
+        status = response.status
+        return response
+    finally:
+        if access_log.isEnabledFor(logging.INFO):
+            _log_access(request, request_id, status, started)
+
+
+def _log_access(request: web.Request, request_id: str, status: int, started: float) -> None:
+    principal = request.get(PRINCIPAL)
+    fields = {
+        "request_id": request_id, "remote": request.app[GUARD].client_address(request),
+        "method": request.method, "route": route_info(request).name, "status": status,
+        "duration_ms": round((time.perf_counter() - started) * 1000, 2),
+        "principal": principal.id if principal else "-",
+    }
+    # Only the route name, never the raw path or query: they may carry personal data.
+    access_log.info("%(remote)s %(method)s %(route)s %(status)d %(duration_ms).1fms "
+                    "principal=%(principal)s request_id=%(request_id)s", fields,
+                    extra=fields)
+
+
+@web.middleware
+async def throttle_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Per client address: a token bucket (429 with Retry-After past it)."""
+    guard = request.app[GUARD]
+    guard.check_rate(f"ip:{guard.client_address(request)}", per_principal=False)
+    return await handler(request)
+
+
+@web.middleware
+async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Who is calling (401), which xAPI version (400), whether they may (403)."""
+    info = route_info(request)
+    if info.public or (info.xapi and request.method == "OPTIONS"):
+        # A CORS preflight never carries credentials. With server.cors the gateway answered
+        # it already; without, the LRS behind does, so browser clients keep working as they
+        # did against the LRS itself: sent WITHOUT the gateway's credential (passthrough).
+        return await handler(request)
+    authorization = request.headers.get("Authorization")
+    attempts = request.app[METRICS].auth
+    guard = request.app[GUARD]
+    login_keys = guard.login_keys(request, authorization)
+    try:
+        guard.check_lockout(login_keys, authorization)  # 429 before any bcrypt runs
+        principal = await request.app[AUTHENTICATOR].authenticate(authorization)
+    except Unauthorized:
+        attempts.labels(_scheme_label(authorization), "bad_credentials").inc()
+        guard.login_failed(login_keys)
+        raise
+    except (TooManyRequests, AuthUnavailable) as refused:
+        if isinstance(refused, AuthUnavailable):
+            attempts.labels(_scheme_label(authorization), "error").inc()
+        if refused.retry_after is not None:
+            # A tarpit: answering a locked-out or overflowing guess at once would let a
+            # flood come straight back; a second's wait costs us a sleeping coroutine.
+            await asyncio.sleep(request.app[CONFIG].lockout.tarpit)
+        raise
+    guard.login_succeeded(login_keys, authorization)
+    guard.check_rate(f"principal:{principal.scheme}:{principal.id}", per_principal=True)
+    request[PRINCIPAL] = principal
+    if info.xapi:
+        request.app[VERSIONS].check(request.headers.get(VERSION_HEADER))
+    resource = info.resource
+    if resource is not None and not is_allowed(principal.scopes, resource, request.method):
+        attempts.labels(principal.scheme, "forbidden").inc()
+        raise Forbidden(f"the credentials lack the scope to {request.method} {info.name}")
+    attempts.labels(principal.scheme, "ok").inc()
+    return await handler(request)
+
+
+def _scheme_label(authorization: str | None) -> str:
+    """A metric label from a fixed set, whatever the client sent."""
+    if not authorization:
+        return "none"
+    scheme = authorization.strip().partition(" ")[0].lower()
+    return scheme if scheme in ("basic", "bearer") else "other"

@@ -1,0 +1,40 @@
+"""The route table: every path, the handler that serves it, and its name."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from gateway.http.handlers import operations, passthrough, statements, tokens
+from gateway.http.keys import GUARD, WORKER
+
+__all__ = ["setup_routes"]
+
+
+def setup_routes(app: web.Application, *, metrics_path: str | None) -> None:
+    """Register every route; the catch-all for other /xAPI/ paths goes last."""
+    router = app.router
+    router.add_get("/xAPI/about{slash:/?}", operations.about, name="xapi.about")
+    statements_resource = router.add_resource("/xAPI/statements{slash:/?}", name="xapi.statements")
+    # One handler for every method: a request in the alternate syntax changes its method
+    # after routing.
+    statements_resource.add_route("*", statements.statements)
+    for path, name in (
+        ("/xAPI/activities/state{slash:/?}", "xapi.state"),
+        ("/xAPI/activities/profile{slash:/?}", "xapi.activity_profile"),
+        ("/xAPI/agents/profile{slash:/?}", "xapi.agent_profile"),
+        ("/xAPI/activities{slash:/?}", "xapi.activities"),
+        ("/xAPI/agents{slash:/?}", "xapi.agents"),
+        ("/xAPI/{tail:.+}", "xapi.other"),
+    ):
+        router.add_route("*", path, passthrough.proxy, name=name)
+    router.add_get("/whoami", operations.whoami, name="whoami")
+    router.add_post("/token", tokens.issue_token, name="token")
+    router.add_get("/admin/forwarding", operations.forwarding_status, name="admin.forwarding")
+    router.add_post("/admin/lockout/clear", operations.lockout_clear, name="admin.lockout_clear")
+    role = app.get(WORKER)
+    if role is not None:  # each worker keeps its own lockouts: siblings lift theirs too
+        role.commands.register("lockout-clear", operations.lift_own_lockout(app[GUARD]))
+    router.add_get("/__lbheartbeat__", operations.lbheartbeat, name="lbheartbeat")
+    router.add_get("/__heartbeat__", operations.heartbeat, name="heartbeat")
+    if metrics_path is not None:
+        router.add_get(metrics_path, operations.metrics, name="metrics")

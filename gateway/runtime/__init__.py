@@ -1,0 +1,1 @@
+"""The process around the app: serving, worker processes and their siblings, logging, Sentry."""

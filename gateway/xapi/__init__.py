@@ -1,0 +1,1 @@
+"""xAPI itself, pure: statements, agents, scopes, attachments, versions, validation."""
