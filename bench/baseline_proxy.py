@@ -43,17 +43,23 @@ async def post_statements(request: web.Request) -> web.Response:
         "Content-Type": "application/json",
         "X-Experience-API-Version": request.headers.get("X-Experience-API-Version", "1.0.3"),
     }
-    async with request.app[SESSION].post(request.app[UPSTREAM] + "statements", data=payload,
-                                         headers=headers) as upstream:
+    async with request.app[SESSION].post(
+        request.app[UPSTREAM] + "statements", data=payload, headers=headers
+    ) as upstream:
         body = await upstream.read()
-        return web.Response(status=upstream.status, body=body,
-                            content_type=upstream.content_type,
-                            headers={"X-Experience-API-Version":
-                                     upstream.headers.get("X-Experience-API-Version", "")})
+        return web.Response(
+            status=upstream.status,
+            body=body,
+            content_type=upstream.content_type,
+            headers={
+                "X-Experience-API-Version": upstream.headers.get("X-Experience-API-Version", "")
+            },
+        )
 
 
-def create_app(upstream: str, username: str, password: str,
-               agent: dict[str, Any]) -> web.Application:
+def create_app(
+    upstream: str, username: str, password: str, agent: dict[str, Any]
+) -> web.Application:
     app = web.Application()
     app[UPSTREAM] = upstream if upstream.endswith("/") else upstream + "/"
     token = base64.b64encode(f"{username}:{password}".encode()).decode()
@@ -70,8 +76,11 @@ def main() -> None:
     parser.add_argument("--upstream", default="http://127.0.0.1:8100/xAPI/")
     parser.add_argument("--username", default="bench")
     parser.add_argument("--password", default="bench-password")
-    parser.add_argument("--agent", help="the authority to set, as JSON",
-                        default='{"objectType":"Agent","mbox":"mailto:bench@example.com"}')
+    parser.add_argument(
+        "--agent",
+        help="the authority to set, as JSON",
+        default='{"objectType":"Agent","mbox":"mailto:bench@example.com"}',
+    )
     args = parser.parse_args()
     app = create_app(args.upstream, args.username, args.password, json.loads(args.agent))
     web.run_app(app, host=args.host, port=args.port, access_log=None, print=None)

@@ -74,6 +74,7 @@ Layout (each module imports only those above it):
 - profiling.py: --profile (py-spy);
 - bench.py (this file): the options and a main that runs the chosen parts in order.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -114,54 +115,99 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--loadgen", choices=["auto", "wrk", "asyncio"], default="auto")
     parser.add_argument("--no-pin", action="store_true", help="do not pin with taskset")
     parser.add_argument("--no-batch", action="store_true", help="skip the 100-statement runs")
-    parser.add_argument("--rounds", type=int, default=1,
-                        help="repeat the throughput runs, interleaved; report each setup's "
-                             "median over its undisturbed rounds")
-    parser.add_argument("--quiet-wait", type=float, default=10.0, metavar="SECONDS",
-                        help="before each run, wait up to this long for the machine's other "
-                             "load to drop under 25%% of a core (0: do not wait)")
-    parser.add_argument("--quiet-budget", type=float, default=30.0, metavar="SECONDS",
-                        help="at most this long in all for those waits (beyond it, 1 s each), "
-                             "so a busy machine does not double the bench's time")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="repeat the throughput runs, interleaved; report each setup's "
+        "median over its undisturbed rounds",
+    )
+    parser.add_argument(
+        "--quiet-wait",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="before each run, wait up to this long for the machine's other "
+        "load to drop under 25%% of a core (0: do not wait)",
+    )
+    parser.add_argument(
+        "--quiet-budget",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="at most this long in all for those waits (beyond it, 1 s each), "
+        "so a busy machine does not double the bench's time",
+    )
 
 
 def add_part_options(parser: argparse.ArgumentParser) -> None:
     """Which parts run: token, workers, forwarding, lag, flood, half load."""
     parser.add_argument("--no-token", action="store_true", help="skip (d), the bearer token")
-    parser.add_argument("--no-workers", action="store_true",
-                        help="skip (f), the gateway with 2 worker processes")
-    parser.add_argument("--no-forwarding", action="store_true",
-                        help="skip (e) and the forwarding lag run")
+    parser.add_argument(
+        "--no-workers", action="store_true", help="skip (f), the gateway with 2 worker processes"
+    )
+    parser.add_argument(
+        "--no-forwarding", action="store_true", help="skip (e) and the forwarding lag run"
+    )
     parser.add_argument("--no-lag", action="store_true", help="skip the forwarding lag run")
     parser.add_argument("--lag-duration", type=float, default=20.0, metavar="SECONDS")
-    parser.add_argument("--lag-fraction", type=float, default=0.6,
-                        help="the lag run's constant rate, as a share of (e)'s max req/s")
-    parser.add_argument("--drain-timeout", type=float, default=120.0, metavar="SECONDS",
-                        help="how long to wait for forwarding backlogs to reach 0")
+    parser.add_argument(
+        "--lag-fraction",
+        type=float,
+        default=0.6,
+        help="the lag run's constant rate, as a share of (e)'s max req/s",
+    )
+    parser.add_argument(
+        "--drain-timeout",
+        type=float,
+        default=120.0,
+        metavar="SECONDS",
+        help="how long to wait for forwarding backlogs to reach 0",
+    )
     parser.add_argument("--no-flood", action="store_true", help="skip the bcrypt-flood runs")
-    parser.add_argument("--flood-variants", default=",".join(FLOOD_VARIANTS),
-                        help=f"comma-separated, among {', '.join(FLOOD_VARIANTS)}")
-    parser.add_argument("--flood-connections", type=int, default=128,
-                        help="the flood's connections (the bcrypt queue admits 64)")
-    parser.add_argument("--half-load", action="store_true",
-                        help="also measure the latency added over direct at 50%% of (c)'s "
-                             "peak (open loop; 2 more runs)")
+    parser.add_argument(
+        "--flood-variants",
+        default=",".join(FLOOD_VARIANTS),
+        help=f"comma-separated, among {', '.join(FLOOD_VARIANTS)}",
+    )
+    parser.add_argument(
+        "--flood-connections",
+        type=int,
+        default=128,
+        help="the flood's connections (the bcrypt queue admits 64)",
+    )
+    parser.add_argument(
+        "--half-load",
+        action="store_true",
+        help="also measure the latency added over direct at 50%% of (c)'s "
+        "peak (open loop; 2 more runs)",
+    )
 
 
 def add_output_options(parser: argparse.ArgumentParser) -> None:
     """The memory run, profiling, where results go, which gateway is measured."""
     parser.add_argument("--no-rss", action="store_true", help="skip the memory run")
-    parser.add_argument("--rss-statements", type=int, default=100_000,
-                        help="statements through the gateway in the memory run (issue: 1M)")
+    parser.add_argument(
+        "--rss-statements",
+        type=int,
+        default=100_000,
+        help="statements through the gateway in the memory run (issue: 1M)",
+    )
     parser.add_argument("--rss-sample-every", type=int, default=10_000, metavar="STATEMENTS")
-    parser.add_argument("--profile", action="store_true",
-                        help="also profile the gateway's POST path with py-spy (after the runs)")
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="also profile the gateway's POST path with py-spy (after the runs)",
+    )
     parser.add_argument("--py-spy", default=shutil.which("py-spy") or "py-spy")
     parser.add_argument("--profile-top", type=int, default=25)
     parser.add_argument("--results-dir", default=str(BENCH / "results"))
-    parser.add_argument("--gateway-commit", metavar="REV",
-                        help="run the gateway of this commit (git archive into a temporary "
-                             "directory) instead of the work tree's")
+    parser.add_argument(
+        "--gateway-commit",
+        metavar="REV",
+        help="run the gateway of this commit (git archive into a temporary "
+        "directory) instead of the work tree's",
+    )
 
 
 def parse_args() -> argparse.Namespace:
@@ -180,8 +226,9 @@ def parse_args() -> argparse.Namespace:
 def git(*args: str) -> str:
     """A git command's output in the repository ("" when it fails)."""
     try:
-        return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True,
-                              check=True).stdout.strip()
+        return subprocess.run(
+            ["git", *args], cwd=REPO, capture_output=True, text=True, check=True
+        ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return ""
 
@@ -202,13 +249,19 @@ def start_run(args: argparse.Namespace) -> RunInfo:
         commit = git("rev-parse", "--short", "HEAD") or "worktree"
         dirty = [line[3:] for line in git("status", "--porcelain").splitlines() if line]
     fallback = " (wrk not found: asyncio fallback, bench/loadgen.py)" if loadgen != "wrk" else ""
-    print(f"bench: gateway of {commit}{' (work tree, with local changes)' if dirty else ''}; "
-          "load generator "
-          f"{loadgen}{fallback};"
-          f" {args.connections} connections; {args.duration:g} s per run after "
-          f"{args.warmup:g} s warm-up; "
-          + ("pinned: load generators + stubs on CPU 0, proxy on CPU 1" if pin else
-             "NOT pinned (no taskset or < 2 CPUs)"), flush=True)
+    print(
+        f"bench: gateway of {commit}{' (work tree, with local changes)' if dirty else ''}; "
+        "load generator "
+        f"{loadgen}{fallback};"
+        f" {args.connections} connections; {args.duration:g} s per run after "
+        f"{args.warmup:g} s warm-up; "
+        + (
+            "pinned: load generators + stubs on CPU 0, proxy on CPU 1"
+            if pin
+            else "NOT pinned (no taskset or < 2 CPUs)"
+        ),
+        flush=True,
+    )
     source = f"git archive {args.gateway_commit}" if args.gateway_commit else "work tree"
     return RunInfo(commit, dirty, source, started_at, wall_start, cpus, loadgen, pin)
 
@@ -219,8 +272,12 @@ def gateway_source(args: argparse.Namespace, tmp: Path) -> Path:
         return REPO
     src = tmp / "src"
     src.mkdir()
-    archive = subprocess.run(["git", "archive", args.gateway_commit, "gateway"],
-                             cwd=REPO, capture_output=True, check=True).stdout
+    archive = subprocess.run(
+        ["git", "archive", args.gateway_commit, "gateway"],
+        cwd=REPO,
+        capture_output=True,
+        check=True,
+    ).stdout
     subprocess.run(["tar", "-x", "-C", str(src)], input=archive, check=True)
     return src
 
@@ -236,18 +293,33 @@ def choose_parts(args: argparse.Namespace, src: Path) -> Parts:
     flood_keys = [] if args.no_flood else [k for k in args.flood_variants.split(",") if k]
     if not can["lockout"]:
         flood_keys = []  # the flood gateways are configured through `lockout`
-    skipped = {key: f"skipped ({why})" for key, wanted, why in (
-        ("d", token, "--no-token" if args.no_token else "no token backend"),
-        ("e", forwarding, "--no-forwarding" if args.no_forwarding else "no forwarding"),
-        ("forwarding_lag", lag, "--no-lag / --no-forwarding"),
-        ("f", workers, "--no-workers" if args.no_workers else "this gateway has no --workers"),
-        ("rss", rss, "--no-rss" if args.no_rss else "no forwarding"),
-        ("bcrypt_flood", bool(flood_keys),
-         "--no-flood" if args.no_flood else "no lockout settings in this gateway"),
-    ) if not wanted}
-    return Parts(token=token, forwarding=forwarding, lag=lag, workers=workers, rss=rss,
-                 batch=not args.no_batch, half_load=args.half_load, flood_keys=flood_keys,
-                 skipped=skipped)
+    skipped = {
+        key: f"skipped ({why})"
+        for key, wanted, why in (
+            ("d", token, "--no-token" if args.no_token else "no token backend"),
+            ("e", forwarding, "--no-forwarding" if args.no_forwarding else "no forwarding"),
+            ("forwarding_lag", lag, "--no-lag / --no-forwarding"),
+            ("f", workers, "--no-workers" if args.no_workers else "this gateway has no --workers"),
+            ("rss", rss, "--no-rss" if args.no_rss else "no forwarding"),
+            (
+                "bcrypt_flood",
+                bool(flood_keys),
+                "--no-flood" if args.no_flood else "no lockout settings in this gateway",
+            ),
+        )
+        if not wanted
+    }
+    return Parts(
+        token=token,
+        forwarding=forwarding,
+        lag=lag,
+        workers=workers,
+        rss=rss,
+        batch=not args.no_batch,
+        half_load=args.half_load,
+        flood_keys=flood_keys,
+        skipped=skipped,
+    )
 
 
 def run_parts(bench: Bench, parts: Parts, setups: Setups, bodies: Bodies) -> Measured:
@@ -257,11 +329,18 @@ def run_parts(bench: Bench, parts: Parts, setups: Setups, bodies: Bodies) -> Mea
     measured = Measured(results)
     stub, gateways = setups.stub, setups.gateways
     if parts.half_load and "c" in results:
-        measured.half = run_half_load(bench, stub, gateways["gateway"], bodies.one_file,
-                                      results["c"]["rps"], setups.baseline)
+        measured.half = run_half_load(
+            bench, stub, gateways["gateway"], bodies.one_file, results["c"]["rps"], setups.baseline
+        )
     if parts.lag and setups.targets is not None:
-        measured.lag = run_lag(bench, gateways["gateway-fwd"], stub, setups.target_ports,
-                               results["e"]["rps"], bodies.one_template)
+        measured.lag = run_lag(
+            bench,
+            gateways["gateway-fwd"],
+            stub,
+            setups.target_ports,
+            results["e"]["rps"],
+            bodies.one_template,
+        )
     if parts.flood_keys:
         run_floods(bench, stub, bodies.one_file, parts.flood_keys, results)
     if parts.rss and setups.targets is not None:
@@ -286,8 +365,9 @@ def main() -> None:
             results_dir = Path(args.results_dir)
             results_dir.mkdir(parents=True, exist_ok=True)
             if args.profile:
-                measured.profiles = run_profiles(bench, setups, bodies, parts, results_dir,
-                                                 info.stem)
+                measured.profiles = run_profiles(
+                    bench, setups, bodies, parts, results_dir, info.stem
+                )
             info.data_fs = filesystem_of(tmp)
     write_report(args, info, measured, parts.skipped, parts.flood_keys, bodies.single)
 

@@ -42,19 +42,38 @@ def _merge(base: dict[str, Any], more: dict[str, Any]) -> dict[str, Any]:
     return base
 
 
-def write_gateway_config(tmp: Path, name: str, port: int, stub_url: str,
-                         src: Path = REPO, *, overrides: dict[str, Any] | None = None,
-                         users: list[dict[str, Any]] | None = None) -> Path:
+def write_gateway_config(
+    tmp: Path,
+    name: str,
+    port: int,
+    stub_url: str,
+    src: Path = REPO,
+    *,
+    overrides: dict[str, Any] | None = None,
+    users: list[dict[str, Any]] | None = None,
+) -> Path:
     """A gateway's config.yaml and auth.json (bench user, admin, `users`; storage -> stub)."""
     directory = tmp / name
     directory.mkdir()
-    (directory / "auth.json").write_text(json.dumps([
-        {"username": USERNAME, "hash": bcrypt_hash(PASSWORD), "scopes": ["all"],
-         "agent": AGENT},
-        {"username": ADMIN_USERNAME, "hash": bcrypt_hash(ADMIN_PASSWORD), "scopes": ["admin"],
-         "agent": {"objectType": "Agent", "mbox": "mailto:bench-admin@example.com"}},
-        *(users or []),
-    ]))
+    (directory / "auth.json").write_text(
+        json.dumps(
+            [
+                {
+                    "username": USERNAME,
+                    "hash": bcrypt_hash(PASSWORD),
+                    "scopes": ["all"],
+                    "agent": AGENT,
+                },
+                {
+                    "username": ADMIN_USERNAME,
+                    "hash": bcrypt_hash(ADMIN_PASSWORD),
+                    "scopes": ["admin"],
+                    "agent": {"objectType": "Agent", "mbox": "mailto:bench-admin@example.com"},
+                },
+                *(users or []),
+            ]
+        )
+    )
     config: dict[str, Any] = {
         "server": {"host": "127.0.0.1", "port": port},
         "auth": {"backends": ["basic"], "basic": {"credentials_file": "auth.json"}},
@@ -62,7 +81,7 @@ def write_gateway_config(tmp: Path, name: str, port: int, stub_url: str,
         "data_dir": str(directory / "data"),
     }
     # The rate limits stay on, set so high they never trip (when this gateway has them).
-    if "class RateLimitConfig" in (src / "gateway" / "config.py").read_text():
+    if "class RateLimitConfig" in _config_source(src):
         config["rate_limit"] = dict(NO_RATE_LIMITS)
     _merge(config, overrides or {})
     path = directory / "config.yaml"
@@ -72,45 +91,93 @@ def write_gateway_config(tmp: Path, name: str, port: int, stub_url: str,
 
 def forwarding_overrides(target_ports: list[int]) -> dict[str, Any]:
     """Config overrides that forward to the three stub targets."""
-    return {"forwardings": [
-        {"name": name, "is_active": True, "url": f"http://127.0.0.1:{port}/xAPI/statements",
-         "basic_username": None, "basic_password": None, "max_retries": 5, "timeout": 5}
-        for name, port in zip(TARGETS, target_ports, strict=True)]}
+    return {
+        "forwardings": [
+            {
+                "name": name,
+                "is_active": True,
+                "url": f"http://127.0.0.1:{port}/xAPI/statements",
+                "basic_username": None,
+                "basic_password": None,
+                "max_retries": 5,
+                "timeout": 5,
+            }
+            for name, port in zip(TARGETS, target_ports, strict=True)
+        ]
+    }
+
+
+def _first_source(src: Path, *candidates: str) -> str:
+    """The text of the first of `candidates` the gateway under test has (its layout moved)."""
+    for candidate in candidates:
+        if (src / candidate).is_file():
+            return (src / candidate).read_text()
+    raise FileNotFoundError(f"none of {candidates} in {src}")
+
+
+def _config_source(src: Path) -> str:
+    return _first_source(src, "gateway/config/settings.py", "gateway/config.py")
 
 
 def supports(src: Path) -> dict[str, bool]:
     """What the gateway under test can be configured with."""
-    config = (src / "gateway" / "config.py").read_text()
-    return {"token": "class TokensConfig" in config,
-            "forwarding": "class ForwardingTarget" in config,
-            "lockout": "class LockoutConfig" in config}
+    config = _config_source(src)
+    return {
+        "token": "class TokensConfig" in config,
+        "forwarding": "class ForwardingTarget" in config,
+        "lockout": "class LockoutConfig" in config,
+    }
 
 
 def has_workers_option(src: Path) -> bool:
     """Whether the gateway under test has `serve --workers`."""
     env = {**os.environ, "PYTHONPATH": str(src)}
-    done = subprocess.run([sys.executable, "-m", "gateway", "serve", "--help"], cwd=src,
-                          env=env, capture_output=True, text=True, check=False)
+    done = subprocess.run(
+        [sys.executable, "-m", "gateway", "serve", "--help"],
+        cwd=src,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     return "--workers" in done.stdout
 
 
 def event_loop_of(src: Path) -> str:
     """The loop the gateway's `serve` runs on: uvloop when it is installed (cli._tune_runtime)."""
-    cli = (src / "gateway" / "cli.py").read_text()
+    cli = _first_source(src, "gateway/cli/main.py", "gateway/cli.py")
     if "uvloop" not in cli:
         return "asyncio"
-    done = subprocess.run([sys.executable, "-c", "import uvloop"], capture_output=True,
-                          check=False)
+    done = subprocess.run([sys.executable, "-c", "import uvloop"], capture_output=True, check=False)
     return "uvloop" if done.returncode == 0 else "asyncio"
 
 
 def issue_token(src: Path, env: dict[str, str], config: Path) -> str:
     """A bearer gateway token for the bench user, from `lrs-gateway token issue`."""
     done = subprocess.run(
-        [sys.executable, "-m", "gateway", "--log-level", "WARNING", "token", "issue",
-         "--config", str(config), "--username", USERNAME, "--scope", "all",
-         "--expires-in", "3600"],
-        cwd=src, env=env, capture_output=True, text=True, check=False)
+        [
+            sys.executable,
+            "-m",
+            "gateway",
+            "--log-level",
+            "WARNING",
+            "token",
+            "issue",
+            "--config",
+            str(config),
+            "--username",
+            USERNAME,
+            "--scope",
+            "all",
+            "--expires-in",
+            "3600",
+        ],
+        cwd=src,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     if done.returncode != 0:
         sys.exit(f"bench: token issue failed:\n{done.stdout}\n{done.stderr}")
     token: str = json.loads(done.stdout)["token"]

@@ -35,8 +35,7 @@ done = function(summary, latency, requests)
     latency:percentile(99.9), latency.mean, latency.max))
 end
 """
-ERROR_KINDS = ("connect_errors", "read_errors", "write_errors", "status_errors",
-               "timeout_errors")
+ERROR_KINDS = ("connect_errors", "read_errors", "write_errors", "status_errors", "timeout_errors")
 
 
 def free_port() -> int:
@@ -60,10 +59,11 @@ def loadgen_result(stdout: str, stderr: str, returncode: int | None) -> dict[str
     """The figures of a load generator's `BENCHJSON` line (exit when it printed none)."""
     for line in stdout.splitlines():
         if line.startswith("BENCHJSON "):
-            result: dict[str, Any] = json.loads(line[len("BENCHJSON "):])
+            result: dict[str, Any] = json.loads(line[len("BENCHJSON ") :])
             return result
-    sys.exit(f"bench: the load generator failed ({returncode}):\n"
-             f"{stdout[-2000:]}\n{stderr[-2000:]}")
+    sys.exit(
+        f"bench: the load generator failed ({returncode}):\n{stdout[-2000:]}\n{stderr[-2000:]}"
+    )
 
 
 def raw_errors(raw: dict[str, Any]) -> int:
@@ -108,15 +108,17 @@ class Bench:
         env["PYTHONPATH"] = str(self.src)
         return env
 
-    def start(self, name: str, command: list[str], cpu: int | str, url: str, ready: str,
-              src: Path = REPO) -> Server:
+    def start(
+        self, name: str, command: list[str], cpu: int | str, url: str, ready: str, src: Path = REPO
+    ) -> Server:
         """Start a server (the gateway's package taken from `src`) and wait until it answers."""
         log = self.tmp / f"{name}.log"
         env = {k: v for k, v in os.environ.items() if not k.startswith("LRS_GATEWAY")}
         env["PYTHONPATH"] = str(src)
         with log.open("wb") as handle:
-            process = subprocess.Popen(self.pinned(cpu, command), stdout=handle,
-                                       stderr=subprocess.STDOUT, cwd=src, env=env)
+            process = subprocess.Popen(
+                self.pinned(cpu, command), stdout=handle, stderr=subprocess.STDOUT, cwd=src, env=env
+            )
         server = Server(name, process, url, log)
         self.servers[name] = server
         deadline = time.monotonic() + 30
@@ -134,19 +136,40 @@ class Bench:
                 time.sleep(0.05)
         return server
 
-    def start_gateway(self, name: str, stub: Server, *, level: str = "INFO",
-                      overrides: dict[str, Any] | None = None,
-                      users: list[dict[str, Any]] | None = None,
-                      workers: int = 1) -> tuple[Server, Path]:
+    def start_gateway(
+        self,
+        name: str,
+        stub: Server,
+        *,
+        level: str = "INFO",
+        overrides: dict[str, Any] | None = None,
+        users: list[dict[str, Any]] | None = None,
+        workers: int = 1,
+    ) -> tuple[Server, Path]:
         """A gateway on CPU 1; with `workers` > 1, its workers get CPUs 0 and 1."""
         port = free_port()
-        config = write_gateway_config(self.tmp, name, port, stub.url, self.src,
-                                      overrides=overrides, users=users)
+        config = write_gateway_config(
+            self.tmp, name, port, stub.url, self.src, overrides=overrides, users=users
+        )
         extra = ["--workers", str(workers)] if workers > 1 else []
-        server = self.start(name, [sys.executable, "-m", "gateway", "--log-level", level,
-                                   "serve", "--config", str(config), *extra],
-                            "0,1" if workers > 1 else 1, f"http://127.0.0.1:{port}/xAPI/",
-                            f"http://127.0.0.1:{port}/__lbheartbeat__", src=self.src)
+        server = self.start(
+            name,
+            [
+                sys.executable,
+                "-m",
+                "gateway",
+                "--log-level",
+                level,
+                "serve",
+                "--config",
+                str(config),
+                *extra,
+            ],
+            "0,1" if workers > 1 else 1,
+            f"http://127.0.0.1:{port}/xAPI/",
+            f"http://127.0.0.1:{port}/__lbheartbeat__",
+            src=self.src,
+        )
         return server, config
 
     def stop(self, name: str) -> None:
@@ -175,45 +198,84 @@ class Bench:
         """Start watching the CPU of the bench's servers, `companions` and everything else."""
         return Watch({name: s.process.pid for name, s in self.servers.items()}, companions)
 
-    def loadgen_command(self, url: str, body_file: Path, *, connections: int,
-                        duration: float, authorization: str | None = None,
-                        extra: list[str] | None = None) -> list[str]:
+    def loadgen_command(
+        self,
+        url: str,
+        body_file: Path,
+        *,
+        connections: int,
+        duration: float,
+        authorization: str | None = None,
+        extra: list[str] | None = None,
+    ) -> list[str]:
         """bench/loadgen.py with the bench's headers (no Authorization with --auth-file)."""
-        command = [sys.executable, str(BENCH / "loadgen.py"), "--url", url, "--body",
-                   str(body_file), "--connections", str(connections), "--duration",
-                   str(duration), *(extra or [])]
+        command = [
+            sys.executable,
+            str(BENCH / "loadgen.py"),
+            "--url",
+            url,
+            "--body",
+            str(body_file),
+            "--connections",
+            str(connections),
+            "--duration",
+            str(duration),
+            *(extra or []),
+        ]
         headers = request_headers(authorization)
         if extra and "--auth-file" in extra:
             del headers["Authorization"]
         command += [arg for k, v in headers.items() for arg in ("--header", f"{k}: {v}")]
         return self.pinned(0, command)
 
-    def wrk_command(self, url: str, body_file: Path, duration: float,
-                    authorization: str | None = None) -> list[str]:
+    def wrk_command(
+        self, url: str, body_file: Path, duration: float, authorization: str | None = None
+    ) -> list[str]:
         """wrk with a Lua script that posts `body_file` and prints a `BENCHJSON` line."""
         headers = request_headers(authorization)
         tag = uuid.uuid5(uuid.NAMESPACE_OID, json.dumps(headers)).hex[:8]
         script = self.tmp / f"{body_file.stem}-{tag}.lua"
-        lines = [f"local f = io.open({json.dumps(str(body_file))}, 'rb')",
-                 "wrk.method = 'POST'", "wrk.body = f:read('*a')", "f:close()"]
-        lines += [f"wrk.headers[{json.dumps(k)}] = {json.dumps(v)}"
-                  for k, v in headers.items()]
+        lines = [
+            f"local f = io.open({json.dumps(str(body_file))}, 'rb')",
+            "wrk.method = 'POST'",
+            "wrk.body = f:read('*a')",
+            "f:close()",
+        ]
+        lines += [f"wrk.headers[{json.dumps(k)}] = {json.dumps(v)}" for k, v in headers.items()]
         lines.append(WRK_DONE)
         script.write_text("\n".join(lines) + "\n")
-        return self.pinned(0, [
-            "wrk", f"-t{self.args.threads}", f"-c{self.args.connections}",
-            f"-d{max(1, round(duration))}s", "--timeout", "10s", "-s", str(script), url])
+        return self.pinned(
+            0,
+            [
+                "wrk",
+                f"-t{self.args.threads}",
+                f"-c{self.args.connections}",
+                f"-d{max(1, round(duration))}s",
+                "--timeout",
+                "10s",
+                "-s",
+                str(script),
+                url,
+            ],
+        )
 
-    def load(self, url: str, body_file: Path, duration: float,
-             authorization: str | None = None) -> dict[str, Any]:
+    def load(
+        self, url: str, body_file: Path, duration: float, authorization: str | None = None
+    ) -> dict[str, Any]:
         """One closed-loop run of the load generator; its raw figures."""
         if self.loadgen == "wrk":
             command = self.wrk_command(url, body_file, duration, authorization)
         else:
-            command = self.loadgen_command(url, body_file, connections=self.args.connections,
-                                           duration=duration, authorization=authorization)
-        done = subprocess.run(command, capture_output=True, text=True,
-                              timeout=duration + 60, check=False)
+            command = self.loadgen_command(
+                url,
+                body_file,
+                connections=self.args.connections,
+                duration=duration,
+                authorization=authorization,
+            )
+        done = subprocess.run(
+            command, capture_output=True, text=True, timeout=duration + 60, check=False
+        )
         return loadgen_result(done.stdout, done.stderr, done.returncode)
 
     def wait_for_quiet(self) -> float:
@@ -236,14 +298,25 @@ class Bench:
         if self.args.quiet_wait > 0:
             idle_load = self.wait_for_quiet()
             if idle_load > DISTURBED:
-                print(f"  (machine still busy: {idle_load * 100:.0f}% of a core in use by "
-                      "others; measuring anyway)", flush=True)
+                print(
+                    f"  (machine still busy: {idle_load * 100:.0f}% of a core in use by "
+                    "others; measuring anyway)",
+                    flush=True,
+                )
 
-    def measure(self, label: str, server: Server, body_file: Path, stub: Server, *,
-                authorization: str | None = None, quiet: bool = True,
-                companions: dict[str, int] | None = None,
-                before_run: Callable[[], Any] | None = None,
-                after_run: Callable[[Any], dict[str, Any]] | None = None) -> dict[str, Any]:
+    def measure(
+        self,
+        label: str,
+        server: Server,
+        body_file: Path,
+        stub: Server,
+        *,
+        authorization: str | None = None,
+        quiet: bool = True,
+        companions: dict[str, int] | None = None,
+        before_run: Callable[[], Any] | None = None,
+        after_run: Callable[[Any], dict[str, Any]] | None = None,
+    ) -> dict[str, Any]:
         """Warm-up, then one measured run; `after_run(before_run())` adds to the result."""
         # `companions` (name -> pid) are the bench's own processes running alongside (a
         # flood): their CPU is theirs, not other load. before_run and after_run take their
@@ -265,8 +338,15 @@ class Bench:
         return result
 
 
-def run_figures(label: str, server: Server, stub: Server, body_file: Path,
-                raw: dict[str, Any], cpu: dict[str, Any], errors: int) -> dict[str, Any]:
+def run_figures(
+    label: str,
+    server: Server,
+    stub: Server,
+    body_file: Path,
+    raw: dict[str, Any],
+    cpu: dict[str, Any],
+    errors: int,
+) -> dict[str, Any]:
     """One measured run's result: throughput, latencies, errors, CPU by process."""
     seconds = raw["duration_us"] / 1e6
     return {
@@ -297,21 +377,30 @@ def run_figures(label: str, server: Server, stub: Server, body_file: Path,
 
 def print_errors(label: str, errors: int, raw: dict[str, Any], server: Server) -> None:
     """Say a run had errors, with the first one and the end of the server's log."""
-    print(f"  {label}: {errors} errors; "
-          + (f"first: {raw['first_error']}; " if "first_error" in raw else "")
-          + "the server's log ends with:\n    "
-          + "\n    ".join(server.log.read_text(errors="replace").splitlines()[-5:]),
-          flush=True)
+    print(
+        f"  {label}: {errors} errors; "
+        + (f"first: {raw['first_error']}; " if "first_error" in raw else "")
+        + "the server's log ends with:\n    "
+        + "\n    ".join(server.log.read_text(errors="replace").splitlines()[-5:]),
+        flush=True,
+    )
 
 
 def print_run(label: str, result: dict[str, Any], cpu: dict[str, Any]) -> None:
     """One line per measured run: req/s, p50, p99, errors, other load when above 10%."""
     other = cpu["other"]
-    print(f"  {label:<52} {result['rps']:>9.0f} req/s  p50 {result['p50_ms']:6.2f} ms"
-          f"  p99 {result['p99_ms']:6.2f} ms  errors {result['errors']}"
-          + (f"  (other load {other * 100:.0f}%: "
-             + ", ".join(f"{n} {c * 100:.0f}%" for n, c in cpu["others"]) + ")"
-             if other > 0.1 else ""), flush=True)
+    print(
+        f"  {label:<52} {result['rps']:>9.0f} req/s  p50 {result['p50_ms']:6.2f} ms"
+        f"  p99 {result['p99_ms']:6.2f} ms  errors {result['errors']}"
+        + (
+            f"  (other load {other * 100:.0f}%: "
+            + ", ".join(f"{n} {c * 100:.0f}%" for n, c in cpu["others"])
+            + ")"
+            if other > 0.1
+            else ""
+        ),
+        flush=True,
+    )
 
 
 @contextlib.contextmanager

@@ -58,8 +58,11 @@ def sample_until_drained(sampler: Sampler, load_end: float, timeout: float) -> f
     drained_at = None
     while time.monotonic() < deadline:
         time.sleep(0.05)
-        if sampler.samples and sampler.samples[-1][0] > load_end and all(
-                t["backlog"] == 0 for t in sampler.samples[-1][1].values()):
+        if (
+            sampler.samples
+            and sampler.samples[-1][0] > load_end
+            and all(t["backlog"] == 0 for t in sampler.samples[-1][1].values())
+        ):
             drained_at = sampler.samples[-1][0]
             break
     sampler.halt.set()
@@ -73,11 +76,13 @@ def lag_by_target(during: list[Status]) -> dict[str, Any]:
     for name in TARGETS:
         lags = [s[name]["oldest_age"] or 0.0 for s in during if name in s]
         backlogs = [s[name]["backlog"] for s in during if name in s]
-        per_target[name] = {"lag_max_s": max(lags, default=None),
-                            "lag_p95_s": percentile(lags, 95),
-                            "lag_p99_s": percentile(lags, 99),
-                            "lag_mean_s": sum(lags) / len(lags) if lags else None,
-                            "backlog_max": max(backlogs, default=None)}
+        per_target[name] = {
+            "lag_max_s": max(lags, default=None),
+            "lag_p95_s": percentile(lags, 95),
+            "lag_p99_s": percentile(lags, 99),
+            "lag_mean_s": sum(lags) / len(lags) if lags else None,
+            "backlog_max": max(backlogs, default=None),
+        }
     return per_target
 
 
@@ -87,27 +92,34 @@ def delivery_of(bases: list[tuple[str, str]], acked: set[str]) -> dict[str, Any]
     for name, base in bases:
         got = stub_ids(base, full=True)
         seen = set(got.pop("ids"))
-        delivery[name] = {**got, "missing": len(acked - seen),
-                          "unexpected": len(seen - acked),
-                          "exactly_once": not (acked - seen) and got["duplicates"] == 0}
+        delivery[name] = {
+            **got,
+            "missing": len(acked - seen),
+            "unexpected": len(seen - acked),
+            "exactly_once": not (acked - seen) and got["duplicates"] == 0,
+        }
     return delivery
 
 
 def client_side(raw: dict[str, Any], acked: int) -> dict[str, Any]:
     """What the open-loop client saw: answers, errors, statuses and latencies."""
     return {
-        "scheduled": raw.get("scheduled"), "answered": raw["requests"],
+        "scheduled": raw.get("scheduled"),
+        "answered": raw["requests"],
         "errors": raw_errors(raw),
-        "statuses": raw.get("statuses"), "acked_statements": acked,
+        "statuses": raw.get("statuses"),
+        "acked_statements": acked,
         "achieved_rps": raw["requests"] / (raw["duration_us"] / 1e6),
-        "client_p50_ms": raw["p50_us"] / 1000, "client_p99_ms": raw["p99_us"] / 1000,
+        "client_p50_ms": raw["p50_us"] / 1000,
+        "client_p99_ms": raw["p99_us"] / 1000,
         "client_max_ms": raw["max_us"] / 1000,
         "client_late_p99_ms": raw.get("late_p99_us", 0.0) / 1000,
     }
 
 
-def target_side(per_target: dict[str, Any], delivery: dict[str, Any],
-                drained_at: float | None, load_end: float) -> dict[str, Any]:
+def target_side(
+    per_target: dict[str, Any], delivery: dict[str, Any], drained_at: float | None, load_end: float
+) -> dict[str, Any]:
     """What the targets saw: worst lag and backlog, drain time, exactly-once delivery."""
     return {
         "lag_max_s": max((t["lag_max_s"] or 0.0 for t in per_target.values()), default=None),
@@ -119,25 +131,39 @@ def target_side(per_target: dict[str, Any], delivery: dict[str, Any],
     }
 
 
-def run_lag(bench: Bench, gateway: Server, stub: Server, target_ports: list[int],
-            max_rps: float, template: Path) -> dict[str, Any]:
+def run_lag(
+    bench: Bench,
+    gateway: Server,
+    stub: Server,
+    target_ports: list[int],
+    max_rps: float,
+    template: Path,
+) -> dict[str, Any]:
     """An open-loop constant rate at --lag-fraction of (e)'s peak, sampled and then checked."""
     args = bench.args
     rate = max(1.0, round(args.lag_fraction * max_rps))
-    print(f"\nforwarding lag: {rate:.0f} statements/s (open loop, {args.lag_fraction:.0%} of "
-          f"(e)'s {max_rps:.0f} req/s) for {args.lag_duration:g} s, 3 targets, "
-          "GET /admin/forwarding every 0.5 s", flush=True)
+    print(
+        f"\nforwarding lag: {rate:.0f} statements/s (open loop, {args.lag_fraction:.0%} of "
+        f"(e)'s {max_rps:.0f} req/s) for {args.lag_duration:g} s, 3 targets, "
+        "GET /admin/forwarding every 0.5 s",
+        flush=True,
+    )
     settle = wait_drained(gateway, args.drain_timeout)
-    receivers = [("storage", stub.base),
-                 *((n, f"http://127.0.0.1:{p}/") for n, p in zip(TARGETS, target_ports,
-                                                                 strict=True))]
+    receivers = [
+        ("storage", stub.base),
+        *((n, f"http://127.0.0.1:{p}/") for n, p in zip(TARGETS, target_ports, strict=True)),
+    ]
     for _, base in receivers:
         stub_reset(base, "ids")
     ids_file = bench.tmp / "lag-ids.txt"
     bench.quiet()
     command = bench.loadgen_command(
-        gateway.url + "statements", template, connections=64, duration=args.lag_duration,
-        extra=["--rate", str(rate), "--unique-ids", "--ids-out", str(ids_file)])
+        gateway.url + "statements",
+        template,
+        connections=64,
+        duration=args.lag_duration,
+        extra=["--rate", str(rate), "--unique-ids", "--ids-out", str(ids_file)],
+    )
     sampler = Sampler(gateway, 0.5)
     watch = bench.watch()
     sampler.start()
@@ -156,15 +182,22 @@ def run_lag(bench: Bench, gateway: Server, stub: Server, target_ports: list[int]
     for _, base in receivers:
         stub_reset(base, "off")
     result = {
-        "rate": rate, "fraction_of_e": args.lag_fraction, "e_rps": max_rps,
-        "duration_s": args.lag_duration, "settle_before_s": settle,
+        "rate": rate,
+        "fraction_of_e": args.lag_fraction,
+        "e_rps": max_rps,
+        "duration_s": args.lag_duration,
+        "settle_before_s": settle,
         **client_side(raw, len(acked)),
-        "samples": len(during), "sample_errors": sampler.errors,
+        "samples": len(during),
+        "sample_errors": sampler.errors,
         **target_side(per_target, delivery, drained_at, load_end),
         "gateway_cpu": cpu["servers"].get(gateway.name, 0.0),
-        "other_cpu": cpu["other"], "other_processes": cpu["others"],
-        "timeline": [(round(t, 2), {n: (s["backlog"], s["oldest_age"]) for n, s in st.items()})
-                     for t, st in sampler.samples],
+        "other_cpu": cpu["other"],
+        "other_processes": cpu["others"],
+        "timeline": [
+            (round(t, 2), {n: (s["backlog"], s["oldest_age"]) for n, s in st.items()})
+            for t, st in sampler.samples
+        ],
     }
     print_lag(result)
     return result

@@ -54,7 +54,7 @@ async def _read_response(reader: asyncio.StreamReader) -> tuple[int, bytes]:
     body = b""
     if index >= 0:
         end = lowered.find(b"\r\n", index + 2)
-        body = await reader.readexactly(int(lowered[index + 17:end].strip()))
+        body = await reader.readexactly(int(lowered[index + 17 : end].strip()))
     elif b"\r\ntransfer-encoding: chunked" in lowered:
         while True:
             size = int((await reader.readuntil(b"\r\n")).split(b";")[0], 16)
@@ -67,17 +67,24 @@ async def _read_response(reader: asyncio.StreamReader) -> tuple[int, bytes]:
 class Requests:
     """Builds each request: its bytes and the statement ids it carries."""
 
-    def __init__(self, url: str, body: bytes, headers: list[str], auth_values: list[str],
-                 unique_ids: bool) -> None:
+    def __init__(
+        self, url: str, body: bytes, headers: list[str], auth_values: list[str], unique_ids: bool
+    ) -> None:
         parts = urlsplit(url)
         self.host, self.port = parts.hostname or "127.0.0.1", parts.port or 80
         target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         self._pieces = body.split(PLACEHOLDER) if unique_ids else [body]
         length = len(body) + (len(self._pieces) - 1) * (36 - len(PLACEHOLDER))
-        head = [f"POST {target} HTTP/1.1", f"Host: {self.host}:{self.port}",
-                f"Content-Length: {length}", *headers]
-        heads = [("\r\n".join([*head, f"Authorization: {value}"]) + "\r\n\r\n").encode()
-                 for value in auth_values] or [("\r\n".join(head) + "\r\n\r\n").encode()]
+        head = [
+            f"POST {target} HTTP/1.1",
+            f"Host: {self.host}:{self.port}",
+            f"Content-Length: {length}",
+            *headers,
+        ]
+        heads = [
+            ("\r\n".join([*head, f"Authorization: {value}"]) + "\r\n\r\n").encode()
+            for value in auth_values
+        ] or [("\r\n".join(head) + "\r\n\r\n").encode()]
         self._heads = itertools.cycle(heads)
         # Ids unique across runs too: a random prefix per process, a counter after it.
         prefix = secrets.token_hex(9)
@@ -100,9 +107,16 @@ class Requests:
 class Tally:
     latencies: list[float] = field(default_factory=list)
     late: list[float] = field(default_factory=list)
-    counts: dict[str, Any] = field(default_factory=lambda: {
-        "connect_errors": 0, "read_errors": 0, "write_errors": 0, "status_errors": 0,
-        "timeout_errors": 0, "statuses": {}})
+    counts: dict[str, Any] = field(
+        default_factory=lambda: {
+            "connect_errors": 0,
+            "read_errors": 0,
+            "write_errors": 0,
+            "status_errors": 0,
+            "timeout_errors": 0,
+            "statuses": {},
+        }
+    )
     acked_ids: list[str] = field(default_factory=list)
     acked_statements: int = 0
     progress_every: int = 0
@@ -136,8 +150,10 @@ class Connection:
     async def _connect(self) -> bool:
         try:
             self._reader, self._writer = await asyncio.open_connection(
-                self._requests.host, self._requests.port,
-                local_addr=(self._source, 0) if self._source else None)
+                self._requests.host,
+                self._requests.port,
+                local_addr=(self._source, 0) if self._source else None,
+            )
         except OSError:
             self._tally.counts["connect_errors"] += 1
             return False
@@ -175,16 +191,26 @@ class Connection:
         return True
 
 
-async def closed_loop(requests: Requests, tally: Tally, connections: int, duration: float,
-                      limit: int | None, source: str | None, stop: asyncio.Event) -> None:
+async def closed_loop(
+    requests: Requests,
+    tally: Tally,
+    connections: int,
+    duration: float,
+    limit: int | None,
+    source: str | None,
+    stop: asyncio.Event,
+) -> None:
     deadline = time.perf_counter() + duration
     tickets: Iterator[int] = itertools.count() if limit is None else iter(range(limit))
 
     async def one() -> None:
         connection = Connection(requests, source, tally)
         try:
-            while (time.perf_counter() < deadline and not stop.is_set()
-                   and next(tickets, None) is not None):
+            while (
+                time.perf_counter() < deadline
+                and not stop.is_set()
+                and next(tickets, None) is not None
+            ):
                 await connection.exchange()
         finally:
             connection.close()
@@ -200,8 +226,15 @@ async def closed_loop(requests: Requests, tally: Tally, connections: int, durati
     stopped.cancel()
 
 
-async def open_loop(requests: Requests, tally: Tally, connections: int, duration: float,
-                    rate: float, source: str | None, stop: asyncio.Event) -> None:
+async def open_loop(
+    requests: Requests,
+    tally: Tally,
+    connections: int,
+    duration: float,
+    rate: float,
+    source: str | None,
+    stop: asyncio.Event,
+) -> None:
     queue: asyncio.Queue[float | None] = asyncio.Queue()
 
     async def worker() -> None:
@@ -228,20 +261,32 @@ async def open_loop(requests: Requests, tally: Tally, connections: int, duration
     await asyncio.gather(*workers)
 
 
-async def run(args: argparse.Namespace, body: bytes,
-              auth_values: list[str]) -> tuple[dict[str, Any], list[str]]:
+async def run(
+    args: argparse.Namespace, body: bytes, auth_values: list[str]
+) -> tuple[dict[str, Any], list[str]]:
     requests = Requests(args.url, body, args.header, auth_values, args.unique_ids)
-    tally = Tally(progress_every=args.progress_every, next_progress=args.progress_every,
-                  keep_ids=args.ids_out is not None)
+    tally = Tally(
+        progress_every=args.progress_every,
+        next_progress=args.progress_every,
+        keep_ids=args.ids_out is not None,
+    )
     stop = asyncio.Event()  # SIGTERM ends the run early, with its figures
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
     started = time.perf_counter()
     if args.rate:
-        await open_loop(requests, tally, args.connections, args.duration, args.rate,
-                        args.source_address, stop)
+        await open_loop(
+            requests, tally, args.connections, args.duration, args.rate, args.source_address, stop
+        )
     else:
-        await closed_loop(requests, tally, args.connections, args.duration, args.requests,
-                          args.source_address, stop)
+        await closed_loop(
+            requests,
+            tally,
+            args.connections,
+            args.duration,
+            args.requests,
+            args.source_address,
+            stop,
+        )
     elapsed = time.perf_counter() - started
     latencies = sorted(tally.latencies)
     late = sorted(tally.late)
@@ -252,17 +297,27 @@ async def run(args: argparse.Namespace, body: bytes,
         return values[min(len(values) - 1, int(len(values) * p / 100))] * 1e6
 
     result: dict[str, Any] = {
-        "requests": len(latencies), "duration_us": elapsed * 1e6, **tally.counts,
-        "p50_us": pct(latencies, 50), "p90_us": pct(latencies, 90),
-        "p99_us": pct(latencies, 99), "p999_us": pct(latencies, 99.9),
+        "requests": len(latencies),
+        "duration_us": elapsed * 1e6,
+        **tally.counts,
+        "p50_us": pct(latencies, 50),
+        "p90_us": pct(latencies, 90),
+        "p99_us": pct(latencies, 99),
+        "p999_us": pct(latencies, 99.9),
         "mean_us": (sum(latencies) / len(latencies) * 1e6) if latencies else 0.0,
         "max_us": latencies[-1] * 1e6 if latencies else 0.0,
         "acked_statements": tally.acked_statements,
     }
     if args.rate:
-        result.update({"rate": args.rate, "scheduled": int(args.duration * args.rate),
-                       "late_p50_us": pct(late, 50), "late_p99_us": pct(late, 99),
-                       "late_max_us": late[-1] * 1e6 if late else 0.0})
+        result.update(
+            {
+                "rate": args.rate,
+                "scheduled": int(args.duration * args.rate),
+                "late_p50_us": pct(late, 50),
+                "late_p99_us": pct(late, 99),
+                "late_max_us": late[-1] * 1e6 if late else 0.0,
+            }
+        )
     return result, tally.acked_ids
 
 
@@ -281,11 +336,15 @@ def main() -> None:
     parser.add_argument("--header", action="append", default=[])
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--duration", type=float, default=10.0)
-    parser.add_argument("--rate", type=float, default=0.0,
-                        help="open loop: requests per second (0: closed loop)")
+    parser.add_argument(
+        "--rate", type=float, default=0.0, help="open loop: requests per second (0: closed loop)"
+    )
     parser.add_argument("--requests", type=int, help="closed loop: stop after this many")
-    parser.add_argument("--unique-ids", action="store_true",
-                        help=f"replace each {PLACEHOLDER.decode()} in the body with a fresh UUID")
+    parser.add_argument(
+        "--unique-ids",
+        action="store_true",
+        help=f"replace each {PLACEHOLDER.decode()} in the body with a fresh UUID",
+    )
     parser.add_argument("--ids-out", help="write the ids of statements answered 2xx here")
     parser.add_argument("--progress-every", type=int, default=0, metavar="STATEMENTS")
     parser.add_argument("--auth-file", help="Authorization values, one a line, used in turn")

@@ -46,24 +46,45 @@ def main() -> None:
     cost("json.loads", lambda: json.loads(one))
     one_data, batch_data = json.loads(one), json.loads(batch)
     cost("json.dumps (ensure_ascii=False, compact) + encode", lambda: dumps(one_data))
-    cost("json.loads + prepare_post (check, complete)",
-         lambda: prepare_post(json.loads(one), AGENT))
-    cost("str(uuid4()) + datetime.now().isoformat() (setdefault args)",
-         lambda: (str(uuid.uuid4()), datetime.now(UTC).isoformat(timespec="milliseconds")))
+    cost(
+        "json.loads + prepare_post (check, complete)", lambda: prepare_post(json.loads(one), AGENT)
+    )
+    cost(
+        "str(uuid4()) + datetime.now().isoformat() (setdefault args)",
+        lambda: (str(uuid.uuid4()), datetime.now(UTC).isoformat(timespec="milliseconds")),
+    )
     print(f"batch of {BATCH_SIZE} ({len(batch)} bytes):")
     cost("json.loads", lambda: json.loads(batch), 50)
     cost("json.loads + prepare_post", lambda: prepare_post(json.loads(batch), AGENT), 50)
     cost("json.dumps + encode", lambda: dumps(batch_data), 50)
     print("per request:")
-    incoming = CIMultiDictProxy(CIMultiDict({
-        "Host": "127.0.0.1:8080", "Authorization": "Basic YmVuY2g6eA==",
-        "Content-Type": "application/json", "X-Experience-API-Version": "1.0.3",
-        "Content-Length": "1000", "User-Agent": "bench"}))
-    cost("request_headers (copy, drop hop-by-hop)",
-         lambda: request_headers(incoming, extra={"X-Request-ID": "abc"}))
-    answer = CIMultiDictProxy(CIMultiDict({
-        "Content-Type": "application/json", "Content-Length": "40", "Date": "x",
-        "Server": "stub", "X-Experience-API-Version": "1.0.3"}))
+    incoming = CIMultiDictProxy(
+        CIMultiDict(
+            {
+                "Host": "127.0.0.1:8080",
+                "Authorization": "Basic YmVuY2g6eA==",
+                "Content-Type": "application/json",
+                "X-Experience-API-Version": "1.0.3",
+                "Content-Length": "1000",
+                "User-Agent": "bench",
+            }
+        )
+    )
+    cost(
+        "request_headers (copy, drop hop-by-hop)",
+        lambda: request_headers(incoming, extra={"X-Request-ID": "abc"}),
+    )
+    answer = CIMultiDictProxy(
+        CIMultiDict(
+            {
+                "Content-Type": "application/json",
+                "Content-Length": "40",
+                "Date": "x",
+                "Server": "stub",
+                "X-Experience-API-Version": "1.0.3",
+            }
+        )
+    )
     cost("response_headers", lambda: response_headers(answer, decoded=False))
     cost("uuid4().hex (request id)", lambda: uuid.uuid4().hex)
     log = logging.getLogger("bench.micro")
@@ -72,9 +93,19 @@ def main() -> None:
     log.addHandler(handler)
     log.setLevel(logging.INFO)
     log.propagate = False
-    cost("access log line (formatted, to memory)",
-         lambda: log.info("%s %s %s %d %.1fms principal=%s request_id=%s", "127.0.0.1", "POST",
-                          "xapi.statements", 200, 1.234, "bench", "abc"))
+    cost(
+        "access log line (formatted, to memory)",
+        lambda: log.info(
+            "%s %s %s %d %.1fms principal=%s request_id=%s",
+            "127.0.0.1",
+            "POST",
+            "xapi.statements",
+            200,
+            1.234,
+            "bench",
+            "abc",
+        ),
+    )
     metrics = Metrics(CollectorRegistry())
 
     def update() -> None:

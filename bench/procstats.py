@@ -18,8 +18,11 @@ def cpu_times() -> dict[str, list[int]]:
         lines = Path("/proc/stat").read_text().splitlines()
     except OSError:
         return {}
-    return {line.split()[0]: [int(x) for x in line.split()[1:]]
-            for line in lines if line.startswith("cpu") and line[3:4].isdigit()}
+    return {
+        line.split()[0]: [int(x) for x in line.split()[1:]]
+        for line in lines
+        if line.startswith("cpu") and line[3:4].isdigit()
+    }
 
 
 def cpu_usage(before: dict[str, list[int]], after: dict[str, list[int]]) -> dict[str, Any]:
@@ -29,8 +32,11 @@ def cpu_usage(before: dict[str, list[int]], after: dict[str, list[int]]) -> dict
         delta = [b - a for a, b in zip(before.get(cpu, end), end, strict=False)]
         total = sum(delta[:8]) or 1
         idle = delta[3] + delta[4]
-        usage[cpu] = {"busy": (total - idle - delta[7]) / total, "steal": delta[7] / total,
-                      "seconds": (total - idle - delta[7]) / os.sysconf("SC_CLK_TCK")}
+        usage[cpu] = {
+            "busy": (total - idle - delta[7]) / total,
+            "steal": delta[7] / total,
+            "seconds": (total - idle - delta[7]) / os.sysconf("SC_CLK_TCK"),
+        }
     return usage
 
 
@@ -45,7 +51,7 @@ def process_times() -> dict[tuple[int, str], float]:
             text = (entry / "stat").read_text()
         except OSError:
             continue
-        name = text[text.find("(") + 1:text.rfind(")")]
+        name = text[text.find("(") + 1 : text.rfind(")")]
         fields = text.rpartition(")")[2].split()
         times[(int(entry.name), name)] = (int(fields[11]) + int(fields[12])) / ticks
     return times
@@ -64,11 +70,18 @@ def children_by_parent() -> dict[int, list[int]]:
     return children
 
 
-def busiest_others(before: dict[tuple[int, str], float], after: dict[tuple[int, str], float],
-                   ours: set[int], seconds: float) -> list[tuple[str, float]]:
+def busiest_others(
+    before: dict[tuple[int, str], float],
+    after: dict[tuple[int, str], float],
+    ours: set[int],
+    seconds: float,
+) -> list[tuple[str, float]]:
     """The processes, not the bench's, that used the most CPU between two snapshots."""
-    used = [(f"{name}[{pid}]", (end - before.get((pid, name), 0.0)) / seconds)
-            for (pid, name), end in after.items() if pid not in ours]
+    used = [
+        (f"{name}[{pid}]", (end - before.get((pid, name), 0.0)) / seconds)
+        for (pid, name), end in after.items()
+        if pid not in ours
+    ]
     return sorted((u for u in used if u[1] >= 0.02), key=lambda u: -u[1])[:5]
 
 
@@ -105,8 +118,9 @@ def vm_status(pid: int) -> dict[str, int]:
 class Watch:
     """CPU used between start and stop: the bench's processes, and everything else."""
 
-    def __init__(self, servers: Mapping[str, int],
-                 companions: dict[str, int] | None = None) -> None:
+    def __init__(
+        self, servers: Mapping[str, int], companions: dict[str, int] | None = None
+    ) -> None:
         """Snapshot now; `servers` and `companions` map the bench's processes to their pid."""
         self._servers = servers
         self._companions = companions or {}
@@ -121,25 +135,46 @@ class Watch:
         children = resource.getrusage(resource.RUSAGE_CHILDREN)
         machine = cpu_usage(self._machine, cpu_times())
         seconds = max(1e-6, time.perf_counter() - self._started)
-        by_pid = {pid: end - self._processes.get((pid, name), end)
-                  for (pid, name), end in processes.items()}
+        by_pid = {
+            pid: end - self._processes.get((pid, name), end)
+            for (pid, name), end in processes.items()
+        }
         kids = children_by_parent()
         family = {name: [pid, *kids.get(pid, [])] for name, pid in self._servers.items()}
-        servers = {name: sum(by_pid.get(pid, 0.0) for pid in pids) / seconds
-                   for name, pids in family.items()}
-        companions = {name: by_pid.get(pid, 0.0) / seconds
-                      for name, pid in self._companions.items()}
+        servers = {
+            name: sum(by_pid.get(pid, 0.0) for pid in pids) / seconds
+            for name, pids in family.items()
+        }
+        companions = {
+            name: by_pid.get(pid, 0.0) / seconds for name, pid in self._companions.items()
+        }
         # Load generators run to completion inside the window: their CPU is the children's.
-        reaped = (children.ru_utime + children.ru_stime - self._children.ru_utime
-                  - self._children.ru_stime) / seconds
-        mine = {os.getpid(), *(pid for pids in family.values() for pid in pids),
-                *self._companions.values()}
-        ours = (sum(servers.values()) + sum(companions.values()) + reaped
-                + by_pid.get(os.getpid(), 0.0) / seconds)
+        reaped = (
+            children.ru_utime
+            + children.ru_stime
+            - self._children.ru_utime
+            - self._children.ru_stime
+        ) / seconds
+        mine = {
+            os.getpid(),
+            *(pid for pids in family.values() for pid in pids),
+            *self._companions.values(),
+        }
+        ours = (
+            sum(servers.values())
+            + sum(companions.values())
+            + reaped
+            + by_pid.get(os.getpid(), 0.0) / seconds
+        )
         # CPU used on the machine by anything but the bench's processes (other sessions'
         # test runs, say): when it is high, the run was disturbed.
         other = max(0.0, sum(u["seconds"] for u in machine.values()) / seconds - ours)
-        return {"seconds": seconds, "servers": servers, "companions": companions,
-                "loadgen": reaped, "other": other,
-                "others": busiest_others(self._processes, processes, mine, seconds),
-                "machine": machine}
+        return {
+            "seconds": seconds,
+            "servers": servers,
+            "companions": companions,
+            "loadgen": reaped,
+            "other": other,
+            "others": busiest_others(self._processes, processes, mine, seconds),
+            "machine": machine,
+        }

@@ -13,13 +13,28 @@ from harness import Bench, Server
 from scenarios import Parts, Setups
 from workload import REPO, Bodies
 
-OUTER_FRAMES = ("_run_code ", "_run_module_as_main ", "<module> ", "main ", "_serve ",
-                "run_app ", "BaseEventLoop.run", "Handle._run ", "Thread.")
+OUTER_FRAMES = (
+    "_run_code ",
+    "_run_module_as_main ",
+    "<module> ",
+    "main ",
+    "_serve ",
+    "run_app ",
+    "BaseEventLoop.run",
+    "Handle._run ",
+    "Thread.",
+)
 # Where the loop thread's Python stack ends when it is inside the event loop's own code:
 # asyncio's selector wait, or (uvloop) anything in the loop's C code, idle wait included.
-LOOP_ENTRY_FRAMES = ("run_app ", "BaseEventLoop.run_until_complete ",
-                     "BaseEventLoop.run_forever ", "Runner.run ", "run ",
-                     "EpollSelector.select ", "select ")
+LOOP_ENTRY_FRAMES = (
+    "run_app ",
+    "BaseEventLoop.run_until_complete ",
+    "BaseEventLoop.run_forever ",
+    "Runner.run ",
+    "run ",
+    "EpollSelector.select ",
+    "select ",
+)
 
 
 def _frame_name(frame: str) -> str:
@@ -57,7 +72,8 @@ def profile_stacks(raw_file: Path, top: int) -> dict[str, Any]:
             continue
         total += count
         through_run_once = through_run_once or any(
-            f.startswith("BaseEventLoop._run_once ") for f in frames)
+            f.startswith("BaseEventLoop._run_once ") for f in frames
+        )
         if frames[-1].startswith(LOOP_ENTRY_FRAMES):
             internal += count
         own[frames[-1]] += count
@@ -78,31 +94,56 @@ def _shown(path: Path) -> Path:
     return path.relative_to(REPO) if path.is_relative_to(REPO) else path
 
 
-def print_profile(server: Server, body_file: Path, requests: int, stacks: dict[str, Any],
-                  raw_file: Path) -> None:
+def print_profile(
+    server: Server, body_file: Path, requests: int, stacks: dict[str, Any], raw_file: Path
+) -> None:
     """A profile's sample counts, then its top functions by self and inclusive share."""
-    print(f"\nprofile of {server.name}, {body_file.stem} body: {requests} requests under "
-          f"py-spy, {stacks['loop_samples']} event-loop samples ({stacks['loop_kind']}; "
-          f"{stacks['loop_internal_samples']} inside the loop's own code or idle) "
-          f"(+{stacks['other_thread_samples']} in other threads, left out); raw stacks in "
-          f"{_shown(raw_file)}")
+    print(
+        f"\nprofile of {server.name}, {body_file.stem} body: {requests} requests under "
+        f"py-spy, {stacks['loop_samples']} event-loop samples ({stacks['loop_kind']}; "
+        f"{stacks['loop_internal_samples']} inside the loop's own code or idle) "
+        f"(+{stacks['other_thread_samples']} in other threads, left out); raw stacks in "
+        f"{_shown(raw_file)}"
+    )
     for kind in ("self", "inclusive"):
         print(f"  top {kind}:")
-        shown = [(n, v) for n, v in stacks[kind]
-                 if kind == "self" or not n.startswith(OUTER_FRAMES)]
+        shown = [
+            (n, v) for n, v in stacks[kind] if kind == "self" or not n.startswith(OUTER_FRAMES)
+        ]
         for name, share in shown:
             print(f"    {share * 100:5.1f}%  {name}")
 
 
-def profile(bench: Bench, server: Server, body_file: Path, py_spy: str,
-            out_dir: Path, stem: str, authorization: str | None = None) -> dict[str, Any]:
+def profile(
+    bench: Bench,
+    server: Server,
+    body_file: Path,
+    py_spy: str,
+    out_dir: Path,
+    stem: str,
+    authorization: str | None = None,
+) -> dict[str, Any]:
     """py-spy on `server` during one load run; its stacks summed, raw file beside the JSON."""
     raw_file = out_dir / f"{stem}-profile-{server.name}-{body_file.stem}.txt"
     seconds = max(3, int(bench.args.duration))
-    spy = subprocess.Popen([py_spy, "record", "--pid", str(server.process.pid), "--rate", "250",
-                            "--duration", str(seconds), "--format", "raw", "--output",
-                            str(raw_file)], stdout=subprocess.DEVNULL,
-                           stderr=subprocess.PIPE)
+    spy = subprocess.Popen(
+        [
+            py_spy,
+            "record",
+            "--pid",
+            str(server.process.pid),
+            "--rate",
+            "250",
+            "--duration",
+            str(seconds),
+            "--format",
+            "raw",
+            "--output",
+            str(raw_file),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     time.sleep(0.5)
     raw = bench.load(server.url + "statements", body_file, seconds, authorization)
     _, err = spy.communicate(timeout=60)
@@ -114,13 +155,13 @@ def profile(bench: Bench, server: Server, body_file: Path, py_spy: str,
     return {"raw_file": str(_shown(raw_file)), **stacks}
 
 
-def run_profiles(bench: Bench, setups: Setups, bodies: Bodies, parts: Parts,
-                 results_dir: Path, stem: str) -> dict[str, Any]:
+def run_profiles(
+    bench: Bench, setups: Setups, bodies: Bodies, parts: Parts, results_dir: Path, stem: str
+) -> dict[str, Any]:
     """Profile (c), (b) and, as measured, (c) batch, (d) and (e), one after the other."""
     py_spy = bench.args.py_spy
     if shutil.which(py_spy) is None and not Path(py_spy).exists():
-        print("bench: --profile but py-spy not found (bash bench/run.sh --profile "
-              "installs it)")
+        print("bench: --profile but py-spy not found (bash bench/run.sh --profile installs it)")
         return {}
     gateways, one = setups.gateways, bodies.one_file
     targets = [(gateways["gateway"], one), (setups.baseline, one)]
@@ -130,6 +171,9 @@ def run_profiles(bench: Bench, setups: Setups, bodies: Bodies, parts: Parts,
         targets.append((gateways["gateway-token"], one))
     if parts.forwarding:
         targets.append((gateways["gateway-fwd"], one))
-    return {f"{server.name}-{body.stem}": profile(bench, server, body, py_spy, results_dir,
-                                                  stem, setups.auth_of.get(server.name))
-            for server, body in targets}
+    return {
+        f"{server.name}-{body.stem}": profile(
+            bench, server, body, py_spy, results_dir, stem, setups.auth_of.get(server.name)
+        )
+        for server, body in targets
+    }

@@ -72,8 +72,9 @@ def median_result(runs: list[dict[str, Any]]) -> dict[str, Any]:
     calm = [r for r in runs if r["other_cpu"] <= DISTURBED] or runs
     chosen = dict(sorted(calm, key=lambda r: r["rps"])[(len(calm) - 1) // 2])
     if len(runs) > 1:
-        chosen["rounds"] = [{k: r[k] for k in ("rps", "p50_ms", "p99_ms", "other_cpu")}
-                            for r in runs]
+        chosen["rounds"] = [
+            {k: r[k] for k in ("rps", "p50_ms", "p99_ms", "other_cpu")} for r in runs
+        ]
     return chosen
 
 
@@ -111,69 +112,109 @@ def compute_ratios(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
     return ratios
 
 
-def target_checks(results: dict[str, dict[str, Any]], ratios: dict[str, Any],
-                  lag: dict[str, Any] | None, rss: dict[str, Any] | None,
-                  half: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+def target_checks(
+    results: dict[str, dict[str, Any]],
+    ratios: dict[str, Any],
+    lag: dict[str, Any] | None,
+    rss: dict[str, Any] | None,
+    half: dict[str, Any] | None = None,
+) -> list[dict[str, Any]]:
     """The issue's targets, with the figure this run measured and whether it is met."""
     checks: list[dict[str, Any]] = []
 
-    def add(name: str, value: float | None, target: str, met: bool | None,
-            note: str = "") -> None:
-        checks.append({"name": name, "value": value, "target": target, "met": met,
-                       "note": note})
+    def add(name: str, value: float | None, target: str, met: bool | None, note: str = "") -> None:
+        checks.append({"name": name, "value": value, "target": target, "met": met, "note": note})
 
-    for name, key, limit in (("c/b", "c/b", 1.0), ("d/c", "d/c", 0.9), ("e/c", "e/c", 0.75),
-                             ("f/c", "f/c", 1.6)):
+    for name, key, limit in (
+        ("c/b", "c/b", 1.0),
+        ("d/c", "d/c", 0.9),
+        ("e/c", "e/c", 0.75),
+        ("f/c", "f/c", 1.6),
+    ):
         if key in ratios:
-            note = ("workers on CPUs 0-1, sharing CPU 0 with the load generator and the stub; "
-                    "(c) has CPU 1 alone" if key == "f/c" else "")
+            note = (
+                "workers on CPUs 0-1, sharing CPU 0 with the load generator and the stub; "
+                "(c) has CPU 1 alone"
+                if key == "f/c"
+                else ""
+            )
             add(name, ratios[key], TARGETS_OF_ISSUE[name], ratios[key] >= limit, note)
     for key in FLOOD_VARIANTS:
         if f"{key}/c" in ratios:
-            add(f"{key}/c", ratios[f"{key}/c"], TARGETS_OF_ISSUE["flood/c"],
-                ratios[f"{key}/c"] >= 0.8)
+            add(
+                f"{key}/c",
+                ratios[f"{key}/c"],
+                TARGETS_OF_ISSUE["flood/c"],
+                ratios[f"{key}/c"] >= 0.8,
+            )
     if half is not None:
-        add("added p99 at 50% load", half["added_p99_ms"], "<= 2 ms",
-            half["added_p99_ms"] <= 2.0, f"at {half['rate']:.0f}/s, open loop")
+        add(
+            "added p99 at 50% load",
+            half["added_p99_ms"],
+            "<= 2 ms",
+            half["added_p99_ms"] <= 2.0,
+            f"at {half['rate']:.0f}/s, open loop",
+        )
     if lag is not None:
         worst = max((t["lag_p99_s"] or 0.0 for t in lag["targets"].values()), default=None)
-        add("lag p99 (worst target)", worst, TARGETS_OF_ISSUE["lag_p99_s"],
+        add(
+            "lag p99 (worst target)",
+            worst,
+            TARGETS_OF_ISSUE["lag_p99_s"],
             None if worst is None else worst <= 1.0,
-            f"at {lag['rate']:.0f}/s, {lag['fraction_of_e']:.0%} of (e); "
-            "sampled every 0.5 s")
-        add("forwarded exactly once", None, "every acked statement, once, everywhere",
-            lag["exactly_once"])
+            f"at {lag['rate']:.0f}/s, {lag['fraction_of_e']:.0%} of (e); sampled every 0.5 s",
+        )
+        add(
+            "forwarded exactly once",
+            None,
+            "every acked statement, once, everywhere",
+            lag["exactly_once"],
+        )
     if rss is not None:
         growth = rss["growth_from_10pct_to_last"]
-        add("RSS growth (10% of N -> N)", growth, TARGETS_OF_ISSUE["rss_growth"],
-            None if growth is None else growth <= 0.10, f"N = {rss['statements']}")
+        add(
+            "RSS growth (10% of N -> N)",
+            growth,
+            TARGETS_OF_ISSUE["rss_growth"],
+            None if growth is None else growth <= 0.10,
+            f"N = {rss['statements']}",
+        )
     return checks
 
 
-def print_table(results: dict[str, dict[str, Any]], ratios: dict[str, Any],
-                not_measured: dict[str, str]) -> None:
+def print_table(
+    results: dict[str, dict[str, Any]], ratios: dict[str, Any], not_measured: dict[str, str]
+) -> None:
     """The throughput table, the ratios, the latency added over direct, what was skipped."""
-    print("\n| setup | req/s | statements/s | p50 ms | p99 ms | server CPU | stub CPU "
-          "| loadgen CPU | other load | steal CPU0 / CPU1 | errors |")
+    print(
+        "\n| setup | req/s | statements/s | p50 ms | p99 ms | server CPU | stub CPU "
+        "| loadgen CPU | other load | steal CPU0 / CPU1 | errors |"
+    )
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|")
     for result in results.values():
         per = BATCH_SIZE if "batch" in result["setup"] else 1
         stub_cpu = "" if result["stub_cpu"] is None else f"{result['stub_cpu'] * 100:.0f}%"
         steal = " / ".join(f"{u['steal'] * 100:.0f}%" for u in result["machine_cpu"].values())
         loadgen_cpu = result["loadgen_cpu"] + sum(result.get("companions_cpu", {}).values())
-        print(f"| {result['setup']} | {result['rps']:.0f} | {result['rps'] * per:.0f} "
-              f"| {result['p50_ms']:.2f} | {result['p99_ms']:.2f} "
-              f"| {result['server_cpu'] * 100:.0f}% | {stub_cpu} "
-              f"| {loadgen_cpu * 100:.0f}% | {result['other_cpu'] * 100:.0f}%"
-              f"{' (!)' if result['other_cpu'] > DISTURBED else ''} | {steal} "
-              f"| {result['errors']} |")
-    print("(CPU: share of one core during the run; loadgen CPU includes the flood's; "
-          "'other load': CPU used on the machine by anything but the bench's processes: when "
-          "high, the run was disturbed; steal: time the hypervisor took from each vCPU; (!) "
-          f"marks other load > {DISTURBED * 100:.0f}%)")
+        print(
+            f"| {result['setup']} | {result['rps']:.0f} | {result['rps'] * per:.0f} "
+            f"| {result['p50_ms']:.2f} | {result['p99_ms']:.2f} "
+            f"| {result['server_cpu'] * 100:.0f}% | {stub_cpu} "
+            f"| {loadgen_cpu * 100:.0f}% | {result['other_cpu'] * 100:.0f}%"
+            f"{' (!)' if result['other_cpu'] > DISTURBED else ''} | {steal} "
+            f"| {result['errors']} |"
+        )
+    print(
+        "(CPU: share of one core during the run; loadgen CPU includes the flood's; "
+        "'other load': CPU used on the machine by anything but the bench's processes: when "
+        "high, the run was disturbed; steal: time the hypervisor took from each vCPU; (!) "
+        f"marks other load > {DISTURBED * 100:.0f}%)"
+    )
     if any(r["errors"] for r in results.values()):
-        print("WARNING: some runs had errors (see above): their req/s count good answers only,"
-              " and their latencies include the errors")
+        print(
+            "WARNING: some runs had errors (see above): their req/s count good answers only,"
+            " and their latencies include the errors"
+        )
     print_ratios(ratios)
     print("not measured:")
     for key, why in not_measured.items():
@@ -183,9 +224,12 @@ def print_table(results: dict[str, dict[str, Any]], ratios: dict[str, Any],
 def print_ratios(ratios: dict[str, Any]) -> None:
     """The ratios (with the issue's target beside them) and the latency added over direct."""
     print("\nratios (throughput, or p99 where it says so):")
-    targets = {"c/b": TARGETS_OF_ISSUE["c/b"], "d/c": TARGETS_OF_ISSUE["d/c"],
-               "e/c": TARGETS_OF_ISSUE["e/c"],
-               **{f"{k}/c": TARGETS_OF_ISSUE["flood/c"] for k in FLOOD_VARIANTS}}
+    targets = {
+        "c/b": TARGETS_OF_ISSUE["c/b"],
+        "d/c": TARGETS_OF_ISSUE["d/c"],
+        "e/c": TARGETS_OF_ISSUE["e/c"],
+        **{f"{k}/c": TARGETS_OF_ISSUE["flood/c"] for k in FLOOD_VARIANTS},
+    }
     for name, value in ratios.items():
         if isinstance(value, float):
             note = f"   (target {targets[name]})" if name in targets else ""
@@ -198,55 +242,72 @@ def print_ratios(ratios: dict[str, Any]) -> None:
 
 def print_lag(lag: dict[str, Any]) -> None:
     """The forwarding lag run: the client's side, then per target lag and delivery."""
-    print(f"  open loop: {lag['answered']} of {lag['scheduled']} scheduled answered "
-          f"({lag['achieved_rps']:.0f}/s), errors {lag['errors']}, client p50 "
-          f"{lag['client_p50_ms']:.2f} ms, p99 {lag['client_p99_ms']:.2f} ms (from the "
-          f"scheduled time); other load {lag['other_cpu'] * 100:.0f}%"
-          f"{' (!)' if lag['other_cpu'] > DISTURBED else ''}; gateway CPU "
-          f"{lag['gateway_cpu'] * 100:.0f}%")
-    print("\n| target | lag p95 s | lag p99 s | lag max s | backlog max | received "
-          "| distinct | duplicates | missing | exactly once |")
+    print(
+        f"  open loop: {lag['answered']} of {lag['scheduled']} scheduled answered "
+        f"({lag['achieved_rps']:.0f}/s), errors {lag['errors']}, client p50 "
+        f"{lag['client_p50_ms']:.2f} ms, p99 {lag['client_p99_ms']:.2f} ms (from the "
+        f"scheduled time); other load {lag['other_cpu'] * 100:.0f}%"
+        f"{' (!)' if lag['other_cpu'] > DISTURBED else ''}; gateway CPU "
+        f"{lag['gateway_cpu'] * 100:.0f}%"
+    )
+    print(
+        "\n| target | lag p95 s | lag p99 s | lag max s | backlog max | received "
+        "| distinct | duplicates | missing | exactly once |"
+    )
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---|")
 
     def fmt(value: float | None) -> str:
         return "-" if value is None else f"{value:.3f}"
+
     for name, figures in lag["targets"].items():
         d = figures["delivery"]
-        print(f"| {name} | {fmt(figures['lag_p95_s'])} | {fmt(figures['lag_p99_s'])} "
-              f"| {fmt(figures['lag_max_s'])} | {figures['backlog_max']} | {d['statements']} "
-              f"| {d['distinct']} | {d['duplicates']} | {d['missing']} "
-              f"| {'yes' if d['exactly_once'] else 'NO'} |")
+        print(
+            f"| {name} | {fmt(figures['lag_p95_s'])} | {fmt(figures['lag_p99_s'])} "
+            f"| {fmt(figures['lag_max_s'])} | {figures['backlog_max']} | {d['statements']} "
+            f"| {d['distinct']} | {d['duplicates']} | {d['missing']} "
+            f"| {'yes' if d['exactly_once'] else 'NO'} |"
+        )
     d = lag["storage_delivery"]
-    print(f"| (storage) | | | | | {d['statements']} | {d['distinct']} | {d['duplicates']} "
-          f"| {d['missing']} | {'yes' if d['exactly_once'] else 'NO'} |")
-    print(f"  {lag['acked_statements']} statements acked to the client; every backlog 0 "
-          f"{fmt_s(lag['drain_after_load_s'])} after the load stopped; {lag['samples']} "
-          f"samples during the load ({lag['sample_errors']} failed)")
+    print(
+        f"| (storage) | | | | | {d['statements']} | {d['distinct']} | {d['duplicates']} "
+        f"| {d['missing']} | {'yes' if d['exactly_once'] else 'NO'} |"
+    )
+    print(
+        f"  {lag['acked_statements']} statements acked to the client; every backlog 0 "
+        f"{fmt_s(lag['drain_after_load_s'])} after the load stopped; {lag['samples']} "
+        f"samples during the load ({lag['sample_errors']} failed)"
+    )
 
 
 def print_flood(results: dict[str, dict[str, Any]], keys: list[str]) -> None:
     """The bcrypt flood variants: valid throughput, bcrypt checks, the flood's answers."""
-    print("\n| flood variant | valid req/s | / (c) | valid p99 ms | bcrypt checks/s "
-          "| flood answers/s | 401 | 503 | 429 | timed out | flood CPU | gateway loop / "
-          "other threads CPU | CPU0 busy | other load |")
+    print(
+        "\n| flood variant | valid req/s | / (c) | valid p99 ms | bcrypt checks/s "
+        "| flood answers/s | 401 | 503 | 429 | timed out | flood CPU | gateway loop / "
+        "other threads CPU | CPU0 busy | other load |"
+    )
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for key in keys:
         r = results[key]
         flood, window = r["flood"], r["flood_window"]
         ratio = r.get("ratio_to_c")
         cpu0 = r["machine_cpu"].get("cpu0", {}).get("busy")
-        print(f"| {key} | {r['rps']:.0f} | {'-' if ratio is None else f'{ratio:.2f}'} "
-              f"| {r['p99_ms']:.2f} | {window['bcrypt_checks_per_s']:.1f} "
-              f"| {flood['answers_per_s']:.0f} | {flood['401']} | {flood['503']} "
-              f"| {flood['429']} | {flood['timed_out_10s']} | {(flood['cpu'] or 0) * 100:.0f}% "
-              f"| {window['loop_thread_cpu'] * 100:.0f}% / "
-              f"{window['other_threads_cpu'] * 100:.0f}% "
-              f"| {'-' if cpu0 is None else f'{cpu0 * 100:.0f}%'} "
-              f"| {r['other_cpu'] * 100:.0f}%{' (!)' if r['other_cpu'] > DISTURBED else ''} |")
-    print("(401/503/429/timed out (no answer within 10 s): the flood's requests over its whole "
-          "life; bcrypt checks/s: the gateway's lrs_gateway_bcrypt_duration_seconds_count over "
-          "the measured window; gateway CPU by thread: the event loop's, and the others' (the "
-          "bcrypt pool), over the same window, in shares of a core: all on CPU 1 when pinned)")
+        print(
+            f"| {key} | {r['rps']:.0f} | {'-' if ratio is None else f'{ratio:.2f}'} "
+            f"| {r['p99_ms']:.2f} | {window['bcrypt_checks_per_s']:.1f} "
+            f"| {flood['answers_per_s']:.0f} | {flood['401']} | {flood['503']} "
+            f"| {flood['429']} | {flood['timed_out_10s']} | {(flood['cpu'] or 0) * 100:.0f}% "
+            f"| {window['loop_thread_cpu'] * 100:.0f}% / "
+            f"{window['other_threads_cpu'] * 100:.0f}% "
+            f"| {'-' if cpu0 is None else f'{cpu0 * 100:.0f}%'} "
+            f"| {r['other_cpu'] * 100:.0f}%{' (!)' if r['other_cpu'] > DISTURBED else ''} |"
+        )
+    print(
+        "(401/503/429/timed out (no answer within 10 s): the flood's requests over its whole "
+        "life; bcrypt checks/s: the gateway's lrs_gateway_bcrypt_duration_seconds_count over "
+        "the measured window; gateway CPU by thread: the event loop's, and the others' (the "
+        "bcrypt pool), over the same window, in shares of a core: all on CPU 1 when pinned)"
+    )
 
 
 def print_rss(rss: dict[str, Any]) -> None:
@@ -255,29 +316,36 @@ def print_rss(rss: dict[str, Any]) -> None:
     print("|---:|---:|---:|---:|")
     print(f"| 0 (before) | 0 | {(rss['rss_before_kb'] or 0) / 1024:.1f} | 0 |")
     for s in rss["samples"]:
-        print(f"| {s['statements']} | {s['seconds']:.1f} | {s.get('VmRSS', 0) / 1024:.1f} "
-              f"| {s['backlog']} |")
+        print(
+            f"| {s['statements']} | {s['seconds']:.1f} | {s.get('VmRSS', 0) / 1024:.1f} "
+            f"| {s['backlog']} |"
+        )
     dead = rss.get("dead_letters_after_drain", 0)
-    print(f"| after the drain wait | | {(rss['rss_after_drain_kb'] or 0) / 1024:.1f} "
-          f"| {rss.get('backlog_after_drain', 0)}"
-          f"{f' (+{dead} dead letters: backlog cap, re-queued as it drains)' if dead else ''} |")
+    print(
+        f"| after the drain wait | | {(rss['rss_after_drain_kb'] or 0) / 1024:.1f} "
+        f"| {rss.get('backlog_after_drain', 0)}"
+        f"{f' (+{dead} dead letters: backlog cap, re-queued as it drains)' if dead else ''} |"
+    )
 
     def pct(value: float | None) -> str:
         return "-" if value is None else f"{value * 100:+.1f}%"
 
     def mb(value: float | None) -> str:
         return "-" if value is None else f"{value:+.2f}"
+
     received = ", ".join(f"{n} {r['statements']}" for n, r in rss["received"].items())
-    print(f"  slope {mb(rss['slope_mb_per_100k'])} MB per 100k statements (second half "
-          f"{mb(rss['slope_second_half_mb_per_100k'])}); growth first -> last sample "
-          f"{pct(rss['growth_first_to_last'])}, 10% of N -> N "
-          f"{pct(rss['growth_from_10pct_to_last'])}"
-          f"; {rss['statements_per_s']:.0f} statements/s with forwarding; drained "
-          f"{fmt_s(rss['drain_after_load_s'])} after; errors {rss['errors']}; every target got "
-          f"every statement: {'yes' if rss['every_target_got_all'] else 'NO'} "
-          f"({received}); "
-          f"other load {rss['other_cpu'] * 100:.0f}%"
-          f"{' (!)' if rss['other_cpu'] > DISTURBED else ''}")
+    print(
+        f"  slope {mb(rss['slope_mb_per_100k'])} MB per 100k statements (second half "
+        f"{mb(rss['slope_second_half_mb_per_100k'])}); growth first -> last sample "
+        f"{pct(rss['growth_first_to_last'])}, 10% of N -> N "
+        f"{pct(rss['growth_from_10pct_to_last'])}"
+        f"; {rss['statements_per_s']:.0f} statements/s with forwarding; drained "
+        f"{fmt_s(rss['drain_after_load_s'])} after; errors {rss['errors']}; every target got "
+        f"every statement: {'yes' if rss['every_target_got_all'] else 'NO'} "
+        f"({received}); "
+        f"other load {rss['other_cpu'] * 100:.0f}%"
+        f"{' (!)' if rss['other_cpu'] > DISTURBED else ''}"
+    )
 
 
 def print_targets(checks: list[dict[str, Any]]) -> None:
@@ -287,17 +355,23 @@ def print_targets(checks: list[dict[str, Any]]) -> None:
     print("\nthe issue's targets:")
     for check in checks:
         value = check["value"]
-        shown = "" if value is None else (f"{value * 100:+.1f}%" if "growth" in check["name"]
-                                          else f"{value:.3f}")
+        shown = (
+            ""
+            if value is None
+            else (f"{value * 100:+.1f}%" if "growth" in check["name"] else f"{value:.3f}")
+        )
         met = {True: "met", False: "MISSED", None: "?"}[check["met"]]
-        print(f"  {check['name']:<34} {shown:>8}  target {check['target']:<28} {met}"
-              + (f"  ({check['note']})" if check["note"] else ""))
+        print(
+            f"  {check['name']:<34} {shown:>8}  target {check['target']:<28} {met}"
+            + (f"  ({check['note']})" if check["note"] else "")
+        )
 
 
 def filesystem_of(path: Path) -> str:
     """The type of the filesystem `path` is on (df), "?" when unknown."""
-    done = subprocess.run(["df", "--output=fstype", str(path)], capture_output=True, text=True,
-                          check=False)
+    done = subprocess.run(
+        ["df", "--output=fstype", str(path)], capture_output=True, text=True, check=False
+    )
     lines = done.stdout.split()
     return lines[-1] if done.returncode == 0 and lines else "?"
 
@@ -312,28 +386,44 @@ def _version(module: str) -> str:
         return "?"
 
 
-def settings(args: argparse.Namespace, info: RunInfo, flood_keys: list[str],
-             single: dict[str, Any]) -> dict[str, Any]:
+def settings(
+    args: argparse.Namespace, info: RunInfo, flood_keys: list[str], single: dict[str, Any]
+) -> dict[str, Any]:
     """The results JSON's "settings": how this run measured."""
-    return {"loadgen": info.loadgen, "wrk_threads": args.threads,
-            "connections": args.connections, "duration_s": args.duration,
-            "warmup_s": args.warmup, "rounds": args.rounds,
-            "quiet_wait_s": args.quiet_wait, "quiet_budget_s": args.quiet_budget,
-            "pinned": info.pin,
-            "pinning": "loadgens+stubs CPU 0, proxy CPU 1" if info.pin else None,
-            "statement_bytes": len(json.dumps(single, ensure_ascii=False).encode()),
-            "batch_size": BATCH_SIZE,
-            "gateway_event_loop": info.loop_kind, "data_dir_filesystem": info.data_fs,
-            "lag_fraction": args.lag_fraction, "lag_duration_s": args.lag_duration,
-            "flood_connections": args.flood_connections,
-            "flood_variants": flood_keys, "rss_statements": args.rss_statements,
-            "half_load": args.half_load,
-            "rss_sample_every": args.rss_sample_every,
-            "rate_limits": NO_RATE_LIMITS}
+    return {
+        "loadgen": info.loadgen,
+        "wrk_threads": args.threads,
+        "connections": args.connections,
+        "duration_s": args.duration,
+        "warmup_s": args.warmup,
+        "rounds": args.rounds,
+        "quiet_wait_s": args.quiet_wait,
+        "quiet_budget_s": args.quiet_budget,
+        "pinned": info.pin,
+        "pinning": "loadgens+stubs CPU 0, proxy CPU 1" if info.pin else None,
+        "statement_bytes": len(json.dumps(single, ensure_ascii=False).encode()),
+        "batch_size": BATCH_SIZE,
+        "gateway_event_loop": info.loop_kind,
+        "data_dir_filesystem": info.data_fs,
+        "lag_fraction": args.lag_fraction,
+        "lag_duration_s": args.lag_duration,
+        "flood_connections": args.flood_connections,
+        "flood_variants": flood_keys,
+        "rss_statements": args.rss_statements,
+        "half_load": args.half_load,
+        "rss_sample_every": args.rss_sample_every,
+        "rate_limits": NO_RATE_LIMITS,
+    }
 
 
-def write_report(args: argparse.Namespace, info: RunInfo, measured: Measured,
-           skipped: dict[str, str], flood_keys: list[str], single: dict[str, Any]) -> None:
+def write_report(
+    args: argparse.Namespace,
+    info: RunInfo,
+    measured: Measured,
+    skipped: dict[str, str],
+    flood_keys: list[str],
+    single: dict[str, Any],
+) -> None:
     """Print the tables and targets, then write bench/results/<commit>-<time>.json."""
     results = measured.results
     ratios = compute_ratios(results)
@@ -349,8 +439,12 @@ def write_report(args: argparse.Namespace, info: RunInfo, measured: Measured,
         "local_changes": info.dirty,
         "started_at": info.started_at.isoformat(timespec="seconds"),
         "wall_seconds": time.monotonic() - info.wall_start,
-        "machine": {"cpus": info.cpus, "python": platform.python_version(),
-                    "platform": platform.platform(), "aiohttp": _version("aiohttp")},
+        "machine": {
+            "cpus": info.cpus,
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+            "aiohttp": _version("aiohttp"),
+        },
         "settings": settings(args, info, flood_keys, single),
         "results": results,
         "ratios": ratios,
@@ -363,5 +457,7 @@ def write_report(args: argparse.Namespace, info: RunInfo, measured: Measured,
     }
     out = Path(args.results_dir) / f"{info.stem}.json"
     out.write_text(json.dumps(data, indent=2) + "\n")
-    print(f"\nwritten: {out.relative_to(REPO) if out.is_relative_to(REPO) else out} "
-          f"(the whole bench took {data['wall_seconds']:.0f} s)")
+    print(
+        f"\nwritten: {out.relative_to(REPO) if out.is_relative_to(REPO) else out} "
+        f"(the whole bench took {data['wall_seconds']:.0f} s)"
+    )

@@ -27,45 +27,60 @@ def slope(points: list[tuple[float, float]]) -> float | None:
     return sum((x - mean_x) * (y - mean_y) for x, y in points) / spread
 
 
-def load_sampling(gateway: Server,
-                  command: list[str]) -> tuple[dict[str, Any], list[dict[str, Any]], float]:
+def load_sampling(
+    gateway: Server, command: list[str]
+) -> tuple[dict[str, Any], list[dict[str, Any]], float]:
     """Run the loadgen; at each of its PROGRESS lines, VmRSS and the backlog: raw, samples, s."""
     samples: list[dict[str, Any]] = []
     started = time.monotonic()
-    load = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+    load = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert load.stdout is not None
     out_lines = []
     for line in load.stdout:
         out_lines.append(line)
         if line.startswith("PROGRESS "):
             status = forwarding_status(gateway)
-            samples.append({"statements": int(line.split()[1]),
-                            "seconds": time.monotonic() - started,
-                            **vm_status(gateway.process.pid),
-                            "backlog": sum(t["backlog"] for t in status.values())})
+            samples.append(
+                {
+                    "statements": int(line.split()[1]),
+                    "seconds": time.monotonic() - started,
+                    **vm_status(gateway.process.pid),
+                    "backlog": sum(t["backlog"] for t in status.values()),
+                }
+            )
     err = load.stderr.read() if load.stderr is not None else ""
     load.wait()
     load_seconds = time.monotonic() - started
     return loadgen_result("".join(out_lines), err, load.returncode), samples, load_seconds
 
 
-def measure_rss(bench: Bench, gateway: Server, stub: Server, target_ports: list[int],
-                batch_template: Path) -> dict[str, Any]:
+def measure_rss(
+    bench: Bench, gateway: Server, stub: Server, target_ports: list[int], batch_template: Path
+) -> dict[str, Any]:
     """--rss-statements through `gateway` in batches, then the drain: the raw figures."""
     args = bench.args
-    receivers = [("storage", stub.base),
-                 *((n, f"http://127.0.0.1:{p}/") for n, p in zip(TARGETS, target_ports,
-                                                                 strict=True))]
+    receivers = [
+        ("storage", stub.base),
+        *((n, f"http://127.0.0.1:{p}/") for n, p in zip(TARGETS, target_ports, strict=True)),
+    ]
     forwarding_status(gateway)  # the admin credential into the cache
     for _, base in receivers:
         stub_reset(base, "count")
     started_rss = vm_status(gateway.process.pid)
     bench.quiet()
     command = bench.loadgen_command(
-        gateway.url + "statements", batch_template, connections=8, duration=3600,
-        extra=["--requests", str(max(1, args.rss_statements // BATCH_SIZE)), "--unique-ids",
-               "--progress-every", str(args.rss_sample_every)])
+        gateway.url + "statements",
+        batch_template,
+        connections=8,
+        duration=3600,
+        extra=[
+            "--requests",
+            str(max(1, args.rss_statements // BATCH_SIZE)),
+            "--unique-ids",
+            "--progress-every",
+            str(args.rss_sample_every),
+        ],
+    )
     watch = bench.watch()
     raw, samples, load_seconds = load_sampling(gateway, command)
     drained = wait_drained(gateway, args.drain_timeout)
@@ -77,21 +92,30 @@ def measure_rss(bench: Bench, gateway: Server, stub: Server, target_ports: list[
         stub_reset(base, "off")
     data_dir = bench.tmp / "gateway-rss" / "data"
     outbox_bytes = sum(p.stat().st_size for p in data_dir.glob("*") if p.is_file())
-    return {"raw": raw, "samples": samples, "load_seconds": load_seconds,
-            "drained": drained, "cpu": cpu, "started_rss": started_rss,
-            "after_drain": after_drain, "left": left, "received": received,
-            "outbox_bytes": outbox_bytes}
+    return {
+        "raw": raw,
+        "samples": samples,
+        "load_seconds": load_seconds,
+        "drained": drained,
+        "cpu": cpu,
+        "started_rss": started_rss,
+        "after_drain": after_drain,
+        "left": left,
+        "received": received,
+        "outbox_bytes": outbox_bytes,
+    }
 
 
 def rss_result(m: dict[str, Any], total: int) -> dict[str, Any]:
     """The memory run's figures: RSS before and after, slopes, growth, delivery."""
     raw, samples, after_drain, left = m["raw"], m["samples"], m["after_drain"], m["left"]
     points = [(s["statements"] / 100_000, s["VmRSS"] / 1024) for s in samples if "VmRSS" in s]
-    second_half = points[len(points) // 2:]
+    second_half = points[len(points) // 2 :]
     tenth = next((p for p in points if p[0] * 100_000 >= total / 10), points[0] if points else None)
     last = points[-1] if points else None
     return {
-        "statements": raw["acked_statements"], "requests": raw["requests"],
+        "statements": raw["acked_statements"],
+        "requests": raw["requests"],
         "errors": raw["status_errors"] + raw["read_errors"] + raw["timeout_errors"],
         "statements_per_s": raw["acked_statements"] / m["load_seconds"],
         "rss_before_kb": m["started_rss"].get("VmRSS"),
@@ -107,23 +131,30 @@ def rss_result(m: dict[str, Any], total: int) -> dict[str, Any]:
         "backlog_max": max((s["backlog"] for s in samples), default=None),
         "drain_after_load_s": m["drained"],
         "received": m["received"],
-        "every_target_got_all": all(r["statements"] >= raw["acked_statements"]
-                                    for r in m["received"].values()),
+        "every_target_got_all": all(
+            r["statements"] >= raw["acked_statements"] for r in m["received"].values()
+        ),
         "outbox_bytes_after": m["outbox_bytes"],
         "gateway_cpu": m["cpu"]["servers"].get("gateway-rss", 0.0),
-        "other_cpu": m["cpu"]["other"], "other_processes": m["cpu"]["others"],
+        "other_cpu": m["cpu"]["other"],
+        "other_processes": m["cpu"]["others"],
     }
 
 
-def run_rss(bench: Bench, stub: Server, target_ports: list[int],
-            batch_template: Path) -> dict[str, Any]:
+def run_rss(
+    bench: Bench, stub: Server, target_ports: list[int], batch_template: Path
+) -> dict[str, Any]:
     """A fresh forwarding gateway; RSS while N statements go through it."""
     total, every = bench.args.rss_statements, bench.args.rss_sample_every
     requests = max(1, total // BATCH_SIZE)
-    print(f"\nmemory: {requests * BATCH_SIZE} statements in batches of {BATCH_SIZE} through a "
-          f"fresh gateway forwarding to 3 targets; VmRSS every {every} statements", flush=True)
-    gateway, _ = bench.start_gateway("gateway-rss", stub,
-                                     overrides=forwarding_overrides(target_ports))
+    print(
+        f"\nmemory: {requests * BATCH_SIZE} statements in batches of {BATCH_SIZE} through a "
+        f"fresh gateway forwarding to 3 targets; VmRSS every {every} statements",
+        flush=True,
+    )
+    gateway, _ = bench.start_gateway(
+        "gateway-rss", stub, overrides=forwarding_overrides(target_ports)
+    )
     try:
         measured = measure_rss(bench, gateway, stub, target_ports, batch_template)
     finally:

@@ -52,17 +52,27 @@ def start_stubs(bench: Bench, parts: Parts) -> tuple[Server, Server | None, list
     """The stub LRS on CPU 0 and, for forwarding, one more stub process serving 3 targets."""
     py = sys.executable
     stub_port = free_port()
-    stub = bench.start("stub", [py, str(BENCH / "stub_lrs.py"), "--port", str(stub_port)],
-                       0, f"http://127.0.0.1:{stub_port}/xAPI/",
-                       f"http://127.0.0.1:{stub_port}/_bench/count")
+    stub = bench.start(
+        "stub",
+        [py, str(BENCH / "stub_lrs.py"), "--port", str(stub_port)],
+        0,
+        f"http://127.0.0.1:{stub_port}/xAPI/",
+        f"http://127.0.0.1:{stub_port}/_bench/count",
+    )
     target_ports = [free_port() for _ in TARGETS]
     targets = None
     if parts.forwarding or parts.rss:
         targets = bench.start(
-            "targets", [py, str(BENCH / "stub_lrs.py"),
-                        *(a for p in target_ports for a in ("--port", str(p)))],
-            0, f"http://127.0.0.1:{target_ports[0]}/xAPI/",
-            f"http://127.0.0.1:{target_ports[-1]}/_bench/count")
+            "targets",
+            [
+                py,
+                str(BENCH / "stub_lrs.py"),
+                *(a for p in target_ports for a in ("--port", str(p))),
+            ],
+            0,
+            f"http://127.0.0.1:{target_ports[0]}/xAPI/",
+            f"http://127.0.0.1:{target_ports[-1]}/_bench/count",
+        )
     return stub, targets, target_ports
 
 
@@ -70,14 +80,30 @@ def start_baseline(bench: Bench, stub: Server) -> Server:
     """(b) the baseline proxy (bench/baseline_proxy.py) on CPU 1, in front of the stub."""
     port = free_port()
     return bench.start(
-        "baseline", [sys.executable, str(BENCH / "baseline_proxy.py"), "--port", str(port),
-                     "--upstream", stub.url, "--username", USERNAME, "--password",
-                     PASSWORD, "--agent", json.dumps(AGENT)],
-        1, f"http://127.0.0.1:{port}/xAPI/", f"http://127.0.0.1:{port}/")
+        "baseline",
+        [
+            sys.executable,
+            str(BENCH / "baseline_proxy.py"),
+            "--port",
+            str(port),
+            "--upstream",
+            stub.url,
+            "--username",
+            USERNAME,
+            "--password",
+            PASSWORD,
+            "--agent",
+            json.dumps(AGENT),
+        ],
+        1,
+        f"http://127.0.0.1:{port}/xAPI/",
+        f"http://127.0.0.1:{port}/",
+    )
 
 
-def start_gateways(bench: Bench, stub: Server, parts: Parts,
-                   target_ports: list[int]) -> tuple[dict[str, Server], str | None]:
+def start_gateways(
+    bench: Bench, stub: Server, parts: Parts, target_ports: list[int]
+) -> tuple[dict[str, Server], str | None]:
     """The gateways of (c), (c_quiet), (d), (e) and (f); the bearer token for (d)."""
     gateways = {}
     for name, level in (("gateway", "INFO"), ("gateway-quiet", "WARNING")):
@@ -86,14 +112,17 @@ def start_gateways(bench: Bench, stub: Server, parts: Parts,
     if parts.token:
         secret = secrets.token_urlsafe(48)  # 64 characters, HS256
         gateways["gateway-token"], token_config = bench.start_gateway(
-            "gateway-token", stub, overrides={"auth": {
-                "backends": ["basic", "token"], "tokens": {"secret": secret}}})
+            "gateway-token",
+            stub,
+            overrides={"auth": {"backends": ["basic", "token"], "tokens": {"secret": secret}}},
+        )
         token = "Bearer " + issue_token(bench.src, bench.env(), token_config)
     if parts.workers:
         gateways["gateway-2w"], _ = bench.start_gateway("gateway-2w", stub, workers=2)
     if parts.forwarding:
         gateways["gateway-fwd"], _ = bench.start_gateway(
-            "gateway-fwd", stub, overrides=forwarding_overrides(target_ports))
+            "gateway-fwd", stub, overrides=forwarding_overrides(target_ports)
+        )
     return gateways, token
 
 
@@ -146,11 +175,13 @@ def throughput_plan(setups: Setups, bodies: Bodies, parts: Parts) -> list[Step]:
         ("c_batch", "gateway, batch 100", gateways["gateway"], batch),
     ]
     if parts.forwarding:
-        plan.append(("e_batch", "gateway, 3 forwarding targets, batch 100",
-                     gateways["gateway-fwd"], batch))
+        plan.append(
+            ("e_batch", "gateway, 3 forwarding targets, batch 100", gateways["gateway-fwd"], batch)
+        )
     if parts.workers:
-        plan.append(("f_batch", "gateway, 2 worker processes, batch 100",
-                     gateways["gateway-2w"], batch))
+        plan.append(
+            ("f_batch", "gateway, 2 worker processes, batch 100", gateways["gateway-2w"], batch)
+        )
     return plan
 
 
@@ -159,19 +190,25 @@ def measure_step(bench: Bench, setups: Setups, step: Step) -> dict[str, Any]:
     key, label, server, body = step
     forwarding = server.name == "gateway-fwd"
     result = bench.measure(
-        f"({key}) {label}", server, body, setups.stub,
+        f"({key}) {label}",
+        server,
+        body,
+        setups.stub,
         authorization=setups.auth_of.get(server.name),
-        after_run=forwarding_probe(server) if forwarding else None)
+        after_run=forwarding_probe(server) if forwarding else None,
+    )
     if forwarding:
         # The next run must find an idle gateway: wait for the backlog.
         result["drain_after_load_s"] = wait_drained(server, bench.args.drain_timeout)
-        print(f"    backlog at the end {result['backlog_at_end']}, drained "
-              f"in {fmt_s(result['drain_after_load_s'])}", flush=True)
+        print(
+            f"    backlog at the end {result['backlog_at_end']}, drained "
+            f"in {fmt_s(result['drain_after_load_s'])}",
+            flush=True,
+        )
     return result
 
 
-def run_throughput(bench: Bench, setups: Setups,
-                   plan: list[Step]) -> dict[str, dict[str, Any]]:
+def run_throughput(bench: Bench, setups: Setups, plan: list[Step]) -> dict[str, dict[str, Any]]:
     """--rounds interleaved rounds of the plan; per setup, its median undisturbed round."""
     print("\nmeasuring (each: warm-up, then the measured run):", flush=True)
     rounds: dict[str, list[dict[str, Any]]] = {key: [] for key, *_ in plan}
@@ -183,44 +220,74 @@ def run_throughput(bench: Bench, setups: Setups,
     return {key: median_result(runs) for key, runs in rounds.items()}
 
 
-def open_loop_latency(bench: Bench, server: Server, one_file: Path,
-                      rate: float) -> dict[str, Any]:
+def open_loop_latency(bench: Bench, server: Server, one_file: Path, rate: float) -> dict[str, Any]:
     """Latencies of `server` at a constant `rate` (open loop), for --duration seconds."""
     bench.quiet()
     watch = bench.watch()
     done = subprocess.run(
-        bench.loadgen_command(server.url + "statements", one_file, connections=64,
-                              duration=bench.args.duration, extra=["--rate", str(rate)]),
-        capture_output=True, text=True, timeout=bench.args.duration + 60, check=False)
+        bench.loadgen_command(
+            server.url + "statements",
+            one_file,
+            connections=64,
+            duration=bench.args.duration,
+            extra=["--rate", str(rate)],
+        ),
+        capture_output=True,
+        text=True,
+        timeout=bench.args.duration + 60,
+        check=False,
+    )
     cpu = watch.stop()
     raw = loadgen_result(done.stdout, done.stderr, done.returncode)
-    return {"p50_ms": raw["p50_us"] / 1000, "p99_ms": raw["p99_us"] / 1000,
-            "max_ms": raw["max_us"] / 1000, "answered": raw["requests"],
-            "errors": raw["status_errors"] + raw["timeout_errors"],
-            "other_cpu": cpu["other"]}
+    return {
+        "p50_ms": raw["p50_us"] / 1000,
+        "p99_ms": raw["p99_us"] / 1000,
+        "max_ms": raw["max_us"] / 1000,
+        "answered": raw["requests"],
+        "errors": raw["status_errors"] + raw["timeout_errors"],
+        "other_cpu": cpu["other"],
+    }
 
 
-def run_half_load(bench: Bench, stub: Server, gateway: Server, one_file: Path,
-                  max_rps: float, baseline: Server | None = None) -> dict[str, Any]:
+def run_half_load(
+    bench: Bench,
+    stub: Server,
+    gateway: Server,
+    one_file: Path,
+    max_rps: float,
+    baseline: Server | None = None,
+) -> dict[str, Any]:
     """The latency the gateway adds at 50% of its peak: (a), (b) and (c) at one rate."""
     # The baseline proxy at the same rate tells what any aiohttp proxy adds on this machine.
     rate = max(1.0, round(0.5 * max_rps))
-    print(f"\nadded latency at 50% load: {rate:.0f} req/s open loop, {bench.args.duration} s, "
-          "direct (a), the baseline proxy (b), then the gateway (c)", flush=True)
+    print(
+        f"\nadded latency at 50% load: {rate:.0f} req/s open loop, {bench.args.duration} s, "
+        "direct (a), the baseline proxy (b), then the gateway (c)",
+        flush=True,
+    )
     figures: dict[str, Any] = {"rate": rate}
     runs = [("a", stub), *([("b", baseline)] if baseline is not None else []), ("c", gateway)]
     for key, server in runs:
         figures[key] = open_loop_latency(bench, server, one_file, rate)
         other = figures[key]["other_cpu"]
-        print(f"  ({key}) p50 {figures[key]['p50_ms']:.2f} ms  p99 {figures[key]['p99_ms']:.2f} ms"
-              f"  (other load {other * 100:.0f}%"
-              f"{' (!)' if other > DISTURBED else ''})", flush=True)
+        print(
+            f"  ({key}) p50 {figures[key]['p50_ms']:.2f} ms  p99 {figures[key]['p99_ms']:.2f} ms"
+            f"  (other load {other * 100:.0f}%"
+            f"{' (!)' if other > DISTURBED else ''})",
+            flush=True,
+        )
     figures["added_p99_ms"] = figures["c"]["p99_ms"] - figures["a"]["p99_ms"]
     figures["added_p50_ms"] = figures["c"]["p50_ms"] - figures["a"]["p50_ms"]
     if "b" in figures:
         figures["baseline_added_p99_ms"] = figures["b"]["p99_ms"] - figures["a"]["p99_ms"]
-        print(f"  added by the baseline proxy at the same rate: p99 "
-              f"+{figures['baseline_added_p99_ms']:.2f} ms", flush=True)
-    print(f"  added by the gateway at 50% load: p50 +{figures['added_p50_ms']:.2f} ms, "
-          f"p99 +{figures['added_p99_ms']:.2f} ms (target <= 2 ms)", flush=True)
+        print(
+            f"  added by the baseline proxy at the same rate: p99 "
+            f"+{figures['baseline_added_p99_ms']:.2f} ms",
+            flush=True,
+        )
+    print(
+        f"  added by the gateway at 50% load: p50 +{figures['added_p50_ms']:.2f} ms, "
+        f"p99 +{figures['added_p99_ms']:.2f} ms (target <= 2 ms)",
+        flush=True,
+    )
     return figures

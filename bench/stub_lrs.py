@@ -34,28 +34,40 @@ import signal
 import socket
 from collections import Counter
 
-_ID = re.compile(rb'"id"\s*:\s*"([0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-'
-                 rb'[0-9a-fA-F]{4}-[0-9a-fA-F]{12})"')
+_ID = re.compile(
+    rb'"id"\s*:\s*"([0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-'
+    rb'[0-9a-fA-F]{4}-[0-9a-fA-F]{12})"'
+)
 _CONTENT_LENGTH = re.compile(rb"\r\ncontent-length:[ \t]*(\d+)", re.IGNORECASE)
 _CONNECTION_CLOSE = re.compile(rb"\r\nconnection:[ \t]*close", re.IGNORECASE)
 _CHUNKED = re.compile(rb"\r\ntransfer-encoding:[ \t]*chunked", re.IGNORECASE)
 
-_STATEMENT_RESULT = json.dumps({
-    "statements": [{
-        "id": "6690e6c9-3ef0-4ed3-8b37-7f3964730bee",
-        "actor": {"objectType": "Agent", "mbox": "mailto:learner@example.com"},
-        "verb": {"id": "http://adlnet.gov/expapi/verbs/completed"},
-        "object": {"objectType": "Activity", "id": "http://example.com/activities/1"},
-        "stored": "2024-01-01T00:00:00.000Z",
-        "timestamp": "2024-01-01T00:00:00.000Z",
-        "authority": {"objectType": "Agent", "mbox": "mailto:gateway@example.com"},
-        "version": "1.0.3",
-    }],
-    "more": "",
-}, separators=(",", ":")).encode()
+_STATEMENT_RESULT = json.dumps(
+    {
+        "statements": [
+            {
+                "id": "6690e6c9-3ef0-4ed3-8b37-7f3964730bee",
+                "actor": {"objectType": "Agent", "mbox": "mailto:learner@example.com"},
+                "verb": {"id": "http://adlnet.gov/expapi/verbs/completed"},
+                "object": {"objectType": "Activity", "id": "http://example.com/activities/1"},
+                "stored": "2024-01-01T00:00:00.000Z",
+                "timestamp": "2024-01-01T00:00:00.000Z",
+                "authority": {"objectType": "Agent", "mbox": "mailto:gateway@example.com"},
+                "version": "1.0.3",
+            }
+        ],
+        "more": "",
+    },
+    separators=(",", ":"),
+).encode()
 
-_REASONS = {200: b"OK", 204: b"No Content", 404: b"Not Found", 400: b"Bad Request",
-            411: b"Length Required"}
+_REASONS = {
+    200: b"OK",
+    204: b"No Content",
+    404: b"Not Found",
+    400: b"Bad Request",
+    411: b"Length Required",
+}
 
 
 def _response(status: int, body: bytes = b"", *, close: bool = False) -> bytes:
@@ -95,7 +107,9 @@ class Stats:
     def summary(self, full: bool) -> bytes:
         distinct = len(self.ids)
         answer: dict[str, object] = {
-            "track": self.track, "writes": self.writes, "statements": self.statements,
+            "track": self.track,
+            "writes": self.writes,
+            "statements": self.statements,
             "distinct": distinct if self.track == "ids" else None,
             "duplicates": self.statements - distinct if self.track == "ids" else None,
         }
@@ -134,7 +148,7 @@ class StubProtocol(asyncio.Protocol):
             total = end + 4 + length
             if len(self._buffer) < total:
                 break
-            body = bytes(self._buffer[end + 4:total])
+            body = bytes(self._buffer[end + 4 : total])
             del self._buffer[:total]
             close = _CONNECTION_CLOSE.search(head) is not None
             out.append(self._answer(head, body, close))
@@ -152,7 +166,7 @@ class StubProtocol(asyncio.Protocol):
 
     def _answer(self, head: bytes, body: bytes, close: bool) -> bytes:
         line_end = head.find(b"\r\n")
-        request_line = head[:line_end if line_end >= 0 else len(head)]
+        request_line = head[: line_end if line_end >= 0 else len(head)]
         parts = request_line.split(b" ")
         if len(parts) != 3:
             return _response(400, close=True)
@@ -185,7 +199,7 @@ class StubProtocol(asyncio.Protocol):
             if target.startswith(b"/xAPI/"):
                 answer = _response(200, _STATEMENT_RESULT, close=close)
                 if method == b"HEAD":
-                    answer = answer[:answer.index(b"\r\n\r\n") + 4]
+                    answer = answer[: answer.index(b"\r\n\r\n") + 4]
                 return answer
         return _response(404, b'{"error":"not found"}', close=close)
 
@@ -195,8 +209,11 @@ async def serve(host: str, ports: list[int]) -> None:
     servers = []
     for port in ports:
         stats = Stats()  # one LRS per port
-        servers.append(await loop.create_server(functools.partial(StubProtocol, stats), host,
-                                                port, backlog=1024, reuse_address=True))
+        servers.append(
+            await loop.create_server(
+                functools.partial(StubProtocol, stats), host, port, backlog=1024, reuse_address=True
+            )
+        )
         print(f"stub LRS listening on http://{host}:{port}/xAPI/", flush=True)
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -212,8 +229,12 @@ async def serve(host: str, ports: list[int]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, action="append",
-                        help="repeat for several LRSes in one process (default 8100)")
+    parser.add_argument(
+        "--port",
+        type=int,
+        action="append",
+        help="repeat for several LRSes in one process (default 8100)",
+    )
     args = parser.parse_args()
     asyncio.run(serve(args.host, args.port or [8100]))
 

@@ -29,8 +29,12 @@ FLOOD_VARIANTS = {
 }
 # One client from one address is the whole load here: the rate limits stay on (their check
 # is part of the hot path measured) but set so high that they never trip.
-NO_RATE_LIMITS = {"per_ip_rate": 1e9, "per_ip_burst": 10**9,
-                  "per_principal_rate": 1e9, "per_principal_burst": 10**9}
+NO_RATE_LIMITS = {
+    "per_ip_rate": 1e9,
+    "per_ip_burst": 10**9,
+    "per_principal_rate": 1e9,
+    "per_principal_burst": 10**9,
+}
 
 
 def statement(index: int = 0) -> dict[str, Any]:
@@ -38,10 +42,15 @@ def statement(index: int = 0) -> dict[str, Any]:
     return {
         "id": str(uuid.UUID(int=0x5EED0000_0000_4000_8000_000000000000 + index)),
         "timestamp": "2024-05-02T10:15:30.123Z",
-        "actor": {"objectType": "Agent", "name": "Ada Lovelace",
-                  "mbox": "mailto:ada.lovelace@example.com"},
-        "verb": {"id": "http://adlnet.gov/expapi/verbs/completed",
-                 "display": {"en-US": "completed", "fr-FR": "a terminé"}},
+        "actor": {
+            "objectType": "Agent",
+            "name": "Ada Lovelace",
+            "mbox": "mailto:ada.lovelace@example.com",
+        },
+        "verb": {
+            "id": "http://adlnet.gov/expapi/verbs/completed",
+            "display": {"en-US": "completed", "fr-FR": "a terminé"},
+        },
         "object": {
             "objectType": "Activity",
             "id": "https://courses.example.com/xapi/activities/analytical-engine/module-3",
@@ -50,18 +59,30 @@ def statement(index: int = 0) -> dict[str, Any]:
                 "name": {"en-US": "The Analytical Engine, module 3: loops and cards"},
             },
         },
-        "result": {"score": {"scaled": 0.92, "raw": 92, "min": 0, "max": 100},
-                   "success": True, "completion": True, "duration": "PT42M17S",
-                   "response": "loop-cards-ok"},
+        "result": {
+            "score": {"scaled": 0.92, "raw": 92, "min": 0, "max": 100},
+            "success": True,
+            "completion": True,
+            "duration": "PT42M17S",
+            "response": "loop-cards-ok",
+        },
         "context": {
             "registration": "0f5a9a9e-1b7e-4a52-9d7e-6c3a1f2b8d41",
             "platform": "Example LMS 4.2",
             "language": "en-US",
             "contextActivities": {
-                "parent": [{"objectType": "Activity",
-                            "id": "https://courses.example.com/xapi/activities/analytical-engine"}],
-                "category": [{"objectType": "Activity",
-                              "id": "https://w3id.org/xapi/cmi5/context/categories/moveon"}],
+                "parent": [
+                    {
+                        "objectType": "Activity",
+                        "id": "https://courses.example.com/xapi/activities/analytical-engine",
+                    }
+                ],
+                "category": [
+                    {
+                        "objectType": "Activity",
+                        "id": "https://w3id.org/xapi/cmi5/context/categories/moveon",
+                    }
+                ],
             },
             "extensions": {"https://courses.example.com/xapi/ext/attempt": 3},
         },
@@ -70,8 +91,10 @@ def statement(index: int = 0) -> dict[str, Any]:
 
 def statement_template(batch: int = 0) -> bytes:
     """The bench statement (a batch of `batch` when > 0) with the id left for the loadgen."""
+
     def one(index: int) -> dict[str, Any]:
         return {**statement(index), "id": PLACEHOLDER}
+
     data: Any = [one(i) for i in range(1, batch + 1)] if batch else one(0)
     return json.dumps(data, ensure_ascii=False).encode()
 
@@ -83,8 +106,11 @@ def basic(username: str, password: str) -> str:
 
 def request_headers(authorization: str | None = None) -> dict[str, str]:
     """The headers of a bench POST (the bench user's Basic credential unless given one)."""
-    return {"Content-Type": "application/json", "X-Experience-API-Version": XAPI_VERSION,
-            "Authorization": authorization or basic(USERNAME, PASSWORD)}
+    return {
+        "Content-Type": "application/json",
+        "X-Experience-API-Version": XAPI_VERSION,
+        "Authorization": authorization or basic(USERNAME, PASSWORD),
+    }
 
 
 @dataclass(frozen=True)

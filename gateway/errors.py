@@ -131,8 +131,10 @@ class UpstreamFailed(UpstreamError):
     kind = "upstream_error"
 
     def __init__(self, status: int) -> None:
-        super().__init__(f"the storage LRS failed (HTTP {status}); the request id is in "
-                         "the gateway's log with its answer")
+        super().__init__(
+            f"the storage LRS failed (HTTP {status}); the request id is in "
+            "the gateway's log with its answer"
+        )
         self.status = status
 
 
@@ -146,8 +148,10 @@ class StorageRefused(UpstreamError):
     kind = "storage_refused_credential"
 
     def __init__(self) -> None:
-        super().__init__("the storage LRS refused the gateway's credential; the gateway's "
-                         "operator must fix it (the request id is in the gateway's log)")
+        super().__init__(
+            "the storage LRS refused the gateway's credential; the gateway's "
+            "operator must fix it (the request id is in the gateway's log)"
+        )
 
 
 class UpstreamTimeout(UpstreamError):

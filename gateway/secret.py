@@ -55,7 +55,6 @@ def redact(text: str, secrets: Iterable[str]) -> str:
     for secret in secrets:
         if len(secret) < 4:
             continue
-        for form in {secret, quote(secret, safe=""),
-                     base64.b64encode(secret.encode()).decode()}:
+        for form in {secret, quote(secret, safe=""), base64.b64encode(secret.encode()).decode()}:
             text = text.replace(form, "**********")
     return text

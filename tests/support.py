@@ -41,8 +41,11 @@ def free_port(host: str = "127.0.0.1") -> int:
         return port
 
 
-async def eventually(predicate: Callable[[], bool | Awaitable[bool]], within: float = 5.0,
-                     what: str = "the condition") -> None:
+async def eventually(
+    predicate: Callable[[], bool | Awaitable[bool]],
+    within: float = 5.0,
+    what: str = "the condition",
+) -> None:
     """Poll `predicate` (plain or async) until it holds; fail after `within` seconds."""
     deadline = time.monotonic() + within
     while True:
@@ -62,8 +65,9 @@ def basic(username: str, password: str) -> dict[str, str]:
     return {"Authorization": f"Basic {token}", **XAPI}
 
 
-def credential(username: str, password: str, scopes: list[str],
-               agent: dict[str, Any] | None = None) -> dict[str, Any]:
+def credential(
+    username: str, password: str, scopes: list[str], agent: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """One Ralph-format credentials entry with a cheap bcrypt hash."""
     return {
         "username": username,
@@ -73,9 +77,13 @@ def credential(username: str, password: str, scopes: list[str],
     }
 
 
-def write_config(tmp_path: Path, storage_url: str, users: list[dict[str, Any]],
-                 extra: dict[str, Any] | None = None,
-                 environ: dict[str, str] | None = None) -> Config:
+def write_config(
+    tmp_path: Path,
+    storage_url: str,
+    users: list[dict[str, Any]],
+    extra: dict[str, Any] | None = None,
+    environ: dict[str, str] | None = None,
+) -> Config:
     """Write auth.json and config.yaml under tmp_path; load the config like the CLI does."""
     (tmp_path / "auth.json").write_text(json.dumps(users))
     raw: dict[str, Any] = {
@@ -118,16 +126,18 @@ class FakeLRS:
         recorded = Recorded(request.method, request.raw_path, dict(request.headers), body)
         # The gateway's own calls (readiness probes, GET about) are kept apart from client
         # traffic. The probe names itself in X-Request-ID.
-        is_about = ((request.method == "GET" and request.path.rstrip("/").endswith("/about"))
-                    or request.headers.get("X-Request-ID") == PROBE_REQUEST_ID)
+        is_about = (
+            request.method == "GET" and request.path.rstrip("/").endswith("/about")
+        ) or request.headers.get("X-Request-ID") == PROBE_REQUEST_ID
         (self.about_calls if is_about else self.seen).append(recorded)
         if self.script is not None:
             return await self.script(request, body)
         if request.method == "POST" and request.path.rstrip("/").endswith("statements"):
             data = json.loads(body)
             batch = data if isinstance(data, list) else [data]
-            return web.json_response([s["id"] for s in batch],
-                                     headers={"X-Experience-API-Version": "1.0.3"})
+            return web.json_response(
+                [s["id"] for s in batch], headers={"X-Experience-API-Version": "1.0.3"}
+            )
         return web.json_response({"statements": [], "more": ""})
 
     def app(self) -> web.Application:
@@ -182,8 +192,9 @@ class FakeTarget:
         return app
 
 
-async def wait_until_serving(proc: asyncio.subprocess.Process, url: str,
-                             within: float = 30.0, *, listeners: int = 1) -> None:
+async def wait_until_serving(
+    proc: asyncio.subprocess.Process, url: str, within: float = 30.0, *, listeners: int = 1
+) -> None:
     """Wait until a gateway subprocess answers 200 at `url` (fail if it exits first).
 
     `listeners`: with `serve --workers N`, also wait until N sockets listen on the port:
@@ -199,7 +210,8 @@ async def wait_until_serving(proc: asyncio.subprocess.Process, url: str,
             with contextlib.suppress(aiohttp.ClientConnectionError):
                 async with session.get(url) as response:
                     if response.status == 200 and (
-                            port is None or listening_sockets(port) >= listeners):
+                        port is None or listening_sockets(port) >= listeners
+                    ):
                         return
             await asyncio.sleep(0.05)
     raise AssertionError(f"the gateway did not answer {url} in time")
@@ -213,37 +225,55 @@ def listening_sockets(port: int) -> int:
             next(lines, None)
             for line in lines:
                 fields = line.split()
-                if (len(fields) > 3 and fields[3] == "0A"
-                        and int(fields[1].rpartition(":")[2], 16) == port):
+                if (
+                    len(fields) > 3
+                    and fields[3] == "0A"
+                    and int(fields[1].rpartition(":")[2], 16) == port
+                ):
                     count += 1
     return count
 
 
-def learning_locker_config(ll: LearningLockerServer, directory: Path,
-                           users: list[dict[str, Any]], **sections: Any) -> Config:
+def learning_locker_config(
+    ll: LearningLockerServer, directory: Path, users: list[dict[str, Any]], **sections: Any
+) -> Config:
     """A gateway config in `directory` with a Learning Locker service as storage."""
     directory.mkdir(exist_ok=True)
-    return write_config(directory, ll.url, users, {"storage": {
-        "basic_username": ll.username, "basic_password": ll.password}, **sections})
+    return write_config(
+        directory,
+        ll.url,
+        users,
+        {"storage": {"basic_username": ll.username, "basic_password": ll.password}, **sections},
+    )
 
 
 SIGNATURE_USAGE = "http://adlnet.gov/expapi/attachments/signature"
 
 
-def signed_body(sent: dict[str, Any], key: Any, boundary: str,
-                algorithm: str = "RS256") -> bytes:
+def signed_body(sent: dict[str, Any], key: Any, boundary: str, algorithm: str = "RS256") -> bytes:
     """A multipart body: `sent` with a signature attachment whose JWS payload is `sent`.
 
     `key`: an RSA private key (cryptography); `algorithm` RS256, RS384 or RS512.
     """
     token = jwt.encode(sent, key, algorithm=algorithm).encode()
     sha2 = hashlib.sha256(token).hexdigest()
-    body_statement = dict(sent, attachments=[{
-        "usageType": SIGNATURE_USAGE, "display": {"en-US": "signature"},
-        "contentType": "application/octet-stream", "length": len(token), "sha2": sha2}])
-    return (f"--{boundary}\r\nContent-Type: application/json\r\n\r\n".encode()
-            + json.dumps(body_statement).encode()
-            + f"\r\n--{boundary}\r\nContent-Type: application/octet-stream\r\n"
-              f"Content-Transfer-Encoding: binary\r\nX-Experience-API-Hash: {sha2}\r\n\r\n"
-              .encode() + token + f"\r\n--{boundary}--\r\n".encode())
-
+    body_statement = dict(
+        sent,
+        attachments=[
+            {
+                "usageType": SIGNATURE_USAGE,
+                "display": {"en-US": "signature"},
+                "contentType": "application/octet-stream",
+                "length": len(token),
+                "sha2": sha2,
+            }
+        ],
+    )
+    return (
+        f"--{boundary}\r\nContent-Type: application/json\r\n\r\n".encode()
+        + json.dumps(body_statement).encode()
+        + f"\r\n--{boundary}\r\nContent-Type: application/octet-stream\r\n"
+        f"Content-Transfer-Encoding: binary\r\nX-Experience-API-Hash: {sha2}\r\n\r\n".encode()
+        + token
+        + f"\r\n--{boundary}--\r\n".encode()
+    )

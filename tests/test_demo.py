@@ -47,8 +47,10 @@ OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopbac
 
 def xapi(url: str, auth: str, body: Any = None) -> tuple[int, Any]:
     """One xAPI request with Basic `auth` ("user:password"); (status, parsed JSON or None)."""
-    headers = {"Authorization": "Basic " + base64.b64encode(auth.encode()).decode(),
-               "X-Experience-API-Version": "1.0.3"}
+    headers = {
+        "Authorization": "Basic " + base64.b64encode(auth.encode()).decode(),
+        "X-Experience-API-Version": "1.0.3",
+    }
     data = None
     if body is not None:
         data = json.dumps(body).encode()
@@ -75,8 +77,11 @@ def port_is_free(port: int) -> bool:
 
 def demo_env(**ports: int) -> dict[str, str]:
     """The environment for the demo: ours without LRS_GATEWAY*/RALPH_* settings, plus ports."""
-    env = {key: value for key, value in os.environ.items()
-           if not key.startswith(("LRS_GATEWAY", "RALPH_"))}
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith(("LRS_GATEWAY", "RALPH_"))
+    }
     env["PYTHON"] = sys.executable
     env.update({f"LRS_GATEWAY_DEMO_{name.upper()}": str(port) for name, port in ports.items()})
     return env
@@ -90,8 +95,9 @@ def demo_copy(tmp_path: Path) -> Path:
         source, destination = REPO / relative, copy / relative
         destination.parent.mkdir(parents=True, exist_ok=True)
         if source.is_dir():
-            shutil.copytree(source, destination,
-                            ignore=shutil.ignore_patterns("__pycache__", "node_modules"))
+            shutil.copytree(
+                source, destination, ignore=shutil.ignore_patterns("__pycache__", "node_modules")
+            )
         else:
             shutil.copy2(source, destination)
     return copy
@@ -123,14 +129,21 @@ def running_demo(repo: Path, *args: str, **ports: int) -> Iterator[Demo]:
     """Start deploy/demo.sh, yield once it printed its banner, then Ctrl-C it (SIGINT)."""
     env = demo_env(**ports)
     env["LRS_GATEWAY_DEMO_REUSE_VENVS"] = "1"
-    process = subprocess.Popen(["bash", "deploy/demo.sh", *args], cwd=repo, env=env,
-                               stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT, text=True)
+    process = subprocess.Popen(
+        ["bash", "deploy/demo.sh", *args],
+        cwd=repo,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     demo = Demo(process)
     assert process.stdout is not None
     stdout = process.stdout
-    reader = threading.Thread(target=lambda: demo.output.extend(iter(stdout.readline, "")),
-                              daemon=True)
+    reader = threading.Thread(
+        target=lambda: demo.output.extend(iter(stdout.readline, "")), daemon=True
+    )
     reader.start()
     try:
         deadline = time.monotonic() + START_TIMEOUT
@@ -167,9 +180,12 @@ def the_statement(body: Any) -> Any:
 
 
 def a_statement() -> dict[str, Any]:
-    return {"id": str(uuid.uuid4()), "actor": {"mbox": "mailto:learner@example.com"},
-            "verb": {"id": "http://adlnet.gov/expapi/verbs/experienced"},
-            "object": {"id": "http://example.com/activities/demo"}}
+    return {
+        "id": str(uuid.uuid4()),
+        "actor": {"mbox": "mailto:learner@example.com"},
+        "verb": {"id": "http://adlnet.gov/expapi/verbs/experienced"},
+        "object": {"id": "http://example.com/activities/demo"},
+    }
 
 
 def send_through_gateway(demo: Demo, gateway_port: int) -> dict[str, Any]:
@@ -202,7 +218,8 @@ def test_demo_stores_statements_in_ralph(demo_repo: Path) -> None:
         ralph_password = (demo_repo / "demo" / "ralph-password").read_text().strip()
         status, stored = xapi(
             f"http://127.0.0.1:{ralph_port}/xAPI/statements?statementId={statement['id']}",
-            f"{GATEWAY_USERNAME}:{ralph_password}")
+            f"{GATEWAY_USERNAME}:{ralph_password}",
+        )
         assert status == 200
         assert the_statement(stored)["verb"] == statement["verb"]
         assert the_statement(stored)["authority"]["mbox"] == "mailto:demo@example.com"
@@ -212,8 +229,13 @@ def test_demo_stores_statements_in_ralph(demo_repo: Path) -> None:
 
 def test_demo_with_target_forwards_to_a_second_ralph(demo_repo: Path) -> None:
     gateway_port, ralph_port, target_port = free_port(), free_port(), free_port()
-    with running_demo(demo_repo, "--with-target", port=gateway_port, ralph_port=ralph_port,
-                      target_port=target_port) as demo:
+    with running_demo(
+        demo_repo,
+        "--with-target",
+        port=gateway_port,
+        ralph_port=ralph_port,
+        target_port=target_port,
+    ) as demo:
         target = TARGET_CURL.search(demo.text)
         assert target, demo.text
         target_auth, target_url = target.group(1), target.group(2)
@@ -231,11 +253,14 @@ def test_demo_with_target_forwards_to_a_second_ralph(demo_repo: Path) -> None:
     assert_stopped(demo, gateway_port, ralph_port, target_port)
 
 
-@pytest.mark.parametrize(("taken", "variable", "role"), [
-    ("port", "LRS_GATEWAY_DEMO_PORT", "the gateway"),
-    ("ralph_port", "LRS_GATEWAY_DEMO_RALPH_PORT", "Ralph"),
-    ("target_port", "LRS_GATEWAY_DEMO_TARGET_PORT", "the forwarding target"),
-])
+@pytest.mark.parametrize(
+    ("taken", "variable", "role"),
+    [
+        ("port", "LRS_GATEWAY_DEMO_PORT", "the gateway"),
+        ("ralph_port", "LRS_GATEWAY_DEMO_RALPH_PORT", "Ralph"),
+        ("target_port", "LRS_GATEWAY_DEMO_TARGET_PORT", "the forwarding target"),
+    ],
+)
 def test_demo_refuses_a_taken_port_before_installing(
     demo_copy: Path, taken: str, variable: str, role: str
 ) -> None:
@@ -245,9 +270,15 @@ def test_demo_refuses_a_taken_port_before_installing(
         listener.listen()
         ports[taken] = listener.getsockname()[1]
         # No venvs and no REUSE flag: were the port not checked first, it would install.
-        result = subprocess.run(["bash", "deploy/demo.sh", "--with-target"], cwd=demo_copy,
-                                env=demo_env(**ports), capture_output=True, text=True,
-                                timeout=30, check=False)
+        result = subprocess.run(
+            ["bash", "deploy/demo.sh", "--with-target"],
+            cwd=demo_copy,
+            env=demo_env(**ports),
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
     assert result.returncode == 1, result
     message = result.stderr
     assert f"demo: error: port {ports[taken]} on 127.0.0.1 for {role}" in message
@@ -257,19 +288,31 @@ def test_demo_refuses_a_taken_port_before_installing(
     assert not (demo_copy / "demo").exists()
 
 
-@pytest.mark.parametrize(("ports", "message"), [
-    ({"port": "http"}, "LRS_GATEWAY_DEMO_PORT='http' is not a TCP port (1-65535)"),
-    ({"ralph_port": "70000"}, "LRS_GATEWAY_DEMO_RALPH_PORT='70000' is not a TCP port"),
-    ({"port": "8111", "ralph_port": "8111"},
-     "LRS_GATEWAY_DEMO_RALPH_PORT and LRS_GATEWAY_DEMO_PORT are both 8111"),
-])
+@pytest.mark.parametrize(
+    ("ports", "message"),
+    [
+        ({"port": "http"}, "LRS_GATEWAY_DEMO_PORT='http' is not a TCP port (1-65535)"),
+        ({"ralph_port": "70000"}, "LRS_GATEWAY_DEMO_RALPH_PORT='70000' is not a TCP port"),
+        (
+            {"port": "8111", "ralph_port": "8111"},
+            "LRS_GATEWAY_DEMO_RALPH_PORT and LRS_GATEWAY_DEMO_PORT are both 8111",
+        ),
+    ],
+)
 def test_demo_refuses_bad_port_settings(
     demo_copy: Path, ports: dict[str, str], message: str
 ) -> None:
     env = demo_env()
     env.update({f"LRS_GATEWAY_DEMO_{name.upper()}": value for name, value in ports.items()})
-    result = subprocess.run(["bash", "deploy/demo.sh"], cwd=demo_copy, env=env,
-                            capture_output=True, text=True, timeout=30, check=False)
+    result = subprocess.run(
+        ["bash", "deploy/demo.sh"],
+        cwd=demo_copy,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
     assert result.returncode == 1
     assert message in result.stderr
     assert not (demo_copy / ".venv").exists()

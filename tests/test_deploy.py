@@ -49,11 +49,25 @@ PROMTOOL_TIMEOUT = 60
 # The metrics the gateway exports: family name -> kind and labels (with their fixed values).
 
 COUNTER, GAUGE, HISTOGRAM = "counter", "gauge", "histogram"
-ROUTES = frozenset({
-    "xapi.statements", "xapi.state", "xapi.activity_profile", "xapi.agent_profile",
-    "xapi.activities", "xapi.agents", "xapi.about", "xapi.other", "whoami", "token",
-    "admin.forwarding", "heartbeat", "lbheartbeat", "metrics", "unmatched",
-})
+ROUTES = frozenset(
+    {
+        "xapi.statements",
+        "xapi.state",
+        "xapi.activity_profile",
+        "xapi.agent_profile",
+        "xapi.activities",
+        "xapi.agents",
+        "xapi.about",
+        "xapi.other",
+        "whoami",
+        "token",
+        "admin.forwarding",
+        "heartbeat",
+        "lbheartbeat",
+        "metrics",
+        "unmatched",
+    }
+)
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH", "OTHER"})
 STATUS_CLASSES = frozenset({"1xx", "2xx", "3xx", "4xx", "5xx"})
 SCHEMES = frozenset({"basic", "oidc", "callback", "token", "bearer", "none", "other"})
@@ -75,13 +89,12 @@ def _forwarding(kind: str) -> Family:
 
 METRICS: dict[str, Family] = {
     "lrs_gateway_requests": Family(
-        COUNTER, {"route": ROUTES, "method": METHODS, "status_class": STATUS_CLASSES}),
-    "lrs_gateway_request_duration_seconds": Family(
-        HISTOGRAM, {"route": ROUTES, "method": METHODS}),
+        COUNTER, {"route": ROUTES, "method": METHODS, "status_class": STATUS_CLASSES}
+    ),
+    "lrs_gateway_request_duration_seconds": Family(HISTOGRAM, {"route": ROUTES, "method": METHODS}),
     "lrs_gateway_requests_in_flight": Family(GAUGE, {}),
     "lrs_gateway_auth_attempts": Family(COUNTER, {"scheme": SCHEMES, "result": AUTH_RESULTS}),
-    "lrs_gateway_auth_cache_lookups": Family(
-        COUNTER, {"scheme": SCHEMES, "result": CACHE_RESULTS}),
+    "lrs_gateway_auth_cache_lookups": Family(COUNTER, {"scheme": SCHEMES, "result": CACHE_RESULTS}),
     "lrs_gateway_bcrypt_duration_seconds": Family(HISTOGRAM, {}),
     "lrs_gateway_upstream_requests": Family(COUNTER, {"target": FREE, "outcome": OUTCOMES}),
     "lrs_gateway_upstream_duration_seconds": Family(HISTOGRAM, {"target": FREE}),
@@ -99,8 +112,9 @@ METRICS: dict[str, Family] = {
     "lrs_gateway_build_info": Family(GAUGE, {"version": FREE}),
 }
 # Labels Prometheus adds at scrape time (static configs, Kubernetes service discovery).
-TARGET_LABELS = frozenset({"job", "instance", "namespace", "pod", "service", "container",
-                           "endpoint"})
+TARGET_LABELS = frozenset(
+    {"job", "instance", "namespace", "pod", "service", "container", "endpoint"}
+)
 # The series a family of each kind exposes, as suffixes (prometheus_client adds _created).
 SUFFIXES: tuple[tuple[str, frozenset[str]], ...] = (
     ("_total", frozenset({COUNTER})),
@@ -128,8 +142,7 @@ _NAME = re.compile(r"(?<![\w:])lrs_gateway_[A-Za-z0-9_:]+")
 _SELECTOR = re.compile(r"(?<![\w:])(lrs_gateway_\w+)\s*\{([^}]*)\}")
 _MATCHER = re.compile(r'(\w+)\s*(=~|!~|!=|=)\s*"((?:[^"\\]|\\.)*)"')
 _GROUPING = re.compile(r"\b(?:by|without)\s*\(([^)]*)\)")
-_ALL_LABELS = (frozenset().union(*(f.labels for f in METRICS.values())) | TARGET_LABELS
-               | {"le"})
+_ALL_LABELS = frozenset().union(*(f.labels for f in METRICS.values())) | TARGET_LABELS | {"le"}
 
 
 def metric_names(text: str) -> set[str]:
@@ -157,8 +170,10 @@ def selector_problems(expr: str) -> list[str]:
             alternatives = value.split("|") if op in ("=~", "!~") else [value]
             for alternative in alternatives:
                 if not any(re.fullmatch(alternative, v) for v in values):
-                    problems.append(f"{name}: {label} {op} {value!r}: {alternative!r} matches "
-                                    f"none of {sorted(values)}")
+                    problems.append(
+                        f"{name}: {label} {op} {value!r}: {alternative!r} matches "
+                        f"none of {sorted(values)}"
+                    )
     for group in _GROUPING.findall(expr):
         for label in (part.strip() for part in group.split(",")):
             if label and label not in _ALL_LABELS:
@@ -170,26 +185,33 @@ def test_family_of_strips_suffixes_as_prometheus_names_series() -> None:
     assert family_of("lrs_gateway_requests_total") == "lrs_gateway_requests"
     assert family_of("lrs_gateway_requests_created") == "lrs_gateway_requests"
     assert family_of("lrs_gateway_request_duration_seconds_bucket") == (
-        "lrs_gateway_request_duration_seconds")
+        "lrs_gateway_request_duration_seconds"
+    )
     assert family_of("lrs_gateway_request_duration_seconds_count") == (
-        "lrs_gateway_request_duration_seconds")
+        "lrs_gateway_request_duration_seconds"
+    )
     assert family_of("lrs_gateway_forwarding_lag_seconds") == "lrs_gateway_forwarding_lag_seconds"
     assert family_of("lrs_gateway_build_info") == "lrs_gateway_build_info"
-    for wrong in ("lrs_gateway_requests",                       # a counter has no bare series
-                  "lrs_gateway_request_duration_seconds",       # nor has a histogram
-                  "lrs_gateway_forwarding_backlog_total",       # a gauge has no _total
-                  "lrs_gateway_requests_total_count", "lrs_gateway_request_total"):
+    for wrong in (
+        "lrs_gateway_requests",  # a counter has no bare series
+        "lrs_gateway_request_duration_seconds",  # nor has a histogram
+        "lrs_gateway_forwarding_backlog_total",  # a gauge has no _total
+        "lrs_gateway_requests_total_count",
+        "lrs_gateway_request_total",
+    ):
         assert family_of(wrong) is None, wrong
     assert selector_problems('rate(lrs_gateway_auth_attempts_total{result="bad_credential"}[5m])')
     assert selector_problems('lrs_gateway_upstream_requests_total{status_class="5xx"}')
     assert selector_problems("sum by (tagret) (lrs_gateway_forwarding_backlog)")
     assert not selector_problems(
         'sum by (le) (rate(lrs_gateway_request_duration_seconds_bucket{route!~"heartbeat|metrics",'
-        ' job=~"$job"}[5m]))')
+        ' job=~"$job"}[5m]))'
+    )
 
 
 # ---------------------------------------------------------------------------------------
 # Helpers: YAML, promtool, Dockerfiles, dockerignore.
+
 
 def load_yaml(path: Path) -> dict[str, Any]:
     data = yaml.safe_load(path.read_text(encoding="utf-8"))
@@ -213,8 +235,10 @@ def promtool() -> str:
     if found is None and Path("/usr/bin/promtool").is_file():
         found = "/usr/bin/promtool"
     if found is None:
-        message = ("promtool not found: install Debian's `prometheus` package "
-                   "(bash deploy/bootstrap.sh does, as root)")
+        message = (
+            "promtool not found: install Debian's `prometheus` package "
+            "(bash deploy/bootstrap.sh does, as root)"
+        )
         if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
             pytest.fail(message)
         pytest.skip(message)
@@ -222,8 +246,9 @@ def promtool() -> str:
 
 
 def run_promtool(promtool: str, *args: str) -> str:
-    done = subprocess.run([promtool, *args], capture_output=True, text=True,
-                          timeout=PROMTOOL_TIMEOUT, check=False)
+    done = subprocess.run(
+        [promtool, *args], capture_output=True, text=True, timeout=PROMTOOL_TIMEOUT, check=False
+    )
     output = done.stdout + done.stderr
     assert done.returncode == 0, f"promtool {' '.join(args)}:\n{output}"
     return output
@@ -336,6 +361,7 @@ def test_dockerignore_matching_works_like_docker(tmp_path: Path) -> None:
 # ---------------------------------------------------------------------------------------
 # Everything parses.
 
+
 def test_every_yaml_and_json_file_in_deploy_parses() -> None:
     yamls = deploy_files(".yml", ".yaml")
     jsons = deploy_files(".json")
@@ -349,13 +375,17 @@ def test_every_yaml_and_json_file_in_deploy_parses() -> None:
 
 def test_deploy_readme_mentions_every_file() -> None:
     readme = (DEPLOY / "README.md").read_text(encoding="utf-8")
-    missing = [str(p.relative_to(DEPLOY)) for p in sorted(DEPLOY.rglob("*"))
-               if p.is_file() and p.name != "README.md" and p.name not in readme]
+    missing = [
+        str(p.relative_to(DEPLOY))
+        for p in sorted(DEPLOY.rglob("*"))
+        if p.is_file() and p.name != "README.md" and p.name not in readme
+    ]
     assert not missing, f"deploy/README.md does not mention {missing}"
 
 
 # ---------------------------------------------------------------------------------------
 # Prometheus: rules, their unit tests, the scrape config.
+
 
 def test_promtool_check_rules(promtool: str) -> None:
     output = run_promtool(promtool, "check", "rules", str(RULES))
@@ -373,10 +403,16 @@ def test_promtool_check_prometheus_config(promtool: str) -> None:
 
 def test_rule_unit_tests_prove_the_lag_alert_fires_and_stays_quiet() -> None:
     tests = load_yaml(RULES_TEST)["tests"]
-    cases = [(case["alertname"], bool(case.get("exp_alerts")))
-             for test in tests for case in test.get("alert_rule_test", [])]
-    for alert in ("LrsGatewayForwardingLag", "LrsGatewayForwardingDeadLetters",
-                  "LrsGatewayForwardingTargetDown"):
+    cases = [
+        (case["alertname"], bool(case.get("exp_alerts")))
+        for test in tests
+        for case in test.get("alert_rule_test", [])
+    ]
+    for alert in (
+        "LrsGatewayForwardingLag",
+        "LrsGatewayForwardingDeadLetters",
+        "LrsGatewayForwardingTargetDown",
+    ):
         assert (alert, True) in cases, f"no unit test shows {alert} firing"
         assert (alert, False) in cases, f"no unit test shows {alert} quiet"
     tested = {name for name, _ in cases}
@@ -387,23 +423,36 @@ def test_rule_unit_tests_prove_the_lag_alert_fires_and_stays_quiet() -> None:
 def test_a_rule_unit_test_shows_the_lag_alert_firing_while_a_target_is_down() -> None:
     """A down target keeps its statements in its backlog: the lag alert must fire then."""
     for test in load_yaml(RULES_TEST)["tests"]:
-        series = {s["series"].split("{")[0]: s["values"] for s in test["input_series"]
-                  if 'target="analytics"' in s["series"]}
-        fired = {case["alertname"] for case in test.get("alert_rule_test", [])
-                 if case.get("exp_alerts")}
-        if ("0x" in series.get("lrs_gateway_forwarding_target_up", "")
-                and {"LrsGatewayForwardingLag", "LrsGatewayForwardingTargetDown"} <= fired):
+        series = {
+            s["series"].split("{")[0]: s["values"]
+            for s in test["input_series"]
+            if 'target="analytics"' in s["series"]
+        }
+        fired = {
+            case["alertname"] for case in test.get("alert_rule_test", []) if case.get("exp_alerts")
+        }
+        if (
+            "0x" in series.get("lrs_gateway_forwarding_target_up", "")
+            and {"LrsGatewayForwardingLag", "LrsGatewayForwardingTargetDown"} <= fired
+        ):
             return
     raise AssertionError("no rule unit test has LrsGatewayForwardingLag fire during an outage")
 
 
 def test_rules_cover_what_operators_alert_on() -> None:
-    exprs = " ".join(rule["expr"] for group in load_yaml(RULES)["groups"]
-                     for rule in group["rules"])
-    for needed in ("lrs_gateway_forwarding_lag_seconds", "lrs_gateway_forwarding_dead_letters",
-                   "lrs_gateway_forwarding_target_up == 0",
-                   "lrs_gateway_upstream_requests_total", 'status_class="5xx"',
-                   'result="bad_credentials"', "lrs_gateway_ready == 0", "up{"):
+    exprs = " ".join(
+        rule["expr"] for group in load_yaml(RULES)["groups"] for rule in group["rules"]
+    )
+    for needed in (
+        "lrs_gateway_forwarding_lag_seconds",
+        "lrs_gateway_forwarding_dead_letters",
+        "lrs_gateway_forwarding_target_up == 0",
+        "lrs_gateway_upstream_requests_total",
+        'status_class="5xx"',
+        'result="bad_credentials"',
+        "lrs_gateway_ready == 0",
+        "up{",
+    ):
         assert needed in exprs, needed
     for group in load_yaml(RULES)["groups"]:
         for rule in group["rules"]:
@@ -438,8 +487,9 @@ def test_rules_and_dashboard_use_only_exported_metrics() -> None:
         RULES: RULES.read_text(encoding="utf-8"),
         RULES_TEST: RULES_TEST.read_text(encoding="utf-8"),
         DASHBOARD: DASHBOARD.read_text(encoding="utf-8"),
-        KUBERNETES / "prometheusrule.yaml":
-            (KUBERNETES / "prometheusrule.yaml").read_text(encoding="utf-8"),
+        KUBERNETES / "prometheusrule.yaml": (KUBERNETES / "prometheusrule.yaml").read_text(
+            encoding="utf-8"
+        ),
     }
     for path, text in sources.items():
         names = metric_names(text)
@@ -447,16 +497,23 @@ def test_rules_and_dashboard_use_only_exported_metrics() -> None:
         unknown = sorted(name for name in names if family_of(name) is None)
         assert not unknown, f"{path}: not exported by the gateway: {unknown}"
     used = {family_of(name) for name in metric_names(sources[DASHBOARD])}
-    for needed in ("lrs_gateway_requests", "lrs_gateway_request_duration_seconds",
-                   "lrs_gateway_auth_attempts", "lrs_gateway_upstream_requests",
-                   "lrs_gateway_forwarding_backlog", "lrs_gateway_forwarding_lag_seconds"):
+    for needed in (
+        "lrs_gateway_requests",
+        "lrs_gateway_request_duration_seconds",
+        "lrs_gateway_auth_attempts",
+        "lrs_gateway_upstream_requests",
+        "lrs_gateway_forwarding_backlog",
+        "lrs_gateway_forwarding_lag_seconds",
+    ):
         assert needed in used, f"the dashboard does not show {needed}"
 
 
 def test_label_names_and_values_are_the_exported_ones() -> None:
-    problems = [f"{problem}  in  {expr.strip()[:80]}"
-                for expr in rule_exprs() + dashboard_exprs()
-                for problem in selector_problems(expr)]
+    problems = [
+        f"{problem}  in  {expr.strip()[:80]}"
+        for expr in rule_exprs() + dashboard_exprs()
+        for problem in selector_problems(expr)
+    ]
     assert not problems, "\n".join(problems)
 
 
@@ -497,7 +554,8 @@ def test_dashboard_shape() -> None:
     quantiles = " ".join(dashboard_exprs())
     for q in ("0.5", "0.95", "0.99"):
         assert f"histogram_quantile({q}, sum by (le) (rate(lrs_gateway_request_duration" in (
-            quantiles)
+            quantiles
+        )
 
 
 def test_prometheus_rule_for_the_operator_holds_the_same_groups() -> None:
@@ -505,8 +563,13 @@ def test_prometheus_rule_for_the_operator_holds_the_same_groups() -> None:
     assert rule["kind"] == "PrometheusRule"
     assert rule["spec"]["groups"] == load_yaml(RULES)["groups"]
     generator = KUBERNETES / "generate-prometheusrule.py"
-    done = subprocess.run([sys.executable, str(generator), "--check"], capture_output=True,
-                          text=True, timeout=30, check=False)
+    done = subprocess.run(
+        [sys.executable, str(generator), "--check"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
     assert done.returncode == 0, done.stderr
 
 
@@ -539,13 +602,17 @@ def check_context_copies(dockerfile_path: Path, context: Path) -> None:
         for source in sources:
             path = context / source
             assert path.exists(), f"{dockerfile_path.name}: COPY {source}: not in the context"
-            files = [path] if path.is_file() else [p for p in path.rglob("*.py")
-                                                   if "__pycache__" not in p.parts]
+            files = (
+                [path]
+                if path.is_file()
+                else [p for p in path.rglob("*.py") if "__pycache__" not in p.parts]
+            )
             assert files, source
             for file in files:
                 relative = file.relative_to(context).as_posix()
                 assert not dockerignored(ignore, relative), (
-                    f"{ignore.name} leaves out {relative}, which {dockerfile_path.name} copies")
+                    f"{ignore.name} leaves out {relative}, which {dockerfile_path.name} copies"
+                )
 
 
 def test_dockerfile() -> None:
@@ -567,11 +634,16 @@ def test_dockerfile() -> None:
     (healthcheck,) = [i for i in instructions if i.keyword == "HEALTHCHECK"]
     assert "HEALTHCHECK_URL" in healthcheck.args
     assert ("deploy/docker/config.yaml", "/etc/lrs-gateway/config.yaml") in [
-        (sources[0], dest) for sources, dest in copies(instructions)]
+        (sources[0], dest) for sources, dest in copies(instructions)
+    ]
     entrypoint = [i for i in instructions if i.keyword == "ENTRYPOINT"][-1].words()
     command = [i for i in instructions if i.keyword == "CMD"][-1].words()
-    assert entrypoint + command == ["lrs-gateway", "serve", "--config",
-                                    "/etc/lrs-gateway/config.yaml"]
+    assert entrypoint + command == [
+        "lrs-gateway",
+        "serve",
+        "--config",
+        "/etc/lrs-gateway/config.yaml",
+    ]
     check_context_copies(DOCKERFILE, REPO)
 
 
@@ -622,15 +694,18 @@ def health_server() -> Iterator[str]:
 
 def run_healthcheck(program: str, url: str) -> int:
     env = {**os.environ, "HEALTHCHECK_URL": url}
-    return subprocess.run([sys.executable, "-c", program], env=env, capture_output=True,
-                          timeout=30, check=False).returncode
+    return subprocess.run(
+        [sys.executable, "-c", program], env=env, capture_output=True, timeout=30, check=False
+    ).returncode
 
 
 def test_healthcheck_commands_pass_on_200_and_fail_otherwise(health_server: str) -> None:
     (instruction,) = [i for i in dockerfile(DOCKERFILE) if i.keyword == "HEALTHCHECK"]
     cmd = instruction.args.split(" CMD ", 1)[1]
-    programs = [healthcheck_python(json.loads(cmd)),
-                healthcheck_python(compose_services()["gateway"]["healthcheck"]["test"][1:])]
+    programs = [
+        healthcheck_python(json.loads(cmd)),
+        healthcheck_python(compose_services()["gateway"]["healthcheck"]["test"][1:]),
+    ]
     for program in programs:
         assert run_healthcheck(program, f"{health_server}/ok") == 0
         assert run_healthcheck(program, f"{health_server}/down") != 0
@@ -640,6 +715,7 @@ def test_healthcheck_commands_pass_on_200_and_fail_otherwise(health_server: str)
 
 # ---------------------------------------------------------------------------------------
 # docker-compose.yml
+
 
 def compose_services() -> dict[str, dict[str, Any]]:
     return cast(dict[str, dict[str, Any]], load_yaml(COMPOSE_FILE)["services"])
@@ -700,8 +776,11 @@ def test_compose_builds_mounts_and_images_exist() -> None:
 
 
 def test_compose_ralph_is_the_version_the_tests_run() -> None:
-    (image,) = [i.words()[0] for i in dockerfile(DEPLOY / "compose" / "ralph.Dockerfile")
-                if i.keyword == "FROM"]
+    (image,) = [
+        i.words()[0]
+        for i in dockerfile(DEPLOY / "compose" / "ralph.Dockerfile")
+        if i.keyword == "FROM"
+    ]
     requirements = (REPO / "tests" / "realparts" / "requirements-ralph.txt").read_text()
     (pinned,) = re.findall(r"^ralph-malph\S*==(\S+)", requirements, flags=re.M)
     assert image == f"fundocker/ralph:{pinned}"
@@ -750,18 +829,21 @@ def test_compose_passwords_match_the_ralph_credentials() -> None:
     services = compose_services()
     config = compose_gateway_config()
     (target,) = config.forwardings
-    pairs = [("ralph-storage", config.storage.basic_username, config.storage.basic_password),
-             ("ralph-analytics", target.basic_username, target.basic_password)]
+    pairs = [
+        ("ralph-storage", config.storage.basic_username, config.storage.basic_password),
+        ("ralph-analytics", target.basic_username, target.basic_password),
+    ]
     for service, username, password in pairs:
         assert username is not None, service
         assert password is not None, service
         (entry,) = [e for e in ralph_credentials(services[service]) if e["username"] == username]
         assert bcrypt.checkpw(password.reveal().encode(), entry["hash"].encode()), service
         assert "all" in entry["scopes"], f"{service}: Ralph would replace our authority"
-    parsed = parse_credentials(config.resolve_path(config.auth.basic.credentials_file)
-                               .read_text(encoding="utf-8"),
-                               account_homepage=config.auth.basic.account_homepage,
-                               scope_prefix=config.auth.scope_prefix)
+    parsed = parse_credentials(
+        config.resolve_path(config.auth.basic.credentials_file).read_text(encoding="utf-8"),
+        account_homepage=config.auth.basic.account_homepage,
+        scope_prefix=config.auth.scope_prefix,
+    )
     assert "demo" in parsed.users
     assert not parsed.warnings
     compose_text = COMPOSE_FILE.read_text(encoding="utf-8")
@@ -793,17 +875,19 @@ def test_compose_prometheus_and_grafana_wiring() -> None:
     grafana = services["grafana"]
     grafana_mounts = compose_mounts(grafana)
     (datasource,) = load_yaml(
-        DEPLOY / "grafana" / "provisioning" / "datasources" / "prometheus.yml")["datasources"]
+        DEPLOY / "grafana" / "provisioning" / "datasources" / "prometheus.yml"
+    )["datasources"]
     url = urlsplit(datasource["url"])
     assert url.hostname == "prometheus"
     assert url.port in [container_port(p) for p in prometheus["ports"]]
-    (provider,) = load_yaml(
-        DEPLOY / "grafana" / "provisioning" / "dashboards" / "lrs-gateway.yml")["providers"]
-    dashboards = [target for target, source in grafana_mounts.items()
-                  if compose_source(source) == DASHBOARD]
+    (provider,) = load_yaml(DEPLOY / "grafana" / "provisioning" / "dashboards" / "lrs-gateway.yml")[
+        "providers"
+    ]
+    dashboards = [
+        target for target, source in grafana_mounts.items() if compose_source(source) == DASHBOARD
+    ]
     assert dashboards
-    assert PurePosixPath(dashboards[0]).parent == PurePosixPath(
-        provider["options"]["path"])
+    assert PurePosixPath(dashboards[0]).parent == PurePosixPath(provider["options"]["path"])
     for sub in ("datasources", "dashboards"):
         source = grafana_mounts[f"/etc/grafana/provisioning/{sub}"]
         assert compose_source(source) == DEPLOY / "grafana" / "provisioning" / sub
@@ -811,6 +895,7 @@ def test_compose_prometheus_and_grafana_wiring() -> None:
 
 # ---------------------------------------------------------------------------------------
 # Kubernetes
+
 
 def k8s_objects() -> dict[tuple[str, str], dict[str, Any]]:
     kustomization = load_yaml(KUBERNETES / "kustomization.yaml")
@@ -851,8 +936,16 @@ def test_kustomization_lists_every_manifest() -> None:
     assert listed == present
     objects = k8s_objects()
     kinds = {kind for kind, _ in objects}
-    assert kinds >= {"StatefulSet", "Service", "ConfigMap", "Secret", "PodDisruptionBudget",
-                     "HorizontalPodAutoscaler", "ServiceMonitor", "PrometheusRule"}
+    assert kinds >= {
+        "StatefulSet",
+        "Service",
+        "ConfigMap",
+        "Secret",
+        "PodDisruptionBudget",
+        "HorizontalPodAutoscaler",
+        "ServiceMonitor",
+        "PrometheusRule",
+    }
 
 
 def k8s_config(tmp_path: Path) -> tuple[Config, dict[str, Any]]:
@@ -873,8 +966,8 @@ def test_k8s_configmap_config_loads_with_the_manifests_environment(tmp_path: Pat
     config, statefulset = k8s_config(tmp_path)
     assert config.server.host == ALL_INTERFACES
     assert config.storage.basic_password is not None  # from the Secret, not the YAML
-    (target,) = config.forwardings                      # LRS_GATEWAY_XAPI_FORWARDINGS
-    assert not target.is_active                         # the placeholder stays harmless
+    (target,) = config.forwardings  # LRS_GATEWAY_XAPI_FORWARDINGS
+    assert not target.is_active  # the placeholder stays harmless
     container = gateway_container(statefulset)
     mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
     volumes = {v["name"]: v for v in statefulset["spec"]["template"]["spec"]["volumes"]}
@@ -885,8 +978,9 @@ def test_k8s_configmap_config_loads_with_the_manifests_environment(tmp_path: Pat
     assert credentials.name in [item["path"] for item in secret_volume["items"]]
     secret = k8s_objects()[("Secret", secret_volume["secretName"])]
     (key,) = [i["key"] for i in secret_volume["items"] if i["path"] == credentials.name]
-    parse_credentials(secret["stringData"][key], account_homepage="https://example.org",
-                      scope_prefix="")
+    parse_credentials(
+        secret["stringData"][key], account_homepage="https://example.org", scope_prefix=""
+    )
     # data_dir is on the per-replica claim.
     claims = {c["metadata"]["name"] for c in statefulset["spec"]["volumeClaimTemplates"]}
     assert mounts[config.data_dir]["name"] in claims
@@ -921,9 +1015,12 @@ def test_k8s_probes_and_ports_match_the_gateway(tmp_path: Path) -> None:
             assert port["targetPort"] in ports
     assert services[statefulset["spec"]["serviceName"]]["spec"]["clusterIP"] == "None"
     monitor = objects[("ServiceMonitor", "lrs-gateway")]
-    selected = [name for name, service in services.items()
-                if monitor["spec"]["selector"]["matchLabels"].items()
-                <= service["metadata"]["labels"].items()]
+    selected = [
+        name
+        for name, service in services.items()
+        if monitor["spec"]["selector"]["matchLabels"].items()
+        <= service["metadata"]["labels"].items()
+    ]
     assert selected == ["lrs-gateway"], "the ServiceMonitor must select one Service (job label)"
     (endpoint,) = monitor["spec"]["endpoints"]
     assert endpoint["port"] in [p["name"] for p in services["lrs-gateway"]["spec"]["ports"]]
@@ -967,6 +1064,7 @@ def test_k8s_autoscaler_respects_the_per_replica_outbox() -> None:
 
 # ---------------------------------------------------------------------------------------
 # systemd
+
 
 def test_systemd_unit() -> None:
     unit = configparser.ConfigParser(strict=False, interpolation=None)

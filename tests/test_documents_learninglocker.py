@@ -114,13 +114,20 @@ async def start_gateway(ll: LearningLockerServer, tmp_path: Path, aiohttp_client
 
 
 @pytest.fixture
-async def gateway(learning_locker_profiles: LearningLockerServer, tmp_path: Path,
-                  aiohttp_client: Any) -> Client:
+async def gateway(
+    learning_locker_profiles: LearningLockerServer, tmp_path: Path, aiohttp_client: Any
+) -> Client:
     return await start_gateway(learning_locker_profiles, tmp_path, aiohttp_client)
 
 
-async def via_gateway(gateway: Client, method: str, query: str, user: tuple[str, str],
-                      body: bytes | None = None, **headers: str) -> Answer:
+async def via_gateway(
+    gateway: Client,
+    method: str,
+    query: str,
+    user: tuple[str, str],
+    body: bytes | None = None,
+    **headers: str,
+) -> Answer:
     """`method` /xAPI/activities/profile?`query` through the gateway, query sent as is."""
     url = URL(f"{gateway.make_url('/xAPI/' + PROFILE_PATH)}?{query}", encoded=True)
     all_headers = {**basic(*user), **_header_names(headers)}
@@ -128,8 +135,9 @@ async def via_gateway(gateway: Client, method: str, query: str, user: tuple[str,
         return Answer(resp.status, CIMultiDict(resp.headers), await resp.read())
 
 
-async def direct(ll: LearningLockerServer, method: str, query: str,
-                 body: bytes | None = None, **headers: str) -> Answer:
+async def direct(
+    ll: LearningLockerServer, method: str, query: str, body: bytes | None = None, **headers: str
+) -> Answer:
     """The same request straight to the service, with its own credential (no gateway)."""
     url = URL(f"{ll.url}{PROFILE_PATH}?{query}", encoded=True)
     all_headers = {"Authorization": ll.authorization, **XAPI, **_header_names(headers)}
@@ -145,11 +153,13 @@ def _header_names(headers: dict[str, str]) -> dict[str, str]:
     return {name.replace("_", "-"): value for name, value in headers.items()}
 
 
-async def create(gateway: Client, profile: Profile, body: bytes, content_type: str,
-                 user: tuple[str, str] = ADMIN) -> None:
+async def create(
+    gateway: Client, profile: Profile, body: bytes, content_type: str, user: tuple[str, str] = ADMIN
+) -> None:
     """Create the document through the gateway (If-None-Match: *), expecting 204."""
-    answer = await via_gateway(gateway, "PUT", profile.query, user, body,
-                               Content_Type=content_type, If_None_Match="*")
+    answer = await via_gateway(
+        gateway, "PUT", profile.query, user, body, Content_Type=content_type, If_None_Match="*"
+    )
     assert answer.status == 204, answer
 
 
@@ -169,8 +179,15 @@ async def test_create_read_and_update_with_etags(
     first = b'{"progress":0.5,"bookmark":"page-3"}'  # compact: the service re-serialises JSON
     await create(gateway, profile, first, "application/json")
 
-    again = await via_gateway(gateway, "PUT", profile.query, ADMIN, b'{"other":1}',
-                              Content_Type="application/json", If_None_Match="*")
+    again = await via_gateway(
+        gateway,
+        "PUT",
+        profile.query,
+        ADMIN,
+        b'{"other":1}',
+        Content_Type="application/json",
+        If_None_Match="*",
+    )
     assert (again.status, again.message()) == (412, ALREADY_PRESENT)
     assert again.headers["X-Experience-API-Version"] == "1.0.3"
 
@@ -182,16 +199,25 @@ async def test_create_read_and_update_with_etags(
     assert datetime.fromisoformat(read.headers["Last-Modified"]).tzinfo is not None
 
     # No precondition on an existing document: the service's 409, unchanged.
-    blind = await via_gateway(gateway, "PUT", profile.query, ADMIN, b'{"blind":1}',
-                              Content_Type="application/json")
+    blind = await via_gateway(
+        gateway, "PUT", profile.query, ADMIN, b'{"blind":1}', Content_Type="application/json"
+    )
     assert (blind.status, blind.message()) == (409, CONFLICT)
 
     second = b'{"progress":1,"bookmark":"end"}'
-    update = await via_gateway(gateway, "PUT", profile.query, ADMIN, second,
-                               Content_Type="application/json", If_Match=etag)
+    update = await via_gateway(
+        gateway, "PUT", profile.query, ADMIN, second, Content_Type="application/json", If_Match=etag
+    )
     assert update.status == 204, update
-    stale = await via_gateway(gateway, "PUT", profile.query, ADMIN, b'{"lost":1}',
-                              Content_Type="application/json", If_Match=etag)
+    stale = await via_gateway(
+        gateway,
+        "PUT",
+        profile.query,
+        ADMIN,
+        b'{"lost":1}',
+        Content_Type="application/json",
+        If_Match=etag,
+    )
     assert (stale.status, stale.message()) == (412, STALE_ETAG)
 
     reread = await via_gateway(gateway, "GET", profile.query, ADMIN)
@@ -204,13 +230,24 @@ async def test_put_without_precondition_is_the_services_400(
     gateway: Client, learning_locker_profiles: LearningLockerServer
 ) -> None:
     profile = Profile.fresh()
-    answer = await via_gateway(gateway, "PUT", profile.query, ADMIN, b'{"a":1}',
-                               Content_Type="application/json")
+    answer = await via_gateway(
+        gateway, "PUT", profile.query, ADMIN, b'{"a":1}', Content_Type="application/json"
+    )
     assert (answer.status, answer.message()) == (400, MISSING_PRECONDITION)
-    both = await via_gateway(gateway, "PUT", profile.query, ADMIN, b'{"a":1}',
-                             Content_Type="application/json", If_Match='"x"', If_None_Match="*")
+    both = await via_gateway(
+        gateway,
+        "PUT",
+        profile.query,
+        ADMIN,
+        b'{"a":1}',
+        Content_Type="application/json",
+        If_Match='"x"',
+        If_None_Match="*",
+    )
     assert (both.status, both.message()) == (
-        400, "IfMatch and IfNoneMatch cannot be used at the same time")
+        400,
+        "IfMatch and IfNoneMatch cannot be used at the same time",
+    )
     assert (await direct(learning_locker_profiles, "GET", profile.query)).status == 404
 
 
@@ -220,32 +257,51 @@ async def test_post_merges_json_objects(
     ll = learning_locker_profiles
     profile = Profile.fresh()
     await create(gateway, profile, b'{"a":1,"nested":{"x":1}}', "application/json")
-    merged = await via_gateway(gateway, "POST", profile.query, ADMIN, b'{"b":2,"nested":{"y":2}}',
-                               Content_Type="application/json; charset=utf-8")
+    merged = await via_gateway(
+        gateway,
+        "POST",
+        profile.query,
+        ADMIN,
+        b'{"b":2,"nested":{"y":2}}',
+        Content_Type="application/json; charset=utf-8",
+    )
     assert merged.status == 204, merged
     read = await via_gateway(gateway, "GET", profile.query, ADMIN)
     # A shallow merge: top-level keys of the POSTed object replace the stored ones.
-    assert_same_document(read, await direct(ll, "GET", profile.query),
-                         b'{"a":1,"nested":{"y":2},"b":2}')
+    assert_same_document(
+        read, await direct(ll, "GET", profile.query), b'{"a":1,"nested":{"y":2},"b":2}'
+    )
 
-    stale = await via_gateway(gateway, "POST", profile.query, ADMIN, b'{"c":3}',
-                              Content_Type="application/json", If_Match='"0000"')
+    stale = await via_gateway(
+        gateway,
+        "POST",
+        profile.query,
+        ADMIN,
+        b'{"c":3}',
+        Content_Type="application/json",
+        If_Match='"0000"',
+    )
     assert (stale.status, stale.message()) == (412, STALE_ETAG)
     # Not an object: refused by the gateway itself (Comm 2.2.s8.b1), as the service would.
-    not_object = await via_gateway(gateway, "POST", profile.query, ADMIN, b"[1,2]",
-                                   Content_Type="application/json")
+    not_object = await via_gateway(
+        gateway, "POST", profile.query, ADMIN, b"[1,2]", Content_Type="application/json"
+    )
     assert not_object.status == 400
     assert "not an object" in json.loads(not_object.body)["message"]
 
     # POST creates a document that is absent (no precondition needed).
     other = profile.sibling("created-by-post")
-    assert (await via_gateway(gateway, "POST", other.query, PROFILER, b'{"n":1}',
-                              Content_Type="application/json")).status == 204
+    assert (
+        await via_gateway(
+            gateway, "POST", other.query, PROFILER, b'{"n":1}', Content_Type="application/json"
+        )
+    ).status == 204
     assert (await direct(ll, "GET", other.query)).body == b'{"n":1}'
 
 
-@pytest.mark.parametrize("content_type", ["application/octet-stream", "image/png",
-                                          "text/plain; charset=iso-8859-1"])
+@pytest.mark.parametrize(
+    "content_type", ["application/octet-stream", "image/png", "text/plain; charset=iso-8859-1"]
+)
 async def test_non_json_documents_are_byte_exact(
     gateway: Client, learning_locker_profiles: LearningLockerServer, content_type: str
 ) -> None:
@@ -260,8 +316,9 @@ async def test_non_json_documents_are_byte_exact(
     assert_same_document(read, stored, BINARY)
 
     # Merging is for JSON: the service refuses it, through the gateway too.
-    post = await via_gateway(gateway, "POST", profile.query, ADMIN, b'{"a":1}',
-                             Content_Type="application/json")
+    post = await via_gateway(
+        gateway, "POST", profile.query, ADMIN, b'{"a":1}', Content_Type="application/json"
+    )
     assert (post.status, post.message()) == (400, NOT_AN_OBJECT)
     assert (await direct(ll, "GET", profile.query)).body == BINARY
 
@@ -273,7 +330,8 @@ async def test_profile_ids_since(
     second = first.sibling("second ü")
     await create(gateway, first, b'{"n":1}', "application/json")
     first_modified = datetime.fromisoformat(
-        (await direct(learning_locker_profiles, "GET", first.query)).headers["Last-Modified"])
+        (await direct(learning_locker_profiles, "GET", first.query)).headers["Last-Modified"]
+    )
     # `since` means strictly after, in milliseconds: let the clock pass first's time.
     await asyncio.sleep(max(0.0, (first_modified - datetime.now(UTC)).total_seconds()) + 0.002)
     await create(gateway, second, BINARY, "application/octet-stream")
@@ -326,8 +384,15 @@ async def test_other_scopes_are_refused_before_the_service(
     ll = learning_locker_profiles
     profile = Profile.fresh()
     for method, body in [("PUT", b'{"a":1}'), ("POST", b'{"a":1}'), ("GET", None)]:
-        answer = await via_gateway(gateway, method, profile.query, user, body,
-                                   Content_Type="application/json", If_None_Match="*")
+        answer = await via_gateway(
+            gateway,
+            method,
+            profile.query,
+            user,
+            body,
+            Content_Type="application/json",
+            If_None_Match="*",
+        )
         assert answer.status == 403, (method, answer)
         assert json.loads(answer.body)["error"] == "forbidden"  # the gateway's, not the LRS's
     assert (await direct(ll, "GET", profile.query)).status == 404  # nothing reached it
@@ -349,8 +414,15 @@ async def test_read_only_scope_reads_but_does_not_write(
 
     etag = read.headers["ETag"]
     for method in ("PUT", "POST"):
-        answer = await via_gateway(gateway, method, profile.query, READER, b'{"b":2}',
-                                   Content_Type="application/json", If_Match=etag)
+        answer = await via_gateway(
+            gateway,
+            method,
+            profile.query,
+            READER,
+            b'{"b":2}',
+            Content_Type="application/json",
+            If_Match=etag,
+        )
         assert answer.status == 403, (method, answer)
     assert (await via_gateway(gateway, "DELETE", profile.query, READER)).status == 403
     after = await direct(ll, "GET", profile.query)
@@ -365,8 +437,15 @@ async def test_profile_scope_may_do_everything(
     await create(gateway, profile, b'{"a":1}', "application/json", user=PROFILER)
     read = await via_gateway(gateway, "GET", profile.query, PROFILER)
     assert read.status == 200
-    merged = await via_gateway(gateway, "POST", profile.query, PROFILER, b'{"b":2}',
-                               Content_Type="application/json", If_Match=read.headers["ETag"])
+    merged = await via_gateway(
+        gateway,
+        "POST",
+        profile.query,
+        PROFILER,
+        b'{"b":2}',
+        Content_Type="application/json",
+        If_Match=read.headers["ETag"],
+    )
     assert merged.status == 204
     assert (await direct(ll, "GET", profile.query)).body == b'{"a":1,"b":2}'
     assert (await via_gateway(gateway, "DELETE", profile.query, PROFILER)).status == 204

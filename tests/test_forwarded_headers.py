@@ -68,9 +68,15 @@ def make_gateway(tmp_path: Path, aiohttp_server: Any, aiohttp_client: Any) -> Ma
     async def make(*, trusted_proxies: list[str] | None = None) -> tuple[Client, FakeLRS]:
         fake = FakeLRS()
         server: TestServer = await aiohttp_server(fake.app())
-        config = write_config(tmp_path, str(server.make_url("/xAPI/")), [ALICE], {
-            "storage": {"basic_username": "gw", "basic_password": "gw-secret"},
-            "rate_limit": {"trusted_proxies": trusted_proxies or []}})
+        config = write_config(
+            tmp_path,
+            str(server.make_url("/xAPI/")),
+            [ALICE],
+            {
+                "storage": {"basic_username": "gw", "basic_password": "gw-secret"},
+                "rate_limit": {"trusted_proxies": trusted_proxies or []},
+            },
+        )
         client: Client = await aiohttp_client(create_app(config, registry=CollectorRegistry()))
         return client, fake
 
@@ -78,13 +84,17 @@ def make_gateway(tmp_path: Path, aiohttp_server: Any, aiohttp_client: Any) -> Ma
 
 
 def statement() -> dict[str, Any]:
-    return {"actor": {"mbox": "mailto:learner@example.com"},
-            "verb": {"id": "http://adlnet.gov/expapi/verbs/completed"},
-            "object": {"id": "http://example.com/course"}}
+    return {
+        "actor": {"mbox": "mailto:learner@example.com"},
+        "verb": {"id": "http://adlnet.gov/expapi/verbs/completed"},
+        "object": {"id": "http://example.com/course"},
+    }
 
 
-STATE = ("/xAPI/activities/state?activityId=http%3A%2F%2Fexample.com%2Fcourse"
-         "&agent=%7B%22mbox%22%3A%22mailto%3Alearner%40example.com%22%7D&stateId=s1")
+STATE = (
+    "/xAPI/activities/state?activityId=http%3A%2F%2Fexample.com%2Fcourse"
+    "&agent=%7B%22mbox%22%3A%22mailto%3Alearner%40example.com%22%7D&stateId=s1"
+)
 
 
 async def send(client: Client, route: str, headers: dict[str, str]) -> None:
@@ -93,13 +103,15 @@ async def send(client: Client, route: str, headers: dict[str, str]) -> None:
     if route == "statements POST":  # the lean client (StorageClient.exchange)
         response = await client.post("/xAPI/statements", json=statement(), headers=sent)
     elif route == "statements PUT":
-        response = await client.put(f"/xAPI/statements?statementId={uuid.uuid4()}",
-                                    json=statement(), headers=sent)
+        response = await client.put(
+            f"/xAPI/statements?statementId={uuid.uuid4()}", json=statement(), headers=sent
+        )
     elif route == "statements GET":  # the session (StorageClient.request), answer rewritten
         response = await client.get("/xAPI/statements", headers=sent)
     else:  # the document passthrough, streamed
-        response = await client.put(STATE, data=json.dumps({"at": 1}),
-                                    headers={**sent, "Content-Type": "application/json"})
+        response = await client.put(
+            STATE, data=json.dumps({"at": 1}), headers={**sent, "Content-Type": "application/json"}
+        )
     assert response.status < 300, await response.text()
 
 
@@ -113,12 +125,12 @@ def received(fake: FakeLRS) -> Recorded:
 
 @pytest.mark.parametrize("route", ROUTES)
 async def test_client_forwarding_and_identity_headers_never_reach_storage(
-        make_gateway: MakeGateway, route: str) -> None:
+    make_gateway: MakeGateway, route: str
+) -> None:
     client, fake = await make_gateway()
     await send(client, route, {**SPOOFED, "X-Custom": "kept"})
     headers = {name.lower(): value for name, value in received(fake).headers.items()}
-    leaked = {name for name in SPOOFED if name.lower() in headers
-              and name.lower() not in OURS}
+    leaked = {name for name in SPOOFED if name.lower() in headers and name.lower() not in OURS}
     assert leaked == set()
     assert "6.6.6.6" not in json.dumps(headers)
     assert "evil.example" not in json.dumps(headers)
@@ -128,7 +140,8 @@ async def test_client_forwarding_and_identity_headers_never_reach_storage(
 
 @pytest.mark.parametrize("route", ROUTES)
 async def test_storage_gets_the_gateways_own_forwarding_headers(
-        make_gateway: MakeGateway, route: str) -> None:
+    make_gateway: MakeGateway, route: str
+) -> None:
     client, fake = await make_gateway()
     await send(client, route, {"X-Forwarded-For": "6.6.6.6"})
     headers = CIMultiDict(received(fake).headers)
@@ -141,7 +154,8 @@ async def test_storage_gets_the_gateways_own_forwarding_headers(
 
 @pytest.mark.parametrize("route", ROUTES)
 async def test_behind_a_trusted_proxy_storage_gets_the_client_it_names(
-        make_gateway: MakeGateway, route: str) -> None:
+    make_gateway: MakeGateway, route: str
+) -> None:
     client, fake = await make_gateway(trusted_proxies=["127.0.0.0/8"])
     # The proxy appended the address it saw; what the client wrote further left is not
     # believed.
@@ -150,7 +164,8 @@ async def test_behind_a_trusted_proxy_storage_gets_the_client_it_names(
 
 
 async def test_a_proxy_that_names_no_address_gives_no_forwarded_for(
-        make_gateway: MakeGateway) -> None:
+    make_gateway: MakeGateway,
+) -> None:
     client, fake = await make_gateway(trusted_proxies=["127.0.0.0/8"])
     await send(client, "document PUT", {"X-Forwarded-For": "unknown"})
     assert "X-Forwarded-For" not in CIMultiDict(received(fake).headers)
@@ -159,13 +174,27 @@ async def test_a_proxy_that_names_no_address_gives_no_forwarded_for(
 def test_the_drop_list_by_name_and_prefix() -> None:
     for name in SPOOFED:
         assert is_client_asserted(name.lower()), name
-    for name in ("x-experience-api-version", "content-type", "if-match", "if-none-match",
-                 "accept", "accept-language", "x-request-id", "user-agent", "x-custom"):
+    for name in (
+        "x-experience-api-version",
+        "content-type",
+        "if-match",
+        "if-none-match",
+        "accept",
+        "accept-language",
+        "x-request-id",
+        "user-agent",
+        "x-custom",
+    ):
         assert not is_client_asserted(name), name
 
 
 def test_request_headers_keeps_the_gateways_own() -> None:
-    out = request_headers(CIMultiDict({**SPOOFED, "Accept": "application/json"}), extra={
-        "X-Forwarded-For": "192.0.2.1", "X-Request-ID": "r1"})
-    assert dict(out) == {"Accept": "application/json", "X-Forwarded-For": "192.0.2.1",
-                         "X-Request-ID": "r1"}
+    out = request_headers(
+        CIMultiDict({**SPOOFED, "Accept": "application/json"}),
+        extra={"X-Forwarded-For": "192.0.2.1", "X-Request-ID": "r1"},
+    )
+    assert dict(out) == {
+        "Accept": "application/json",
+        "X-Forwarded-For": "192.0.2.1",
+        "X-Request-ID": "r1",
+    }

@@ -22,12 +22,25 @@ from gateway.http.app import create_app
 from gateway.http.keys import FORWARDER
 
 Client = TestClient[web.Request, web.Application]
-USERS = [credential("admin", "admin-pw", ["all", "admin"]),
-         credential("lms", "lms-pw", ["statements/write"])]
+USERS = [
+    credential("admin", "admin-pw", ["all", "admin"]),
+    credential("lms", "lms-pw", ["statements/write"]),
+]
+
+
 def target_config(name: str, url: str, **extra: Any) -> dict[str, Any]:
-    return {"name": name, "is_active": True, "url": url, "basic_username": f"{name}-user",
-            "basic_password": f"{name}-secret", "max_retries": 3, "timeout": 1,
-            "backoff_base": 0.05, "backoff_cap": 0.3, **extra}
+    return {
+        "name": name,
+        "is_active": True,
+        "url": url,
+        "basic_username": f"{name}-user",
+        "basic_password": f"{name}-secret",
+        "max_retries": 3,
+        "timeout": 1,
+        "backoff_base": 0.05,
+        "backoff_cap": 0.3,
+        **extra,
+    }
 
 
 @dataclass
@@ -43,8 +56,13 @@ MakeSetup = Callable[..., Awaitable[Setup]]
 
 @pytest.fixture
 def make_setup(tmp_path: Path, aiohttp_server: Any, aiohttp_client: Any) -> MakeSetup:
-    async def make(targets: dict[str, FakeTarget], *, storage_script: Any = None,
-                   urls: dict[str, str] | None = None, **per_target: Any) -> Setup:
+    async def make(
+        targets: dict[str, FakeTarget],
+        *,
+        storage_script: Any = None,
+        urls: dict[str, str] | None = None,
+        **per_target: Any,
+    ) -> Setup:
         storage = FakeLRS(storage_script)
         storage_server: TestServer = await aiohttp_server(storage.app())
         forwardings = []
@@ -55,8 +73,12 @@ def make_setup(tmp_path: Path, aiohttp_server: Any, aiohttp_client: Any) -> Make
                 server: TestServer = await aiohttp_server(target.app())
                 url = str(server.make_url("/xAPI/statements"))
             forwardings.append(target_config(name, url, **per_target.get(name, {})))
-        config = write_config(tmp_path, str(storage_server.make_url("/xAPI/")), USERS,
-                              {"forwardings": forwardings, "data_dir": "data"})
+        config = write_config(
+            tmp_path,
+            str(storage_server.make_url("/xAPI/")),
+            USERS,
+            {"forwardings": forwardings, "data_dir": "data"},
+        )
         client: Client = await aiohttp_client(create_app(config, registry=CollectorRegistry()))
         return Setup(client, storage, targets, tmp_path)
 
@@ -64,14 +86,18 @@ def make_setup(tmp_path: Path, aiohttp_server: Any, aiohttp_client: Any) -> Make
 
 
 def statement(n: int, **extra: Any) -> dict[str, Any]:
-    return {"actor": {"mbox": f"mailto:learner{n}@example.com"},
-            "verb": {"id": "http://adlnet.gov/expapi/verbs/completed"},
-            "object": {"id": f"http://example.com/course/{n}"}, **extra}
+    return {
+        "actor": {"mbox": f"mailto:learner{n}@example.com"},
+        "verb": {"id": "http://adlnet.gov/expapi/verbs/completed"},
+        "object": {"id": f"http://example.com/course/{n}"},
+        **extra,
+    }
 
 
 async def post(setup: Setup, body: Any, user: str = "lms") -> list[str]:
-    response = await setup.client.post("/xAPI/statements", json=body,
-                                       headers=basic(user, f"{user}-pw"))
+    response = await setup.client.post(
+        "/xAPI/statements", json=body, headers=basic(user, f"{user}-pw")
+    )
     assert response.status == 200, await response.text()
     ids: list[str] = await response.json()
     return ids
@@ -88,8 +114,9 @@ async def test_every_target_gets_exactly_what_storage_stored(make_setup: MakeSet
     setup = await make_setup({"one": FakeTarget(), "two": FakeTarget()})
     ids = await post(setup, [statement(1), statement(2)]) + await post(setup, statement(3))
     sid = "1f0f2d4c-6a9b-4e1e-9a34-5b6c7d8e9f00"
-    response = await setup.client.put(f"/xAPI/statements?statementId={sid}",
-                                      json=statement(4), headers=basic("lms", "lms-pw"))
+    response = await setup.client.put(
+        f"/xAPI/statements?statementId={sid}", json=statement(4), headers=basic("lms", "lms-pw")
+    )
     assert response.status == 200  # the fake LRS answers PUT like a POST
     ids.append(sid)
     stored = {}
@@ -102,7 +129,8 @@ async def test_every_target_gets_exactly_what_storage_stored(make_setup: MakeSet
         assert target.stored == stored  # same ids, same authority, same timestamps
         assert set(target.stored) == set(ids)
     assert setup.targets["one"].headers[0]["Authorization"] == (
-        "Basic b25lLXVzZXI6b25lLXNlY3JldA==")  # one-user:one-secret
+        "Basic b25lLXVzZXI6b25lLXNlY3JldA=="
+    )  # one-user:one-secret
     assert setup.targets["one"].headers[0]["X-Experience-API-Version"] == "1.0.3"
     await eventually(lambda: True)
     figures = await status(setup)
@@ -112,21 +140,22 @@ async def test_every_target_gets_exactly_what_storage_stored(make_setup: MakeSet
 
 
 @pytest.mark.parametrize("answer", [400, 409, 500])
-async def test_what_storage_refuses_is_never_forwarded(make_setup: MakeSetup,
-                                                       answer: int) -> None:
+async def test_what_storage_refuses_is_never_forwarded(make_setup: MakeSetup, answer: int) -> None:
     async def refuse(request: web.Request, body: bytes) -> web.StreamResponse:
         return web.json_response({"detail": "no"}, status=answer)
 
     target = FakeTarget()
     setup = await make_setup({"t": target}, storage_script=refuse)
-    response = await setup.client.post("/xAPI/statements", json=statement(1),
-                                       headers=basic("lms", "lms-pw"))
+    response = await setup.client.post(
+        "/xAPI/statements", json=statement(1), headers=basic("lms", "lms-pw")
+    )
     assert response.status == answer
     outbox = setup.client.app[FORWARDER].outbox
     # The outbox runs operations in order: once this one is done, whatever the request
     # queued is committed. Nothing was queued for the target, so it can never be sent.
     queued = await outbox.call(
-        lambda s: s.conn.execute("SELECT COUNT(*) FROM deliveries").fetchone()[0])
+        lambda s: s.conn.execute("SELECT COUNT(*) FROM deliveries").fetchone()[0]
+    )
     assert queued == 0
     assert target.requests == []
     assert (await status(setup))["t"]["backlog"] == 0
@@ -157,8 +186,7 @@ async def test_500_then_200_and_429_with_retry_after(make_setup: MakeSetup) -> N
     assert figures["busy"]["retries"] == 1
 
 
-async def test_hanging_and_connection_dropping_targets_are_retried(
-        make_setup: MakeSetup) -> None:
+async def test_hanging_and_connection_dropping_targets_are_retried(make_setup: MakeSetup) -> None:
     calls = {"hang": 0, "drop": 0}
 
     async def hang(request: web.Request, batch: list[Any]) -> web.StreamResponse | None:
@@ -185,7 +213,8 @@ async def test_hanging_and_connection_dropping_targets_are_retried(
 
 
 async def test_one_bad_statement_in_a_batch_is_found_and_the_rest_delivered(
-        make_setup: MakeSetup) -> None:
+    make_setup: MakeSetup,
+) -> None:
     bad_actor = "mailto:learner3@example.com"
 
     async def picky(request: web.Request, batch: list[Any]) -> web.StreamResponse | None:
@@ -206,8 +235,7 @@ async def test_one_bad_statement_in_a_batch_is_found_and_the_rest_delivered(
     assert figures["picky"]["state"] == "up"  # it answered: refusing one is not being down
 
 
-async def test_a_conflicting_id_in_a_batch_does_not_cost_the_others(
-        make_setup: MakeSetup) -> None:
+async def test_a_conflicting_id_in_a_batch_does_not_cost_the_others(make_setup: MakeSetup) -> None:
     async def has_one(request: web.Request, batch: list[Any]) -> web.StreamResponse | None:
         if any(s["actor"]["mbox"] == "mailto:learner1@example.com" for s in batch):
             return web.json_response({"error": "conflict"}, status=409)
@@ -223,12 +251,15 @@ async def test_a_conflicting_id_in_a_batch_does_not_cost_the_others(
 
 
 async def test_a_target_down_gets_everything_once_it_is_back(
-        make_setup: MakeSetup, aiohttp_server: Any) -> None:
+    make_setup: MakeSetup, aiohttp_server: Any
+) -> None:
     port = free_port()
     target = FakeTarget()
-    setup = await make_setup({"late": target},
-                             urls={"late": f"http://127.0.0.1:{port}/xAPI/statements"},
-                             late={"max_retries": 1})
+    setup = await make_setup(
+        {"late": target},
+        urls={"late": f"http://127.0.0.1:{port}/xAPI/statements"},
+        late={"max_retries": 1},
+    )
     ids = []
     for n in range(5):
         ids += await post(setup, statement(n))
@@ -254,19 +285,25 @@ async def test_a_target_down_gets_everything_once_it_is_back(
 
 
 async def test_backlog_cap_dead_letters_with_a_reason(
-        make_setup: MakeSetup, caplog: pytest.LogCaptureFixture) -> None:
+    make_setup: MakeSetup, caplog: pytest.LogCaptureFixture
+) -> None:
     port = free_port()
-    setup = await make_setup({"capped": FakeTarget()},
-                             urls={"capped": f"http://127.0.0.1:{port}/xAPI/statements"},
-                             capped={"backlog_limit": 2, "max_retries": 100})
+    setup = await make_setup(
+        {"capped": FakeTarget()},
+        urls={"capped": f"http://127.0.0.1:{port}/xAPI/statements"},
+        capped={"backlog_limit": 2, "max_retries": 100},
+    )
     await post(setup, [statement(n) for n in range(5)])
     await post(setup, statement(5))
     figures = (await status(setup))["capped"]
     assert figures["backlog"] == 2
     assert figures["dead_letters"] == figures["dead_lettered_total"] == 4  # counted, not lost
     forwarder = setup.client.app[FORWARDER]
-    reasons = await forwarder.outbox.call(lambda s: [r for (r, t) in s.conn.execute(
-        "SELECT reason, transient FROM dead_letters") if not t])
+    reasons = await forwarder.outbox.call(
+        lambda s: [
+            r for (r, t) in s.conn.execute("SELECT reason, transient FROM dead_letters") if not t
+        ]
+    )
     assert reasons == ["backlog full"] * 4  # permanent: replayed by hand, once it caught up
     full = [r for r in caplog.records if "backlog full" in r.getMessage()]
     assert len(full) == 1, [r.getMessage() for r in full]  # one line when it fills up
@@ -277,8 +314,7 @@ async def test_a_slow_target_does_not_slow_the_client(make_setup: MakeSetup) -> 
         await asyncio.sleep(0.8)
         return None
 
-    setup = await make_setup({"slow": FakeTarget(slow), "fast": FakeTarget()},
-                             slow={"timeout": 5})
+    setup = await make_setup({"slow": FakeTarget(slow), "fast": FakeTarget()}, slow={"timeout": 5})
     started = time.monotonic()
     for n in range(10):
         await post(setup, statement(n))
@@ -301,20 +337,39 @@ async def test_replay_from_the_cli_requeues_dead_letters(make_setup: MakeSetup) 
     target = FakeTarget(reject)
     setup = await make_setup({"t": target})
     ids = await post(setup, statement(1)) + await post(setup, statement(2))
+
     async def dead_lettered() -> bool:
         return bool((await status(setup))["t"]["dead_letters"] == 2)
 
     await eventually(dead_lettered, what="both statements dead-lettered")
     reject_all = False
     config = str(setup.tmp_path / "config.yaml")
-    out = await asyncio.to_thread(subprocess.run, [
-        sys.executable, "-m", "gateway", "--config", config, "forwarding", "status"],
-        capture_output=True, text=True, check=False)
+    out = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "gateway", "--config", config, "forwarding", "status"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert out.returncode == 0, out.stderr
     assert "t " in out.stdout
-    out = await asyncio.to_thread(subprocess.run, [
-        sys.executable, "-m", "gateway", "--config", config, "forwarding", "replay",
-        "--target", "t"], capture_output=True, text=True, check=False)
+    out = await asyncio.to_thread(
+        subprocess.run,
+        [
+            sys.executable,
+            "-m",
+            "gateway",
+            "--config",
+            config,
+            "forwarding",
+            "replay",
+            "--target",
+            "t",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert out.returncode == 0, out.stderr
     assert "2 dead letters re-queued" in out.stdout
     await eventually(lambda: set(target.stored) == set(ids), within=8)
@@ -326,20 +381,28 @@ async def test_forwarding_metrics(make_setup: MakeSetup) -> None:
     async def fail(request: web.Request, batch: list[Any]) -> web.StreamResponse | None:
         return web.Response(status=503)
 
-    setup = await make_setup({"ok": FakeTarget(), "down": FakeTarget(fail)},
-                             down={"max_retries": 1})
+    setup = await make_setup(
+        {"ok": FakeTarget(), "down": FakeTarget(fail)}, down={"max_retries": 1}
+    )
     await post(setup, [statement(1), statement(2)])
     forwarder = setup.client.app[FORWARDER]
 
     def settled() -> bool:
         snap = forwarder.snapshot
-        return ("ok" in snap and snap["ok"].delivered == 2 and not snap["down"].up
-                and snap["down"].retries >= 4)
+        return (
+            "ok" in snap
+            and snap["ok"].delivered == 2
+            and not snap["down"].up
+            and snap["down"].retries >= 4
+        )
 
     await eventually(settled, within=6)
     text = await (await setup.client.get("/metrics")).text()
-    samples = {(s.name, s.labels.get("target")): s.value
-               for f in text_string_to_metric_families(text) for s in f.samples}
+    samples = {
+        (s.name, s.labels.get("target")): s.value
+        for f in text_string_to_metric_families(text)
+        for s in f.samples
+    }
     assert samples[("lrs_gateway_forwarding_delivered_total", "ok")] == 2
     assert samples[("lrs_gateway_forwarding_backlog", "ok")] == 0
     assert samples[("lrs_gateway_forwarding_target_up", "ok")] == 1
@@ -354,8 +417,9 @@ async def test_forwarding_metrics(make_setup: MakeSetup) -> None:
 
 
 async def test_a_2_0_statement_never_reaches_a_1_0_target(make_setup: MakeSetup) -> None:
-    setup = await make_setup({"old": FakeTarget(), "new": FakeTarget()},
-                             new={"xapi_version": "2.0.0"})
+    setup = await make_setup(
+        {"old": FakeTarget(), "new": FakeTarget()}, new={"xapi_version": "2.0.0"}
+    )
     headers = {**basic("lms", "lms-pw"), "X-Experience-API-Version": "2.0.0"}
     response = await setup.client.post("/xAPI/statements", json=statement(1), headers=headers)
     assert response.status == 200

@@ -49,8 +49,10 @@ from gateway.xapi.agents import agent_identity
 Client = TestClient[web.Request, web.Application]
 
 LMS_AGENT = {"mbox": "mailto:lms@lrs-gateway.example.org"}
-USERS = [credential("admin", "admin-pw", ["all", "admin"]),
-         credential("lms", "lms-pw", ["statements/write"], LMS_AGENT)]
+USERS = [
+    credential("admin", "admin-pw", ["all", "admin"]),
+    credential("lms", "lms-pw", ["statements/write"], LMS_AGENT),
+]
 LMS = basic("lms", "lms-pw")
 ADMIN = basic("admin", "admin-pw")
 COMPLETED = "http://adlnet.gov/expapi/verbs/completed"
@@ -67,8 +69,12 @@ def unique_mbox(kind: str) -> str:
 
 
 def statement(mbox: str, n: int, **extra: Any) -> dict[str, Any]:
-    return {"actor": {"mbox": mbox}, "verb": {"id": COMPLETED},
-            "object": {"id": f"http://example.com/forwarding/{n}"}, **extra}
+    return {
+        "actor": {"mbox": mbox},
+        "verb": {"id": COMPLETED},
+        "object": {"id": f"http://example.com/forwarding/{n}"},
+        **extra,
+    }
 
 
 def same_agent(a: Any, b: Any) -> bool:
@@ -76,10 +82,18 @@ def same_agent(a: Any, b: Any) -> bool:
 
 
 def ralph_target_entry(server: RalphServer, name: str, **extra: Any) -> dict[str, Any]:
-    return {"name": name, "is_active": True, "url": server.url + "statements",
-            "basic_username": server.username, "basic_password": server.password,
-            "max_retries": 3, "timeout": 5, "backoff_base": 0.05, "backoff_cap": 0.5,
-            **extra}
+    return {
+        "name": name,
+        "is_active": True,
+        "url": server.url + "statements",
+        "basic_username": server.username,
+        "basic_password": server.password,
+        "max_retries": 3,
+        "timeout": 5,
+        "backoff_base": 0.05,
+        "backoff_cap": 0.5,
+        **extra,
+    }
 
 
 def deadline_loop(within: float, what: str) -> Callable[[], None]:
@@ -93,12 +107,16 @@ def deadline_loop(within: float, what: str) -> Callable[[], None]:
     return check
 
 
-async def ralph_one(session: aiohttp.ClientSession, server: RalphServer,
-                    statement_id: str) -> dict[str, Any] | None:
+async def ralph_one(
+    session: aiohttp.ClientSession, server: RalphServer, statement_id: str
+) -> dict[str, Any] | None:
     """The statement with that id, asked of Ralph directly; None when Ralph has none."""
-    async with session.get(server.url + "statements", params={"statementId": statement_id},
-                           headers=basic(server.username, server.password),
-                           timeout=HOP_TIMEOUT) as response:
+    async with session.get(
+        server.url + "statements",
+        params={"statementId": statement_id},
+        headers=basic(server.username, server.password),
+        timeout=HOP_TIMEOUT,
+    ) as response:
         if response.status == 404:
             return None
         assert response.status == 200, await response.text()
@@ -112,15 +130,20 @@ async def ralph_one(session: aiohttp.ClientSession, server: RalphServer,
     return result
 
 
-async def ralph_all_about(session: aiohttp.ClientSession, server: RalphServer,
-                          mbox: str) -> list[dict[str, Any]]:
+async def ralph_all_about(
+    session: aiohttp.ClientSession, server: RalphServer, mbox: str
+) -> list[dict[str, Any]]:
     """Every statement Ralph holds about `mbox`, following `more` (a path on Ralph's root)."""
-    url = server.url + "statements?" + urlencode(
-        {"agent": json.dumps({"mbox": mbox}), "limit": RALPH_PAGE})
+    url = (
+        server.url
+        + "statements?"
+        + urlencode({"agent": json.dumps({"mbox": mbox}), "limit": RALPH_PAGE})
+    )
     found: list[dict[str, Any]] = []
     for _ in range(200):
-        async with session.get(url, headers=basic(server.username, server.password),
-                               timeout=HOP_TIMEOUT) as response:
+        async with session.get(
+            url, headers=basic(server.username, server.password), timeout=HOP_TIMEOUT
+        ) as response:
             assert response.status == 200, await response.text()
             page: Any = await response.json()
         found.extend(page["statements"])
@@ -145,18 +168,26 @@ def outbox_pending(path: Path) -> int:
 
 
 @pytest.fixture
-async def ralph_gateway(ralph: RalphServer, ralph_target: RalphServer, tmp_path: Path,
-                        aiohttp_client: Any) -> Client:
-    config = write_config(tmp_path, ralph.url, USERS, {
-        "storage": {"basic_username": ralph.username, "basic_password": ralph.password},
-        "forwardings": [ralph_target_entry(ralph_target, "ralph-target")],
-        "data_dir": "data"})
+async def ralph_gateway(
+    ralph: RalphServer, ralph_target: RalphServer, tmp_path: Path, aiohttp_client: Any
+) -> Client:
+    config = write_config(
+        tmp_path,
+        ralph.url,
+        USERS,
+        {
+            "storage": {"basic_username": ralph.username, "basic_password": ralph.password},
+            "forwardings": [ralph_target_entry(ralph_target, "ralph-target")],
+            "data_dir": "data",
+        },
+    )
     client: Client = await aiohttp_client(create_app(config, registry=CollectorRegistry()))
     return client
 
 
-async def wait_in_ralph(session: aiohttp.ClientSession, server: RalphServer,
-                        ids: list[str], within: float = 15.0) -> dict[str, dict[str, Any]]:
+async def wait_in_ralph(
+    session: aiohttp.ClientSession, server: RalphServer, ids: list[str], within: float = 15.0
+) -> dict[str, dict[str, Any]]:
     check = deadline_loop(within, f"{len(ids)} statements in {server.url}")
     found: dict[str, dict[str, Any]] = {}
     while True:
@@ -180,16 +211,18 @@ async def forwarding_status(client: Client) -> dict[str, Any]:
 
 @pytest.mark.ralph
 async def test_a_second_ralph_gets_each_statement_as_storage_holds_it(
-        ralph_gateway: Client, ralph: RalphServer, ralph_target: RalphServer) -> None:
+    ralph_gateway: Client, ralph: RalphServer, ralph_target: RalphServer
+) -> None:
     mbox = unique_mbox("second-ralph")
-    response = await ralph_gateway.post("/xAPI/statements",
-                                        json=[statement(mbox, n) for n in range(3)],
-                                        headers=LMS)
+    response = await ralph_gateway.post(
+        "/xAPI/statements", json=[statement(mbox, n) for n in range(3)], headers=LMS
+    )
     assert response.status == 200, await response.text()
     ids: list[str] = await response.json()
     put_id = str(uuid.uuid4())
-    response = await ralph_gateway.put(f"/xAPI/statements?statementId={put_id}",
-                                       json=statement(mbox, 3), headers=LMS)
+    response = await ralph_gateway.put(
+        f"/xAPI/statements?statementId={put_id}", json=statement(mbox, 3), headers=LMS
+    )
     assert response.status == 204, await response.text()
     ids.append(put_id)
 
@@ -211,16 +244,16 @@ async def test_a_second_ralph_gets_each_statement_as_storage_holds_it(
             keep = ("id", "actor", "verb", "object", "timestamp")
             return {key: stored[statement_id][key] for key in keep}
 
-        response = await ralph_gateway.post("/xAPI/statements", json=[resend(ids[0])],
-                                            headers=LMS)
+        response = await ralph_gateway.post("/xAPI/statements", json=[resend(ids[0])], headers=LMS)
         assert response.status in (200, 204), await response.text()
-        response = await ralph_gateway.put(f"/xAPI/statements?statementId={put_id}",
-                                           json=resend(put_id), headers=LMS)
+        response = await ralph_gateway.put(
+            f"/xAPI/statements?statementId={put_id}", json=resend(put_id), headers=LMS
+        )
         assert response.status == 204, await response.text()
         # ... and once more inside a batch with a new statement: the new one gets through
-        response = await ralph_gateway.post("/xAPI/statements",
-                                            json=[resend(ids[1]), statement(mbox, 4)],
-                                            headers=LMS)
+        response = await ralph_gateway.post(
+            "/xAPI/statements", json=[resend(ids[1]), statement(mbox, 4)], headers=LMS
+        )
         assert response.status == 200, await response.text()
         new_id = next(i for i in await response.json() if i not in ids)
         (new_copy,) = (await wait_in_ralph(session, ralph_target, [new_id])).values()
@@ -237,8 +270,9 @@ async def test_a_second_ralph_gets_each_statement_as_storage_holds_it(
         assert figures["dead_lettered_total"] == 0, figures
         assert figures["oldest_age"] is None, figures
         # once each in the target, however often it was sent (ralph_one checks "once")
-        assert {m: await ralph_one(session, ralph_target, m) is not None
-                for m in [*ids, new_id]} == dict.fromkeys([*ids, new_id], True)
+        assert {
+            m: await ralph_one(session, ralph_target, m) is not None for m in [*ids, new_id]
+        } == dict.fromkeys([*ids, new_id], True)
         everything = await ralph_all_about(session, ralph_target, mbox)
         assert sorted(s["id"] for s in everything) == sorted([*ids, new_id])
 
@@ -272,8 +306,10 @@ class Relay:
 
     async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         up_reader, up_writer = await asyncio.open_connection(*self._upstream)
-        pipes = [asyncio.create_task(self._pipe(reader, up_writer)),
-                 asyncio.create_task(self._pipe(up_reader, writer))]
+        pipes = [
+            asyncio.create_task(self._pipe(reader, up_writer)),
+            asyncio.create_task(self._pipe(up_reader, writer)),
+        ]
         self._tasks.update(pipes)
         try:
             await asyncio.gather(*pipes, return_exceptions=True)
@@ -293,21 +329,35 @@ class Relay:
 
 @pytest.mark.ralph
 async def test_a_ralph_target_down_then_up_gets_every_statement_once(
-        ralph: RalphServer, ralph_target: RalphServer, tmp_path: Path,
-        aiohttp_client: Any) -> None:
+    ralph: RalphServer, ralph_target: RalphServer, tmp_path: Path, aiohttp_client: Any
+) -> None:
     relay = Relay(ralph_target.url)  # off: the target is down from the start
-    entry = ralph_target_entry(ralph_target, "ralph-down", max_retries=2, backoff_cap=0.3,
-                               url=f"http://127.0.0.1:{relay.port}/xAPI/statements")
-    config = write_config(tmp_path, ralph.url, USERS, {
-        "storage": {"basic_username": ralph.username, "basic_password": ralph.password},
-        "forwardings": [entry], "data_dir": "data"})
+    entry = ralph_target_entry(
+        ralph_target,
+        "ralph-down",
+        max_retries=2,
+        backoff_cap=0.3,
+        url=f"http://127.0.0.1:{relay.port}/xAPI/statements",
+    )
+    config = write_config(
+        tmp_path,
+        ralph.url,
+        USERS,
+        {
+            "storage": {"basic_username": ralph.username, "basic_password": ralph.password},
+            "forwardings": [entry],
+            "data_dir": "data",
+        },
+    )
     client: Client = await aiohttp_client(create_app(config, registry=CollectorRegistry()))
     mbox = unique_mbox("target-down")
     ids: list[str] = []
     for first in range(0, 12, 4):
         response = await client.post(
-            "/xAPI/statements", json=[statement(mbox, n) for n in range(first, first + 4)],
-            headers=LMS)
+            "/xAPI/statements",
+            json=[statement(mbox, n) for n in range(first, first + 4)],
+            headers=LMS,
+        )
         assert response.status == 200, await response.text()
         ids += await response.json()
 
@@ -344,8 +394,11 @@ async def test_a_ralph_target_down_then_up_gets_every_statement_once(
 
 def clean_env() -> dict[str, str]:
     """This environment without LRS_GATEWAY* / RALPH_* (RALPH_XAPI_FORWARDINGS is read)."""
-    return {key: value for key, value in os.environ.items()
-            if not key.upper().startswith(("LRS_GATEWAY", "RALPH_"))}
+    return {
+        key: value
+        for key, value in os.environ.items()
+        if not key.upper().startswith(("LRS_GATEWAY", "RALPH_"))
+    }
 
 
 @dataclass
@@ -360,9 +413,18 @@ class GatewayProcess:
     async def start(self) -> None:
         with self.log.open("ab") as log:
             self.proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "gateway", "--config", str(self.config), "serve",
-                cwd=self.config.parent, env=clean_env(), stdin=asyncio.subprocess.DEVNULL,
-                stdout=log, stderr=asyncio.subprocess.STDOUT)
+                sys.executable,
+                "-m",
+                "gateway",
+                "--config",
+                str(self.config),
+                "serve",
+                cwd=self.config.parent,
+                env=clean_env(),
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=log,
+                stderr=asyncio.subprocess.STDOUT,
+            )
         check = deadline_loop(20, f"the gateway serving\n{self.log_text()}")
         connector = aiohttp.TCPConnector(force_close=True)
         async with aiohttp.ClientSession(connector=connector) as session:
@@ -439,8 +501,9 @@ class Load:
             ids = [item["id"] for item in batch]
             started = time.monotonic()
             try:
-                async with session.post(self.url, json=batch, headers=LMS,
-                                        timeout=HOP_TIMEOUT) as response:
+                async with session.post(
+                    self.url, json=batch, headers=LMS, timeout=HOP_TIMEOUT
+                ) as response:
                     status, body = response.status, await response.read()
             except (aiohttp.ClientError, TimeoutError):
                 self.unanswered.update(ids)  # killed mid-request: no retry, like a dumb client
@@ -450,8 +513,13 @@ class Load:
             assert json.loads(body) == ids
             self.acked.update(ids)
 
-    async def run(self, clients: int, *, stop_when_acked: int | None = None,
-                  on_stop: Callable[[], None] = lambda: None) -> None:
+    async def run(
+        self,
+        clients: int,
+        *,
+        stop_when_acked: int | None = None,
+        on_stop: Callable[[], None] = lambda: None,
+    ) -> None:
         stop = asyncio.Event()
         connector = aiohttp.TCPConnector(limit=clients)
         async with aiohttp.ClientSession(connector=connector) as session:
@@ -476,21 +544,33 @@ class Load:
                 await asyncio.gather(*tasks, return_exceptions=True)
 
 
-def crash_config(tmp_path: Path, ralph: RalphServer, ralph_target: RalphServer, port: int,
-                 scripted_port: int) -> Path:
+def crash_config(
+    tmp_path: Path, ralph: RalphServer, ralph_target: RalphServer, port: int, scripted_port: int
+) -> Path:
     (tmp_path / "auth.json").write_text(json.dumps(USERS))
     raw = {
         "server": {"port": port, "shutdown_timeout": 2},
         "auth": {"basic": {"credentials_file": "auth.json"}},
-        "storage": {"url": ralph.url, "basic_username": ralph.username,
-                    "basic_password": ralph.password, "timeout": 5},
+        "storage": {
+            "url": ralph.url,
+            "basic_username": ralph.username,
+            "basic_password": ralph.password,
+            "timeout": 5,
+        },
         "forwardings": [
             ralph_target_entry(ralph_target, "ralph-target", batch_size=20),
-            {"name": "scripted", "is_active": True,
-             "url": f"http://127.0.0.1:{scripted_port}/xAPI/statements",
-             "basic_username": "scripted", "basic_password": "scripted-pw",
-             "max_retries": 2, "timeout": 2, "backoff_base": 0.05, "backoff_cap": 0.5,
-             "batch_size": 20},
+            {
+                "name": "scripted",
+                "is_active": True,
+                "url": f"http://127.0.0.1:{scripted_port}/xAPI/statements",
+                "basic_username": "scripted",
+                "basic_password": "scripted-pw",
+                "max_retries": 2,
+                "timeout": 2,
+                "backoff_base": 0.05,
+                "backoff_cap": 0.5,
+                "batch_size": 20,
+            },
         ],
         "data_dir": "data",
         # Writes left pending by the crash are older than the restart: the resolver settles
@@ -505,13 +585,14 @@ def crash_config(tmp_path: Path, ralph: RalphServer, ralph_target: RalphServer, 
 
 @pytest.mark.ralph
 async def test_kill_9_under_load_loses_nothing_and_stores_nothing_twice(
-        ralph: RalphServer, ralph_target: RalphServer, tmp_path: Path) -> None:
+    ralph: RalphServer, ralph_target: RalphServer, tmp_path: Path
+) -> None:
     started = time.monotonic()
     total, per_batch, clients = 200, 5, 4
     mbox = unique_mbox("crash")
     # The client chooses the ids, so that unanswered statements can be looked for too.
     statements = [statement(mbox, n, id=str(uuid.uuid4())) for n in range(total)]
-    batches = [statements[i:i + per_batch] for i in range(0, total, per_batch)]
+    batches = [statements[i : i + per_batch] for i in range(0, total, per_batch)]
     port, scripted_port = free_port(), free_port()
     config = crash_config(tmp_path, ralph, ralph_target, port, scripted_port)
     outbox = tmp_path / "data" / OUTBOX_FILE
@@ -533,13 +614,18 @@ async def test_kill_9_under_load_loses_nothing_and_stores_nothing_twice(
         async with serving(scripted.app(), scripted_port), aiohttp.ClientSession() as session:
             check = deadline_loop(30, "the backlog drained")
             while True:
-                async with session.get(f"{gateway.base}/admin/forwarding",
-                                       headers=ADMIN) as response:
+                async with session.get(
+                    f"{gateway.base}/admin/forwarding", headers=ADMIN
+                ) as response:
                     assert response.status == 200
                     figures: dict[str, Any] = (await response.json())["targets"]
-                if (all(figures[name]["backlog"] == 0 and figures[name]["dead_letters"] == 0
-                        for name in ("ralph-target", "scripted"))
-                        and outbox_pending(outbox) == 0):
+                if (
+                    all(
+                        figures[name]["backlog"] == 0 and figures[name]["dead_letters"] == 0
+                        for name in ("ralph-target", "scripted")
+                    )
+                    and outbox_pending(outbox) == 0
+                ):
                     break
                 check()
                 await asyncio.sleep(0.2)
@@ -547,18 +633,34 @@ async def test_kill_9_under_load_loses_nothing_and_stores_nothing_twice(
 
             in_storage = await ralph_all_about(session, ralph, mbox)
             in_target = await ralph_all_about(session, ralph_target, mbox)
-        status = await asyncio.to_thread(subprocess.run, [
-            sys.executable, "-m", "gateway", "--config", str(config), "forwarding", "status",
-            "--json"], capture_output=True, text=True, check=False, env=clean_env(),
-            timeout=20)
+        status = await asyncio.to_thread(
+            subprocess.run,
+            [
+                sys.executable,
+                "-m",
+                "gateway",
+                "--config",
+                str(config),
+                "forwarding",
+                "status",
+                "--json",
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+            env=clean_env(),
+            timeout=20,
+        )
     finally:
         await gateway.stop()
 
     storage_counts = Counter(s["id"] for s in in_storage)
     target_counts = Counter(s["id"] for s in in_target)
-    twice = {sid: (storage_counts[sid], target_counts[sid])
-             for sid in storage_counts | target_counts
-             if storage_counts[sid] > 1 or target_counts[sid] > 1}
+    twice = {
+        sid: (storage_counts[sid], target_counts[sid])
+        for sid in storage_counts | target_counts
+        if storage_counts[sid] > 1 or target_counts[sid] > 1
+    }
     assert not twice, f"stored more than once (storage, target): {twice}"
     stored = set(storage_counts)
     # every acknowledged statement is in storage, and storage has nothing the client never sent
@@ -566,10 +668,14 @@ async def test_kill_9_under_load_loses_nothing_and_stores_nothing_twice(
     assert stored <= load.acked | load.unanswered
     # every target got exactly what storage holds: the acked ones, and the unanswered ones
     # that storage happened to store before the kill (settled by the pending resolver)
-    assert set(target_counts) == stored, (sorted(stored - set(target_counts)),
-                                          sorted(set(target_counts) - stored))
-    assert set(scripted.received) == stored, (sorted(stored - set(scripted.received)),
-                                              sorted(set(scripted.received) - stored))
+    assert set(target_counts) == stored, (
+        sorted(stored - set(target_counts)),
+        sorted(set(target_counts) - stored),
+    )
+    assert set(scripted.received) == stored, (
+        sorted(stored - set(scripted.received)),
+        sorted(set(scripted.received) - stored),
+    )
     by_id = {s["id"]: s for s in in_storage}
     for copy in in_target:
         original = by_id[copy["id"]]
@@ -590,13 +696,15 @@ async def test_kill_9_under_load_loses_nothing_and_stores_nothing_twice(
     assert "Traceback" not in log, log[-4000:]
     if pending_after_kill:
         assert "pending statements settled against storage" in log, log[-4000:]
-    report = (f"crash test: {len(load.acked)} acked ({acked_before_kill} before the kill), "
-              f"{len(load.unanswered)} unanswered ({len(stored & load.unanswered)} of them "
-              f"stored), {pending_after_kill} pending in the outbox after the kill, "
-              f"scripted target got {sum(scripted.received.values())} for {len(stored)}; "
-              f"POST max {max(load.latencies):.3f} s; drained "
-              f"{drained_at - killed_at:.1f} s after the kill, total "
-              f"{time.monotonic() - started:.1f} s")
+    report = (
+        f"crash test: {len(load.acked)} acked ({acked_before_kill} before the kill), "
+        f"{len(load.unanswered)} unanswered ({len(stored & load.unanswered)} of them "
+        f"stored), {pending_after_kill} pending in the outbox after the kill, "
+        f"scripted target got {sum(scripted.received.values())} for {len(stored)}; "
+        f"POST max {max(load.latencies):.3f} s; drained "
+        f"{drained_at - killed_at:.1f} s after the kill, total "
+        f"{time.monotonic() - started:.1f} s"
+    )
     print(report)  # shown with -s
     assert time.monotonic() - started < 60, report
 
@@ -648,13 +756,28 @@ def make_gateway(tmp_path: Path, aiohttp_server: Any, aiohttp_client: Any) -> Ma
         target = Recorder()
         storage_server: TestServer = await aiohttp_server(storage.app())
         target_server: TestServer = await aiohttp_server(target.app())
-        config = write_config(tmp_path, str(storage_server.make_url("/xAPI/")), USERS, {
-            "forwardings": [{"name": "t", "is_active": True,
-                             "url": str(target_server.make_url("/xAPI/statements")),
-                             "basic_username": "t", "basic_password": "t-pw",
-                             "max_retries": 3, "timeout": 2, "backoff_base": 0.05,
-                             "backoff_cap": 0.3}],
-            "data_dir": "data", **settings})
+        config = write_config(
+            tmp_path,
+            str(storage_server.make_url("/xAPI/")),
+            USERS,
+            {
+                "forwardings": [
+                    {
+                        "name": "t",
+                        "is_active": True,
+                        "url": str(target_server.make_url("/xAPI/statements")),
+                        "basic_username": "t",
+                        "basic_password": "t-pw",
+                        "max_retries": 3,
+                        "timeout": 2,
+                        "backoff_base": 0.05,
+                        "backoff_cap": 0.3,
+                    }
+                ],
+                "data_dir": "data",
+                **settings,
+            },
+        )
         client: Client = await aiohttp_client(create_app(config, registry=CollectorRegistry()))
         return client, target
 
@@ -668,7 +791,8 @@ async def pending_count(client: Client) -> int:
 
 
 async def test_resolver_forwards_what_storage_kept_and_never_what_it_did_not(
-        make_gateway: MakeGateway) -> None:
+    make_gateway: MakeGateway,
+) -> None:
     stored = Stored()
 
     async def write(request: web.Request, batch: list[dict[str, Any]]) -> web.StreamResponse:
@@ -683,16 +807,21 @@ async def test_resolver_forwards_what_storage_kept_and_never_what_it_did_not(
             await asyncio.sleep(1.5)
         return answer
 
-    client, target = await make_gateway(scripted_storage(stored, write), {
-        "storage": {"timeout": 0.5}, "outbox": {"resolve_pending_after": 1}})
-    response = await client.post("/xAPI/statements", json=statement("mailto:slow@example.com", 1),
-                                 headers=LMS)
+    client, target = await make_gateway(
+        scripted_storage(stored, write),
+        {"storage": {"timeout": 0.5}, "outbox": {"resolve_pending_after": 1}},
+    )
+    response = await client.post(
+        "/xAPI/statements", json=statement("mailto:slow@example.com", 1), headers=LMS
+    )
     assert response.status == 504, await response.text()
-    response = await client.post("/xAPI/statements",
-                                 json=statement("mailto:dropped@example.com", 2), headers=LMS)
+    response = await client.post(
+        "/xAPI/statements", json=statement("mailto:dropped@example.com", 2), headers=LMS
+    )
     assert response.status == 502, await response.text()
-    response = await client.post("/xAPI/statements", json=statement("mailto:ok@example.com", 3),
-                                 headers=LMS)
+    response = await client.post(
+        "/xAPI/statements", json=statement("mailto:ok@example.com", 3), headers=LMS
+    )
     assert response.status == 200, await response.text()
     (ok_id,) = await response.json()
     (slow_id,) = [sid for sid in stored.statements if sid != ok_id]
@@ -719,8 +848,9 @@ async def test_resolver_forwards_what_storage_kept_and_never_what_it_did_not(
 # answers more slowly than outbox.resolve_pending_after.
 
 
-async def slow_but_successful_write(make_gateway: MakeGateway, *, store_first: bool
-                                    ) -> tuple[Client, Recorder, str]:
+async def slow_but_successful_write(
+    make_gateway: MakeGateway, *, store_first: bool
+) -> tuple[Client, Recorder, str]:
     """Storage answers 200 after 2.5 s (storage.timeout 5, resolve_pending_after 1)."""
     stored = Stored()
 
@@ -730,10 +860,13 @@ async def slow_but_successful_write(make_gateway: MakeGateway, *, store_first: b
         await asyncio.sleep(2.5)  # slow, but well within storage.timeout
         return keep(stored, batch)
 
-    client, target = await make_gateway(scripted_storage(stored, write), {
-        "storage": {"timeout": 5}, "outbox": {"resolve_pending_after": 1}})
-    response = await client.post("/xAPI/statements",
-                                 json=statement("mailto:slow@example.com", 1), headers=LMS)
+    client, target = await make_gateway(
+        scripted_storage(stored, write),
+        {"storage": {"timeout": 5}, "outbox": {"resolve_pending_after": 1}},
+    )
+    response = await client.post(
+        "/xAPI/statements", json=statement("mailto:slow@example.com", 1), headers=LMS
+    )
     assert response.status == 200, await response.text()  # the client was told: stored
     (sid,) = await response.json()
     return client, target, sid
@@ -749,8 +882,7 @@ async def test_a_slow_write_storage_accepts_is_forwarded(make_gateway: MakeGatew
     assert (await forwarding_status(client))["t"]["backlog"] == 0
 
 
-async def test_a_slow_write_the_resolver_finds_is_forwarded_once(
-        make_gateway: MakeGateway) -> None:
+async def test_a_slow_write_the_resolver_finds_is_forwarded_once(make_gateway: MakeGateway) -> None:
     client, target, sid = await slow_but_successful_write(make_gateway, store_first=True)
 
     async def delivered() -> bool:

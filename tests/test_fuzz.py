@@ -39,8 +39,14 @@ from gateway.xapi.statements import prepare_post
 FUZZ_DIR = Path(__file__).parent / "fuzz"
 MAX_TOTAL_TIME = 8  # seconds of fuzzing per harness; they run side by side
 # Runs per harness: about what each does in MAX_TOTAL_TIME on one core.
-HARNESSES = {"authorization": 6000, "config": 2000, "credentials": 20000, "more": 20000,
-             "multipart": 10000, "statements": 20000}
+HARNESSES = {
+    "authorization": 6000,
+    "config": 2000,
+    "credentials": 20000,
+    "more": 20000,
+    "multipart": 10000,
+    "statements": 20000,
+}
 Client = TestClient[web.Request, web.Application]
 
 
@@ -69,12 +75,25 @@ def fuzz_runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Ru
     try:
         for name, count in HARNESSES.items():
             work = tmp_path_factory.mktemp(f"fuzz-{name}")
-            command = [sys.executable, str(FUZZ_DIR / f"fuzz_{name}.py"), str(work / "corpus"),
-                       f"-runs={count}", f"-max_total_time={MAX_TOTAL_TIME}", "-timeout=20",
-                       "-rss_limit_mb=1024", f"-artifact_prefix={work}/", "-print_final_stats=1"]
+            command = [
+                sys.executable,
+                str(FUZZ_DIR / f"fuzz_{name}.py"),
+                str(work / "corpus"),
+                f"-runs={count}",
+                f"-max_total_time={MAX_TOTAL_TIME}",
+                "-timeout=20",
+                "-rss_limit_mb=1024",
+                f"-artifact_prefix={work}/",
+                "-print_final_stats=1",
+            ]
             with (work / "output.txt").open("wb") as output:  # a file: no pipe to fill up
-                process = subprocess.Popen(command, cwd=work, stdin=subprocess.DEVNULL,
-                                           stdout=output, stderr=subprocess.STDOUT)
+                process = subprocess.Popen(
+                    command,
+                    cwd=work,
+                    stdin=subprocess.DEVNULL,
+                    stdout=output,
+                    stderr=subprocess.STDOUT,
+                )
             runs[name] = Run(name, work, process, time.monotonic())
         yield runs
     finally:
@@ -90,8 +109,11 @@ def found_inputs(work: Path) -> str:
     for path in sorted(work.glob("*-*")):
         if path.is_file() and path.name.split("-")[0] in ("crash", "timeout", "oom", "leak"):
             data = path.read_bytes()
-            lines += [f"--- {path.name} ({len(data)} bytes)", repr(data[:3000]),
-                      f"base64: {base64.b64encode(data).decode()}"]
+            lines += [
+                f"--- {path.name} ({len(data)} bytes)",
+                repr(data[:3000]),
+                f"base64: {base64.b64encode(data).decode()}",
+            ]
     return "\n".join(lines) or "(no input file was written)"
 
 
@@ -106,7 +128,8 @@ def test_fuzz_harness_holds_its_invariants(fuzz_runs: dict[str, Run], name: str)
         f"fuzz_{name}.py found an input that breaks an invariant (exit {code}, {took:.1f} s)\n"
         f"{found_inputs(run.work)}\n"
         f"replay: write the input to a file F, then {Path(sys.executable).name} "
-        f"tests/fuzz/fuzz_{name}.py F\n--- output (end)\n{output[-6000:]}")
+        f"tests/fuzz/fuzz_{name}.py F\n--- output (end)\n{output[-6000:]}"
+    )
     assert int(stats.get("number_of_executed_units", 0)) > 100, output[-3000:]
 
 
@@ -128,19 +151,27 @@ WRITER = credential("writer", "writer-pw", ["all"])
 MINE = credential("mine", "mine-pw", ["statements/read/mine"])
 
 
-async def gateway(tmp_path: Path, aiohttp_server: Any, aiohttp_client: Any, script: Any = None,
-                  users: list[dict[str, Any]] | None = None, **extra: Any) -> Client:
+async def gateway(
+    tmp_path: Path,
+    aiohttp_server: Any,
+    aiohttp_client: Any,
+    script: Any = None,
+    users: list[dict[str, Any]] | None = None,
+    **extra: Any,
+) -> Client:
     storage: TestServer = await aiohttp_server(FakeLRS(script).app())
-    config = write_config(tmp_path, str(storage.make_url("/xAPI/")), users or [WRITER, MINE],
-                          extra)
+    config = write_config(tmp_path, str(storage.make_url("/xAPI/")), users or [WRITER, MINE], extra)
     client: Client = await aiohttp_client(create_app(config, registry=CollectorRegistry()))
     return client
 
 
 def statement(**extra: Any) -> dict[str, Any]:
-    return {"actor": {"mbox": "mailto:learner@example.com"},
-            "verb": {"id": "http://adlnet.gov/expapi/verbs/completed"},
-            "object": {"id": "http://example.com/course"}, **extra}
+    return {
+        "actor": {"mbox": "mailto:learner@example.com"},
+        "verb": {"id": "http://adlnet.gov/expapi/verbs/completed"},
+        "object": {"id": "http://example.com/course"},
+        **extra,
+    }
 
 
 def nested(depth: int) -> Any:
@@ -151,19 +182,25 @@ def nested(depth: int) -> Any:
 
 
 async def test_a_deeply_nested_statement_is_a_400_not_a_500(
-        tmp_path: Path, aiohttp_server: Any, aiohttp_client: Any) -> None:
+    tmp_path: Path, aiohttp_server: Any, aiohttp_client: Any
+) -> None:
     client = await gateway(tmp_path, aiohttp_server, aiohttp_client)
     body = json.dumps(statement(result={"extensions": {"http://x.org/e": nested(300)}}))
-    response = await client.post("/xAPI/statements", data=body,
-                                 headers={**basic("writer", "writer-pw"),
-                                          "Content-Type": "application/json"})
+    response = await client.post(
+        "/xAPI/statements",
+        data=body,
+        headers={**basic("writer", "writer-pw"), "Content-Type": "application/json"},
+    )
     assert response.status == 400, await response.text()
 
 
 async def test_a_deeply_nested_stored_statement_is_not_a_500(
-        tmp_path: Path, aiohttp_server: Any, aiohttp_client: Any) -> None:
-    stored = statement(id="3f1c2b9e-8d4a-4f6b-9c1d-2e3f4a5b6c7d",
-                       result={"extensions": {"http://x.org/e": nested(300)}})
+    tmp_path: Path, aiohttp_server: Any, aiohttp_client: Any
+) -> None:
+    stored = statement(
+        id="3f1c2b9e-8d4a-4f6b-9c1d-2e3f4a5b6c7d",
+        result={"extensions": {"http://x.org/e": nested(300)}},
+    )
 
     async def script(request: web.Request, body: bytes) -> web.StreamResponse:
         text = json.dumps({"statements": [stored], "more": ""})
@@ -174,10 +211,12 @@ async def test_a_deeply_nested_stored_statement_is_not_a_500(
     assert response.status in (200, 502), await response.text()
 
 
-@pytest.mark.parametrize("more", ["http://[::1/xAPI/statements?page=2", "http://[x]@/xAPI/s",
-                                  5, ["x"], {"a": 1}])
+@pytest.mark.parametrize(
+    "more", ["http://[::1/xAPI/statements?page=2", "http://[x]@/xAPI/s", 5, ["x"], {"a": 1}]
+)
 async def test_an_unparsable_more_link_is_a_502_not_a_500(
-        tmp_path: Path, aiohttp_server: Any, aiohttp_client: Any, more: Any) -> None:
+    tmp_path: Path, aiohttp_server: Any, aiohttp_client: Any, more: Any
+) -> None:
     async def script(request: web.Request, body: bytes) -> web.StreamResponse:
         return web.json_response({"statements": [], "more": more})
 
@@ -200,10 +239,13 @@ def resolved(path: str) -> str:
     return "/".join(segments)
 
 
-@pytest.mark.parametrize("more", ["/xAPI/statements/../../admin/forwarding",
-                                  "/xAPI/%2e%2e/metrics", "/xAPI/..\\..\\whoami"])
+@pytest.mark.parametrize(
+    "more",
+    ["/xAPI/statements/../../admin/forwarding", "/xAPI/%2e%2e/metrics", "/xAPI/..\\..\\whoami"],
+)
 async def test_a_more_link_never_leads_out_of_xapi(
-        tmp_path: Path, aiohttp_server: Any, aiohttp_client: Any, more: str) -> None:
+    tmp_path: Path, aiohttp_server: Any, aiohttp_client: Any, more: str
+) -> None:
     async def script(request: web.Request, body: bytes) -> web.StreamResponse:
         return web.json_response({"statements": [], "more": more})
 
@@ -217,25 +259,42 @@ async def test_a_more_link_never_leads_out_of_xapi(
 
 
 async def test_a_boundary_outside_latin1_is_a_400_not_a_500(
-        tmp_path: Path, aiohttp_server: Any, aiohttp_client: Any) -> None:
+    tmp_path: Path, aiohttp_server: Any, aiohttp_client: Any
+) -> None:
     client = await gateway(tmp_path, aiohttp_server, aiohttp_client)
-    body = (b"--\xe2\x82\xacx\r\nContent-Type: application/json\r\n\r\n"
-            + json.dumps(statement()).encode() + b"\r\n--\xe2\x82\xacx--\r\n")
-    response = await client.post("/xAPI/statements", data=body, headers={
-        **basic("writer", "writer-pw"), "Content-Type": "multipart/mixed; boundary=\u20acx"})
+    body = (
+        b"--\xe2\x82\xacx\r\nContent-Type: application/json\r\n\r\n"
+        + json.dumps(statement()).encode()
+        + b"\r\n--\xe2\x82\xacx--\r\n"
+    )
+    response = await client.post(
+        "/xAPI/statements",
+        data=body,
+        headers={
+            **basic("writer", "writer-pw"),
+            "Content-Type": "multipart/mixed; boundary=\u20acx",
+        },
+    )
     assert response.status == 400, await response.text()
 
 
 def test_a_batch_with_one_id_in_two_cases_is_refused() -> None:
     uid = "3f1c2b9e-8d4a-4f6b-9c1d-2e3f4a5b6c7d"
     with pytest.raises(BadRequest):
-        prepare_post([statement(id=uid), statement(id=uid.upper())],
-                     {"mbox": "mailto:caller@example.org"})
+        prepare_post(
+            [statement(id=uid), statement(id=uid.upper())], {"mbox": "mailto:caller@example.org"}
+        )
 
 
-@pytest.mark.parametrize(("section", "key"), [
-    ("storage", "timeout"), ("rate_limit", "per_ip_rate"), ("lockout", "window"),
-    ("limits", "keepalive_timeout")])
+@pytest.mark.parametrize(
+    ("section", "key"),
+    [
+        ("storage", "timeout"),
+        ("rate_limit", "per_ip_rate"),
+        ("lockout", "window"),
+        ("limits", "keepalive_timeout"),
+    ],
+)
 def test_config_refuses_nan(tmp_path: Path, section: str, key: str) -> None:
     """Found by fuzz_config.py (NaN passed every `> 0` check); fixed, kept as a check."""
     path = tmp_path / "config.yaml"
@@ -259,21 +318,35 @@ TOKEN_SECRET = "a-token-signing-secret-of-32-bytes-or-more"
 
 
 async def test_a_signed_token_with_string_times_is_a_401(
-        tmp_path: Path, aiohttp_server: Any, aiohttp_client: Any) -> None:
-    client = await gateway(tmp_path, aiohttp_server, aiohttp_client,
-                           auth={"backends": ["basic", "token"],
-                                 "tokens": {"secret": TOKEN_SECRET}})
+    tmp_path: Path, aiohttp_server: Any, aiohttp_client: Any
+) -> None:
+    client = await gateway(
+        tmp_path,
+        aiohttp_server,
+        aiohttp_client,
+        auth={"backends": ["basic", "token"], "tokens": {"secret": TOKEN_SECRET}},
+    )
     now = int(time.time())
-    token = jwt.encode({"iss": "lrs-gateway", "aud": "lrs-gateway", "sub": "writer",
-                        "iat": str(now), "exp": now + 60, "scope": "all",
-                        "agent": {"mbox": "mailto:w@example.com"}}, TOKEN_SECRET,
-                       algorithm="HS256")
+    token = jwt.encode(
+        {
+            "iss": "lrs-gateway",
+            "aud": "lrs-gateway",
+            "sub": "writer",
+            "iat": str(now),
+            "exp": now + 60,
+            "scope": "all",
+            "agent": {"mbox": "mailto:w@example.com"},
+        },
+        TOKEN_SECRET,
+        algorithm="HS256",
+    )
     response = await client.get("/whoami", headers={"Authorization": f"Bearer {token}"})
     assert response.status == 401, await response.text()
 
 
 async def test_a_hash_with_an_impossible_cost_is_refused(
-        tmp_path: Path, aiohttp_server: Any, aiohttp_client: Any) -> None:
+    tmp_path: Path, aiohttp_server: Any, aiohttp_client: Any
+) -> None:
     broken = credential("old", "old-pw", ["all"])
     broken["hash"] = "$2b$99$" + broken["hash"][7:]
     try:

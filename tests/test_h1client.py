@@ -74,14 +74,17 @@ def answer(writer: asyncio.StreamWriter, raw: bytes) -> None:
 
 async def post(pool: H1Pool, body: bytes = b'{"a":1}', limit: int = 1 << 20) -> tuple[int, bytes]:
     headers = CIMultiDict({"Content-Type": "application/json", "X-Request-ID": "r1"})
-    response = await pool.request("POST", "/xAPI/statements?x=%20y", headers, body,
-                                  limit=limit, within=5)
+    response = await pool.request(
+        "POST", "/xAPI/statements?x=%20y", headers, body, limit=limit, within=5
+    )
     return response.status, response.body
 
 
 async def ok(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> bool:
-    answer(writer, b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
-                   b"Content-Length: 7\r\n\r\n[\"id\"]\n")
+    answer(
+        writer,
+        b'HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 7\r\n\r\n["id"]\n',
+    )
     return True
 
 
@@ -95,7 +98,8 @@ async def test_the_request_goes_out_exactly_and_the_connection_is_reused() -> No
             b"POST /xAPI/statements?x=%20y HTTP/1.1\r\n"
             + f"Host: 127.0.0.1:{server.port}\r\n".encode()
             + b"Content-Type: application/json\r\nX-Request-ID: r1\r\n"
-              b"Content-Length: 7\r\n\r\n{\"a\":1}")
+            b'Content-Length: 7\r\n\r\n{"a":1}'
+        )
 
 
 async def test_answers_side_by_side_open_their_own_connections() -> None:
@@ -112,13 +116,11 @@ async def test_answers_side_by_side_open_their_own_connections() -> None:
 
 
 async def test_chunked_answers_are_joined() -> None:
-    async def chunked(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                      n: int) -> bool:
-        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
-                     b"4\r\n[\"ab\r\n")
+    async def chunked(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> bool:
+        writer.write(b'HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n4\r\n["ab\r\n')
         await writer.drain()
         await asyncio.sleep(0.02)  # the rest in another packet
-        writer.write(b"3;ext=1\r\n\"]\n\r\n0\r\nTrailer: x\r\n\r\n")
+        writer.write(b'3;ext=1\r\n"]\n\r\n0\r\nTrailer: x\r\n\r\n')
         return True
 
     async with serving(chunked) as (server, pool):
@@ -128,8 +130,9 @@ async def test_chunked_answers_are_joined() -> None:
 
 
 async def test_an_answer_delimited_by_the_close_is_whole_and_the_connection_not_kept() -> None:
-    async def close_delimited(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                              n: int) -> bool:
+    async def close_delimited(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int
+    ) -> bool:
         writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\nall of it")
         return False
 
@@ -153,10 +156,11 @@ async def test_connection_close_from_the_server_is_honoured() -> None:
 
 
 async def test_interim_answers_are_skipped() -> None:
-    async def continued(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                        n: int) -> bool:
-        answer(writer, b"HTTP/1.1 100 Continue\r\n\r\n"
-                       b"HTTP/1.1 201 Created\r\nContent-Length: 2\r\n\r\nok")
+    async def continued(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> bool:
+        answer(
+            writer,
+            b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 201 Created\r\nContent-Length: 2\r\n\r\nok",
+        )
         return True
 
     async with serving(continued) as (_, pool):
@@ -164,8 +168,9 @@ async def test_interim_answers_are_skipped() -> None:
 
 
 async def test_a_connection_the_server_closed_while_idle_is_replaced_transparently() -> None:
-    async def then_close(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                         n: int) -> bool:
+    async def then_close(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int
+    ) -> bool:
         await ok(reader, writer, n)
         await writer.drain()
         return False  # closes right after answering, without saying so
@@ -179,8 +184,9 @@ async def test_a_connection_the_server_closed_while_idle_is_replaced_transparent
 
 
 async def test_a_reused_connection_closed_unanswered_is_retried_once_on_a_new_one() -> None:
-    async def drop_second(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                          n: int) -> bool:
+    async def drop_second(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int
+    ) -> bool:
         if n == 2:
             return False  # read the request, closed without a byte: as a server timing out
         return await ok(reader, writer, n)
@@ -203,8 +209,9 @@ async def test_a_new_connection_closed_unanswered_is_an_error_not_a_retry() -> N
 
 
 async def test_the_servers_keep_alive_timeout_is_honoured() -> None:
-    async def short_keep_alive(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                               n: int) -> bool:
+    async def short_keep_alive(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int
+    ) -> bool:
         answer(writer, b"HTTP/1.1 200 OK\r\nKeep-Alive: timeout=1\r\nContent-Length: 0\r\n\r\n")
         return True
 
@@ -224,14 +231,16 @@ async def test_a_connection_lost_mid_answer_is_a_broken_answer() -> None:
             await post(pool)
 
 
-@pytest.mark.parametrize("raw", [
-    b"not http at all\r\n\r\n",
-    b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello",
-    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
-])
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"not http at all\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+    ],
+)
 async def test_garbage_is_a_broken_answer(raw: bytes) -> None:
-    async def garbage(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                      n: int) -> bool:
+    async def garbage(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> bool:
         answer(writer, raw)
         return True
 
@@ -277,8 +286,9 @@ async def test_nobody_listening_is_an_error() -> None:
 async def test_line_breaks_in_headers_are_refused_before_sending() -> None:
     pool = H1Pool(URL("http://127.0.0.1:9"), connect_timeout=1)
     with pytest.raises(ValueError, match="line break"):
-        await pool.request("POST", "/", CIMultiDict({"X-Evil": "a\r\nHost: b"}), b"", limit=1,
-                           within=1)
+        await pool.request(
+            "POST", "/", CIMultiDict({"X-Evil": "a\r\nHost: b"}), b"", limit=1, within=1
+        )
     with pytest.raises(ValueError, match="HEAD"):
         await pool.request("HEAD", "/", CIMultiDict(), b"", limit=1, within=1)
 
@@ -294,10 +304,12 @@ def test_host_header_of_default_ports_and_ipv6() -> None:
 
 
 async def test_bytes_after_the_answer_make_the_connection_unusable() -> None:
-    async def two_answers(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                          n: int) -> bool:
-        answer(writer, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
-                       b"HTTP/1.1 200 OK\r\nContent-Le")  # a stray second answer begins
+    async def two_answers(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int
+    ) -> bool:
+        answer(
+            writer, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokHTTP/1.1 200 OK\r\nContent-Le"
+        )  # a stray second answer begins
         return True
 
     async with serving(two_answers) as (server, pool):
@@ -307,13 +319,11 @@ async def test_bytes_after_the_answer_make_the_connection_unusable() -> None:
 
 
 async def test_endless_headers_or_interim_answers_are_refused() -> None:
-    async def huge_head(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                        n: int) -> bool:
+    async def huge_head(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> bool:
         answer(writer, b"HTTP/1.1 200 OK\r\n" + b"X-Pad: " + b"p" * 70_000 + b"\r\n\r\n")
         return True
 
-    async def interim(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                      n: int) -> bool:
+    async def interim(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> bool:
         answer(writer, b"HTTP/1.1 102 Processing\r\n\r\n" * 20)
         return True
 

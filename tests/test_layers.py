@@ -17,13 +17,25 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "gateway"
 
 # The top-level modules (clock, errors, secret, ...) are the foundation every layer uses.
-LAYERS = ("gateway", "gateway.xapi", "gateway.config", "gateway.upstream", "gateway.auth",
-          "gateway.forwarding", "gateway.runtime", "gateway.http", "gateway.cli")
+LAYERS = (
+    "gateway",
+    "gateway.xapi",
+    "gateway.config",
+    "gateway.upstream",
+    "gateway.auth",
+    "gateway.forwarding",
+    "gateway.runtime",
+    "gateway.http",
+    "gateway.cli",
+)
 # Packages whose modules may import inside functions: commands load what they run.
 LAZY_IMPORTS_ALLOWED = ("gateway.cli",)
 # Third-party libraries a layer keeps out: xAPI rules and configuration are plain Python.
-FORBIDDEN_LIBRARIES = {"gateway.xapi": ("aiohttp",), "gateway.config": ("aiohttp",),
-                       "gateway.upstream.h1": ("aiohttp", "gateway.config")}
+FORBIDDEN_LIBRARIES = {
+    "gateway.xapi": ("aiohttp",),
+    "gateway.config": ("aiohttp",),
+    "gateway.upstream.h1": ("aiohttp", "gateway.config"),
+}
 
 
 @dataclass(frozen=True)
@@ -53,7 +65,8 @@ def resolve(name: str) -> str:
 def _is_type_checking(node: ast.If) -> bool:
     test = node.test
     return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
-        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
+    )
 
 
 def imports_of(module: str) -> Iterator[Import]:
@@ -63,24 +76,29 @@ def imports_of(module: str) -> Iterator[Import]:
         for child in ast.iter_child_nodes(node):
             if isinstance(child, ast.Import):
                 for alias in child.names:
-                    yield Import(module, _target(alias.name), child.lineno, in_function,
-                                 type_only)
+                    yield Import(module, _target(alias.name), child.lineno, in_function, type_only)
             elif isinstance(child, ast.ImportFrom):
                 assert child.level == 0, f"{module}:{child.lineno}: a relative import"
                 base = child.module or ""
                 for alias in child.names:
                     # `from gateway.x import y`: y may be a module of its own.
                     full = f"{base}.{alias.name}"
-                    yield Import(module, _target(full if resolve(full) == full else base),
-                                 child.lineno, in_function, type_only)
+                    yield Import(
+                        module,
+                        _target(full if resolve(full) == full else base),
+                        child.lineno,
+                        in_function,
+                        type_only,
+                    )
             elif isinstance(child, ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda):
                 yield from walk(child, True, type_only)
             elif isinstance(child, ast.If) and _is_type_checking(child):
                 for part in child.body:
                     yield from walk(ast.Module(body=[part], type_ignores=[]), in_function, True)
                 for part in child.orelse:
-                    yield from walk(ast.Module(body=[part], type_ignores=[]), in_function,
-                                    type_only)
+                    yield from walk(
+                        ast.Module(body=[part], type_ignores=[]), in_function, type_only
+                    )
             else:
                 yield from walk(child, in_function, type_only)
 
@@ -92,8 +110,11 @@ def _target(name: str) -> str:
 
 
 ALL_IMPORTS = [i for m in MODULES for i in imports_of(m)]
-OWN_IMPORTS = [i for i in ALL_IMPORTS if (i.target in MODULES and i.target != "gateway")
-               or i.target.startswith("gateway.")]
+OWN_IMPORTS = [
+    i
+    for i in ALL_IMPORTS
+    if (i.target in MODULES and i.target != "gateway") or i.target.startswith("gateway.")
+]
 
 
 def layer_of(module: str) -> int:
@@ -115,9 +136,12 @@ def test_every_module_is_on_a_layer() -> None:
 
 
 def test_no_module_imports_from_a_higher_layer() -> None:
-    upward = [f"{i.module}:{i.line} imports {i.target} ({LAYERS[layer_of(i.module)]} is below "
-              f"{LAYERS[min(layer_of(i.target), len(LAYERS) - 1)]})"
-              for i in OWN_IMPORTS if layer_of(i.target) > layer_of(i.module)]
+    upward = [
+        f"{i.module}:{i.line} imports {i.target} ({LAYERS[layer_of(i.module)]} is below "
+        f"{LAYERS[min(layer_of(i.target), len(LAYERS) - 1)]})"
+        for i in OWN_IMPORTS
+        if layer_of(i.target) > layer_of(i.module)
+    ]
     assert upward == []
 
 
@@ -166,31 +190,38 @@ def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 
 
 def test_no_import_inside_a_function_outside_the_command_line() -> None:
-    lazy = [f"{i.module}:{i.line} imports {i.target} inside a function"
-            for i in OWN_IMPORTS if i.in_function
-            and not i.module.startswith(LAZY_IMPORTS_ALLOWED)]
+    lazy = [
+        f"{i.module}:{i.line} imports {i.target} inside a function"
+        for i in OWN_IMPORTS
+        if i.in_function and not i.module.startswith(LAZY_IMPORTS_ALLOWED)
+    ]
     assert lazy == []
 
 
 def test_keys_load_nothing_at_run_time() -> None:
-    executed = {i.target for i in OWN_IMPORTS if i.module == "gateway.http.keys"
-                and not i.type_only}
+    executed = {
+        i.target for i in OWN_IMPORTS if i.module == "gateway.http.keys" and not i.type_only
+    }
     assert executed <= {"gateway"}, executed
 
 
 @pytest.mark.parametrize("owner", sorted(FORBIDDEN_LIBRARIES))
 def test_layers_keep_their_libraries_out(owner: str) -> None:
     forbidden = FORBIDDEN_LIBRARIES[owner]
-    found = [f"{i.module}:{i.line} imports {i.target}" for i in ALL_IMPORTS
-             if (i.module == owner or i.module.startswith(owner + "."))
-             and any(i.target == f or i.target.startswith(f + ".") for f in forbidden)]
+    found = [
+        f"{i.module}:{i.line} imports {i.target}"
+        for i in ALL_IMPORTS
+        if (i.module == owner or i.module.startswith(owner + "."))
+        and any(i.target == f or i.target.startswith(f + ".") for f in forbidden)
+    ]
     assert found == []
 
 
 def test_the_checks_see_a_cycle_and_an_upward_import() -> None:
     """The graph code above finds what it must: a made-up loop and a made-up upward edge."""
-    assert ["gateway.a", "gateway.b"] in _cycles({"gateway.a": {"gateway.b"},
-                                                 "gateway.b": {"gateway.a"}})
+    assert ["gateway.a", "gateway.b"] in _cycles(
+        {"gateway.a": {"gateway.b"}, "gateway.b": {"gateway.a"}}
+    )
     assert layer_of("gateway.http.app") > layer_of("gateway.xapi.scopes")
     assert layer_of("gateway.cli.main") == len(LAYERS) - 1
     assert layer_of("gateway.http.handlers.statements") == LAYERS.index("gateway.http")

@@ -23,7 +23,6 @@ ATTACKER = "203.0.113.7"
 ADMIN_ENV = {"LRS_GATEWAY_ADMIN_USER": "admin", "LRS_GATEWAY_ADMIN_PASSWORD": "admin-pw"}
 
 
-
 def clean_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.upper().startswith("LRS_GATEWAY")}
     return {**env, **(extra or {})}
@@ -42,16 +41,31 @@ class Gateway:
         if via is not None:
             headers["X-Forwarded-For"] = via
         connector = aiohttp.TCPConnector(force_close=True)
-        async with aiohttp.ClientSession(connector=connector) as session, session.get(
-                f"{self.base}/whoami", headers=headers) as response:
+        async with (
+            aiohttp.ClientSession(connector=connector) as session,
+            session.get(f"{self.base}/whoami", headers=headers) as response,
+        ):
             return response.status
 
-    async def lockout_clear(self, *args: str, env: Mapping[str, str] = ADMIN_ENV,
-                            ) -> tuple[int, str]:
+    async def lockout_clear(
+        self,
+        *args: str,
+        env: Mapping[str, str] = ADMIN_ENV,
+    ) -> tuple[int, str]:
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "gateway", "--config", str(self.config), "lockout", "clear",
-            *args, env=clean_env(env), stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+            sys.executable,
+            "-m",
+            "gateway",
+            "--config",
+            str(self.config),
+            "lockout",
+            "clear",
+            *args,
+            env=clean_env(env),
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
         out, err = await asyncio.wait_for(proc.communicate(), RUN_TIMEOUT)
         assert proc.returncode is not None
         return proc.returncode, (out + err).decode()
@@ -60,22 +74,41 @@ class Gateway:
 @pytest.fixture(params=[1, 2], ids=["one process", "two workers"])
 async def gateway(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Gateway]:
     port = free_port()
-    write_config(tmp_path, "http://127.0.0.1:9/xAPI/", [
-        credential("alice", "alice-pw", ["statements/read"]),
-        credential("bob", "bob-pw", ["statements/read"]),
-        credential("admin", "admin-pw", ["admin"]),
-    ], {"server": {"port": port, "shutdown_timeout": 2}, "data_dir": "data",
-        "lockout": {"max_failures": 3, "block": 300, "tarpit": 0},
-        "rate_limit": {"trusted_proxies": ["127.0.0.1/32"]}})
+    write_config(
+        tmp_path,
+        "http://127.0.0.1:9/xAPI/",
+        [
+            credential("alice", "alice-pw", ["statements/read"]),
+            credential("bob", "bob-pw", ["statements/read"]),
+            credential("admin", "admin-pw", ["admin"]),
+        ],
+        {
+            "server": {"port": port, "shutdown_timeout": 2},
+            "data_dir": "data",
+            "lockout": {"max_failures": 3, "block": 300, "tarpit": 0},
+            "rate_limit": {"trusted_proxies": ["127.0.0.1/32"]},
+        },
+    )
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "gateway", "--config", str(tmp_path / "config.yaml"), "serve",
-        "--workers", str(request.param), cwd=tmp_path, env=clean_env(),
-        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE)
+        sys.executable,
+        "-m",
+        "gateway",
+        "--config",
+        str(tmp_path / "config.yaml"),
+        "serve",
+        "--workers",
+        str(request.param),
+        cwd=tmp_path,
+        env=clean_env(),
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
     base = f"http://127.0.0.1:{port}"
     try:
-        await wait_until_serving(proc, f"{base}/__lbheartbeat__", RUN_TIMEOUT,
-                                 listeners=request.param)
+        await wait_until_serving(
+            proc, f"{base}/__lbheartbeat__", RUN_TIMEOUT, listeners=request.param
+        )
         yield Gateway(base, tmp_path / "config.yaml")
     finally:
         if proc.returncode is None:
@@ -105,8 +138,9 @@ async def locked_everywhere(gateway: Gateway, username: str, password: str) -> N
     raise AssertionError("never locked out")
 
 
-async def statuses(gateway: Gateway, username: str, password: str, *,
-                   via: str | None = None) -> set[int]:
+async def statuses(
+    gateway: Gateway, username: str, password: str, *, via: str | None = None
+) -> set[int]:
     """The answers to eight logins on new connections (spread over the workers)."""
     return {await gateway.whoami(username, password, via=via) for _ in range(8)}
 
@@ -138,7 +172,8 @@ async def test_lockout_clear_needs_an_admin(gateway: Gateway) -> None:
     refused, forbidden, nobody = await asyncio.gather(
         gateway.lockout_clear("--username", "alice", env=wrong),
         gateway.lockout_clear("--username", "alice", env=not_admin),
-        gateway.lockout_clear("--username", "alice", env={}))
+        gateway.lockout_clear("--username", "alice", env={}),
+    )
     assert refused[0] == 1, refused
     assert "answered 401 (the admin credential was refused)" in refused[1]
     assert forbidden[0] == 1, forbidden

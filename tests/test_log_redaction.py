@@ -39,18 +39,21 @@ BEARER = "B3arer-T0ken-q5Wm-B3arer-T0ken"
 # The raw requests of the report: the header line is malformed, so aiohttp's parser fails.
 MALFORMED = {
     "NUL byte": b"GET /whoami HTTP/1.1\r\nHost: x\r\nAuthorization: Basic "
-                + TOKEN.encode() + b"\x00\r\nConnection: close\r\n\r\n",
+    + TOKEN.encode()
+    + b"\x00\r\nConnection: close\r\n\r\n",
     "obs-fold": b"GET /whoami HTTP/1.1\r\nHost: x\r\nAuthorization: Basic\r\n "
-                + TOKEN.encode() + b"\r\nConnection: close\r\n\r\n",
+    + TOKEN.encode()
+    + b"\r\nConnection: close\r\n\r\n",
     "Bearer, NUL byte": b"GET /whoami HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer "
-                        + BEARER.encode() + b"\x00\r\nConnection: close\r\n\r\n",
+    + BEARER.encode()
+    + b"\x00\r\nConnection: close\r\n\r\n",
     "Proxy-Authorization, NUL byte": b"GET /whoami HTTP/1.1\r\nHost: x\r\n"
-                                     b"Proxy-Authorization: Basic " + TOKEN.encode()
-                                     + b"\x00\r\nConnection: close\r\n\r\n",
-    "too long": b"GET /whoami HTTP/1.1\r\nHost: x\r\nAuthorization: Basic " + TOKEN.encode()
-                + b"A" * 9000 + b"\r\nConnection: close\r\n\r\n",
+    b"Proxy-Authorization: Basic " + TOKEN.encode() + b"\x00\r\nConnection: close\r\n\r\n",
+    "too long": b"GET /whoami HTTP/1.1\r\nHost: x\r\nAuthorization: Basic "
+    + TOKEN.encode()
+    + b"A" * 9000
+    + b"\r\nConnection: close\r\n\r\n",
 }
-
 
 
 def assert_no_credential(text: str) -> None:
@@ -71,21 +74,40 @@ async def send_raw(port: int, raw: bytes) -> bytes:
 # -- a real `serve`, its whole stderr grepped ------------------------------------------------
 
 
-@pytest.mark.parametrize(("log_args", "parser_env"), [
-    ((), {}),  # the default: text lines at INFO, aiohttp's C parser
-    (("--log-level", "DEBUG", "--log-format", "json"), {}),
-    ((), {"AIOHTTP_NO_EXTENSIONS": "1"}),  # aiohttp's pure-Python parser words it otherwise
-], ids=["text-info", "json-debug", "python-parser"])
+@pytest.mark.parametrize(
+    ("log_args", "parser_env"),
+    [
+        ((), {}),  # the default: text lines at INFO, aiohttp's C parser
+        (("--log-level", "DEBUG", "--log-format", "json"), {}),
+        ((), {"AIOHTTP_NO_EXTENSIONS": "1"}),  # aiohttp's pure-Python parser words it otherwise
+    ],
+    ids=["text-info", "json-debug", "python-parser"],
+)
 async def test_serve_never_logs_a_malformed_authorization_line(
-        tmp_path: Path, log_args: tuple[str, ...], parser_env: dict[str, str]) -> None:
+    tmp_path: Path, log_args: tuple[str, ...], parser_env: dict[str, str]
+) -> None:
     port = free_port()
-    write_config(tmp_path, f"http://127.0.0.1:{free_port()}/xAPI/",
-                 [credential("alice", PASSWORD, ["all"])], {"server": {"port": port}})
+    write_config(
+        tmp_path,
+        f"http://127.0.0.1:{free_port()}/xAPI/",
+        [credential("alice", PASSWORD, ["all"])],
+        {"server": {"port": port}},
+    )
     env = {k: v for k, v in os.environ.items() if not k.upper().startswith("LRS_GATEWAY")}
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "gateway", *log_args, "--config", str(tmp_path / "config.yaml"),
-        "serve", cwd=tmp_path, env={**env, **parser_env}, stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        sys.executable,
+        "-m",
+        "gateway",
+        *log_args,
+        "--config",
+        str(tmp_path / "config.yaml"),
+        "serve",
+        cwd=tmp_path,
+        env={**env, **parser_env},
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
     try:
         await wait_until_serving(proc, f"http://127.0.0.1:{port}/__lbheartbeat__", RUN_TIMEOUT)
         for where, raw in MALFORMED.items():
@@ -109,20 +131,23 @@ async def test_serve_never_logs_a_malformed_authorization_line(
 # -- the scrubbing, unit by unit -------------------------------------------------------------
 
 
-@pytest.mark.parametrize("text", [
-    f"Authorization: Basic {TOKEN}",
-    f"b'Authorization: Basic {TOKEN}\\x00'",
-    f"{{'Host': 'x', 'Authorization': 'Basic {TOKEN}'}}",
-    f"<CIMultiDictProxy('Host': 'x', 'AUTHORIZATION': 'Basic {TOKEN}')>",
-    f"proxy-authorization=Basic%20{TOKEN}&x=1",
-    f"headers: authorization = Bearer {BEARER}",
-    f"sent basic {TOKEN} and bearer {BEARER}",
-    f"Authorization: Digest username=alice, response={PASSWORD}",
-    f"Authorization: Basic\\r\\n {TOKEN}",
-    f"http://alice:{PASSWORD}@lrs.internal/xAPI/",
-    f"{{'username': 'alice', 'password': '{PASSWORD}'}}",
-    f"basic_password={PASSWORD} client_secret: \"{PASSWORD}\"",
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        f"Authorization: Basic {TOKEN}",
+        f"b'Authorization: Basic {TOKEN}\\x00'",
+        f"{{'Host': 'x', 'Authorization': 'Basic {TOKEN}'}}",
+        f"<CIMultiDictProxy('Host': 'x', 'AUTHORIZATION': 'Basic {TOKEN}')>",
+        f"proxy-authorization=Basic%20{TOKEN}&x=1",
+        f"headers: authorization = Bearer {BEARER}",
+        f"sent basic {TOKEN} and bearer {BEARER}",
+        f"Authorization: Digest username=alice, response={PASSWORD}",
+        f"Authorization: Basic\\r\\n {TOKEN}",
+        f"http://alice:{PASSWORD}@lrs.internal/xAPI/",
+        f"{{'username': 'alice', 'password': '{PASSWORD}'}}",
+        f'basic_password={PASSWORD} client_secret: "{PASSWORD}"',
+    ],
+)
 def test_redact_removes_every_form_of_credential(text: str) -> None:
     cleaned = redact(text)
     assert_no_credential(cleaned)
@@ -130,11 +155,13 @@ def test_redact_removes_every_form_of_credential(text: str) -> None:
 
 
 def test_redact_leaves_ordinary_text_alone() -> None:
-    for text in ("GET statements 200 3.1ms principal=alice request_id=r1",
-                 "credentials file /etc/auth.json: 3 users loaded",
-                 "lrs-gateway 0.1.0 listening on http://127.0.0.1:8080/ (storage "
-                 "http://lrs.internal:8100/xAPI/)",
-                 "target t500: HTTP 500; 3 statements dead-lettered"):
+    for text in (
+        "GET statements 200 3.1ms principal=alice request_id=r1",
+        "credentials file /etc/auth.json: 3 users loaded",
+        "lrs-gateway 0.1.0 listening on http://127.0.0.1:8080/ (storage "
+        "http://lrs.internal:8100/xAPI/)",
+        "target t500: HTTP 500; 3 statements dead-lettered",
+    ):
         assert redact(text) == text
 
 
@@ -144,8 +171,15 @@ def aiohttp_bad_request(raw_line: bytes) -> logging.LogRecord:
         raise BadHttpMessage(f"Invalid header value char:\n\n  {raw_line!r}\n  ^")
     except BadHttpMessage:
         exc_info = sys.exc_info()
-    return logging.LogRecord("aiohttp.server", logging.ERROR, __file__, 1,
-                             "Error handling request from %s", ("203.0.113.7",), exc_info)
+    return logging.LogRecord(
+        "aiohttp.server",
+        logging.ERROR,
+        __file__,
+        1,
+        "Error handling request from %s",
+        ("203.0.113.7",),
+        exc_info,
+    )
 
 
 def through_handler(record: logging.LogRecord, formatter: logging.Formatter) -> str:
@@ -161,7 +195,8 @@ def through_handler(record: logging.LogRecord, formatter: logging.Formatter) -> 
 @pytest.mark.parametrize("formatter", [TextFormatter(), JsonFormatter()], ids=["text", "json"])
 def test_an_aiohttp_bad_request_is_one_clean_line(formatter: logging.Formatter) -> None:
     line = through_handler(
-        aiohttp_bad_request(b"Authorization: Basic " + TOKEN.encode() + b"\x00"), formatter)
+        aiohttp_bad_request(b"Authorization: Basic " + TOKEN.encode() + b"\x00"), formatter
+    )
     assert_no_credential(line)
     assert line.count("\n") == 1, line
     assert "Error handling request from 203.0.113.7: Invalid header value char (400)" in line
@@ -180,14 +215,21 @@ def test_a_parser_error_of_another_logger_keeps_its_message_and_loses_the_creden
 
 @pytest.mark.parametrize("formatter", [TextFormatter(), JsonFormatter()], ids=["text", "json"])
 def test_messages_arguments_and_tracebacks_of_any_logger_are_scrubbed(
-        formatter: logging.Formatter) -> None:
+    formatter: logging.Formatter,
+) -> None:
     try:
         raise RuntimeError(f"upstream echoed {{'Authorization': 'Bearer {BEARER}'}}")
     except RuntimeError:
         exc_info = sys.exc_info()
-    record = logging.LogRecord("aiohttp.client", logging.ERROR, __file__, 1,
-                               "request failed: %s %r", ("GET", {"Authorization":
-                                                                 f"Basic {TOKEN}"}), exc_info)
+    record = logging.LogRecord(
+        "aiohttp.client",
+        logging.ERROR,
+        __file__,
+        1,
+        "request failed: %s %r",
+        ("GET", {"Authorization": f"Basic {TOKEN}"}),
+        exc_info,
+    )
     text = through_handler(record, formatter)
     assert_no_credential(text)
     assert "request failed: GET" in text
@@ -197,8 +239,9 @@ def test_messages_arguments_and_tracebacks_of_any_logger_are_scrubbed(
 
 
 def test_a_message_whose_arguments_do_not_fit_is_still_scrubbed() -> None:
-    record = logging.LogRecord("aiohttp.web", logging.WARNING, __file__, 1,
-                               "%s and %s", (f"Basic {TOKEN}",), None)
+    record = logging.LogRecord(
+        "aiohttp.web", logging.WARNING, __file__, 1, "%s and %s", (f"Basic {TOKEN}",), None
+    )
     text = through_handler(record, TextFormatter())
     assert_no_credential(text)
     assert "Basic [redacted]" in text
@@ -207,8 +250,9 @@ def test_a_message_whose_arguments_do_not_fit_is_still_scrubbed() -> None:
 def test_access_lines_are_passed_on_untouched() -> None:
     # The access line holds no credential by construction (route names, ids): not scanned.
     fields: dict[str, Any] = {"principal": "alice"}
-    record = logging.LogRecord("gateway.access", logging.INFO, __file__, 1,
-                               "GET %(principal)s", (fields,), None)
+    record = logging.LogRecord(
+        "gateway.access", logging.INFO, __file__, 1, "GET %(principal)s", (fields,), None
+    )
     before = (record.msg, record.args)
     assert RedactingFilter().filter(record)
     assert (record.msg, record.args) == before

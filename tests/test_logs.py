@@ -33,7 +33,8 @@ def handler() -> tuple[BatchingStreamHandler, io.StringIO]:
 
 
 def test_info_lines_wait_for_the_writer_then_come_in_order(
-        handler: tuple[BatchingStreamHandler, io.StringIO]) -> None:
+    handler: tuple[BatchingStreamHandler, io.StringIO],
+) -> None:
     made, stream = handler
     for n in range(5):
         made.handle(record(f"line {n}"))

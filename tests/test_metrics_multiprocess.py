@@ -19,8 +19,11 @@ Figures = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
 def figures(registry: CollectorRegistry) -> Figures:
     text = generate_latest(registry).decode()
-    return {(s.name, tuple(sorted(s.labels.items()))): s.value
-            for family in text_string_to_metric_families(text) for s in family.samples}
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
 
 
 def test_a_published_total_only_grows_even_when_its_source_starts_again() -> None:
@@ -77,11 +80,15 @@ def outbox(directory: Path, delivered: int, owed: int, *, down: bool = False) ->
 
 
 def test_every_outbox_adds_up_and_a_target_is_up_only_if_no_worker_has_it_down(
-        tmp_path: Path) -> None:
+    tmp_path: Path,
+) -> None:
     outbox(tmp_path, delivered=3, owed=1)
     outbox(tmp_path / "worker-1", delivered=4, owed=2, down=True)
-    paths = [tmp_path / OUTBOX_FILE, tmp_path / "worker-1" / OUTBOX_FILE,
-             tmp_path / "worker-2" / OUTBOX_FILE]  # never made: nothing, and not made now
+    paths = [
+        tmp_path / OUTBOX_FILE,
+        tmp_path / "worker-1" / OUTBOX_FILE,
+        tmp_path / "worker-2" / OUTBOX_FILE,
+    ]  # never made: nothing, and not made now
     registry = CollectorRegistry(auto_describe=False)
     registry.register(OutboxesCollector(lambda: paths, ["t", "idle"]))
     found = figures(registry)

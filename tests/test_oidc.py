@@ -39,11 +39,22 @@ def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}", **XAPI}
 
 
-async def gateway_for(aiohttp_client: Any, tmp_path: Path, storage_url: str, issuer: str,
-                      audience: str | None, storage_auth: dict[str, str] | None = None,
-                      **oidc: Any) -> Client:
-    extra: dict[str, Any] = {"auth": {"backends": ["basic", "oidc"], "scope_prefix": "lrs:",
-                                      "oidc": {"issuer": issuer, "audience": audience, **oidc}}}
+async def gateway_for(
+    aiohttp_client: Any,
+    tmp_path: Path,
+    storage_url: str,
+    issuer: str,
+    audience: str | None,
+    storage_auth: dict[str, str] | None = None,
+    **oidc: Any,
+) -> Client:
+    extra: dict[str, Any] = {
+        "auth": {
+            "backends": ["basic", "oidc"],
+            "scope_prefix": "lrs:",
+            "oidc": {"issuer": issuer, "audience": audience, **oidc},
+        }
+    }
     if storage_auth:
         extra["storage"] = storage_auth
     config = write_config(tmp_path, storage_url, [ADMIN], extra)
@@ -59,11 +70,17 @@ async def gateway_for(aiohttp_client: Any, tmp_path: Path, storage_url: str, iss
 
 
 @pytest.fixture
-async def with_ralph(ralph: RalphServer, oidc_provider: OidcProvider, tmp_path: Path,
-                     aiohttp_client: Any) -> Client:
-    return await gateway_for(aiohttp_client, tmp_path, ralph.url, oidc_provider.issuer,
-                             oidc_provider.audience,
-                             {"basic_username": ralph.username, "basic_password": ralph.password})
+async def with_ralph(
+    ralph: RalphServer, oidc_provider: OidcProvider, tmp_path: Path, aiohttp_client: Any
+) -> Client:
+    return await gateway_for(
+        aiohttp_client,
+        tmp_path,
+        ralph.url,
+        oidc_provider.issuer,
+        oidc_provider.audience,
+        {"basic_username": ralph.username, "basic_password": ralph.password},
+    )
 
 
 def one_statement(answer: Any) -> Any:
@@ -71,79 +88,98 @@ def one_statement(answer: Any) -> Any:
 
 
 def statement(actor: str) -> dict[str, Any]:
-    return {"actor": {"mbox": f"mailto:{actor}@example.com"},
-            "verb": {"id": "http://adlnet.gov/expapi/verbs/completed"},
-            "object": {"id": "http://example.com/course/oidc"}}
+    return {
+        "actor": {"mbox": f"mailto:{actor}@example.com"},
+        "verb": {"id": "http://adlnet.gov/expapi/verbs/completed"},
+        "object": {"id": "http://example.com/course/oidc"},
+    }
 
 
 @pytest.mark.ralph
 async def test_oidc_statement_carries_the_oidc_agent_as_authority(
-        with_ralph: Client, oidc_provider: OidcProvider) -> None:
+    with_ralph: Client, oidc_provider: OidcProvider
+) -> None:
     token = await oidc_provider.token("lms-a", "lrs:statements/write")
-    response = await with_ralph.post("/xAPI/statements", json=statement("oidc-1"),
-                                     headers=bearer(token))
+    response = await with_ralph.post(
+        "/xAPI/statements", json=statement("oidc-1"), headers=bearer(token)
+    )
     assert response.status == 200, await response.text()
     (sid,) = await response.json()
-    response = await with_ralph.get(f"/xAPI/statements?statementId={sid}",
-                                    headers=basic("admin", "admin-pw"))
+    response = await with_ralph.get(
+        f"/xAPI/statements?statementId={sid}", headers=basic("admin", "admin-pw")
+    )
     stored = one_statement(await response.json())
     expected = {"account": {"homePage": oidc_provider.issuer, "name": "lms-a"}}
     assert agent_identity(stored["authority"]) == agent_identity(expected)
     response = await with_ralph.get("/whoami", headers=bearer(token))
     assert await response.json() == {
-        "agent": {"objectType": "Agent", **expected}, "scopes": ["statements/write"],
-        "username": f"{oidc_provider.issuer}/lms-a", "scheme": "oidc"}
+        "agent": {"objectType": "Agent", **expected},
+        "scopes": ["statements/write"],
+        "username": f"{oidc_provider.issuer}/lms-a",
+        "scheme": "oidc",
+    }
 
 
 @pytest.mark.ralph
 async def test_read_mine_isolation_between_two_oidc_clients(
-        with_ralph: Client, oidc_provider: OidcProvider) -> None:
+    with_ralph: Client, oidc_provider: OidcProvider
+) -> None:
     scope = "lrs:statements/write lrs:statements/read/mine"
     tokens = {c: await oidc_provider.token(c, scope) for c in ("lms-a", "lms-b")}
     actor = f"oidc-shared-{uuid.uuid4().hex[:8]}"
     written: dict[str, set[str]] = {c: set() for c in tokens}
     for client in ("lms-a", "lms-b", "lms-b"):
-        response = await with_ralph.post("/xAPI/statements", json=statement(actor),
-                                         headers=bearer(tokens[client]))
+        response = await with_ralph.post(
+            "/xAPI/statements", json=statement(actor), headers=bearer(tokens[client])
+        )
         written[client].update(await response.json())
     agent = f"%7B%22mbox%22%3A%22mailto%3A{actor}%40example.com%22%7D"
     for client, token in tokens.items():
-        response = await with_ralph.get(f"/xAPI/statements?agent={agent}",
-                                        headers=bearer(token))
+        response = await with_ralph.get(f"/xAPI/statements?agent={agent}", headers=bearer(token))
         seen = {s["id"] for s in (await response.json())["statements"]}
         assert seen == written[client]
     analyst = await oidc_provider.token("analyst", "lrs:statements/read")
     response = await with_ralph.get(f"/xAPI/statements?agent={agent}", headers=bearer(analyst))
     assert {s["id"] for s in (await response.json())["statements"]} == (
-        written["lms-a"] | written["lms-b"])
+        written["lms-a"] | written["lms-b"]
+    )
 
 
 @pytest.fixture
-async def with_fake_lrs(oidc_provider: OidcProvider, tmp_path: Path, aiohttp_server: Any,
-                        aiohttp_client: Any) -> Client:
+async def with_fake_lrs(
+    oidc_provider: OidcProvider, tmp_path: Path, aiohttp_server: Any, aiohttp_client: Any
+) -> Client:
     storage: TestServer = await aiohttp_server(FakeLRS().app())
-    return await gateway_for(aiohttp_client, tmp_path, str(storage.make_url("/xAPI/")),
-                             oidc_provider.issuer, oidc_provider.audience, leeway=0)
+    return await gateway_for(
+        aiohttp_client,
+        tmp_path,
+        str(storage.make_url("/xAPI/")),
+        oidc_provider.issuer,
+        oidc_provider.audience,
+        leeway=0,
+    )
 
 
-async def test_es256_tokens_and_scopes(with_fake_lrs: Client,
-                                       oidc_provider: OidcProvider) -> None:
+async def test_es256_tokens_and_scopes(with_fake_lrs: Client, oidc_provider: OidcProvider) -> None:
     token = await oidc_provider.token("es256", "lrs:all/read")
     assert jwt.get_unverified_header(token)["alg"] == "ES256"
     assert (await with_fake_lrs.get("/xAPI/statements", headers=bearer(token))).status == 200
-    assert (await with_fake_lrs.post("/xAPI/statements", json=statement("x"),
-                                     headers=bearer(token))).status == 403
+    assert (
+        await with_fake_lrs.post("/xAPI/statements", json=statement("x"), headers=bearer(token))
+    ).status == 403
 
 
-async def test_token_without_known_scope_is_403(with_fake_lrs: Client,
-                                                oidc_provider: OidcProvider) -> None:
+async def test_token_without_known_scope_is_403(
+    with_fake_lrs: Client, oidc_provider: OidcProvider
+) -> None:
     token = await oidc_provider.token("analyst", "lrs:nonsense")
     response = await with_fake_lrs.get("/xAPI/statements", headers=bearer(token))
     assert response.status == 403
 
 
-async def test_expired_real_token_is_401(with_fake_lrs: Client,
-                                         oidc_provider: OidcProvider) -> None:
+async def test_expired_real_token_is_401(
+    with_fake_lrs: Client, oidc_provider: OidcProvider
+) -> None:
     token = await oidc_provider.token("short-lived", "lrs:all")
     assert (await with_fake_lrs.get("/whoami", headers=bearer(token))).status == 200
 
@@ -156,30 +192,44 @@ async def test_expired_real_token_is_401(with_fake_lrs: Client,
     assert "expired" in (await response.json())["message"]
 
 
-async def test_wrong_audience_is_401(oidc_provider: OidcProvider, tmp_path: Path,
-                                     aiohttp_server: Any, aiohttp_client: Any) -> None:
+async def test_wrong_audience_is_401(
+    oidc_provider: OidcProvider, tmp_path: Path, aiohttp_server: Any, aiohttp_client: Any
+) -> None:
     storage: TestServer = await aiohttp_server(FakeLRS().app())
-    client = await gateway_for(aiohttp_client, tmp_path, str(storage.make_url("/xAPI/")),
-                               oidc_provider.issuer, "https://another-lrs.example.org")
+    client = await gateway_for(
+        aiohttp_client,
+        tmp_path,
+        str(storage.make_url("/xAPI/")),
+        oidc_provider.issuer,
+        "https://another-lrs.example.org",
+    )
     token = await oidc_provider.token("analyst", "lrs:all")
     assert (await client.get("/whoami", headers=bearer(token))).status == 401
 
 
 async def test_forged_tokens_against_the_real_provider(
-        with_fake_lrs: Client, oidc_provider: OidcProvider) -> None:
+    with_fake_lrs: Client, oidc_provider: OidcProvider
+) -> None:
     real = await oidc_provider.token("analyst", "lrs:statements/read")
     header, payload, signature = real.split(".")
     claims = json.loads(base64.urlsafe_b64decode(payload + "=="))
-    widened = base64.urlsafe_b64encode(
-        json.dumps({**claims, "scope": "lrs:all"}).encode()).rstrip(b"=").decode()
+    widened = (
+        base64.urlsafe_b64encode(json.dumps({**claims, "scope": "lrs:all"}).encode())
+        .rstrip(b"=")
+        .decode()
+    )
     async with aiohttp.ClientSession() as session, session.get(oidc_provider.jwks_uri) as r:
         jwks = await r.json()
     rsa_public = jwt.PyJWK(next(k for k in jwks["keys"] if k["kty"] == "RSA")).key
-    pem = rsa_public.public_bytes(serialization.Encoding.PEM,
-                                  serialization.PublicFormat.SubjectPublicKeyInfo)
+    pem = rsa_public.public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
     # PyJWT refuses to HMAC with a PEM key, which is the point of the attack: do it by hand
-    hs_header = base64.urlsafe_b64encode(json.dumps(
-        {"alg": "HS256", "typ": "at+jwt"}).encode()).rstrip(b"=").decode()
+    hs_header = (
+        base64.urlsafe_b64encode(json.dumps({"alg": "HS256", "typ": "at+jwt"}).encode())
+        .rstrip(b"=")
+        .decode()
+    )
     mac = hmac.new(pem, f"{hs_header}.{payload}".encode(), hashlib.sha256).digest()
     hs_forgery = f"{hs_header}.{payload}.{base64.urlsafe_b64encode(mac).rstrip(b'=').decode()}"
     none_header = base64.urlsafe_b64encode(b'{"alg":"none"}').rstrip(b"=").decode()
@@ -195,16 +245,27 @@ async def test_forged_tokens_against_the_real_provider(
 
 
 async def test_unknown_kid_flood_does_not_hammer_the_provider(
-        with_fake_lrs: Client, oidc_provider: OidcProvider) -> None:
+    with_fake_lrs: Client, oidc_provider: OidcProvider
+) -> None:
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     now = int(time.time())
     app = with_fake_lrs.app
     backend_keys = _provider_keys(app)
     before = backend_keys.refreshes
     for _ in range(50):
-        token = jwt.encode({"iss": oidc_provider.issuer, "sub": "x", "aud": oidc_provider.audience,
-                            "iat": now, "exp": now + 60, "scope": "lrs:all"}, key,
-                           algorithm="RS256", headers={"kid": uuid.uuid4().hex})
+        token = jwt.encode(
+            {
+                "iss": oidc_provider.issuer,
+                "sub": "x",
+                "aud": oidc_provider.audience,
+                "iat": now,
+                "exp": now + 60,
+                "scope": "lrs:all",
+            },
+            key,
+            algorithm="RS256",
+            headers={"kid": uuid.uuid4().hex},
+        )
         assert (await with_fake_lrs.get("/whoami", headers=bearer(token))).status == 401
     assert backend_keys.refreshes - before <= 1
 
@@ -241,15 +302,27 @@ class SigningProvider:
 
     def sign(self, **claims: Any) -> str:
         now = int(time.time())
-        base = {"iss": self.issuer, "sub": "user-1", "aud": "gw", "iat": now, "exp": now + 60,
-                "scope": "lrs:all", "client_id": "app-1"}
-        return jwt.encode({**base, **claims}, self.key, algorithm="RS256",
-                          headers={"kid": self.kid, "typ": "at+jwt"})
+        base = {
+            "iss": self.issuer,
+            "sub": "user-1",
+            "aud": "gw",
+            "iat": now,
+            "exp": now + 60,
+            "scope": "lrs:all",
+            "client_id": "app-1",
+        }
+        return jwt.encode(
+            {**base, **claims},
+            self.key,
+            algorithm="RS256",
+            headers={"kid": self.kid, "typ": "at+jwt"},
+        )
 
 
 @pytest.fixture
-async def signing(tmp_path: Path, aiohttp_server: Any,
-                  aiohttp_client: Any) -> tuple[Client, SigningProvider]:
+async def signing(
+    tmp_path: Path, aiohttp_server: Any, aiohttp_client: Any
+) -> tuple[Client, SigningProvider]:
     provider = SigningProvider()
     app = web.Application()
     app.router.add_get("/.well-known/openid-configuration", provider.discovery)
@@ -257,8 +330,15 @@ async def signing(tmp_path: Path, aiohttp_server: Any,
     server: TestServer = await aiohttp_server(app)
     provider.issuer = str(server.make_url("")).rstrip("/")
     storage: TestServer = await aiohttp_server(FakeLRS().app())
-    client = await gateway_for(aiohttp_client, tmp_path, str(storage.make_url("/xAPI/")),
-                               provider.issuer, "gw", leeway=0, unknown_kid_interval=0)
+    client = await gateway_for(
+        aiohttp_client,
+        tmp_path,
+        str(storage.make_url("/xAPI/")),
+        provider.issuer,
+        "gw",
+        leeway=0,
+        unknown_kid_interval=0,
+    )
     return client, provider
 
 
@@ -274,24 +354,32 @@ async def signing(tmp_path: Path, aiohttp_server: Any,
         ({"exp": None}, {}),
     ],
 )
-async def test_crafted_claims_are_refused(signing: tuple[Client, SigningProvider],
-                                          claims: dict[str, Any], headers: dict[str, Any]) -> None:
+async def test_crafted_claims_are_refused(
+    signing: tuple[Client, SigningProvider], claims: dict[str, Any], headers: dict[str, Any]
+) -> None:
     client, provider = signing
     assert (await client.get("/whoami", headers=bearer(provider.sign()))).status == 200
     token = provider.sign(**{k: v for k, v in claims.items() if v is not None})
     if claims.get("exp", 0) is None:
         now = int(time.time())
-        token = jwt.encode({"iss": provider.issuer, "sub": "u", "aud": "gw", "iat": now},
-                           provider.key, algorithm="RS256", headers={"kid": provider.kid})
+        token = jwt.encode(
+            {"iss": provider.issuer, "sub": "u", "aud": "gw", "iat": now},
+            provider.key,
+            algorithm="RS256",
+            headers={"kid": provider.kid},
+        )
     assert (await client.get("/whoami", headers=bearer(token))).status == 401
 
 
 async def test_id_token_type_header_is_refused(signing: tuple[Client, SigningProvider]) -> None:
     client, provider = signing
     now = int(time.time())
-    token = jwt.encode({"iss": provider.issuer, "sub": "u", "aud": "gw", "iat": now,
-                        "exp": now + 60}, provider.key, algorithm="RS256",
-                       headers={"kid": provider.kid, "typ": "id_token+jwt"})
+    token = jwt.encode(
+        {"iss": provider.issuer, "sub": "u", "aud": "gw", "iat": now, "exp": now + 60},
+        provider.key,
+        algorithm="RS256",
+        headers={"kid": provider.kid, "typ": "id_token+jwt"},
+    )
     assert (await client.get("/whoami", headers=bearer(token))).status == 401
 
 
@@ -303,19 +391,26 @@ async def test_key_rotation_needs_no_restart(signing: tuple[Client, SigningProvi
 
 
 async def test_discovery_pending_means_not_ready_and_503(
-        tmp_path: Path, aiohttp_server: Any, aiohttp_client: Any) -> None:
+    tmp_path: Path, aiohttp_server: Any, aiohttp_client: Any
+) -> None:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     issuer = f"http://127.0.0.1:{port}"
     storage: TestServer = await aiohttp_server(FakeLRS().app())
-    config = write_config(tmp_path, str(storage.make_url("/xAPI/")), [ADMIN], {"auth": {
-        "backends": ["basic", "oidc"], "oidc": {"issuer": issuer, "audience": "gw"}}})
+    config = write_config(
+        tmp_path,
+        str(storage.make_url("/xAPI/")),
+        [ADMIN],
+        {"auth": {"backends": ["basic", "oidc"], "oidc": {"issuer": issuer, "audience": "gw"}}},
+    )
     client: Client = await aiohttp_client(create_app(config, registry=CollectorRegistry()))
     response = await client.get("/__heartbeat__")
     assert response.status == 503
-    assert "OIDC" in (await response.json())["checks"]["auth"] or "discovery" in (
-        await response.json())["checks"]["auth"]
+    assert (
+        "OIDC" in (await response.json())["checks"]["auth"]
+        or "discovery" in (await response.json())["checks"]["auth"]
+    )
     token = jwt.encode({"iss": issuer, "sub": "u"}, "k" * 32, algorithm="HS256")
     assert (await client.get("/whoami", headers=bearer(token))).status == 503
     assert (await client.get("/whoami", headers=basic("admin", "admin-pw"))).status == 200
@@ -324,9 +419,13 @@ async def test_discovery_pending_means_not_ready_and_503(
 def test_agent_modes() -> None:
     claims = {"iss": "https://idp.example.org/", "sub": "u1", "client_id": "app"}
     assert oidc_agent("account", claims) == {
-        "objectType": "Agent", "account": {"homePage": "https://idp.example.org/", "name": "u1"}}
-    assert oidc_agent("openid", claims) == {"objectType": "Agent",
-                                            "openid": "https://idp.example.org/u1"}
+        "objectType": "Agent",
+        "account": {"homePage": "https://idp.example.org/", "name": "u1"},
+    }
+    assert oidc_agent("openid", claims) == {
+        "objectType": "Agent",
+        "openid": "https://idp.example.org/u1",
+    }
     group = oidc_agent("group", claims)
     assert group["objectType"] == "Group"
     assert [m["account"]["name"] for m in group["member"]] == ["app", "u1"]

@@ -35,17 +35,21 @@ def test_new_passwords_of_at_most_72_bytes_are_accepted() -> None:
         check_new_password(password)
 
 
-@pytest.mark.parametrize(("password", "message"), [
-    (REAL + "x", "73 bytes long in UTF-8; bcrypt reads at most 72 bytes"),
-    (MULTIBYTE + "a", "73 bytes"),  # 37 characters: the bytes count, not the characters
-    ("é" * 37, "74 bytes"),
-    ("x" * 1000, "1000 bytes"),
-    ("", "must not be empty"),
-    ("before\0after", "NUL"),
-    ("half a surrogate \udc80", "not valid text"),
-])
+@pytest.mark.parametrize(
+    ("password", "message"),
+    [
+        (REAL + "x", "73 bytes long in UTF-8; bcrypt reads at most 72 bytes"),
+        (MULTIBYTE + "a", "73 bytes"),  # 37 characters: the bytes count, not the characters
+        ("é" * 37, "74 bytes"),
+        ("x" * 1000, "1000 bytes"),
+        ("", "must not be empty"),
+        ("before\0after", "NUL"),
+        ("half a surrogate \udc80", "not valid text"),
+    ],
+)
 def test_unusable_new_passwords_are_refused_with_a_clear_message(
-        password: str, message: str) -> None:
+    password: str, message: str
+) -> None:
     with pytest.raises(UnusablePassword, match=message):
         check_new_password(password)
     assert issubclass(UnusablePassword, ValueError)  # the CLI's and an API's 400 path
@@ -92,8 +96,14 @@ async def test_a_too_long_password_takes_a_wrong_passwords_time() -> None:
 def test_plain_text_secrets_are_compared_exactly_whatever_their_length() -> None:
     stored = "Rustici-plain-" + "k" * 100  # longer than bcrypt's limit: every byte counts
     assert PasswordChecker.check_plain(stored, stored)
-    for other in (stored[:72], stored[:72] + "z" * 42, stored + "k", stored[:-1], "",
-                  stored.upper()):
+    for other in (
+        stored[:72],
+        stored[:72] + "z" * 42,
+        stored + "k",
+        stored[:-1],
+        "",
+        stored.upper(),
+    ):
         assert not PasswordChecker.check_plain(other, stored)
 
 
@@ -101,13 +111,20 @@ def test_plain_text_secrets_are_compared_exactly_whatever_their_length() -> None
 
 
 async def test_a_longer_password_sharing_the_first_72_bytes_gets_401(
-        tmp_path: Path, aiohttp_server: Any, aiohttp_client: Any) -> None:
+    tmp_path: Path, aiohttp_server: Any, aiohttp_client: Any
+) -> None:
     storage: TestServer = await aiohttp_server(FakeLRS().app())
-    config = write_config(tmp_path, str(storage.make_url("/xAPI/")),
-                          [credential("alice", REAL, ["all"])])
+    config = write_config(
+        tmp_path, str(storage.make_url("/xAPI/")), [credential("alice", REAL, ["all"])]
+    )
     client: Client = await aiohttp_client(create_app(config, registry=CollectorRegistry()))
-    for password, status in ((REAL + "x", 401), (FULL, 401), (REAL + "x" * 500, 401),
-                             (REAL, 200), (REAL + "x", 401)):  # also once REAL is cached
+    for password, status in (
+        (REAL + "x", 401),
+        (FULL, 401),
+        (REAL + "x" * 500, 401),
+        (REAL, 200),
+        (REAL + "x", 401),
+    ):  # also once REAL is cached
         async with client.get("/whoami", headers=basic("alice", password)) as response:
             assert response.status == status, password
             if status == 401:
@@ -116,7 +133,8 @@ async def test_a_longer_password_sharing_the_first_72_bytes_gets_401(
 
 
 async def test_a_long_plain_rustici_secret_must_match_in_full(
-        tmp_path: Path, aiohttp_server: Any, aiohttp_client: Any) -> None:
+    tmp_path: Path, aiohttp_server: Any, aiohttp_client: Any
+) -> None:
     storage: TestServer = await aiohttp_server(FakeLRS().app())
     config = write_config(tmp_path, str(storage.make_url("/xAPI/")), [])
     secret = "P" * 72 + "-rest-of-the-secret"

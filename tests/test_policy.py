@@ -52,8 +52,9 @@ def scopes(*names: str) -> frozenset[str]:
         ((), Resource.STATEMENTS, "GET", False),
     ],
 )
-def test_scope_table(granted: tuple[str, ...], resource: Resource, method: str,
-                     allowed: bool) -> None:
+def test_scope_table(
+    granted: tuple[str, ...], resource: Resource, method: str, allowed: bool
+) -> None:
     assert is_allowed(scopes(*granted), resource, method) is allowed
 
 
@@ -107,17 +108,22 @@ def test_authority_matching() -> None:
     key = agent_identity(AUTHORITY)
     assert key is not None
     assert authority_includes({"objectType": "Agent", **AUTHORITY, "name": "x"}, key)
-    group = {"objectType": "Group", "member": [{"account": {"homePage": "h:", "name": "app"}},
-                                                AUTHORITY]}
+    group = {
+        "objectType": "Group",
+        "member": [{"account": {"homePage": "h:", "name": "app"}}, AUTHORITY],
+    }
     assert authority_includes(group, key)
     assert not authority_includes({"mbox": "mailto:other@example.com"}, key)
     assert not authority_includes(None, key)
 
 
 def statement(**extra: Any) -> dict[str, Any]:
-    return {"actor": {"mbox": "mailto:learner@example.com"},
-            "verb": {"id": "http://adlnet.gov/expapi/verbs/completed"},
-            "object": {"id": "http://example.com/course"}, **extra}
+    return {
+        "actor": {"mbox": "mailto:learner@example.com"},
+        "verb": {"id": "http://adlnet.gov/expapi/verbs/completed"},
+        "object": {"id": "http://example.com/course"},
+        **extra,
+    }
 
 
 def test_post_gives_ids_and_sets_authority_over_a_forged_one() -> None:
@@ -170,9 +176,13 @@ def jws(alg: str = "RS256") -> bytes:
 
 TOKEN = jws()
 TOKEN_SHA2 = hashlib.sha256(TOKEN).hexdigest()
-SIGNATURE = {"usageType": "http://adlnet.gov/expapi/attachments/signature",
-             "display": {"en-US": "signature"}, "contentType": "application/octet-stream",
-             "length": len(TOKEN), "sha2": TOKEN_SHA2}
+SIGNATURE = {
+    "usageType": "http://adlnet.gov/expapi/attachments/signature",
+    "display": {"en-US": "signature"},
+    "contentType": "application/octet-stream",
+    "length": len(TOKEN),
+    "sha2": TOKEN_SHA2,
+}
 PARTS = {TOKEN_SHA2: TOKEN}  # the request's parts, by sha2
 
 
@@ -187,8 +197,11 @@ def test_signed_statements_are_stamped_by_default() -> None:
 def test_verbatim_leaves_signed_statements_as_sent() -> None:
     sid = str(uuid.uuid4())
     signed = statement(id=sid, attachments=[SIGNATURE], authority=AUTHORITY)
-    own = statement(id=str(uuid.uuid4()), attachments=[SIGNATURE],
-                    authority={"objectType": "Agent", "name": "me", **AUTHORITY})
+    own = statement(
+        id=str(uuid.uuid4()),
+        attachments=[SIGNATURE],
+        authority={"objectType": "Agent", "name": "me", **AUTHORITY},
+    )
     unstamped = statement(id=str(uuid.uuid4()), attachments=[SIGNATURE])  # storage stamps
     sent = [dict(signed), dict(own), dict(unstamped), statement()]
     body, ids = prepare_post([dict(x) for x in sent], AUTHORITY, verbatim=PARTS)
@@ -198,50 +211,69 @@ def test_verbatim_leaves_signed_statements_as_sent() -> None:
     assert prepare_put(dict(signed), sid, AUTHORITY, verbatim=PARTS) == signed
 
 
-@pytest.mark.parametrize("parts", [
-    {},  # the usageType claims a signature, but the request has no such part
-    {TOKEN_SHA2: b"not a jws"},
-    {TOKEN_SHA2: jws("HS256")},  # Data 2.6: RS256, RS384 or RS512 only
-    {TOKEN_SHA2: jws("none")},
-])
+@pytest.mark.parametrize(
+    "parts",
+    [
+        {},  # the usageType claims a signature, but the request has no such part
+        {TOKEN_SHA2: b"not a jws"},
+        {TOKEN_SHA2: jws("HS256")},  # Data 2.6: RS256, RS384 or RS512 only
+        {TOKEN_SHA2: jws("none")},
+    ],
+)
 def test_only_a_real_signature_part_makes_a_statement_verbatim(parts: dict[str, bytes]) -> None:
-    claimed = statement(id=str(uuid.uuid4()), attachments=[SIGNATURE],
-                        authority={"objectType": "Group", "mbox": AUTHORITY["mbox"],
-                                   "member": [{"mbox": "mailto:lms@example.com"}]})
+    claimed = statement(
+        id=str(uuid.uuid4()),
+        attachments=[SIGNATURE],
+        authority={
+            "objectType": "Group",
+            "mbox": AUTHORITY["mbox"],
+            "member": [{"mbox": "mailto:lms@example.com"}],
+        },
+    )
     body, _ = prepare_post([claimed], AUTHORITY, verbatim=parts)
     assert body[0]["authority"] == AUTHORITY  # stamped like any statement
 
 
 def test_verbatim_signed_statements_need_an_id_and_exactly_the_callers_agent() -> None:
     with pytest.raises(BadRequest, match=r"statements\[1\]: a signed statement needs its own id"):
-        prepare_post([statement(), statement(attachments=[SIGNATURE])], AUTHORITY,
-                     verbatim=PARTS)
+        prepare_post([statement(), statement(attachments=[SIGNATURE])], AUTHORITY, verbatim=PARTS)
     with pytest.raises(BadRequest, match="needs its own id"):
-        prepare_put(statement(attachments=[SIGNATURE]), str(uuid.uuid4()), AUTHORITY,
-                    verbatim=PARTS)
-    forged = statement(id=str(uuid.uuid4()), attachments=[SIGNATURE],
-                       authority={"mbox": "mailto:ceo@example.com"})
+        prepare_put(
+            statement(attachments=[SIGNATURE]), str(uuid.uuid4()), AUTHORITY, verbatim=PARTS
+        )
+    forged = statement(
+        id=str(uuid.uuid4()), attachments=[SIGNATURE], authority={"mbox": "mailto:ceo@example.com"}
+    )
     with pytest.raises(Forbidden, match="authority must be the caller's own"):
         prepare_post(forged, AUTHORITY, verbatim=PARTS)
     for authority in (
-        {"objectType": "Group", "mbox": AUTHORITY["mbox"],  # a Group naming someone else
-         "member": [{"mbox": "mailto:lms@example.com"}]},
+        {
+            "objectType": "Group",
+            "mbox": AUTHORITY["mbox"],  # a Group naming someone else
+            "member": [{"mbox": "mailto:lms@example.com"}],
+        },
         {"objectType": "Group", "member": [AUTHORITY, {"mbox": "mailto:lms@example.com"}]},
         {**AUTHORITY, "account": {"homePage": "https://x.example", "name": "alice"}},
         {**AUTHORITY, "member": [{"mbox": "mailto:lms@example.com"}]},
     ):
         with pytest.raises(BadRequest, match="authority"):
-            prepare_post(statement(id=str(uuid.uuid4()), attachments=[SIGNATURE],
-                                   authority=authority), AUTHORITY, verbatim=PARTS)
+            prepare_post(
+                statement(id=str(uuid.uuid4()), attachments=[SIGNATURE], authority=authority),
+                AUTHORITY,
+                verbatim=PARTS,
+            )
 
 
-@pytest.mark.parametrize("authority", [
-    {"mbox": "alice@example.com"},  # no mailto:
-    {"mbox": "mailto:a@example.com", "openid": "http://a.example.com"},  # two identifiers
-    {"objectType": "Agent"},  # none
-    {"account": {"homePage": "not an IRL", "name": "x"}},
-    "mailto:a@example.com",
-])
+@pytest.mark.parametrize(
+    "authority",
+    [
+        {"mbox": "alice@example.com"},  # no mailto:
+        {"mbox": "mailto:a@example.com", "openid": "http://a.example.com"},  # two identifiers
+        {"objectType": "Agent"},  # none
+        {"account": {"homePage": "not an IRL", "name": "x"}},
+        "mailto:a@example.com",
+    ],
+)
 def test_an_invalid_authority_is_refused_not_replaced(authority: Any) -> None:
     for strict in (False, True):
         with pytest.raises(BadRequest, match="authority"):
@@ -268,12 +300,15 @@ def test_versions() -> None:
 def test_more_links() -> None:
     tail = upstream_tail_of_more("/xAPI/statements?pit_id=a%2Bb&limit=2", "/xAPI/")
     assert tail == "statements?pit_id=a%2Bb&limit=2"
-    assert upstream_tail_of_more("http://lrs:8100/xAPI/statements/?x=1", "/xAPI/") == \
-        "statements/?x=1"
+    assert (
+        upstream_tail_of_more("http://lrs:8100/xAPI/statements/?x=1", "/xAPI/") == "statements/?x=1"
+    )
     assert upstream_tail_of_more("/other/statements", "/xAPI/") is None
     assert gateway_more("statements?x=1", None) == "/xAPI/statements?x=1"
-    assert gateway_more("statements?x=1", "https://gw.example/lrs/") == \
-        "https://gw.example/lrs/xAPI/statements?x=1"
+    assert (
+        gateway_more("statements?x=1", "https://gw.example/lrs/")
+        == "https://gw.example/lrs/xAPI/statements?x=1"
+    )
 
 
 def test_keep_own() -> None:

@@ -24,22 +24,33 @@ from gateway.xapi.statements import parse_json_body, prepare_post
 AUTHORITY = {"objectType": "Agent", "mbox": "mailto:caller@example.org"}
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
-    lambda children: st.lists(children, max_size=4)
-    | st.dictionaries(st.text(max_size=8), children, max_size=4),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4)
+    ),
     max_leaves=20,
 )
 agents = st.one_of(
-    st.builds(lambda n: {"mbox": f"mailto:{n}@example.org"},
-              st.from_regex(r"[a-z]{1,8}", fullmatch=True)),
-    st.builds(lambda h, n: {"account": {"homePage": f"https://{h}.example", "name": n}},
-              st.from_regex(r"[a-z]{1,8}", fullmatch=True), st.text(min_size=1, max_size=10)),
+    st.builds(
+        lambda n: {"mbox": f"mailto:{n}@example.org"}, st.from_regex(r"[a-z]{1,8}", fullmatch=True)
+    ),
+    st.builds(
+        lambda h, n: {"account": {"homePage": f"https://{h}.example", "name": n}},
+        st.from_regex(r"[a-z]{1,8}", fullmatch=True),
+        st.text(min_size=1, max_size=10),
+    ),
     json_values,
 )
 statements = st.fixed_dictionaries(
-    {"actor": agents, "verb": st.one_of(st.just({"id": "http://x.org/v"}), json_values),
-     "object": st.one_of(st.just({"id": "http://x.org/o"}), json_values)},
-    optional={"id": st.one_of(st.uuids().map(str), st.text(max_size=40)),
-              "authority": json_values, "timestamp": st.text(max_size=30)},
+    {
+        "actor": agents,
+        "verb": st.one_of(st.just({"id": "http://x.org/v"}), json_values),
+        "object": st.one_of(st.just({"id": "http://x.org/o"}), json_values),
+    },
+    optional={
+        "id": st.one_of(st.uuids().map(str), st.text(max_size=40)),
+        "authority": json_values,
+        "timestamp": st.text(max_size=30),
+    },
 )
 
 
@@ -73,8 +84,10 @@ def test_basic_credentials_decode_or_401(credentials: str) -> None:
     assert "\0" not in username
 
 
-@given(st.text(min_size=1, max_size=20).filter(lambda u: ":" not in u and "\0" not in u),
-       st.text(max_size=20))
+@given(
+    st.text(min_size=1, max_size=20).filter(lambda u: ":" not in u and "\0" not in u),
+    st.text(max_size=20),
+)
 def test_basic_credentials_round_trip(username: str, password: str) -> None:
     token = base64.b64encode(f"{username}:{password}".encode()).decode()
     assert decode_basic(token) == (username, password)
@@ -92,9 +105,15 @@ def test_credentials_files_parse_or_say_why(text: str) -> None:
         assert agent_identity(credential.agent) is not None
 
 
-@given(st.dictionaries(st.sampled_from(["server", "storage", "auth", "xapi", "limits",
-                                        "nonsense", "forwardings", "metrics"]),
-                       json_values, max_size=4))
+@given(
+    st.dictionaries(
+        st.sampled_from(
+            ["server", "storage", "auth", "xapi", "limits", "nonsense", "forwardings", "metrics"]
+        ),
+        json_values,
+        max_size=4,
+    )
+)
 @settings(max_examples=200, suppress_health_check=[HealthCheck.function_scoped_fixture])
 def test_config_loads_or_names_the_problem(tmp_path: Path, raw: dict[str, Any]) -> None:
     import yaml

@@ -35,8 +35,11 @@ MakeGateway = Callable[..., Awaitable[Client]]
 @pytest.fixture
 def make_gateway(tmp_path: Path, aiohttp_client: Any) -> MakeGateway:
     async def make(url: str, username: str, password: str, **sections: Any) -> Client:
-        storage = {"basic_username": username, "basic_password": password,
-                   **sections.pop("storage", {})}
+        storage = {
+            "basic_username": username,
+            "basic_password": password,
+            **sections.pop("storage", {}),
+        }
         config = write_config(tmp_path, url, [ALICE], {"storage": storage, **sections})
         client: Client = await aiohttp_client(create_app(config, registry=CollectorRegistry()))
         return client
@@ -55,20 +58,27 @@ def fake_storage(aiohttp_server: Any) -> Callable[[Script], Awaitable[str]]:
 
 async def ready_gauge(client: Client) -> float:
     text = await (await client.get("/metrics")).text()
-    return next(sample.value for family in text_string_to_metric_families(text)
-                for sample in family.samples if sample.name == "lrs_gateway_ready")
+    return next(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == "lrs_gateway_ready"
+    )
 
 
 def error_lines(caplog: pytest.LogCaptureFixture, needle: str) -> list[str]:
-    return [record.getMessage() for record in caplog.records
-            if record.levelno == logging.ERROR and needle in record.getMessage()]
+    return [
+        record.getMessage()
+        for record in caplog.records
+        if record.levelno == logging.ERROR and needle in record.getMessage()
+    ]
 
 
 # Against a real Ralph
 
+
 @pytest.mark.ralph
-async def test_right_storage_config_is_ready(ralph: RalphServer,
-                                             make_gateway: MakeGateway) -> None:
+async def test_right_storage_config_is_ready(ralph: RalphServer, make_gateway: MakeGateway) -> None:
     client = await make_gateway(ralph.url, ralph.username, ralph.password)
     response = await client.get("/__heartbeat__")
     assert response.status == 200, await response.text()
@@ -81,7 +91,8 @@ async def test_right_storage_config_is_ready(ralph: RalphServer,
 
 @pytest.mark.ralph
 async def test_wrong_storage_password_is_not_ready_and_logged_once(
-        ralph: RalphServer, make_gateway: MakeGateway, caplog: pytest.LogCaptureFixture) -> None:
+    ralph: RalphServer, make_gateway: MakeGateway, caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level(logging.INFO)
     client = await make_gateway(ralph.url, ralph.username, "not-the-password")
     for _ in range(3):
@@ -99,7 +110,8 @@ async def test_wrong_storage_password_is_not_ready_and_logged_once(
 
 @pytest.mark.ralph
 async def test_storage_url_without_xapi_is_not_ready(
-        ralph: RalphServer, make_gateway: MakeGateway, caplog: pytest.LogCaptureFixture) -> None:
+    ralph: RalphServer, make_gateway: MakeGateway, caplog: pytest.LogCaptureFixture
+) -> None:
     client = await make_gateway(ralph.root_url, ralph.username, ralph.password)
     response = await client.get("/__heartbeat__")
     assert response.status == 503
@@ -110,15 +122,20 @@ async def test_storage_url_without_xapi_is_not_ready(
 
 @pytest.mark.ralph
 async def test_clients_get_502_when_storage_refuses_the_gateway(
-        ralph: RalphServer, make_gateway: MakeGateway, caplog: pytest.LogCaptureFixture) -> None:
+    ralph: RalphServer, make_gateway: MakeGateway, caplog: pytest.LogCaptureFixture
+) -> None:
     client = await make_gateway(ralph.url, ralph.username, "not-the-password")
     auth = basic("alice", "alice-pw")
-    statement = {"actor": {"mbox": "mailto:a@example.com"},
-                 "verb": {"id": "http://adlnet.gov/expapi/verbs/completed"},
-                 "object": {"id": "http://example.com/course"}}
-    answers = [await client.get("/xAPI/statements?limit=1", headers=auth),
-               await client.post("/xAPI/statements", json=statement, headers=auth),
-               await client.head("/xAPI/statements", headers=auth)]
+    statement = {
+        "actor": {"mbox": "mailto:a@example.com"},
+        "verb": {"id": "http://adlnet.gov/expapi/verbs/completed"},
+        "object": {"id": "http://example.com/course"},
+    }
+    answers = [
+        await client.get("/xAPI/statements?limit=1", headers=auth),
+        await client.post("/xAPI/statements", json=statement, headers=auth),
+        await client.head("/xAPI/statements", headers=auth),
+    ]
     for response in answers:
         assert response.status == 502
         assert "WWW-Authenticate" not in response.headers
@@ -134,8 +151,10 @@ async def test_clients_get_502_when_storage_refuses_the_gateway(
 
 # Against a scripted storage
 
+
 async def test_the_probe_answers_within_its_own_timeout(
-        fake_storage: Callable[[Script], Awaitable[str]], make_gateway: MakeGateway) -> None:
+    fake_storage: Callable[[Script], Awaitable[str]], make_gateway: MakeGateway
+) -> None:
     released = asyncio.Event()
 
     async def never(request: web.Request, body: bytes) -> web.StreamResponse:
@@ -143,8 +162,9 @@ async def test_the_probe_answers_within_its_own_timeout(
         return web.json_response({"statements": [], "more": ""})
 
     url = await fake_storage(never)
-    client = await make_gateway(url, "gw", "gw-secret",
-                                storage={"timeout": 60, "probe_timeout": 0.3})
+    client = await make_gateway(
+        url, "gw", "gw-secret", storage={"timeout": 60, "probe_timeout": 0.3}
+    )
     try:
         started = time.monotonic()
         response = await client.get("/__heartbeat__")
@@ -158,21 +178,30 @@ async def test_the_probe_answers_within_its_own_timeout(
 
 @pytest.mark.parametrize("status", [401, 403])
 async def test_about_alone_proves_nothing_and_a_refusal_is_never_passed_on(
-        status: int, fake_storage: Callable[[Script], Awaitable[str]],
-        make_gateway: MakeGateway, caplog: pytest.LogCaptureFixture) -> None:
+    status: int,
+    fake_storage: Callable[[Script], Awaitable[str]],
+    make_gateway: MakeGateway,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     async def refusing(request: web.Request, body: bytes) -> web.StreamResponse:
         if request.path.endswith("/about"):
             return web.json_response({"version": ["1.0.3"]})
-        return web.json_response({"detail": "Invalid authentication credentials"},
-                                 status=status, headers={"WWW-Authenticate": "Basic"})
+        return web.json_response(
+            {"detail": "Invalid authentication credentials"},
+            status=status,
+            headers={"WWW-Authenticate": "Basic"},
+        )
 
     client = await make_gateway(await fake_storage(refusing), "gw", "gw-secret")
     response = await client.get("/__heartbeat__")
     assert response.status == 503
     assert REFUSED in (await response.json())["checks"]["storage"]
     auth = basic("alice", "alice-pw")
-    for path in ("/xAPI/statements", "/xAPI/activities/state?activityId=http%3A%2F%2Fx&"
-                 "agent=%7B%22mbox%22%3A%22mailto%3Aa%40example.com%22%7D&stateId=s"):
+    for path in (
+        "/xAPI/statements",
+        "/xAPI/activities/state?activityId=http%3A%2F%2Fx&"
+        "agent=%7B%22mbox%22%3A%22mailto%3Aa%40example.com%22%7D&stateId=s",
+    ):
         response = await client.get(path, headers=auth)
         assert response.status == 502
         assert "WWW-Authenticate" not in response.headers
@@ -181,22 +210,27 @@ async def test_about_alone_proves_nothing_and_a_refusal_is_never_passed_on(
 
 
 async def test_an_unauthenticated_preflight_keeps_the_lrs_answer(
-        fake_storage: Callable[[Script], Awaitable[str]], make_gateway: MakeGateway) -> None:
+    fake_storage: Callable[[Script], Awaitable[str]], make_gateway: MakeGateway
+) -> None:
     async def script(request: web.Request, body: bytes) -> web.StreamResponse:
         if "Authorization" not in request.headers:
             return web.Response(status=401, headers={"WWW-Authenticate": "Basic"})
         return web.json_response({"statements": [], "more": ""})
 
     client = await make_gateway(await fake_storage(script), "gw", "gw-secret")
-    response = await client.options("/xAPI/statements", headers={
-        "Origin": "https://lms.example.org", "Access-Control-Request-Method": "GET"})
+    response = await client.options(
+        "/xAPI/statements",
+        headers={"Origin": "https://lms.example.org", "Access-Control-Request-Method": "GET"},
+    )
     assert response.status == 401  # sent without the gateway's credential: not its refusal
     assert (await client.get("/__heartbeat__")).status == 200
 
 
 async def test_each_change_of_state_is_logged_once(
-        fake_storage: Callable[[Script], Awaitable[str]], make_gateway: MakeGateway,
-        caplog: pytest.LogCaptureFixture) -> None:
+    fake_storage: Callable[[Script], Awaitable[str]],
+    make_gateway: MakeGateway,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     caplog.set_level(logging.INFO)
     answer = {"status": 401}
 
@@ -215,16 +249,25 @@ async def test_each_change_of_state_is_logged_once(
 
 
 async def test_targets_are_reported_and_never_make_the_gateway_unready(
-        fake_storage: Callable[[Script], Awaitable[str]], make_gateway: MakeGateway,
-        unused_tcp_port: int) -> None:
+    fake_storage: Callable[[Script], Awaitable[str]],
+    make_gateway: MakeGateway,
+    unused_tcp_port: int,
+) -> None:
     async def script(request: web.Request, body: bytes) -> web.StreamResponse:
         return web.json_response({"statements": [], "more": ""})
 
-    down = {"name": "archive", "is_active": True, "max_retries": 1, "timeout": 1,
-            "basic_username": "archive", "basic_password": "archive-secret",
-            "url": f"http://127.0.0.1:{unused_tcp_port}/xAPI/statements"}
-    client = await make_gateway(await fake_storage(script), "gw", "gw-secret",
-                                forwardings=[down], data_dir="data")
+    down = {
+        "name": "archive",
+        "is_active": True,
+        "max_retries": 1,
+        "timeout": 1,
+        "basic_username": "archive",
+        "basic_password": "archive-secret",
+        "url": f"http://127.0.0.1:{unused_tcp_port}/xAPI/statements",
+    }
+    client = await make_gateway(
+        await fake_storage(script), "gw", "gw-secret", forwardings=[down], data_dir="data"
+    )
     response = await client.get("/__heartbeat__")
     assert response.status == 200, await response.text()
     body = await response.json()
@@ -235,6 +278,7 @@ async def test_targets_are_reported_and_never_make_the_gateway_unready(
 
 
 # Units
+
 
 def test_occasionally_says_when_to_log_and_how_many_since() -> None:
     now = [100.0]
@@ -248,7 +292,8 @@ def test_occasionally_says_when_to_log_and_how_many_since() -> None:
 
 
 async def test_the_background_loop_logs_its_failures_rate_limited(
-        caplog: pytest.LogCaptureFixture) -> None:
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     now = [0.0]
     failed: list[None] = []
     sleeps: list[float] = []
@@ -263,8 +308,13 @@ async def test_the_background_loop_logs_its_failures_rate_limited(
             raise asyncio.CancelledError
 
     with pytest.raises(asyncio.CancelledError):
-        await keep_checking(check, on_failure=lambda: failed.append(None), interval=15,
-                            failures=Occasionally(60.0, clock=lambda: now[0]), sleep=sleep)
+        await keep_checking(
+            check,
+            on_failure=lambda: failed.append(None),
+            interval=15,
+            failures=Occasionally(60.0, clock=lambda: now[0]),
+            sleep=sleep,
+        )
     assert len(failed) == 6
     lines = [r for r in caplog.records if r.levelno == logging.ERROR]
     assert [r.getMessage().split("(")[1].split(" ")[0] for r in lines] == ["1", "4"]
@@ -274,8 +324,12 @@ async def test_the_background_loop_logs_its_failures_rate_limited(
 def test_probe_timeout_is_a_setting(tmp_path: Path) -> None:
     config: Config = write_config(tmp_path, "http://lrs/xAPI/", [ALICE])
     assert config.storage.probe_timeout == 2.0
-    config = write_config(tmp_path, "http://lrs/xAPI/", [ALICE],
-                          environ={"LRS_GATEWAY__STORAGE__PROBE_TIMEOUT": "0.5"})
+    config = write_config(
+        tmp_path,
+        "http://lrs/xAPI/",
+        [ALICE],
+        environ={"LRS_GATEWAY__STORAGE__PROBE_TIMEOUT": "0.5"},
+    )
     assert config.storage.probe_timeout == 0.5
     with pytest.raises(ConfigError, match=r"storage\.probe_timeout"):
         write_config(tmp_path, "http://lrs/xAPI/", [ALICE], {"storage": {"probe_timeout": 0}})

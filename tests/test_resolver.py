@@ -36,17 +36,31 @@ async def storage(request: web.Request, body: bytes) -> web.StreamResponse:
 
 
 async def test_the_resolver_asks_in_storages_version_and_ignores_the_ids_case(
-        tmp_path: Path, aiohttp_server: Any, aiohttp_client: Any) -> None:
+    tmp_path: Path, aiohttp_server: Any, aiohttp_client: Any
+) -> None:
     lrs: TestServer = await aiohttp_server(FakeLRS(storage).app())
     target = FakeTarget()
     target_server: TestServer = await aiohttp_server(target.app())
-    config = write_config(tmp_path, str(lrs.make_url("/xAPI/")),
-                          [credential("u", "p", ["all"])], {
-        "xapi": {"versions": ["2.0.0", "1.0.3"]},  # 2.0 first: storage only speaks 1.0.3
-        "forwardings": [{"name": "t", "is_active": True, "max_retries": 1, "timeout": 2,
-                         "url": str(target_server.make_url("/xAPI/statements")),
-                         "basic_username": None, "basic_password": None}],
-        "data_dir": "data"})
+    config = write_config(
+        tmp_path,
+        str(lrs.make_url("/xAPI/")),
+        [credential("u", "p", ["all"])],
+        {
+            "xapi": {"versions": ["2.0.0", "1.0.3"]},  # 2.0 first: storage only speaks 1.0.3
+            "forwardings": [
+                {
+                    "name": "t",
+                    "is_active": True,
+                    "max_retries": 1,
+                    "timeout": 2,
+                    "url": str(target_server.make_url("/xAPI/statements")),
+                    "basic_username": None,
+                    "basic_password": None,
+                }
+            ],
+            "data_dir": "data",
+        },
+    )
     client: Client = await aiohttp_client(create_app(config, registry=CollectorRegistry()))
     forwarder = client.app[FORWARDER]  # the private question is the unit under test
     assert await forwarder._in_storage(KEPT) is True

@@ -17,11 +17,15 @@ from gateway.config.settings import load_config
 
 def test_ralph_sentry_variables_are_honoured(tmp_path: Path) -> None:
     (tmp_path / "c.yaml").write_text("")
-    config = load_config(tmp_path / "c.yaml", {
-        "RALPH_SENTRY_DSN": "http://key@127.0.0.1:9/1",
-        "RALPH_EXECUTION_ENVIRONMENT": "staging",
-        "RALPH_SENTRY_LRS_TRACES_SAMPLE_RATE": "0.3",
-        "RALPH_SENTRY_IGNORE_HEALTH_CHECKS": "False"})
+    config = load_config(
+        tmp_path / "c.yaml",
+        {
+            "RALPH_SENTRY_DSN": "http://key@127.0.0.1:9/1",
+            "RALPH_EXECUTION_ENVIRONMENT": "staging",
+            "RALPH_SENTRY_LRS_TRACES_SAMPLE_RATE": "0.3",
+            "RALPH_SENTRY_IGNORE_HEALTH_CHECKS": "False",
+        },
+    )
     assert config.sentry.dsn is not None
     assert config.sentry.environment == "staging"
     assert config.sentry.traces_sample_rate == 0.3

@@ -35,16 +35,28 @@ from gateway.http.app import create_app
 from gateway.http.keys import FORWARDER
 
 Client = TestClient[web.Request, web.Application]
-USERS = [credential("admin", "admin-pw", ["all", "admin"]),
-         credential("lms", "lms-pw", ["statements/write"])]
+USERS = [
+    credential("admin", "admin-pw", ["all", "admin"]),
+    credential("lms", "lms-pw", ["statements/write"]),
+]
 BACKOFF_CAP = 0.2  # seconds between probes of a down target
 WENT_DOWN, CAME_BACK = "target down after", "target is back after"
 
 
 def target_entry(url: str, **extra: Any) -> dict[str, Any]:
-    return {"name": "t", "is_active": True, "url": url, "basic_username": "t-user",
-            "basic_password": "t-secret", "max_retries": 2, "timeout": 1, "batch_size": 5,
-            "backoff_base": 0.01, "backoff_cap": BACKOFF_CAP, **extra}
+    return {
+        "name": "t",
+        "is_active": True,
+        "url": url,
+        "basic_username": "t-user",
+        "basic_password": "t-secret",
+        "max_retries": 2,
+        "timeout": 1,
+        "batch_size": 5,
+        "backoff_base": 0.01,
+        "backoff_cap": BACKOFF_CAP,
+        **extra,
+    }
 
 
 MakeGateway = Callable[..., Awaitable[Client]]
@@ -53,10 +65,15 @@ MakeGateway = Callable[..., Awaitable[Client]]
 @pytest.fixture
 def make_gateway(tmp_path: Path, aiohttp_server: Any, aiohttp_client: Any) -> MakeGateway:
     """A gateway in `tmp_path` forwarding to one target "t" at `url`."""
+
     async def make(url: str, **extra: Any) -> Client:
         storage: TestServer = await aiohttp_server(FakeLRS().app())
-        config = write_config(tmp_path, str(storage.make_url("/xAPI/")), USERS, {
-            "forwardings": [target_entry(url, **extra)], "data_dir": "data"})
+        config = write_config(
+            tmp_path,
+            str(storage.make_url("/xAPI/")),
+            USERS,
+            {"forwardings": [target_entry(url, **extra)], "data_dir": "data"},
+        )
         client: Client = await aiohttp_client(create_app(config, registry=CollectorRegistry()))
         return client
 
@@ -64,14 +81,17 @@ def make_gateway(tmp_path: Path, aiohttp_server: Any, aiohttp_client: Any) -> Ma
 
 
 def statement(n: int) -> dict[str, Any]:
-    return {"actor": {"mbox": f"mailto:learner{n}@example.com"},
-            "verb": {"id": "http://adlnet.gov/expapi/verbs/completed"},
-            "object": {"id": f"http://example.com/course/{n}"}}
+    return {
+        "actor": {"mbox": f"mailto:learner{n}@example.com"},
+        "verb": {"id": "http://adlnet.gov/expapi/verbs/completed"},
+        "object": {"id": f"http://example.com/course/{n}"},
+    }
 
 
 async def post(client: Client, statements: list[dict[str, Any]]) -> list[str]:
-    response = await client.post("/xAPI/statements", json=statements,
-                                 headers=basic("lms", "lms-pw"))
+    response = await client.post(
+        "/xAPI/statements", json=statements, headers=basic("lms", "lms-pw")
+    )
     assert response.status == 200, await response.text()
     ids: list[str] = await response.json()
     return ids
@@ -87,21 +107,25 @@ async def status(client: Client) -> dict[str, Any]:
 async def metrics(client: Client) -> dict[str, float]:
     """Target "t"'s forwarding samples, parsed by prometheus_client's text parser."""
     text = await (await client.get("/metrics")).text()
-    return {sample.name: sample.value
-            for family in text_string_to_metric_families(text)
-            for sample in family.samples
-            if sample.name.startswith("lrs_gateway_forwarding_")
-            and sample.labels.get("target") == "t"}
+    return {
+        sample.name: sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name.startswith("lrs_gateway_forwarding_") and sample.labels.get("target") == "t"
+    }
 
 
 def lines(caplog: pytest.LogCaptureFixture, text: str) -> list[logging.LogRecord]:
-    return [r for r in caplog.records if r.name.startswith("gateway.forwarding")
-            and text in r.getMessage()]
+    return [
+        r
+        for r in caplog.records
+        if r.name.startswith("gateway.forwarding") and text in r.getMessage()
+    ]
 
 
 async def test_a_down_target_keeps_backlog_and_lag_then_gets_each_statement_once(
-        make_gateway: MakeGateway, aiohttp_server: Any,
-        caplog: pytest.LogCaptureFixture) -> None:
+    make_gateway: MakeGateway, aiohttp_server: Any, caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level(logging.INFO, logger="gateway.forwarding")
     target = FakeTarget(down=True)
     server: TestServer = await aiohttp_server(target.app())
@@ -123,8 +147,9 @@ async def test_a_down_target_keeps_backlog_and_lag_then_gets_each_statement_once
     assert "HTTP 503" in figures["last_error"]
     assert figures["down_since"] <= time.time()
     lag = figures["oldest_age"]
-    await eventually(lambda: forwarder.snapshot["t"].backlog == 20
-                     and not forwarder.snapshot["t"].up, within=8)
+    await eventually(
+        lambda: forwarder.snapshot["t"].backlog == 20 and not forwarder.snapshot["t"].up, within=8
+    )
     samples = await metrics(client)
     assert samples["lrs_gateway_forwarding_target_up"] == 0
     assert samples["lrs_gateway_forwarding_backlog"] == 20
@@ -155,13 +180,17 @@ async def test_a_down_target_keeps_backlog_and_lag_then_gets_each_statement_once
     assert "20 statements behind" in down[0].getMessage()
     assert "HTTP 503" in down[0].getMessage()
     assert "20 statements behind" in back[0].getMessage()
-    warnings = [r for r in caplog.records if r.levelno >= logging.WARNING
-                and r.name.startswith("gateway.forwarding")]
+    warnings = [
+        r
+        for r in caplog.records
+        if r.levelno >= logging.WARNING and r.name.startswith("gateway.forwarding")
+    ]
     assert warnings == down  # nothing per statement, per retry or per probe
 
 
 async def test_a_target_refusing_the_gateways_credential_is_down_not_dead_letters(
-        make_gateway: MakeGateway, aiohttp_server: Any) -> None:
+    make_gateway: MakeGateway, aiohttp_server: Any
+) -> None:
     target = FakeTarget(down=True, refusal=401)
     server: TestServer = await aiohttp_server(target.app())
     client = await make_gateway(str(server.make_url("/xAPI/statements")))
@@ -176,7 +205,8 @@ async def test_a_target_refusing_the_gateways_credential_is_down_not_dead_letter
 
 
 async def test_a_target_down_before_a_restart_is_still_down_and_comes_back_once(
-        make_gateway: MakeGateway, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    make_gateway: MakeGateway, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level(logging.INFO, logger="gateway.forwarding")
     port = free_port()
     url = f"http://127.0.0.1:{port}/xAPI/statements"  # nothing listens there yet
@@ -187,9 +217,22 @@ async def test_a_target_down_before_a_restart_is_still_down_and_comes_back_once(
     assert len(lines(caplog, WENT_DOWN)) == 1
 
     # The CLI reads the state from the outbox file, gateway stopped or running.
-    done = await asyncio.to_thread(subprocess.run, [
-        sys.executable, "-m", "gateway", "--config", str(tmp_path / "config.yaml"),
-        "forwarding", "status", "--json"], capture_output=True, text=True, check=False)
+    done = await asyncio.to_thread(
+        subprocess.run,
+        [
+            sys.executable,
+            "-m",
+            "gateway",
+            "--config",
+            str(tmp_path / "config.yaml"),
+            "forwarding",
+            "status",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert done.returncode == 0, done.stderr
     shown = json.loads(done.stdout)["t"]
     assert (shown["state"], shown["up"], shown["backlog"]) == ("down", False, 3)
@@ -233,11 +276,14 @@ def old_outbox(path: Path) -> dict[str, str]:
     for seq in range(1, 5):
         body = dict(statement(seq), id=f"00000000-0000-4000-8000-00000000000{seq}")
         ids[body["id"]] = ["transient", "transient", "permanent", "queued"][seq - 1]
-        conn.execute("INSERT INTO statements VALUES (?, ?, ?, 1, ?)",
-                     (seq, body["id"], json.dumps(body).encode(), time.time() - 600))
-    conn.executemany("INSERT INTO dead_letters VALUES ('t', ?, ?, ?, 0)",
-                     [(1, "timed out after 1 s", 1), (2, "timed out after 1 s", 1),
-                      (3, "HTTP 400: bad", 0)])
+        conn.execute(
+            "INSERT INTO statements VALUES (?, ?, ?, 1, ?)",
+            (seq, body["id"], json.dumps(body).encode(), time.time() - 600),
+        )
+    conn.executemany(
+        "INSERT INTO dead_letters VALUES ('t', ?, ?, ?, 0)",
+        [(1, "timed out after 1 s", 1), (2, "timed out after 1 s", 1), (3, "HTTP 400: bad", 0)],
+    )
     conn.execute("INSERT INTO deliveries(target, seq) VALUES ('t', 4)")
     conn.execute("INSERT INTO counters VALUES ('t', 'dead_letters', 121)")
     conn.commit()
@@ -246,7 +292,8 @@ def old_outbox(path: Path) -> dict[str, str]:
 
 
 def test_the_outbox_migration_puts_transient_dead_letters_back_in_the_backlog(
-        tmp_path: Path) -> None:
+    tmp_path: Path,
+) -> None:
     path = tmp_path / OUTBOX_FILE
     old_outbox(path)
     store = OutboxStore(path)
@@ -269,7 +316,8 @@ def test_the_outbox_migration_puts_transient_dead_letters_back_in_the_backlog(
 
 
 async def test_a_gateway_started_on_an_old_outbox_delivers_its_transient_dead_letters(
-        make_gateway: MakeGateway, aiohttp_server: Any, tmp_path: Path) -> None:
+    make_gateway: MakeGateway, aiohttp_server: Any, tmp_path: Path
+) -> None:
     ids = old_outbox(tmp_path / "data" / OUTBOX_FILE)
     target = FakeTarget()
     server: TestServer = await aiohttp_server(target.app())
@@ -281,10 +329,12 @@ async def test_a_gateway_started_on_an_old_outbox_delivers_its_transient_dead_le
 
 
 def test_a_failing_background_loop_logs_once_a_minute_with_a_count(
-        caplog: pytest.LogCaptureFixture) -> None:
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     clock = ManualClock()
-    failing = FailureLog(logging.getLogger("gateway.forwarding.test"), "forwarding to t",
-                         clock=clock)
+    failing = FailureLog(
+        logging.getLogger("gateway.forwarding.test"), "forwarding to t", clock=clock
+    )
     for _ in range(50):
         failing.failed(sqlite3.OperationalError("disk I/O error"))
     clock.advance(59)
@@ -293,4 +343,5 @@ def test_a_failing_background_loop_logs_once_a_minute_with_a_count(
     failing.failed(sqlite3.OperationalError("disk I/O error"))
     assert [r.getMessage() for r in caplog.records] == [
         "forwarding to t failed (1 times since the last line): OperationalError: disk I/O error",
-        "forwarding to t failed (51 times since the last line): OperationalError: disk I/O error"]
+        "forwarding to t failed (51 times since the last line): OperationalError: disk I/O error",
+    ]

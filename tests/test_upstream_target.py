@@ -20,8 +20,13 @@ from gateway.upstream.target import basic_authorization, forwarding_target, stor
 
 
 def target(**extra: Any) -> ForwardingTarget:
-    fields: dict[str, Any] = {"is_active": True, "url": "http://127.0.0.1:9/xAPI/statements",
-                              "max_retries": 1, "timeout": 4.0, "name": "analytics"}
+    fields: dict[str, Any] = {
+        "is_active": True,
+        "url": "http://127.0.0.1:9/xAPI/statements",
+        "max_retries": 1,
+        "timeout": 4.0,
+        "name": "analytics",
+    }
     return ForwardingTarget(**(fields | extra))
 
 
@@ -42,8 +47,14 @@ def test_storage_and_a_forwarding_target_build_the_same_basic_credential() -> No
 
 
 def test_a_bearer_token_wins_and_extra_headers_are_secrets_too() -> None:
-    lrs2 = forwarding_target(target(bearer_token=Secret("tok-123"), basic_username="u",
-                                    basic_password=Secret("p"), headers={"X-Api-Key": "key-9x"}))
+    lrs2 = forwarding_target(
+        target(
+            bearer_token=Secret("tok-123"),
+            basic_username="u",
+            basic_password=Secret("p"),
+            headers={"X-Api-Key": "key-9x"},
+        )
+    )
     assert lrs2.headers["Authorization"] == "Bearer tok-123"
     assert lrs2.headers["X-Api-Key"] == "key-9x"
     assert lrs2.headers["X-Experience-API-Version"] == "1.0.3"
@@ -51,8 +62,11 @@ def test_a_bearer_token_wins_and_extra_headers_are_secrets_too() -> None:
 
 
 def test_no_secret_in_a_targets_repr() -> None:
-    lrs2 = forwarding_target(target(basic_username="u", basic_password=Secret("hunter2"),
-                                    headers={"X-Api-Key": "key-77"}))
+    lrs2 = forwarding_target(
+        target(
+            basic_username="u", basic_password=Secret("hunter2"), headers={"X-Api-Key": "key-77"}
+        )
+    )
     storage = storage_target(StorageConfig(basic_username="u", basic_password=Secret("hunter2")))
     for text in (repr(lrs2), repr(storage)):
         assert "hunter2" not in text
@@ -86,8 +100,7 @@ async def test_a_forwarding_targets_failure_names_it_not_storage() -> None:
     port = free_port()  # nothing listens there
     pool = forwarding_target(target(url=f"http://127.0.0.1:{port}/xAPI/statements")).lean_pool()
     with pytest.raises(H1Error) as raised:
-        await pool.request("POST", "/xAPI/statements", CIMultiDict(), b"[]", limit=1024,
-                           within=2.0)
+        await pool.request("POST", "/xAPI/statements", CIMultiDict(), b"[]", limit=1024, within=2.0)
     assert "forwarding target analytics cannot be reached" in str(raised.value)
     assert "storage" not in str(raised.value)
 
@@ -114,12 +127,26 @@ def silent_listener() -> Iterator[int]:
 
 
 async def test_the_connect_timeout_is_separate_from_the_total(silent_listener: int) -> None:
-    lrs2 = forwarding_target(target(url=f"http://127.0.0.1:{silent_listener}/xAPI/statements",
-                                    timeout=5.0, connect_timeout=0.3))
+    lrs2 = forwarding_target(
+        target(
+            url=f"http://127.0.0.1:{silent_listener}/xAPI/statements",
+            timeout=5.0,
+            connect_timeout=0.3,
+        )
+    )
     pool = lrs2.lean_pool()
     started = time.monotonic()
     with pytest.raises(ConnectTimeout) as raised:
-        await asyncio.wait_for(pool.request("POST", "/xAPI/statements", CIMultiDict(), b"[]",
-                                            limit=1024, within=lrs2.total_timeout), 10)
+        await asyncio.wait_for(
+            pool.request(
+                "POST",
+                "/xAPI/statements",
+                CIMultiDict(),
+                b"[]",
+                limit=1024,
+                within=lrs2.total_timeout,
+            ),
+            10,
+        )
     assert time.monotonic() - started < 3.0  # the connect timeout, not the 5 s total
     assert str(raised.value) == "connecting to forwarding target analytics timed out"

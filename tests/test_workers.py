@@ -42,8 +42,11 @@ def gateway_env() -> dict[str, str]:
 
 
 def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    return {(s.name, tuple(sorted(s.labels.items()))): s.value
-            for family in text_string_to_metric_families(text) for s in family.samples}
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
 
 
 def children_of(pid: int) -> set[int]:
@@ -79,21 +82,47 @@ async def wait_for(predicate: Any, within: float = RUN_TIMEOUT) -> None:
 
 
 async def test_two_workers_share_the_port_and_add_up(
-        tmp_path: Path, aiohttp_server: AiohttpServer) -> None:
+    tmp_path: Path, aiohttp_server: AiohttpServer
+) -> None:
     storage_lrs, target_lrs = FakeLRS(), FakeLRS()
     storage = await aiohttp_server(storage_lrs.app())
     target = await aiohttp_server(target_lrs.app())
     port = free_port()
-    write_config(tmp_path, str(storage.make_url("/xAPI/")), [ADMIN], {
-        "server": {"port": port, "shutdown_timeout": 5},
-        "data_dir": "data",
-        "forwardings": [{"name": "t", "url": str(target.make_url("/xAPI/statements")),
-                         "is_active": True, "basic_username": None, "basic_password": None,
-                         "max_retries": 3, "timeout": 5}]})
+    write_config(
+        tmp_path,
+        str(storage.make_url("/xAPI/")),
+        [ADMIN],
+        {
+            "server": {"port": port, "shutdown_timeout": 5},
+            "data_dir": "data",
+            "forwardings": [
+                {
+                    "name": "t",
+                    "url": str(target.make_url("/xAPI/statements")),
+                    "is_active": True,
+                    "basic_username": None,
+                    "basic_password": None,
+                    "max_retries": 3,
+                    "timeout": 5,
+                }
+            ],
+        },
+    )
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "gateway", "--config", str(tmp_path / "config.yaml"), "serve",
-        "--workers", "2", cwd=tmp_path, env=gateway_env(), stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        sys.executable,
+        "-m",
+        "gateway",
+        "--config",
+        str(tmp_path / "config.yaml"),
+        "serve",
+        "--workers",
+        "2",
+        cwd=tmp_path,
+        env=gateway_env(),
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
     base = f"http://127.0.0.1:{port}"
     auth = basic("admin", "admin-pw")
     sent = 40
@@ -103,11 +132,14 @@ async def test_two_workers_share_the_port_and_add_up(
         connector = aiohttp.TCPConnector(force_close=True)
         async with aiohttp.ClientSession(connector=connector) as session:
             for n in range(sent):
-                statement = {"actor": {"mbox": f"mailto:l{n}@example.org"},
-                             "verb": {"id": "http://adlnet.gov/expapi/verbs/completed"},
-                             "object": {"id": "http://example.org/course"}}
-                async with session.post(f"{base}/xAPI/statements", json=statement,
-                                        headers=auth) as response:
+                statement = {
+                    "actor": {"mbox": f"mailto:l{n}@example.org"},
+                    "verb": {"id": "http://adlnet.gov/expapi/verbs/completed"},
+                    "object": {"id": "http://example.org/course"},
+                }
+                async with session.post(
+                    f"{base}/xAPI/statements", json=statement, headers=auth
+                ) as response:
                     assert response.status == 200, await response.text()
 
             async def drained() -> bool:
@@ -177,15 +209,33 @@ async def test_two_workers_share_the_port_and_add_up(
     assert "Traceback" not in logs
     assert not children_of(proc.pid)
     status_command = subprocess.run(  # noqa: ASYNC221 -- the gateway has stopped
-        [sys.executable, "-m", "gateway", "--config", str(tmp_path / "config.yaml"),
-         "forwarding", "status", "--json"], cwd=tmp_path, env=gateway_env(),
-        capture_output=True, text=True, timeout=RUN_TIMEOUT, check=True)
+        [
+            sys.executable,
+            "-m",
+            "gateway",
+            "--config",
+            str(tmp_path / "config.yaml"),
+            "forwarding",
+            "status",
+            "--json",
+        ],
+        cwd=tmp_path,
+        env=gateway_env(),
+        capture_output=True,
+        text=True,
+        timeout=RUN_TIMEOUT,
+        check=True,
+    )
     assert json.loads(status_command.stdout)["t"]["delivered"] == sent  # both outboxes
 
 
 def test_fewer_workers_than_an_outbox_needs_is_refused(tmp_path: Path) -> None:
-    write_config(tmp_path, "http://127.0.0.1:9/xAPI/", [ADMIN], {
-        "server": {"port": free_port()}, "data_dir": "data"})
+    write_config(
+        tmp_path,
+        "http://127.0.0.1:9/xAPI/",
+        [ADMIN],
+        {"server": {"port": free_port()}, "data_dir": "data"},
+    )
     store = OutboxStore(tmp_path / "data" / "worker-3" / OUTBOX_FILE)
     try:
         seqs = store.write_pending([("7e3c2b4e-1d2a-4a5b-9c1d-0e2f3a4b5c6d", b"{}", None)])
@@ -193,9 +243,23 @@ def test_fewer_workers_than_an_outbox_needs_is_refused(tmp_path: Path) -> None:
     finally:
         store.close()
     result = subprocess.run(
-        [sys.executable, "-m", "gateway", "--config", str(tmp_path / "config.yaml"), "serve",
-         "--workers", "2"], cwd=tmp_path, env=gateway_env(), capture_output=True, text=True,
-        timeout=RUN_TIMEOUT, check=False)
+        [
+            sys.executable,
+            "-m",
+            "gateway",
+            "--config",
+            str(tmp_path / "config.yaml"),
+            "serve",
+            "--workers",
+            "2",
+        ],
+        cwd=tmp_path,
+        env=gateway_env(),
+        capture_output=True,
+        text=True,
+        timeout=RUN_TIMEOUT,
+        check=False,
+    )
     assert result.returncode == 1, result  # a problem, not a usage error
     assert "worker-3 (1 statements)" in result.stderr
     assert "--workers 4" in result.stderr
@@ -206,26 +270,52 @@ def test_fewer_workers_than_an_outbox_needs_is_refused(tmp_path: Path) -> None:
 
 
 def test_forwarding_status_of_workers_adds_up() -> None:
-    def target(backlog: int, age: float | None, down: tuple[float, str] | None = None,
-               ) -> dict[str, Any]:
-        return {"state": "up" if down is None else "down", "up": down is None,
-                "backlog": backlog, "oldest_age": age, "delivered": 10, "retries": 1,
-                "dead_letters": 0, "dead_lettered_total": 2,
-                "down_since": None if down is None else down[0],
-                "last_error": None if down is None else down[1]}
+    def target(
+        backlog: int,
+        age: float | None,
+        down: tuple[float, str] | None = None,
+    ) -> dict[str, Any]:
+        return {
+            "state": "up" if down is None else "down",
+            "up": down is None,
+            "backlog": backlog,
+            "oldest_age": age,
+            "delivered": 10,
+            "retries": 1,
+            "dead_letters": 0,
+            "dead_lettered_total": 2,
+            "down_since": None if down is None else down[0],
+            "last_error": None if down is None else down[1],
+        }
 
-    merged = merged_status([{"targets": {"a": target(3, 1.0)}},
-                            {"targets": {"a": target(2, None), "b": target(1, 4.0)}},
-                            {"targets": {"a": target(0, 2.5)}}])
+    merged = merged_status(
+        [
+            {"targets": {"a": target(3, 1.0)}},
+            {"targets": {"a": target(2, None), "b": target(1, 4.0)}},
+            {"targets": {"a": target(0, 2.5)}},
+        ]
+    )
     assert merged["targets"]["a"] == {
-        "state": "up", "up": True, "backlog": 5, "oldest_age": 2.5, "delivered": 30,
-        "retries": 3, "dead_letters": 0, "dead_lettered_total": 6, "down_since": None,
-        "last_error": None}
+        "state": "up",
+        "up": True,
+        "backlog": 5,
+        "oldest_age": 2.5,
+        "delivered": 30,
+        "retries": 3,
+        "dead_letters": 0,
+        "dead_lettered_total": 6,
+        "down_since": None,
+        "last_error": None,
+    }
     assert merged["targets"]["b"]["oldest_age"] == 4.0
     # Up only when every worker gets through; down since the earliest, the first error.
-    merged = merged_status([{"targets": {"a": target(1, 1.0)}},
-                            {"targets": {"a": target(4, 9.0, (200.0, "HTTP 503"))}},
-                            {"targets": {"a": target(2, 5.0, (100.0, "refused"))}}])
+    merged = merged_status(
+        [
+            {"targets": {"a": target(1, 1.0)}},
+            {"targets": {"a": target(4, 9.0, (200.0, "HTTP 503"))}},
+            {"targets": {"a": target(2, 5.0, (100.0, "refused"))}},
+        ]
+    )
     figures = merged["targets"]["a"]
     assert (figures["state"], figures["up"]) == ("down", False)
     assert figures["up"] is False  # not a sum of booleans
@@ -237,10 +327,24 @@ async def test_the_cli_and_the_admin_status_agree_after_fewer_workers(tmp_path: 
     from gateway.forwarding.store import TargetState
 
     port = free_port()
-    write_config(tmp_path, "http://127.0.0.1:9/xAPI/", [ADMIN], {
-        "server": {"port": port}, "data_dir": "data",
-        "forwardings": [{"name": "t", "url": "http://127.0.0.1:9/xAPI/statements",
-                         "is_active": False, "max_retries": 3, "timeout": 5}]})
+    write_config(
+        tmp_path,
+        "http://127.0.0.1:9/xAPI/",
+        [ADMIN],
+        {
+            "server": {"port": port},
+            "data_dir": "data",
+            "forwardings": [
+                {
+                    "name": "t",
+                    "url": "http://127.0.0.1:9/xAPI/statements",
+                    "is_active": False,
+                    "max_retries": 3,
+                    "timeout": 5,
+                }
+            ],
+        },
+    )
     # What an earlier run with two workers left in worker 1's outbox: all delivered, and
     # the target last seen down there.
     store = OutboxStore(tmp_path / "data" / "worker-1" / OUTBOX_FILE)
@@ -252,20 +356,46 @@ async def test_the_cli_and_the_admin_status_agree_after_fewer_workers(tmp_path: 
     finally:
         store.close()
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "gateway", "--config", str(tmp_path / "config.yaml"), "serve",
-        cwd=tmp_path, env=gateway_env(), stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+        sys.executable,
+        "-m",
+        "gateway",
+        "--config",
+        str(tmp_path / "config.yaml"),
+        "serve",
+        cwd=tmp_path,
+        env=gateway_env(),
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
     base = f"http://127.0.0.1:{port}"
     try:
         await wait_until_serving(proc, f"{base}/__lbheartbeat__", RUN_TIMEOUT)
-        async with aiohttp.ClientSession() as session, session.get(
-                f"{base}/admin/forwarding", headers=basic("admin", "admin-pw")) as response:
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(f"{base}/admin/forwarding", headers=basic("admin", "admin-pw")) as response,
+        ):
             assert response.status == 200
             served = (await response.json())["targets"]
-        status = await asyncio.to_thread(subprocess.run, [
-            sys.executable, "-m", "gateway", "--config", str(tmp_path / "config.yaml"),
-            "forwarding", "status", "--json"], cwd=tmp_path, env=gateway_env(),
-            capture_output=True, text=True, timeout=RUN_TIMEOUT, check=True)
+        status = await asyncio.to_thread(
+            subprocess.run,
+            [
+                sys.executable,
+                "-m",
+                "gateway",
+                "--config",
+                str(tmp_path / "config.yaml"),
+                "forwarding",
+                "status",
+                "--json",
+            ],
+            cwd=tmp_path,
+            env=gateway_env(),
+            capture_output=True,
+            text=True,
+            timeout=RUN_TIMEOUT,
+            check=True,
+        )
     finally:
         proc.send_signal(signal.SIGTERM)
         await asyncio.wait_for(proc.wait(), RUN_TIMEOUT)
@@ -274,28 +404,56 @@ async def test_the_cli_and_the_admin_status_agree_after_fewer_workers(tmp_path: 
         assert figures["delivered"] == 1  # worker 1's deliveries still count
         assert (figures["state"], figures["up"]) == ("up", True)  # nobody forwards from it
     assert {k: v for k, v in served["t"].items() if k != "oldest_age"} == {
-        k: v for k, v in shown["t"].items() if k != "oldest_age"}
+        k: v for k, v in shown["t"].items() if k != "oldest_age"
+    }
 
 
-@pytest.mark.parametrize("argv", [
-    ["--config", "c.yaml", "serve", "--workers", "2"],
-    ["--config", "c.yaml", "serve", "--workers=2"],
-])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--config", "c.yaml", "serve", "--workers", "2"],
+        ["--config", "c.yaml", "serve", "--workers=2"],
+    ],
+)
 def test_a_worker_runs_the_supervisors_command_without_workers(argv: list[str]) -> None:
-    assert worker_command(argv) == [sys.executable, "-m", "gateway", "--config", "c.yaml",
-                                    "serve"]
+    assert worker_command(argv) == [sys.executable, "-m", "gateway", "--config", "c.yaml", "serve"]
 
 
 def test_a_worker_whose_supervisor_is_gone_stops(tmp_path: Path) -> None:
-    write_config(tmp_path, "http://127.0.0.1:9/xAPI/", [ADMIN], {
-        "server": {"port": free_port()}, "data_dir": "data"})
-    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
-                          capture_output=True, text=True, check=True)
+    write_config(
+        tmp_path,
+        "http://127.0.0.1:9/xAPI/",
+        [ADMIN],
+        {"server": {"port": free_port()}, "data_dir": "data"},
+    )
+    gone = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     result = subprocess.run(
-        [sys.executable, "-m", "gateway", "--config", str(tmp_path / "config.yaml"), "serve",
-         "--worker", "1/2", "--run-dir", str(tmp_path), "--supervisor", gone.stdout.strip()],
-        cwd=tmp_path, env=gateway_env(), capture_output=True, text=True,
-        timeout=RUN_TIMEOUT, check=False)
+        [
+            sys.executable,
+            "-m",
+            "gateway",
+            "--config",
+            str(tmp_path / "config.yaml"),
+            "serve",
+            "--worker",
+            "1/2",
+            "--run-dir",
+            str(tmp_path),
+            "--supervisor",
+            gone.stdout.strip(),
+        ],
+        cwd=tmp_path,
+        env=gateway_env(),
+        capture_output=True,
+        text=True,
+        timeout=RUN_TIMEOUT,
+        check=False,
+    )
     assert result.returncode == 0, result
     assert "the supervisor" in result.stderr
     assert "is gone; stopping" in result.stderr
@@ -318,24 +476,49 @@ def monotonic_figures(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]]
 
 
 async def test_counters_never_go_down_when_a_worker_is_killed_under_load(
-        tmp_path: Path, aiohttp_server: AiohttpServer) -> None:
+    tmp_path: Path, aiohttp_server: AiohttpServer
+) -> None:
     storage_lrs, target_lrs = FakeLRS(), FakeLRS()
     storage = await aiohttp_server(storage_lrs.app())
     target = await aiohttp_server(target_lrs.app())
     port = free_port()
-    write_config(tmp_path, str(storage.make_url("/xAPI/")), [ADMIN], {
-        "server": {"port": port, "shutdown_timeout": 5},
-        "data_dir": "data",
-        # An answer the killed worker sent before its commit queued the statement leaves a
-        # pending row: the restarted worker's resolver settles it after this many seconds.
-        "outbox": {"resolve_pending_after": 1},
-        "forwardings": [{"name": "t", "url": str(target.make_url("/xAPI/statements")),
-                         "is_active": True, "max_retries": 3, "timeout": 5}]})
+    write_config(
+        tmp_path,
+        str(storage.make_url("/xAPI/")),
+        [ADMIN],
+        {
+            "server": {"port": port, "shutdown_timeout": 5},
+            "data_dir": "data",
+            # An answer the killed worker sent before its commit queued the statement leaves a
+            # pending row: the restarted worker's resolver settles it after this many seconds.
+            "outbox": {"resolve_pending_after": 1},
+            "forwardings": [
+                {
+                    "name": "t",
+                    "url": str(target.make_url("/xAPI/statements")),
+                    "is_active": True,
+                    "max_retries": 3,
+                    "timeout": 5,
+                }
+            ],
+        },
+    )
     log_file = (tmp_path / "gateway.log").open("wb")
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "gateway", "--config", str(tmp_path / "config.yaml"), "serve",
-        "--workers", "2", cwd=tmp_path, env=gateway_env(), stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.DEVNULL, stderr=log_file)  # a pipe would fill up
+        sys.executable,
+        "-m",
+        "gateway",
+        "--config",
+        str(tmp_path / "config.yaml"),
+        "serve",
+        "--workers",
+        "2",
+        cwd=tmp_path,
+        env=gateway_env(),
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=log_file,
+    )  # a pipe would fill up
     base = f"http://127.0.0.1:{port}"
     auth = basic("admin", "admin-pw")
     answered, lost, total = 0, 0, 300
@@ -353,12 +536,15 @@ async def test_counters_never_go_down_when_a_worker_is_killed_under_load(
             async def client(first: int) -> None:
                 nonlocal answered, lost
                 for n in range(first, total, 4):
-                    statement = {"actor": {"mbox": f"mailto:l{n}@example.org"},
-                                 "verb": {"id": "http://adlnet.gov/expapi/verbs/completed"},
-                                 "object": {"id": "http://example.org/course"}}
+                    statement = {
+                        "actor": {"mbox": f"mailto:l{n}@example.org"},
+                        "verb": {"id": "http://adlnet.gov/expapi/verbs/completed"},
+                        "object": {"id": "http://example.org/course"},
+                    }
                     try:
-                        async with session.post(f"{base}/xAPI/statements", json=statement,
-                                                headers=auth) as response:
+                        async with session.post(
+                            f"{base}/xAPI/statements", json=statement, headers=auth
+                        ) as response:
                             assert response.status == 200, await response.text()
                             answered += 1
                             if answered == total // 3:
@@ -396,9 +582,10 @@ async def test_counters_never_go_down_when_a_worker_is_killed_under_load(
                 async with session.get(f"{base}/metrics") as response:
                     scrapes.append((response.status, await response.text()))
                 figures = samples(scrapes[-1][1])
-                return (figures.get(("lrs_gateway_forwarding_backlog", to_t)) == 0
-                        and figures.get(("lrs_gateway_forwarding_delivered_total", to_t),
-                                        0) >= answered)
+                return (
+                    figures.get(("lrs_gateway_forwarding_backlog", to_t)) == 0
+                    and figures.get(("lrs_gateway_forwarding_delivered_total", to_t), 0) >= answered
+                )
 
             await wait_for(forwarded)
     finally:
@@ -413,15 +600,22 @@ async def test_counters_never_go_down_when_a_worker_is_killed_under_load(
     previous = monotonic_figures(scrapes[0][1])
     for n, (_, body) in enumerate(scrapes[1:], 1):
         now = monotonic_figures(body)
-        dropped = {key: (value, now.get(key)) for key, value in previous.items()
-                   if now.get(key, 0.0) < value}
+        dropped = {
+            key: (value, now.get(key))
+            for key, value in previous.items()
+            if now.get(key, 0.0) < value
+        }
         assert not dropped, f"scrape {n} of {len(scrapes)}: {dropped}"
         previous = now
     final = samples(scrapes[-1][1])
     posts = (("method", "POST"), ("route", "xapi.statements"), ("status_class", "2xx"))
     assert answered <= final[("lrs_gateway_requests_total", posts)] <= sent
-    counted = final[("lrs_gateway_request_duration_seconds_count",
-                     (("method", "POST"), ("route", "xapi.statements")))]
+    counted = final[
+        (
+            "lrs_gateway_request_duration_seconds_count",
+            (("method", "POST"), ("route", "xapi.statements")),
+        )
+    ]
     assert answered <= counted <= sent
     assert answered <= final[("lrs_gateway_statements_accepted_total", ())] <= sent
     assert answered <= final[("lrs_gateway_forwarding_delivered_total", to_t)] <= sent

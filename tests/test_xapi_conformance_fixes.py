@@ -32,10 +32,12 @@ FORM = {"Content-Type": "application/x-www-form-urlencoded"}
 
 
 def statement(**extra: Any) -> dict[str, Any]:
-    return {"actor": {"mbox": "mailto:learner@example.com", "objectType": "Agent"},
-            "verb": {"id": "http://adlnet.gov/expapi/verbs/completed"},
-            "object": {"id": "http://example.com/course/conformance",
-                       "objectType": "Activity"}, **extra}
+    return {
+        "actor": {"mbox": "mailto:learner@example.com", "objectType": "Agent"},
+        "verb": {"id": "http://adlnet.gov/expapi/verbs/completed"},
+        "object": {"id": "http://example.com/course/conformance", "objectType": "Activity"},
+        **extra,
+    }
 
 
 async def ll_gateway(ll: LearningLockerServer, tmp_path: Path, aiohttp_client: Any) -> Client:
@@ -44,8 +46,9 @@ async def ll_gateway(ll: LearningLockerServer, tmp_path: Path, aiohttp_client: A
     return client
 
 
-async def fake_gateway(tmp_path: Path, aiohttp_server: Any, aiohttp_client: Any,
-                       script: Any = None) -> tuple[Client, FakeLRS]:
+async def fake_gateway(
+    tmp_path: Path, aiohttp_server: Any, aiohttp_client: Any, script: Any = None
+) -> tuple[Client, FakeLRS]:
     fake = FakeLRS(script)
     storage: TestServer = await aiohttp_server(fake.app())
     config = write_config(tmp_path, str(storage.make_url("/xAPI/")), [ADMIN])
@@ -77,9 +80,11 @@ async def same_without_body(client: Client, url: str, status: int) -> None:
 
 # HEAD (Comm 1.1): was a 500 whenever storage's answer had a Content-Length.
 
+
 @pytest.mark.learninglocker
 async def test_head_answers_like_get_in_front_of_learning_locker(
-        learning_locker: LearningLockerServer, tmp_path: Path, aiohttp_client: Any) -> None:
+    learning_locker: LearningLockerServer, tmp_path: Path, aiohttp_client: Any
+) -> None:
     client = await ll_gateway(learning_locker, tmp_path, aiohttp_client)
     sid = await post_one(client, statement())
     activity = quote("http://example.com/course/conformance", safe="")
@@ -92,42 +97,52 @@ async def test_head_answers_like_get_in_front_of_learning_locker(
 
 @pytest.mark.learninglocker
 async def test_head_on_documents_in_front_of_learning_locker(
-        learning_locker_profiles: LearningLockerServer, tmp_path: Path,
-        aiohttp_client: Any) -> None:
+    learning_locker_profiles: LearningLockerServer, tmp_path: Path, aiohttp_client: Any
+) -> None:
     client = await ll_gateway(learning_locker_profiles, tmp_path, aiohttp_client)
     activity = quote(f"http://lrs-gateway.example.org/activities/{uuid.uuid4()}", safe="")
     url = f"/xAPI/activities/profile?activityId={activity}&profileId=p"
     await same_without_body(client, url, 404)  # an absent document stays a 404
-    response = await client.put(url, data=b'{"a":1}', headers={
-        **AUTH, "Content-Type": "application/json", "If-None-Match": "*"})
+    response = await client.put(
+        url,
+        data=b'{"a":1}',
+        headers={**AUTH, "Content-Type": "application/json", "If-None-Match": "*"},
+    )
     assert response.status == 204
     await same_without_body(client, url, 200)
     await same_without_body(client, f"/xAPI/activities/profile?activityId={activity}", 200)
 
 
 async def test_head_where_storage_has_no_head_is_answered_from_a_get(
-        tmp_path: Path, aiohttp_server: Any, aiohttp_client: Any) -> None:
+    tmp_path: Path, aiohttp_server: Any, aiohttp_client: Any
+) -> None:
     async def script(request: web.Request, body: bytes) -> web.StreamResponse:
         if request.method == "HEAD":
             raise web.HTTPMethodNotAllowed("HEAD", ["GET"])
         return web.json_response({"id": "http://example.com/a"}, headers={"ETag": '"e1"'})
 
     client, fake = await fake_gateway(tmp_path, aiohttp_server, aiohttp_client, script)
-    await same_without_body(client, "/xAPI/activities?activityId=http%3A%2F%2Fexample.com%2Fa",
-                            200)
+    await same_without_body(client, "/xAPI/activities?activityId=http%3A%2F%2Fexample.com%2Fa", 200)
     assert [seen.method for seen in fake.seen] == ["GET", "HEAD", "GET"]
 
 
 # Alternate syntax (Comm 1.3): `content` without a form Content-Type is JSON.
 
+
 @pytest.mark.learninglocker
 async def test_alternate_put_without_a_form_content_type(
-        learning_locker: LearningLockerServer, tmp_path: Path, aiohttp_client: Any) -> None:
+    learning_locker: LearningLockerServer, tmp_path: Path, aiohttp_client: Any
+) -> None:
     client = await ll_gateway(learning_locker, tmp_path, aiohttp_client)
     sid = str(uuid.uuid4())
-    body = urlencode({"Authorization": AUTH["Authorization"],
-                      "X-Experience-API-Version": "1.0.3", "statementId": sid,
-                      "content": json.dumps(statement())})
+    body = urlencode(
+        {
+            "Authorization": AUTH["Authorization"],
+            "X-Experience-API-Version": "1.0.3",
+            "statementId": sid,
+            "content": json.dumps(statement()),
+        }
+    )
     response = await client.post("/xAPI/statements?method=PUT", data=body, headers=FORM)
     assert response.status == 204, await response.text()
     response = await client.get(f"/xAPI/statements?statementId={sid}", headers=AUTH)
@@ -137,28 +152,36 @@ async def test_alternate_put_without_a_form_content_type(
 # A single statement with attachments=true: Learning Locker's multipart answer has no CRLF
 # before its closing delimiter.
 
+
 @pytest.mark.learninglocker
 async def test_single_statements_with_attachments_true(
-        learning_locker: LearningLockerServer, tmp_path: Path, aiohttp_client: Any) -> None:
+    learning_locker: LearningLockerServer, tmp_path: Path, aiohttp_client: Any
+) -> None:
     client = await ll_gateway(learning_locker, tmp_path, aiohttp_client)
     sid = await post_one(client, statement())
-    response = await client.get(f"/xAPI/statements?statementId={sid}&attachments=true",
-                                headers=AUTH)
+    response = await client.get(
+        f"/xAPI/statements?statementId={sid}&attachments=true", headers=AUTH
+    )
     assert response.status == 200, await response.text()
     answer = parse(await response.read(), request_boundary(response.headers["Content-Type"]))
     assert json.loads(answer.parts[0].body)["id"] == sid
-    voiding = statement(verb={"id": "http://adlnet.gov/expapi/verbs/voided"},
-                        object={"objectType": "StatementRef", "id": sid})
+    voiding = statement(
+        verb={"id": "http://adlnet.gov/expapi/verbs/voided"},
+        object={"objectType": "StatementRef", "id": sid},
+    )
     await post_one(client, voiding)
     response = await client.get(
-        f"/xAPI/statements?voidedStatementId={sid}&attachments=true", headers=AUTH)
+        f"/xAPI/statements?voidedStatementId={sid}&attachments=true", headers=AUTH
+    )
     assert response.status == 200, await response.text()
     answer = parse(await response.read(), request_boundary(response.headers["Content-Type"]))
     assert json.loads(answer.parts[0].body)["id"] == sid
 
 
-LL_ANSWER = (b'\r\n--zz\r\nContent-Type:application/json; charset=UTF-8\r\n'
-             b'Content-Length:8\r\n\r\n{"id":1}--zz--')
+LL_ANSWER = (
+    b"\r\n--zz\r\nContent-Type:application/json; charset=UTF-8\r\n"
+    b'Content-Length:8\r\n\r\n{"id":1}--zz--'
+)
 
 
 def test_answers_are_read_liberally_and_client_bodies_strictly() -> None:
@@ -176,16 +199,21 @@ def test_answers_are_read_liberally_and_client_bodies_strictly() -> None:
 
 # Versions: never advertise or accept one storage refuses.
 
+
 @pytest.mark.learninglocker
 async def test_versions_narrowed_to_what_learning_locker_speaks(
-        learning_locker: LearningLockerServer, tmp_path: Path, aiohttp_client: Any,
-        caplog: pytest.LogCaptureFixture) -> None:
+    learning_locker: LearningLockerServer,
+    tmp_path: Path,
+    aiohttp_client: Any,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     caplog.set_level(logging.INFO, logger="gateway.http.storage_about")
     client = await ll_gateway(learning_locker, tmp_path, aiohttp_client)
     response = await client.get("/xAPI/about")
     assert (await response.json())["version"] == ["1.0.3"]  # LL 5 is 1.0.3 only
-    response = await client.get("/xAPI/statements?limit=1", headers={
-        **AUTH, "X-Experience-API-Version": "2.0.0"})
+    response = await client.get(
+        "/xAPI/statements?limit=1", headers={**AUTH, "X-Experience-API-Version": "2.0.0"}
+    )
     assert response.status == 400
     error = await response.json()
     assert error["error"] == "unsupported_version"
@@ -198,8 +226,8 @@ async def test_versions_narrowed_to_what_learning_locker_speaks(
 
 @pytest.mark.learninglocker
 async def test_storage_without_about_keeps_the_configured_versions(
-        learning_locker_profiles: LearningLockerServer, tmp_path: Path,
-        aiohttp_client: Any) -> None:
+    learning_locker_profiles: LearningLockerServer, tmp_path: Path, aiohttp_client: Any
+) -> None:
     client = await ll_gateway(learning_locker_profiles, tmp_path, aiohttp_client)
     response = await client.get("/xAPI/about")  # this service answers 404 at /about
     assert (await response.json())["version"] == ["1.0.3", "2.0.0"]
@@ -221,8 +249,8 @@ def test_version_policy_narrows_by_major_minor() -> None:
 
 
 async def test_versions_follow_storage_and_each_change_is_logged_once(
-        tmp_path: Path, aiohttp_server: Any, aiohttp_client: Any,
-        caplog: pytest.LogCaptureFixture) -> None:
+    tmp_path: Path, aiohttp_server: Any, aiohttp_client: Any, caplog: pytest.LogCaptureFixture
+) -> None:
     spoken: list[Any] = [["2.0.0"]]
 
     async def script(request: web.Request, body: bytes) -> web.StreamResponse:
@@ -247,8 +275,11 @@ async def test_versions_follow_storage_and_each_change_is_logged_once(
     assert await about.learn(storage, policy, within)
     response = await client.get("/xAPI/statements", headers=AUTH)
     assert response.status == 200
-    lines = [(r.levelno, r.getMessage()) for r in caplog.records
-             if r.name == "gateway.http.storage_about"]
+    lines = [
+        (r.levelno, r.getMessage())
+        for r in caplog.records
+        if r.name == "gateway.http.storage_about"
+    ]
     assert [level for level, _ in lines] == [logging.WARNING, logging.INFO]
     assert "not 1.0.3" in lines[0][1]
 
@@ -257,36 +288,67 @@ async def test_versions_follow_storage_and_each_change_is_logged_once(
 
 ROUTES = [
     ("statements", "GET", {}),
-    ("statements", "PUT", {"statementId": "5a6b7c8d-9e0f-4a1b-8c2d-3e4f5a6b7c8d",
-                           "content": "{}"}),
-    ("activities/state", "GET", {"activityId": "http://example.com/a", "stateId": "s",
-                                 "agent": '{"mbox": "mailto:a@example.com"}'}),
-    ("activities/state", "POST", {"activityId": "http://example.com/a", "stateId": "s",
-                                  "agent": '{"mbox": "mailto:a@example.com"}',
-                                  "content": "{}"}),
+    ("statements", "PUT", {"statementId": "5a6b7c8d-9e0f-4a1b-8c2d-3e4f5a6b7c8d", "content": "{}"}),
+    (
+        "activities/state",
+        "GET",
+        {
+            "activityId": "http://example.com/a",
+            "stateId": "s",
+            "agent": '{"mbox": "mailto:a@example.com"}',
+        },
+    ),
+    (
+        "activities/state",
+        "POST",
+        {
+            "activityId": "http://example.com/a",
+            "stateId": "s",
+            "agent": '{"mbox": "mailto:a@example.com"}',
+            "content": "{}",
+        },
+    ),
     ("activities/profile", "GET", {"activityId": "http://example.com/a", "profileId": "p"}),
-    ("agents/profile", "PUT", {"agent": '{"mbox": "mailto:a@example.com"}',
-                               "profileId": "p", "content": "{}"}),
+    (
+        "agents/profile",
+        "PUT",
+        {"agent": '{"mbox": "mailto:a@example.com"}', "profileId": "p", "content": "{}"},
+    ),
 ]
 
 
 @pytest.mark.parametrize(("path", "method", "fields"), ROUTES)
-@pytest.mark.parametrize(("field", "value"), [
-    ("If-None-Match", "x\r\nX-Injected: yes"),
-    ("Content-Type", "application/json\r\nX-Injected: yes"),
-    ("If-Match", '"e"\n'),
-    ("Authorization", AUTH["Authorization"] + "\x00"),
-    ("X-Experience-API-Version", "1.0.3\r"),
-])
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("If-None-Match", "x\r\nX-Injected: yes"),
+        ("Content-Type", "application/json\r\nX-Injected: yes"),
+        ("If-Match", '"e"\n'),
+        ("Authorization", AUTH["Authorization"] + "\x00"),
+        ("X-Experience-API-Version", "1.0.3\r"),
+    ],
+)
 async def test_control_characters_in_form_headers_are_400_on_every_route(
-        tmp_path: Path, aiohttp_server: Any, aiohttp_client: Any,
-        caplog: pytest.LogCaptureFixture, path: str, method: str, fields: dict[str, str],
-        field: str, value: str) -> None:
+    tmp_path: Path,
+    aiohttp_server: Any,
+    aiohttp_client: Any,
+    caplog: pytest.LogCaptureFixture,
+    path: str,
+    method: str,
+    fields: dict[str, str],
+    field: str,
+    value: str,
+) -> None:
     client, fake = await fake_gateway(tmp_path, aiohttp_server, aiohttp_client)
-    form = {"Authorization": AUTH["Authorization"], "X-Experience-API-Version": "1.0.3",
-            **fields, field: value}
-    response = await client.post(f"/xAPI/{path}?method={method}", data=urlencode(form),
-                                 headers=FORM)
+    form = {
+        "Authorization": AUTH["Authorization"],
+        "X-Experience-API-Version": "1.0.3",
+        **fields,
+        field: value,
+    }
+    response = await client.post(
+        f"/xAPI/{path}?method={method}", data=urlencode(form), headers=FORM
+    )
     assert response.status == 400, await response.text()
     error = await response.json()
     assert error["error"] == "bad_request"
@@ -297,12 +359,18 @@ async def test_control_characters_in_form_headers_are_400_on_every_route(
 
 # Issue 13, "Also seen": an absolute-form target was routed on one path, forwarded on another.
 
-async def raw_request(client: Client, request_line: str, body: bytes = b"",
-                      headers: dict[str, str] | None = None) -> bytes:
+
+async def raw_request(
+    client: Client, request_line: str, body: bytes = b"", headers: dict[str, str] | None = None
+) -> bytes:
     reader, writer = await asyncio.open_connection(client.host, client.port)
-    lines = [request_line, "Host: other", "Connection: close",
-             f"Content-Length: {len(body)}",
-             *(f"{k}: {v}" for k, v in {**AUTH, **(headers or {})}.items())]
+    lines = [
+        request_line,
+        "Host: other",
+        "Connection: close",
+        f"Content-Length: {len(body)}",
+        *(f"{k}: {v}" for k, v in {**AUTH, **(headers or {})}.items()),
+    ]
     writer.write(("\r\n".join(lines) + "\r\n\r\n").encode() + body)
     await writer.drain()
     answer = await reader.read()
@@ -316,20 +384,41 @@ STATE = f"activityId=http%3A%2F%2Fexample.com%2Fa&stateId=s&agent={AGENT}"
 AGENT_PROFILE = f"agent={AGENT}&profileId=p"
 
 
-@pytest.mark.parametrize(("request_line", "body", "headers"), [
-    ("GET http://other/xAPI/statements?statementId=5a6b7c8d-9e0f-4a1b-8c2d-3e4f5a6b7c8d "
-     "HTTP/1.1", b"", None),
-    (f"GET http://other/xAPI/activities/state?{STATE} HTTP/1.1", b"", None),
-    (f"PUT HTTP://other:9/xAPI/agents/profile?{AGENT_PROFILE} HTTP/1.1", b"{}",
-     {"Content-Type": "application/json"}),
-    ("POST http://other/xAPI/statements HTTP/1.1", json.dumps(statement()).encode(),
-     {"Content-Type": "application/json"}),
-    ("POST http://other/xAPI/statements?method=GET HTTP/1.1", b"limit=1",
-     {"Content-Type": "application/x-www-form-urlencoded"}),
-])
+@pytest.mark.parametrize(
+    ("request_line", "body", "headers"),
+    [
+        (
+            "GET http://other/xAPI/statements?statementId=5a6b7c8d-9e0f-4a1b-8c2d-3e4f5a6b7c8d "
+            "HTTP/1.1",
+            b"",
+            None,
+        ),
+        (f"GET http://other/xAPI/activities/state?{STATE} HTTP/1.1", b"", None),
+        (
+            f"PUT HTTP://other:9/xAPI/agents/profile?{AGENT_PROFILE} HTTP/1.1",
+            b"{}",
+            {"Content-Type": "application/json"},
+        ),
+        (
+            "POST http://other/xAPI/statements HTTP/1.1",
+            json.dumps(statement()).encode(),
+            {"Content-Type": "application/json"},
+        ),
+        (
+            "POST http://other/xAPI/statements?method=GET HTTP/1.1",
+            b"limit=1",
+            {"Content-Type": "application/x-www-form-urlencoded"},
+        ),
+    ],
+)
 async def test_absolute_form_targets_are_refused(
-        tmp_path: Path, aiohttp_server: Any, aiohttp_client: Any, request_line: str,
-        body: bytes, headers: dict[str, str] | None) -> None:
+    tmp_path: Path,
+    aiohttp_server: Any,
+    aiohttp_client: Any,
+    request_line: str,
+    body: bytes,
+    headers: dict[str, str] | None,
+) -> None:
     client, fake = await fake_gateway(tmp_path, aiohttp_server, aiohttp_client)
     answer = await raw_request(client, request_line, body, headers)
     assert answer.startswith(b"HTTP/1.1 400 "), answer[:200]
@@ -344,23 +433,34 @@ async def test_absolute_form_targets_are_refused(
 
 # Section 3: a 422 (Ralph's validation answer) is not xAPI.
 
+
 async def test_a_storage_422_is_the_gateways_400(
-        tmp_path: Path, aiohttp_server: Any, aiohttp_client: Any) -> None:
-    detail = {"detail": [{"type": "missing", "loc": ["body", 0, "verb", "id"],
-                          "msg": "Field required", "input": {}}]}
+    tmp_path: Path, aiohttp_server: Any, aiohttp_client: Any
+) -> None:
+    detail = {
+        "detail": [
+            {
+                "type": "missing",
+                "loc": ["body", 0, "verb", "id"],
+                "msg": "Field required",
+                "input": {},
+            }
+        ]
+    }
 
     async def script(request: web.Request, body: bytes) -> web.StreamResponse:
         return web.json_response(detail, status=422)
 
     client, _ = await fake_gateway(tmp_path, aiohttp_server, aiohttp_client, script)
     for response in (
-            await client.post("/xAPI/statements", json=statement(), headers=AUTH),
-            await client.get("/xAPI/statements?limit=1", headers=AUTH),
-            await client.get("/xAPI/activities?activityId=http%3A%2F%2Fexample.com%2Fa",
-                             headers=AUTH)):
+        await client.post("/xAPI/statements", json=statement(), headers=AUTH),
+        await client.get("/xAPI/statements?limit=1", headers=AUTH),
+        await client.get("/xAPI/activities?activityId=http%3A%2F%2Fexample.com%2Fa", headers=AUTH),
+    ):
         assert response.status == 400
         error = await response.json()
         assert error["error"] == "bad_request"
-        assert error["message"] == ("the storage LRS refused the request: "
-                                    "body.0.verb.id: Field required")
+        assert error["message"] == (
+            "the storage LRS refused the request: body.0.verb.id: Field required"
+        )
         assert error["request_id"]

@@ -48,8 +48,14 @@ def decode_basic(credentials: str) -> tuple[str, str]:
 class Authenticator:
     """Asks the enabled backends in order; a 401 names every enabled scheme."""
 
-    def __init__(self, backends: Sequence[AuthBackend], *, bearer_cache_size: int = 10_000,
-                 bearer_cache_ttl: float = 300.0, clock: Clock = SYSTEM_CLOCK) -> None:
+    def __init__(
+        self,
+        backends: Sequence[AuthBackend],
+        *,
+        bearer_cache_size: int = 10_000,
+        bearer_cache_ttl: float = 300.0,
+        clock: Clock = SYSTEM_CLOCK,
+    ) -> None:
         self._backends = tuple(backends)
         self._clock = clock
         self.challenges = tuple(backend.challenge for backend in self._backends)

@@ -21,8 +21,14 @@ class BasicBackend:
 
     challenge = 'Basic realm="xAPI", charset="UTF-8"'
 
-    def __init__(self, store: CredentialStore, checker: PasswordChecker, *,
-                 cache_max_size: int, cache_ttl: float) -> None:
+    def __init__(
+        self,
+        store: CredentialStore,
+        checker: PasswordChecker,
+        *,
+        cache_max_size: int,
+        cache_ttl: float,
+    ) -> None:
         self._store = store
         self._checker = checker
         # The cache key is a keyed digest: a memory dump shows neither password nor a
@@ -30,8 +36,9 @@ class BasicBackend:
         self._key = secrets.token_bytes(32)
         # A check in flight holds a cache slot too: room for every check the bcrypt queue
         # admits, so a flood of wrong passwords never evicts a cached success.
-        self._verified = alru_cache(maxsize=cache_max_size + checker.capacity, ttl=cache_ttl,
-                                    key=self._digest)(self._verify)
+        self._verified = alru_cache(
+            maxsize=cache_max_size + checker.capacity, ttl=cache_ttl, key=self._digest
+        )(self._verify)
         store.on_change(self._verified.cache_clear)
 
     def _digest(self, username: str, password: str) -> bytes:
@@ -48,8 +55,9 @@ class BasicBackend:
             ok = self._checker.check_plain(password, credential.secret.reveal())
         if not ok:
             raise Unauthorized("unknown user or wrong password")
-        return Principal(id=username, agent=credential.agent, scopes=credential.scopes,
-                         scheme="basic")
+        return Principal(
+            id=username, agent=credential.agent, scopes=credential.scopes, scheme="basic"
+        )
 
     def cache_figures(self) -> tuple[str, int, int]:
         """(scheme, hits, misses) of the verification cache, for metrics."""

@@ -22,7 +22,10 @@ __all__ = ["PERMISSION_ROLES", "CallbackBackend"]
 
 log = logging.getLogger(__name__)
 PERMISSION_ROLES: dict[str, str | None] = {
-    "ROOT": "root", "READONLY": "read-only", "WRITEONLY": "write-only", "USER": "user",
+    "ROOT": "root",
+    "READONLY": "read-only",
+    "WRITEONLY": "write-only",
+    "USER": "user",
     "NONE": None,
 }
 
@@ -32,8 +35,9 @@ class CallbackBackend:
 
     challenge = 'Basic realm="xAPI", charset="UTF-8"'
 
-    def __init__(self, session: aiohttp.ClientSession, config: CallbackConfig, *,
-                 clock: Clock = SYSTEM_CLOCK) -> None:
+    def __init__(
+        self, session: aiohttp.ClientSession, config: CallbackConfig, *, clock: Clock = SYSTEM_CLOCK
+    ) -> None:
         assert config.url is not None
         self._session = session
         self._config = config
@@ -41,8 +45,9 @@ class CallbackBackend:
         self._timeout = aiohttp.ClientTimeout(total=config.timeout)
         self._key = secrets.token_bytes(32)
         # None marks a cached failure.
-        self._cache: TtlCache[bytes, Principal | None] = TtlCache(config.cache_max_size,
-                                                                  clock=clock)
+        self._cache: TtlCache[bytes, Principal | None] = TtlCache(
+            config.cache_max_size, clock=clock
+        )
         self._inflight: dict[bytes, asyncio.Future[Principal | None]] = {}
         self.calls = 0  # callback requests made (tests and metrics read it)
 
@@ -67,11 +72,11 @@ class CallbackBackend:
                 principal = await asyncio.shield(waiting)
             else:
                 future: asyncio.Future[Principal | None] = (
-                    asyncio.get_running_loop().create_future())
+                    asyncio.get_running_loop().create_future()
+                )
                 self._inflight[digest] = future
                 try:
-                    principal = await self._ask(username, password, f"Basic {credentials}",
-                                                digest)
+                    principal = await self._ask(username, password, f"Basic {credentials}", digest)
                     future.set_result(principal)
                 except BaseException as exc:
                     future.set_exception(exc)
@@ -83,19 +88,22 @@ class CallbackBackend:
             raise Unauthorized("the credentials were not verified")
         return principal
 
-    async def _ask(self, username: str, password: str, header: str,
-                   digest: bytes) -> Principal | None:
+    async def _ask(
+        self, username: str, password: str, header: str, digest: bytes
+    ) -> Principal | None:
         body = {"username": username, "password": password, "authorizationHeader": header}
         self.calls += 1
         try:
-            async with self._session.post(self._url, json=body, timeout=self._timeout,
-                                          allow_redirects=False) as response:
+            async with self._session.post(
+                self._url, json=body, timeout=self._timeout, allow_redirects=False
+            ) as response:
                 if response.status != 200:
                     raise ValueError(f"it answered HTTP {response.status}")
                 answer = await response.json(content_type=None)
         except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
-            reason = "timed out" if isinstance(exc, TimeoutError) else str(exc) or type(
-                exc).__name__
+            reason = (
+                "timed out" if isinstance(exc, TimeoutError) else str(exc) or type(exc).__name__
+            )
             log.error("auth callback: cannot verify credentials: %s", reason)
             raise AuthUnavailable("the credentials cannot be checked right now") from None
         return self._decide(username, answer, digest)
@@ -107,8 +115,9 @@ class CallbackBackend:
         permission = answer.get("permission")
         expire = answer.get("expireTimeInSeconds")
         if (permission not in PERMISSION_ROLES and answer["verified"]) or (
-                expire is not None and (isinstance(expire, bool) or not isinstance(expire, int)
-                                        or expire < 0)):
+            expire is not None
+            and (isinstance(expire, bool) or not isinstance(expire, int) or expire < 0)
+        ):
             log.error("auth callback: answer with an unknown permission or expiry")
             raise AuthUnavailable("the credentials cannot be checked right now")
         if answer.get("invalidateEntireCache") is True:
@@ -119,9 +128,14 @@ class CallbackBackend:
         role = PERMISSION_ROLES[str(permission)]
         scopes, _ = normalize_scopes(ROLE_SCOPES[role] if role else ())
         principal = Principal(
-            id=username, scheme="callback", scopes=scopes,
-            agent={"objectType": "Agent", "account": {
-                "homePage": self._config.account_homepage, "name": username}})
+            id=username,
+            scheme="callback",
+            scopes=scopes,
+            agent={
+                "objectType": "Agent",
+                "account": {"homePage": self._config.account_homepage, "name": username},
+            },
+        )
         ttl = float(expire) if expire is not None else self._config.cache_seconds_success
         self._cache.put(digest, principal, ttl)
         return principal

@@ -114,11 +114,14 @@ def _parse_rustici_lines(text: str, homepage: str) -> ParsedCredentials:
             )
         hashed = is_bcrypt_hash(secret)
         if not hashed:
-            warnings.append(f"{where} ({username!r}): plain-text secret; store a bcrypt hash "
-                            "instead (lrs-gateway auth add prints one)")
+            warnings.append(
+                f"{where} ({username!r}): plain-text secret; store a bcrypt hash "
+                "instead (lrs-gateway auth add prints one)"
+            )
         if username in users:
             raise CredentialsError(f"{where} ({username!r}): the username appears more than once")
         scopes, _ = normalize_scopes(ROLE_SCOPES[role])
-        users[username] = Credential(username, Secret(secret), hashed, scopes,
-                                     _account(homepage, username))
+        users[username] = Credential(
+            username, Secret(secret), hashed, scopes, _account(homepage, username)
+        )
     return ParsedCredentials(users, warnings)

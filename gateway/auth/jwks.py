@@ -22,9 +22,17 @@ _BACKOFF_CAP = 60.0
 class ProviderKeys:
     """Discovery with retries, JWKS with a TTL, and rate-limited refetch on an unknown kid."""
 
-    def __init__(self, session: aiohttp.ClientSession, issuer: str, *, timeout: float,
-                 refresh_interval: float, unknown_kid_interval: float,
-                 clock: Clock = SYSTEM_CLOCK, rng: random.Random | None = None) -> None:
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        issuer: str,
+        *,
+        timeout: float,
+        refresh_interval: float,
+        unknown_kid_interval: float,
+        clock: Clock = SYSTEM_CLOCK,
+        rng: random.Random | None = None,
+    ) -> None:
         self._session = session
         self._clock = clock
         self._rng = rng if rng is not None else random.Random()
@@ -41,8 +49,7 @@ class ProviderKeys:
         self.refreshes = 0  # JWKS fetches so far (tests and metrics read it)
 
     async def _get_json(self, url: str) -> Any:
-        async with self._session.get(url, timeout=self._timeout,
-                                     allow_redirects=False) as response:
+        async with self._session.get(url, timeout=self._timeout, allow_redirects=False) as response:
             if response.status != 200:
                 raise ValueError(f"{url} answered {response.status}")
             return await response.json(content_type=None)
@@ -52,8 +59,10 @@ class ProviderKeys:
         document = await self._get_json(url)
         if not isinstance(document, dict) or document.get("issuer") != self.issuer:
             found = document.get("issuer") if isinstance(document, dict) else None
-            raise ValueError(f"the discovered issuer {found!r} is not the configured "
-                             f"{self.issuer!r} (they must match exactly)")
+            raise ValueError(
+                f"the discovered issuer {found!r} is not the configured "
+                f"{self.issuer!r} (they must match exactly)"
+            )
         jwks_uri = document.get("jwks_uri")
         if not isinstance(jwks_uri, str):
             raise ValueError("the discovery document has no jwks_uri")
@@ -87,8 +96,7 @@ class ProviderKeys:
                 async with self._lock:
                     await self._discover()
                 if self.problem is not None:
-                    log.info("OIDC provider %s: discovered, %d keys", self.issuer,
-                             len(self._keys))
+                    log.info("OIDC provider %s: discovered, %d keys", self.issuer, len(self._keys))
                 self.problem = None
                 delay = 1.0
                 await self._clock.sleep(self._refresh_interval)

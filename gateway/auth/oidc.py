@@ -32,8 +32,10 @@ def oidc_agent(mode: str, claims: dict[str, Any]) -> dict[str, Any]:
         client = claims.get("client_id") or claims.get("azp")
         if not isinstance(client, str) or client == subject:
             return _account(issuer, subject)  # client credentials: the client is the user
-        return {"objectType": "Group",
-                "member": [_account(issuer, client), _account(issuer, subject)]}
+        return {
+            "objectType": "Group",
+            "member": [_account(issuer, client), _account(issuer, subject)],
+        }
     return _account(issuer, subject)
 
 
@@ -64,11 +66,16 @@ class OidcBackend:
             raise AuthUnavailable("the OpenID provider has not been reached yet; try again")
         claims = await self._verify(credentials)
         scopes, _ = normalize_scopes(
-            (s for s in token_scopes(claims) if s.startswith(self._prefix)), self._prefix)
+            (s for s in token_scopes(claims) if s.startswith(self._prefix)), self._prefix
+        )
         issuer, subject = claims["iss"], claims["sub"]
-        return Principal(id=f"{issuer.rstrip('/')}/{subject}", scheme="oidc", scopes=scopes,
-                         agent=oidc_agent(self._config.agent, claims),
-                         expires_at=float(claims["exp"]))
+        return Principal(
+            id=f"{issuer.rstrip('/')}/{subject}",
+            scheme="oidc",
+            scopes=scopes,
+            agent=oidc_agent(self._config.agent, claims),
+            expires_at=float(claims["exp"]),
+        )
 
     async def _verify(self, token: str) -> dict[str, Any]:
         try:
@@ -88,8 +95,12 @@ class OidcBackend:
         required = ["exp", "iat", "iss", "sub"] + (["aud"] if self._config.audience else [])
         try:
             claims: dict[str, Any] = jwt.decode(
-                token, key.key, algorithms=[algorithm], issuer=self._config.issuer,
-                audience=self._config.audience, leeway=self._config.leeway,
+                token,
+                key.key,
+                algorithms=[algorithm],
+                issuer=self._config.issuer,
+                audience=self._config.audience,
+                leeway=self._config.leeway,
                 options={"require": required, "verify_aud": self._config.audience is not None},
             )
         except jwt.ExpiredSignatureError:

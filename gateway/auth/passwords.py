@@ -17,8 +17,14 @@ import bcrypt
 
 from gateway.errors import AuthUnavailable
 
-__all__ = ["BCRYPT_MAX_BYTES", "PasswordChecker", "UnusablePassword", "bcrypt_cost",
-           "check_new_password", "is_bcrypt_hash"]
+__all__ = [
+    "BCRYPT_MAX_BYTES",
+    "PasswordChecker",
+    "UnusablePassword",
+    "bcrypt_cost",
+    "check_new_password",
+    "is_bcrypt_hash",
+]
 
 _BCRYPT = re.compile(r"\$2[aby]\$(0[4-9]|[12]\d|3[01])\$[./A-Za-z0-9]{53}")  # cost 4-31
 # bcrypt reads at most 72 bytes of a password. Older bcrypt versions (and Ralph's CLI on
@@ -43,7 +49,8 @@ def check_new_password(password: str) -> None:
     if size > BCRYPT_MAX_BYTES:
         raise UnusablePassword(
             f"the password is {size} bytes long in UTF-8; bcrypt reads at most "
-            f"{BCRYPT_MAX_BYTES} bytes, so the rest would not count: choose a shorter one")
+            f"{BCRYPT_MAX_BYTES} bytes, so the rest would not count: choose a shorter one"
+        )
     if "\0" in password:  # C bcrypt implementations stop reading at a NUL byte
         raise UnusablePassword("the password must not contain a NUL character")
 
@@ -69,8 +76,13 @@ class PasswordChecker:
     refused at once (503) instead of queueing without end.
     """
 
-    def __init__(self, workers: int | None = None, *, max_waiting: int = 64,
-                 observe: Callable[[float], None] | None = None) -> None:
+    def __init__(
+        self,
+        workers: int | None = None,
+        *,
+        max_waiting: int = 64,
+        observe: Callable[[float], None] | None = None,
+    ) -> None:
         workers = workers or max(1, len(os.sched_getaffinity(0)) - 1)
         self._pool = concurrent.futures.ThreadPoolExecutor(
             max_workers=workers, thread_name_prefix="bcrypt", initializer=_lowest_priority
@@ -100,8 +112,7 @@ class PasswordChecker:
         self._waiting += 1
         started = time.perf_counter()
         try:
-            ok = await loop.run_in_executor(self._pool, _checkpw, secret,
-                                            hashed.encode("ascii"))
+            ok = await loop.run_in_executor(self._pool, _checkpw, secret, hashed.encode("ascii"))
         finally:
             self._waiting -= 1
         if self._observe is not None:
@@ -112,7 +123,8 @@ class PasswordChecker:
         """Make the dummy hash for `cost` now (at start), not under the first flood."""
         if cost not in self._dummy:
             self._dummy[cost] = await asyncio.to_thread(
-                bcrypt.hashpw, _DUMMY_PASSWORD, bcrypt.gensalt(cost))
+                bcrypt.hashpw, _DUMMY_PASSWORD, bcrypt.gensalt(cost)
+            )
 
     async def dummy_check(self, password: str, cost: int) -> None:
         """Spend the same time as a real check, for a user that does not exist."""

@@ -27,8 +27,9 @@ _Stamp = tuple[int, int, int]
 class CredentialStore:
     """Holds the last good credentials; a broken new file is logged and ignored."""
 
-    def __init__(self, path: Path, *, account_homepage: str, scope_prefix: str,
-                 reload_interval: float) -> None:
+    def __init__(
+        self, path: Path, *, account_homepage: str, scope_prefix: str, reload_interval: float
+    ) -> None:
         self.path = path
         self._homepage = account_homepage
         self._prefix = scope_prefix
@@ -57,8 +58,7 @@ class CredentialStore:
     def _read(self) -> tuple[_Stamp, ParsedCredentials]:
         stat = os.stat(self.path)
         text = self.path.read_text(encoding="utf-8")
-        parsed = parse_credentials(text, account_homepage=self._homepage,
-                                   scope_prefix=self._prefix)
+        parsed = parse_credentials(text, account_homepage=self._homepage, scope_prefix=self._prefix)
         return (stat.st_mtime_ns, stat.st_size, stat.st_ino), parsed
 
     async def load(self) -> None:
@@ -89,8 +89,9 @@ class CredentialStore:
         stamp = await self._stamp_now()
         if stamp is None:
             if self._stamp is not None:
-                log.error("credentials file %s: cannot be read; keeping the last good one",
-                          self.path)
+                log.error(
+                    "credentials file %s: cannot be read; keeping the last good one", self.path
+                )
                 self._stamp = None
             return
         if stamp == self._stamp:
@@ -99,8 +100,9 @@ class CredentialStore:
             await self.load()
         except (CredentialsError, OSError) as exc:
             self._stamp = stamp  # log a broken file once, not on every poll
-            log.error("credentials file %s: not reloaded, keeping the last good one: %s",
-                      self.path, exc)
+            log.error(
+                "credentials file %s: not reloaded, keeping the last good one: %s", self.path, exc
+            )
 
     async def watch(self) -> None:
         """Poll for changes until cancelled."""

@@ -70,16 +70,18 @@ class TokenSigner:
             self._signing_key = key
             self._verifying_key = key.public_key()
 
-    def issue(self, principal: Principal, requested: Iterable[str],
-              lifetime: float) -> tuple[str, int]:
+    def issue(
+        self, principal: Principal, requested: Iterable[str], lifetime: float
+    ) -> tuple[str, int]:
         """A token for `principal` with `requested` scopes; 403 when they are not all covered.
 
         Only a primary credential (Basic, callback, OIDC) mints tokens, and never ones
         holding `admin` or `tokens/issue`.
         """
         if principal.scheme == "token":
-            raise Forbidden("a gateway token cannot issue tokens: use the credential it "
-                            "was issued from")
+            raise Forbidden(
+                "a gateway token cannot issue tokens: use the credential it was issued from"
+            )
         scopes, unknown = normalize_scopes(requested)
         if unknown:
             raise Forbidden(f"unknown scopes: {', '.join(sorted(unknown))}")
@@ -94,9 +96,15 @@ class TokenSigner:
         now = int(time.time())
         expires = now + int(min(lifetime, self.max_lifetime))
         claims = {
-            "iss": self.issuer, "aud": _AUDIENCE, "sub": principal.id, "iat": now,
-            "exp": expires, "jti": uuid.uuid4().hex, "scope": " ".join(sorted(scopes)),
-            "agent": principal.agent, "via": principal.scheme,
+            "iss": self.issuer,
+            "aud": _AUDIENCE,
+            "sub": principal.id,
+            "iat": now,
+            "exp": expires,
+            "jti": uuid.uuid4().hex,
+            "scope": " ".join(sorted(scopes)),
+            "agent": principal.agent,
+            "via": principal.scheme,
         }
         token = jwt.encode(claims, self._signing_key, algorithm=self._algorithm)
         return token, expires
@@ -106,9 +114,14 @@ class TokenSigner:
         self.verifications += 1
         try:
             claims: dict[str, Any] = jwt.decode(
-                token, self._verifying_key, algorithms=[self._algorithm], issuer=self.issuer,
-                audience=_AUDIENCE, leeway=5,
-                options={"require": ["exp", "iat", "iss", "sub", "aud"]})
+                token,
+                self._verifying_key,
+                algorithms=[self._algorithm],
+                issuer=self.issuer,
+                audience=_AUDIENCE,
+                leeway=5,
+                options={"require": ["exp", "iat", "iss", "sub", "aud"]},
+            )
         except jwt.ExpiredSignatureError:
             raise Unauthorized("the token has expired") from None
         except (jwt.PyJWTError, ValueError, TypeError):
@@ -147,11 +160,15 @@ class TokenBackend:
             raise Unauthorized("the token was issued by another token")
         if via == _LOOKED_UP:
             scopes = self._still_granted(str(claims["sub"]), agent, scopes)
-        return Principal(id=str(claims["sub"]), agent=agent, scopes=scopes, scheme="token",
-                         expires_at=float(claims["exp"]))
+        return Principal(
+            id=str(claims["sub"]),
+            agent=agent,
+            scopes=scopes,
+            scheme="token",
+            expires_at=float(claims["exp"]),
+        )
 
-    def _still_granted(self, username: str, agent: dict[str, Any],
-                       scopes: ScopeSet) -> ScopeSet:
+    def _still_granted(self, username: str, agent: dict[str, Any], scopes: ScopeSet) -> ScopeSet:
         """The token's scopes its user still holds; 401 once the user is gone or changed."""
         now = self._subjects.current(username) if self._subjects is not None else None
         if now is None:

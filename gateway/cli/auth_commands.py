@@ -34,18 +34,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The flags, named as Ralph's `ralph auth` names them."""
     parser.add_argument("-u", "--username", required=True)
     parser.add_argument("-p", "--password", help="prompted for when left out")
-    parser.add_argument("-s", "--scope", action="append", default=[], dest="scopes",
-                        help="repeat for several scopes")
+    parser.add_argument(
+        "-s",
+        "--scope",
+        action="append",
+        default=[],
+        dest="scopes",
+        help="repeat for several scopes",
+    )
     agent = parser.add_mutually_exclusive_group(required=True)
     agent.add_argument("-M", "--agent-mbox")
     agent.add_argument("-S", "--agent-mbox-sha1sum")
     agent.add_argument("-O", "--agent-openid")
     agent.add_argument("-N", "--agent-account-name")
     parser.add_argument("-H", "--agent-account-homepage", "--agent-account-homePage")
-    parser.add_argument("-w", "--write", action="store_true",
-                        help="add or replace the user in the credentials file")
-    parser.add_argument("--file", help="credentials file to write (implies -w; default: the "
-                        "config's auth.basic.credentials_file); no config is read with it")
+    parser.add_argument(
+        "-w", "--write", action="store_true", help="add or replace the user in the credentials file"
+    )
+    parser.add_argument(
+        "--file",
+        help="credentials file to write (implies -w; default: the "
+        "config's auth.basic.credentials_file); no config is read with it",
+    )
     parser.add_argument("--cost", type=int, default=12, help="bcrypt cost factor (default 12)")
 
 
@@ -53,8 +63,9 @@ def _agent(args: argparse.Namespace) -> dict[str, Any]:
     if args.agent_account_name is not None:
         if not args.agent_account_homepage:
             raise ValueError("--agent-account-name needs --agent-account-homepage")
-        agent: dict[str, Any] = {"account": {"name": args.agent_account_name,
-                                             "homePage": args.agent_account_homepage}}
+        agent: dict[str, Any] = {
+            "account": {"name": args.agent_account_name, "homePage": args.agent_account_homepage}
+        }
     elif args.agent_account_homepage:
         raise ValueError("--agent-account-homepage goes with --agent-account-name")
     elif args.agent_mbox is not None:
@@ -88,19 +99,19 @@ def check_request(args: argparse.Namespace, scope_prefix: str = "") -> dict[str,
         raise ValueError("--cost must be between 4 and 31")
     _, unknown = normalize_scopes(args.scopes, scope_prefix)
     if unknown:
-        raise ValueError(f"unknown scope{'s' if len(unknown) > 1 else ''}: "
-                         f"{', '.join(unknown)} (valid: {', '.join(valid_scopes())})")
+        raise ValueError(
+            f"unknown scope{'s' if len(unknown) > 1 else ''}: "
+            f"{', '.join(unknown)} (valid: {', '.join(valid_scopes())})"
+        )
     return _agent(args)
 
 
-def build_entry(args: argparse.Namespace, password: str,
-                scope_prefix: str = "") -> dict[str, Any]:
+def build_entry(args: argparse.Namespace, password: str, scope_prefix: str = "") -> dict[str, Any]:
     """One credentials-file entry, with a fresh bcrypt hash."""
     agent = check_request(args, scope_prefix)
     check_new_password(password)  # the rules every way of setting a password shares
     hashed = bcrypt.hashpw(password.encode("utf-8"), bcrypt.gensalt(args.cost)).decode()
-    return {"username": args.username, "hash": hashed, "scopes": list(args.scopes),
-            "agent": agent}
+    return {"username": args.username, "hash": hashed, "scopes": list(args.scopes), "agent": agent}
 
 
 class FileProblem(ValueError):
@@ -115,8 +126,9 @@ def read_entries(path: Path) -> list[Any]:
     if not text.strip():
         return []
     if not text.lstrip().startswith("["):
-        raise FileProblem(f"{path} is not a JSON credentials file; auth add and remove "
-                          "write Ralph's JSON format")
+        raise FileProblem(
+            f"{path} is not a JSON credentials file; auth add and remove write Ralph's JSON format"
+        )
     try:
         entries = json.loads(text)
     except json.JSONDecodeError as exc:
@@ -128,10 +140,11 @@ def read_entries(path: Path) -> list[Any]:
 
 def list_entries(path: Path, account_homepage: str) -> list[dict[str, Any]]:
     """Username, scopes and agent of every user in either format; never a hash."""
-    parsed = parse_credentials(path.read_text(encoding="utf-8"),
-                               account_homepage=account_homepage)
-    return [{"username": user.username, "scopes": sorted(user.scopes), "agent": user.agent}
-            for user in parsed.users.values()]
+    parsed = parse_credentials(path.read_text(encoding="utf-8"), account_homepage=account_homepage)
+    return [
+        {"username": user.username, "scopes": sorted(user.scopes), "agent": user.agent}
+        for user in parsed.users.values()
+    ]
 
 
 def remove_entry(path: Path, username: str) -> bool:
@@ -148,8 +161,9 @@ def write_entry(path: Path, entry: dict[str, Any]) -> bool:
     """Add or replace `entry` by username; write a temp file then rename. True if replaced."""
     entries = read_entries(path)
     replaced = any(isinstance(e, dict) and e.get("username") == entry["username"] for e in entries)
-    entries = [e for e in entries
-               if not (isinstance(e, dict) and e.get("username") == entry["username"])]
+    entries = [
+        e for e in entries if not (isinstance(e, dict) and e.get("username") == entry["username"])
+    ]
     entries.append(entry)
     write_entries(path, entries)
     return replaced

@@ -72,8 +72,9 @@ def _check_credentials(config: Config) -> tuple[list[str], list[str]]:
     if problem is not None:
         return [f"{path}: {problem}"], []
     try:
-        parsed = parse_credentials(text, account_homepage=basic.account_homepage,
-                                   scope_prefix=config.auth.scope_prefix)
+        parsed = parse_credentials(
+            text, account_homepage=basic.account_homepage, scope_prefix=config.auth.scope_prefix
+        )
     except CredentialsError as exc:
         return [f"{path}: {exc}"], []
     return [], [f"{path}: {warning}" for warning in parsed.warnings]
@@ -160,8 +161,13 @@ def _rows(config: Config, origins: Mapping[str, str]) -> list[tuple[str, str, st
         for index, target in enumerate(value):
             prefix = f"forwardings[{index}]"
             for fld in dataclasses.fields(target):
-                rows.append((f"{prefix}.{fld.name}", _shown(getattr(target, fld.name)),
-                             _origin(origins, f"{prefix}.{fld.name}", prefix)))
+                rows.append(
+                    (
+                        f"{prefix}.{fld.name}",
+                        _shown(getattr(target, fld.name)),
+                        _origin(origins, f"{prefix}.{fld.name}", prefix),
+                    )
+                )
     return rows
 
 
@@ -174,8 +180,12 @@ def show_config(args: argparse.Namespace) -> int:
         return 1
     rows = _rows(report.config, report.origins)
     if args.json:
-        print(json.dumps({key: {"value": json.loads(value), "from": origin}
-                          for key, value, origin in rows}, indent=2))
+        print(
+            json.dumps(
+                {key: {"value": json.loads(value), "from": origin} for key, value, origin in rows},
+                indent=2,
+            )
+        )
     else:
         print(f"# the configuration in effect ({path} and the environment); secrets masked")
         width = min(60, max(len(key) + len(value) for key, value, _ in rows) + 2)

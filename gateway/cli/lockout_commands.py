@@ -30,19 +30,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     who = parser.add_mutually_exclusive_group(required=True)
     who.add_argument("--username", help="the username whose lockout is lifted")
     who.add_argument("--address", help="the client address whose lockout is lifted")
-    parser.add_argument("--url", help="the running gateway's base URL (default: from "
-                        "server.host and server.port)")
-    parser.add_argument("--admin-user", default=None,
-                        help=f"a user with the admin scope (default: ${USER_ENV}); the "
-                        f"password from ${PASSWORD_ENV}, else prompted; or a bearer token "
-                        f"with the admin scope in ${TOKEN_ENV}")
+    parser.add_argument(
+        "--url", help="the running gateway's base URL (default: from server.host and server.port)"
+    )
+    parser.add_argument(
+        "--admin-user",
+        default=None,
+        help=f"a user with the admin scope (default: ${USER_ENV}); the "
+        f"password from ${PASSWORD_ENV}, else prompted; or a bearer token "
+        f"with the admin scope in ${TOKEN_ENV}",
+    )
     parser.add_argument("--timeout", type=float, default=10.0, help="seconds (default 10)")
 
 
 def gateway_url(config: Config) -> str:
     """Where the gateway listens, as this machine reaches it."""
     host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(  # noqa: S104
-        config.server.host, config.server.host)
+        config.server.host, config.server.host
+    )
     if ":" in host:
         host = f"[{host}]"
     return f"http://{host}:{config.server.port}/"
@@ -77,30 +82,41 @@ def clear(args: argparse.Namespace, config: Config | None) -> int:
         return 1
     authorization = _authorization(args)
     if authorization is None:
-        print(f"error: an admin credential is needed: --admin-user (or ${USER_ENV}) with "
-              f"${PASSWORD_ENV}, or ${TOKEN_ENV}", file=sys.stderr)
+        print(
+            f"error: an admin credential is needed: --admin-user (or ${USER_ENV}) with "
+            f"${PASSWORD_ENV}, or ${TOKEN_ENV}",
+            file=sys.stderr,
+        )
         return 2
-    subject = {"username": args.username} if args.username is not None else {
-        "address": args.address}
+    subject = (
+        {"username": args.username} if args.username is not None else {"address": args.address}
+    )
     url = base.rstrip("/") + "/admin/lockout/clear"
     request = urllib.request.Request(  # noqa: S310 (http(s) URL of the operator's choice)
-        url, data=json.dumps(subject).encode(), method="POST",
-        headers={"Content-Type": "application/json", "Authorization": authorization})
+        url,
+        data=json.dumps(subject).encode(),
+        method="POST",
+        headers={"Content-Type": "application/json", "Authorization": authorization},
+    )
     try:
         with urllib.request.urlopen(request, timeout=args.timeout) as response:  # noqa: S310
             answer = json.loads(response.read())
     except urllib.error.HTTPError as exc:
-        hint = {401: " (the admin credential was refused)",
-                403: " (the credential lacks the admin scope)",
-                404: " (no such endpoint: is this lrs-gateway, and recent enough?)",
-                429: " (this address or admin user is locked out itself: ask from another"
-                     " address, e.g. on the gateway's host)"}.get(exc.code, "")
+        hint = {
+            401: " (the admin credential was refused)",
+            403: " (the credential lacks the admin scope)",
+            404: " (no such endpoint: is this lrs-gateway, and recent enough?)",
+            429: " (this address or admin user is locked out itself: ask from another"
+            " address, e.g. on the gateway's host)",
+        }.get(exc.code, "")
         print(f"error: {url} answered {exc.code}{hint}: {_said(exc.read())}", file=sys.stderr)
         return 1
     except (urllib.error.URLError, OSError, ValueError) as exc:
         reason = getattr(exc, "reason", exc)
-        print(f"error: cannot reach the gateway at {base} ({reason}); is it running? "
-              "(--url)", file=sys.stderr)
+        print(
+            f"error: cannot reach the gateway at {base} ({reason}); is it running? (--url)",
+            file=sys.stderr,
+        )
         return 1
     ((kind, value),) = subject.items()
     workers = f" on all {answer['workers']} workers" if "workers" in answer else ""

@@ -61,10 +61,14 @@ def _worker_role(args: argparse.Namespace) -> WorkerRole | None:
     if args.worker is None:
         return None
     index, _, count = args.worker.partition("/")
-    if (not (index.isdigit() and count.isdigit() and int(index) < int(count))
-            or not args.run_dir or args.supervisor is None):
-        raise UsageError("--worker I/N, --run-dir and --supervisor are set by "
-                         "`serve --workers N` only")
+    if (
+        not (index.isdigit() and count.isdigit() and int(index) < int(count))
+        or not args.run_dir
+        or args.supervisor is None
+    ):
+        raise UsageError(
+            "--worker I/N, --run-dir and --supervisor are set by `serve --workers N` only"
+        )
     # The pid from the supervisor itself: were it gone before this process asked, its
     # parent would already be someone else.
     return WorkerRole(int(index), int(count), Path(args.run_dir), supervisor=args.supervisor)
@@ -79,7 +83,8 @@ def _refuse_stranded_outboxes(config: Config, workers: int) -> None:
         raise ConfigError(
             f"an earlier run with more workers left statements to forward in {listed}: "
             f"serve with --workers {max(int(p.name.split('-')[1]) for p in stranded) + 1} "
-            "until `lrs-gateway forwarding status` shows no backlog, then with fewer")
+            "until `lrs-gateway forwarding status` shows no backlog, then with fewer"
+        )
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -91,8 +96,14 @@ def _serve(args: argparse.Namespace) -> int:
     from gateway.runtime.workers import retire_outboxes, worker_data_dir
 
     config = _load(args)
-    server = replace(config.server, **{key: getattr(args, key) for key in ("host", "port")
-                                       if getattr(args, key, None) is not None})
+    server = replace(
+        config.server,
+        **{
+            key: getattr(args, key)
+            for key in ("host", "port")
+            if getattr(args, key, None) is not None
+        },
+    )
     config = replace(config, server=server)
     problems, warnings = config_commands.check_auth(config)
     if problems:
@@ -112,8 +123,9 @@ def _serve(args: argparse.Namespace) -> int:
             if config.server.port == 0:
                 raise ConfigError("server.port: workers share one port; 0 (any) cannot be")
             _tune_runtime()
-            return supervise(worker_command(args.argv), workers,
-                             stop_timeout=config.server.shutdown_timeout)
+            return supervise(
+                worker_command(args.argv), workers, stop_timeout=config.server.shutdown_timeout
+            )
     else:
         config = replace(config, data_dir=worker_data_dir(config.data_dir, role.index))
     if setup_sentry(config.sentry):
@@ -127,14 +139,26 @@ def _serve(args: argparse.Namespace) -> int:
         storage = urlsplit(config.storage.url)
         shown = f"{storage.scheme}://{storage.hostname}:{storage.port or ''}{storage.path}"
         worker = "" if role is None else f" worker {role.index}/{role.count}"
-        log.info("lrs-gateway %s%s listening on http://%s:%d/ (storage %s)", __version__,
-                 worker, host, port, shown)
+        log.info(
+            "lrs-gateway %s%s listening on http://%s:%d/ (storage %s)",
+            __version__,
+            worker,
+            host,
+            port,
+            shown,
+        )
 
     _tune_runtime()
     try:
-        run(app, host=host, port=port, shutdown_timeout=config.server.shutdown_timeout,
-            header_timeout=config.limits.header_timeout, on_listening=listening,
-            reuse_port=role is not None)
+        run(
+            app,
+            host=host,
+            port=port,
+            shutdown_timeout=config.server.shutdown_timeout,
+            header_timeout=config.limits.header_timeout,
+            on_listening=listening,
+            reuse_port=role is not None,
+        )
     except OSError as exc:
         print(f"error: cannot listen on {host}:{port}: {exc.strerror or exc}", file=sys.stderr)
         return 1
@@ -165,8 +189,11 @@ def _credentials_path(args: argparse.Namespace) -> tuple[Path, str, str]:
         return Path(args.file), "", BasicAuthConfig.account_homepage
     config = _load(args)
     basic = config.auth.basic
-    return (config.resolve_path(basic.credentials_file), config.auth.scope_prefix,
-            basic.account_homepage)
+    return (
+        config.resolve_path(basic.credentials_file),
+        config.auth.scope_prefix,
+        basic.account_homepage,
+    )
 
 
 def _auth_add(args: argparse.Namespace) -> int:
@@ -217,8 +244,10 @@ def _auth_list(args: argparse.Namespace) -> int:
     width = max([len("username"), *(len(u["username"]) for u in users)])
     print(f"{'username':<{width}}  {'scopes':<40}  agent")
     for user in users:
-        print(f"{user['username']:<{width}}  {' '.join(user['scopes']):<40}  "
-              f"{json.dumps(user['agent'], separators=(',', ':'))}")
+        print(
+            f"{user['username']:<{width}}  {' '.join(user['scopes']):<40}  "
+            f"{json.dumps(user['agent'], separators=(',', ':'))}"
+        )
     return 0
 
 
@@ -247,19 +276,19 @@ def _token_issue(args: argparse.Namespace) -> int:
     path = config.resolve_path(basic.credentials_file)
     try:
         signer = TokenSigner(config.auth.tokens, Path(config.base_dir))
-        users = parse_credentials(path.read_text(encoding="utf-8"),
-                                  account_homepage=basic.account_homepage,
-                                  scope_prefix=config.auth.scope_prefix).users
+        users = parse_credentials(
+            path.read_text(encoding="utf-8"),
+            account_homepage=basic.account_homepage,
+            scope_prefix=config.auth.scope_prefix,
+        ).users
     except (OSError, ValueError, AssertionError) as exc:
-        print(f"error: {exc or 'auth.tokens needs a secret or private_key_file'}",
-              file=sys.stderr)
+        print(f"error: {exc or 'auth.tokens needs a secret or private_key_file'}", file=sys.stderr)
         return 1
     user = users.get(args.username)
     if user is None:
         print(f"error: no user {args.username!r} in {path}", file=sys.stderr)
         return 1
-    principal = Principal(id=user.username, agent=user.agent, scopes=user.scopes,
-                          scheme="basic")
+    principal = Principal(id=user.username, agent=user.agent, scopes=user.scopes, scheme="basic")
     try:
         token, expires = signer.issue(principal, args.scopes, args.expires_in)
     except Forbidden as exc:
@@ -303,20 +332,32 @@ def _forwarding_status(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(targets, indent=2))
         return 0
-    print(f"{'target':<24} {'state':<5} {'backlog':>9} {'oldest':>9} {'delivered':>10} "
-          f"{'retries':>8} {'dead letters':>12}")
+    print(
+        f"{'target':<24} {'state':<5} {'backlog':>9} {'oldest':>9} {'delivered':>10} "
+        f"{'retries':>8} {'dead letters':>12}"
+    )
     for name, s in targets.items():
         oldest = "-" if s["oldest_age"] is None else f"{s['oldest_age']:.1f}s"
-        print(f"{name:<24} {s.get('state', '-'):<5} {s['backlog']:>9} {oldest:>9} "
-              f"{s['delivered']:>10} {s['retries']:>8} {s['dead_letters']:>12}")
+        print(
+            f"{name:<24} {s.get('state', '-'):<5} {s['backlog']:>9} {oldest:>9} "
+            f"{s['delivered']:>10} {s['retries']:>8} {s['dead_letters']:>12}"
+        )
     for name, s in targets.items():
         if s.get("state") == "down":
             since = s.get("down_since")
-            when = "" if since is None else " since " + datetime.fromtimestamp(
-                since, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+            when = (
+                ""
+                if since is None
+                else " since "
+                + datetime.fromtimestamp(since, UTC)
+                .isoformat(timespec="seconds")
+                .replace("+00:00", "Z")
+            )
             print(f"{name}: down{when}: {s.get('last_error') or 'no answer'}")
-    print("(dead letters: statements a target refused for good; "
-          "`forwarding replay --target NAME` sends them again)")
+    print(
+        "(dead letters: statements a target refused for good; "
+        "`forwarding replay --target NAME` sends them again)"
+    )
     return 0
 
 
@@ -324,11 +365,15 @@ def _forwarding_replay(args: argparse.Namespace) -> int:
     config = _load(args)
     stores = _open_outboxes(config)
     try:
-        known = sorted({t.label for t in config.forwardings}
-                       | {t for store in stores for t in store.targets()})
+        known = sorted(
+            {t.label for t in config.forwardings} | {t for store in stores for t in store.targets()}
+        )
         if args.target not in known:
-            print(f"error: no forwarding target named {args.target!r} (known: "
-                  f"{', '.join(known) or 'none'})", file=sys.stderr)
+            print(
+                f"error: no forwarding target named {args.target!r} (known: "
+                f"{', '.join(known) or 'none'})",
+                file=sys.stderr,
+            )
             return 1
         waiting = sum(s.stats([args.target])[args.target].dead_letters for s in stores)
         if waiting == 0:
@@ -364,21 +409,34 @@ def _global_flags(parser: argparse.ArgumentParser, *, defaults: bool) -> None:
 
     After the name they override what came before only when given (SUPPRESS).
     """
+
     def default(value: str | None) -> Any:
         return value if defaults else argparse.SUPPRESS
 
-    parser.add_argument("--config", default=default(None), help="config file (default: "
-                        "$LRS_GATEWAY_CONFIG or ./config.yaml)")
-    parser.add_argument("--log-level", default=default("INFO"),
-                        choices=["DEBUG", "INFO", "WARNING", "ERROR"])
-    parser.add_argument("--log-format", default=default("text"), choices=["text", "json"],
-                        help="json: one object per line, for log shippers")
+    parser.add_argument(
+        "--config",
+        default=default(None),
+        help="config file (default: $LRS_GATEWAY_CONFIG or ./config.yaml)",
+    )
+    parser.add_argument(
+        "--log-level", default=default("INFO"), choices=["DEBUG", "INFO", "WARNING", "ERROR"]
+    )
+    parser.add_argument(
+        "--log-format",
+        default=default("text"),
+        choices=["text", "json"],
+        help="json: one object per line, for log shippers",
+    )
 
 
 def _command(commands: Any, name: str, run: Any, help_text: str) -> argparse.ArgumentParser:
     sub: argparse.ArgumentParser = commands.add_parser(
-        name, help=help_text, description=help_text, epilog=EXIT_HELP,
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+        name,
+        help=help_text,
+        description=help_text,
+        epilog=EXIT_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     if run is not None:
         sub.set_defaults(run=run)
         _global_flags(sub, defaults=False)
@@ -386,67 +444,114 @@ def _command(commands: Any, name: str, run: Any, help_text: str) -> argparse.Arg
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="lrs-gateway", description=__doc__, epilog=EXIT_HELP,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="lrs-gateway",
+        description=__doc__,
+        epilog=EXIT_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--version", action="version", version=f"lrs-gateway {__version__}")
     _global_flags(parser, defaults=True)
     commands = parser.add_subparsers(dest="command", required=True)
     serve = _command(commands, "serve", _serve, "run the gateway")
     serve.add_argument("--host", help="listen on this address (default: server.host)")
     serve.add_argument("--port", type=int, help="listen on this port (default: server.port)")
-    serve.add_argument("--workers", type=int, default=None,
-                       help="processes sharing the port (default: server.workers, 1)")
+    serve.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="processes sharing the port (default: server.workers, 1)",
+    )
     serve.add_argument("--worker", help=argparse.SUPPRESS)  # I/N, set by the supervisor
     serve.add_argument("--run-dir", help=argparse.SUPPRESS)
     serve.add_argument("--supervisor", type=int, help=argparse.SUPPRESS)
-    check = _command(commands, "check-config", config_commands.check_config,
-                     "report every problem of the configuration and the files it names")
-    check.add_argument("--probe", action="store_true",
-                       help="also check that storage and every active forwarding target "
-                       "answer and accept their credentials (targets get an empty batch)")
-    check.add_argument("--timeout", type=float, default=5.0,
-                       help="seconds each probe may take (default 5)")
+    check = _command(
+        commands,
+        "check-config",
+        config_commands.check_config,
+        "report every problem of the configuration and the files it names",
+    )
+    check.add_argument(
+        "--probe",
+        action="store_true",
+        help="also check that storage and every active forwarding target "
+        "answer and accept their credentials (targets get an empty batch)",
+    )
+    check.add_argument(
+        "--timeout", type=float, default=5.0, help="seconds each probe may take (default 5)"
+    )
     config = _command(commands, "config", None, "the configuration")
     config_parsers = config.add_subparsers(dest="config_command", required=True)
-    show = _command(config_parsers, "show", config_commands.show_config,
-                    "the configuration in effect, secrets masked, with where each value "
-                    "came from (default, FILE:LINE, env VARIABLE)")
+    show = _command(
+        config_parsers,
+        "show",
+        config_commands.show_config,
+        "the configuration in effect, secrets masked, with where each value "
+        "came from (default, FILE:LINE, env VARIABLE)",
+    )
     show.add_argument("--json", action="store_true")
     auth = _command(commands, "auth", None, "manage Basic credentials")
     auth_parsers = auth.add_subparsers(dest="auth_command", required=True)
     add = _command(auth_parsers, "add", _auth_add, "create a credential (Ralph format)")
     auth_commands.add_arguments(add)
-    listing = _command(auth_parsers, "list", _auth_list,
-                       "the users of the credentials file: username, scopes, agent")
+    listing = _command(
+        auth_parsers,
+        "list",
+        _auth_list,
+        "the users of the credentials file: username, scopes, agent",
+    )
     listing.add_argument("--file", help="credentials file (default: the config's)")
     listing.add_argument("--json", action="store_true")
-    remove = _command(auth_parsers, "remove", _auth_remove,
-                      "remove a user from a JSON credentials file")
+    remove = _command(
+        auth_parsers, "remove", _auth_remove, "remove a user from a JSON credentials file"
+    )
     remove.add_argument("-u", "--username", required=True)
     remove.add_argument("--file", help="credentials file (default: the config's)")
     token = _command(commands, "token", None, "gateway-issued bearer tokens")
     token_commands = token.add_subparsers(dest="token_command", required=True)
-    issue = _command(token_commands, "issue", _token_issue,
-                     "sign a token for a credentials-file user (never with admin or "
-                     "tokens/issue)")
+    issue = _command(
+        token_commands,
+        "issue",
+        _token_issue,
+        "sign a token for a credentials-file user (never with admin or tokens/issue)",
+    )
     issue.add_argument("-u", "--username", required=True)
-    issue.add_argument("-s", "--scope", action="append", default=[], dest="scopes",
-                       required=True, help="repeat for several; within the user's scopes")
-    issue.add_argument("--expires-in", type=float, default=3600.0,
-                       help="seconds (capped by auth.tokens.max_lifetime)")
+    issue.add_argument(
+        "-s",
+        "--scope",
+        action="append",
+        default=[],
+        dest="scopes",
+        required=True,
+        help="repeat for several; within the user's scopes",
+    )
+    issue.add_argument(
+        "--expires-in",
+        type=float,
+        default=3600.0,
+        help="seconds (capped by auth.tokens.max_lifetime)",
+    )
     forwarding = _command(commands, "forwarding", None, "the forwarding outbox")
     forwarding_commands = forwarding.add_subparsers(dest="forwarding_command", required=True)
-    status = _command(forwarding_commands, "status", _forwarding_status,
-                      "per target: state, backlog, oldest age, delivered, retries, "
-                      "dead letters")
+    status = _command(
+        forwarding_commands,
+        "status",
+        _forwarding_status,
+        "per target: state, backlog, oldest age, delivered, retries, dead letters",
+    )
     status.add_argument("--json", action="store_true")
-    replay = _command(forwarding_commands, "replay", _forwarding_replay,
-                      "re-queue a target's dead letters")
+    replay = _command(
+        forwarding_commands, "replay", _forwarding_replay, "re-queue a target's dead letters"
+    )
     replay.add_argument("--target", required=True, help="the target's name")
     lockout = _command(commands, "lockout", None, "failed-login lockouts")
     lockout_parsers = lockout.add_subparsers(dest="lockout_command", required=True)
-    clear = _command(lockout_parsers, "clear", _lockout_clear,
-                     "lift a lockout in the running gateway now (POST /admin/lockout/clear)")
+    clear = _command(
+        lockout_parsers,
+        "clear",
+        _lockout_clear,
+        "lift a lockout in the running gateway now (POST /admin/lockout/clear)",
+    )
     lockout_commands.add_arguments(clear)
     return parser
 

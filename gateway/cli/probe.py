@@ -30,25 +30,44 @@ def _credential(target: ForwardingTarget) -> str:
     return "no credential"
 
 
-async def probe_target(session: aiohttp.ClientSession, target: ForwardingTarget,
-                       within: float) -> Result:
+async def probe_target(
+    session: aiohttp.ClientSession, target: ForwardingTarget, within: float
+) -> Result:
     """POST an empty batch to the target: any answer but 401/403/404/405/5xx passes."""
     name = f"forwardings target {target.label}"
     try:
-        async with asyncio.timeout(within), session.post(
-                target.url, data=b"[]", headers=dict(forwarding_target(target).headers),
-                allow_redirects=False) as answer:
+        async with (
+            asyncio.timeout(within),
+            session.post(
+                target.url,
+                data=b"[]",
+                headers=dict(forwarding_target(target).headers),
+                allow_redirects=False,
+            ) as answer,
+        ):
             status = answer.status
     except TimeoutError:
         return name, False, f"no answer within {within:g} s"
     except (aiohttp.ClientError, OSError) as exc:
         return name, False, f"cannot reach it ({type(exc).__name__})"
     if status in (401, 403):
-        return name, False, (f"answered {status}: it refuses {_credential(target)}; fix the "
-                             "target's credential (statements wait in the backlog meanwhile)")
+        return (
+            name,
+            False,
+            (
+                f"answered {status}: it refuses {_credential(target)}; fix the "
+                "target's credential (statements wait in the backlog meanwhile)"
+            ),
+        )
     if status in (404, 405):
-        return name, False, (f"answered {status}: url is not a statements endpoint (e.g. "
-                             "https://lrs2.example.org/xAPI/statements)")
+        return (
+            name,
+            False,
+            (
+                f"answered {status}: url is not a statements endpoint (e.g. "
+                "https://lrs2.example.org/xAPI/statements)"
+            ),
+        )
     if status >= 500:
         return name, False, f"answered {status}"
     return name, True, f"answered {status} to an empty batch with {_credential(target)}"
@@ -61,8 +80,10 @@ async def probe_all(config: Config, within: float) -> list[Result]:
         try:
             check, targets = await asyncio.gather(
                 probe_storage(storage, config.xapi.versions[0], within),
-                asyncio.gather(*(probe_target(session, t, within)
-                                 for t in config.forwardings if t.is_active)))
+                asyncio.gather(
+                    *(probe_target(session, t, within) for t in config.forwardings if t.is_active)
+                ),
+            )
         finally:
             storage.close()
     detail = f"{storage.base_path}: credential accepted" if check.ok else check.detail

@@ -17,9 +17,18 @@ import yaml
 from gateway.errors import ConfigError
 from gateway.secret import Secret
 
-__all__ = ["build_dataclass", "build_list", "env_value", "load_dataclass", "parse_yaml",
-           "read_yaml_file", "read_yaml_text", "setting_paths", "suggest_variable",
-           "yaml_lines"]
+__all__ = [
+    "build_dataclass",
+    "build_list",
+    "env_value",
+    "load_dataclass",
+    "parse_yaml",
+    "read_yaml_file",
+    "read_yaml_text",
+    "setting_paths",
+    "suggest_variable",
+    "yaml_lines",
+]
 
 T = TypeVar("T")
 
@@ -61,8 +70,9 @@ def parse_yaml(text: str, path: Path) -> dict[str, Any]:
         # PyYAML's own words ("mapping values are not allowed here"); never the text itself,
         # which may hold a secret.
         reason = "; ".join(str(part) for part in (context, problem) if part)
-        raise ConfigError(f"{path}: not valid YAML{where}" + (f": {reason}" if reason else "")
-                          ) from None
+        raise ConfigError(
+            f"{path}: not valid YAML{where}" + (f": {reason}" if reason else "")
+        ) from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -206,8 +216,15 @@ def load_dataclass(
 ) -> T:
     """Build `cls` from `raw` after environment overrides; collect every problem, then raise."""
     problems: list[str] = []
-    result = build_dataclass(cls, raw, source=source, environ=environ, env_prefix=env_prefix,
-                             problems=problems, origins={})
+    result = build_dataclass(
+        cls,
+        raw,
+        source=source,
+        environ=environ,
+        env_prefix=env_prefix,
+        problems=problems,
+        origins={},
+    )
     if problems or result is None:
         raise ConfigError("\n".join(problems))
     return result
@@ -217,8 +234,15 @@ def _where(value: Any, key: str, source: str) -> str:
     return f"environment {value.name}" if isinstance(value, _EnvValue) else f"{source}: {key}"
 
 
-def _build(cls: Any, raw: Any, prefix: str, path: str, source: str, problems: list[str],
-           origins: dict[str, str]) -> Any:
+def _build(
+    cls: Any,
+    raw: Any,
+    prefix: str,
+    path: str,
+    source: str,
+    problems: list[str],
+    origins: dict[str, str],
+) -> Any:
     """`cls` from `raw`, or None when a required key is missing; bad values left at default.
 
     `prefix` names keys in messages (`forwardings[0] (t1): `), `path` in `origins`.
@@ -276,8 +300,15 @@ def _dataclass_items(hint: Any) -> Any:
     return None
 
 
-def build_list(cls: Any, items: Any, key: str, source: str, problems: list[str],
-               origins: dict[str, str] | None = None, path: str | None = None) -> Any:
+def build_list(
+    cls: Any,
+    items: Any,
+    key: str,
+    source: str,
+    problems: list[str],
+    origins: dict[str, str] | None = None,
+    path: str | None = None,
+) -> Any:
     """A tuple of `cls` from a list of mappings, each named in errors by index and name.
 
     Items that cannot be built are left out (their problems are in `problems`).
@@ -353,7 +384,8 @@ def _convert(hint: Any, value: Any) -> Any:
         return number
     if origin in (dict, Mapping, collections.abc.Mapping):
         if not isinstance(value, dict) or not all(
-                isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
+            isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+        ):
             raise ValueError("expected a mapping of strings to strings")
         return types.MappingProxyType(dict(value))
     if origin is tuple:

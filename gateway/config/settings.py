@@ -84,11 +84,19 @@ class CorsConfig:
     """
 
     allow_origins: tuple[str, ...] = ()
-    allow_headers: tuple[str, ...] = ("Authorization", "Content-Type",
-                                      "X-Experience-API-Version", "If-Match", "If-None-Match")
-    expose_headers: tuple[str, ...] = ("ETag", "Last-Modified",
-                                       "X-Experience-API-Consistent-Through",
-                                       "X-Experience-API-Version")
+    allow_headers: tuple[str, ...] = (
+        "Authorization",
+        "Content-Type",
+        "X-Experience-API-Version",
+        "If-Match",
+        "If-None-Match",
+    )
+    expose_headers: tuple[str, ...] = (
+        "ETag",
+        "Last-Modified",
+        "X-Experience-API-Consistent-Through",
+        "X-Experience-API-Version",
+    )
     max_age: int = 600  # seconds a browser may keep a preflight's answer
     allow_credentials: bool = False
 
@@ -231,7 +239,8 @@ class ForwardingTarget:
             return self.name
         parsed = urlsplit(self.url)
         return re.sub(r"[^A-Za-z0-9_.:-]+", "_", f"{parsed.hostname}:{parsed.port or ''}").strip(
-            "_:")
+            "_:"
+        )
 
 
 @dataclass(frozen=True)
@@ -378,8 +387,12 @@ def _validate(config: Config) -> list[Problem]:
     if not config.storage.url.startswith(("http://", "https://")):
         problems.append((("storage.url",), "storage.url: must be an http:// or https:// URL"))
     if (config.storage.basic_username is None) != (config.storage.basic_password is None):
-        problems.append((("storage.basic_username", "storage.basic_password"),
-                         "storage: basic_username and basic_password go together"))
+        problems.append(
+            (
+                ("storage.basic_username", "storage.basic_password"),
+                "storage: basic_username and basic_password go together",
+            )
+        )
     problems += _validate_auth(config.auth)
     problems += _validate_xapi(config.xapi)
     if not 0 <= config.server.port <= 65535:
@@ -394,11 +407,16 @@ def _validate(config: Config) -> list[Problem]:
         try:
             ipaddress.ip_network(cidr, strict=False)
         except ValueError:
-            problems.append((("rate_limit.trusted_proxies",), "rate_limit.trusted_proxies: "
-                             f"{cidr[:60]!r} is not an address or CIDR"))
+            problems.append(
+                (
+                    ("rate_limit.trusted_proxies",),
+                    f"rate_limit.trusted_proxies: {cidr[:60]!r} is not an address or CIDR",
+                )
+            )
     if not 0.0 <= config.sentry.traces_sample_rate <= 1.0:
-        problems.append((("sentry.traces_sample_rate",),
-                         "sentry.traces_sample_rate: between 0 and 1"))
+        problems.append(
+            (("sentry.traces_sample_rate",), "sentry.traces_sample_rate: between 0 and 1")
+        )
     if config.outbox.synchronous not in ("full", "normal"):
         problems.append((("outbox.synchronous",), "outbox.synchronous: full or normal"))
     problems += _validate_metrics(config.metrics, config.server.port)
@@ -410,37 +428,62 @@ def _validate_auth(auth: AuthConfig) -> list[Problem]:
     backends = ("auth.backends",)
     for name in auth.backends:
         if name not in AVAILABLE_BACKENDS:
-            problems.append((backends, f"auth.backends: unknown backend {name!r} "
-                             f"(known: {', '.join(AVAILABLE_BACKENDS)})"))
+            problems.append(
+                (
+                    backends,
+                    f"auth.backends: unknown backend {name!r} "
+                    f"(known: {', '.join(AVAILABLE_BACKENDS)})",
+                )
+            )
     if not auth.backends:
         problems.append((backends, "auth.backends: at least one backend is needed"))
     if len(set(auth.backends)) != len(auth.backends):
         problems.append((backends, "auth.backends: a backend is listed twice"))
     if "oidc" in auth.backends:
         if not auth.oidc.issuer:
-            problems.append(((*backends, "auth.oidc.issuer"),
-                             "auth.oidc.issuer: needed when the oidc backend is on"))
+            problems.append(
+                (
+                    (*backends, "auth.oidc.issuer"),
+                    "auth.oidc.issuer: needed when the oidc backend is on",
+                )
+            )
         bad = [a for a in auth.oidc.algorithms if a.lower() == "none" or a.upper().startswith("HS")]
         if bad:
-            problems.append((("auth.oidc.algorithms",), f"auth.oidc.algorithms: {', '.join(bad)} "
-                             "never verify OIDC tokens"))
+            problems.append(
+                (
+                    ("auth.oidc.algorithms",),
+                    f"auth.oidc.algorithms: {', '.join(bad)} never verify OIDC tokens",
+                )
+            )
         if not auth.oidc.algorithms:
-            problems.append((("auth.oidc.algorithms",),
-                             "auth.oidc.algorithms: at least one algorithm is needed"))
+            problems.append(
+                (
+                    ("auth.oidc.algorithms",),
+                    "auth.oidc.algorithms: at least one algorithm is needed",
+                )
+            )
     if auth.oidc.agent not in OIDC_AGENTS:
         problems.append((("auth.oidc.agent",), f"auth.oidc.agent: one of {', '.join(OIDC_AGENTS)}"))
     if "callback" in auth.backends and not auth.callback.url:
-        problems.append(((*backends, "auth.callback.url"),
-                         "auth.callback.url: needed when the callback backend is on"))
+        problems.append(
+            (
+                (*backends, "auth.callback.url"),
+                "auth.callback.url: needed when the callback backend is on",
+            )
+        )
     if "token" in auth.backends:
         tokens = auth.tokens
         if (tokens.secret is None) == (tokens.private_key_file is None):
-            problems.append(((*backends, "auth.tokens.secret", "auth.tokens.private_key_file"),
-                             "auth.tokens: set exactly one of secret (HS256) and "
-                             "private_key_file (EdDSA)"))
+            problems.append(
+                (
+                    (*backends, "auth.tokens.secret", "auth.tokens.private_key_file"),
+                    "auth.tokens: set exactly one of secret (HS256) and private_key_file (EdDSA)",
+                )
+            )
         elif tokens.secret is not None and len(tokens.secret.reveal().encode()) < 32:
-            problems.append((("auth.tokens.secret",),
-                             "auth.tokens.secret: must be at least 32 bytes"))
+            problems.append(
+                (("auth.tokens.secret",), "auth.tokens.secret: must be at least 32 bytes")
+            )
     return problems
 
 
@@ -448,12 +491,16 @@ def _validate_xapi(xapi: XapiConfig) -> list[Problem]:
     problems: list[Problem] = []
     for version in xapi.versions:
         if version not in XAPI_VERSIONS:
-            problems.append((("xapi.versions",), f"xapi.versions: {version[:20]!r} is not an "
-                             "xAPI version (1.0.3 takes every 1.0.x, 2.0.0 is xAPI 2.0)"))
+            problems.append(
+                (
+                    ("xapi.versions",),
+                    f"xapi.versions: {version[:20]!r} is not an "
+                    "xAPI version (1.0.3 takes every 1.0.x, 2.0.0 is xAPI 2.0)",
+                )
+            )
     if not xapi.versions:
         problems.append((("xapi.versions",), "xapi.versions: at least one version is needed"))
-    problems += _one_of("xapi.signed_statements", xapi.signed_statements,
-                        SIGNED_STATEMENT_POLICIES)
+    problems += _one_of("xapi.signed_statements", xapi.signed_statements, SIGNED_STATEMENT_POLICIES)
     problems += _one_of("xapi.validation", xapi.validation, VALIDATION_MODES)
     return problems
 
@@ -465,32 +512,42 @@ def _validate_targets(targets: tuple[ForwardingTarget, ...]) -> list[Problem]:
         where = f"forwardings[{index}] ({target.label})"
         key = f"forwardings[{index}]"
 
-        def add(names: tuple[str, ...], message: str, key: str = key,
-                where: str = where) -> None:
+        def add(names: tuple[str, ...], message: str, key: str = key, where: str = where) -> None:
             problems.append((tuple(f"{key}.{name}" for name in names), f"{where}: {message}"))
 
         if not target.url.startswith(("http://", "https://")):
             add(("url",), "url: must be an http:// or https:// URL")
         if (target.basic_username is None) != (target.basic_password is None):
-            add(("basic_username", "basic_password"),
-                "basic_username and basic_password go together")
+            add(
+                ("basic_username", "basic_password"),
+                "basic_username and basic_password go together",
+            )
         if target.max_retries < 0:
             add(("max_retries",), "max_retries: must be 0 or more")
-        for name, value in (("timeout", target.timeout), ("batch_size", target.batch_size),
-                            ("backoff_base", target.backoff_base),
-                            ("backoff_cap", target.backoff_cap),
-                            ("backlog_limit", target.backlog_limit),
-                            ("connect_timeout", target.connect_timeout)):
+        for name, value in (
+            ("timeout", target.timeout),
+            ("batch_size", target.batch_size),
+            ("backoff_base", target.backoff_base),
+            ("backoff_cap", target.backoff_cap),
+            ("backlog_limit", target.backlog_limit),
+            ("connect_timeout", target.connect_timeout),
+        ):
             if value is not None and value <= 0:
                 add((name,), f"{name}: must be greater than 0")
         if target.xapi_version not in XAPI_VERSIONS:
-            add(("xapi_version",), f"xapi_version: {target.xapi_version[:20]!r} is not an xAPI "
-                "version (1.0.3 or 2.0.0)")
+            add(
+                ("xapi_version",),
+                f"xapi_version: {target.xapi_version[:20]!r} is not an xAPI "
+                "version (1.0.3 or 2.0.0)",
+            )
         if labels.count(target.label) > 1:
             add(("name",), "name: two targets share it (set distinct names)")
         for name, header_value in target.headers.items():
-            if (_HEADER_NAME.fullmatch(name) is None or name.lower() in RESERVED_HEADERS
-                    or any(c in header_value for c in "\r\n\0")):
+            if (
+                _HEADER_NAME.fullmatch(name) is None
+                or name.lower() in RESERVED_HEADERS
+                or any(c in header_value for c in "\r\n\0")
+            ):
                 # Only the name: the value may be an API key.
                 add(("headers",), f"headers: {name[:40]!r} is not a header that can be set here")
     return problems
@@ -501,11 +558,13 @@ def _validate_metrics(metrics: MetricsConfig, server_port: int) -> list[Problem]
     if metrics.port is not None and not 0 < metrics.port <= 65535:
         problems.append((("metrics.port",), "metrics.port: must be between 1 and 65535"))
     if metrics.port is not None and metrics.port == server_port:
-        problems.append((("metrics.port", "server.port"),
-                         "metrics.port: must differ from server.port"))
+        problems.append(
+            (("metrics.port", "server.port"), "metrics.port: must differ from server.port")
+        )
     if metrics.scope is not None and metrics.scope not in KNOWN_SCOPES:
-        problems.append((("metrics.scope",),
-                         f"metrics.scope: {metrics.scope[:40]!r} is not a known scope"))
+        problems.append(
+            (("metrics.scope",), f"metrics.scope: {metrics.scope[:40]!r} is not a known scope")
+        )
     if metrics.enabled and not metrics.path.startswith("/"):
         problems.append((("metrics.path",), "metrics.path: must start with /"))
     return problems
@@ -523,13 +582,19 @@ def _validate_cors(cors: CorsConfig) -> list[str]:
             # Sandboxed frames and file:// pages all send `null`: allowing it allows them all.
             problems.append("server.cors.allow_origins: 'null' cannot be allowed")
         elif origin != "*" and _ORIGIN.fullmatch(origin.lower()) is None:
-            problems.append(f"server.cors.allow_origins: {origin[:60]!r} is not an origin "
-                            "like https://lms.example.org (no path, no trailing slash)")
+            problems.append(
+                f"server.cors.allow_origins: {origin[:60]!r} is not an origin "
+                "like https://lms.example.org (no path, no trailing slash)"
+            )
     if "*" in cors.allow_origins and cors.allow_credentials:
-        problems.append('server.cors.allow_credentials: cannot be true with allow_origins "*" '
-                        "(list the origins instead)")
-    for key, names in (("allow_headers", cors.allow_headers),
-                       ("expose_headers", cors.expose_headers)):
+        problems.append(
+            'server.cors.allow_credentials: cannot be true with allow_origins "*" '
+            "(list the origins instead)"
+        )
+    for key, names in (
+        ("allow_headers", cors.allow_headers),
+        ("expose_headers", cors.expose_headers),
+    ):
         for name in names:
             if _HEADER_NAME.fullmatch(name) is None:
                 problems.append(f"server.cors.{key}: {name[:40]!r} is not a header name")
@@ -568,8 +633,10 @@ def inspect_config(path: Path, environ: Mapping[str, str]) -> ConfigReport:
     except ConfigError as exc:
         return ConfigReport(None, errors=(str(exc),))
     errors: list[str] = []
-    warnings = [f"environment {name}: not a setting (ignored); did you mean {meant}?"
-                for name, meant in lookalike_variables(environ)]
+    warnings = [
+        f"environment {name}: not a setting (ignored); did you mean {meant}?"
+        for name, meant in lookalike_variables(environ)
+    ]
     if "base_dir" in raw:
         errors.append(f"{path}: base_dir: unknown key")
         del raw["base_dir"]
@@ -587,15 +654,29 @@ def inspect_config(path: Path, environ: Mapping[str, str]) -> ConfigReport:
                 errors.append(f"{targets_source}: not valid JSON ({exc.msg})")
                 targets_raw = []
             break
-    environ = {**{ours: environ[theirs] for theirs, ours in RALPH_SENTRY_ENV.items()
-                  if theirs in environ and ours not in environ}, **environ}
+    environ = {
+        **{
+            ours: environ[theirs]
+            for theirs, ours in RALPH_SENTRY_ENV.items()
+            if theirs in environ and ours not in environ
+        },
+        **environ,
+    }
     targets_raw = _target_overrides(targets_raw, environ, errors)
     settings = {k: v for k, v in environ.items() if not k.startswith(TARGET_ENV_PREFIX)}
     from_env: dict[str, str] = {}
-    config = build_dataclass(Config, raw, source=str(path), environ=settings,
-                             env_prefix=ENV_PREFIX, problems=errors, origins=from_env)
-    targets = build_list(ForwardingTarget, targets_raw, "forwardings", targets_source, errors,
-                         from_env)
+    config = build_dataclass(
+        Config,
+        raw,
+        source=str(path),
+        environ=settings,
+        env_prefix=ENV_PREFIX,
+        problems=errors,
+        origins=from_env,
+    )
+    targets = build_list(
+        ForwardingTarget, targets_raw, "forwardings", targets_source, errors, from_env
+    )
     if config is None:  # every section has defaults: only a bug gets here
         return ConfigReport(None, errors=tuple(errors), warnings=tuple(warnings))
     targets, notes = _normalise_targets(targets)
@@ -646,8 +727,11 @@ def lookalike_variables(environ: Mapping[str, str]) -> list[tuple[str, str]]:
     """
     found = []
     for name in sorted(environ):
-        if (not name.upper().startswith("LRS_GATEWAY") or name in OTHER_VARIABLES
-                or name.startswith(ENV_PREFIX)):
+        if (
+            not name.upper().startswith("LRS_GATEWAY")
+            or name in OTHER_VARIABLES
+            or name.startswith(ENV_PREFIX)
+        ):
             continue  # ENV_PREFIX names are settings, or errors that say so
         meant = suggest_variable(name, Config, ENV_PREFIX)
         if meant is not None:
@@ -669,28 +753,45 @@ def _target_overrides(targets: Any, environ: Mapping[str, str], errors: list[str
     for name in sorted(environ):
         if not name.startswith(TARGET_ENV_PREFIX):
             continue
-        which, _, key = name[len(TARGET_ENV_PREFIX):].partition("__")
-        by_name = [i for i, t in enumerate(targets) if isinstance(t, dict)
-                   and isinstance(t.get("name"), str) and _env_key(t["name"]) == which.upper()]
-        index = by_name[0] if len(by_name) == 1 else (
-            int(which) if which.isdigit() and int(which) < len(targets) else None)
+        which, _, key = name[len(TARGET_ENV_PREFIX) :].partition("__")
+        by_name = [
+            i
+            for i, t in enumerate(targets)
+            if isinstance(t, dict)
+            and isinstance(t.get("name"), str)
+            and _env_key(t["name"]) == which.upper()
+        ]
+        index = (
+            by_name[0]
+            if len(by_name) == 1
+            else (int(which) if which.isdigit() and int(which) < len(targets) else None)
+        )
         if index is None or not isinstance(targets[index], dict):
-            named = ", ".join(_env_key(t["name"]) for t in targets
-                              if isinstance(t, dict) and isinstance(t.get("name"), str))
-            errors.append(f"environment {name}: no forwarding target named or numbered "
-                          f"{which!r} (targets: {named or 'none with a name'}; or 0 to "
-                          f"{len(targets) - 1})" if targets else
-                          f"environment {name}: no forwarding targets are configured")
+            named = ", ".join(
+                _env_key(t["name"])
+                for t in targets
+                if isinstance(t, dict) and isinstance(t.get("name"), str)
+            )
+            errors.append(
+                f"environment {name}: no forwarding target named or numbered "
+                f"{which!r} (targets: {named or 'none with a name'}; or 0 to "
+                f"{len(targets) - 1})"
+                if targets
+                else f"environment {name}: no forwarding targets are configured"
+            )
         elif key.lower() not in keys:
-            errors.append(f"environment {name}: unknown setting (a target's keys: "
-                          f"{', '.join(k.upper() for k in sorted(keys))})")
+            errors.append(
+                f"environment {name}: unknown setting (a target's keys: "
+                f"{', '.join(k.upper() for k in sorted(keys))})"
+            )
         else:
             targets[index][key.lower()] = env_value(name, environ[name])
     return targets
 
 
 def _normalise_targets(
-        targets: tuple[ForwardingTarget, ...]) -> tuple[tuple[ForwardingTarget, ...], list[str]]:
+    targets: tuple[ForwardingTarget, ...],
+) -> tuple[tuple[ForwardingTarget, ...], list[str]]:
     """A target URL ending in the xAPI base (`/xAPI/`) gets `statements`, with a note."""
     normalised, notes = [], []
     for index, target in enumerate(targets):
@@ -698,8 +799,10 @@ def _normalise_targets(
         if parts.path.rstrip("/").lower().endswith("/xapi"):
             path = parts.path.rstrip("/") + "/statements"
             target = dataclasses.replace(target, url=parts._replace(path=path).geturl())
-            notes.append(f"forwardings[{index}] ({target.label}): url is an xAPI base; "
-                         f"statements go to {path}")
+            notes.append(
+                f"forwardings[{index}] ({target.label}): url is an xAPI base; "
+                f"statements go to {path}"
+            )
         normalised.append(target)
     return tuple(normalised), notes
 
@@ -710,13 +813,22 @@ def _warnings(config: Config) -> list[Problem]:
     storage = urlsplit(config.storage.url)
     if storage.scheme in ("http", "https") and "xapi" not in storage.path.lower():
         fixed = f"{storage.scheme}://{storage.netloc.rpartition('@')[2]}/xAPI/"
-        found.append((("storage.url",), "storage.url: its path has no /xAPI/; it must be the "
-                      f"storage LRS's xAPI base, e.g. {fixed}"))
+        found.append(
+            (
+                ("storage.url",),
+                "storage.url: its path has no /xAPI/; it must be the "
+                f"storage LRS's xAPI base, e.g. {fixed}",
+            )
+        )
     for index, target in enumerate(config.forwardings):
         path = urlsplit(target.url).path
         if not path.rstrip("/").endswith("/statements"):
-            found.append(((f"forwardings[{index}].url",),
-                          f"forwardings[{index}] ({target.label}): url: {path or '/'} is not a "
-                          "statements endpoint; it must be the target's statements URL, e.g. "
-                          "https://lrs2.example.org/xAPI/statements"))
+            found.append(
+                (
+                    (f"forwardings[{index}].url",),
+                    f"forwardings[{index}] ({target.label}): url: {path or '/'} is not a "
+                    "statements endpoint; it must be the target's statements URL, e.g. "
+                    "https://lrs2.example.org/xAPI/statements",
+                )
+            )
     return found

@@ -31,10 +31,16 @@ _SNAPSHOT_INTERVAL = 2.0
 class Forwarder:
     """Durable fan-out: write-ahead on the request path, delivery in the background."""
 
-    def __init__(self, config: Config, storage: StorageClient, *,
-                 observe: Observe | None = None, clock: Clock = SYSTEM_CLOCK,
-                 rng: random.Random | None = None,
-                 storage_version: Callable[[], str] | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        storage: StorageClient,
+        *,
+        observe: Observe | None = None,
+        clock: Clock = SYSTEM_CLOCK,
+        rng: random.Random | None = None,
+        storage_version: Callable[[], str] | None = None,
+    ) -> None:
         self._config = config
         # The version to ask storage in: one it speaks (the served list, narrowed to
         # storage's own), else a 1.0.3-only LRS would refuse every question.
@@ -43,8 +49,11 @@ class Forwarder:
         self._rng = rng if rng is not None else random.Random()  # the workers' jitter
         self._observe = observe
         self._storage = storage
-        self.outbox = Outbox(config.resolve_path(config.data_dir) / OUTBOX_FILE,
-                             synchronous=config.outbox.synchronous, clock=clock)
+        self.outbox = Outbox(
+            config.resolve_path(config.data_dir) / OUTBOX_FILE,
+            synchronous=config.outbox.synchronous,
+            clock=clock,
+        )
         self._active = [t for t in config.forwardings if t.is_active]
         self._limits = [(t.label, t.backlog_limit) for t in self._active]
         self.workers: list[TargetWorker] = []
@@ -60,14 +69,18 @@ class Forwarder:
         await self.outbox.open()
         self._started_at = self._clock.now()
         for target in self._active:
-            worker = TargetWorker(target, self.outbox, observe=self._observe,
-                                  clock=self._clock, rng=self._rng)
+            worker = TargetWorker(
+                target, self.outbox, observe=self._observe, clock=self._clock, rng=self._rng
+            )
             self.workers.append(worker)
             self._tasks.append(asyncio.create_task(worker.run(), name=f"forward-{worker.name}"))
         self._tasks.append(asyncio.create_task(self._resolve_pending(), name="outbox-resolve"))
         self._tasks.append(asyncio.create_task(self._housekeeping(), name="outbox-housekeeping"))
-        log.info("forwarding to %d targets: %s", len(self.workers),
-                 ", ".join(w.name for w in self.workers) or "-")
+        log.info(
+            "forwarding to %d targets: %s",
+            len(self.workers),
+            ", ".join(w.name for w in self.workers) or "-",
+        )
 
     async def stop(self) -> None:
         """Stop the background work; what is queued stays in the outbox for next time."""
@@ -80,8 +93,9 @@ class Forwarder:
 
     # -- the request path ---------------------------------------------------------------
 
-    async def record_pending(self, items: Sequence[tuple[str, bytes, bytes | None]],
-                             version: str | None = None) -> list[int]:
+    async def record_pending(
+        self, items: Sequence[tuple[str, bytes, bytes | None]], version: str | None = None
+    ) -> list[int]:
         """Before storage sees them: (id, exact bytes, attachment parts) recorded durably.
 
         The caller must call `settled` when it stops waiting for storage, whatever happened.
@@ -108,8 +122,9 @@ class Forwarder:
 
     def _queued(self, done: asyncio.Future[Any]) -> None:
         if not done.cancelled() and done.exception() is not None:
-            log.error("outbox: settling a write failed (the resolver retries it): %s",
-                      done.exception())
+            log.error(
+                "outbox: settling a write failed (the resolver retries it): %s", done.exception()
+            )
         for worker in self.workers:
             worker.wake()
 
@@ -119,9 +134,13 @@ class Forwarder:
         """Whether storage holds the statement; None when it cannot tell now."""
         headers = {"X-Experience-API-Version": self._storage_version()}
         try:
-            async with self._storage.request("GET", "statements",
-                                             raw_query=f"statementId={statement_id}",
-                                             headers=headers, decompress=True) as response:
+            async with self._storage.request(
+                "GET",
+                "statements",
+                raw_query=f"statementId={statement_id}",
+                headers=headers,
+                decompress=True,
+            ) as response:
                 if response.status == 404:
                     return False
                 if response.status != 200:

@@ -32,25 +32,32 @@ def _families() -> _Families:
         "up": GaugeMetricFamily(
             "lrs_gateway_forwarding_target_up",
             "1 while a target answers, 0 once retries are exhausted (it is probed slowly)",
-            labels=["target"]),
+            labels=["target"],
+        ),
         "backlog": GaugeMetricFamily(
-            "lrs_gateway_forwarding_backlog", "Statements waiting for a target",
-            labels=["target"]),
+            "lrs_gateway_forwarding_backlog", "Statements waiting for a target", labels=["target"]
+        ),
         "lag": GaugeMetricFamily(
             "lrs_gateway_forwarding_lag_seconds",
-            "Age of the oldest statement a target has not received", labels=["target"]),
+            "Age of the oldest statement a target has not received",
+            labels=["target"],
+        ),
         "dead": GaugeMetricFamily(
             "lrs_gateway_forwarding_dead_letters",
             "Statements in a target's dead letters (refused for a permanent reason)",
-            labels=["target"]),
+            labels=["target"],
+        ),
         "delivered": CounterMetricFamily(
-            "lrs_gateway_forwarding_delivered", "Statements delivered", labels=["target"]),
+            "lrs_gateway_forwarding_delivered", "Statements delivered", labels=["target"]
+        ),
         "retried": CounterMetricFamily(
-            "lrs_gateway_forwarding_retried", "Statement deliveries retried",
-            labels=["target"]),
+            "lrs_gateway_forwarding_retried", "Statement deliveries retried", labels=["target"]
+        ),
         "dead_total": CounterMetricFamily(
             "lrs_gateway_forwarding_dead_lettered",
-            "Statements ever dead-lettered (permanent reasons only)", labels=["target"]),
+            "Statements ever dead-lettered (permanent reasons only)",
+            labels=["target"],
+        ),
     }
 
 
@@ -68,7 +75,9 @@ class ForwardingCollector(Collector):
         families = _families()
         families["failed"] = CounterMetricFamily(
             "lrs_gateway_forwarding_failed",
-            "Sends to a target that failed (since start)", labels=["target"])
+            "Sends to a target that failed (since start)",
+            labels=["target"],
+        )
         # The workers know now; the snapshot (2 s old at most) knows targets without one.
         up = {name: stats.up for name, stats in snapshot.items()} | self._forwarder.target_up()
         for name, value in up.items():
@@ -97,27 +106,35 @@ class _Outbox:
 
     def targets(self) -> set[str]:
         """Every target this file knows of."""
-        return (self.down | self.backlog.keys() | self.dead.keys()
-                | {target for target, _ in self.counters})
+        return (
+            self.down
+            | self.backlog.keys()
+            | self.dead.keys()
+            | {target for target, _ in self.counters}
+        )
 
 
 def _read_outbox(path: Path) -> _Outbox:
     """One outbox's figures in one read transaction (never creates or changes the file)."""
-    conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=rw", uri=True, timeout=5.0,
-                           isolation_level=None)
+    conn = sqlite3.connect(
+        f"{path.resolve().as_uri()}?mode=rw", uri=True, timeout=5.0, isolation_level=None
+    )
     try:
         conn.execute("BEGIN")  # one snapshot of the file
         found = _Outbox(
             down={t for (t,) in conn.execute("SELECT target FROM target_states WHERE up = 0")},
-            backlog=dict(conn.execute(
-                "SELECT target, COUNT(*) FROM deliveries GROUP BY target")),
+            backlog=dict(conn.execute("SELECT target, COUNT(*) FROM deliveries GROUP BY target")),
             dead=dict(conn.execute("SELECT target, COUNT(*) FROM dead_letters GROUP BY target")),
-            counters={(t, n): v for t, n, v in conn.execute(
-                "SELECT target, name, value FROM counters")})
+            counters={
+                (t, n): v for t, n, v in conn.execute("SELECT target, name, value FROM counters")
+            },
+        )
         for target in found.backlog:
             row = conn.execute(
                 "SELECT s.created FROM deliveries d JOIN statements s ON s.seq = d.seq "
-                "WHERE d.target = ? ORDER BY d.seq LIMIT 1", (target,)).fetchone()
+                "WHERE d.target = ? ORDER BY d.seq LIMIT 1",
+                (target,),
+            ).fetchone()
             if row is not None:
                 found.oldest[target] = row[0]
         conn.execute("COMMIT")
@@ -150,21 +167,27 @@ class OutboxesCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         """Yield the families (labels: target name only)."""
-        outboxes = [o for o in (self._read(p) for p in self._outboxes() if p.exists())
-                    if o is not None]
-        names = [*self._names, *sorted({t for o in outboxes for t in o.targets()}
-                                       - set(self._names))]
+        outboxes = [
+            o for o in (self._read(p) for p in self._outboxes() if p.exists()) if o is not None
+        ]
+        names = [
+            *self._names,
+            *sorted({t for o in outboxes for t in o.targets()} - set(self._names)),
+        ]
         families = _families()
         now = time.time()
         for name in names:
             oldest = [o.oldest[name] for o in outboxes if name in o.oldest]
-            families["up"].add_metric([name], 0.0 if any(name in o.down for o in outboxes)
-                                      else 1.0)
+            families["up"].add_metric([name], 0.0 if any(name in o.down for o in outboxes) else 1.0)
             families["backlog"].add_metric([name], sum(o.backlog.get(name, 0) for o in outboxes))
             families["lag"].add_metric([name], max(0.0, now - min(oldest)) if oldest else 0.0)
             families["dead"].add_metric([name], sum(o.dead.get(name, 0) for o in outboxes))
-            for family, counter in (("delivered", "delivered"), ("retried", "retries"),
-                                    ("dead_total", "dead_letters")):
+            for family, counter in (
+                ("delivered", "delivered"),
+                ("retried", "retries"),
+                ("dead_total", "dead_letters"),
+            ):
                 families[family].add_metric(
-                    [name], sum(o.counters.get((name, counter), 0) for o in outboxes))
+                    [name], sum(o.counters.get((name, counter), 0) for o in outboxes)
+                )
         yield from families.values()

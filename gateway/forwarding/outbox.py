@@ -43,8 +43,9 @@ class Outbox:
 
     async def open(self) -> None:
         """Open (or create) the database and start the thread."""
-        self._store = await asyncio.to_thread(OutboxStore, self._path,
-                                              synchronous=self._synchronous, clock=self._clock)
+        self._store = await asyncio.to_thread(
+            OutboxStore, self._path, synchronous=self._synchronous, clock=self._clock
+        )
         self._thread = threading.Thread(target=self._run, name="outbox", daemon=True)
         self._thread.start()
 
@@ -70,8 +71,9 @@ class Outbox:
             self._jobs.put((operation, future))
             return await future
 
-    async def submit(self, operation: Callable[[OutboxStore], Any],
-                     then: Callable[[asyncio.Future[Any]], None]) -> None:
+    async def submit(
+        self, operation: Callable[[OutboxStore], Any], then: Callable[[asyncio.Future[Any]], None]
+    ) -> None:
         """Queue `operation` for the next group commit without waiting for the commit.
 
         `then(future)` runs on the loop once it is committed (or failed). Only the room in

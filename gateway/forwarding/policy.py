@@ -16,7 +16,12 @@ from email.utils import parsedate_to_datetime
 from enum import StrEnum
 
 __all__ = [
-    "MAX_RETRY_AFTER", "TARGET_REFUSED", "DeliveryPolicy", "Kind", "Pace", "Verdict",
+    "MAX_RETRY_AFTER",
+    "TARGET_REFUSED",
+    "DeliveryPolicy",
+    "Kind",
+    "Pace",
+    "Verdict",
     "parse_retry_after",
 ]
 
@@ -86,8 +91,9 @@ class DeliveryPolicy:
     backoff_cap: float
     timeout: float
 
-    def answered(self, status: int, headers: Mapping[str, str], reason: str, count: int,
-                 now: float) -> Verdict:
+    def answered(
+        self, status: int, headers: Mapping[str, str], reason: str, count: int, now: float
+    ) -> Verdict:
         """Judge the target's HTTP answer to a batch of `count` statements."""
         if status in (200, 204):
             return Verdict(Kind.DELIVERED)
@@ -114,8 +120,9 @@ class DeliveryPolicy:
         """Whether `failures` retries in a row make the target down."""
         return failures > self.max_retries
 
-    def pace(self, failures: int, *, was_up: bool, retry_after: float | None,
-             rng: random.Random) -> Pace:
+    def pace(
+        self, failures: int, *, was_up: bool, retry_after: float | None, rng: random.Random
+    ) -> Pace:
         """The wait after the `failures`-th failure in a row (counting this one).
 
         Up: exponential backoff with full jitter (spreads many gateways' retries over the
@@ -124,6 +131,6 @@ class DeliveryPolicy:
         floor = retry_after or 0.0
         going_down = was_up and self.is_down(failures)
         if was_up and not going_down:
-            window = min(self.backoff_cap, self.backoff_base * 2 ** failures)
+            window = min(self.backoff_cap, self.backoff_base * 2**failures)
             return Pace(max(rng.uniform(0, window), floor), going_down=False, down=False)
         return Pace(max(self.backoff_cap, floor), going_down=going_down, down=True)

@@ -75,19 +75,27 @@ def _add_columns(conn: sqlite3.Connection) -> None:
 
 def _requeue_transient(conn: sqlite3.Connection) -> None:
     """Older versions dead-lettered what a down target missed: it goes back in the backlog."""
-    moved = dict(conn.execute(
-        "SELECT target, COUNT(*) FROM dead_letters WHERE transient = 1 GROUP BY target"))
-    conn.execute("INSERT OR IGNORE INTO deliveries(target, seq) "
-                 "SELECT target, seq FROM dead_letters WHERE transient = 1")
+    moved = dict(
+        conn.execute(
+            "SELECT target, COUNT(*) FROM dead_letters WHERE transient = 1 GROUP BY target"
+        )
+    )
+    conn.execute(
+        "INSERT OR IGNORE INTO deliveries(target, seq) "
+        "SELECT target, seq FROM dead_letters WHERE transient = 1"
+    )
     conn.execute("DELETE FROM dead_letters WHERE transient = 1")
     for target, count in moved.items():
-        log.info("outbox: %d transient dead letters of %s (left by an older version) are "
-                 "back in its backlog", count, target)
+        log.info(
+            "outbox: %d transient dead letters of %s (left by an older version) are "
+            "back in its backlog",
+            count,
+            target,
+        )
 
 
 # Ordered: PRAGMA user_version says how many of them a file has had.
-_MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (
-    _add_columns, _requeue_transient)
+_MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_add_columns, _requeue_transient)
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,8 +141,9 @@ def _marks(count: int) -> str:
 class OutboxStore:
     """One SQLite connection in WAL mode; `backlog` counts deliveries per target in memory."""
 
-    def __init__(self, path: Path, *, synchronous: str = "full",
-                 clock: Clock = SYSTEM_CLOCK) -> None:
+    def __init__(
+        self, path: Path, *, synchronous: str = "full", clock: Clock = SYSTEM_CLOCK
+    ) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self._clock = clock  # its wall time stamps rows (created, failed_at, since)
         self.path = path
@@ -175,12 +184,14 @@ class OutboxStore:
         self.conn.execute(
             "INSERT INTO counters(target, name, value) VALUES (?, ?, ?) "
             "ON CONFLICT(target, name) DO UPDATE SET value = value + excluded.value",
-            (target, name, by))
+            (target, name, by),
+        )
 
     # -- the write path -----------------------------------------------------------------
 
-    def write_pending(self, items: Sequence[tuple[str, bytes, bytes | None]],
-                      version: str | None = None) -> list[int]:
+    def write_pending(
+        self, items: Sequence[tuple[str, bytes, bytes | None]], version: str | None = None
+    ) -> list[int]:
         """Record (id, statement bytes, packed attachment parts) before storage sees them."""
         now = self._clock.now()
         seqs = []
@@ -188,7 +199,8 @@ class OutboxStore:
             cursor = self.conn.execute(
                 "INSERT INTO statements(statement_id, body, attachments, version, state, "
                 "created) VALUES (?, ?, ?, ?, ?, ?)",
-                (statement_id, body, attachments, version, _PENDING, now))
+                (statement_id, body, attachments, version, _PENDING, now),
+            )
             assert cursor.lastrowid is not None
             seqs.append(cursor.lastrowid)
         return seqs
@@ -202,29 +214,39 @@ class OutboxStore:
         """
         if not seqs:
             return
-        seqs = sorted(seq for (seq,) in self.conn.execute(
-            f"UPDATE statements SET state = ? WHERE state = ? AND seq IN ({_marks(len(seqs))}) "
-            "RETURNING seq", (_READY, _PENDING, *seqs)))
+        seqs = sorted(
+            seq
+            for (seq,) in self.conn.execute(
+                f"UPDATE statements SET state = ? WHERE state = ? AND seq IN ({_marks(len(seqs))}) "
+                "RETURNING seq",
+                (_READY, _PENDING, *seqs),
+            )
+        )
         now = self._clock.now()
         for target, limit in targets:
             room = max(0, limit - self.backlog.get(target, 0))
             queued, overflow = seqs[:room], seqs[room:]
             inserted = self.conn.executemany(
                 "INSERT OR IGNORE INTO deliveries(target, seq) VALUES (?, ?)",
-                [(target, seq) for seq in queued]).rowcount
+                [(target, seq) for seq in queued],
+            ).rowcount
             self.backlog[target] = self.backlog.get(target, 0) + max(inserted, 0)
             if overflow:
                 self.conn.executemany(
                     "INSERT OR REPLACE INTO dead_letters(target, seq, reason, transient, "
                     "failed_at) VALUES (?, ?, ?, 0, ?)",
-                    [(target, seq, BACKLOG_FULL, now) for seq in overflow])
+                    [(target, seq, BACKLOG_FULL, now) for seq in overflow],
+                )
                 self._bump(target, "dead_letters", len(overflow))
                 if target not in self._full:
                     self._full.add(target)
-                    log.warning("forwarding to %s: backlog full (%d statements, its "
-                                "backlog_limit): new statements go to its dead letters "
-                                "(`lrs-gateway forwarding replay` once it has caught up)",
-                                target, limit)
+                    log.warning(
+                        "forwarding to %s: backlog full (%d statements, its "
+                        "backlog_limit): new statements go to its dead letters "
+                        "(`lrs-gateway forwarding replay` once it has caught up)",
+                        target,
+                        limit,
+                    )
             elif queued:
                 self._full.discard(target)
 
@@ -233,13 +255,18 @@ class OutboxStore:
         if seqs:
             self.conn.execute(
                 f"DELETE FROM statements WHERE state = ? AND seq IN ({_marks(len(seqs))})",
-                (_PENDING, *seqs))
+                (_PENDING, *seqs),
+            )
 
     def pending(self, created_before: float, limit: int = 500) -> list[tuple[int, str]]:
         """Pending statements older than a moment: (seq, statement id), to resolve."""
-        return list(self.conn.execute(
-            "SELECT seq, statement_id FROM statements WHERE state = ? AND created < ? "
-            "ORDER BY created LIMIT ?", (_PENDING, created_before, limit)))
+        return list(
+            self.conn.execute(
+                "SELECT seq, statement_id FROM statements WHERE state = ? AND created < ? "
+                "ORDER BY created LIMIT ?",
+                (_PENDING, created_before, limit),
+            )
+        )
 
     # -- the delivery path --------------------------------------------------------------
 
@@ -252,15 +279,20 @@ class OutboxStore:
         rows = self.conn.execute(
             "SELECT d.seq, s.body, d.attempts, s.attachments, s.version FROM deliveries d "
             "JOIN statements s ON s.seq = d.seq WHERE d.target = ? "
-            "ORDER BY d.seq LIMIT ?", (target, limit))
-        return [Claimed(seq, bytes(body), attempts, None if parts is None else bytes(parts),
-                        version) for seq, body, attempts, parts, version in rows]
+            "ORDER BY d.seq LIMIT ?",
+            (target, limit),
+        )
+        return [
+            Claimed(seq, bytes(body), attempts, None if parts is None else bytes(parts), version)
+            for seq, body, attempts, parts, version in rows
+        ]
 
     def ack(self, target: str, seqs: Sequence[int]) -> None:
         """Delivered."""
         deleted = self.conn.execute(
             f"DELETE FROM deliveries WHERE target = ? AND seq IN ({_marks(len(seqs))})",
-            (target, *seqs)).rowcount
+            (target, *seqs),
+        ).rowcount
         self.backlog[target] = self.backlog.get(target, 0) - deleted
         self._bump(target, "delivered", deleted)
 
@@ -269,35 +301,42 @@ class OutboxStore:
         self.conn.execute(
             "UPDATE deliveries SET attempts = attempts + 1, next_attempt = ?, last_error = ? "
             f"WHERE target = ? AND seq IN ({_marks(len(seqs))})",
-            (next_attempt, error, target, *seqs))
+            (next_attempt, error, target, *seqs),
+        )
         self._bump(target, "retries", len(seqs))
 
     def dead_letter(self, target: str, seqs: Sequence[int], reason: str) -> None:
         """Give up on these deliveries for a permanent reason (they stay replayable)."""
         deleted = self.conn.execute(
             f"DELETE FROM deliveries WHERE target = ? AND seq IN ({_marks(len(seqs))})",
-            (target, *seqs)).rowcount
+            (target, *seqs),
+        ).rowcount
         self.backlog[target] = self.backlog.get(target, 0) - deleted
         now = self._clock.now()
         self.conn.executemany(
             "INSERT OR REPLACE INTO dead_letters(target, seq, reason, transient, failed_at) "
-            "VALUES (?, ?, ?, 0, ?)", [(target, seq, reason, now) for seq in seqs])
+            "VALUES (?, ?, ?, 0, ?)",
+            [(target, seq, reason, now) for seq in seqs],
+        )
         self._bump(target, "dead_letters", len(seqs))
 
     def set_state(self, target: str, state: TargetState) -> None:
         """Record that `target` went down or came back."""
         self.conn.execute(
             "INSERT OR REPLACE INTO target_states(target, up, since, reason) VALUES (?, ?, ?, ?)",
-            (target, int(state.up), state.since or self._clock.now(), state.reason))
+            (target, int(state.up), state.since or self._clock.now(), state.reason),
+        )
 
     def target_state(self, target: str) -> TargetState:
         """Whether `target` was last seen up (a target never seen down is up)."""
-        row = self.conn.execute("SELECT up, since, reason FROM target_states WHERE target = ?",
-                                (target,)).fetchone()
+        row = self.conn.execute(
+            "SELECT up, since, reason FROM target_states WHERE target = ?", (target,)
+        ).fetchone()
         return TargetState() if row is None else TargetState(bool(row[0]), row[1], row[2])
 
-    def requeue(self, target: str, *, transient_only: bool, limit: int | None = None,
-                attempts: int = 0) -> int:
+    def requeue(
+        self, target: str, *, transient_only: bool, limit: int | None = None, attempts: int = 0
+    ) -> int:
         """Move dead letters of `target` back into its queue; how many moved."""
         query = "SELECT seq FROM dead_letters WHERE target = ?"
         if transient_only:
@@ -308,10 +347,13 @@ class OutboxStore:
             return 0
         self.conn.executemany(
             "INSERT OR IGNORE INTO deliveries(target, seq, attempts, next_attempt) "
-            "VALUES (?, ?, ?, 0)", [(target, seq, attempts) for seq in seqs])
+            "VALUES (?, ?, ?, 0)",
+            [(target, seq, attempts) for seq in seqs],
+        )
         self.conn.execute(
             f"DELETE FROM dead_letters WHERE target = ? AND seq IN ({_marks(len(seqs))})",
-            (target, *seqs))
+            (target, *seqs),
+        )
         self.backlog[target] = self.backlog.get(target, 0) + len(seqs)
         return len(seqs)
 
@@ -320,7 +362,9 @@ class OutboxStore:
         return self.conn.execute(
             "DELETE FROM statements WHERE state = ? AND NOT EXISTS "
             "(SELECT 1 FROM deliveries d WHERE d.seq = statements.seq) AND NOT EXISTS "
-            "(SELECT 1 FROM dead_letters x WHERE x.seq = statements.seq)", (_READY,)).rowcount
+            "(SELECT 1 FROM dead_letters x WHERE x.seq = statements.seq)",
+            (_READY,),
+        ).rowcount
 
     # -- operating it -------------------------------------------------------------------
 
@@ -328,7 +372,8 @@ class OutboxStore:
         """Every target the database knows of."""
         rows = self.conn.execute(
             "SELECT target FROM deliveries UNION SELECT target FROM dead_letters "
-            "UNION SELECT target FROM counters UNION SELECT target FROM target_states")
+            "UNION SELECT target FROM counters UNION SELECT target FROM target_states"
+        )
         return sorted(target for (target,) in rows)
 
     def stats(self, targets: Iterable[str]) -> dict[str, TargetStats]:
@@ -336,20 +381,28 @@ class OutboxStore:
         now = self._clock.now()
         result = {}
         for target in targets:
-            counters = dict(self.conn.execute(
-                "SELECT name, value FROM counters WHERE target = ?", (target,)))
+            counters = dict(
+                self.conn.execute("SELECT name, value FROM counters WHERE target = ?", (target,))
+            )
             row = self.conn.execute(
                 "SELECT s.created FROM deliveries d JOIN statements s ON s.seq = d.seq "
-                "WHERE d.target = ? ORDER BY d.seq LIMIT 1", (target,)).fetchone()
+                "WHERE d.target = ? ORDER BY d.seq LIMIT 1",
+                (target,),
+            ).fetchone()
             (dead,) = self.conn.execute(
-                "SELECT COUNT(*) FROM dead_letters WHERE target = ?", (target,)).fetchone()
+                "SELECT COUNT(*) FROM dead_letters WHERE target = ?", (target,)
+            ).fetchone()
             state = self.target_state(target)
             result[target] = TargetStats(
-                state="up" if state.up else "down", up=state.up,
+                state="up" if state.up else "down",
+                up=state.up,
                 backlog=self.backlog.get(target, 0),
                 oldest_age=None if row is None else max(0.0, now - row[0]),
-                delivered=counters.get("delivered", 0), retries=counters.get("retries", 0),
-                dead_letters=dead, dead_lettered_total=counters.get("dead_letters", 0),
+                delivered=counters.get("delivered", 0),
+                retries=counters.get("retries", 0),
+                dead_letters=dead,
+                dead_lettered_total=counters.get("dead_letters", 0),
                 down_since=None if state.up else state.since,
-                last_error=None if state.up else state.reason)
+                last_error=None if state.up else state.reason,
+            )
         return result

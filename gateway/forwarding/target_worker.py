@@ -61,15 +61,24 @@ def _payload(part: Sequence[Claimed]) -> tuple[bytes, str]:
 class TargetWorker:
     """Delivers a target's queue in order; a slow or dead target only delays itself."""
 
-    def __init__(self, target: ForwardingTarget, outbox: Outbox, *,
-                 observe: Observe | None = None, clock: Clock = SYSTEM_CLOCK,
-                 rng: random.Random | None = None) -> None:
+    def __init__(
+        self,
+        target: ForwardingTarget,
+        outbox: Outbox,
+        *,
+        observe: Observe | None = None,
+        clock: Clock = SYSTEM_CLOCK,
+        rng: random.Random | None = None,
+    ) -> None:
         self.target = target
         self._clock = clock
         self._rng = rng if rng is not None else random.Random()
-        self._policy = DeliveryPolicy(max_retries=target.max_retries,
-                                      backoff_base=target.backoff_base,
-                                      backoff_cap=target.backoff_cap, timeout=target.timeout)
+        self._policy = DeliveryPolicy(
+            max_retries=target.max_retries,
+            backoff_base=target.backoff_base,
+            backoff_cap=target.backoff_cap,
+            timeout=target.timeout,
+        )
         self._upstream = forwarding_target(target, observe=observe)
         self.name = self._upstream.name
         self._outbox = outbox
@@ -109,7 +118,8 @@ class TargetWorker:
                     await self._hold()
                     self._wake.clear()  # before the claim: a wake during it is not lost
                     batch = await self._outbox.call(
-                        lambda s: s.claim(self.name, self.target.batch_size))
+                        lambda s: s.claim(self.name, self.target.batch_size)
+                    )
                 if batch:
                     batch = await self._deliver(batch)
                 else:
@@ -133,8 +143,13 @@ class TargetWorker:
                 await self._clock.sleep(1.0)
         if not state.up:
             self.up, self._down_since = False, state.since
-            log.info("forwarding to %s: down since %s (%s), %d statements behind; probing it",
-                     self.name, _when(state.since), state.reason, self.behind)
+            log.info(
+                "forwarding to %s: down since %s (%s), %d statements behind; probing it",
+                self.name,
+                _when(state.since),
+                state.reason,
+                self.behind,
+            )
 
     async def _hold(self) -> None:
         """Wait out the backoff, or the time to the next probe of a down target."""
@@ -156,13 +171,16 @@ class TargetWorker:
         """Send a claimed batch; the next batch when it could be claimed in the same commit."""
         # An xAPI 2.0 statement is never sent to a target that speaks only 1.0.x.
         target_minor = _minor(self.target.xapi_version)
-        unfit = [item.seq for item in batch
-                 if item.version is not None and _minor(item.version) > target_minor]
+        unfit = [
+            item.seq
+            for item in batch
+            if item.version is not None and _minor(item.version) > target_minor
+        ]
         if unfit:
-            reason = (f"written in a newer xAPI version than the target's "
-                      f"{self.target.xapi_version}")
-            await self._outbox.call(partial(OutboxStore.dead_letter, target=self.name,
-                                            seqs=unfit, reason=reason))
+            reason = f"written in a newer xAPI version than the target's {self.target.xapi_version}"
+            await self._outbox.call(
+                partial(OutboxStore.dead_letter, target=self.name, seqs=unfit, reason=reason)
+            )
             batch = [item for item in batch if item.seq not in unfit]
             if not batch:
                 return None
@@ -178,22 +196,28 @@ class TargetWorker:
             await self._answered()
             if verdict.kind is Kind.DELIVERED:
                 # One commit: the ack and (after the last part) the next batch.
-                following = await self._outbox.call(partial(
-                    self._acked, seqs=seqs, claim_next=not pending))
+                following = await self._outbox.call(
+                    partial(self._acked, seqs=seqs, claim_next=not pending)
+                )
                 if not pending:
                     return following
             elif verdict.kind is Kind.SPLIT:
                 half = len(part) // 2
                 pending.extend([part[half:], part[:half]])  # first half goes first
             else:  # permanent: one statement, for a reason a human must look at
-                log.warning("forwarding to %s: statement dead-lettered: %s", self.name,
-                            verdict.reason)
-                await self._outbox.call(partial(OutboxStore.dead_letter, target=self.name,
-                                                seqs=seqs, reason=verdict.reason))
+                log.warning(
+                    "forwarding to %s: statement dead-lettered: %s", self.name, verdict.reason
+                )
+                await self._outbox.call(
+                    partial(
+                        OutboxStore.dead_letter, target=self.name, seqs=seqs, reason=verdict.reason
+                    )
+                )
         return None
 
-    def _acked(self, store: OutboxStore, seqs: Sequence[int],
-               claim_next: bool) -> list[Claimed] | None:
+    def _acked(
+        self, store: OutboxStore, seqs: Sequence[int], claim_next: bool
+    ) -> list[Claimed] | None:
         """Delivered: ack, and perhaps claim what is next."""
         store.ack(self.name, seqs)
         return store.claim(self.name, self.target.batch_size) if claim_next else None
@@ -206,15 +230,19 @@ class TargetWorker:
         down_since = self._down_since
         await self._outbox.call(lambda s: s.set_state(self.name, TargetState(True)))
         self.up, self._down_since = True, None
-        log.info("forwarding to %s: target is back after %s down, %d statements behind; "
-                 "delivering them", self.name, _duration(down_since, self._clock.now()),
-                 self.behind)
+        log.info(
+            "forwarding to %s: target is back after %s down, %d statements behind; delivering them",
+            self.name,
+            _duration(down_since, self._clock.now()),
+            self.behind,
+        )
 
     async def _failed(self, seqs: Sequence[int], verdict: Verdict) -> None:
         """A failure to retry: back off; past max_retries in a row, the target is down."""
         self._failures += 1
-        pace = self._policy.pace(self._failures, was_up=self.up,
-                                 retry_after=verdict.retry_after, rng=self._rng)
+        pace = self._policy.pace(
+            self._failures, was_up=self.up, retry_after=verdict.retry_after, rng=self._rng
+        )
         going_down = pace.going_down
         now = self._clock.now()
         state = TargetState(False, now, verdict.reason)
@@ -228,10 +256,15 @@ class TargetWorker:
         self._hold_until = self._clock.monotonic() + pace.delay
         if going_down:
             self.up, self._down_since = False, now
-            log.warning("forwarding to %s: target down after %d failed attempts in a row (%s); "
-                        "%d statements behind, kept until it is back; probing it every %g s",
-                        self.name, self._failures, verdict.reason, self.behind,
-                        self.target.backoff_cap)
+            log.warning(
+                "forwarding to %s: target down after %d failed attempts in a row (%s); "
+                "%d statements behind, kept until it is back; probing it every %g s",
+                self.name,
+                self._failures,
+                verdict.reason,
+                self.behind,
+                self.target.backoff_cap,
+            )
 
     async def _send(self, part: Sequence[Claimed]) -> Verdict:
         body, content_type = _payload(part)
@@ -241,22 +274,27 @@ class TargetWorker:
             self._upstream.observe(self.name, label, time.perf_counter() - started)
         return verdict
 
-    async def _post(self, body: bytes, content_type: str,
-                    count: int) -> tuple[Verdict, str]:
+    async def _post(self, body: bytes, content_type: str, count: int) -> tuple[Verdict, str]:
         """(the policy's verdict, metric label) of one POST."""
         headers = CIMultiDict({**self._upstream.headers, "Content-Type": content_type})
         try:
             response = await self._pool.request(
-                "POST", self._path, headers, body, limit=_ANSWER_LIMIT,
-                within=self._upstream.total_timeout)
+                "POST",
+                self._path,
+                headers,
+                body,
+                limit=_ANSWER_LIMIT,
+                within=self._upstream.total_timeout,
+            )
         except (AnswerTimeout, ConnectTimeout):
             return self._policy.timed_out(), "timeout"
         except H1Error as exc:
             return self._policy.unreachable(f"{type(exc).__name__}: {exc}"[:_REASON_CHARS]), "error"
         text = self._upstream.redact(response.body[:_REASON_CHARS].decode("utf-8", "replace"))
         reason = f"HTTP {response.status}: {text}".strip()
-        verdict = self._policy.answered(response.status, response.headers, reason, count,
-                                        self._clock.now())
+        verdict = self._policy.answered(
+            response.status, response.headers, reason, count, self._clock.now()
+        )
         return verdict, status_class(response.status)
 
 

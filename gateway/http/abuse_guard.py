@@ -38,20 +38,27 @@ def lockout_key(*, username: str | None = None, address: str | None = None) -> s
 class Guard:
     """Holds the buckets and lockout state (bounded in memory) of one app."""
 
-    def __init__(self, rate_limit: RateLimitConfig, lockout: LockoutConfig, *,
-                 clock: Clock = SYSTEM_CLOCK) -> None:
-        self._trusted = [ipaddress.ip_network(cidr, strict=False)
-                         for cidr in rate_limit.trusted_proxies]
+    def __init__(
+        self, rate_limit: RateLimitConfig, lockout: LockoutConfig, *, clock: Clock = SYSTEM_CLOCK
+    ) -> None:
+        self._trusted = [
+            ipaddress.ip_network(cidr, strict=False) for cidr in rate_limit.trusted_proxies
+        ]
         self._rates_on = rate_limit.enabled
-        self._per_ip = TokenBuckets(rate_limit.per_ip_rate, rate_limit.per_ip_burst,
-                                    rate_limit.max_tracked, clock=clock)
-        self._per_principal = TokenBuckets(rate_limit.per_principal_rate,
-                                           rate_limit.per_principal_burst,
-                                           rate_limit.max_tracked, clock=clock)
+        self._per_ip = TokenBuckets(
+            rate_limit.per_ip_rate, rate_limit.per_ip_burst, rate_limit.max_tracked, clock=clock
+        )
+        self._per_principal = TokenBuckets(
+            rate_limit.per_principal_rate,
+            rate_limit.per_principal_burst,
+            rate_limit.max_tracked,
+            clock=clock,
+        )
         self._lockout_on = lockout.enabled
         self._lockout_config = lockout
-        self.lockout = FailureLockout(lockout.max_failures, lockout.window, lockout.block,
-                                      lockout.max_tracked, clock=clock)
+        self.lockout = FailureLockout(
+            lockout.max_failures, lockout.window, lockout.block, lockout.max_tracked, clock=clock
+        )
         # Credentials that just succeeded (by keyed digest): they pass a locked address, so
         # a flood from a shared address (NAT, proxy) does not lock out its valid users.
         self._key = secrets.token_bytes(32)
@@ -60,8 +67,7 @@ class Guard:
 
     def client_address(self, request: web.Request) -> str:
         """The caller's address, X-Forwarded-For believed from trusted proxies only."""
-        return client_address(request.remote, request.headers.get("X-Forwarded-For"),
-                              self._trusted)
+        return client_address(request.remote, request.headers.get("X-Forwarded-For"), self._trusted)
 
     def check_rate(self, key: str, *, per_principal: bool) -> None:
         """429 when `key` has spent its tokens."""
@@ -113,11 +119,15 @@ class Guard:
             if self.lockout.failed(key):
                 kind, _, who = key.partition(":")
                 # One line per lockout (not per refused guess); never the password.
-                log.warning("lockout: %s %r blocked for %g s after %d failed logins within "
-                            "%g s (lrs-gateway lockout clear lifts it)",
-                            "username" if kind == "user" else "address", who,
-                            self._lockout_config.block, self._lockout_config.max_failures,
-                            self._lockout_config.window)
+                log.warning(
+                    "lockout: %s %r blocked for %g s after %d failed logins within "
+                    "%g s (lrs-gateway lockout clear lifts it)",
+                    "username" if kind == "user" else "address",
+                    who,
+                    self._lockout_config.block,
+                    self._lockout_config.max_failures,
+                    self._lockout_config.window,
+                )
 
     def lift_lockout(self, key: str) -> bool:
         """Lift a lockout (key from `lockout_key`) at once; whether one was in force."""

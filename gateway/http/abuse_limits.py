@@ -13,8 +13,9 @@ __all__ = ["FailureLockout", "TokenBuckets", "client_address"]
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
-def client_address(remote: str | None, forwarded_for: str | None,
-                   trusted: Sequence[Network]) -> str:
+def client_address(
+    remote: str | None, forwarded_for: str | None, trusted: Sequence[Network]
+) -> str:
     """The client's address, as seen through our trusted proxies only.
 
     Walking X-Forwarded-For from the nearest hop, the first address that is not a trusted
@@ -38,8 +39,9 @@ def client_address(remote: str | None, forwarded_for: str | None,
 class TokenBuckets:
     """One token bucket per key (`rate` per second, up to `burst`), LRU-bounded."""
 
-    def __init__(self, rate: float, burst: int, max_keys: int, *,
-                 clock: Clock = SYSTEM_CLOCK) -> None:
+    def __init__(
+        self, rate: float, burst: int, max_keys: int, *, clock: Clock = SYSTEM_CLOCK
+    ) -> None:
         self._monotonic = clock.monotonic  # bound once: a check costs one call, as before
         self._rate = rate
         self._burst = float(burst)
@@ -70,8 +72,15 @@ class TokenBuckets:
 class FailureLockout:
     """After `max_failures` within `window` seconds a key is blocked for `block` seconds."""
 
-    def __init__(self, max_failures: int, window: float, block: float, max_keys: int, *,
-                 clock: Clock = SYSTEM_CLOCK) -> None:
+    def __init__(
+        self,
+        max_failures: int,
+        window: float,
+        block: float,
+        max_keys: int,
+        *,
+        clock: Clock = SYSTEM_CLOCK,
+    ) -> None:
         self._monotonic = clock.monotonic
         self._max_failures = max_failures
         self._window = window

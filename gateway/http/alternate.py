@@ -24,9 +24,17 @@ from gateway.xapi.versions import VERSION_HEADER
 __all__ = ["alternate_syntax_middleware"]
 
 _METHODS = frozenset({"GET", "PUT", "POST", "DELETE", "HEAD"})
-_HEADER_FIELDS = {name.lower(): name for name in (
-    "Authorization", VERSION_HEADER, "Content-Type", "Content-Length", "If-Match",
-    "If-None-Match")}
+_HEADER_FIELDS = {
+    name.lower(): name
+    for name in (
+        "Authorization",
+        VERSION_HEADER,
+        "Content-Type",
+        "Content-Length",
+        "If-Match",
+        "If-None-Match",
+    )
+}
 # A control character (CR, LF, NUL, ...) in a header value would split or end the header
 # line in the request to storage: refused here, once for every route.
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
@@ -41,11 +49,13 @@ _ENCODED_DELIMITER = re.compile(r"%(?:3f|23|2f)", re.IGNORECASE)
 
 
 @web.middleware
-async def alternate_syntax_middleware(request: web.Request,
-                                      handler: Handler) -> web.StreamResponse:
+async def alternate_syntax_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Turn an alternate-syntax request into the ordinary one it stands for."""
-    if request.method != "POST" or "method" not in request.query or not request.path.startswith(
-            XAPI_PREFIX):
+    if (
+        request.method != "POST"
+        or "method" not in request.query
+        or not request.path.startswith(XAPI_PREFIX)
+    ):
         return await handler(request)
     check_origin_form(request.raw_path)  # the clone below would forward the parsed path
     raw_path = request.raw_path.partition("?")[0]
@@ -57,20 +67,27 @@ async def alternate_syntax_middleware(request: web.Request,
     if set(request.query) != {"method"}:
         raise BadRequest("with ?method= every other parameter goes in the form body")
     if request.content_type != "application/x-www-form-urlencoded":
-        raise BadRequest("the alternate request syntax needs an "
-                         "application/x-www-form-urlencoded body")
+        raise BadRequest(
+            "the alternate request syntax needs an application/x-www-form-urlencoded body"
+        )
     # Read from the stream: aiohttp refuses to clone a request once read() was used.
     raw = await read_stream(request, request.app[CONFIG].server.max_body_size)
     try:
-        fields = parse_qsl(raw.decode("utf-8"), keep_blank_values=True, strict_parsing=False,
-                           max_num_fields=_MAX_FIELDS)
+        fields = parse_qsl(
+            raw.decode("utf-8"),
+            keep_blank_values=True,
+            strict_parsing=False,
+            max_num_fields=_MAX_FIELDS,
+        )
     except UnicodeDecodeError:
         raise BadRequest("the form body is not UTF-8") from None
     except ValueError:
         raise BadRequest(f"the form has more than {_MAX_FIELDS} fields") from None
     headers: CIMultiDict[str] = CIMultiDict(
-        (k, v) for k, v in request.headers.items()
-        if k.lower() not in ("content-type", "content-length"))
+        (k, v)
+        for k, v in request.headers.items()
+        if k.lower() not in ("content-type", "content-length")
+    )
     query: list[tuple[str, str]] = []
     content: bytes | None = None
     for name, value in fields:
@@ -96,6 +113,8 @@ async def alternate_syntax_middleware(request: web.Request,
 def _header_value(name: str, value: str) -> str:
     """A form field's value as a header value, or 400 if it holds a control character."""
     if _CONTROL.search(value):
-        raise BadRequest(f"the form field {name} holds a control character (CR, LF, ...), "
-                         "which no header value may")
+        raise BadRequest(
+            f"the form field {name} holds a control character (CR, LF, ...), "
+            "which no header value may"
+        )
     return value

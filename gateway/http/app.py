@@ -81,10 +81,14 @@ log = logging.getLogger(__name__)
 async def _storage_session(app: web.Application) -> AsyncIterator[None]:
     config = app[CONFIG].storage
     connector = aiohttp.TCPConnector(limit=config.max_connections, ttl_dns_cache=300)
-    async with aiohttp.ClientSession(connector=connector, auto_decompress=False,
-                                     skip_auto_headers=("User-Agent",)) as session:
-        storage = StorageClient(session, storage_target(config, observe=app[METRICS].upstream),
-                                queue_timeout=app[CONFIG].limits.upstream_queue_timeout)
+    async with aiohttp.ClientSession(
+        connector=connector, auto_decompress=False, skip_auto_headers=("User-Agent",)
+    ) as session:
+        storage = StorageClient(
+            session,
+            storage_target(config, observe=app[METRICS].upstream),
+            queue_timeout=app[CONFIG].limits.upstream_queue_timeout,
+        )
         app[STORAGE] = storage
         yield
         storage.close()
@@ -100,10 +104,12 @@ async def _authentication(app: web.Application) -> AsyncIterator[None]:
     backends: list[AuthBackend] = []
     store: CredentialStore | None = None
     if "basic" in auth.backends:
-        store = CredentialStore(config.resolve_path(auth.basic.credentials_file),
-                                account_homepage=auth.basic.account_homepage,
-                                scope_prefix=auth.scope_prefix,
-                                reload_interval=auth.basic.reload_interval)
+        store = CredentialStore(
+            config.resolve_path(auth.basic.credentials_file),
+            account_homepage=auth.basic.account_homepage,
+            scope_prefix=auth.scope_prefix,
+            reload_interval=auth.basic.reload_interval,
+        )
         await store.load()
         await checker.prepare(store.max_cost)
         background.append(asyncio.create_task(store.watch(), name="credentials"))
@@ -112,18 +118,30 @@ async def _authentication(app: web.Application) -> AsyncIterator[None]:
         for name in auth.backends:
             if name == "basic":
                 assert store is not None
-                backends.append(BasicBackend(store, checker,
-                                             cache_max_size=auth.basic.cache_max_size,
-                                             cache_ttl=auth.basic.cache_ttl))
+                backends.append(
+                    BasicBackend(
+                        store,
+                        checker,
+                        cache_max_size=auth.basic.cache_max_size,
+                        cache_ttl=auth.basic.cache_ttl,
+                    )
+                )
             elif name == "oidc":
                 assert auth.oidc.issuer is not None
                 if auth.oidc.audience is None:
-                    log.warning("auth.oidc.audience is not set: tokens issued by %s for "
-                                "any other service will be accepted", auth.oidc.issuer)
-                keys = ProviderKeys(session, auth.oidc.issuer, timeout=auth.oidc.timeout,
-                                    refresh_interval=auth.oidc.refresh_interval,
-                                    unknown_kid_interval=auth.oidc.unknown_kid_interval,
-                                    clock=app[CLOCK])
+                    log.warning(
+                        "auth.oidc.audience is not set: tokens issued by %s for "
+                        "any other service will be accepted",
+                        auth.oidc.issuer,
+                    )
+                keys = ProviderKeys(
+                    session,
+                    auth.oidc.issuer,
+                    timeout=auth.oidc.timeout,
+                    refresh_interval=auth.oidc.refresh_interval,
+                    unknown_kid_interval=auth.oidc.unknown_kid_interval,
+                    clock=app[CLOCK],
+                )
                 background.append(asyncio.create_task(keys.run(), name="oidc-discovery"))
                 backends.append(OidcBackend(keys, auth.oidc, auth.scope_prefix))
             elif name == "callback":
@@ -156,8 +174,13 @@ async def _forwarding(app: web.Application) -> AsyncIterator[None]:
         yield
         return
     versions = app[VERSIONS]
-    forwarder = Forwarder(config, app[STORAGE], observe=app[METRICS].upstream,
-                          clock=app[CLOCK], storage_version=lambda: versions.default)
+    forwarder = Forwarder(
+        config,
+        app[STORAGE],
+        observe=app[METRICS].upstream,
+        clock=app[CLOCK],
+        storage_version=lambda: versions.default,
+    )
     await forwarder.start()
     app[FORWARDER] = forwarder
     metrics = app[METRICS]
@@ -167,9 +190,11 @@ async def _forwarding(app: web.Application) -> AsyncIterator[None]:
         root = shared_data_dir(config.resolve_path(config.data_dir), app[WORKER])
         collector: Collector = OutboxesCollector(
             lambda: [d / OUTBOX_FILE for d in outbox_dirs(root)],
-            [t.label for t in config.forwardings])
-        failed = Cumulative(metrics.forwarding_failed(),
-                            lambda: {(n,): c for n, c in forwarder.failed().items()})
+            [t.label for t in config.forwardings],
+        )
+        failed = Cumulative(
+            metrics.forwarding_failed(), lambda: {(n,): c for n, c in forwarder.failed().items()}
+        )
         metrics.add_cumulative(failed)
     else:
         collector = ForwardingCollector(forwarder)
@@ -195,8 +220,9 @@ async def _metrics_site(app: web.Application) -> AsyncIterator[None]:
     metrics_app.router.add_get(config.metrics.path, operations.metrics, name="metrics")
     runner = web.AppRunner(metrics_app, access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, config.metrics.host or config.server.host, port,
-                       reuse_port=WORKER in app)
+    site = web.TCPSite(
+        runner, config.metrics.host or config.server.host, port, reuse_port=WORKER in app
+    )
     await site.start()
     yield
     await runner.cleanup()
@@ -211,12 +237,13 @@ async def _stamp_response(request: web.Request, response: web.StreamResponse) ->
         response.headers["X-Request-ID"] = request[REQUEST_ID]
     if request.path.startswith(XAPI_PREFIX) and VERSION_HEADER not in response.headers:
         response.headers[VERSION_HEADER] = request.app[VERSIONS].answer_for(
-            request.headers.get(VERSION_HEADER))
-    if (request.path.startswith(STATEMENTS_PREFIX)
-            and CONSISTENT_THROUGH not in response.headers):
+            request.headers.get(VERSION_HEADER)
+        )
+    if request.path.startswith(STATEMENTS_PREFIX) and CONSISTENT_THROUGH not in response.headers:
         # Answers the gateway makes itself (errors) still say how current they are.
-        response.headers[CONSISTENT_THROUGH] = datetime.now(UTC).isoformat(
-            timespec="milliseconds").replace("+00:00", "Z")
+        response.headers[CONSISTENT_THROUGH] = (
+            datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        )
 
 
 async def _publishing(app: web.Application) -> AsyncIterator[None]:
@@ -248,15 +275,22 @@ def _metrics(registry: CollectorRegistry, worker: WorkerRole | None) -> Metrics:
     if not multiprocess_ready(worker.metrics_dir):
         # Started by hand, not by the supervisor (which sets the directory before the
         # interpreter imports prometheus-client): this worker's own figures only.
-        log.warning("worker %d: no shared metrics directory (PROMETHEUS_MULTIPROC_DIR from "
-                    "`serve --workers N`); /metrics shows this worker only", worker.index)
+        log.warning(
+            "worker %d: no shared metrics directory (PROMETHEUS_MULTIPROC_DIR from "
+            "`serve --workers N`); /metrics shows this worker only",
+            worker.index,
+        )
         return Metrics(registry)
     return Metrics(registry, shared_dir=worker.metrics_dir, workers=worker.count)
 
 
-def create_app(config: Config, *, registry: CollectorRegistry | None = None,
-               worker: WorkerRole | None = None,
-               clock: Clock = SYSTEM_CLOCK) -> web.Application:
+def create_app(
+    config: Config,
+    *,
+    registry: CollectorRegistry | None = None,
+    worker: WorkerRole | None = None,
+    clock: Clock = SYSTEM_CLOCK,
+) -> web.Application:
     """Build the gateway application for `config`; `registry` defaults to a fresh one.
 
     `worker`: this process's place among several workers (`serve --workers N`, N > 1).

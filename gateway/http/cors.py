@@ -64,8 +64,11 @@ class CorsPolicy:
 
 def is_preflight(request: web.BaseRequest) -> bool:
     """Whether `request` is a browser's CORS preflight."""
-    return (request.method == "OPTIONS" and "Origin" in request.headers
-            and "Access-Control-Request-Method" in request.headers)
+    return (
+        request.method == "OPTIONS"
+        and "Origin" in request.headers
+        and "Access-Control-Request-Method" in request.headers
+    )
 
 
 @web.middleware
@@ -97,7 +100,10 @@ async def add_cors_headers(request: web.Request, response: web.StreamResponse) -
 
 def _vary_on_origin(response: web.StreamResponse) -> None:
     """Caches must keep answers to different origins apart."""
-    tokens = {token.strip().lower() for value in response.headers.getall("Vary", ())
-              for token in value.split(",")}
+    tokens = {
+        token.strip().lower()
+        for value in response.headers.getall("Vary", ())
+        for token in value.split(",")
+    }
     if not tokens & {"origin", "*"}:
         response.headers.add("Vary", "Origin")

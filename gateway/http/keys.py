@@ -29,9 +29,24 @@ if TYPE_CHECKING:
     from gateway.xapi.versions import VersionPolicy
 
 __all__ = [
-    "ALTERNATE_BODY", "AUTHENTICATOR", "CLOCK", "CONFIG", "CORS", "FORWARDER", "GUARD", "METRICS",
-    "PASSWORDS", "PRINCIPAL", "READINESS", "REQUEST_ID", "REQUEST_IDS", "STORAGE", "STORAGE_ABOUT",
-    "TOKEN_SIGNER", "VERSIONS", "WORKER",
+    "ALTERNATE_BODY",
+    "AUTHENTICATOR",
+    "CLOCK",
+    "CONFIG",
+    "CORS",
+    "FORWARDER",
+    "GUARD",
+    "METRICS",
+    "PASSWORDS",
+    "PRINCIPAL",
+    "READINESS",
+    "REQUEST_ID",
+    "REQUEST_IDS",
+    "STORAGE",
+    "STORAGE_ABOUT",
+    "TOKEN_SIGNER",
+    "VERSIONS",
+    "WORKER",
 ]
 
 CONFIG: web.AppKey[Config] = web.AppKey("config")

@@ -29,8 +29,14 @@ from gateway.failurelog import FailureLog
 from gateway.http.route_info import route_info
 from gateway.upstream.target import status_class
 
-__all__ = ["PUBLISH_INTERVAL", "Cumulative", "Metrics", "auth_figures", "metrics_middleware",
-           "multiprocess_ready"]
+__all__ = [
+    "PUBLISH_INTERVAL",
+    "Cumulative",
+    "Metrics",
+    "auth_figures",
+    "metrics_middleware",
+    "multiprocess_ready",
+]
 
 log = logging.getLogger(__name__)
 
@@ -52,8 +58,7 @@ class _BuildInfo(Collector):
 
     def collect(self) -> Iterator[Metric]:
         """Yield the one family."""
-        yield InfoMetricFamily(f"{_NS}_build", "Build information",
-                               value={"version": __version__})
+        yield InfoMetricFamily(f"{_NS}_build", "Build information", value={"version": __version__})
 
 
 class _Workers(Collector):
@@ -64,8 +69,9 @@ class _Workers(Collector):
 
     def collect(self) -> Iterator[Metric]:
         """Yield the one family."""
-        yield GaugeMetricFamily(f"{_NS}_workers", "Worker processes serving the gateway",
-                                value=self._count)
+        yield GaugeMetricFamily(
+            f"{_NS}_workers", "Worker processes serving the gateway", value=self._count
+        )
 
 
 class Cumulative:
@@ -98,41 +104,84 @@ class Metrics:
     `shared_dir`: the multiprocess directory of `serve --workers N` (None: one process).
     """
 
-    def __init__(self, registry: CollectorRegistry, *, shared_dir: Path | None = None,
-                 workers: int = 1) -> None:
+    def __init__(
+        self, registry: CollectorRegistry, *, shared_dir: Path | None = None, workers: int = 1
+    ) -> None:
         self.registry = registry
         self._shared_dir = shared_dir
         self.requests = Counter(
-            "requests", "HTTP requests answered", ["route", "method", "status_class"],
-            namespace=_NS, registry=registry)
+            "requests",
+            "HTTP requests answered",
+            ["route", "method", "status_class"],
+            namespace=_NS,
+            registry=registry,
+        )
         self.duration = Histogram(
-            "request_duration_seconds", "Time to answer a request", ["route", "method"],
-            namespace=_NS, registry=registry,
-            buckets=(.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10))
+            "request_duration_seconds",
+            "Time to answer a request",
+            ["route", "method"],
+            namespace=_NS,
+            registry=registry,
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+        )
         # Gauges say how several workers' values combine (ignored by a single process).
-        self.in_flight = Gauge("requests_in_flight", "Requests being answered",
-                               namespace=_NS, registry=registry, multiprocess_mode="livesum")
-        self.auth = Counter("auth_attempts", "Authentication attempts", ["scheme", "result"],
-                            namespace=_NS, registry=registry)
-        self.auth_cache = Counter("auth_cache_lookups", "Auth cache lookups",
-                                  ["scheme", "result"], namespace=_NS, registry=registry)
+        self.in_flight = Gauge(
+            "requests_in_flight",
+            "Requests being answered",
+            namespace=_NS,
+            registry=registry,
+            multiprocess_mode="livesum",
+        )
+        self.auth = Counter(
+            "auth_attempts",
+            "Authentication attempts",
+            ["scheme", "result"],
+            namespace=_NS,
+            registry=registry,
+        )
+        self.auth_cache = Counter(
+            "auth_cache_lookups",
+            "Auth cache lookups",
+            ["scheme", "result"],
+            namespace=_NS,
+            registry=registry,
+        )
         self.bcrypt = Histogram(
-            "bcrypt_duration_seconds", "Time of one bcrypt check (in its thread pool)",
-            namespace=_NS, registry=registry,
-            buckets=(.01, .025, .05, .1, .2, .3, .5, .75, 1, 2, 5))
+            "bcrypt_duration_seconds",
+            "Time of one bcrypt check (in its thread pool)",
+            namespace=_NS,
+            registry=registry,
+            buckets=(0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1, 2, 5),
+        )
         self.upstream_requests = Counter(
-            "upstream_requests", "Requests to upstream LRSes", ["target", "outcome"],
-            namespace=_NS, registry=registry)
+            "upstream_requests",
+            "Requests to upstream LRSes",
+            ["target", "outcome"],
+            namespace=_NS,
+            registry=registry,
+        )
         self.upstream_duration = Histogram(
-            "upstream_duration_seconds", "Time until an upstream LRS answered", ["target"],
-            namespace=_NS, registry=registry,
-            buckets=(.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30))
+            "upstream_duration_seconds",
+            "Time until an upstream LRS answered",
+            ["target"],
+            namespace=_NS,
+            registry=registry,
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+        )
         self.statements_accepted = Counter(
-            "statements_accepted", "Statements the storage LRS accepted through the gateway",
-            namespace=_NS, registry=registry)
+            "statements_accepted",
+            "Statements the storage LRS accepted through the gateway",
+            namespace=_NS,
+            registry=registry,
+        )
         # Ready only if every live worker is.
-        self.ready = Gauge("ready", "1 when the last readiness check passed",
-                           namespace=_NS, registry=registry, multiprocess_mode="livemin")
+        self.ready = Gauge(
+            "ready",
+            "1 when the last readiness check passed",
+            namespace=_NS,
+            registry=registry,
+            multiprocess_mode="livemin",
+        )
         self._jwks_refreshes: Counter | None = None
         self._forwarding_failed: Counter | None = None
         self._cumulative: list[Cumulative] = []
@@ -154,17 +203,24 @@ class Metrics:
     def jwks_refreshes(self) -> Counter:
         """The counter of JWKS fetches (made when an OIDC backend first needs it)."""
         if self._jwks_refreshes is None:
-            self._jwks_refreshes = Counter("jwks_refreshes",
-                                           "Fetches of the OpenID provider's keys",
-                                           namespace=_NS, registry=self.registry)
+            self._jwks_refreshes = Counter(
+                "jwks_refreshes",
+                "Fetches of the OpenID provider's keys",
+                namespace=_NS,
+                registry=self.registry,
+            )
         return self._jwks_refreshes
 
     def forwarding_failed(self) -> Counter:
         """The counter of failed sends per forwarding target (made when forwarding starts)."""
         if self._forwarding_failed is None:
             self._forwarding_failed = Counter(
-                "forwarding_failed", "Sends to a target that failed", ["target"],
-                namespace=_NS, registry=self.registry)
+                "forwarding_failed",
+                "Sends to a target that failed",
+                ["target"],
+                namespace=_NS,
+                registry=self.registry,
+            )
         return self._forwarding_failed
 
     def add_collector(self, collector: Collector) -> None:
@@ -209,7 +265,8 @@ class Metrics:
         count = self._upstream_counts.get((target, outcome))
         if count is None:
             count = self._upstream_counts[target, outcome] = self.upstream_requests.labels(
-                target, outcome)
+                target, outcome
+            )
         count.inc()
         duration = self._upstream_durations.get(target)
         if duration is None:

@@ -34,7 +34,10 @@ from gateway.xapi.scopes import is_allowed
 from gateway.xapi.versions import VERSION_HEADER
 
 __all__ = [
-    "auth_middleware", "error_middleware", "render_error", "request_id_middleware",
+    "auth_middleware",
+    "error_middleware",
+    "render_error",
+    "request_id_middleware",
     "throttle_middleware",
 ]
 
@@ -43,13 +46,16 @@ access_log = logging.getLogger("gateway.access")
 _SAFE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
 
-
 def render_error(request: web.Request, error: GatewayError) -> web.Response:
     """xAPI-style JSON error body with the request id."""
-    body = {"error": error.kind, "message": error.message,
-            "request_id": request.get(REQUEST_ID, "")}
-    response = web.Response(status=error.status, text=json.dumps(body),
-                            content_type="application/json")
+    body = {
+        "error": error.kind,
+        "message": error.message,
+        "request_id": request.get(REQUEST_ID, ""),
+    }
+    response = web.Response(
+        status=error.status, text=json.dumps(body), content_type="application/json"
+    )
     if isinstance(error, Unauthorized):
         for challenge in request.app[AUTHENTICATOR].challenges:
             response.headers.add("WWW-Authenticate", challenge)
@@ -91,8 +97,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
 async def request_id_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Give the request an id (or keep a sane incoming one) and write the access log line."""
     incoming = request.headers.get("X-Request-ID", "")
-    request_id = (incoming if _SAFE_REQUEST_ID.match(incoming)
-                  else request.app[REQUEST_IDS].next())
+    request_id = incoming if _SAFE_REQUEST_ID.match(incoming) else request.app[REQUEST_IDS].next()
     request[REQUEST_ID] = request_id
     started = time.perf_counter()
     status = 500
@@ -108,15 +113,21 @@ async def request_id_middleware(request: web.Request, handler: Handler) -> web.S
 def _log_access(request: web.Request, request_id: str, status: int, started: float) -> None:
     principal = request.get(PRINCIPAL)
     fields = {
-        "request_id": request_id, "remote": request.app[GUARD].client_address(request),
-        "method": request.method, "route": route_info(request).name, "status": status,
+        "request_id": request_id,
+        "remote": request.app[GUARD].client_address(request),
+        "method": request.method,
+        "route": route_info(request).name,
+        "status": status,
         "duration_ms": round((time.perf_counter() - started) * 1000, 2),
         "principal": principal.id if principal else "-",
     }
     # Only the route name, never the raw path or query: they may carry personal data.
-    access_log.info("%(remote)s %(method)s %(route)s %(status)d %(duration_ms).1fms "
-                    "principal=%(principal)s request_id=%(request_id)s", fields,
-                    extra=fields)
+    access_log.info(
+        "%(remote)s %(method)s %(route)s %(status)d %(duration_ms).1fms "
+        "principal=%(principal)s request_id=%(request_id)s",
+        fields,
+        extra=fields,
+    )
 
 
 @web.middleware

@@ -30,8 +30,15 @@ from gateway.upstream.storage import Occasionally, StorageClient, describe_crede
 from gateway.xapi.versions import VERSION_HEADER
 
 __all__ = [
-    "INTERVAL", "PROBE_REQUEST_ID", "Check", "Readiness", "Report",
-    "check_readiness", "judge_storage_answer", "keep_checking", "probe_storage",
+    "INTERVAL",
+    "PROBE_REQUEST_ID",
+    "Check",
+    "Readiness",
+    "Report",
+    "check_readiness",
+    "judge_storage_answer",
+    "keep_checking",
+    "probe_storage",
     "readiness_loop",
 ]
 
@@ -70,9 +77,11 @@ class Report:
 
     def as_json(self) -> dict[str, Any]:
         """/__heartbeat__'s body: each check's detail ("ok" or what is wrong), the targets."""
-        return {"status": "ok" if self.ready else "unavailable",
-                "checks": {name: check.detail for name, check in self.checks.items()},
-                "forwarding": {"targets": self.targets}}
+        return {
+            "status": "ok" if self.ready else "unavailable",
+            "checks": {name: check.detail for name, check in self.checks.items()},
+            "forwarding": {"targets": self.targets},
+        }
 
 
 def judge_storage_answer(status: int, storage: StorageClient, asked: str) -> Check:
@@ -80,15 +89,23 @@ def judge_storage_answer(status: int, storage: StorageClient, asked: str) -> Che
     if 200 <= status < 300:
         return PASSED
     if status in (401, 403):
-        return Check(False, f"the storage LRS refused the gateway's credential: {asked} "
-                     f"answered {status} to {describe_credential(storage)}; fix "
-                     "storage.basic_username/basic_password, or the credential's "
-                     "permissions in the LRS (clients get 502 meanwhile)",
-                     "refused", logging.ERROR)
+        return Check(
+            False,
+            f"the storage LRS refused the gateway's credential: {asked} "
+            f"answered {status} to {describe_credential(storage)}; fix "
+            "storage.basic_username/basic_password, or the credential's "
+            "permissions in the LRS (clients get 502 meanwhile)",
+            "refused",
+            logging.ERROR,
+        )
     if status == 404:
-        return Check(False, f"storage URL looks wrong (no xAPI here): {asked} answered 404; "
-                     "storage.url must be the LRS's xAPI base, e.g. http://lrs:8100/xAPI/",
-                     "not_xapi", logging.ERROR)
+        return Check(
+            False,
+            f"storage URL looks wrong (no xAPI here): {asked} answered 404; "
+            "storage.url must be the LRS's xAPI base, e.g. http://lrs:8100/xAPI/",
+            "not_xapi",
+            logging.ERROR,
+        )
     return Check(False, f"{asked} answered HTTP {status}", f"answered {status}")
 
 
@@ -101,19 +118,25 @@ async def probe_storage(storage: StorageClient, version: str, within: float) -> 
     asked = f"GET {storage.base_path}statements?limit=1"
     try:
         async with asyncio.timeout(within):
-            async with storage.request("GET", "statements", raw_query="limit=1", headers={
-                    VERSION_HEADER: version, "X-Request-ID": PROBE_REQUEST_ID}) as answer:
+            async with storage.request(
+                "GET",
+                "statements",
+                raw_query="limit=1",
+                headers={VERSION_HEADER: version, "X-Request-ID": PROBE_REQUEST_ID},
+            ) as answer:
                 status = answer.status
     except TimeoutError:
-        return Check(False, f"the storage LRS did not answer {asked} within {within:g} s "
-                     "(storage.probe_timeout)", "timeout")
+        return Check(
+            False,
+            f"the storage LRS did not answer {asked} within {within:g} s (storage.probe_timeout)",
+            "timeout",
+        )
     except GatewayError as error:
         return Check(False, f"{error.message} ({asked})", "unreachable")
     return judge_storage_answer(status, storage, asked)
 
 
-async def _forwarding(app: web.Application, within: float) -> tuple[Check | None,
-                                                                      dict[str, Any]]:
+async def _forwarding(app: web.Application, within: float) -> tuple[Check | None, dict[str, Any]]:
     """The outbox's check (it answered) and each target's figures; (None, {}) without one."""
     forwarder = app.get(FORWARDER)
     if forwarder is None:
@@ -124,10 +147,16 @@ async def _forwarding(app: web.Application, within: float) -> tuple[Check | None
     except TimeoutError:
         return Check(False, f"the outbox did not answer within {within:g} s", "timeout"), {}
     except Exception as error:  # any store failure means statement writes fail too
-        return Check(False, f"the outbox failed: {type(error).__name__}: {error}",
-                     f"failed {type(error).__name__}", logging.ERROR), {}
-    targets = {name: {key: value for key, value in asdict(figures).items()
-                      if key in _TARGET_FIELDS} for name, figures in stats.items()}
+        return Check(
+            False,
+            f"the outbox failed: {type(error).__name__}: {error}",
+            f"failed {type(error).__name__}",
+            logging.ERROR,
+        ), {}
+    targets = {
+        name: {key: value for key, value in asdict(figures).items() if key in _TARGET_FIELDS}
+        for name, figures in stats.items()
+    }
     return PASSED, targets
 
 
@@ -163,11 +192,13 @@ class Readiness:
         app = self._app
         within = app[CONFIG].storage.probe_timeout
         storage, (store, targets) = await asyncio.gather(
-            probe_storage(app[STORAGE], app[VERSIONS].default, within),
-            _forwarding(app, within))
+            probe_storage(app[STORAGE], app[VERSIONS].default, within), _forwarding(app, within)
+        )
         problems = "; ".join(app[AUTHENTICATOR].readiness_problems())
-        checks = {"storage": storage,
-                  "auth": Check(False, problems, problems) if problems else PASSED}
+        checks = {
+            "storage": storage,
+            "auth": Check(False, problems, problems) if problems else PASSED,
+        }
         if store is not None:
             checks["outbox"] = store
         report = Report(checks, targets)
@@ -194,9 +225,14 @@ async def check_readiness(app: web.Application) -> Report:
     return await app[READINESS].check()
 
 
-async def keep_checking(check: Callable[[], Awaitable[object]], *, on_failure: Callable[[], None],
-                        interval: float = INTERVAL, failures: Occasionally | None = None,
-                        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
+async def keep_checking(
+    check: Callable[[], Awaitable[object]],
+    *,
+    on_failure: Callable[[], None],
+    interval: float = INTERVAL,
+    failures: Occasionally | None = None,
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+) -> None:
     """Run `check` every `interval` seconds until cancelled.
 
     A check that raises is logged (the first time, then once a minute with how many) and
@@ -210,8 +246,11 @@ async def keep_checking(check: Callable[[], Awaitable[object]], *, on_failure: C
             on_failure()
             count = failures.due()
             if count is not None:
-                log.exception("the background readiness check failed (%d time(s) since the "
-                              "last line like this); lrs_gateway_ready says 0 meanwhile", count)
+                log.exception(
+                    "the background readiness check failed (%d time(s) since the "
+                    "last line like this); lrs_gateway_ready says 0 meanwhile",
+                    count,
+                )
         await sleep(interval)
 
 
@@ -223,8 +262,7 @@ async def readiness_loop(app: web.Application) -> AsyncIterator[None]:
     def failed() -> None:
         app[METRICS].ready.set(0)
 
-    task = asyncio.create_task(keep_checking(readiness.check, on_failure=failed),
-                               name="readiness")
+    task = asyncio.create_task(keep_checking(readiness.check, on_failure=failed), name="readiness")
     yield
     task.cancel()
     readiness.close()

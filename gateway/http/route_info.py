@@ -55,7 +55,7 @@ def route_info(request: web.Request) -> RouteInfo:
 def xapi_tail(request: web.Request) -> str:
     """The still-encoded path after `/xAPI/`, which the upstream URL is built from."""
     raw_path = request.raw_path.partition("?")[0]
-    return raw_path[len(XAPI_PREFIX):] if raw_path.startswith(XAPI_PREFIX) else ""
+    return raw_path[len(XAPI_PREFIX) :] if raw_path.startswith(XAPI_PREFIX) else ""
 
 
 def raw_query(request: web.Request) -> str:

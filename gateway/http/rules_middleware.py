@@ -32,8 +32,7 @@ _RESOURCES = {
 
 
 @web.middleware
-async def request_rules_middleware(request: web.Request,
-                                   handler: Handler) -> web.StreamResponse:
+async def request_rules_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """400 for query parameters (and document merges) the xAPI spec does not allow.
 
     Runs after auth (401/403 come first) and, as the alternate syntax middleware is outer,

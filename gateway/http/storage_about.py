@@ -41,8 +41,9 @@ async def fetch_about(storage: StorageClient, version: str, within: float | None
     """
     try:
         async with asyncio.timeout(within):
-            async with storage.request("GET", "about", decompress=True,
-                                       headers={VERSION_HEADER: version}) as answer:
+            async with storage.request(
+                "GET", "about", decompress=True, headers={VERSION_HEADER: version}
+            ) as answer:
                 if answer.status == 404:
                     return About(None, None)
                 if answer.status != 200:
@@ -55,8 +56,11 @@ async def fetch_about(storage: StorageClient, version: str, within: float | None
     if not isinstance(document, dict):
         return About(None, None)
     listed = document.get("version")
-    versions = (tuple(listed) if isinstance(listed, list) and listed
-                and all(isinstance(v, str) for v in listed) else None)
+    versions = (
+        tuple(listed)
+        if isinstance(listed, list) and listed and all(isinstance(v, str) for v in listed)
+        else None
+    )
     found = document.get("extensions")
     return About(versions, found if isinstance(found, dict) and found else None)
 
@@ -90,28 +94,40 @@ class StorageAbout:
         self._log_change(policy.narrow(about.versions), about.versions, storage.name)
         return True
 
-    def _log_change(self, narrowing: Narrowing, spoken: tuple[str, ...] | None,
-                    name: str) -> None:
+    def _log_change(self, narrowing: Narrowing, spoken: tuple[str, ...] | None, name: str) -> None:
         # Logged once per change, not at every refresh.
         if narrowing.served == self._served:
             return
         first = self._served is None
         self._served = narrowing.served
         if narrowing.disjoint:
-            log.error("the %s LRS speaks xAPI %s (its /about), none of the configured "
-                      "xapi.versions %s: serving those, but storage will refuse them",
-                      name, ", ".join(spoken or ()), ", ".join(narrowing.served))
+            log.error(
+                "the %s LRS speaks xAPI %s (its /about), none of the configured "
+                "xapi.versions %s: serving those, but storage will refuse them",
+                name,
+                ", ".join(spoken or ()),
+                ", ".join(narrowing.served),
+            )
         elif narrowing.dropped:
-            log.warning("the %s LRS speaks xAPI %s (its /about): serving %s of the "
-                        "configured xapi.versions, not %s", name, ", ".join(spoken or ()),
-                        ", ".join(narrowing.served), ", ".join(narrowing.dropped))
+            log.warning(
+                "the %s LRS speaks xAPI %s (its /about): serving %s of the "
+                "configured xapi.versions, not %s",
+                name,
+                ", ".join(spoken or ()),
+                ", ".join(narrowing.served),
+                ", ".join(narrowing.dropped),
+            )
         elif not first:
-            log.info("the %s LRS speaks every configured xAPI version again: serving %s",
-                     name, ", ".join(narrowing.served))
+            log.info(
+                "the %s LRS speaks every configured xAPI version again: serving %s",
+                name,
+                ", ".join(narrowing.served),
+            )
 
 
-async def _keep_learning(about: StorageAbout, storage: StorageClient, policy: VersionPolicy,
-                         within: float, learned: bool) -> None:
+async def _keep_learning(
+    about: StorageAbout, storage: StorageClient, policy: VersionPolicy, within: float, learned: bool
+) -> None:
     while True:
         await asyncio.sleep(about.ttl if learned else _RETRY)
         try:
@@ -127,8 +143,9 @@ async def storage_about_loop(app: web.Application) -> AsyncIterator[None]:
     about, storage, policy = app[STORAGE_ABOUT], app[STORAGE], app[VERSIONS]
     within = app[CONFIG].storage.probe_timeout
     learned = await about.learn(storage, policy, within)
-    task = asyncio.create_task(_keep_learning(about, storage, policy, within, learned),
-                               name="storage-about")
+    task = asyncio.create_task(
+        _keep_learning(about, storage, policy, within, learned), name="storage-about"
+    )
     yield
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):

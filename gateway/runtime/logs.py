@@ -24,8 +24,15 @@ from typing import TextIO
 
 from aiohttp.http_exceptions import HttpProcessingError
 
-__all__ = ["ACCESS_FIELDS", "BatchingStreamHandler", "JsonFormatter", "RedactingFilter",
-           "TextFormatter", "redact", "setup_logging"]
+__all__ = [
+    "ACCESS_FIELDS",
+    "BatchingStreamHandler",
+    "JsonFormatter",
+    "RedactingFilter",
+    "TextFormatter",
+    "redact",
+    "setup_logging",
+]
 
 FLUSH_INTERVAL = 0.1  # seconds an INFO line may wait before it is written
 MAX_BATCH = 512  # lines; a fuller batch is written at once
@@ -34,8 +41,7 @@ MAX_BATCH = 512  # lines; a fuller batch is written at once
 ATOMIC_WRITE = 4096
 
 # Extra fields the access log attaches to its records (and the JSON lines carry as keys).
-ACCESS_FIELDS = ("request_id", "remote", "method", "route", "status", "duration_ms",
-                 "principal")
+ACCESS_FIELDS = ("request_id", "remote", "method", "route", "status", "duration_ms", "principal")
 ACCESS_LOGGER = "gateway.access"
 _AIOHTTP_SERVER = "aiohttp.server"  # logs the requests its parser refused, with the bytes
 
@@ -45,18 +51,33 @@ _MARKERS = ("auth", "basic", "bearer", "pass", "secret", "token", "://")
 _CREDENTIALS = (
     # An Authorization or Proxy-Authorization header in any rendering (raw line, dict or
     # multidict repr, form field): its whole value, to the closing quote or end of line.
-    (re.compile(r"""(?<![\w-])((?:proxy-)?authorization['"]?\s*[:=]\s*['"]?)[^'"\r\n&]+""",
-                re.IGNORECASE), rf"\1{REDACTED}"),
+    (
+        re.compile(
+            r"""(?<![\w-])((?:proxy-)?authorization['"]?\s*[:=]\s*['"]?)[^'"\r\n&]+""",
+            re.IGNORECASE,
+        ),
+        rf"\1{REDACTED}",
+    ),
     # A Basic or Bearer credential wherever it stands, also after an escaped line break.
-    (re.compile(r"\b(basic|bearer)((?:\s|\\[rnt]|%20)+)[A-Za-z0-9+/=._~-]+", re.IGNORECASE),
-     rf"\1\2{REDACTED}"),
+    (
+        re.compile(r"\b(basic|bearer)((?:\s|\\[rnt]|%20)+)[A-Za-z0-9+/=._~-]+", re.IGNORECASE),
+        rf"\1\2{REDACTED}",
+    ),
     # The password of a URL's userinfo. The scheme's length is bounded so that a long run
     # of scheme characters without "://" costs linear time, not quadratic.
-    (re.compile(r"(\b[a-z][a-z0-9+.-]{0,31}://[^/\s:@'\"]*):[^/\s@'\"]+@", re.IGNORECASE),
-     rf"\1:{REDACTED}@"),
+    (
+        re.compile(r"(\b[a-z][a-z0-9+.-]{0,31}://[^/\s:@'\"]*):[^/\s@'\"]+@", re.IGNORECASE),
+        rf"\1:{REDACTED}@",
+    ),
     # `password=...`, and a quoted value after a password/secret/token-named key.
-    (re.compile(r"""(\b\w*(?:password|passwd|secret|token)['"]?(?:=|\s*[:=]\s*(?=['"])))"""
-                r"""(?:'[^']*'|"[^"]*"|[^\s'"&,;)}]+)""", re.IGNORECASE), rf"\1{REDACTED}"),
+    (
+        re.compile(
+            r"""(\b\w*(?:password|passwd|secret|token)['"]?(?:=|\s*[:=]\s*(?=['"])))"""
+            r"""(?:'[^']*'|"[^"]*"|[^\s'"&,;)}]+)""",
+            re.IGNORECASE,
+        ),
+        rf"\1{REDACTED}",
+    ),
 )
 # Where the reason of a parser error ends and its quotation of the raw bytes begins.
 _QUOTATION = re.compile(r"""[:'"\\\n]""")
@@ -187,8 +208,9 @@ class BatchingStreamHandler(logging.Handler):
     and `close` (logging's shutdown at exit).
     """
 
-    def __init__(self, stream: TextIO | None = None,
-                 interval: float | None = FLUSH_INTERVAL) -> None:
+    def __init__(
+        self, stream: TextIO | None = None, interval: float | None = FLUSH_INTERVAL
+    ) -> None:
         """`interval` None: no writer thread; only warnings, full batches and flush write."""
         super().__init__()
         self._stream = stream if stream is not None else sys.stderr
@@ -196,8 +218,9 @@ class BatchingStreamHandler(logging.Handler):
         self._wake = threading.Event()
         self._closed = False
         if interval is not None:
-            threading.Thread(target=self._write_periodically, args=(interval,), daemon=True,
-                             name="log-writer").start()
+            threading.Thread(
+                target=self._write_periodically, args=(interval,), daemon=True, name="log-writer"
+            ).start()
 
     def emit(self, record: logging.LogRecord) -> None:
         """Queue the formatted line (the handler's lock is held: see Handler.handle)."""

@@ -21,8 +21,9 @@ def setup_sentry(config: SentryConfig) -> bool:
         import sentry_sdk
         from sentry_sdk.integrations.aiohttp import AioHttpIntegration
     except ImportError:
-        raise ConfigError("sentry.dsn: set, but sentry-sdk is not installed "
-                          "(pip install 'lrs-gateway[sentry]')") from None
+        raise ConfigError(
+            "sentry.dsn: set, but sentry-sdk is not installed (pip install 'lrs-gateway[sentry]')"
+        ) from None
 
     def traces_sampler(context: dict[str, Any]) -> float:
         request = context.get("aiohttp_request")
@@ -35,8 +36,10 @@ def setup_sentry(config: SentryConfig) -> bool:
 
     try:
         sentry_sdk.init(
-            dsn=config.dsn.reveal(), environment=config.environment,
-            release=f"lrs-gateway@{__version__}", traces_sampler=traces_sampler,
+            dsn=config.dsn.reveal(),
+            environment=config.environment,
+            release=f"lrs-gateway@{__version__}",
+            traces_sampler=traces_sampler,
             send_default_pii=False,  # no Authorization headers, cookies or user IPs
             integrations=[AioHttpIntegration()],
         )

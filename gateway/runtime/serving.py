@@ -101,9 +101,16 @@ class _GuardedRunner(web.AppRunner):
         return cast(web.Server, _GuardedServer(server, self._header_timeout))
 
 
-def run(app: web.Application, *, host: str, port: int, shutdown_timeout: float,
-        header_timeout: float, on_listening: Callable[[], None],
-        reuse_port: bool = False) -> None:
+def run(
+    app: web.Application,
+    *,
+    host: str,
+    port: int,
+    shutdown_timeout: float,
+    header_timeout: float,
+    on_listening: Callable[[], None],
+    reuse_port: bool = False,
+) -> None:
     """Serve until SIGINT/SIGTERM, then let in-flight requests finish (like web.run_app).
 
     `reuse_port`: share the port with other processes (SO_REUSEPORT), for workers.
@@ -113,8 +120,9 @@ def run(app: web.Application, *, host: str, port: int, shutdown_timeout: float,
     # answer is sent, is replaced for this process, which only serves the gateway.
     setattr(web_response, "SERVER_SOFTWARE", SERVER_NAME)  # noqa: B010 (not exported)
     loop = asyncio.new_event_loop()
-    runner = _GuardedRunner(app, header_timeout, access_log=None, handle_signals=True,
-                            shutdown_timeout=shutdown_timeout)
+    runner = _GuardedRunner(
+        app, header_timeout, access_log=None, handle_signals=True, shutdown_timeout=shutdown_timeout
+    )
 
     async def serve() -> None:
         await runner.setup()
@@ -130,8 +138,10 @@ def run(app: web.Application, *, host: str, port: int, shutdown_timeout: float,
         asyncio.set_event_loop(loop)
         loop.run_until_complete(task)
     except (web.GracefulExit, KeyboardInterrupt):
-        log.info("stopping: no new connections; in-flight requests get up to %g s to finish",
-                 shutdown_timeout)
+        log.info(
+            "stopping: no new connections; in-flight requests get up to %g s to finish",
+            shutdown_timeout,
+        )
     finally:
         if not task.done():
             # A second signal (systemd signals every process of the unit, and a supervisor

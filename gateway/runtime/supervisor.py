@@ -35,8 +35,9 @@ MAX_QUICK_DEATHS = 5  # consecutive quick deaths of one worker before the superv
 
 
 class _Supervisor:
-    def __init__(self, command: Sequence[str], count: int, run_dir: Path,
-                 stop_timeout: float) -> None:
+    def __init__(
+        self, command: Sequence[str], count: int, run_dir: Path, stop_timeout: float
+    ) -> None:
         self._command = list(command)
         self._count = count
         self._run_dir = run_dir
@@ -49,13 +50,21 @@ class _Supervisor:
         self._metrics_dir.mkdir()  # fresh with the run dir: totals start at 0 with the run
 
     def _start(self, index: int) -> None:
-        command = [*self._command, "--worker", f"{index}/{self._count}",
-                   "--run-dir", str(self._run_dir), "--supervisor", str(os.getpid())]
+        command = [
+            *self._command,
+            "--worker",
+            f"{index}/{self._count}",
+            "--run-dir",
+            str(self._run_dir),
+            "--supervisor",
+            str(os.getpid()),
+        ]
         # A new interpreter: prometheus-client picks its file-backed values at import.
         env = {**os.environ, MULTIPROC_ENV: str(self._metrics_dir)}
         # Our own interpreter and arguments, nothing from outside.
         self._children[index] = subprocess.Popen(  # noqa: S603
-            command, stdin=subprocess.DEVNULL, env=env)
+            command, stdin=subprocess.DEVNULL, env=env
+        )
         self._started[index] = time.monotonic()
 
     def _buried(self, child: subprocess.Popen[bytes]) -> None:
@@ -80,8 +89,11 @@ class _Supervisor:
     def _supervise(self) -> int:
         for index in range(self._count):
             self._start(index)
-        log.info("supervising %d workers (pids %s)", self._count,
-                 ", ".join(str(c.pid) for c in self._children.values()))
+        log.info(
+            "supervising %d workers (pids %s)",
+            self._count,
+            ", ".join(str(c.pid) for c in self._children.values()),
+        )
         restart_at: dict[int, float] = {}
         code = 0
         while not self._stopping:
@@ -96,13 +108,17 @@ class _Supervisor:
                 deaths = self._quick_deaths.get(index, 0) + 1 if lived < QUICK_DEATH else 1
                 self._quick_deaths[index] = deaths
                 if deaths > MAX_QUICK_DEATHS:
-                    log.error("worker %d keeps dying at start (status %s): stopping", index,
-                              status)
+                    log.error("worker %d keeps dying at start (status %s): stopping", index, status)
                     self._stopping, code = True, 1
                     break
                 delay = RESTART_DELAYS[min(deaths, len(RESTART_DELAYS)) - 1]
-                log.warning("worker %d (pid %d) exited with status %s; restarting it in "
-                            "%.1f s", index, child.pid, status, delay)
+                log.warning(
+                    "worker %d (pid %d) exited with status %s; restarting it in %.1f s",
+                    index,
+                    child.pid,
+                    status,
+                    delay,
+                )
                 restart_at[index] = now + delay
             for index, when in list(restart_at.items()):
                 if not self._stopping and now >= when:

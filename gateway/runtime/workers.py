@@ -32,9 +32,18 @@ from aiohttp import web
 from gateway.forwarding.forwarder import OUTBOX_FILE
 from gateway.forwarding.store import OutboxStore
 
-__all__ = ["SiblingCommands", "WorkerRole", "merged_status", "outbox_dirs", "retire_outboxes",
-           "retired_status", "shared_data_dir", "sibling_command", "sibling_documents",
-           "worker_data_dir"]
+__all__ = [
+    "SiblingCommands",
+    "WorkerRole",
+    "merged_status",
+    "outbox_dirs",
+    "retire_outboxes",
+    "retired_status",
+    "shared_data_dir",
+    "sibling_command",
+    "sibling_documents",
+    "worker_data_dir",
+]
 
 log = logging.getLogger(__name__)
 
@@ -70,8 +79,7 @@ class WorkerRole:
     count: int
     run_dir: Path
     supervisor: int  # pid: a worker whose supervisor is gone stops
-    commands: SiblingCommands = field(default_factory=SiblingCommands, compare=False,
-                                      repr=False)
+    commands: SiblingCommands = field(default_factory=SiblingCommands, compare=False, repr=False)
 
     def socket(self, index: int) -> Path:
         """The Unix socket on which worker `index` answers its siblings."""
@@ -105,8 +113,9 @@ def shared_data_dir(data_dir: Path, role: WorkerRole) -> Path:
 
 def outbox_dirs(data_dir: Path) -> list[Path]:
     """The data directory and every worker's under it, whether or not they hold an outbox."""
-    extra = sorted((p for p in data_dir.glob("worker-*") if p.is_dir()),
-                   key=lambda p: (len(p.name), p.name))
+    extra = sorted(
+        (p for p in data_dir.glob("worker-*") if p.is_dir()), key=lambda p: (len(p.name), p.name)
+    )
     return [data_dir, *extra]
 
 
@@ -181,8 +190,10 @@ async def sibling_documents(role: WorkerRole, path: str) -> tuple[list[bytes], i
         connector = aiohttp.UnixConnector(path=str(role.socket(index)))
         timeout = aiohttp.ClientTimeout(total=SIBLING_TIMEOUT)
         try:
-            async with (aiohttp.ClientSession(connector=connector, timeout=timeout) as session,
-                        session.get(f"http://worker-{index}{path}") as response):
+            async with (
+                aiohttp.ClientSession(connector=connector, timeout=timeout) as session,
+                session.get(f"http://worker-{index}{path}") as response,
+            ):
                 return await response.read() if response.status == 200 else None
         except (aiohttp.ClientError, OSError, TimeoutError):
             return None
@@ -192,17 +203,19 @@ async def sibling_documents(role: WorkerRole, path: str) -> tuple[list[bytes], i
     return bodies, len(answers) - len(bodies)
 
 
-async def sibling_command(role: WorkerRole, name: str,
-                          payload: dict[str, Any]) -> tuple[list[dict[str, Any]], int]:
+async def sibling_command(
+    role: WorkerRole, name: str, payload: dict[str, Any]
+) -> tuple[list[dict[str, Any]], int]:
     """Run command `name` on every other worker: (their answers, workers that did not answer)."""
 
     async def ask(index: int) -> dict[str, Any] | None:
         connector = aiohttp.UnixConnector(path=str(role.socket(index)))
         timeout = aiohttp.ClientTimeout(total=SIBLING_TIMEOUT)
         try:
-            async with (aiohttp.ClientSession(connector=connector, timeout=timeout) as session,
-                        session.post(f"http://worker-{index}/commands/{name}",
-                                     json=payload) as response):
+            async with (
+                aiohttp.ClientSession(connector=connector, timeout=timeout) as session,
+                session.post(f"http://worker-{index}/commands/{name}", json=payload) as response,
+            ):
                 if response.status != 200:
                     return None
                 answer = await response.json()
@@ -239,8 +252,7 @@ async def watch_supervisor(role: WorkerRole) -> None:
     # No event to wait for: the kernel just reparents an orphan.
     while os.getppid() == role.supervisor:  # noqa: ASYNC110
         await asyncio.sleep(PARENT_CHECK_INTERVAL)
-    log.warning("worker %d: the supervisor (pid %d) is gone; stopping", role.index,
-                role.supervisor)
+    log.warning("worker %d: the supervisor (pid %d) is gone; stopping", role.index, role.supervisor)
     os.kill(os.getpid(), signal.SIGTERM)
 
 

@@ -29,8 +29,16 @@ from yarl import URL
 
 from gateway.headers import RESERVED_HEADERS
 
-__all__ = ["AnswerTimeout", "ConnectTimeout", "ConnectionBroken", "H1Error", "H1Pool",
-           "H1Response", "NothingReceived", "TooLarge"]
+__all__ = [
+    "AnswerTimeout",
+    "ConnectTimeout",
+    "ConnectionBroken",
+    "H1Error",
+    "H1Pool",
+    "H1Response",
+    "NothingReceived",
+    "TooLarge",
+]
 
 IDLE_TIMEOUT = 15.0  # seconds a connection may stay idle in the pool (aiohttp's default)
 KEEP_ALIVE_MARGIN = 1.0  # seconds before the server's announced keep-alive timeout
@@ -130,8 +138,11 @@ class _Connection(asyncio.Protocol):
         except httptools.HttpParserError as exc:
             # A callback's own error (TooLarge) comes wrapped in the parser's.
             cause = exc.__context__
-            self._fail(cause if isinstance(cause, H1Error) else
-                       ConnectionBroken(f"{self._peer} sent a broken answer"))
+            self._fail(
+                cause
+                if isinstance(cause, H1Error)
+                else ConnectionBroken(f"{self._peer} sent a broken answer")
+            )
 
     def eof_received(self) -> bool:
         self.closed = True  # never taken from the pool again
@@ -147,8 +158,9 @@ class _Connection(asyncio.Protocol):
         elif not self._received:
             waiter.set_exception(NothingReceived(f"{self._peer} closed the connection"))
         else:
-            waiter.set_exception(ConnectionBroken(f"{self._peer} closed the connection "
-                                                  "part way through its answer"))
+            waiter.set_exception(
+                ConnectionBroken(f"{self._peer} closed the connection part way through its answer")
+            )
 
     # -- httptools callbacks ------------------------------------------------------------
 
@@ -174,8 +186,11 @@ class _Connection(asyncio.Protocol):
         self._headers_done = True
         names = {name.lower(): value for name, value in self._headers}
         length = names.get("content-length")
-        self._delimited = length is not None or "chunked" in names.get(
-            "transfer-encoding", "").lower() or self._status in (204, 304)
+        self._delimited = (
+            length is not None
+            or "chunked" in names.get("transfer-encoding", "").lower()
+            or self._status in (204, 304)
+        )
         if length is not None and length.strip().isdigit() and int(length) > self._limit:
             raise TooLarge(f"{self._peer}'s answer is larger than {self._limit} bytes")
 
@@ -204,8 +219,7 @@ class _Connection(asyncio.Protocol):
                 self.expires_at = time.monotonic() + announced - KEEP_ALIVE_MARGIN
         else:
             self._close()
-        waiter.set_result(H1Response(self._status, self._reason, headers,
-                                     b"".join(self._body)))
+        waiter.set_result(H1Response(self._status, self._reason, headers, b"".join(self._body)))
 
     # -- exchanges ----------------------------------------------------------------------
 
@@ -252,9 +266,15 @@ class _Connection(asyncio.Protocol):
 class H1Pool:
     """Keep-alive connections to one origin; each request takes one or opens one."""
 
-    def __init__(self, origin: URL, *, connect_timeout: float,
-                 idle_timeout: float = IDLE_TIMEOUT, max_idle: int = 100,
-                 peer: str = "the upstream LRS") -> None:
+    def __init__(
+        self,
+        origin: URL,
+        *,
+        connect_timeout: float,
+        idle_timeout: float = IDLE_TIMEOUT,
+        max_idle: int = 100,
+        peer: str = "the upstream LRS",
+    ) -> None:
         if origin.scheme not in ("http", "https") or not origin.host:
             raise ValueError(f"not an http(s) origin: {origin}")
         self._host = origin.raw_host or origin.host
@@ -283,8 +303,16 @@ class H1Pool:
         lines.append(f"Content-Length: {len(body)}\r\n\r\n")
         return "".join(lines).encode("utf-8", "surrogateescape") + body
 
-    async def request(self, method: str, target: str, headers: CIMultiDict[str], body: bytes,
-                      *, limit: int, within: float) -> H1Response:
+    async def request(
+        self,
+        method: str,
+        target: str,
+        headers: CIMultiDict[str],
+        body: bytes,
+        *,
+        limit: int,
+        within: float,
+    ) -> H1Response:
         """One exchange, whole within `within` s (connecting included); H1Error when not."""
         if method == "HEAD":
             raise ValueError("HEAD answers have no body to read: not for this client")
@@ -300,8 +328,9 @@ class H1Pool:
         fresh = await self._open(min(self._connect_timeout, deadline - loop.time()))
         return await self._exchange(fresh, request, limit, deadline - loop.time())
 
-    async def _exchange(self, connection: _Connection, request: bytes, limit: int,
-                        within: float) -> H1Response:
+    async def _exchange(
+        self, connection: _Connection, request: bytes, limit: int, within: float
+    ) -> H1Response:
         if within <= 0:
             connection.abort()
             raise AnswerTimeout(f"{self._peer} did not answer in time")
@@ -334,8 +363,12 @@ class H1Pool:
         try:
             async with asyncio.timeout(max(within, 0.0)):
                 _, connection = await loop.create_connection(
-                    lambda: _Connection(loop, self._peer), self._host, self._port, ssl=self._ssl,
-                    server_hostname=self._host if self._ssl is not None else None)
+                    lambda: _Connection(loop, self._peer),
+                    self._host,
+                    self._port,
+                    ssl=self._ssl,
+                    server_hostname=self._host if self._ssl is not None else None,
+                )
         except TimeoutError:
             raise ConnectTimeout(f"connecting to {self._peer} timed out") from None
         except OSError as exc:

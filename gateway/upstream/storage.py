@@ -33,10 +33,19 @@ from gateway.upstream.h1 import (
 from gateway.upstream.target import UpstreamTarget, status_class
 
 __all__ = [
-    "CLIENT_ASSERTED_HEADERS", "CLIENT_ASSERTED_PREFIXES", "HOP_BY_HOP",
-    "Occasionally", "StorageClient", "describe_credential",
-    "hide_failed_answer", "hide_failure", "is_client_asserted", "read_capped",
-    "refuse_unprocessable", "request_headers", "response_headers",
+    "CLIENT_ASSERTED_HEADERS",
+    "CLIENT_ASSERTED_PREFIXES",
+    "HOP_BY_HOP",
+    "Occasionally",
+    "StorageClient",
+    "describe_credential",
+    "hide_failed_answer",
+    "hide_failure",
+    "is_client_asserted",
+    "read_capped",
+    "refuse_unprocessable",
+    "request_headers",
+    "response_headers",
 ]
 
 
@@ -53,10 +62,20 @@ async def read_capped(response: aiohttp.ClientResponse, limit: int) -> bytes:
         chunks.append(chunk)
     return b"".join(chunks)
 
-HOP_BY_HOP = frozenset({
-    "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te",
-    "trailer", "trailers", "transfer-encoding", "upgrade",
-})
+
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "trailers",
+        "transfer-encoding",
+        "upgrade",
+    }
+)
 # Never sent upstream: ours to handle (auth), recomputed by aiohttp (length, host), or ours
 # to decide (encoding).
 _REQUEST_DROP = HOP_BY_HOP | {"host", "authorization", "content-length", "expect", "cookie"}
@@ -64,26 +83,61 @@ _REQUEST_DROP = HOP_BY_HOP | {"host", "authorization", "content-length", "expect
 # or which URL and method were really asked for (the gateway checked this path, this method).
 # A client sends them to be believed, so none reaches storage: the gateway sends its own
 # forwarding headers instead (gateway.http.forwarded_headers). Exact names, then name prefixes.
-CLIENT_ASSERTED_HEADERS = frozenset({
-    # where the request came from
-    "forwarded", "forwarded-for", "x-forwarded", "x-real-ip", "x-client-ip",
-    "true-client-ip", "cf-connecting-ip", "fastly-client-ip", "x-cluster-client-ip",
-    "x-proxyuser-ip", "x-host", "x-http-host-override",
-    # who is calling (identity-aware proxies, SSO front ends, Kong, Authelia, oauth2-proxy)
-    "x-user", "x-user-id", "x-user-email", "x-user-name", "x-username", "x-email",
-    "x-jwt-assertion", "x-id-token", "x-access-token", "x-arr-clientcert", "ssl-client-cert",
-    # which URL and method: the gateway authorised this request's own
-    "x-original-url", "x-rewrite-url", "x-override-url", "x-http-method-override",
-    "x-http-method", "x-method-override",
-})
+CLIENT_ASSERTED_HEADERS = frozenset(
+    {
+        # where the request came from
+        "forwarded",
+        "forwarded-for",
+        "x-forwarded",
+        "x-real-ip",
+        "x-client-ip",
+        "true-client-ip",
+        "cf-connecting-ip",
+        "fastly-client-ip",
+        "x-cluster-client-ip",
+        "x-proxyuser-ip",
+        "x-host",
+        "x-http-host-override",
+        # who is calling (identity-aware proxies, SSO front ends, Kong, Authelia, oauth2-proxy)
+        "x-user",
+        "x-user-id",
+        "x-user-email",
+        "x-user-name",
+        "x-username",
+        "x-email",
+        "x-jwt-assertion",
+        "x-id-token",
+        "x-access-token",
+        "x-arr-clientcert",
+        "ssl-client-cert",
+        # which URL and method: the gateway authorised this request's own
+        "x-original-url",
+        "x-rewrite-url",
+        "x-override-url",
+        "x-http-method-override",
+        "x-http-method",
+        "x-method-override",
+    }
+)
 CLIENT_ASSERTED_PREFIXES = (
     "x-forwarded-",  # -for, -host, -proto, -port, -prefix, -user, -email, -client-cert, ...
     "x-original-",  # -host, -forwarded-for, -method (ingress controllers)
-    "remote-", "x-remote-",  # Remote-User, X-Remote-User, -Group, -Email
+    "remote-",
+    "x-remote-",  # Remote-User, X-Remote-User, -Group, -Email
     "x-auth-",  # X-Auth-User, X-Auth-Request-User/-Email/-Groups (oauth2-proxy)
-    "x-authenticated-", "x-consumer-", "x-credential-", "x-anonymous-",  # Kong
-    "x-ssl-", "x-client-cert", "x-client-verify", "x-client-dn", "x-amzn-mtls-",  # mTLS
-    "x-amzn-oidc-", "x-goog-iap-", "x-goog-authenticated-", "x-ms-client-principal",
+    "x-authenticated-",
+    "x-consumer-",
+    "x-credential-",
+    "x-anonymous-",  # Kong
+    "x-ssl-",
+    "x-client-cert",
+    "x-client-verify",
+    "x-client-dn",
+    "x-amzn-mtls-",  # mTLS
+    "x-amzn-oidc-",
+    "x-goog-iap-",
+    "x-goog-authenticated-",
+    "x-ms-client-principal",
 )
 _RESPONSE_DROP = HOP_BY_HOP | {"content-length", "server", "date"}
 log = logging.getLogger(__name__)
@@ -107,8 +161,11 @@ def request_headers(incoming: Mapping[str, str], *, extra: Mapping[str, str]) ->
     out: CIMultiDict[str] = CIMultiDict()
     for name, value in incoming.items():
         lowered = name.lower()
-        if (lowered not in _REQUEST_DROP and lowered not in connection_tokens
-                and not is_client_asserted(lowered)):
+        if (
+            lowered not in _REQUEST_DROP
+            and lowered not in connection_tokens
+            and not is_client_asserted(lowered)
+        ):
             out.add(name, value)
     out.update(extra)
     return out
@@ -128,8 +185,7 @@ def response_headers(upstream: CIMultiDictProxy[str], *, decoded: bool) -> CIMul
 class Occasionally:
     """When to log a repeated event: the first time, then at most once per `every` seconds."""
 
-    def __init__(self, every: float = 60.0, *,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, every: float = 60.0, *, clock: Callable[[], float] = time.monotonic) -> None:
         self._every = every
         self._clock = clock
         self._count = 0
@@ -152,8 +208,9 @@ class Occasionally:
 _REFUSED = frozenset({401, 403})
 
 
-async def hide_failure(response: aiohttp.ClientResponse, upstream: StorageClient,
-                       request_id: str) -> None:
+async def hide_failure(
+    response: aiohttp.ClientResponse, upstream: StorageClient, request_id: str
+) -> None:
     """Keep an upstream failure from the client as the LRS said it: log it, raise ours.
 
     A 5xx body may hold stack traces and internal host names. A 401/403 to the gateway's
@@ -162,12 +219,14 @@ async def hide_failure(response: aiohttp.ClientResponse, upstream: StorageClient
     without the credential (an unauthenticated CORS preflight) keeps the LRS's answer.
     """
     if response.status >= 500:
-        _report_failure(response.status, await response.content.read(_LOGGED_BODY), upstream,
-                        request_id)
+        _report_failure(
+            response.status, await response.content.read(_LOGGED_BODY), upstream, request_id
+        )
     sent_credential = "Authorization" in response.request_info.headers
     if response.status in _REFUSED and (sent_credential or upstream.username is None):
-        _report_refusal(response.status, await response.content.read(_LOGGED_BODY), upstream,
-                        request_id)
+        _report_refusal(
+            response.status, await response.content.read(_LOGGED_BODY), upstream, request_id
+        )
 
 
 def hide_failed_answer(response: H1Response, upstream: StorageClient, request_id: str) -> None:
@@ -190,18 +249,29 @@ def _report_refusal(status: int, body: bytes, upstream: StorageClient, request_i
     count = upstream.refusals.due()
     if count is not None:
         said = upstream.target.redact(body.decode("utf-8", "replace"))
-        log.error("the storage LRS refused the gateway's credential: %s answered HTTP %d to "
-                  "%s (request %s; %d such answer(s) since the last line like this); clients "
-                  "get 502 until the credential or its permissions in the LRS are fixed: %s",
-                  upstream.name, status, describe_credential(upstream), request_id, count,
-                  said[:200])
+        log.error(
+            "the storage LRS refused the gateway's credential: %s answered HTTP %d to "
+            "%s (request %s; %d such answer(s) since the last line like this); clients "
+            "get 502 until the credential or its permissions in the LRS are fixed: %s",
+            upstream.name,
+            status,
+            describe_credential(upstream),
+            request_id,
+            count,
+            said[:200],
+        )
     raise StorageRefused()
 
 
 def _report_failure(status: int, body: bytes, upstream: StorageClient, request_id: str) -> None:
     said = body.decode("utf-8", "replace")
-    log.warning("%s answered HTTP %d (request %s): %s", upstream.name, status, request_id,
-                upstream.target.redact(said))
+    log.warning(
+        "%s answered HTTP %d (request %s): %s",
+        upstream.name,
+        status,
+        request_id,
+        upstream.target.redact(said),
+    )
     raise UpstreamFailed(status)
 
 
@@ -225,13 +295,15 @@ def _summary(body: bytes) -> str:
         document = json.loads(body)
     except ValueError:
         document = None
-    said = document.get("detail", document.get("message")) if isinstance(
-        document, dict) else None
+    said = document.get("detail", document.get("message")) if isinstance(document, dict) else None
     if isinstance(said, str) and said:
         return said[:300]
     if isinstance(said, list):
-        named = [f"{'.'.join(str(p) for p in e.get('loc', []))}: {e.get('msg', '')}"
-                 for e in said[:_NAMED_ERRORS] if isinstance(e, dict)]
+        named = [
+            f"{'.'.join(str(p) for p in e.get('loc', []))}: {e.get('msg', '')}"
+            for e in said[:_NAMED_ERRORS]
+            if isinstance(e, dict)
+        ]
         more = f" (and {len(said) - _NAMED_ERRORS} more)" if len(said) > _NAMED_ERRORS else ""
         if named:
             return ("; ".join(named) + more)[:500]
@@ -241,8 +313,9 @@ def _summary(body: bytes) -> str:
 class StorageClient:
     """The storage LRS at its target's URL (ending with `/`); answers are the caller's."""
 
-    def __init__(self, session: aiohttp.ClientSession, target: UpstreamTarget, *,
-                 queue_timeout: float = 5.0) -> None:
+    def __init__(
+        self, session: aiohttp.ClientSession, target: UpstreamTarget, *, queue_timeout: float = 5.0
+    ) -> None:
         self._session = session
         self.target = target
         self.name = target.name
@@ -277,8 +350,16 @@ class StorageClient:
         except TimeoutError:
             raise StorageUnavailable("the storage LRS is saturated; try again shortly") from None
 
-    async def exchange(self, method: str, raw_tail: str, *, raw_query: str = "",
-                       headers: Mapping[str, str], body: bytes, limit: int) -> H1Response:
+    async def exchange(
+        self,
+        method: str,
+        raw_tail: str,
+        *,
+        raw_query: str = "",
+        headers: Mapping[str, str],
+        body: bytes,
+        limit: int,
+    ) -> H1Response:
         """Send a buffered request, read the whole answer (at most `limit` bytes).
 
         For requests that may be sent twice (see gateway.upstream.h1): statement writes.
@@ -291,8 +372,9 @@ class StorageClient:
         started = time.perf_counter()
         outcome = "error"
         try:
-            response = await self._lean.request(method, target, sent, body, limit=limit,
-                                                within=self._total_timeout)
+            response = await self._lean.request(
+                method, target, sent, body, limit=limit, within=self._total_timeout
+            )
             outcome = status_class(response.status)
             return response
         except (AnswerTimeout, ConnectTimeout):
@@ -341,16 +423,23 @@ class StorageClient:
             sent.popall("Authorization", None)  # whatever the caller passed: no identity at all
         await self._slot()
         try:
-            async with self._exchange(method, raw_tail, raw_query, sent, data,
-                                      decompress) as response:
+            async with self._exchange(
+                method, raw_tail, raw_query, sent, data, decompress
+            ) as response:
                 yield response
         finally:
             self._slots.release()
 
     @asynccontextmanager
-    async def _exchange(self, method: str, raw_tail: str, raw_query: str,
-                        sent: CIMultiDict[str], data: Any,
-                        decompress: bool) -> AsyncIterator[aiohttp.ClientResponse]:
+    async def _exchange(
+        self,
+        method: str,
+        raw_tail: str,
+        raw_query: str,
+        sent: CIMultiDict[str],
+        data: Any,
+        decompress: bool,
+    ) -> AsyncIterator[aiohttp.ClientResponse]:
         started = time.perf_counter()
         answered = False
         try:
@@ -365,8 +454,9 @@ class StorageClient:
             ) as response:
                 answered = True
                 if self._observe is not None:
-                    self._observe(self.name, status_class(response.status),
-                                  time.perf_counter() - started)
+                    self._observe(
+                        self.name, status_class(response.status), time.perf_counter() - started
+                    )
                 yield response
         except TimeoutError:
             if not answered and self._observe is not None:

@@ -19,8 +19,14 @@ from gateway.config.settings import ForwardingTarget, StorageConfig
 from gateway.secret import Secret, redact
 from gateway.upstream.h1 import H1Pool
 
-__all__ = ["Observe", "UpstreamTarget", "basic_authorization", "forwarding_target",
-           "status_class", "storage_target"]
+__all__ = [
+    "Observe",
+    "UpstreamTarget",
+    "basic_authorization",
+    "forwarding_target",
+    "status_class",
+    "storage_target",
+]
 
 Observe: TypeAlias = Callable[[str, str, float], None]  # (target, outcome, seconds)
 
@@ -57,9 +63,12 @@ class UpstreamTarget:
 
     def lean_pool(self, *, max_idle: int | None = None) -> H1Pool:
         """A keep-alive pool of the lean HTTP/1.1 client to this target's origin."""
-        return H1Pool(self.url.origin(), connect_timeout=self.connect_timeout,
-                      max_idle=self.max_connections if max_idle is None else max_idle,
-                      peer=self.described)
+        return H1Pool(
+            self.url.origin(),
+            connect_timeout=self.connect_timeout,
+            max_idle=self.max_connections if max_idle is None else max_idle,
+            peer=self.described,
+        )
 
 
 def storage_target(config: StorageConfig, *, observe: Observe | None = None) -> UpstreamTarget:
@@ -67,32 +76,51 @@ def storage_target(config: StorageConfig, *, observe: Observe | None = None) -> 
     headers: dict[str, str] = {}
     secrets: tuple[str, ...] = ()
     if config.basic_username is not None and config.basic_password is not None:
-        headers["Authorization"], secrets = basic_authorization(config.basic_username,
-                                                                config.basic_password)
+        headers["Authorization"], secrets = basic_authorization(
+            config.basic_username, config.basic_password
+        )
     return UpstreamTarget(
-        name="storage", described="the storage LRS",
+        name="storage",
+        described="the storage LRS",
         url=URL(config.url if config.url.endswith("/") else config.url + "/"),
-        connect_timeout=config.connect_timeout, total_timeout=config.timeout,
-        max_connections=config.max_connections, headers=headers, secrets=secrets,
-        username=config.basic_username, observe=observe)
+        connect_timeout=config.connect_timeout,
+        total_timeout=config.timeout,
+        max_connections=config.max_connections,
+        headers=headers,
+        secrets=secrets,
+        username=config.basic_username,
+        observe=observe,
+    )
 
 
-def forwarding_target(config: ForwardingTarget, *,
-                      observe: Observe | None = None) -> UpstreamTarget:
+def forwarding_target(
+    config: ForwardingTarget, *, observe: Observe | None = None
+) -> UpstreamTarget:
     """A forwarding target of the configuration: its credential, extra headers, version."""
-    headers = {"Content-Type": "application/json",
-               "X-Experience-API-Version": config.xapi_version, **config.headers}
+    headers = {
+        "Content-Type": "application/json",
+        "X-Experience-API-Version": config.xapi_version,
+        **config.headers,
+    }
     secrets = tuple(config.headers.values())  # API keys live there too
     if config.bearer_token is not None:
         headers["Authorization"] = f"Bearer {config.bearer_token.reveal()}"
         secrets += (config.bearer_token.reveal(),)
     elif config.basic_username is not None and config.basic_password is not None:
-        headers["Authorization"], basic = basic_authorization(config.basic_username,
-                                                              config.basic_password)
+        headers["Authorization"], basic = basic_authorization(
+            config.basic_username, config.basic_password
+        )
         secrets += basic
     connect = config.timeout if config.connect_timeout is None else config.connect_timeout
     return UpstreamTarget(
-        name=config.label, described=f"forwarding target {config.label}",
-        url=URL(config.url), connect_timeout=min(connect, config.timeout),
-        total_timeout=config.timeout, max_connections=2, headers=headers, secrets=secrets,
-        username=config.basic_username, observe=observe)
+        name=config.label,
+        described=f"forwarding target {config.label}",
+        url=URL(config.url),
+        connect_timeout=min(connect, config.timeout),
+        total_timeout=config.timeout,
+        max_connections=2,
+        headers=headers,
+        secrets=secrets,
+        username=config.basic_username,
+        observe=observe,
+    )

@@ -52,8 +52,10 @@ def _check_ifi(obj: dict[str, Any], where: str, *, required: bool, closed: bool)
     if len(present) != 1:
         if len(present) > 1:
             names = [key for key in IFI_KEYS if key in present]
-            raise AgentError(f"{where}: has {len(names)} identifiers ({', '.join(names)}); "
-                             "exactly one of mbox, mbox_sha1sum, openid, account is allowed")
+            raise AgentError(
+                f"{where}: has {len(names)} identifiers ({', '.join(names)}); "
+                "exactly one of mbox, mbox_sha1sum, openid, account is allowed"
+            )
         if required:
             raise AgentError(f"{where}: needs exactly one of mbox, mbox_sha1sum, openid, account")
         return

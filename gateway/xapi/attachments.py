@@ -11,7 +11,11 @@ from gateway.xapi.multipart import Part, build, check_head, parse, parse_headers
 from gateway.xapi.statements import parse_json_body
 
 __all__ = [
-    "AttachmentBody", "canonical_body", "pack_parts", "parts_for", "read_attachment_body",
+    "AttachmentBody",
+    "canonical_body",
+    "pack_parts",
+    "parts_for",
+    "read_attachment_body",
     "unpack_parts",
 ]
 
@@ -49,8 +53,10 @@ def read_attachment_body(body: bytes, content_type: str) -> AttachmentBody:
             raise BadRequest(f"multipart part {index} has a Content-Length that is not its size")
     first = multipart.parts[0]
     if not (first.header("Content-Type") or "").lower().startswith("application/json"):
-        raise BadRequest("the first part of a multipart statement request must be the "
-                         "statements, as application/json")
+        raise BadRequest(
+            "the first part of a multipart statement request must be the "
+            "statements, as application/json"
+        )
     by_hash: dict[str, Part] = {}
     for index, part in enumerate(multipart.parts[1:], start=1):
         sha2 = part.header("X-Experience-API-Hash")
@@ -87,8 +93,10 @@ def parts_for(statements: Sequence[Any], by_hash: dict[str, Part]) -> list[list[
             if part is None:
                 if "fileUrl" in attachment:
                     continue  # fetched from its URL: no part needed
-                raise BadRequest(f"statements[{index}]: no multipart part for the "
-                                 f"attachment with sha2 {sha2[:64]}")
+                raise BadRequest(
+                    f"statements[{index}]: no multipart part for the "
+                    f"attachment with sha2 {sha2[:64]}"
+                )
             claimed.add(sha2)
             if part not in mine:
                 mine.append(part)
@@ -103,8 +111,10 @@ def pack_parts(parts: Sequence[Part]) -> bytes | None:
     """A statement's attachment parts as one blob for the outbox (None when it has none)."""
     if not parts:
         return None
-    return b"".join(len(p.head).to_bytes(4, "big") + p.head + len(p.body).to_bytes(8, "big")
-                    + p.body for p in parts)
+    return b"".join(
+        len(p.head).to_bytes(4, "big") + p.head + len(p.body).to_bytes(8, "big") + p.body
+        for p in parts
+    )
 
 
 def unpack_parts(blob: bytes) -> list[Part]:
@@ -112,11 +122,11 @@ def unpack_parts(blob: bytes) -> list[Part]:
     parts: list[Part] = []
     position = 0
     while position < len(blob):
-        head_size = int.from_bytes(blob[position:position + 4], "big")
-        head = blob[position + 4:position + 4 + head_size]
+        head_size = int.from_bytes(blob[position : position + 4], "big")
+        head = blob[position + 4 : position + 4 + head_size]
         position += 4 + head_size
-        body_size = int.from_bytes(blob[position:position + 8], "big")
-        body = blob[position + 8:position + 8 + body_size]
+        body_size = int.from_bytes(blob[position : position + 8], "big")
+        body = blob[position + 8 : position + 8 + body_size]
         position += 8 + body_size
         parts.append(Part(head, body, parse_headers(head)))
     return parts

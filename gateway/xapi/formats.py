@@ -57,9 +57,7 @@ _GRANDFATHERED = (
     "i-pwn|i-tao|i-tay|i-tsu|sgn-BE-FR|sgn-BE-NL|sgn-CH-DE|art-lojban|cel-gaulish|no-bok|"
     "no-nyn|zh-guoyu|zh-hakka|zh-min|zh-min-nan|zh-xiang"
 )
-_LANGUAGE_TAG = re.compile(
-    rf"{_LANGTAG}|[Xx](?:-{_ALNUM}{{1,8}})+|{_GRANDFATHERED}", re.IGNORECASE
-)
+_LANGUAGE_TAG = re.compile(rf"{_LANGTAG}|[Xx](?:-{_ALNUM}{{1,8}})+|{_GRANDFATHERED}", re.IGNORECASE)
 
 # 4.5: ISO 8601 combined date and time, extended or basic format (never mixed), time to
 # the hour, minute or second with a decimal fraction on the last one, then an optional
@@ -80,10 +78,13 @@ _TIMESTAMP_COMMON = re.compile(
     r"|(?:0[13578]|1[02])-31)T(?:[01][0-9]|2[0-3]):[0-5][0-9]:(?:[0-5][0-9]|60)"
     r"(?:[.,][0-9]+)?(Z|\+(?:[01][0-9]|2[0-3])(?::[0-5][0-9])?)?"
 )
-_LAST_DAY = dict(zip(
-    ("01", "02", "03", "04", "05", "06", "07", "08", "09", "10", "11", "12"),
-    ("31", "29", "31", "30", "31", "30", "31", "31", "30", "31", "30", "31"), strict=True,
-))
+_LAST_DAY = dict(
+    zip(
+        ("01", "02", "03", "04", "05", "06", "07", "08", "09", "10", "11", "12"),
+        ("31", "29", "31", "30", "31", "30", "31", "31", "30", "31", "30", "31"),
+        strict=True,
+    )
+)
 
 # 4.6: ISO 8601:2004 4.4.3.2 durations, PnYnMnDTnHnMnS or PnW; only the last component
 # may carry a decimal fraction. The alternative format (4.4.3.3, P0003-02-01) is refused.

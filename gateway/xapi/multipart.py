@@ -19,14 +19,22 @@ from dataclasses import dataclass, field
 from gateway.errors import BadRequest
 
 __all__ = [
-    "Multipart", "Part", "boundary_of", "build", "check_head", "parse", "parse_answer",
-    "parse_headers", "request_boundary",
+    "Multipart",
+    "Part",
+    "boundary_of",
+    "build",
+    "check_head",
+    "parse",
+    "parse_answer",
+    "parse_headers",
+    "request_boundary",
 ]
 
 _CRLF = b"\r\n"
 _BOUNDARY_CHARS = re.compile(r"[0-9A-Za-z'()+_,\-./:=? ]{0,69}[0-9A-Za-z'()+_,\-./:=?]")
-_BOUNDARY = re.compile(r"""(?:^|;)\s*boundary\s*=\s*(?:"([^"]{1,70})"|([^;\s]{1,70}))""",
-                       re.IGNORECASE)
+_BOUNDARY = re.compile(
+    r"""(?:^|;)\s*boundary\s*=\s*(?:"([^"]{1,70})"|([^;\s]{1,70}))""", re.IGNORECASE
+)
 # RFC 9110 5.6.2 / 8.3.1: media-type = token "/" token *( OWS ";" OWS [ parameter ] ),
 # parameter = token "=" ( token / quoted-string ); no whitespace around "=".
 _TCHARS = r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
@@ -53,8 +61,9 @@ class Part:
 
     def with_body(self, body: bytes) -> Part:
         """The same part with a new body (and Content-Length fixed if it had one)."""
-        head = re.sub(rb"(?im)^(content-length[ \t]*:[ \t]*)\d+", rb"\g<1>%d" % len(body),
-                      self.head)
+        head = re.sub(
+            rb"(?im)^(content-length[ \t]*:[ \t]*)\d+", rb"\g<1>%d" % len(body), self.head
+        )
         return Part(head, body, dict(self.headers))
 
 
@@ -86,8 +95,7 @@ def request_boundary(content_type: str) -> str:
     outside RFC 9110's grammar is refused rather than guessed at.
     """
     media = _MEDIA_TYPE.match(content_type)
-    if media is None or (media.group(1).lower(), media.group(2).lower()) != ("multipart",
-                                                                              "mixed"):
+    if media is None or (media.group(1).lower(), media.group(2).lower()) != ("multipart", "mixed"):
         raise BadRequest("the Content-Type is not a well-formed multipart/mixed media type")
     parameters: dict[str, str] = {}
     position = media.end()
@@ -96,8 +104,10 @@ def request_boundary(content_type: str) -> str:
         if parameter is None or parameter.end() == position:
             if _OWS_END.fullmatch(content_type, position):
                 break
-            raise BadRequest("the Content-Type's parameters are malformed (RFC 9110: "
-                             "name=value or name=\"value\", separated by ';')")
+            raise BadRequest(
+                "the Content-Type's parameters are malformed (RFC 9110: "
+                "name=value or name=\"value\", separated by ';')"
+            )
         position = parameter.end()
         name = parameter.group(1)
         if name is None:
@@ -172,12 +182,12 @@ def parse(body: bytes, boundary: str) -> Multipart:
         found = body.find(_CRLF + dash)
         if found < 0:
             raise BadRequest("the multipart body has no delimiter for its boundary")
-        position, preamble = found + 2, body[:found + 2]
+        position, preamble = found + 2, body[: found + 2]
     parts: list[Part] = []
     paddings: list[bytes] = []
     while True:
         after = position + len(dash)
-        if body[after:after + 2] == b"--":
+        if body[after : after + 2] == b"--":
             if not parts:
                 raise BadRequest("the multipart body has no parts")
             return Multipart(dash[2:], preamble, parts, paddings, body[after:])
@@ -196,7 +206,7 @@ def parse(body: bytes, boundary: str) -> Multipart:
             split = raw.find(_CRLF + _CRLF)
             if split < 0:
                 raise BadRequest("a multipart part has no blank line after its headers")
-            head, content = raw[:split + 4], raw[split + 4:]
+            head, content = raw[: split + 4], raw[split + 4 :]
         parts.append(Part(head, content, parse_headers(head)))
         position = end + 2
 
@@ -214,14 +224,15 @@ def parse_answer(body: bytes, boundary: str) -> Multipart:
     except BadRequest:
         dash = b"--" + boundary.encode("latin-1")
         closing = body.rfind(dash + b"--")
-        if closing <= 0 or body[closing - 2:closing] == _CRLF:
+        if closing <= 0 or body[closing - 2 : closing] == _CRLF:
             raise
         return parse(body[:closing] + _CRLF + body[closing:], boundary)
 
 
-def build(parts: list[Part],
-          new_boundary: Callable[[], str] = lambda: "lrs-gateway-" + secrets.token_hex(12),
-          ) -> tuple[bytes, str]:
+def build(
+    parts: list[Part],
+    new_boundary: Callable[[], str] = lambda: "lrs-gateway-" + secrets.token_hex(12),
+) -> tuple[bytes, str]:
     """A new multipart/mixed body from parts (their heads as they are); (body, boundary).
 
     The boundary is random and never found inside a part.

@@ -29,16 +29,22 @@ def check_origin_form(raw_target: str) -> str:
     holds the scheme and host: what was authorised and what is forwarded would differ.
     """
     if not raw_target.startswith("/"):
-        raise BadRequest("the request target must be a path (origin-form), not an "
-                         "absolute URL")
+        raise BadRequest("the request target must be a path (origin-form), not an absolute URL")
     return raw_target
 
 
 # The xAPI resources the gateway routes itself (gateway.http.routes), lower-cased.
-_GATEWAY_RESOURCES = frozenset({
-    "statements", "about", "activities", "activities/state", "activities/profile", "agents",
-    "agents/profile",
-})
+_GATEWAY_RESOURCES = frozenset(
+    {
+        "statements",
+        "about",
+        "activities",
+        "activities/state",
+        "activities/profile",
+        "agents",
+        "agents/profile",
+    }
+)
 
 
 def check_not_a_resource(raw_tail: str) -> str:
@@ -49,7 +55,7 @@ def check_not_a_resource(raw_tail: str) -> str:
     stamping and outbox of `/xAPI/statements`.
     """
     if unquote(raw_tail).strip("/").lower() in _GATEWAY_RESOURCES:
-        raise BadRequest("the xAPI resources are spelt as in the specification "
-                         "(e.g. /xAPI/statements)")
+        raise BadRequest(
+            "the xAPI resources are spelt as in the specification (e.g. /xAPI/statements)"
+        )
     return raw_tail
-

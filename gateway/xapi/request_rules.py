@@ -18,7 +18,10 @@ from gateway.xapi.agents import IFI_KEYS, AgentError, validate_actor, validate_a
 from gateway.xapi.formats import is_iri, is_timestamp, is_uuid
 
 __all__ = [
-    "DOCUMENT_RESOURCES", "PAGING_PARAMETERS", "check_merge_document", "check_query",
+    "DOCUMENT_RESOURCES",
+    "PAGING_PARAMETERS",
+    "check_merge_document",
+    "check_query",
     "check_repeats",
 ]
 
@@ -93,8 +96,9 @@ def _statement_agent(name: str, value: str, v2: bool) -> None:
     except AgentError as error:
         raise _bad(name, str(error)) from None
     if _IFI_SET.isdisjoint(actor):
-        raise _bad(name, "an anonymous Group cannot be a filter; give an Agent or an "
-                         "identified Group")
+        raise _bad(
+            name, "an anonymous Group cannot be a filter; give an Agent or an identified Group"
+        )
 
 
 def _document_agent(name: str, value: str, v2: bool) -> None:
@@ -111,19 +115,23 @@ def _only_one_statement(query: Mapping[str, str]) -> None:
     if not single:
         return
     if len(single) == 2:
-        raise BadRequest("query parameters 'statementId' and 'voidedStatementId' cannot be "
-                         "used together")
+        raise BadRequest(
+            "query parameters 'statementId' and 'voidedStatementId' cannot be used together"
+        )
     others = sorted(name for name in query if name not in _SINGLE_STATEMENT_PARAMETERS)
     if others:
-        raise _bad(others[0], f"cannot be used with {single[0]!r} (only 'attachments' and "
-                              "'format' can)")
+        raise _bad(
+            others[0], f"cannot be used with {single[0]!r} (only 'attachments' and 'format' can)"
+        )
 
 
 def _listing_only(id_name: str) -> Callable[[Mapping[str, str]], None]:
     """2.3.s4, 2.6.s4, 2.7.s4: `since` limits a list of ids; with one id it means nothing."""
+
     def check(query: Mapping[str, str]) -> None:
         if id_name in query and "since" in query:
             raise _bad("since", f"lists document ids: it cannot be used with {id_name!r}")
+
     return check
 
 
@@ -136,22 +144,37 @@ class _Rule:
     combined: Callable[[Mapping[str, str]], None] | None = None
 
 
-_SINGLE_STATEMENT_PARAMETERS = frozenset({"statementId", "voidedStatementId", "attachments",
-                                          "format"})
+_SINGLE_STATEMENT_PARAMETERS = frozenset(
+    {"statementId", "voidedStatementId", "attachments", "format"}
+)
 # The `more` links of the LRSes behind us carry their own paging parameters (3.2.s3.b7
 # note: an LRS may recognise parameters beyond the spec); a client following one sends
 # them back. Learning Locker: cursor; Ralph: search_after, pit_id; SQL LRS: from.
 PAGING_PARAMETERS = ("cursor", "search_after", "pit_id", "from")
 
 _STATEMENTS_GET: dict[str, Checker] = {
-    "statementId": _uuid, "voidedStatementId": _uuid, "agent": _statement_agent,
-    "verb": _iri, "activity": _iri, "registration": _uuid, "related_activities": _boolean,
-    "related_agents": _boolean, "since": _timestamp, "until": _timestamp, "limit": _limit,
-    "format": _format, "attachments": _boolean, "ascending": _boolean,
+    "statementId": _uuid,
+    "voidedStatementId": _uuid,
+    "agent": _statement_agent,
+    "verb": _iri,
+    "activity": _iri,
+    "registration": _uuid,
+    "related_activities": _boolean,
+    "related_agents": _boolean,
+    "since": _timestamp,
+    "until": _timestamp,
+    "limit": _limit,
+    "format": _format,
+    "attachments": _boolean,
+    "ascending": _boolean,
     **{name: _opaque for name in PAGING_PARAMETERS},
 }
-_STATE_ONE = {"activityId": _iri, "agent": _document_agent, "registration": _uuid,
-              "stateId": _document_id}
+_STATE_ONE = {
+    "activityId": _iri,
+    "agent": _document_agent,
+    "registration": _uuid,
+    "stateId": _document_id,
+}
 _ACTIVITY_PROFILE_ONE = {"activityId": _iri, "profileId": _document_id}
 _AGENT_PROFILE_ONE = {"agent": _document_agent, "profileId": _document_id}
 
@@ -159,19 +182,22 @@ _RULES: dict[tuple[str, str], _Rule] = {
     ("statements", "GET"): _Rule(_STATEMENTS_GET, combined=_only_one_statement),
     ("statements", "PUT"): _Rule({"statementId": _uuid}, ("statementId",)),
     ("statements", "POST"): _Rule({}),
-    ("state", "GET"): _Rule({**_STATE_ONE, "since": _timestamp}, ("activityId", "agent"),
-                            _listing_only("stateId")),
+    ("state", "GET"): _Rule(
+        {**_STATE_ONE, "since": _timestamp}, ("activityId", "agent"), _listing_only("stateId")
+    ),
     ("state", "PUT"): _Rule(_STATE_ONE, ("activityId", "agent", "stateId")),
     ("state", "POST"): _Rule(_STATE_ONE, ("activityId", "agent", "stateId")),
     # Without stateId, DELETE removes every state of the activity and agent (2.3.s5).
     ("state", "DELETE"): _Rule(_STATE_ONE, ("activityId", "agent")),
-    ("activity_profile", "GET"): _Rule({**_ACTIVITY_PROFILE_ONE, "since": _timestamp},
-                                       ("activityId",), _listing_only("profileId")),
+    ("activity_profile", "GET"): _Rule(
+        {**_ACTIVITY_PROFILE_ONE, "since": _timestamp}, ("activityId",), _listing_only("profileId")
+    ),
     ("activity_profile", "PUT"): _Rule(_ACTIVITY_PROFILE_ONE, ("activityId", "profileId")),
     ("activity_profile", "POST"): _Rule(_ACTIVITY_PROFILE_ONE, ("activityId", "profileId")),
     ("activity_profile", "DELETE"): _Rule(_ACTIVITY_PROFILE_ONE, ("activityId", "profileId")),
-    ("agent_profile", "GET"): _Rule({**_AGENT_PROFILE_ONE, "since": _timestamp},
-                                    ("agent",), _listing_only("profileId")),
+    ("agent_profile", "GET"): _Rule(
+        {**_AGENT_PROFILE_ONE, "since": _timestamp}, ("agent",), _listing_only("profileId")
+    ),
     ("agent_profile", "PUT"): _Rule(_AGENT_PROFILE_ONE, ("agent", "profileId")),
     ("agent_profile", "POST"): _Rule(_AGENT_PROFILE_ONE, ("agent", "profileId")),
     ("agent_profile", "DELETE"): _Rule(_AGENT_PROFILE_ONE, ("agent", "profileId")),
@@ -186,7 +212,8 @@ def _spec_names() -> dict[str, dict[str, str]]:
     names: dict[str, dict[str, str]] = {}
     for (resource, _), rule in _RULES.items():
         names.setdefault(resource, {}).update(
-            {name.lower(): name for name in rule.allowed if name not in PAGING_PARAMETERS})
+            {name.lower(): name for name in rule.allowed if name not in PAGING_PARAMETERS}
+        )
     return names
 
 
@@ -205,8 +232,7 @@ def check_repeats(query: Mapping[str, str]) -> None:
             seen.add(name)
 
 
-def check_query(resource: str, method: str, query: Mapping[str, str], *,
-                v2: bool = False) -> None:
+def check_query(resource: str, method: str, query: Mapping[str, str], *, v2: bool = False) -> None:
     """Raise BadRequest unless `query` is what `method` on `resource` takes (Comm 2, 3.2).
 
     `resource` is one of statements, state, activity_profile, agent_profile, activities,
@@ -230,9 +256,15 @@ def check_query(resource: str, method: str, query: Mapping[str, str], *,
         rule.combined(query)
 
 
-_TITLES = {"statements": "statements", "state": "activities/state",
-           "activity_profile": "activities/profile", "agent_profile": "agents/profile",
-           "activities": "activities", "agents": "agents", "about": "about"}
+_TITLES = {
+    "statements": "statements",
+    "state": "activities/state",
+    "activity_profile": "activities/profile",
+    "agent_profile": "agents/profile",
+    "activities": "activities",
+    "agents": "agents",
+    "about": "about",
+}
 
 
 def _unknown(resource: str, method: str, name: str) -> BadRequest:
@@ -247,13 +279,17 @@ def _unknown(resource: str, method: str, name: str) -> BadRequest:
 def check_merge_document(content_type: str, body: bytes) -> None:
     """2.2.s8.b1: a POST to a document resource merges JSON objects, nothing else."""
     if content_type != "application/json":
-        raise BadRequest("a POST to a document resource merges JSON objects: its Content-Type "
-                         "must be application/json (use PUT to store any other document)")
+        raise BadRequest(
+            "a POST to a document resource merges JSON objects: its Content-Type "
+            "must be application/json (use PUT to store any other document)"
+        )
     try:
         document = jsoncodec.loads(body)
     except jsoncodec.JSONDecodeError:
-        raise BadRequest("a POST to a document resource merges JSON objects: the body is not "
-                         "valid JSON") from None
+        raise BadRequest(
+            "a POST to a document resource merges JSON objects: the body is not valid JSON"
+        ) from None
     if not isinstance(document, dict):
-        raise BadRequest("a POST to a document resource merges JSON objects: the body is "
-                         "JSON but not an object")
+        raise BadRequest(
+            "a POST to a document resource merges JSON objects: the body is JSON but not an object"
+        )

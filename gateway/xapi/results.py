@@ -29,7 +29,7 @@ def upstream_tail_of_more(more: Any, upstream_base_path: str) -> str | None:
         return None
     if not path.startswith(upstream_base_path):
         return None
-    tail = path[len(upstream_base_path):]
+    tail = path[len(upstream_base_path) :]
     try:
         check_relative_path(tail)
     except BadRequest:
@@ -45,5 +45,8 @@ def gateway_more(tail: str, public_url: str | None) -> str:
 
 def keep_own(statements: list[Any], agent_key: Hashable) -> list[Any]:
     """Only the statements whose authority is (or includes) the caller's agent."""
-    return [s for s in statements
-            if isinstance(s, dict) and authority_includes(s.get("authority"), agent_key)]
+    return [
+        s
+        for s in statements
+        if isinstance(s, dict) and authority_includes(s.get("authority"), agent_key)
+    ]

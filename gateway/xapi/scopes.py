@@ -37,15 +37,32 @@ _EXPANSIONS: dict[str, tuple[str, ...]] = {
     "state": ("state/read", "state/write"),
     "profile": ("profile/read", "profile/write"),
 }
-KNOWN_SCOPES = frozenset({
-    "all", "all/read", "statements/write", "statements/read", "statements/read/mine",
-    "state/read", "state/write", "profile/read", "profile/write", "define", "admin",
-    "tokens/issue",
-})
-_READ_SCOPES = frozenset({
-    "all/read", "statements/read", "statements/read/mine", "state/read", "profile/read",
-    "define",
-})
+KNOWN_SCOPES = frozenset(
+    {
+        "all",
+        "all/read",
+        "statements/write",
+        "statements/read",
+        "statements/read/mine",
+        "state/read",
+        "state/write",
+        "profile/read",
+        "profile/write",
+        "define",
+        "admin",
+        "tokens/issue",
+    }
+)
+_READ_SCOPES = frozenset(
+    {
+        "all/read",
+        "statements/read",
+        "statements/read/mine",
+        "state/read",
+        "profile/read",
+        "define",
+    }
+)
 _GATEWAY_SCOPES = frozenset({"admin", "tokens/issue"})
 _ALIASES: dict[str, str] = {
     "activities_profile": "profile",  # SQL LRS
@@ -66,7 +83,7 @@ def normalize_scopes(raw: Iterable[str], prefix: str = "") -> tuple[ScopeSet, li
     granted: set[str] = set()
     ignored: list[str] = []
     for scope in raw:
-        name = scope[len(prefix):] if prefix and scope.startswith(prefix) else scope
+        name = scope[len(prefix) :] if prefix and scope.startswith(prefix) else scope
         name = _ALIASES.get(name, name)
         if name in _EXPANSIONS:
             granted.update(_EXPANSIONS[name])

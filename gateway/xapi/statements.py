@@ -41,8 +41,9 @@ def parse_json_body(body: bytes) -> Any:
     try:
         return jsoncodec.loads(body)
     except jsoncodec.JSONDecodeError as exc:
-        raise BadRequest(f"the request body is not valid JSON: {exc.msg} at line "
-                         f"{exc.lineno} column {exc.colno}") from None
+        raise BadRequest(
+            f"the request body is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
+        ) from None
 
 
 _UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
@@ -116,9 +117,11 @@ def is_signed(statement: dict[str, Any], signatures: Mapping[str, bytes]) -> boo
 def _check_verbatim(statement: dict[str, Any], authority: dict[str, Any], where: str) -> None:
     """A signed statement passed unchanged must need nothing from us and claim no one else."""
     if "id" not in statement:
-        raise BadRequest(f"{where}: a signed statement needs its own id: the gateway passes "
-                         "signed statements unchanged (xapi.signed_statements is verbatim), "
-                         "so an id added here would break the signature check at the LRS")
+        raise BadRequest(
+            f"{where}: a signed statement needs its own id: the gateway passes "
+            "signed statements unchanged (xapi.signed_statements is verbatim), "
+            "so an id added here would break the signature check at the LRS"
+        )
     if "authority" not in statement:
         return  # storage stamps its own, as xAPI has it (Data 2.4.9)
     # The signature covers it, so it must already be right: exactly the caller's Agent.
@@ -127,14 +130,20 @@ def _check_verbatim(statement: dict[str, Any], authority: dict[str, Any], where:
     try:
         validate_agent(claimed, f"{where}.authority", closed=True)
     except AgentError as exc:
-        raise BadRequest(f"{exc}: a signed statement passed unchanged needs the caller's "
-                         "own Agent as authority, or none") from None
+        raise BadRequest(
+            f"{exc}: a signed statement passed unchanged needs the caller's "
+            "own Agent as authority, or none"
+        ) from None
     if agent_identity(claimed) != agent_identity(authority):
         raise Forbidden(f"{where}: a signed statement's authority must be the caller's own")
 
 
-def _complete(statement: dict[str, Any], authority: dict[str, Any],
-              verbatim: Mapping[str, bytes] | None, where: str) -> None:
+def _complete(
+    statement: dict[str, Any],
+    authority: dict[str, Any],
+    verbatim: Mapping[str, bytes] | None,
+    where: str,
+) -> None:
     """Fix what the storage LRS would otherwise choose, so every copy is identical.
 
     With `verbatim` (the request's signature parts), a really signed statement is left as
@@ -152,9 +161,15 @@ def _complete(statement: dict[str, Any], authority: dict[str, Any],
     statement["authority"] = authority
 
 
-def prepare_post(data: Any, authority: dict[str, Any], max_batch: int = 1000,
-                 verbatim: Mapping[str, bytes] | None = None, *, version: str = "1.0.3",
-                 strict: bool = False) -> tuple[Any, list[str]]:
+def prepare_post(
+    data: Any,
+    authority: dict[str, Any],
+    max_batch: int = 1000,
+    verbatim: Mapping[str, bytes] | None = None,
+    *,
+    version: str = "1.0.3",
+    strict: bool = False,
+) -> tuple[Any, list[str]]:
     """Check one statement or a list, give each an id, set authority; return (body, ids).
 
     `verbatim`: with `xapi.signed_statements: verbatim`, the request's attachment parts
@@ -177,9 +192,15 @@ def prepare_post(data: Any, authority: dict[str, Any], max_batch: int = 1000,
     return data, ids
 
 
-def prepare_put(data: Any, statement_id: str | None, authority: dict[str, Any],
-                verbatim: Mapping[str, bytes] | None = None, *, version: str = "1.0.3",
-                strict: bool = False) -> Any:
+def prepare_put(
+    data: Any,
+    statement_id: str | None,
+    authority: dict[str, Any],
+    verbatim: Mapping[str, bytes] | None = None,
+    *,
+    version: str = "1.0.3",
+    strict: bool = False,
+) -> Any:
     """Check a PUT body against its `statementId`, set the id and authority."""
     if statement_id is None:
         raise BadRequest("PUT /statements needs the statementId query parameter")

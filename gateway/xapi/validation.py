@@ -60,10 +60,21 @@ __all__ = ["validate_statement"]
 VOIDED = "http://adlnet.gov/expapi/verbs/voided"
 SIGNATURE_USAGE = "http://adlnet.gov/expapi/attachments/signature"
 
-STATEMENT_KEYS = frozenset((
-    "id", "actor", "verb", "object", "result", "context", "timestamp", "stored",
-    "authority", "version", "attachments",
-))
+STATEMENT_KEYS = frozenset(
+    (
+        "id",
+        "actor",
+        "verb",
+        "object",
+        "result",
+        "context",
+        "timestamp",
+        "stored",
+        "authority",
+        "version",
+        "attachments",
+    )
+)
 # 2.4.4.3.s8.b3: a SubStatement MUST NOT have id, stored, version or authority.
 SUBSTATEMENT_FORBIDDEN = ("id", "stored", "version", "authority")
 SUBSTATEMENT_KEYS = (STATEMENT_KEYS - frozenset(SUBSTATEMENT_FORBIDDEN)) | {"objectType"}
@@ -71,17 +82,34 @@ VERB_KEYS = frozenset(("id", "display"))
 STATEMENT_REF_KEYS = frozenset(("objectType", "id"))
 RESULT_KEYS = frozenset(("score", "success", "completion", "response", "duration", "extensions"))
 SCORE_KEYS = frozenset(("scaled", "raw", "min", "max"))
-CONTEXT_KEYS_1 = frozenset((
-    "registration", "instructor", "team", "contextActivities", "revision", "platform",
-    "language", "statement", "extensions",
-))
+CONTEXT_KEYS_1 = frozenset(
+    (
+        "registration",
+        "instructor",
+        "team",
+        "contextActivities",
+        "revision",
+        "platform",
+        "language",
+        "statement",
+        "extensions",
+    )
+)
 CONTEXT_KEYS_2 = CONTEXT_KEYS_1 | {"contextAgents", "contextGroups"}
 CONTEXT_ACTIVITY_KEYS = frozenset(("parent", "grouping", "category", "other"))
 CONTEXT_AGENT_KEYS = frozenset(("objectType", "agent", "relevantTypes"))
 CONTEXT_GROUP_KEYS = frozenset(("objectType", "group", "relevantTypes"))
-ATTACHMENT_KEYS = frozenset((
-    "usageType", "display", "description", "contentType", "length", "sha2", "fileUrl",
-))
+ATTACHMENT_KEYS = frozenset(
+    (
+        "usageType",
+        "display",
+        "description",
+        "contentType",
+        "length",
+        "sha2",
+        "fileUrl",
+    )
+)
 ATTACHMENT_REQUIRED = ("usageType", "display", "contentType", "length", "sha2")
 OBJECT_TYPES = "Activity, Agent, Group, StatementRef, SubStatement"
 INTERACTION_ONLY_KEYS = frozenset(("correctResponsesPattern", *COMPONENT_LISTS))
@@ -167,8 +195,9 @@ def _check_verb(value: Any, where: str) -> Any:
 def _check_voiding(value: Any, where: str) -> None:
     # 2.3.2.s2.b1: a voiding statement's object is a StatementRef (the id is checked after).
     if not isinstance(value, dict) or value.get("objectType") != "StatementRef":
-        raise BadRequest(f"{where}: a voiding statement (verb {VOIDED}) must have a "
-                         "StatementRef as its object")
+        raise BadRequest(
+            f"{where}: a voiding statement (verb {VOIDED}) must have a StatementRef as its object"
+        )
 
 
 def _check_object(value: Any, where: str, v2: bool, in_substatement: bool) -> bool:
@@ -268,8 +297,11 @@ def _check_context_agents(value: Any, where: str, group: bool) -> None:
     """2.0 contextAgents / contextGroups: arrays of {objectType, agent|group, relevantTypes}."""
     if not isinstance(value, list):
         raise BadRequest(f"{where}: must be an array")
-    kind, member, allowed = (("contextGroup", "group", CONTEXT_GROUP_KEYS) if group
-                             else ("contextAgent", "agent", CONTEXT_AGENT_KEYS))
+    kind, member, allowed = (
+        ("contextGroup", "group", CONTEXT_GROUP_KEYS)
+        if group
+        else ("contextAgent", "agent", CONTEXT_AGENT_KEYS)
+    )
     for index, item in enumerate(value):
         here = f"{where}[{index}]"
         entry = check_fields(item, allowed, here, f"a {kind}")
@@ -318,8 +350,10 @@ def _check_authority(value: Any, where: str, v2: bool) -> None:
         if any(key in value for key in IFI_KEYS):
             raise BadRequest(f"{where}: an authority Group must be anonymous (3-legged OAuth)")
         if len(value["member"]) != 2:
-            raise BadRequest(f"{where}.member: an authority Group has exactly two Agents "
-                             "(the OAuth consumer and the user)")
+            raise BadRequest(
+                f"{where}.member: an authority Group has exactly two Agents "
+                "(the OAuth consumer and the user)"
+            )
         return
     validate_agent(value, where, closed=True)
 
@@ -362,6 +396,7 @@ def _check_attachments(value: Any, where: str) -> None:
 # form the fast path leaves to them). It never raises. It checks exact JSON types (`type(x)
 # is str`), so anything unusual goes the slow way.
 
+
 def _fast_language_map(value: Any) -> bool:
     if type(value) is not dict:
         return False
@@ -394,9 +429,13 @@ def _fast_ifi(obj: dict[str, Any], *, required: bool) -> bool:
     key = next(iter(present))
     value = obj[key]
     if key == "account":
-        return (type(value) is dict and ACCOUNT_KEYS.issuperset(value)
-                and is_iri(value.get("homePage")) and type(value.get("name")) is str
-                and value["name"] != "")
+        return (
+            type(value) is dict
+            and ACCOUNT_KEYS.issuperset(value)
+            and is_iri(value.get("homePage"))
+            and type(value.get("name")) is str
+            and value["name"] != ""
+        )
     if key == "mbox":
         return is_mailto(value)
     if key == "openid":
@@ -405,8 +444,7 @@ def _fast_ifi(obj: dict[str, Any], *, required: bool) -> bool:
 
 
 def _fast_group(obj: Any) -> bool:
-    if (type(obj) is not dict or obj.get("objectType") != "Group"
-            or not GROUP_KEYS.issuperset(obj)):
+    if type(obj) is not dict or obj.get("objectType") != "Group" or not GROUP_KEYS.issuperset(obj):
         return False
     if "name" in obj and type(obj["name"]) is not str:
         return False
@@ -523,8 +561,12 @@ def _memo_check(memo: set[bytes], check: Callable[[Any], bool], value: Any) -> b
 
 
 def _fast_statement_ref(ref: Any) -> bool:
-    return (type(ref) is dict and STATEMENT_REF_KEYS.issuperset(ref)
-            and ref.get("objectType") == "StatementRef" and is_uuid(ref.get("id")))
+    return (
+        type(ref) is dict
+        and STATEMENT_REF_KEYS.issuperset(ref)
+        and ref.get("objectType") == "StatementRef"
+        and is_uuid(ref.get("id"))
+    )
 
 
 def _fast_object(obj: Any, v2: bool, in_substatement: bool) -> bool:
@@ -589,7 +631,8 @@ def _fast_context(context: Any, object_is_activity: bool) -> bool:
     if "team" in context and not _fast_group(context["team"]):
         return False
     if "contextActivities" in context and not _memo_check(
-            _CONTEXT_ACTIVITIES_MEMO, _fast_context_activities, context["contextActivities"]):
+        _CONTEXT_ACTIVITIES_MEMO, _fast_context_activities, context["contextActivities"]
+    ):
         return False
     for key in ("revision", "platform"):
         if key in context and (type(context[key]) is not str or not object_is_activity):

@@ -23,10 +23,22 @@ __all__ = [
 ]
 
 ACTIVITY_KEYS = frozenset(("objectType", "id", "definition"))
-DEFINITION_KEYS = frozenset((
-    "name", "description", "type", "moreInfo", "extensions", "interactionType",
-    "correctResponsesPattern", "choices", "scale", "source", "target", "steps",
-))
+DEFINITION_KEYS = frozenset(
+    (
+        "name",
+        "description",
+        "type",
+        "moreInfo",
+        "extensions",
+        "interactionType",
+        "correctResponsesPattern",
+        "choices",
+        "scale",
+        "source",
+        "target",
+        "steps",
+    )
+)
 COMPONENT_KEYS = frozenset(("id", "description"))
 COMPONENT_LISTS = ("choices", "scale", "source", "target", "steps")
 # 2.4.4.1.s15 table 2: the component lists each interactionType supports.
@@ -122,8 +134,10 @@ def _check_interaction(definition: dict[str, Any], where: str) -> None:
         # 2.4.4.1.s13.b1: an interaction activity MUST have a valid interactionType.
         for key in ("correctResponsesPattern", *COMPONENT_LISTS):
             if key in definition:
-                raise BadRequest(f"{where}.{key}: only an interaction activity has it "
-                                 "(interactionType is missing)")
+                raise BadRequest(
+                    f"{where}.{key}: only an interaction activity has it "
+                    "(interactionType is missing)"
+                )
         return
     kind = definition["interactionType"]
     lists = LISTS_BY_TYPE.get(kind) if isinstance(kind, str) else None

@@ -40,14 +40,27 @@ with fuzzing.instrumented("jwt"):
     from gateway.xapi.agents import validate_actor
     from gateway.xapi.scopes import KNOWN_SCOPES
 
-BASIC_MESSAGES = {"the Basic credentials are not valid base64 of user:password",
-                  "the Basic credentials are not in the form user:password"}
+BASIC_MESSAGES = {
+    "the Basic credentials are not valid base64 of user:password",
+    "the Basic credentials are not in the form user:password",
+}
 SECRET = "a-fixed-fuzzing-secret-of-more-than-32-bytes"
 SIGNER = TokenSigner(TokensConfig(secret=Secret(SECRET), issuer="lrs-gateway"), Path("."))
 TOKENS = TokenBackend(SIGNER)
 GUARD = Guard(RateLimitConfig(trusted_proxies=("10.0.0.0/8", "::1/128")), LockoutConfig())
-SCHEMES = ["Basic", "basic", "BASIC", "Bearer", "bearer", "Digest", "Negotiate", "", "Basic\t",
-           "BasicX", "İ"]
+SCHEMES = [
+    "Basic",
+    "basic",
+    "BASIC",
+    "Bearer",
+    "bearer",
+    "Digest",
+    "Negotiate",
+    "",
+    "Basic\t",
+    "BasicX",
+    "İ",
+]
 CLAIM_KEYS = ["iss", "sub", "aud", "exp", "iat", "nbf", "scope", "scp", "agent", "jti", "via"]
 
 
@@ -68,8 +81,12 @@ class Recording:
         self.refuse = refuse
         self.challenge = f"{scheme} realm=test"
         self.got: list[tuple[str, str]] = []
-        self.principal = Principal(id=f"{scheme}-user", agent={"mbox": "mailto:u@example.org"},
-                                   scopes=frozenset({"all"}), scheme=scheme)
+        self.principal = Principal(
+            id=f"{scheme}-user",
+            agent={"mbox": "mailto:u@example.org"},
+            scopes=frozenset({"all"}),
+            scheme=scheme,
+        )
 
     async def authenticate(self, scheme: str, credentials: str) -> Principal | None:
         self.got.append((scheme, credentials))
@@ -110,20 +127,44 @@ def b64url(data: bytes) -> str:
 
 
 def claims_from(fdp: Any) -> dict[str, Any]:
-    values: list[Any] = [None, True, 0, -1, 2**70, 1e300, float("inf"), "", "lrs-gateway", "x",
-                         "statements/read all", "1700000000", ["all", 1],
-                         {"mbox": "mailto:a@example.org"},
-                         {"objectType": "Group", "member": []}, [], {}]
-    claims: dict[str, Any] = {"iss": "lrs-gateway", "sub": "u", "aud": "lrs-gateway",
-                              "iat": 1_700_000_000, "exp": 4_000_000_000,
-                              "scope": "statements/read", "agent": {"mbox": "mailto:a@b.org"}}
+    values: list[Any] = [
+        None,
+        True,
+        0,
+        -1,
+        2**70,
+        1e300,
+        float("inf"),
+        "",
+        "lrs-gateway",
+        "x",
+        "statements/read all",
+        "1700000000",
+        ["all", 1],
+        {"mbox": "mailto:a@example.org"},
+        {"objectType": "Group", "member": []},
+        [],
+        {},
+    ]
+    claims: dict[str, Any] = {
+        "iss": "lrs-gateway",
+        "sub": "u",
+        "aud": "lrs-gateway",
+        "iat": 1_700_000_000,
+        "exp": 4_000_000_000,
+        "scope": "statements/read",
+        "agent": {"mbox": "mailto:a@b.org"},
+    }
     for _ in range(fdp.ConsumeIntInRange(0, 4)):
         key = fdp.PickValueInList(CLAIM_KEYS)
         if fdp.ConsumeIntInRange(0, 4) == 0:
             claims.pop(key, None)
         else:
-            claims[key] = (fdp.PickValueInList(values) if fdp.ConsumeBool()
-                           else fdp.ConsumeUnicodeNoSurrogates(8))
+            claims[key] = (
+                fdp.PickValueInList(values)
+                if fdp.ConsumeBool()
+                else fdp.ConsumeUnicodeNoSurrogates(8)
+            )
     return claims
 
 
@@ -136,8 +177,17 @@ def token_from(fdp: Any) -> str:
             return jwt.encode(claims, SECRET, algorithm="HS256")
         except (TypeError, ValueError, OverflowError):
             return "x.y.z"
-    header = fdp.PickValueInList([b'{"alg":"HS256","typ":"JWT"}', b'{"alg":"none"}', b"{}",
-                                  b"[]", b'{"alg":"RS256","kid":1}', b"null", b"\xff"])
+    header = fdp.PickValueInList(
+        [
+            b'{"alg":"HS256","typ":"JWT"}',
+            b'{"alg":"none"}',
+            b"{}",
+            b"[]",
+            b'{"alg":"RS256","kid":1}',
+            b"null",
+            b"\xff",
+        ]
+    )
     if mode == 1:
         payload = json.dumps(claims_from(fdp)).encode()
     else:
@@ -162,8 +212,10 @@ def check_authenticator(header: str) -> None:
         fuzzing.check(principal is None and not first.got, "no header, yet a backend was asked")
         return
     for backend in (first, second, bearer):
-        fuzzing.check(not backend.got or backend.got == [expected],
-                      f"{header!r}: backend got {backend.got}, expected {expected}")
+        fuzzing.check(
+            not backend.got or backend.got == [expected],
+            f"{header!r}: backend got {backend.got}, expected {expected}",
+        )
     if expected[0] == "basic":
         fuzzing.check(principal is second.principal, f"{header!r}: fall-through failed")
     elif expected[0] == "bearer":
@@ -178,14 +230,18 @@ def check_basic(credentials: str) -> None:
     except Unauthorized as error:
         fuzzing.check(error.message in BASIC_MESSAGES, f"message {error.message!r}")
         return
-    fuzzing.check(username and ":" not in username and "\0" not in username,
-                  f"{credentials!r} gave username {username!r}")
+    fuzzing.check(
+        username and ":" not in username and "\0" not in username,
+        f"{credentials!r} gave username {username!r}",
+    )
     try:
         decoded = base64.b64decode(credentials.strip(), validate=True).decode("utf-8")
     except (binascii.Error, UnicodeDecodeError, ValueError):
         fuzzing.fail(f"{credentials!r} accepted, but it is not base64 of UTF-8")
-    fuzzing.check(decoded == f"{username}:{password}",
-                  f"{credentials!r}: {decoded!r} != {username!r}:{password!r}")
+    fuzzing.check(
+        decoded == f"{username}:{password}",
+        f"{credentials!r}: {decoded!r} != {username!r}:{password!r}",
+    )
 
 
 def check_round_trip(fdp: Any) -> None:
@@ -195,24 +251,33 @@ def check_round_trip(fdp: Any) -> None:
     try:
         got = decode_basic(token)
     except Unauthorized:
-        fuzzing.check(not username or ":" in username or "\0" in username,
-                      f"{username!r}:{password!r} refused")
+        fuzzing.check(
+            not username or ":" in username or "\0" in username,
+            f"{username!r}:{password!r} refused",
+        )
         return
-    fuzzing.check(got == (username, password) or ":" in username,
-                  f"{username!r}:{password!r} decoded as {got!r}")
+    fuzzing.check(
+        got == (username, password) or ":" in username,
+        f"{username!r}:{password!r} decoded as {got!r}",
+    )
 
 
 def check_guard(fdp: Any, header: str) -> None:
     remote = fdp.PickValueInList([None, "203.0.113.7", "10.1.2.3", "::1", "-"])
-    forwarded = fdp.PickValueInList([None, "1.2.3.4", "10.0.0.1, 1.2.3.4", "x, 10.0.0.9", "",
-                                     "fe80::1%eth0", None]) if fdp.ConsumeBool() \
+    forwarded = (
+        fdp.PickValueInList(
+            [None, "1.2.3.4", "10.0.0.1, 1.2.3.4", "x, 10.0.0.9", "", "fe80::1%eth0", None]
+        )
+        if fdp.ConsumeBool()
         else fdp.ConsumeUnicode(fdp.ConsumeIntInRange(0, 60))
+    )
     request = Request(remote, forwarded)
     address = GUARD.client_address(cast(Any, request))
     fuzzing.check(isinstance(address, str) and address, f"address {address!r}")
     keys = GUARD.login_keys(cast(Any, request), header)
-    fuzzing.check(isinstance(keys, tuple) and all(isinstance(k, str) for k in keys),
-                  f"keys {keys!r}")
+    fuzzing.check(
+        isinstance(keys, tuple) and all(isinstance(k, str) for k in keys), f"keys {keys!r}"
+    )
     is_basic = header.strip().partition(" ")[0].lower() == "basic"
     fuzzing.check(bool(keys) == is_basic, f"{header!r}: lockout keys {keys!r}")
     if keys:
@@ -263,8 +328,21 @@ def seeds() -> list[bytes]:
     ]
 
 
-DICTIONARY = [b"Basic ", b"Bearer ", b"basic", b"==", b":", b"\x00", b"eyJ", b".", b'"iss"',
-              b'"lrs-gateway"', b"10.0.0.1", b"::1", b","]
+DICTIONARY = [
+    b"Basic ",
+    b"Bearer ",
+    b"basic",
+    b"==",
+    b":",
+    b"\x00",
+    b"eyJ",
+    b".",
+    b'"iss"',
+    b'"lrs-gateway"',
+    b"10.0.0.1",
+    b"::1",
+    b",",
+]
 
 if __name__ == "__main__":
     fuzzing.main(test_one_input, seeds=seeds(), dictionary=DICTIONARY)

@@ -50,11 +50,44 @@ def _config_file() -> Path:
 
 
 PATH = _config_file()
-STRINGS = ["http://127.0.0.1:8100/xAPI/", "https://lrs.example/xAPI/statements", "ftp://x/",
-           "basic", "oidc", "token", "callback", "1.0.3", "2.0.0", "1.0", "/metrics", "metrics",
-           "full", "normal", "10.0.0.0/8", "::1", "300.1.1.1/8", "account", "openid", "group",
-           "RS256", "HS256", "none", "", " ", "auth.json", "~", "null", "yes", "0x10", ".nan",
-           "1e400", "-1", "0", "1.0e+400", "1" + "0" * 400]
+STRINGS = [
+    "http://127.0.0.1:8100/xAPI/",
+    "https://lrs.example/xAPI/statements",
+    "ftp://x/",
+    "basic",
+    "oidc",
+    "token",
+    "callback",
+    "1.0.3",
+    "2.0.0",
+    "1.0",
+    "/metrics",
+    "metrics",
+    "full",
+    "normal",
+    "10.0.0.0/8",
+    "::1",
+    "300.1.1.1/8",
+    "account",
+    "openid",
+    "group",
+    "RS256",
+    "HS256",
+    "none",
+    "",
+    " ",
+    "auth.json",
+    "~",
+    "null",
+    "yes",
+    "0x10",
+    ".nan",
+    "1e400",
+    "-1",
+    "0",
+    "1.0e+400",
+    "1" + "0" * 400,
+]
 
 
 def _leaves(cls: Any, prefix: tuple[str, ...]) -> list[tuple[tuple[str, ...], Any]]:
@@ -79,13 +112,22 @@ LEAVES = _leaves(Config, ())
 TARGET_LEAVES = _leaves(ForwardingTarget, ())
 SECTIONS = sorted({path[0] for path, _ in LEAVES if len(path) > 1})
 ENV_NAMES = ["LRS_GATEWAY__" + "__".join(path).upper() for path, _ in LEAVES]
-ENV_SECRETS = {"LRS_GATEWAY__" + "__".join(path).upper() for path, hint in LEAVES
-               if is_secret(hint)} | {"RALPH_SENTRY_DSN"}
-OTHER_ENV = ["RALPH_SENTRY_DSN", "RALPH_EXECUTION_ENVIRONMENT",
-             "RALPH_SENTRY_LRS_TRACES_SAMPLE_RATE", "RALPH_SENTRY_IGNORE_HEALTH_CHECKS",
-             "LRS_GATEWAY__", "LRS_GATEWAY__STORAGE", "LRS_GATEWAY__AUTH__BASIC",
-             "LRS_GATEWAY__STORAGE__BASIC_PASSWORD__X", "LRS_GATEWAY__FORWARDINGS",
-             "LRS_GATEWAY__BASE_DIR", "LRS_GATEWAY__NOPE"]
+ENV_SECRETS = {
+    "LRS_GATEWAY__" + "__".join(path).upper() for path, hint in LEAVES if is_secret(hint)
+} | {"RALPH_SENTRY_DSN"}
+OTHER_ENV = [
+    "RALPH_SENTRY_DSN",
+    "RALPH_EXECUTION_ENVIRONMENT",
+    "RALPH_SENTRY_LRS_TRACES_SAMPLE_RATE",
+    "RALPH_SENTRY_IGNORE_HEALTH_CHECKS",
+    "LRS_GATEWAY__",
+    "LRS_GATEWAY__STORAGE",
+    "LRS_GATEWAY__AUTH__BASIC",
+    "LRS_GATEWAY__STORAGE__BASIC_PASSWORD__X",
+    "LRS_GATEWAY__FORWARDINGS",
+    "LRS_GATEWAY__BASE_DIR",
+    "LRS_GATEWAY__NOPE",
+]
 
 
 def value(fdp: Any, depth: int = 0) -> Any:
@@ -109,20 +151,36 @@ def value(fdp: Any, depth: int = 0) -> Any:
         return fdp.ConsumeUnicodeNoSurrogates(fdp.ConsumeIntInRange(0, 16))
     if kind == 8:
         return [value(fdp, depth + 1) for _ in range(fdp.ConsumeIntInRange(0, 3))]
-    return {fdp.PickValueInList(STRINGS): value(fdp, depth + 1)
-            for _ in range(fdp.ConsumeIntInRange(0, 3))}
+    return {
+        fdp.PickValueInList(STRINGS): value(fdp, depth + 1)
+        for _ in range(fdp.ConsumeIntInRange(0, 3))
+    }
 
 
 def secret_value(fdp: Any) -> Any:
     """What an operator might put in a secret setting: mostly the secret, as some type."""
-    return fdp.PickValueInList([MARKER, f"{MARKER}-with more", [MARKER], {MARKER: MARKER},
-                                f"http://{MARKER}@127.0.0.1:9/1", MARKER + "x" * 40])
+    return fdp.PickValueInList(
+        [
+            MARKER,
+            f"{MARKER}-with more",
+            [MARKER],
+            {MARKER: MARKER},
+            f"http://{MARKER}@127.0.0.1:9/1",
+            MARKER + "x" * 40,
+        ]
+    )
 
 
 def target(fdp: Any) -> dict[str, Any]:
-    out: dict[str, Any] = {"is_active": True, "url": "http://127.0.0.1:9/xAPI/statements",
-                           "basic_username": "u", "basic_password": MARKER, "max_retries": 1,
-                           "timeout": 1.0, "name": "t"}
+    out: dict[str, Any] = {
+        "is_active": True,
+        "url": "http://127.0.0.1:9/xAPI/statements",
+        "basic_username": "u",
+        "basic_password": MARKER,
+        "max_retries": 1,
+        "timeout": 1.0,
+        "name": "t",
+    }
     for _ in range(fdp.ConsumeIntInRange(0, 4)):
         path, hint = fdp.PickValueInList(TARGET_LEAVES)
         choice = fdp.ConsumeIntInRange(0, 3)
@@ -159,9 +217,11 @@ def environ_from(fdp: Any) -> dict[str, str]:
         which = fdp.ConsumeIntInRange(0, 5)
         if which == 0:
             name = fdp.PickValueInList(list(FORWARDINGS_ENV))
-            environ[name] = (json.dumps([target(fdp)]) if fdp.ConsumeBool()
-                             else fdp.PickValueInList(["[", "{}", "[1]", f'[{{"x": "{MARKER}"'
-                                                       "}]", "null", ""]))
+            environ[name] = (
+                json.dumps([target(fdp)])
+                if fdp.ConsumeBool()
+                else fdp.PickValueInList(["[", "{}", "[1]", f'[{{"x": "{MARKER}"}}]', "null", ""])
+            )
             continue
         name = fdp.PickValueInList(ENV_NAMES if which > 1 else OTHER_ENV)
         if name in ENV_SECRETS:
@@ -198,8 +258,10 @@ def check_types(obj: Any, where: str) -> None:
         elif hint in (int, bool, str, Secret):
             fuzzing.check(type(got) is hint, f"{here}: {got!r} is not a {hint.__name__}")
         else:
-            fuzzing.check(all(isinstance(k, str) and isinstance(v, str) for k, v in got.items()),
-                          f"{here}: {got!r}")
+            fuzzing.check(
+                all(isinstance(k, str) and isinstance(v, str) for k, v in got.items()),
+                f"{here}: {got!r}",
+            )
 
 
 def test_one_input(data: bytes) -> None:
@@ -241,13 +303,35 @@ def seeds() -> list[bytes]:
         b"forwardings:\n- {is_active: true, url: 'http://x/xAPI/statements', basic_username: u,"
         b" basic_password: p, max_retries: 1, timeout: 1}\n\x00",
         b"auth: {backends: [basic, token], tokens: {secret: short}}\n\x00",
-        b"a: &a [*a]\n\x00", b"- 1\n\x00", b"\x00",
+        b"a: &a [*a]\n\x00",
+        b"- 1\n\x00",
+        b"\x00",
     ]
 
 
-DICTIONARY = [b"storage", b"auth", b"backends", b"forwardings", b"basic_password", b"url",
-              b"timeout", b".nan", b".inf", b"null", b"~", b": ", b"\n  ", b"- ", b"{", b"[",
-              b"&a", b"*a", b"!!python/object", b"'", b'"']
+DICTIONARY = [
+    b"storage",
+    b"auth",
+    b"backends",
+    b"forwardings",
+    b"basic_password",
+    b"url",
+    b"timeout",
+    b".nan",
+    b".inf",
+    b"null",
+    b"~",
+    b": ",
+    b"\n  ",
+    b"- ",
+    b"{",
+    b"[",
+    b"&a",
+    b"*a",
+    b"!!python/object",
+    b"'",
+    b'"',
+]
 
 if __name__ == "__main__":
     fuzzing.main(test_one_input, seeds=seeds(), dictionary=DICTIONARY)

@@ -28,13 +28,30 @@ MARKER = "Cr3d-Zecret"
 HOMEPAGE = "https://lrs-gateway.example.org/accounts"
 HASH_BODY = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0"  # salt and digest: 53
 HASH = "$2b$04$" + HASH_BODY
-HASHES = [HASH, HASH.replace("$04$", "$12$"), HASH.replace("$2b$", "$2y$"),
-          HASH.replace("$04$", "$03$"), HASH.replace("$04$", "$99$"), HASH + "\n", HASH[:-1],
-          HASH.replace("$2b$", "$2x$"), "$argon2id$v=19$m=65536,t=3,p=4$c2FsdA$aGFzaA"]
+HASHES = [
+    HASH,
+    HASH.replace("$04$", "$12$"),
+    HASH.replace("$2b$", "$2y$"),
+    HASH.replace("$04$", "$03$"),
+    HASH.replace("$04$", "$99$"),
+    HASH + "\n",
+    HASH[:-1],
+    HASH.replace("$2b$", "$2x$"),
+    "$argon2id$v=19$m=65536,t=3,p=4$c2FsdA$aGFzaA",
+]
 USERNAMES = ["alice", "bob", "a.b-c_d@example.org", "Ünïcode", "x", "0", "user name", "a#b"]
 ROLES = [*ROLE_SCOPES, "ROOT", " root ", "Read-Only", "admin", "", "root:", "all"]
-SCOPES = [*KNOWN_SCOPES, "lrs:all", "lrs:statements/read", "xapi/all", "state", "profile",
-          "activities_profile", "nope", ""]
+SCOPES = [
+    *KNOWN_SCOPES,
+    "lrs:all",
+    "lrs:statements/read",
+    "xapi/all",
+    "state",
+    "profile",
+    "activities_profile",
+    "nope",
+    "",
+]
 BREAKS = "\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029"  # str.splitlines() splits on each
 
 
@@ -86,18 +103,30 @@ def rustici(fdp: Any) -> tuple[str, dict[str, tuple[str, str]]]:
 
 
 def agent_from(fdp: Any) -> Any:
-    return fdp.PickValueInList([{"mbox": "mailto:a@example.org"}, {"mbox": "a@example.org"},
-                                {"account": {"homePage": "https://lms.example", "name": "a"}},
-                                {"openid": "https://id.example/a"}, {"objectType": "Group"},
-                                {"mbox": "mailto:a@b", "openid": "x:y"}, [], "agent", 5, None])
+    return fdp.PickValueInList(
+        [
+            {"mbox": "mailto:a@example.org"},
+            {"mbox": "a@example.org"},
+            {"account": {"homePage": "https://lms.example", "name": "a"}},
+            {"openid": "https://id.example/a"},
+            {"objectType": "Group"},
+            {"mbox": "mailto:a@b", "openid": "x:y"},
+            [],
+            "agent",
+            5,
+            None,
+        ]
+    )
 
 
 def ralph(fdp: Any) -> str:
     entries: list[Any] = []
     for _ in range(fdp.ConsumeIntInRange(0, 4)):
-        entry: dict[str, Any] = {"username": username_from(fdp), "hash": secret_from(fdp),
-                                 "scopes": [fdp.PickValueInList(SCOPES)
-                                            for _ in range(fdp.ConsumeIntInRange(0, 3))]}
+        entry: dict[str, Any] = {
+            "username": username_from(fdp),
+            "hash": secret_from(fdp),
+            "scopes": [fdp.PickValueInList(SCOPES) for _ in range(fdp.ConsumeIntInRange(0, 3))],
+        }
         if fdp.ConsumeBool():
             entry["agent"] = agent_from(fdp)
         for _ in range(fdp.ConsumeIntInRange(0, 2)):
@@ -108,17 +137,20 @@ def ralph(fdp: Any) -> str:
 
 
 def check_user(name: str, credential: Any, *, json_file: bool) -> None:
-    fuzzing.check(name == credential.username and name and ":" not in name,
-                  f"user {name!r} / {credential.username!r}")
+    fuzzing.check(
+        name == credential.username and name and ":" not in name,
+        f"user {name!r} / {credential.username!r}",
+    )
     fuzzing.check(not any(c in BREAKS for c in name), f"a line break in user {name!r}")
     fuzzing.check(credential.scopes <= KNOWN_SCOPES, f"{name!r}: scopes {credential.scopes}")
     validate_agent(credential.agent)
     fuzzing.check(agent_identity(credential.agent) is not None, f"{name!r}: agent")
     secret = credential.secret.reveal()
     fuzzing.check(secret, f"{name!r}: an empty secret")
-    fuzzing.check(credential.hashed == is_bcrypt_hash(secret) and (credential.hashed
-                                                                   or not json_file),
-                  f"{name!r}: hashed={credential.hashed} for {secret!r}")
+    fuzzing.check(
+        credential.hashed == is_bcrypt_hash(secret) and (credential.hashed or not json_file),
+        f"{name!r}: hashed={credential.hashed} for {secret!r}",
+    )
     if credential.hashed:
         cost = bcrypt_cost(secret)
         usable = 4 <= cost <= 31 and secret == secret.strip()
@@ -144,45 +176,80 @@ def test_one_input(data: bytes) -> None:
         message = str(error)
         fuzzing.check(message, "an empty CredentialsError")
         if mode:
-            fuzzing.check(MARKER not in message and HASH_BODY[:20] not in message,
-                          f"a secret in the error: {message!r}\n{text!r}")
+            fuzzing.check(
+                MARKER not in message and HASH_BODY[:20] not in message,
+                f"a secret in the error: {message!r}\n{text!r}",
+            )
         return
     for warning in parsed.warnings:
         fuzzing.check(isinstance(warning, str), f"warning {warning!r}")
         if mode:
-            fuzzing.check(MARKER not in warning and HASH_BODY[:20] not in warning,
-                          f"a secret in a warning: {warning!r}")
+            fuzzing.check(
+                MARKER not in warning and HASH_BODY[:20] not in warning,
+                f"a secret in a warning: {warning!r}",
+            )
     json_file = text.lstrip().startswith("[")
     for name, credential in parsed.users.items():
         check_user(name, credential, json_file=json_file)
     if declared is not None:
-        fuzzing.check(set(parsed.users) == set(declared),
-                      f"users {sorted(parsed.users)} from lines declaring {sorted(declared)}:"
-                      f"\n{text!r}")
+        fuzzing.check(
+            set(parsed.users) == set(declared),
+            f"users {sorted(parsed.users)} from lines declaring {sorted(declared)}:\n{text!r}",
+        )
         for name, (secret, role) in declared.items():
             credential = parsed.users[name]
-            fuzzing.check(credential.secret.reveal() == secret,
-                          f"{name!r}: secret {credential.secret.reveal()!r}, not {secret!r}")
-            fuzzing.check(credential.scopes == normalize_scopes(ROLE_SCOPES[role])[0],
-                          f"{name!r}: scopes {credential.scopes} for role {role!r}")
+            fuzzing.check(
+                credential.secret.reveal() == secret,
+                f"{name!r}: secret {credential.secret.reveal()!r}, not {secret!r}",
+            )
+            fuzzing.check(
+                credential.scopes == normalize_scopes(ROLE_SCOPES[role])[0],
+                f"{name!r}: scopes {credential.scopes} for role {role!r}",
+            )
 
 
 def seeds() -> list[bytes]:
-    good = [{"username": "alice", "hash": HASH, "scopes": ["all"],
-             "agent": {"mbox": "mailto:alice@example.org"}}]
+    good = [
+        {
+            "username": "alice",
+            "hash": HASH,
+            "scopes": ["all"],
+            "agent": {"mbox": "mailto:alice@example.org"},
+        }
+    ]
     return [
         json.dumps(good).encode() + b"\x00\x00",
         json.dumps([*good, dict(good[0], username="bob", scopes=["lrs:state"])]).encode()
         + b"\x01\x00",
         b"alice:" + HASH.encode() + b":root\nbob:pa:ss:word:user\n# comment\n\x00\x00",
         b"rusty:rusti:ci-Pw:ROOT\r\nx:y\n\x00\x00",
-        b'[{"username": "a:b"}]\x00\x00', b"[\x00\x00", b"\x00",
+        b'[{"username": "a:b"}]\x00\x00',
+        b"[\x00\x00",
+        b"\x00",
     ]
 
 
-DICTIONARY = [b'"username"', b'"hash"', b'"scopes"', b'"agent"', b'"mbox"', b'"mailto:a@b"',
-              b"$2b$04$", b"$2a$", b"$2y$", b":root", b":read-only", b":write-only", b":user",
-              b"\n", b"#", b"[", b"{", b'"all"', b'"lrs:all"']
+DICTIONARY = [
+    b'"username"',
+    b'"hash"',
+    b'"scopes"',
+    b'"agent"',
+    b'"mbox"',
+    b'"mailto:a@b"',
+    b"$2b$04$",
+    b"$2a$",
+    b"$2y$",
+    b":root",
+    b":read-only",
+    b":write-only",
+    b":user",
+    b"\n",
+    b"#",
+    b"[",
+    b"{",
+    b'"all"',
+    b'"lrs:all"',
+]
 
 if __name__ == "__main__":
     fuzzing.main(test_one_input, seeds=seeds(), dictionary=DICTIONARY)

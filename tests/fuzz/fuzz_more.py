@@ -23,26 +23,76 @@ with fuzzing.instrumented("yarl"):
     from gateway.upstream.target import storage_target
     from gateway.xapi.results import gateway_more, upstream_tail_of_more
 
-STORAGES = ["http://lrs.internal:8100/xAPI/", "https://lrs.example/lrs/xAPI/",
-            "http://127.0.0.1:8100/", "http://lrs.example/a%20b/xAPI"]
+STORAGES = [
+    "http://lrs.internal:8100/xAPI/",
+    "https://lrs.example/lrs/xAPI/",
+    "http://127.0.0.1:8100/",
+    "http://lrs.example/a%20b/xAPI",
+]
 PUBLIC_URLS = [None, "https://gw.example", "https://gw.example/lrs/", "http://gw.example:8080/p"]
 SCHEMES = ["", "http://", "https://", "//", "HTTP://", "ftp://", "javascript:"]
-HOSTS = ["lrs.internal:8100", "lrs.example", "127.0.0.1:8100", "[::1]:8100", "[::1", "h:99999",
-         "user:pw@lrs.example", "evil.example", "%zz", ""]
-SEGMENTS = ["xAPI", "lrs", "statements", "a%20b", "..", ".", "%2e%2e", "%2E%2e", ".%2e", "%2f",
-            "%2F", "\\", "..\\..", "%5c", "%00", "\x00", "", "a b", "@evil.example", ":", ";x",
-            "%", "é", "\ufeff"]
-QUERIES = ["", "?since=2024-01-01T00:00:00Z&limit=10", "?more=abc%3D%3D", "?", "?a=%zz",
-           "#frag", "?x=1#y", "?%00", "?a=b c"]
-UPSTREAMS = {url: StorageClient(None, storage_target(StorageConfig(url=url)))  # type: ignore[arg-type]
-             for url in STORAGES}
+HOSTS = [
+    "lrs.internal:8100",
+    "lrs.example",
+    "127.0.0.1:8100",
+    "[::1]:8100",
+    "[::1",
+    "h:99999",
+    "user:pw@lrs.example",
+    "evil.example",
+    "%zz",
+    "",
+]
+SEGMENTS = [
+    "xAPI",
+    "lrs",
+    "statements",
+    "a%20b",
+    "..",
+    ".",
+    "%2e%2e",
+    "%2E%2e",
+    ".%2e",
+    "%2f",
+    "%2F",
+    "\\",
+    "..\\..",
+    "%5c",
+    "%00",
+    "\x00",
+    "",
+    "a b",
+    "@evil.example",
+    ":",
+    ";x",
+    "%",
+    "é",
+    "\ufeff",
+]
+QUERIES = [
+    "",
+    "?since=2024-01-01T00:00:00Z&limit=10",
+    "?more=abc%3D%3D",
+    "?",
+    "?a=%zz",
+    "#frag",
+    "?x=1#y",
+    "?%00",
+    "?a=b c",
+]
+UPSTREAMS = {
+    url: StorageClient(None, storage_target(StorageConfig(url=url)))  # type: ignore[arg-type]
+    for url in STORAGES
+}
 
 
 def more_from(fdp: Any) -> str:
     if fdp.ConsumeIntInRange(0, 3) == 0:
         return str(fdp.ConsumeUnicode(fdp.ConsumeIntInRange(0, 120)))
-    path = "/".join(fdp.PickValueInList(SEGMENTS) if fdp.ConsumeIntInRange(0, 4)
-                    else fdp.ConsumeUnicode(4) for _ in range(fdp.ConsumeIntInRange(0, 6)))
+    path = "/".join(
+        fdp.PickValueInList(SEGMENTS) if fdp.ConsumeIntInRange(0, 4) else fdp.ConsumeUnicode(4)
+        for _ in range(fdp.ConsumeIntInRange(0, 6))
+    )
     scheme = fdp.PickValueInList(SCHEMES)
     host = fdp.PickValueInList(HOSTS) if scheme.endswith("/") else ""
     lead = "/" if fdp.ConsumeIntInRange(0, 5) else ""
@@ -84,12 +134,16 @@ def test_one_input(data: bytes) -> None:
         if fuzzing.known_bug("more-raises"):
             return
         fuzzing.fail(f"the next page URL for {more!r} cannot be built: {exc!r}")
-    fuzzing.check((url.scheme, url.host, url.port)
-                  == (storage.base.scheme, storage.base.host, storage.base.port),
-                  f"{more!r}: the gateway would fetch {url} from another host")
+    fuzzing.check(
+        (url.scheme, url.host, url.port)
+        == (storage.base.scheme, storage.base.host, storage.base.port),
+        f"{more!r}: the gateway would fetch {url} from another host",
+    )
     if not escapes:
-        fuzzing.check(url.raw_path.startswith(storage.base_path),
-                      f"{more!r}: the gateway would fetch {url}, outside {storage.base_path}")
+        fuzzing.check(
+            url.raw_path.startswith(storage.base_path),
+            f"{more!r}: the gateway would fetch {url}, outside {storage.base_path}",
+        )
 
 
 def seeds() -> list[bytes]:
@@ -104,8 +158,25 @@ def seeds() -> list[bytes]:
     ]
 
 
-DICTIONARY = [b"/xAPI/", b"/lrs/xAPI/", b"statements", b"..", b"%2e", b"%2E", b"%2f", b"%5c",
-              b"\\", b"%00", b"://", b"http://", b"[::1]", b"?more=", b"#", b"@", b":8100"]
+DICTIONARY = [
+    b"/xAPI/",
+    b"/lrs/xAPI/",
+    b"statements",
+    b"..",
+    b"%2e",
+    b"%2E",
+    b"%2f",
+    b"%5c",
+    b"\\",
+    b"%00",
+    b"://",
+    b"http://",
+    b"[::1]",
+    b"?more=",
+    b"#",
+    b"@",
+    b":8100",
+]
 
 if __name__ == "__main__":
     fuzzing.main(test_one_input, seeds=seeds(), dictionary=DICTIONARY)

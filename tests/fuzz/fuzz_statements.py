@@ -24,18 +24,58 @@ with fuzzing.instrumented():
     from gateway.errors import BadRequest, PayloadTooLarge
     from gateway.xapi.statements import encode_statement, parse_json_body, prepare_post, prepare_put
 
-AUTHORITY: dict[str, Any] = {"objectType": "Agent",
-                             "account": {"homePage": "https://gw.example", "name": "caller"}}
+AUTHORITY: dict[str, Any] = {
+    "objectType": "Agent",
+    "account": {"homePage": "https://gw.example", "name": "caller"},
+}
 CANONICAL = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
-UUIDS = ["3f1c2b9e-8d4a-4f6b-9c1d-2e3f4a5b6c7d", "3F1C2B9E-8D4A-4F6B-9C1D-2E3F4A5B6C7D",
-         "00000000-0000-0000-0000-000000000000", "3f1c2b9e8d4a4f6b9c1d2e3f4a5b6c7d",
-         "{3f1c2b9e-8d4a-4f6b-9c1d-2e3f4a5b6c7d}", "3f1c2b9e-8d4a-4f6b-9c1d-2e3f4a5b6c7",
-         "3f1c2b9e-8d4a-4f6b-9c1d-2e3f4a5b6c7d\n", "\uff461c2b9e-8d4a-4f6b-9c1d-2e3f4a5b6c7d"]
-STRINGS = ["mailto:a@example.org", "mailto:", "a@b", "http://x.org/v", "x", "", "Agent", "Group",
-           "0123456789abcdef0123456789abcdef01234567", "https://lms.example", "\u0000", "\ud800"]
-KEYS = ["actor", "verb", "object", "id", "authority", "timestamp", "objectType", "mbox",
-        "mbox_sha1sum", "openid", "account", "homePage", "name", "member", "result", "context",
-        "extensions", "stored", "version", "attachments", "display"]
+UUIDS = [
+    "3f1c2b9e-8d4a-4f6b-9c1d-2e3f4a5b6c7d",
+    "3F1C2B9E-8D4A-4F6B-9C1D-2E3F4A5B6C7D",
+    "00000000-0000-0000-0000-000000000000",
+    "3f1c2b9e8d4a4f6b9c1d2e3f4a5b6c7d",
+    "{3f1c2b9e-8d4a-4f6b-9c1d-2e3f4a5b6c7d}",
+    "3f1c2b9e-8d4a-4f6b-9c1d-2e3f4a5b6c7",
+    "3f1c2b9e-8d4a-4f6b-9c1d-2e3f4a5b6c7d\n",
+    "\uff461c2b9e-8d4a-4f6b-9c1d-2e3f4a5b6c7d",
+]
+STRINGS = [
+    "mailto:a@example.org",
+    "mailto:",
+    "a@b",
+    "http://x.org/v",
+    "x",
+    "",
+    "Agent",
+    "Group",
+    "0123456789abcdef0123456789abcdef01234567",
+    "https://lms.example",
+    "\u0000",
+    "\ud800",
+]
+KEYS = [
+    "actor",
+    "verb",
+    "object",
+    "id",
+    "authority",
+    "timestamp",
+    "objectType",
+    "mbox",
+    "mbox_sha1sum",
+    "openid",
+    "account",
+    "homePage",
+    "name",
+    "member",
+    "result",
+    "context",
+    "extensions",
+    "stored",
+    "version",
+    "attachments",
+    "display",
+]
 
 
 def json_value(fdp: Any, depth: int) -> Any:
@@ -56,9 +96,14 @@ def json_value(fdp: Any, depth: int) -> Any:
     if kind == 6:
         return [json_value(fdp, depth + 1) for _ in range(fdp.ConsumeIntInRange(0, 4))]
     if kind == 7:
-        return {(fdp.PickValueInList(KEYS) if fdp.ConsumeBool()
-                 else fdp.ConsumeUnicodeNoSurrogates(6)): json_value(fdp, depth + 1)
-                for _ in range(fdp.ConsumeIntInRange(0, 4))}
+        return {
+            (
+                fdp.PickValueInList(KEYS)
+                if fdp.ConsumeBool()
+                else fdp.ConsumeUnicodeNoSurrogates(6)
+            ): json_value(fdp, depth + 1)
+            for _ in range(fdp.ConsumeIntInRange(0, 4))
+        }
     return agent(fdp, depth + 1)
 
 
@@ -67,19 +112,27 @@ def agent(fdp: Any, depth: int) -> Any:
     which = fdp.ConsumeIntInRange(0, 5)
     out: dict[str, Any]
     if which == 0:
-        out = {"mbox": fdp.PickValueInList(["mailto:a@example.org", "mailto:nobody",
-                                            "a@example.org"])}
+        out = {
+            "mbox": fdp.PickValueInList(["mailto:a@example.org", "mailto:nobody", "a@example.org"])
+        }
     elif which == 1:
-        out = {"mbox_sha1sum": fdp.PickValueInList(["0123456789abcdef0123456789abcdef01234567",
-                                                    "xyz"])}
+        out = {
+            "mbox_sha1sum": fdp.PickValueInList(["0123456789abcdef0123456789abcdef01234567", "xyz"])
+        }
     elif which == 2:
         out = {"openid": fdp.PickValueInList(["https://id.example/a", "nocolon"])}
     elif which == 3:
-        out = {"account": {"homePage": fdp.PickValueInList(["https://lms.example", "lms"]),
-                           "name": fdp.PickValueInList(["u1", "", 7])}}
+        out = {
+            "account": {
+                "homePage": fdp.PickValueInList(["https://lms.example", "lms"]),
+                "name": fdp.PickValueInList(["u1", "", 7]),
+            }
+        }
     elif which == 4:
-        out = {"objectType": "Group",
-               "member": [agent(fdp, depth + 1) for _ in range(fdp.ConsumeIntInRange(0, 3))]}
+        out = {
+            "objectType": "Group",
+            "member": [agent(fdp, depth + 1) for _ in range(fdp.ConsumeIntInRange(0, 3))],
+        }
     else:
         return json_value(fdp, depth + 1) if depth < 6 else None
     if fdp.ConsumeIntInRange(0, 7) == 0:
@@ -89,9 +142,11 @@ def agent(fdp: Any, depth: int) -> Any:
 
 def statement(fdp: Any) -> Any:
     """One statement, most often well formed, each part possibly replaced or forged."""
-    out: dict[str, Any] = {"actor": agent(fdp, 1),
-                           "verb": {"id": "http://adlnet.gov/expapi/verbs/completed"},
-                           "object": {"id": "http://example.com/course"}}
+    out: dict[str, Any] = {
+        "actor": agent(fdp, 1),
+        "verb": {"id": "http://adlnet.gov/expapi/verbs/completed"},
+        "object": {"id": "http://example.com/course"},
+    }
     for _ in range(fdp.ConsumeIntInRange(0, 3)):
         key = fdp.PickValueInList(KEYS)
         choice = fdp.ConsumeIntInRange(0, 4)
@@ -144,21 +199,27 @@ def check_prepared(item: Any, where: str) -> None:
     fuzzing.check(isinstance(item, dict), f"{where}: not an object after preparation")
     fuzzing.check(item["authority"] is AUTHORITY, f"{where}: authority is {item['authority']!r}")
     sid = item["id"]
-    fuzzing.check(isinstance(sid, str) and CANONICAL.fullmatch(sid.lower()),
-                  f"{where}: id {sid!r} is not a canonical UUID")
+    fuzzing.check(
+        isinstance(sid, str) and CANONICAL.fullmatch(sid.lower()),
+        f"{where}: id {sid!r} is not a canonical UUID",
+    )
     fuzzing.check(str(uuid.UUID(sid)) == sid.lower(), f"{where}: id {sid!r} is not canonical")
     fuzzing.check("timestamp" in item, f"{where}: no timestamp")
     sent = encoded(item)
     if sent is not None:
         again = jsoncodec.loads(sent)
-        fuzzing.check(again["authority"] == AUTHORITY and again["id"] == sid,
-                      f"{where}: the bytes sent do not carry the authority and id")
+        fuzzing.check(
+            again["authority"] == AUTHORITY and again["id"] == sid,
+            f"{where}: the bytes sent do not carry the authority and id",
+        )
 
 
 def check_error(error: Exception) -> None:
     message = getattr(error, "message", "")
-    fuzzing.check(isinstance(message, str) and 0 < len(message) < 1000,
-                  f"error message empty or unbounded: {message[:200]!r}")
+    fuzzing.check(
+        isinstance(message, str) and 0 < len(message) < 1000,
+        f"error message empty or unbounded: {message[:200]!r}",
+    )
 
 
 def test_one_input(data: bytes) -> None:
@@ -199,8 +260,10 @@ def test_one_input(data: bytes) -> None:
     except BadRequest as error:
         check_error(error)
         return
-    fuzzing.check(isinstance(put_id, str) and result["id"].lower() == put_id.lower(),
-                  f"PUT id {result['id']!r} for statementId {put_id!r}")
+    fuzzing.check(
+        isinstance(put_id, str) and result["id"].lower() == put_id.lower(),
+        f"PUT id {result['id']!r} for statementId {put_id!r}",
+    )
     check_prepared(result, "statement")
 
 
@@ -210,9 +273,11 @@ def raw(body: bytes, method: int = 0, max_batch: int = 4, put: int = 0) -> bytes
 
 
 def seeds() -> list[bytes]:
-    good = {"actor": {"mbox": "mailto:a@example.org"},
-            "verb": {"id": "http://adlnet.gov/expapi/verbs/completed"},
-            "object": {"id": "http://example.com/course"}}
+    good = {
+        "actor": {"mbox": "mailto:a@example.org"},
+        "verb": {"id": "http://adlnet.gov/expapi/verbs/completed"},
+        "object": {"id": "http://example.com/course"},
+    }
     return [
         raw(json.dumps(good).encode()),
         raw(json.dumps([good, dict(good, id=UUIDS[0])]).encode()),
@@ -220,19 +285,48 @@ def seeds() -> list[bytes]:
         raw(json.dumps(dict(good, authority={"mbox": "mailto:forged@example.org"})).encode()),
         raw(json.dumps(dict(good, id=UUIDS[1])).encode(), method=2, put=1),
         raw(json.dumps(good).encode(), method=2, put=3),
-        raw(b'{"actor": {"objectType": "Group", "member": [{"mbox": "mailto:x@y"}]}, '
-            b'"verb": {"id": "a:b"}, "object": {}}'),
+        raw(
+            b'{"actor": {"objectType": "Group", "member": [{"mbox": "mailto:x@y"}]}, '
+            b'"verb": {"id": "a:b"}, "object": {}}'
+        ),
         raw(json.dumps([good] * 6).encode()),
-        raw(b" "), raw(b"[]"), raw(b"\xff\xfe"), raw(b"1e400"), raw(b"[" * 300 + b"]" * 300),
-        bytes(range(64)), bytes(range(200, 256)),
+        raw(b" "),
+        raw(b"[]"),
+        raw(b"\xff\xfe"),
+        raw(b"1e400"),
+        raw(b"[" * 300 + b"]" * 300),
+        bytes(range(64)),
+        bytes(range(200, 256)),
     ]
 
 
-DICTIONARY = [b'"actor"', b'"verb"', b'"object"', b'"id"', b'"authority"', b'"mbox"',
-              b'"mailto:a@b"', b'"objectType"', b'"Group"', b'"member"', b'"account"',
-              b'"homePage"', b'"name"', b'"openid"', b'"mbox_sha1sum"', b'"timestamp"',
-              b"null", b"true", b"false", b"{}", b"[]", b"\\u0000", b"\\ud800",
-              UUIDS[0].encode(), UUIDS[1].encode()]
+DICTIONARY = [
+    b'"actor"',
+    b'"verb"',
+    b'"object"',
+    b'"id"',
+    b'"authority"',
+    b'"mbox"',
+    b'"mailto:a@b"',
+    b'"objectType"',
+    b'"Group"',
+    b'"member"',
+    b'"account"',
+    b'"homePage"',
+    b'"name"',
+    b'"openid"',
+    b'"mbox_sha1sum"',
+    b'"timestamp"',
+    b"null",
+    b"true",
+    b"false",
+    b"{}",
+    b"[]",
+    b"\\u0000",
+    b"\\ud800",
+    UUIDS[0].encode(),
+    UUIDS[1].encode(),
+]
 
 if __name__ == "__main__":
     fuzzing.main(test_one_input, seeds=seeds(), dictionary=DICTIONARY)

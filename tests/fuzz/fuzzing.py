@@ -29,8 +29,16 @@ if str(REPO) not in sys.path:  # run as a script from anywhere: the gateway pack
 
 import atheris  # type: ignore[import-untyped]  # noqa: E402
 
-__all__ = ["KNOWN_BUGS", "InvariantError", "check", "fail", "instrumented", "known_bug", "main",
-           "provider"]
+__all__ = [
+    "KNOWN_BUGS",
+    "InvariantError",
+    "check",
+    "fail",
+    "instrumented",
+    "known_bug",
+    "main",
+    "provider",
+]
 
 # name -> where it is and which test reproduces it.
 KNOWN_BUGS: dict[str, str] = {}
@@ -74,17 +82,22 @@ def provider(data: bytes) -> Any:
 def noise(count: int = 8, size: int = 400) -> list[bytes]:
     """Deterministic pseudo-random seeds: long enough that every choice a harness reads
     from the end of the data is varied from the first run on."""
-    return [hashlib.shake_256(b"lrs-gateway-fuzz-%d" % index).digest(size)
-            for index in range(count)]
+    return [
+        hashlib.shake_256(b"lrs-gateway-fuzz-%d" % index).digest(size) for index in range(count)
+    ]
 
 
 def _dict_entry(token: bytes) -> str:
-    return '"' + "".join(chr(b) if 32 <= b < 127 and b not in (34, 92) else f"\\x{b:02x}"
-                         for b in token) + '"'
+    return (
+        '"'
+        + "".join(chr(b) if 32 <= b < 127 and b not in (34, 92) else f"\\x{b:02x}" for b in token)
+        + '"'
+    )
 
 
-def _prepare_args(argv: Sequence[str], seeds: Sequence[bytes],
-                  dictionary: Sequence[bytes]) -> list[str]:
+def _prepare_args(
+    argv: Sequence[str], seeds: Sequence[bytes], dictionary: Sequence[bytes]
+) -> list[str]:
     args = list(argv)
     positional = [a for a in args[1:] if not a.startswith("-")]
     if not positional:
@@ -108,8 +121,12 @@ def _prepare_args(argv: Sequence[str], seeds: Sequence[bytes],
     return args
 
 
-def main(test_one_input: Callable[[bytes], None], *, seeds: Sequence[bytes],
-         dictionary: Sequence[bytes] = ()) -> None:
+def main(
+    test_one_input: Callable[[bytes], None],
+    *,
+    seeds: Sequence[bytes],
+    dictionary: Sequence[bytes] = (),
+) -> None:
     """Run libFuzzer on `test_one_input` with this process's arguments (does not return)."""
     atheris.Setup(_prepare_args(sys.argv, seeds, dictionary), test_one_input)
     atheris.Fuzz()

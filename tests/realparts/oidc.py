@@ -204,8 +204,6 @@ def provider_config(
     }
 
 
-
-
 def _discovery(discovery_url: str) -> dict[str, Any] | None:
     try:
         with urllib.request.urlopen(discovery_url, timeout=2) as response:  # noqa: S310

@@ -73,8 +73,6 @@ def ralph_python() -> Path:
     return python
 
 
-
-
 def write_auth_file(path: Path, username: str, password: str, agent: dict[str, str]) -> None:
     """Write a Ralph credentials file with one `all`-scoped, bcrypt-hashed credential."""
     hashed = bcrypt.hashpw(password.encode(), bcrypt.gensalt()).decode()
@@ -99,8 +97,6 @@ def ralph_environment(data_dir: Path, auth_file: Path) -> dict[str, str]:
         }
     )
     return env
-
-
 
 
 def _healthy(root_url: str) -> bool:
@@ -129,8 +125,6 @@ def wait_until_healthy(
         f"Ralph did not answer {root_url}__heartbeat__ within {timeout:.0f} s; "
         f"log {log_file}:\n{log_tail(log_file)}"
     )
-
-
 
 
 @contextmanager

@@ -36,8 +36,17 @@ from gateway.runtime.workers import (
 )
 from gateway.xapi.statements import parse_json_body
 
-__all__ = ["about", "forwarding_status", "heartbeat", "lbheartbeat", "lift_own_lockout",
-           "lockout_clear", "metrics", "own_forwarding_status", "whoami"]
+__all__ = [
+    "about",
+    "forwarding_status",
+    "heartbeat",
+    "lbheartbeat",
+    "lift_own_lockout",
+    "lockout_clear",
+    "metrics",
+    "own_forwarding_status",
+    "whoami",
+]
 
 log = logging.getLogger(__name__)
 
@@ -45,12 +54,14 @@ log = logging.getLogger(__name__)
 async def whoami(request: web.Request) -> web.Response:
     """Ralph's shape `{agent, scopes}` plus the username and the scheme that proved it."""
     principal = request[PRINCIPAL]
-    return web.json_response({
-        "agent": principal.agent,
-        "scopes": sorted(principal.scopes),
-        "username": principal.id,
-        "scheme": principal.scheme,
-    })
+    return web.json_response(
+        {
+            "agent": principal.agent,
+            "scopes": sorted(principal.scopes),
+            "username": principal.id,
+            "scheme": principal.scheme,
+        }
+    )
 
 
 async def lbheartbeat(request: web.Request) -> web.Response:
@@ -78,8 +89,9 @@ async def about(request: web.Request) -> web.Response:
     The configured versions narrowed to those storage speaks (gateway.http.storage_about).
     """
     body: dict[str, Any] = {"version": list(request.app[VERSIONS].versions)}
-    extensions = await request.app[STORAGE_ABOUT].extensions(request.app[STORAGE],
-                                                              storage_version(request))
+    extensions = await request.app[STORAGE_ABOUT].extensions(
+        request.app[STORAGE], storage_version(request)
+    )
     if extensions:
         body["extensions"] = extensions
     return web.json_response(body)
@@ -93,7 +105,8 @@ async def metrics(request: web.Request) -> web.Response:
     scope = request.app[CONFIG].metrics.scope
     if scope is not None:
         principal = await request.app[AUTHENTICATOR].authenticate(
-            request.headers.get("Authorization"))
+            request.headers.get("Authorization")
+        )
         if scope not in principal.scopes:
             raise Forbidden(f"the metrics need the {scope} scope")
     return await request.app[METRICS].exposition()
@@ -124,8 +137,9 @@ async def forwarding_status(request: web.Request) -> web.Response:
     data_dir = config.resolve_path(config.data_dir)
     if role is not None:
         data_dir = shared_data_dir(data_dir, role)
-    retired = await asyncio.to_thread(_retired, data_dir, 1 if role is None else role.count,
-                                      [t.label for t in config.forwardings])
+    retired = await asyncio.to_thread(
+        _retired, data_dir, 1 if role is None else role.count, [t.label for t in config.forwardings]
+    )
     if role is None:
         return web.json_response(merged_status([own, *retired]) if retired else own)
     others, missing = await sibling_documents(role, "/forwarding")
@@ -173,8 +187,7 @@ async def lockout_clear(request: web.Request) -> web.Response:
     principal = request[PRINCIPAL]
     if "admin" not in principal.scopes:
         raise Forbidden("lifting a lockout needs the admin scope")
-    subject = _lockout_subject(parse_json_body(await read_limited(request,
-                                                                  _MAX_LOCKOUT_REQUEST)))
+    subject = _lockout_subject(parse_json_body(await read_limited(request, _MAX_LOCKOUT_REQUEST)))
     locked = request.app[GUARD].lift_lockout(lockout_key(**subject))
     answer: dict[str, Any] = dict(subject)
     role = request.app.get(WORKER)
@@ -182,12 +195,19 @@ async def lockout_clear(request: web.Request) -> web.Response:
         answers, missing = await sibling_command(role, "lockout-clear", subject)
         locked = locked or any(a.get("was_locked_out") for a in answers)
         if missing:
-            raise WorkersUnavailable(f"{missing} of {role.count} workers did not answer (one "
-                                     "may be restarting): the lockout may remain there; "
-                                     "try again")
+            raise WorkersUnavailable(
+                f"{missing} of {role.count} workers did not answer (one "
+                "may be restarting): the lockout may remain there; "
+                "try again"
+            )
         answer["workers"] = role.count
     ((kind, value),) = subject.items()
-    log.info("lockout of %s %s lifted by %s (%s)", kind, value[:256], principal.id,
-             "it was locked out" if locked else "it was not locked out")
+    log.info(
+        "lockout of %s %s lifted by %s (%s)",
+        kind,
+        value[:256],
+        principal.id,
+        "it was locked out" if locked else "it was not locked out",
+    )
     answer["was_locked_out"] = locked
     return web.json_response(answer)

@@ -37,8 +37,9 @@ async def proxy(request: web.Request) -> web.StreamResponse:
     check_declared_length(request, limit)
     has_body = request.method not in _BODYLESS or request.body_exists
     body = LimitedStream(request, limit) if has_body else None
-    headers = request_headers(request.headers, extra={
-        **forwarded_headers(request), "X-Request-ID": request[REQUEST_ID]})
+    headers = request_headers(
+        request.headers, extra={**forwarded_headers(request), "X-Request-ID": request[REQUEST_ID]}
+    )
     if has_body and _decoded_by_server(request):
         # aiohttp hands us the decoded body: pass that on (chunked), without the encoding
         # or the encoded length.
@@ -53,8 +54,9 @@ async def proxy(request: web.Request) -> web.StreamResponse:
         raise
 
 
-async def _exchange(request: web.Request, tail: str, headers: CIMultiDict[str],
-                    body: LimitedStream | None) -> web.StreamResponse:
+async def _exchange(
+    request: web.Request, tail: str, headers: CIMultiDict[str], body: LimitedStream | None
+) -> web.StreamResponse:
     response = await _send(request, request.method, tail, headers, body)
     if response is None:  # storage has no HEAD here: answer it from a GET (Comm 1.1)
         response = await _send(request, "GET", tail, headers, body)
@@ -62,17 +64,27 @@ async def _exchange(request: web.Request, tail: str, headers: CIMultiDict[str],
     return response
 
 
-async def _send(request: web.Request, method: str, tail: str, headers: CIMultiDict[str],
-                body: LimitedStream | None) -> web.StreamResponse | None:
+async def _send(
+    request: web.Request,
+    method: str,
+    tail: str,
+    headers: CIMultiDict[str],
+    body: LimitedStream | None,
+) -> web.StreamResponse | None:
     """Storage's answer to `method`, or None for a 405 to a HEAD."""
     storage = request.app[STORAGE]
     data = body.__aiter__() if body is not None else None
     head = request.method == "HEAD"
     # What no caller proved itself for (an OPTIONS: a CORS preflight, let through without
     # auth) must not go with the gateway's identity either.
-    async with storage.request(method, tail, raw_query=raw_query(request),
-                               headers=headers, data=data,
-                               authenticated=PRINCIPAL in request) as upstream:
+    async with storage.request(
+        method,
+        tail,
+        raw_query=raw_query(request),
+        headers=headers,
+        data=data,
+        authenticated=PRINCIPAL in request,
+    ) as upstream:
         await hide_failure(upstream, storage, request[REQUEST_ID])
         if upstream.status == 405 and method == "HEAD":
             return None
@@ -85,13 +97,17 @@ async def _send(request: web.Request, method: str, tail: str, headers: CIMultiDi
             # given for a HEAD (the property itself cannot be set on it).
             if length is not None:
                 out_headers["Content-Length"] = str(length)
-            return web.Response(status=upstream.status, reason=upstream.reason,
-                                headers=out_headers)
+            return web.Response(status=upstream.status, reason=upstream.reason, headers=out_headers)
         if length is not None and length <= _BUFFER_LIMIT:
-            return web.Response(status=upstream.status, reason=upstream.reason,
-                                body=await upstream.read(), headers=out_headers)
-        streamed = web.StreamResponse(status=upstream.status, reason=upstream.reason,
-                                      headers=out_headers)
+            return web.Response(
+                status=upstream.status,
+                reason=upstream.reason,
+                body=await upstream.read(),
+                headers=out_headers,
+            )
+        streamed = web.StreamResponse(
+            status=upstream.status, reason=upstream.reason, headers=out_headers
+        )
         if length is not None:
             streamed.content_length = length
         await streamed.prepare(request)

@@ -64,8 +64,10 @@ async def _read_write_body(request: web.Request) -> tuple[Any, AttachmentBody | 
     """The statements of a write, JSON or multipart/mixed with attachments."""
     content_type = request.content_type
     if content_type not in ("application/json", "multipart/mixed"):
-        raise BadRequest(f"statements are sent as application/json (or multipart/mixed with "
-                         f"attachments), not {content_type[:60]}")
+        raise BadRequest(
+            f"statements are sent as application/json (or multipart/mixed with "
+            f"attachments), not {content_type[:60]}"
+        )
     body = await read_limited(request, request.app[CONFIG].server.max_body_size)
     if content_type == "application/json":
         return parse_json_body(body), None
@@ -73,8 +75,13 @@ async def _read_write_body(request: web.Request) -> tuple[Any, AttachmentBody | 
     return attached.statements, attached
 
 
-async def _send_write(request: web.Request, method: str, statements: list[Any],
-                      batch: bool, attached: AttachmentBody | None) -> web.Response:
+async def _send_write(
+    request: web.Request,
+    method: str,
+    statements: list[Any],
+    batch: bool,
+    attached: AttachmentBody | None,
+) -> web.Response:
     """Send to storage; with forwarding on, record the statements ahead and settle them after.
 
     Each statement is encoded once: storage and every forwarding target get the same bytes,
@@ -92,13 +99,21 @@ async def _send_write(request: web.Request, method: str, statements: list[Any],
         payload, content_type = canonical_body(encoded, wanted)
     forwarder = request.app.get(FORWARDER)
     version = request.app[VERSIONS].answer_for(request.headers.get(VERSION_HEADER))
-    seqs = (await forwarder.record_pending(
-        [(s["id"], b, p) for s, b, p in zip(statements, parts, packed, strict=True)], version)
-        if forwarder is not None else [])
-    headers = request_headers(request.headers, extra={
-        **forwarded_headers(request),
-        "X-Request-ID": request[REQUEST_ID], "Content-Type": content_type,
-    })
+    seqs = (
+        await forwarder.record_pending(
+            [(s["id"], b, p) for s, b, p in zip(statements, parts, packed, strict=True)], version
+        )
+        if forwarder is not None
+        else []
+    )
+    headers = request_headers(
+        request.headers,
+        extra={
+            **forwarded_headers(request),
+            "X-Request-ID": request[REQUEST_ID],
+            "Content-Type": content_type,
+        },
+    )
     # The body is ours, re-encoded from what aiohttp already decoded: never compressed.
     headers.popall("Content-Encoding", None)
     # If storage's answer is lost (timeout, crash), the pending record stays and the
@@ -106,8 +121,13 @@ async def _send_write(request: web.Request, method: str, statements: list[Any],
     storage = request.app[STORAGE]
     try:
         upstream = await storage.exchange(
-            method, xapi_tail(request), raw_query=raw_query(request), headers=headers,
-            body=payload, limit=request.app[CONFIG].limits.max_upstream_response)
+            method,
+            xapi_tail(request),
+            raw_query=raw_query(request),
+            headers=headers,
+            body=payload,
+            limit=request.app[CONFIG].limits.max_upstream_response,
+        )
         hide_failed_answer(upstream, storage, request[REQUEST_ID])
         accepted = 200 <= upstream.status < 300
         if accepted:
@@ -118,27 +138,38 @@ async def _send_write(request: web.Request, method: str, statements: list[Any],
         if forwarder is not None:
             forwarder.settled(seqs)
     refuse_unprocessable(upstream.status, upstream.body)
-    return web.Response(status=upstream.status, reason=upstream.reason, body=upstream.body,
-                        headers=response_headers(upstream.headers, decoded=False))
+    return web.Response(
+        status=upstream.status,
+        reason=upstream.reason,
+        body=upstream.body,
+        headers=response_headers(upstream.headers, decoded=False),
+    )
 
 
-def _write_rules(request: web.Request,
-                 attached: AttachmentBody | None) -> dict[str, Any]:
+def _write_rules(request: web.Request, attached: AttachmentBody | None) -> dict[str, Any]:
     """How statements are checked and completed for this request (prepare_* keywords)."""
     xapi = request.app[CONFIG].xapi
-    verbatim = ({sha2: part.body for sha2, part in attached.by_hash.items()}
-                if attached is not None and xapi.signed_statements == "verbatim" else None)
-    return {"verbatim": verbatim,
-            "version": request.app[VERSIONS].answer_for(request.headers.get(VERSION_HEADER)),
-            "strict": xapi.validation == "strict"}
+    verbatim = (
+        {sha2: part.body for sha2, part in attached.by_hash.items()}
+        if attached is not None and xapi.signed_statements == "verbatim"
+        else None
+    )
+    return {
+        "verbatim": verbatim,
+        "version": request.app[VERSIONS].answer_for(request.headers.get(VERSION_HEADER)),
+        "strict": xapi.validation == "strict",
+    }
 
 
 async def post_statements(request: web.Request) -> web.Response:
     """Store one statement or a batch, each with an id and the caller as authority."""
     data, attached = await _read_write_body(request)
-    data, _ = prepare_post(data, request[PRINCIPAL].agent,
-                           request.app[CONFIG].limits.max_batch_statements,
-                           **_write_rules(request, attached))
+    data, _ = prepare_post(
+        data,
+        request[PRINCIPAL].agent,
+        request.app[CONFIG].limits.max_batch_statements,
+        **_write_rules(request, attached),
+    )
     batch = isinstance(data, list)
     return await _send_write(request, "POST", data if batch else [data], batch, attached)
 
@@ -146,8 +177,12 @@ async def post_statements(request: web.Request) -> web.Response:
 async def put_statements(request: web.Request) -> web.Response:
     """Store one statement under the `statementId` the client chose."""
     data, attached = await _read_write_body(request)
-    statement = prepare_put(data, request.query.get("statementId"), request[PRINCIPAL].agent,
-                            **_write_rules(request, attached))
+    statement = prepare_put(
+        data,
+        request.query.get("statementId"),
+        request[PRINCIPAL].agent,
+        **_write_rules(request, attached),
+    )
     return await _send_write(request, "PUT", [statement], False, attached)
 
 
@@ -167,42 +202,51 @@ class _Page:
         try:
             encoded = jsoncodec.dumps(data)
         except jsoncodec.JSONEncodeError:
-            raise UpstreamUnavailable("the storage LRS answered with a statement nested "
-                                      "too deeply to pass on") from None
+            raise UpstreamUnavailable(
+                "the storage LRS answered with a statement nested too deeply to pass on"
+            ) from None
         if self.multipart is None:
             self.headers.pop("Content-Type", None)
-            return web.Response(body=encoded, headers=self.headers,
-                                content_type="application/json")
+            return web.Response(body=encoded, headers=self.headers, content_type="application/json")
         parts = self.multipart.parts
         if filtered:
             kept = data.get("statements", [data]) if isinstance(data, dict) else []
-            wanted = {a.get("sha2", "").lower() for s in kept if isinstance(s, dict)
-                      for a in s.get("attachments", []) if isinstance(a, dict)}
-            parts = [parts[0]] + [p for p in parts[1:]
-                                  if (p.header("X-Experience-API-Hash") or "").lower() in wanted]
+            wanted = {
+                a.get("sha2", "").lower()
+                for s in kept
+                if isinstance(s, dict)
+                for a in s.get("attachments", [])
+                if isinstance(a, dict)
+            }
+            parts = [parts[0]] + [
+                p for p in parts[1:] if (p.header("X-Experience-API-Hash") or "").lower() in wanted
+            ]
         self.multipart.parts = [parts[0].with_body(encoded), *parts[1:]]
-        self.multipart.paddings = self.multipart.paddings[:len(self.multipart.parts)]
+        self.multipart.paddings = self.multipart.paddings[: len(self.multipart.parts)]
         return web.Response(body=self.multipart.serialize(), headers=self.headers)
 
 
-async def _fetch(storage: StorageClient, request: web.Request, tail: str,
-                 query: str) -> tuple[web.Response | None, _Page | None]:
+async def _fetch(
+    storage: StorageClient, request: web.Request, tail: str, query: str
+) -> tuple[web.Response | None, _Page | None]:
     """GET from storage: (its answer to pass on as is, None) unless it is a 200 we read."""
-    headers = request_headers(request.headers, extra={
-        **forwarded_headers(request), "X-Request-ID": request[REQUEST_ID]})
+    headers = request_headers(
+        request.headers, extra={**forwarded_headers(request), "X-Request-ID": request[REQUEST_ID]}
+    )
     headers.pop("Accept-Encoding", None)
-    async with storage.request("GET", tail, raw_query=query, headers=headers,
-                               decompress=True) as upstream:
+    async with storage.request(
+        "GET", tail, raw_query=query, headers=headers, decompress=True
+    ) as upstream:
         await hide_failure(upstream, storage, request[REQUEST_ID])
         body = await read_capped(upstream, request.app[CONFIG].limits.max_upstream_response)
         out_headers = response_headers(upstream.headers, decoded=True)
         content_type = upstream.content_type
         raw_type = upstream.headers.get("Content-Type", "")
         refuse_unprocessable(upstream.status, body)
-        if upstream.status != 200 or content_type not in ("application/json",
-                                                          "multipart/mixed"):
-            return web.Response(status=upstream.status, reason=upstream.reason, body=body,
-                                headers=out_headers), None
+        if upstream.status != 200 or content_type not in ("application/json", "multipart/mixed"):
+            return web.Response(
+                status=upstream.status, reason=upstream.reason, body=body, headers=out_headers
+            ), None
     try:
         if content_type == "application/json":
             return None, _Page(jsoncodec.loads(body), out_headers)

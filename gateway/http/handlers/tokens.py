@@ -45,8 +45,9 @@ async def issue_token(request: web.Request) -> web.Response:
         raise NotFound("token issuing is not enabled (auth.backends has no 'token')")
     principal = request[PRINCIPAL]
     if principal.scheme == "token":
-        raise Forbidden("a gateway token cannot issue tokens: use the credential it was "
-                        "issued from")
+        raise Forbidden(
+            "a gateway token cannot issue tokens: use the credential it was issued from"
+        )
     if principal.scopes.isdisjoint({"admin", "tokens/issue"}):
         raise Forbidden("issuing tokens needs the admin or tokens/issue scope")
     body = parse_json_body(await read_limited(request, _MAX_REQUEST))
@@ -57,7 +58,10 @@ async def issue_token(request: web.Request) -> web.Response:
         raise BadRequest("scopes must be a list of strings")
     lifetime = requested_lifetime(body, datetime.now(UTC), signer.max_lifetime)
     token, expires = signer.issue(principal, scopes, lifetime)
-    return web.json_response({
-        "token": token, "token_type": "Bearer",
-        "expires_at": datetime.fromtimestamp(expires, UTC).isoformat().replace("+00:00", "Z"),
-    })
+    return web.json_response(
+        {
+            "token": token,
+            "token_type": "Bearer",
+            "expires_at": datetime.fromtimestamp(expires, UTC).isoformat().replace("+00:00", "Z"),
+        }
+    )
