@@ -144,7 +144,7 @@ def has_workers_option(src: Path) -> bool:
 
 
 def event_loop_of(src: Path) -> str:
-    """The loop the gateway's `serve` runs on: uvloop when it is installed (cli._tune_runtime)."""
+    """The loop the gateway's `serve` runs on: uvloop when installed (cli.main._tune_runtime)."""
     cli = _first_source(src, "gateway/cli/main.py", "gateway/cli.py")
     if "uvloop" not in cli:
         return "asyncio"

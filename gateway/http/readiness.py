@@ -218,8 +218,6 @@ class Readiness:
                 log.info("readiness: the %s check passes again", name)
 
 
-# Kept beside its class: gateway.http.keys imports the types it names, and this module reads
-# gateway.http.keys (the same cycle gateway.http.cors avoids with a TYPE_CHECKING import there).
 async def check_readiness(app: web.Application) -> Report:
     """The readiness report now; also sets the `ready` gauge."""
     return await app[READINESS].check()

@@ -138,8 +138,6 @@ async def _keep_learning(
 
 async def storage_about_loop(app: web.Application) -> AsyncIterator[None]:
     """At start (within storage.probe_timeout) and then every minute: learn storage's versions."""
-    # gateway.http.keys imports this module for STORAGE_ABOUT's type: import it when run.
-
     about, storage, policy = app[STORAGE_ABOUT], app[STORAGE], app[VERSIONS]
     within = app[CONFIG].storage.probe_timeout
     learned = await about.learn(storage, policy, within)

@@ -10,8 +10,8 @@ starts: a scrape answered by any worker reads every worker's files, the dead one
 included, and every outbox (gateway.http.metrics). The forwarding status, answered by any
 worker, adds up every worker's, fetched over a Unix socket per worker in a private
 directory; what every worker must do at once (lift a lockout) is asked of each over the
-same sockets. The supervisor restarts a worker that dies and stops all of them on
-SIGTERM/SIGINT.
+same sockets. The supervisor (gateway.runtime.supervisor) restarts a worker that dies and
+stops all of them on SIGTERM/SIGINT.
 """
 
 from __future__ import annotations

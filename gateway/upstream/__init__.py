@@ -1,1 +1,1 @@
-"""Talking to an upstream LRS: the lean HTTP/1.1 client and the storage LRS client."""
+"""Talking to an upstream LRS: one target (storage or forwarding), the clients to it."""

@@ -172,7 +172,7 @@ def request_headers(incoming: Mapping[str, str], *, extra: Mapping[str, str]) ->
 
 
 def response_headers(upstream: CIMultiDictProxy[str], *, decoded: bool) -> CIMultiDict[str]:
-    """StorageClient answer headers fit to pass to the client."""
+    """The storage LRS's answer headers fit to pass to the client."""
     out: CIMultiDict[str] = CIMultiDict()
     for name, value in upstream.items():
         lowered = name.lower()

@@ -51,6 +51,8 @@ class UpstreamTarget:
     url: URL  # storage: the xAPI base (ends with /); a forwarding target: its statements URL
     connect_timeout: float
     total_timeout: float
+    # Storage: requests in flight at once (more wait, then 503) and idle connections kept;
+    # a forwarding target (one request at a time): idle connections kept.
     max_connections: int
     headers: Mapping[str, str] = field(repr=False, default_factory=dict)  # credential included
     secrets: tuple[str, ...] = field(repr=False, default=())
