@@ -2,13 +2,24 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
+import typing
 from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
 
-from gateway.config.settings import inspect_config, load_config, resolve_config_path
+from gateway.config.constraints import CONSTRAINT, Constraint, Positive
+from gateway.config.settings import (
+    Config,
+    ForwardingTarget,
+    inspect_config,
+    load_config,
+    resolve_config_path,
+)
 from gateway.errors import ConfigError
 from gateway.secret import Secret
 
@@ -479,3 +490,93 @@ def test_validation_setting_defaults_to_strict(tmp_path: Path) -> None:
     assert load_config(write(tmp_path, ""), {}).xapi.validation == "strict"
     config = load_config(write(tmp_path, ""), {"LRS_GATEWAY__XAPI__VALIDATION": "basic"})
     assert config.xapi.validation == "basic"
+
+
+# -- constraints declared on the fields (gateway.config.constraints) ----------------------
+
+
+def declared(cls: Any, prefix: tuple[str, ...] = ()) -> list[tuple[str, Constraint]]:
+    """Every constraint declared on `cls`'s settings, sections walked into, by dotted key."""
+    found: list[tuple[str, Constraint]] = []
+    hints = typing.get_type_hints(cls)
+    for fld in dataclasses.fields(cls):
+        path = (*prefix, fld.name)
+        if dataclasses.is_dataclass(hints[fld.name]):
+            found += declared(hints[fld.name], path)
+        elif CONSTRAINT in fld.metadata:
+            found.append((".".join(path), fld.metadata[CONSTRAINT]))
+    return found
+
+
+# Read from the declarations: a setting declared positive tomorrow is tested too.
+POSITIVE = [key for key, constraint in declared(Config) if isinstance(constraint, Positive)]
+TARGET_POSITIVE = [
+    key for key, constraint in declared(ForwardingTarget) if isinstance(constraint, Positive)
+]
+
+
+def nested(key: str, value: Any) -> dict[str, Any]:
+    """`{"storage": {"timeout": value}}` for `storage.timeout`."""
+    *sections, name = key.split(".")
+    raw: dict[str, Any] = {name: value}
+    for section in reversed(sections):
+        raw = {section: raw}
+    return raw
+
+
+def test_the_declarations_are_found() -> None:
+    assert {"storage.timeout", "server.workers", "outbox.resolve_pending_after"} <= set(POSITIVE)
+    assert {"timeout", "connect_timeout", "batch_size"} <= set(TARGET_POSITIVE)
+
+
+@pytest.mark.parametrize("key", POSITIVE)
+def test_every_setting_declared_positive_refuses_0(tmp_path: Path, key: str) -> None:
+    path = write(tmp_path, yaml.safe_dump(nested(key, 0)))
+    report = inspect_config(path, {})
+    assert f"{path}: {key}: must be greater than 0" in report.errors, report.errors
+
+
+@pytest.mark.parametrize("name", TARGET_POSITIVE)
+def test_every_target_setting_declared_positive_refuses_0(tmp_path: Path, name: str) -> None:
+    target = {
+        "name": "analytics",
+        "is_active": True,
+        "url": "https://lrs2.example.org/xAPI/statements",
+        "max_retries": 3,
+        "timeout": 5,
+        name: 0,
+    }
+    path = write(tmp_path, yaml.safe_dump({"forwardings": [target]}))
+    report = inspect_config(path, {})
+    assert report.errors == (
+        f"{path}: forwardings[0] (analytics): {name}: must be greater than 0",
+    ), report.errors
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (
+            TARGET.replace("max_retries: 3", "max_retries: -1"),
+            "forwardings[0] (analytics): max_retries: must be 0 or more",
+        ),
+        ("outbox:\n  synchronous: sometimes\n", "outbox.synchronous: full or normal"),
+        ("auth:\n  oidc:\n    agent: x\n", "auth.oidc.agent: one of account, openid, group"),
+        ("xapi:\n  validation: lax\n", "xapi.validation: one of strict, basic (not 'lax')"),
+        ("server:\n  port: 65536\n", "server.port: must be between 0 and 65535"),
+        ("metrics:\n  port: 0\n", "metrics.port: must be between 1 and 65535"),
+        ("sentry:\n  traces_sample_rate: 2\n", "sentry.traces_sample_rate: between 0 and 1"),
+    ],
+)
+def test_declared_constraints_keep_their_messages(tmp_path: Path, text: str, expected: str) -> None:
+    path = write(tmp_path, text)
+    report = inspect_config(path, {})
+    assert f"{path}: {expected}" in report.errors, report.errors
+
+
+def test_an_unset_optional_setting_is_not_checked(tmp_path: Path) -> None:
+    # connect_timeout and metrics.port are declared, but None means "not set": no problem.
+    report = inspect_config(write(tmp_path, TARGET + "metrics:\n  port: null\n"), {})
+    assert report.errors == ()
+    assert report.config is not None
+    assert report.config.forwardings[0].connect_timeout is None

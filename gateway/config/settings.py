@@ -12,6 +12,14 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from gateway.config.constraints import (
+    Problem,
+    at_least,
+    between,
+    declared_problems,
+    one_of,
+    positive,
+)
 from gateway.config.loader import (
     build_dataclass,
     build_list,
@@ -97,7 +105,10 @@ class CorsConfig:
         "X-Experience-API-Consistent-Through",
         "X-Experience-API-Version",
     )
-    max_age: int = 600  # seconds a browser may keep a preflight's answer
+    # Seconds a browser may keep a preflight's answer; browsers keep one a day at most.
+    max_age: int = field(
+        default=600, metadata=between(0, 86400, message="between 0 and 86400 (seconds)")
+    )
     allow_credentials: bool = False
 
     @property
@@ -111,12 +122,13 @@ class ServerConfig:
     """Where the gateway listens and how it presents itself."""
 
     host: str = "127.0.0.1"
-    port: int = 8080
+    port: int = field(default=8080, metadata=between(0, 65535))
     public_url: str | None = None
     shutdown_timeout: float = 30.0
-    max_body_size: int = 10 * 1024 * 1024
+    max_body_size: int = field(default=10 * 1024 * 1024, metadata=positive())
     access_log: bool = True  # one line per request; measured in bench/ at ~20% of a request
-    workers: int = 1  # processes sharing the port (SO_REUSEPORT); `serve --workers` overrides
+    # Processes sharing the port (SO_REUSEPORT); `serve --workers` overrides.
+    workers: int = field(default=1, metadata=positive())
     cors: CorsConfig = field(default_factory=CorsConfig)
 
 
@@ -131,10 +143,10 @@ class XapiConfig:
     """
 
     versions: tuple[str, ...] = ("1.0.3", "2.0.0")
-    signed_statements: str = "stamp"
+    signed_statements: str = field(default="stamp", metadata=one_of(SIGNED_STATEMENT_POLICIES))
     # strict: every statement property checked against the spec before storage sees it;
     # basic: only what the gateway itself relies on (ids, actor, authority).
-    validation: str = "strict"
+    validation: str = field(default="strict", metadata=one_of(VALIDATION_MODES))
 
 
 @dataclass(frozen=True)
@@ -142,9 +154,9 @@ class BasicAuthConfig:
     """HTTP Basic against a credentials file (Ralph JSON or Rustici `user:secret:role` lines)."""
 
     credentials_file: str = "auth.json"
-    cache_max_size: int = 100
-    cache_ttl: float = 3600.0
-    reload_interval: float = 2.0
+    cache_max_size: int = field(default=100, metadata=positive())
+    cache_ttl: float = field(default=3600.0, metadata=positive())
+    reload_interval: float = field(default=2.0, metadata=positive())
     account_homepage: str = "https://lrs-gateway.example.org/accounts"
 
 
@@ -156,10 +168,14 @@ class OidcConfig:
     audience: str | None = None
     algorithms: tuple[str, ...] = ("RS256", "PS256", "ES256", "EdDSA")
     leeway: float = 30.0
-    agent: str = "account"  # account {iss, sub} | openid "<iss>/<sub>" | group (SQL LRS)
-    refresh_interval: float = 3600.0  # seconds between discovery/JWKS refreshes
+    # account {iss, sub} | openid "<iss>/<sub>" | group (SQL LRS)
+    agent: str = field(
+        default="account", metadata=one_of(OIDC_AGENTS, message=f"one of {', '.join(OIDC_AGENTS)}")
+    )
+    # Seconds between discovery/JWKS refreshes.
+    refresh_interval: float = field(default=3600.0, metadata=positive())
     unknown_kid_interval: float = 5.0  # at most one JWKS refetch per this, for unknown kids
-    timeout: float = 5.0
+    timeout: float = field(default=5.0, metadata=positive())
 
 
 @dataclass(frozen=True)
@@ -167,8 +183,8 @@ class CallbackConfig:
     """Rustici-style auth callback: Basic credentials checked by POSTing them to a URL."""
 
     url: str | None = None
-    timeout: float = 5.0
-    cache_max_size: int = 1000
+    timeout: float = field(default=5.0, metadata=positive())
+    cache_max_size: int = field(default=1000, metadata=positive())
     cache_seconds_success: float = 600.0
     cache_seconds_failure: float = 10.0
     account_homepage: str = "https://lrs-gateway.example.org/accounts"
@@ -181,7 +197,7 @@ class TokensConfig:
     secret: Secret | None = None
     private_key_file: str | None = None
     issuer: str = "lrs-gateway"
-    max_lifetime: float = 3600.0
+    max_lifetime: float = field(default=3600.0, metadata=positive())
 
 
 @dataclass(frozen=True)
@@ -203,12 +219,12 @@ class StorageConfig:
     url: str = "http://127.0.0.1:8100/xAPI/"
     basic_username: str | None = None
     basic_password: Secret | None = None
-    timeout: float = 10.0
-    connect_timeout: float = 3.0
-    max_connections: int = 100
+    timeout: float = field(default=10.0, metadata=positive())
+    connect_timeout: float = field(default=3.0, metadata=positive())
+    max_connections: int = field(default=100, metadata=positive())
     # /__heartbeat__'s own request to storage: well below an orchestrator's probe timeout
     # (Kubernetes: a few seconds), whatever `timeout` client requests may take.
-    probe_timeout: float = 2.0
+    probe_timeout: float = field(default=2.0, metadata=positive())
 
 
 @dataclass(frozen=True)
@@ -217,20 +233,22 @@ class ForwardingTarget:
 
     is_active: bool
     url: str  # the target's statements endpoint, e.g. https://lrs2.example.org/xAPI/statements
-    max_retries: int
-    timeout: float  # seconds one delivery may take in all, connecting included
+    max_retries: int = field(metadata=at_least(0))
+    # Seconds one delivery may take in all, connecting included.
+    timeout: float = field(metadata=positive())
     # Ralph's format always has them; a target reached with a bearer token needs neither.
     basic_username: str | None = None
     basic_password: Secret | None = None
     name: str | None = None
     headers: Mapping[str, str] = field(default_factory=dict, repr=False)  # may hold API keys
     bearer_token: Secret | None = None
-    batch_size: int = 50
-    backoff_base: float = 0.5
-    backoff_cap: float = 60.0
+    batch_size: int = field(default=50, metadata=positive())
+    backoff_base: float = field(default=0.5, metadata=positive())
+    backoff_cap: float = field(default=60.0, metadata=positive())
     xapi_version: str = "1.0.3"
-    backlog_limit: int = 1_000_000
-    connect_timeout: float | None = None  # seconds to connect (default: `timeout`)
+    backlog_limit: int = field(default=1_000_000, metadata=positive())
+    # Seconds to connect (default: `timeout`).
+    connect_timeout: float | None = field(default=None, metadata=positive())
 
     @property
     def label(self) -> str:
@@ -249,21 +267,27 @@ class OutboxConfig:
 
     # full: an fsync per group commit; normal: survives a crash of the process, not of the
     # machine.
-    synchronous: str = "full"
-    resolve_pending_after: float = 30.0  # seconds before an unresolved write is checked
+    synchronous: str = field(
+        default="full", metadata=one_of(("full", "normal"), message="full or normal")
+    )
+    # Seconds before an unresolved write is checked.
+    resolve_pending_after: float = field(default=30.0, metadata=positive())
 
 
 @dataclass(frozen=True)
 class LimitsConfig:
     """Sizes and times that keep one client from taking more than its share."""
 
-    max_batch_statements: int = 1000
-    max_header_size: int = 8190
-    max_headers: int = 100
-    max_upstream_response: int = 64 * 1024 * 1024  # answers the gateway reads to rewrite
-    keepalive_timeout: float = 75.0
-    header_timeout: float = 10.0  # a new connection's request headers must arrive by then
-    upstream_queue_timeout: float = 5.0  # wait for a free storage connection, then 503
+    max_batch_statements: int = field(default=1000, metadata=positive())
+    max_header_size: int = field(default=8190, metadata=positive())
+    max_headers: int = field(default=100, metadata=positive())
+    # Answers the gateway reads to rewrite.
+    max_upstream_response: int = field(default=64 * 1024 * 1024, metadata=positive())
+    keepalive_timeout: float = field(default=75.0, metadata=positive())
+    # A new connection's request headers must arrive by then.
+    header_timeout: float = field(default=10.0, metadata=positive())
+    # Wait for a free storage connection, then 503.
+    upstream_queue_timeout: float = field(default=5.0, metadata=positive())
 
 
 @dataclass(frozen=True)
@@ -271,10 +295,10 @@ class RateLimitConfig:
     """Token buckets per client address and per authenticated caller (429 past them)."""
 
     enabled: bool = True
-    per_ip_rate: float = 500.0
-    per_ip_burst: int = 1000
-    per_principal_rate: float = 250.0
-    per_principal_burst: int = 500
+    per_ip_rate: float = field(default=500.0, metadata=positive())
+    per_ip_burst: int = field(default=1000, metadata=positive())
+    per_principal_rate: float = field(default=250.0, metadata=positive())
+    per_principal_burst: int = field(default=500, metadata=positive())
     trusted_proxies: tuple[str, ...] = ()  # CIDRs whose X-Forwarded-For is believed
     max_tracked: int = 100_000
 
@@ -284,9 +308,9 @@ class LockoutConfig:
     """Failed Basic logins per username and per address: past the limit, 429 without bcrypt."""
 
     enabled: bool = True
-    max_failures: int = 10
-    window: float = 300.0
-    block: float = 300.0
+    max_failures: int = field(default=10, metadata=positive())
+    window: float = field(default=300.0, metadata=positive())
+    block: float = field(default=300.0, metadata=positive())
     max_tracked: int = 100_000
     tarpit: float = 1.0  # seconds before answering a locked-out or overflowing login
 
@@ -297,7 +321,9 @@ class SentryConfig:
 
     dsn: Secret | None = None
     environment: str | None = None
-    traces_sample_rate: float = 0.0
+    traces_sample_rate: float = field(
+        default=0.0, metadata=between(0, 1, message="between 0 and 1")
+    )
     ignore_health_checks: bool = True
 
 
@@ -307,7 +333,8 @@ class MetricsConfig:
 
     enabled: bool = True
     path: str = "/metrics"
-    port: int | None = None  # serve /metrics on this port only (not with the public API)
+    # Serve /metrics on this port only (not with the public API).
+    port: int | None = field(default=None, metadata=between(1, 65535))
     host: str | None = None  # for that port; default: server.host
     scope: str | None = None  # e.g. "admin": then /metrics needs credentials holding it
 
@@ -336,53 +363,12 @@ class Config:
         return path if path.is_absolute() else Path(self.base_dir) / path
 
 
-# A problem: the keys (dotted paths) whose values are to blame, and the message naming them.
-Problem = tuple[tuple[str, ...], str]
-
-
-def _positive(config: Config) -> list[tuple[str, float]]:
-    """The settings that must be greater than 0, by key."""
-    return [
-        ("storage.timeout", config.storage.timeout),
-        ("storage.connect_timeout", config.storage.connect_timeout),
-        ("storage.probe_timeout", config.storage.probe_timeout),
-        ("auth.basic.cache_ttl", config.auth.basic.cache_ttl),
-        ("auth.basic.reload_interval", config.auth.basic.reload_interval),
-        ("server.max_body_size", config.server.max_body_size),
-        ("server.workers", config.server.workers),
-        ("storage.max_connections", config.storage.max_connections),
-        ("auth.basic.cache_max_size", config.auth.basic.cache_max_size),
-        ("auth.oidc.refresh_interval", config.auth.oidc.refresh_interval),
-        ("auth.oidc.timeout", config.auth.oidc.timeout),
-        ("auth.callback.timeout", config.auth.callback.timeout),
-        ("auth.callback.cache_max_size", config.auth.callback.cache_max_size),
-        ("auth.tokens.max_lifetime", config.auth.tokens.max_lifetime),
-        ("outbox.resolve_pending_after", config.outbox.resolve_pending_after),
-        ("limits.max_batch_statements", config.limits.max_batch_statements),
-        ("limits.max_header_size", config.limits.max_header_size),
-        ("limits.max_headers", config.limits.max_headers),
-        ("limits.max_upstream_response", config.limits.max_upstream_response),
-        ("limits.keepalive_timeout", config.limits.keepalive_timeout),
-        ("limits.header_timeout", config.limits.header_timeout),
-        ("limits.upstream_queue_timeout", config.limits.upstream_queue_timeout),
-        ("rate_limit.per_ip_rate", config.rate_limit.per_ip_rate),
-        ("rate_limit.per_ip_burst", config.rate_limit.per_ip_burst),
-        ("rate_limit.per_principal_rate", config.rate_limit.per_principal_rate),
-        ("rate_limit.per_principal_burst", config.rate_limit.per_principal_burst),
-        ("lockout.max_failures", config.lockout.max_failures),
-        ("lockout.window", config.lockout.window),
-        ("lockout.block", config.lockout.block),
-    ]
-
-
-def _one_of(key: str, value: str, allowed: tuple[str, ...]) -> list[Problem]:
-    if value in allowed:
-        return []
-    return [((key,), f"{key}: one of {', '.join(allowed)} (not {value[:40]!r})")]
-
-
 def _validate(config: Config) -> list[Problem]:
-    """Checks that span more than one value's type; each names its key(s)."""
+    """Every problem with the values, each naming its key(s).
+
+    First the checks written here (values that must agree, lists, formats), then the
+    constraints declared on the fields (gateway.config.constraints).
+    """
     problems: list[Problem] = []
     if not config.storage.url.startswith(("http://", "https://")):
         problems.append((("storage.url",), "storage.url: must be an http:// or https:// URL"))
@@ -395,13 +381,8 @@ def _validate(config: Config) -> list[Problem]:
         )
     problems += _validate_auth(config.auth)
     problems += _validate_xapi(config.xapi)
-    if not 0 <= config.server.port <= 65535:
-        problems.append((("server.port",), "server.port: must be between 0 and 65535"))
     # Each message starts with its key.
     problems += [((m.partition(":")[0],), m) for m in _validate_cors(config.server.cors)]
-    for key, value in _positive(config):
-        if value <= 0:
-            problems.append(((key,), f"{key}: must be greater than 0"))
     problems += _validate_targets(config.forwardings)
     for cidr in config.rate_limit.trusted_proxies:
         try:
@@ -413,14 +394,8 @@ def _validate(config: Config) -> list[Problem]:
                     f"rate_limit.trusted_proxies: {cidr[:60]!r} is not an address or CIDR",
                 )
             )
-    if not 0.0 <= config.sentry.traces_sample_rate <= 1.0:
-        problems.append(
-            (("sentry.traces_sample_rate",), "sentry.traces_sample_rate: between 0 and 1")
-        )
-    if config.outbox.synchronous not in ("full", "normal"):
-        problems.append((("outbox.synchronous",), "outbox.synchronous: full or normal"))
     problems += _validate_metrics(config.metrics, config.server.port)
-    return problems
+    return problems + declared_problems(config)
 
 
 def _validate_auth(auth: AuthConfig) -> list[Problem]:
@@ -462,8 +437,6 @@ def _validate_auth(auth: AuthConfig) -> list[Problem]:
                     "auth.oidc.algorithms: at least one algorithm is needed",
                 )
             )
-    if auth.oidc.agent not in OIDC_AGENTS:
-        problems.append((("auth.oidc.agent",), f"auth.oidc.agent: one of {', '.join(OIDC_AGENTS)}"))
     if "callback" in auth.backends and not auth.callback.url:
         problems.append(
             (
@@ -500,8 +473,6 @@ def _validate_xapi(xapi: XapiConfig) -> list[Problem]:
             )
     if not xapi.versions:
         problems.append((("xapi.versions",), "xapi.versions: at least one version is needed"))
-    problems += _one_of("xapi.signed_statements", xapi.signed_statements, SIGNED_STATEMENT_POLICIES)
-    problems += _one_of("xapi.validation", xapi.validation, VALIDATION_MODES)
     return problems
 
 
@@ -522,18 +493,6 @@ def _validate_targets(targets: tuple[ForwardingTarget, ...]) -> list[Problem]:
                 ("basic_username", "basic_password"),
                 "basic_username and basic_password go together",
             )
-        if target.max_retries < 0:
-            add(("max_retries",), "max_retries: must be 0 or more")
-        for name, value in (
-            ("timeout", target.timeout),
-            ("batch_size", target.batch_size),
-            ("backoff_base", target.backoff_base),
-            ("backoff_cap", target.backoff_cap),
-            ("backlog_limit", target.backlog_limit),
-            ("connect_timeout", target.connect_timeout),
-        ):
-            if value is not None and value <= 0:
-                add((name,), f"{name}: must be greater than 0")
         if target.xapi_version not in XAPI_VERSIONS:
             add(
                 ("xapi_version",),
@@ -555,8 +514,6 @@ def _validate_targets(targets: tuple[ForwardingTarget, ...]) -> list[Problem]:
 
 def _validate_metrics(metrics: MetricsConfig, server_port: int) -> list[Problem]:
     problems: list[Problem] = []
-    if metrics.port is not None and not 0 < metrics.port <= 65535:
-        problems.append((("metrics.port",), "metrics.port: must be between 1 and 65535"))
     if metrics.port is not None and metrics.port == server_port:
         problems.append(
             (("metrics.port", "server.port"), "metrics.port: must differ from server.port")
@@ -598,8 +555,6 @@ def _validate_cors(cors: CorsConfig) -> list[str]:
         for name in names:
             if _HEADER_NAME.fullmatch(name) is None:
                 problems.append(f"server.cors.{key}: {name[:40]!r} is not a header name")
-    if not 0 <= cors.max_age <= 86400:  # browsers keep a preflight a day at most
-        problems.append("server.cors.max_age: between 0 and 86400 (seconds)")
     return problems
 
 
