@@ -26,6 +26,7 @@ __all__ = [
     "AuthUnavailable",
     "BadRequest",
     "ConfigError",
+    "Conflict",
     "Forbidden",
     "GatewayError",
     "NotFound",
@@ -87,6 +88,12 @@ class NotFound(GatewayError):
 
     status = 404
     kind = "not_found"
+
+
+class Conflict(GatewayError):
+    """The request clashes with what exists (a username already taken)."""
+
+    status = 409
 
 
 class PayloadTooLarge(GatewayError):

@@ -1,4 +1,4 @@
-"""HTTP Basic against the credentials file, with a TTL cache of successful checks."""
+"""HTTP Basic against the credentials file and database, with a TTL cache of successes."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from async_lru import alru_cache
 from gateway.auth.base import decode_basic
 from gateway.auth.passwords import PasswordChecker
 from gateway.auth.principal import Principal
-from gateway.auth.store import CredentialStore
+from gateway.auth.sources import CredentialSources
 from gateway.errors import Unauthorized
 from gateway.secret import keyed_digest
 
@@ -23,7 +23,7 @@ class BasicBackend:
 
     def __init__(
         self,
-        store: CredentialStore,
+        store: CredentialSources,
         checker: PasswordChecker,
         *,
         cache_max_size: int,
@@ -69,8 +69,18 @@ class BasicBackend:
         if scheme != "basic":
             return None
         username, password = decode_basic(credentials)
-        if self._store.get(username) is None:
+        # A credential another process made or rotated a moment ago: look once more.
+        if self._store.get(username) is None and not (
+            await self._store.refresh_on_miss() and self._store.get(username) is not None
+        ):
             # Unknown users never enter the cache, but pay the same bcrypt time.
             await self._checker.dummy_check(password, self._store.max_cost)
             raise Unauthorized("unknown user or wrong password")
-        return await self._verified(username, password)
+        try:
+            principal = await self._verified(username, password)
+        except Unauthorized:
+            if not await self._store.refresh_on_miss():
+                raise
+            principal = await self._verified(username, password)
+        self._store.used(username)
+        return principal

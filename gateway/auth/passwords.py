@@ -23,6 +23,7 @@ __all__ = [
     "UnusablePassword",
     "bcrypt_cost",
     "check_new_password",
+    "hash_new_password",
     "is_bcrypt_hash",
 ]
 
@@ -53,6 +54,13 @@ def check_new_password(password: str) -> None:
         )
     if "\0" in password:  # C bcrypt implementations stop reading at a NUL byte
         raise UnusablePassword("the password must not contain a NUL character")
+
+
+async def hash_new_password(password: str, cost: int = 12) -> str:
+    """The bcrypt hash of a checked new password, made on a thread (never on the loop)."""
+    check_new_password(password)
+    hashed = await asyncio.to_thread(bcrypt.hashpw, password.encode("utf-8"), bcrypt.gensalt(cost))
+    return hashed.decode()
 
 
 def is_bcrypt_hash(value: str) -> bool:

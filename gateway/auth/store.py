@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 from collections.abc import Callable
@@ -16,6 +15,7 @@ from gateway.auth.credentials import (
     ParsedCredentials,
     parse_credentials,
 )
+from gateway.failurelog import FailureLog
 from gateway.xapi.scopes import ScopeSet
 
 __all__ = ["CredentialStore"]
@@ -105,8 +105,11 @@ class CredentialStore:
             )
 
     async def watch(self) -> None:
-        """Poll for changes until cancelled."""
+        """Poll for changes until cancelled; an unexpected failure is logged, then retried."""
+        failing = FailureLog(log, f"watching the credentials file {self.path}")
         while True:
             await asyncio.sleep(self._interval)
-            with contextlib.suppress(Exception):
+            try:
                 await self.check_for_change()
+            except Exception as exc:  # check_for_change handles the expected ones itself
+                failing.failed(exc, traceback=True)

@@ -1,4 +1,4 @@
-"""The `lrs-gateway` command: serve, check-config, config show, auth, token, forwarding, lockout.
+"""The `lrs-gateway` command: serve, check-config, config, auth, credentials, token, forwarding, ...
 
 Exit codes: 0 ok; 1 a problem (the configuration, a file, a probe, an operation that
 failed); 2 a usage error (the command line itself).
@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 
 from gateway import __version__
 from gateway.auth.credentials import parse_credentials
-from gateway.cli import auth_commands, config_commands, lockout_commands
+from gateway.cli import auth_commands, config_commands, credentials_commands, lockout_commands
 from gateway.config.settings import BasicAuthConfig, Config
 from gateway.errors import ConfigError
 from gateway.runtime.logs import setup_logging
@@ -553,6 +553,7 @@ def _parser() -> argparse.ArgumentParser:
         "lift a lockout in the running gateway now (POST /admin/lockout/clear)",
     )
     lockout_commands.add_arguments(clear)
+    credentials_commands.add_parsers(commands, _command, _load)
     return parser
 
 

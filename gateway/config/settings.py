@@ -51,6 +51,7 @@ __all__ = [
     "SentryConfig",
     "ServerConfig",
     "StorageConfig",
+    "StoreConfig",
     "TokensConfig",
     "XapiConfig",
     "inspect_config",
@@ -340,6 +341,17 @@ class MetricsConfig:
 
 
 @dataclass(frozen=True)
+class StoreConfig:
+    """The control plane's database: credentials and their audit."""
+
+    # sqlite:///path (relative to the config file; sqlite:////abs/path); default:
+    # gateway.sqlite3 in data_dir, shared by every worker process.
+    url: str | None = None
+    # Seconds between checks for another process's change: how soon it reaches this one.
+    poll_interval: float = field(default=1.0, metadata=positive())
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole configuration, loaded once."""
 
@@ -355,6 +367,7 @@ class Config:
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     rate_limit: RateLimitConfig = field(default_factory=RateLimitConfig)
     lockout: LockoutConfig = field(default_factory=LockoutConfig)
+    store: StoreConfig = field(default_factory=StoreConfig)
     base_dir: str = field(default=".", metadata={"internal": True})
 
     def resolve_path(self, value: str) -> Path:
@@ -370,6 +383,10 @@ def _validate(config: Config) -> list[Problem]:
     constraints declared on the fields (gateway.config.constraints).
     """
     problems: list[Problem] = []
+    if config.store.url is not None and not config.store.url.startswith("sqlite:///"):
+        problems.append(
+            (("store.url",), "store.url: must be sqlite:///PATH (the only database so far)")
+        )
     if not config.storage.url.startswith(("http://", "https://")):
         problems.append((("storage.url",), "storage.url: must be an http:// or https:// URL"))
     if (config.storage.basic_username is None) != (config.storage.basic_password is None):

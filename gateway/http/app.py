@@ -19,6 +19,7 @@ from gateway.auth.callback import CallbackBackend
 from gateway.auth.jwks import ProviderKeys
 from gateway.auth.oidc import OidcBackend
 from gateway.auth.passwords import PasswordChecker
+from gateway.auth.sources import CredentialSources
 from gateway.auth.store import CredentialStore
 from gateway.auth.tokens import TokenBackend, TokenSigner
 from gateway.clock import SYSTEM_CLOCK, Clock
@@ -34,6 +35,7 @@ from gateway.http.keys import (
     CLOCK,
     CONFIG,
     CORS,
+    CREDENTIAL_SOURCES,
     FORWARDER,
     GUARD,
     METRICS,
@@ -66,6 +68,7 @@ from gateway.http.routes import setup_routes
 from gateway.http.rules_middleware import request_rules_middleware
 from gateway.http.storage_about import StorageAbout, storage_about_loop
 from gateway.runtime.workers import WorkerRole, outbox_dirs, serve_siblings, shared_data_dir
+from gateway.store.sqlite import SqliteCredentials, database_path
 from gateway.upstream.storage import StorageClient
 from gateway.upstream.target import storage_target
 from gateway.xapi.versions import VERSION_HEADER, VersionPolicy
@@ -102,17 +105,30 @@ async def _authentication(app: web.Application) -> AsyncIterator[None]:
     app[PASSWORDS] = checker
     background: list[asyncio.Task[None]] = []
     backends: list[AuthBackend] = []
-    store: CredentialStore | None = None
+    store: CredentialSources | None = None
+    database: SqliteCredentials | None = None
     if "basic" in auth.backends:
-        store = CredentialStore(
+        file = CredentialStore(
             config.resolve_path(auth.basic.credentials_file),
             account_homepage=auth.basic.account_homepage,
             scope_prefix=auth.scope_prefix,
             reload_interval=auth.basic.reload_interval,
         )
+        await file.load()
+        database = SqliteCredentials(_credential_database(app), clock=app[CLOCK])
+        await database.open()
+        store = CredentialSources(
+            file,
+            database,
+            account_homepage=auth.basic.account_homepage,
+            poll_interval=config.store.poll_interval,
+            clock=app[CLOCK],
+        )
         await store.load()
+        app[CREDENTIAL_SOURCES] = store
         await checker.prepare(store.max_cost)
-        background.append(asyncio.create_task(store.watch(), name="credentials"))
+        background.append(asyncio.create_task(file.watch(), name="credentials"))
+        background.append(asyncio.create_task(store.watch(), name="credential-database"))
     # One session for the identity provider and the auth callback, apart from storage's.
     async with aiohttp.ClientSession(skip_auto_headers=("User-Agent",)) as session:
         for name in auth.backends:
@@ -164,7 +180,17 @@ async def _authentication(app: web.Application) -> AsyncIterator[None]:
         for task in background:
             task.cancel()
         await asyncio.gather(*background, return_exceptions=True)
+    if database is not None:
+        await database.close()
     await asyncio.to_thread(checker.close)
+
+
+def _credential_database(app: web.Application) -> Path:
+    """The credential database's file; every worker process opens the same one."""
+    config = app[CONFIG]
+    data_dir = config.resolve_path(config.data_dir)
+    role = app.get(WORKER)
+    return database_path(config, shared_data_dir(data_dir, role) if role is not None else data_dir)
 
 
 async def _forwarding(app: web.Application) -> AsyncIterator[None]:
@@ -345,7 +371,11 @@ def create_app(
         # At prepare time: errors and streamed answers get their CORS headers too.
         app.on_response_prepare.append(add_cors_headers)
     on_main_port = config.metrics.enabled and config.metrics.port is None
-    setup_routes(app, metrics_path=config.metrics.path if on_main_port else None)
+    setup_routes(
+        app,
+        metrics_path=config.metrics.path if on_main_port else None,
+        credentials_api="basic" in config.auth.backends,
+    )
     if config.metrics.enabled and config.metrics.port is not None:
         app.cleanup_ctx.append(_metrics_site)
     return app

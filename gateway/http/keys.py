@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     from gateway.auth.base import Authenticator
     from gateway.auth.passwords import PasswordChecker
     from gateway.auth.principal import Principal
+    from gateway.auth.sources import CredentialSources
     from gateway.auth.tokens import TokenSigner
     from gateway.clock import Clock
     from gateway.config.settings import Config
@@ -34,6 +35,7 @@ __all__ = [
     "CLOCK",
     "CONFIG",
     "CORS",
+    "CREDENTIAL_SOURCES",
     "FORWARDER",
     "GUARD",
     "METRICS",
@@ -55,6 +57,8 @@ CLOCK: web.AppKey[Clock] = web.AppKey("clock")
 AUTHENTICATOR: web.AppKey[Authenticator] = web.AppKey("authenticator")
 TOKEN_SIGNER: web.AppKey[TokenSigner] = web.AppKey("token_signer")
 PASSWORDS: web.AppKey[PasswordChecker] = web.AppKey("passwords")
+# Present when the basic backend is on: the credentials file over the credential database.
+CREDENTIAL_SOURCES: web.AppKey[CredentialSources] = web.AppKey("credential_sources")
 METRICS: web.AppKey[Metrics] = web.AppKey("metrics")
 FORWARDER: web.AppKey[Forwarder] = web.AppKey("forwarder")
 WORKER: web.AppKey[WorkerRole] = web.AppKey("worker")

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from gateway.http.handlers import operations, passthrough, statements, tokens
+from gateway.http.handlers import admin_credentials, operations, passthrough, statements, tokens
 from gateway.http.keys import GUARD, WORKER
 
 __all__ = ["setup_routes"]
 
 
-def setup_routes(app: web.Application, *, metrics_path: str | None) -> None:
+def setup_routes(
+    app: web.Application, *, metrics_path: str | None, credentials_api: bool = False
+) -> None:
     """Register every route; the catch-all for other /xAPI/ paths goes last."""
     router = app.router
     router.add_get("/xAPI/about{slash:/?}", operations.about, name="xapi.about")
@@ -31,6 +33,20 @@ def setup_routes(app: web.Application, *, metrics_path: str | None) -> None:
     router.add_post("/token", tokens.issue_token, name="token")
     router.add_get("/admin/forwarding", operations.forwarding_status, name="admin.forwarding")
     router.add_post("/admin/lockout/clear", operations.lockout_clear, name="admin.lockout_clear")
+    if credentials_api:
+        credentials = router.add_resource("/admin/credentials", name="admin.credentials")
+        credentials.add_route("GET", admin_credentials.list_credentials)
+        credentials.add_route("POST", admin_credentials.create_credential)
+        credential = router.add_resource("/admin/credentials/{id}", name="admin.credential")
+        credential.add_route("GET", admin_credentials.get_credential)
+        credential.add_route("PATCH", admin_credentials.update_credential)
+        credential.add_route("DELETE", admin_credentials.delete_credential)
+        router.add_post(
+            "/admin/credentials/{id}/rotate",
+            admin_credentials.rotate_credential,
+            name="admin.credential_rotate",
+        )
+        router.add_get("/admin/audit", admin_credentials.audit, name="admin.audit")
     role = app.get(WORKER)
     if role is not None:  # each worker keeps its own lockouts: siblings lift theirs too
         role.commands.register("lockout-clear", operations.lift_own_lockout(app[GUARD]))

@@ -1,0 +1,181 @@
+"""Where Basic credentials are looked up: the credentials file first, then the database.
+
+The file wins on a username both hold (it is the operator's, edited by hand; a clash is
+logged once per change). The database's credentials are held in memory, read again
+whenever its generation moves (polled, so a change made by any process reaches this one
+within a poll interval); a disabled, deleted, rotated or expired credential is refused at
+once after that. When each credential was last used is written back coarsely.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from gateway.auth.credentials import Credential
+from gateway.auth.store import CredentialStore
+from gateway.clock import SYSTEM_CLOCK, Clock
+from gateway.failurelog import FailureLog
+from gateway.store.credentials import CredentialDatabase, StoredCredential
+from gateway.xapi.scopes import ScopeSet, normalize_scopes
+
+__all__ = ["CredentialSources"]
+
+log = logging.getLogger(__name__)
+LAST_USED_EVERY = 60.0  # seconds between writes of `last used` (coarse on purpose)
+# On a username or secret this process does not know, the database is asked again (another
+# process may have just made it), at most this often: a flood of wrong logins costs one
+# small read per interval, not one per attempt.
+MISS_REFRESH_EVERY = 0.1
+
+
+def _account(homepage: str, username: str) -> dict[str, Any]:
+    return {"objectType": "Agent", "account": {"homePage": homepage, "name": username}}
+
+
+class CredentialSources:
+    """The file over the database, as BasicBackend and gateway tokens read them."""
+
+    def __init__(
+        self,
+        file: CredentialStore,
+        database: CredentialDatabase | None,
+        *,
+        account_homepage: str,
+        poll_interval: float = 1.0,
+        clock: Clock = SYSTEM_CLOCK,
+    ) -> None:
+        self.file = file
+        self.database = database
+        self._homepage = account_homepage
+        self._interval = poll_interval
+        self._clock = clock
+        self._stored: dict[str, tuple[StoredCredential, Credential]] = {}
+        self._generation: int | None = None
+        self._listeners: list[Callable[[], None]] = []
+        self._used: dict[str, float] = {}
+        self._flushed_at = clock.monotonic()
+        self._refreshed_at = -MISS_REFRESH_EVERY
+        self._refreshing: asyncio.Future[bool] | None = None
+        file.on_change(self._changed)
+
+    # -- what BasicBackend and TokenBackend read ----------------------------------------
+
+    def get(self, username: str) -> Credential | None:
+        """The usable credential for `username` now, if any (the file's first)."""
+        found = self.file.get(username)
+        if found is not None:
+            return found
+        held = self._stored.get(username)
+        if held is None or not held[0].usable(self._clock.now()):
+            return None
+        return held[1]
+
+    def current(self, username: str) -> tuple[dict[str, Any], ScopeSet] | None:
+        """(agent, scopes) of `username` now: how gateway tokens find their user again."""
+        credential = self.get(username)
+        return None if credential is None else (credential.agent, credential.scopes)
+
+    @property
+    def max_cost(self) -> int:
+        """The highest bcrypt cost of any hash (unknown users are made to pay as much)."""
+        costs = [int(c.secret.reveal()[4:6]) for _, c in self._stored.values()]
+        return max([self.file.max_cost, *costs])
+
+    def on_change(self, listener: Callable[[], None]) -> None:
+        """Call `listener` after the file or the database changed (to clear auth caches)."""
+        self._listeners.append(listener)
+
+    def used(self, username: str) -> None:
+        """A request authenticated as `username` (kept until the next coarse write)."""
+        if username in self._stored and username not in self._used:
+            self._used[username] = self._clock.now()
+
+    def __len__(self) -> int:
+        return len(self.file) + len(self._stored)
+
+    # -- keeping the copy current -------------------------------------------------------
+
+    def _changed(self) -> None:
+        for listener in self._listeners:
+            listener()
+
+    async def load(self) -> None:
+        """Read the database's credentials now (the file is loaded by its own store)."""
+        if self.database is None:
+            return
+        generation = await self.database.generation()
+        stored = await self.database.all()
+        held: dict[str, tuple[StoredCredential, Credential]] = {}
+        for record in stored:
+            if self.file.get(record.username) is not None:
+                continue
+            scopes, _ = normalize_scopes(record.scopes)
+            agent = record.agent or _account(self._homepage, record.username)
+            held[record.username] = (
+                record,
+                Credential(record.username, record.secret_hash, True, scopes, agent),
+            )
+        clashes = sorted(r.username for r in stored if self.file.get(r.username) is not None)
+        if clashes:
+            log.warning(
+                "credentials: %d username(s) are both in the credentials file and in the "
+                "database; the file's are used: %s",
+                len(clashes),
+                ", ".join(clashes[:10]),
+            )
+        changed = self._generation is not None
+        self._stored, self._generation = held, generation
+        if changed:
+            self._changed()
+
+    async def refresh_on_miss(self) -> bool:
+        """A login this process cannot match: read the database again if it changed.
+
+        True when the database had changed (the caller may look again). Concurrent misses
+        share one read, and reads are at most MISS_REFRESH_EVERY apart.
+        """
+        if self.database is None:
+            return False
+        if self._refreshing is not None:
+            return await asyncio.shield(self._refreshing)
+        now = self._clock.monotonic()
+        if now - self._refreshed_at < MISS_REFRESH_EVERY:
+            return False
+        self._refreshed_at = now
+        self._refreshing = asyncio.ensure_future(self._reload_if_changed())
+        try:
+            return await asyncio.shield(self._refreshing)
+        finally:
+            self._refreshing = None
+
+    async def _reload_if_changed(self) -> bool:
+        assert self.database is not None
+        if await self.database.generation() == self._generation:
+            return False
+        await self.load()
+        return True
+
+    async def check_for_change(self) -> None:
+        """Reload when another process (or this one) changed the database."""
+        if self.database is None:
+            return
+        await self._reload_if_changed()
+        if self._used and self._clock.monotonic() - self._flushed_at >= LAST_USED_EVERY:
+            used, self._used = self._used, {}
+            self._flushed_at = self._clock.monotonic()
+            await self.database.touch(used)
+
+    async def watch(self) -> None:
+        """Poll the database until cancelled; a failure is logged and retried."""
+        failing = FailureLog(log, "reading the credential database", clock=self._clock)
+        while True:
+            await self._clock.sleep(self._interval)
+            try:
+                await self.check_for_change()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # a locked or broken database: keep the last good copy
+                failing.failed(exc)

@@ -1,0 +1,195 @@
+"""/admin/credentials and /admin/audit: credentials in the database, managed over HTTP.
+
+Every call needs the `admin` scope. A secret is shown once, in the answer that made it
+(create with a generated secret, rotate); no answer ever holds a hash. A change is in
+effect in the answering process when the answer leaves, and in every other worker within
+the database poll interval (`store.poll_interval`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+from gateway.auth.passwords import hash_new_password
+from gateway.auth.principal import Principal
+from gateway.errors import BadRequest, Conflict, Forbidden, NotFound
+from gateway.http.bodies import read_limited
+from gateway.http.keys import CREDENTIAL_SOURCES, PRINCIPAL
+from gateway.secret import Secret
+from gateway.store.credentials import (
+    EDITABLE,
+    CredentialConflict,
+    CredentialDatabase,
+    NewCredential,
+    StoredCredential,
+    check_changes,
+    check_secret,
+    new_secret,
+    new_username,
+)
+from gateway.xapi.statements import parse_json_body
+
+__all__ = [
+    "actor_of",
+    "audit",
+    "create_credential",
+    "delete_credential",
+    "get_credential",
+    "list_credentials",
+    "rotate_credential",
+    "update_credential",
+]
+
+_MAX_REQUEST = 64 * 1024
+_CREATE_FIELDS = ("name", "scopes", "agent", "username", "secret", "expires_at", "enabled", "info")
+_DEFAULT_PAGE, _MAX_PAGE = 50, 500
+
+
+def actor_of(principal: Principal) -> str:
+    """Who made a change, as the audit names them: `basic:alice`, `oidc:ISS/SUB`, ..."""
+    account = principal.agent.get("account") if principal.scheme == "oidc" else None
+    if isinstance(account, dict) and account.get("homePage") and account.get("name"):
+        return f"oidc:{account['homePage']}/{account['name']}"
+    return f"{principal.scheme}:{principal.id}"
+
+
+def _admin(request: web.Request) -> tuple[CredentialDatabase, str]:
+    principal = request[PRINCIPAL]
+    if "admin" not in principal.scopes:
+        raise Forbidden("managing credentials needs the admin scope")
+    database = request.app[CREDENTIAL_SOURCES].database
+    if database is None:  # pragma: no cover - the app always opens one with basic auth
+        raise NotFound("no credential database: the basic backend is not enabled")
+    return database, actor_of(principal)
+
+
+def _page(request: web.Request) -> tuple[int, int]:
+    try:
+        offset = int(request.query.get("offset", "0"))
+        limit = int(request.query.get("limit", str(_DEFAULT_PAGE)))
+    except ValueError:
+        raise BadRequest("offset and limit must be whole numbers") from None
+    if offset < 0 or not 1 <= limit <= _MAX_PAGE:
+        raise BadRequest(f"offset must be 0 or more and limit 1 to {_MAX_PAGE}")
+    return offset, limit
+
+
+async def _body(request: web.Request) -> dict[str, Any]:
+    body = parse_json_body(await read_limited(request, _MAX_REQUEST))
+    if not isinstance(body, dict):
+        raise BadRequest("the body must be a JSON object")
+    return body
+
+
+async def _found(database: CredentialDatabase, request: web.Request) -> StoredCredential:
+    found = await database.get(request.match_info["id"])
+    if found is None:
+        raise NotFound("no credential with this id")
+    return found
+
+
+async def _changed(request: web.Request) -> None:
+    """Make this process see the change now (the others poll for it)."""
+    await request.app[CREDENTIAL_SOURCES].check_for_change()
+
+
+async def create_credential(request: web.Request) -> web.Response:
+    """POST /admin/credentials: 201 with the credential; its secret only if generated."""
+    database, actor = _admin(request)
+    body = await _body(request)
+    checked = check_changes(body, _CREATE_FIELDS)
+    for required in ("name", "scopes"):
+        if required not in checked:
+            raise BadRequest(f"{required}: required")
+    generated = "secret" not in checked
+    secret = new_secret() if generated else check_secret(checked["secret"])
+    username = checked.get("username") or new_username()
+    if request.app[CREDENTIAL_SOURCES].file.get(username) is not None:
+        raise Conflict(f"username: {username!r} is taken (by the credentials file)")
+    new = NewCredential(
+        username=username,
+        secret_hash=Secret(await hash_new_password(secret)),
+        name=checked["name"],
+        scopes=checked["scopes"],
+        agent=checked.get("agent"),
+        enabled=checked.get("enabled", True),
+        expires_at=checked.get("expires_at"),
+        info=checked.get("info"),
+    )
+    try:
+        stored = await database.create(new, actor=actor)
+    except CredentialConflict:
+        raise Conflict(f"username: {username!r} is taken") from None
+    await _changed(request)
+    answer = stored.public()
+    if generated:
+        answer["secret"] = secret  # shown this once
+    return web.json_response(answer, status=201)
+
+
+async def list_credentials(request: web.Request) -> web.Response:
+    """GET /admin/credentials?offset=&limit=&search=: one page, oldest first."""
+    database, _ = _admin(request)
+    offset, limit = _page(request)
+    search = request.query.get("search") or None
+    found, total = await database.page(offset=offset, limit=limit, search=search)
+    return web.json_response(
+        {
+            "credentials": [c.public() for c in found],
+            "total": total,
+            "offset": offset,
+            "limit": limit,
+        }
+    )
+
+
+async def get_credential(request: web.Request) -> web.Response:
+    """GET /admin/credentials/{id}."""
+    database, _ = _admin(request)
+    return web.json_response((await _found(database, request)).public())
+
+
+async def update_credential(request: web.Request) -> web.Response:
+    """PATCH /admin/credentials/{id}: name, scopes, agent, enabled, expires_at, info."""
+    database, actor = _admin(request)
+    changes = check_changes(await _body(request), sorted(EDITABLE))
+    updated = await database.update(request.match_info["id"], changes, actor=actor)
+    if updated is None:
+        raise NotFound("no credential with this id")
+    await _changed(request)
+    return web.json_response(updated.public())
+
+
+async def rotate_credential(request: web.Request) -> web.Response:
+    """POST /admin/credentials/{id}/rotate: a new secret, shown once; the old one stops."""
+    database, actor = _admin(request)
+    await _found(database, request)
+    secret = new_secret()
+    rotated = await database.rotate(
+        request.match_info["id"], Secret(await hash_new_password(secret)), actor=actor
+    )
+    if rotated is None:
+        raise NotFound("no credential with this id")
+    await _changed(request)
+    return web.json_response({**rotated.public(), "secret": secret})
+
+
+async def delete_credential(request: web.Request) -> web.Response:
+    """DELETE /admin/credentials/{id}: 204; the credential stops at once."""
+    database, actor = _admin(request)
+    if await database.delete(request.match_info["id"], actor=actor) is None:
+        raise NotFound("no credential with this id")
+    await _changed(request)
+    return web.Response(status=204)
+
+
+async def audit(request: web.Request) -> web.Response:
+    """GET /admin/audit?offset=&limit=: every change, newest first (never a secret)."""
+    database, _ = _admin(request)
+    offset, limit = _page(request)
+    entries, total = await database.audit(offset=offset, limit=limit)
+    return web.json_response(
+        {"entries": [e.public() for e in entries], "total": total, "offset": offset, "limit": limit}
+    )

@@ -1,0 +1,1 @@
+"""Where the control plane keeps its records: credentials and their audit (SQLite by default)."""

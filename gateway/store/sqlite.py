@@ -1,0 +1,431 @@
+"""The credential database in SQLite: one file that every worker process opens (WAL mode).
+
+Calls run on one thread that owns the connection, never on the event loop. A change
+writes its audit entry and bumps `generation` in the same transaction, so a process that
+sees the new generation also sees the change. The schema carries its version
+(`PRAGMA user_version`) and is migrated in order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+import uuid
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar, cast
+
+from gateway.clock import SYSTEM_CLOCK, Clock
+from gateway.config.settings import Config
+from gateway.secret import Secret
+from gateway.store.credentials import (
+    AuditEntry,
+    CredentialConflict,
+    NewCredential,
+    StoredCredential,
+)
+
+__all__ = ["CREDENTIALS_FILE", "SqliteCredentials", "database_path", "sqlite_path"]
+
+CREDENTIALS_FILE = "gateway.sqlite3"  # in the configured data_dir, unless store.url says
+
+T = TypeVar("T")
+
+_MIGRATIONS = (
+    # 1: credentials, their audit, and the change counter every process polls.
+    """
+    CREATE TABLE credentials (
+        id TEXT PRIMARY KEY,
+        username TEXT NOT NULL UNIQUE,
+        secret_hash TEXT NOT NULL,
+        name TEXT NOT NULL,
+        scopes TEXT NOT NULL,
+        agent TEXT,
+        enabled INTEGER NOT NULL,
+        expires_at REAL,
+        info TEXT,
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL,
+        last_used_at REAL
+    );
+    CREATE TABLE audit (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        at REAL NOT NULL,
+        actor TEXT NOT NULL,
+        action TEXT NOT NULL,
+        credential_id TEXT,
+        username TEXT,
+        changes TEXT NOT NULL
+    );
+    CREATE TABLE generation (one INTEGER PRIMARY KEY CHECK (one = 1), value INTEGER NOT NULL);
+    INSERT INTO generation VALUES (1, 0);
+    """,
+)
+_COLUMNS = (
+    "id, username, secret_hash, name, scopes, agent, enabled, expires_at, info, "
+    "created_at, updated_at, last_used_at"
+)
+
+
+def sqlite_path(url: str) -> Path:
+    """The file of a `sqlite:///path` URL (absolute: `sqlite:////var/lib/...`)."""
+    if not url.startswith("sqlite:///"):
+        raise ValueError(f"not a sqlite:/// URL: {url[:60]}")
+    return Path(url[len("sqlite:///") :])
+
+
+def database_path(config: Config, data_dir: Path) -> Path:
+    """The credential database's file: `store.url`, else one in the configured data_dir.
+
+    `data_dir` is the configured one, resolved (worker processes keep their outboxes in
+    their own, but share this file).
+    """
+    if config.store.url is not None:
+        return config.resolve_path(str(sqlite_path(config.store.url)))
+    return data_dir / CREDENTIALS_FILE
+
+
+def _row(row: sqlite3.Row) -> StoredCredential:
+    return StoredCredential(
+        id=row["id"],
+        username=row["username"],
+        secret_hash=Secret(row["secret_hash"]),
+        name=row["name"],
+        scopes=tuple(json.loads(row["scopes"])),
+        agent=json.loads(row["agent"]) if row["agent"] is not None else None,
+        enabled=bool(row["enabled"]),
+        expires_at=row["expires_at"],
+        info=row["info"],
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+        last_used_at=row["last_used_at"],
+    )
+
+
+def _column_value(key: str, value: Any) -> Any:
+    if key == "scopes":
+        return json.dumps(list(value))
+    if key == "agent":
+        return None if value is None else json.dumps(value)
+    if key == "enabled":
+        return int(value)
+    return value
+
+
+class SqliteCredentials:
+    """The CredentialDatabase on one SQLite file."""
+
+    def __init__(self, path: Path, *, clock: Clock = SYSTEM_CLOCK) -> None:
+        self.path = path
+        self._clock = clock
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="credentials-db")
+        self._db: sqlite3.Connection | None = None
+
+    async def _call(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        def run() -> T:
+            assert self._db is not None, "the credential database is not open"
+            return work(self._db)
+
+        return await asyncio.get_running_loop().run_in_executor(self._thread, run)
+
+    # -- life ---------------------------------------------------------------------------
+
+    def _open(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        db.row_factory = sqlite3.Row
+        db.execute("PRAGMA busy_timeout = 5000")  # another process's write: wait, not fail
+        db.execute("PRAGMA journal_mode = WAL")
+        db.execute("PRAGMA synchronous = FULL")  # a credential change survives a power cut
+        version = db.execute("PRAGMA user_version").fetchone()[0]
+        for number, script in enumerate(_MIGRATIONS[version:], start=version + 1):
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                # Another process may have migrated while this one waited for the lock.
+                if db.execute("PRAGMA user_version").fetchone()[0] < number:
+                    for statement in script.split(";"):
+                        if statement.strip():
+                            db.execute(statement)
+                    db.execute(f"PRAGMA user_version = {number}")
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+        self._db = db
+
+    async def open(self) -> None:
+        """Open (creating or migrating) the database."""
+        await asyncio.get_running_loop().run_in_executor(self._thread, self._open)
+
+    async def close(self) -> None:
+        """Close the database and its thread."""
+
+        def close() -> None:
+            if self._db is not None:
+                self._db.close()
+                self._db = None
+
+        await asyncio.get_running_loop().run_in_executor(self._thread, close)
+        self._thread.shutdown(wait=False)
+
+    # -- reads --------------------------------------------------------------------------
+
+    async def generation(self) -> int:
+        """The change counter: another number means something changed."""
+        row = await self._call(lambda db: db.execute("SELECT value FROM generation").fetchone())
+        return int(row[0])
+
+    async def all(self) -> list[StoredCredential]:
+        """Every credential, for the in-memory copy Basic authentication reads."""
+        rows = await self._call(
+            lambda db: db.execute(f"SELECT {_COLUMNS} FROM credentials").fetchall()  # noqa: S608
+        )
+        return [_row(r) for r in rows]
+
+    async def get(self, credential_id: str) -> StoredCredential | None:
+        """The credential with this id."""
+        row = await self._call(
+            lambda db: db.execute(
+                f"SELECT {_COLUMNS} FROM credentials WHERE id = ?",  # noqa: S608
+                (credential_id,),
+            ).fetchone()
+        )
+        return None if row is None else _row(row)
+
+    async def by_username(self, username: str) -> StoredCredential | None:
+        """The credential with this username."""
+        row = await self._call(
+            lambda db: db.execute(
+                f"SELECT {_COLUMNS} FROM credentials WHERE username = ?",  # noqa: S608
+                (username,),
+            ).fetchone()
+        )
+        return None if row is None else _row(row)
+
+    async def page(
+        self, *, offset: int, limit: int, search: str | None = None
+    ) -> tuple[list[StoredCredential], int]:
+        """One page, oldest first, with the total; `search` matches name or username."""
+        where, args = "", cast(tuple[str, ...], ())
+        if search:
+            pattern = "%" + search.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+            pattern += "%"
+            where = " WHERE name LIKE ? ESCAPE '\\' OR username LIKE ? ESCAPE '\\'"
+            args = (pattern, pattern)
+
+        def read(db: sqlite3.Connection) -> tuple[list[sqlite3.Row], int]:
+            total = db.execute(f"SELECT count(*) FROM credentials{where}", args).fetchone()[0]  # noqa: S608
+            rows = db.execute(
+                f"SELECT {_COLUMNS} FROM credentials{where} "  # noqa: S608
+                "ORDER BY created_at, id LIMIT ? OFFSET ?",
+                (*args, limit, offset),
+            ).fetchall()
+            return rows, int(total)
+
+        rows, total = await self._call(read)
+        return [_row(r) for r in rows], total
+
+    async def audit(self, *, offset: int, limit: int) -> tuple[list[AuditEntry], int]:
+        """One page of the audit, newest first, with the total."""
+
+        def read(db: sqlite3.Connection) -> tuple[list[sqlite3.Row], int]:
+            total = db.execute("SELECT count(*) FROM audit").fetchone()[0]
+            rows = db.execute(
+                "SELECT * FROM audit ORDER BY id DESC LIMIT ? OFFSET ?", (limit, offset)
+            ).fetchall()
+            return rows, int(total)
+
+        rows, total = await self._call(read)
+        entries = [
+            AuditEntry(
+                r["id"],
+                r["at"],
+                r["actor"],
+                r["action"],
+                r["credential_id"],
+                r["username"],
+                json.loads(r["changes"]),
+            )
+            for r in rows
+        ]
+        return entries, total
+
+    # -- changes ------------------------------------------------------------------------
+
+    def _change(
+        self,
+        db: sqlite3.Connection,
+        work: Callable[[sqlite3.Connection], StoredCredential | None],
+        audit: Callable[[StoredCredential], tuple[str, dict[str, Any]]],
+        actor: str,
+    ) -> StoredCredential | None:
+        """`work` and its audit entry in one transaction that bumps the generation."""
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            done = work(db)
+            if done is not None:
+                action, changes = audit(done)
+                db.execute(
+                    "INSERT INTO audit (at, actor, action, credential_id, username, changes) "
+                    "VALUES (?, ?, ?, ?, ?, ?)",
+                    (self._clock.now(), actor, action, done.id, done.username, json.dumps(changes)),
+                )
+                db.execute("UPDATE generation SET value = value + 1")
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        return done
+
+    async def create(
+        self, new: NewCredential, *, actor: str, action: str = "create"
+    ) -> StoredCredential:
+        """Insert `new`; CredentialConflict when its username is taken."""
+        now = self._clock.now()
+        stored = StoredCredential(
+            id=str(uuid.uuid4()),
+            username=new.username,
+            secret_hash=new.secret_hash,
+            name=new.name,
+            scopes=new.scopes,
+            agent=new.agent,
+            enabled=new.enabled,
+            expires_at=new.expires_at,
+            info=new.info,
+            created_at=now,
+            updated_at=now,
+        )
+
+        def insert(db: sqlite3.Connection) -> StoredCredential:
+            values = {
+                "id": stored.id,
+                "username": stored.username,
+                "secret_hash": stored.secret_hash.reveal(),
+                "name": stored.name,
+                "scopes": stored.scopes,
+                "agent": stored.agent,
+                "enabled": stored.enabled,
+                "expires_at": stored.expires_at,
+                "info": stored.info,
+                "created_at": now,
+                "updated_at": now,
+            }
+            try:
+                db.execute(
+                    f"INSERT INTO credentials ({', '.join(values)}) "  # noqa: S608
+                    f"VALUES ({', '.join('?' for _ in values)})",
+                    [_column_value(k, v) for k, v in values.items()],
+                )
+            except sqlite3.IntegrityError:
+                raise CredentialConflict(f"the username {stored.username!r} is taken") from None
+            return stored
+
+        def audit(done: StoredCredential) -> tuple[str, dict[str, Any]]:
+            shown = done.public()
+            return action, {
+                k: shown[k] for k in ("name", "scopes", "agent", "enabled", "expires_at", "info")
+            }
+
+        done = await self._call(lambda db: self._change(db, insert, audit, actor))
+        assert done is not None
+        return done
+
+    async def update(
+        self, credential_id: str, changes: Mapping[str, Any], *, actor: str
+    ) -> StoredCredential | None:
+        """Apply checked `changes` (editable fields only); None when there is no such id."""
+        before: dict[str, Any] = {}
+
+        def apply(db: sqlite3.Connection) -> StoredCredential | None:
+            row = db.execute(
+                f"SELECT {_COLUMNS} FROM credentials WHERE id = ?",  # noqa: S608
+                (credential_id,),
+            ).fetchone()
+            if row is None:
+                return None
+            before.update(_row(row).public())
+            if changes:
+                assignments = ", ".join(f"{key} = ?" for key in changes)
+                db.execute(
+                    f"UPDATE credentials SET {assignments}, updated_at = ? WHERE id = ?",  # noqa: S608
+                    [
+                        *(_column_value(k, v) for k, v in changes.items()),
+                        self._clock.now(),
+                        credential_id,
+                    ],
+                )
+            return _row(
+                db.execute(
+                    f"SELECT {_COLUMNS} FROM credentials WHERE id = ?",  # noqa: S608
+                    (credential_id,),
+                ).fetchone()
+            )
+
+        def audit(done: StoredCredential) -> tuple[str, dict[str, Any]]:
+            after = done.public()
+            return "update", {
+                key: {"from": before[key], "to": after[key]}
+                for key in changes
+                if before[key] != after[key]
+            }
+
+        return await self._call(lambda db: self._change(db, apply, audit, actor))
+
+    async def rotate(
+        self, credential_id: str, secret_hash: Secret, *, actor: str
+    ) -> StoredCredential | None:
+        """A new secret (already hashed); the old one stops at the next generation."""
+
+        def apply(db: sqlite3.Connection) -> StoredCredential | None:
+            db.execute(
+                "UPDATE credentials SET secret_hash = ?, updated_at = ? WHERE id = ?",
+                (secret_hash.reveal(), self._clock.now(), credential_id),
+            )
+            row = db.execute(
+                f"SELECT {_COLUMNS} FROM credentials WHERE id = ?",  # noqa: S608
+                (credential_id,),
+            ).fetchone()
+            return None if row is None else _row(row)
+
+        return await self._call(
+            lambda db: self._change(db, apply, lambda done: ("rotate", {}), actor)
+        )
+
+    async def delete(self, credential_id: str, *, actor: str) -> StoredCredential | None:
+        """Remove it; None when there is no such id."""
+
+        def apply(db: sqlite3.Connection) -> StoredCredential | None:
+            row = db.execute(
+                f"SELECT {_COLUMNS} FROM credentials WHERE id = ?",  # noqa: S608
+                (credential_id,),
+            ).fetchone()
+            if row is None:
+                return None
+            db.execute("DELETE FROM credentials WHERE id = ?", (credential_id,))
+            return _row(row)
+
+        return await self._call(
+            lambda db: self._change(db, apply, lambda done: ("delete", {}), actor)
+        )
+
+    async def touch(self, used: Mapping[str, float]) -> None:
+        """Record when usernames were last used (not a change: the generation stays)."""
+        if not used:
+            return
+
+        def write(db: sqlite3.Connection) -> None:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                db.executemany(
+                    "UPDATE credentials SET last_used_at = max(coalesce(last_used_at, 0), ?) "
+                    "WHERE username = ?",
+                    [(at, username) for username, at in used.items()],
+                )
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+
+        await self._call(write)
