@@ -580,3 +580,41 @@ def test_an_unset_optional_setting_is_not_checked(tmp_path: Path) -> None:
     assert report.errors == ()
     assert report.config is not None
     assert report.config.forwardings[0].connect_timeout is None
+
+
+def test_a_resolver_faster_than_storage_and_a_long_connect_timeout_are_warned_about(
+    tmp_path: Path,
+) -> None:
+    target = {
+        "name": "lrs2",
+        "is_active": True,
+        "url": "http://lrs2.example.org/xAPI/statements",
+        "max_retries": 1,
+        "timeout": 2,
+        "connect_timeout": 5,
+    }
+    path = tmp_path / "config.yaml"
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "storage": {"url": "http://lrs.example.org/xAPI/", "timeout": 10},
+                "outbox": {"resolve_pending_after": 10},
+                "forwardings": [target],
+            }
+        )
+    )
+    warnings = inspect_config(path, {}).warnings
+    assert any(
+        "outbox.resolve_pending_after: 10 s is not longer than storage.timeout (10 s)" in w
+        for w in warnings
+    ), warnings
+    assert any("connect_timeout: 5 s is longer than timeout (2 s)" in w for w in warnings)
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "storage": {"url": "http://lrs.example.org/xAPI/", "timeout": 10},
+                "forwardings": [{**target, "connect_timeout": 1}],
+            }
+        )
+    )
+    assert inspect_config(path, {}).warnings == ()

@@ -803,4 +803,24 @@ def _warnings(config: Config) -> list[Problem]:
                     "https://lrs2.example.org/xAPI/statements",
                 )
             )
+        if target.connect_timeout is not None and target.connect_timeout > target.timeout:
+            found.append(
+                (
+                    (f"forwardings[{index}].connect_timeout",),
+                    f"forwardings[{index}] ({target.label}): connect_timeout: "
+                    f"{target.connect_timeout:g} s is longer than timeout ({target.timeout:g} "
+                    "s), which a delivery takes in all: connecting gets at most timeout",
+                )
+            )
+    pending, storage_timeout = config.outbox.resolve_pending_after, config.storage.timeout
+    if any(t.is_active for t in config.forwardings) and pending <= storage_timeout:
+        found.append(
+            (
+                ("outbox.resolve_pending_after", "storage.timeout"),
+                f"outbox.resolve_pending_after: {pending:g} s is not longer than "
+                f"storage.timeout ({storage_timeout:g} s): storage may still store a write "
+                "the gateway gave up on after the resolver found it missing, and forwarding "
+                "would then never send it; keep it well above storage.timeout",
+            )
+        )
     return found
