@@ -425,3 +425,116 @@ async def test_a_login_this_process_does_not_know_reads_the_database_again(
         assert await post_statement(client, "fresh", "second-secret-2") == 401
     finally:
         await other.close()
+
+
+# -- the shapes users' scripts already speak ------------------------------------------------
+
+
+async def test_rustici_engine_put_creates_then_updates_by_id(client: Client) -> None:
+    body = {
+        "id": "engine-app",
+        "name": "Engine app",
+        "info": "https://app.example.org",
+        "secret": "engine-secret-1",
+        "isEnabled": True,
+        "auth": {"xapiCredentialAuthType": "BASICAUTH"},
+        "permissionsLevel": {"xapiCredentialPermissionsLevel": "WRITEONLY"},
+    }
+    answer = await client.put(
+        "/admin/xapi/credentials", json={"xapiCredentials": [body]}, headers=ADMIN
+    )
+    assert answer.status == 200, await answer.text()
+    (made,) = (await answer.json())["xapiCredentials"]
+    assert made["id"] == "engine-app"
+    assert made["permissionsLevel"] == {"xapiCredentialPermissionsLevel": "WRITEONLY"}
+    assert "secret" not in made  # chosen, so not echoed
+    auth = basic("engine-app", "engine-secret-1")
+    assert await post_statement(client, "engine-app", "engine-secret-1") == 200
+    assert (await client.get("/xAPI/statements", headers=auth)).status == 403  # write-only
+
+    # The same id again: an update (a bare list works too), here read-only and disabled.
+    update = {
+        **body,
+        "permissionsLevel": {"xapiCredentialPermissionsLevel": "READONLY"},
+        "isEnabled": False,
+    }
+    del update["secret"]
+    answer = await client.put("/admin/xapi/credentials", json=[update], headers=ADMIN)
+    (updated,) = (await answer.json())["xapiCredentials"]
+    assert updated["isEnabled"] is False
+    assert await post_statement(client, "engine-app", "engine-secret-1") == 401
+    listed = await (await client.get("/admin/xapi/credentials", headers=ADMIN)).json()
+    assert [c["id"] for c in listed["xapiCredentials"]] == ["engine-app"]
+    assert listed["xapiCredentials"][0]["permissionsLevel"] == {
+        "xapiCredentialPermissionsLevel": "READONLY"
+    }
+    one = await client.get("/admin/xapi/credentials/engine-app", headers=ADMIN)
+    assert (await one.json())["name"] == "Engine app"
+    assert (await client.delete("/admin/xapi/credentials/engine-app", headers=ADMIN)).status == 204
+    assert (await client.get("/admin/xapi/credentials/engine-app", headers=ADMIN)).status == 404
+
+
+async def test_rustici_engine_without_id_or_secret_gets_them_made(client: Client) -> None:
+    answer = await client.put(
+        "/admin/xapi/credentials",
+        json={"name": "generated", "permissionsLevel": "ROOT", "auth": "BASICAUTH"},
+        headers=ADMIN,
+    )
+    (made,) = (await answer.json())["xapiCredentials"]
+    assert made["permissionsLevel"] == {"xapiCredentialPermissionsLevel": "ROOT"}
+    answer = await client.get("/xAPI/statements", headers=basic(made["id"], made["secret"]))
+    assert answer.status == 200
+
+
+@pytest.mark.parametrize(
+    ("body", "said"),
+    [
+        ({"id": "o", "auth": {"xapiCredentialAuthType": "OAUTH"}}, "OAUTH credentials are not"),
+        ({"id": "o", "permissionsLevel": "GOD"}, "permissionsLevel: must be one of"),
+        ({"id": "o", "secret": "short"}, "secret: must be 12 to 72"),
+        ({"id": "o", "colour": "red"}, "unknown field 'colour'"),
+        ([], "the body must be"),
+    ],
+)
+async def test_rustici_engine_bad_input(client: Client, body: Any, said: str) -> None:
+    answer = await client.put("/admin/xapi/credentials", json=body, headers=ADMIN)
+    assert answer.status == 400
+    assert said in (await answer.json())["message"]
+
+
+async def test_sql_lrs_creds_api(client: Client) -> None:
+    answer = await client.post("/admin/creds", json={"scopes": ["all/read"]}, headers=ADMIN)
+    assert answer.status == 200, await answer.text()
+    made = await answer.json()
+    assert set(made) == {"api-key", "secret-key", "scopes"}
+    auth = basic(made["api-key"], made["secret-key"])
+    assert (await client.get("/xAPI/statements", headers=auth)).status == 200
+    assert await post_statement(client, made["api-key"], made["secret-key"]) == 403
+
+    listed = await (await client.get("/admin/creds", headers=ADMIN)).json()
+    assert listed == [{"api-key": made["api-key"], "scopes": ["all/read"]}]
+
+    wrong = {**made, "secret-key": "not-the-secret-key", "scopes": ["all"]}
+    assert (await client.put("/admin/creds", json=wrong, headers=ADMIN)).status == 404
+    # SQL LRS's own scope names (activities_profile, ...) are understood too.
+    pair = {**made, "scopes": ["statements/write", "activities_profile"]}
+    answer = await client.put("/admin/creds", json=pair, headers=ADMIN)
+    assert (await answer.json())["scopes"] == ["statements/write", "activities_profile"]
+    assert await post_statement(client, made["api-key"], made["secret-key"]) == 200
+
+    gone = {"api-key": made["api-key"], "secret-key": made["secret-key"]}
+    assert (await client.delete("/admin/creds", json=gone, headers=ADMIN)).status == 200
+    assert (await client.get("/xAPI/statements", headers=auth)).status == 401
+    assert await (await client.get("/admin/creds", headers=ADMIN)).json() == []
+
+
+async def test_sql_lrs_and_rustici_shapes_need_admin(client: Client) -> None:
+    lms = basic("lms", "lms-password")
+    for method, path in (
+        ("POST", "/admin/creds"),
+        ("GET", "/admin/creds"),
+        ("PUT", "/admin/xapi/credentials"),
+        ("GET", "/admin/xapi/credentials"),
+    ):
+        answer = await client.request(method, path, json={"scopes": ["all"]}, headers=lms)
+        assert answer.status == 403, (method, path)

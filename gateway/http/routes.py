@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from gateway.http.handlers import admin_credentials, operations, passthrough, statements, tokens
+from gateway.http.handlers import (
+    admin_compat,
+    admin_credentials,
+    operations,
+    passthrough,
+    statements,
+    tokens,
+)
 from gateway.http.keys import GUARD, WORKER
 
 __all__ = ["setup_routes"]
@@ -47,6 +54,18 @@ def setup_routes(
             name="admin.credential_rotate",
         )
         router.add_get("/admin/audit", admin_credentials.audit, name="admin.audit")
+        # The shapes of Rustici Engine's and SQL LRS's credential APIs, on the same store.
+        rustici = router.add_resource("/admin/xapi/credentials", name="admin.rustici")
+        rustici.add_route("GET", admin_compat.rustici_list)
+        rustici.add_route("PUT", admin_compat.rustici_put)
+        one = router.add_resource("/admin/xapi/credentials/{id}", name="admin.rustici_one")
+        one.add_route("GET", admin_compat.rustici_get)
+        one.add_route("DELETE", admin_compat.rustici_delete)
+        creds = router.add_resource("/admin/creds", name="admin.sqllrs")
+        creds.add_route("GET", admin_compat.sqllrs_list)
+        creds.add_route("POST", admin_compat.sqllrs_create)
+        creds.add_route("PUT", admin_compat.sqllrs_update)
+        creds.add_route("DELETE", admin_compat.sqllrs_delete)
     role = app.get(WORKER)
     if role is not None:  # each worker keeps its own lockouts: siblings lift theirs too
         role.commands.register("lockout-clear", operations.lift_own_lockout(app[GUARD]))

@@ -33,10 +33,14 @@ from gateway.xapi.statements import parse_json_body
 
 __all__ = [
     "actor_of",
+    "admin_database",
     "audit",
+    "changed",
+    "create_checked",
     "create_credential",
     "delete_credential",
     "get_credential",
+    "json_object",
     "list_credentials",
     "rotate_credential",
     "update_credential",
@@ -55,7 +59,8 @@ def actor_of(principal: Principal) -> str:
     return f"{principal.scheme}:{principal.id}"
 
 
-def _admin(request: web.Request) -> tuple[CredentialDatabase, str]:
+def admin_database(request: web.Request) -> tuple[CredentialDatabase, str]:
+    """The database and who is asking, for a caller holding `admin` (else 403)."""
     principal = request[PRINCIPAL]
     if "admin" not in principal.scopes:
         raise Forbidden("managing credentials needs the admin scope")
@@ -76,7 +81,8 @@ def _page(request: web.Request) -> tuple[int, int]:
     return offset, limit
 
 
-async def _body(request: web.Request) -> dict[str, Any]:
+async def json_object(request: web.Request) -> dict[str, Any]:
+    """The request's body, which must be one JSON object."""
     body = parse_json_body(await read_limited(request, _MAX_REQUEST))
     if not isinstance(body, dict):
         raise BadRequest("the body must be a JSON object")
@@ -90,19 +96,20 @@ async def _found(database: CredentialDatabase, request: web.Request) -> StoredCr
     return found
 
 
-async def _changed(request: web.Request) -> None:
+async def changed(request: web.Request) -> None:
     """Make this process see the change now (the others poll for it)."""
     await request.app[CREDENTIAL_SOURCES].check_for_change()
 
 
-async def create_credential(request: web.Request) -> web.Response:
-    """POST /admin/credentials: 201 with the credential; its secret only if generated."""
-    database, actor = _admin(request)
-    body = await _body(request)
-    checked = check_changes(body, _CREATE_FIELDS)
-    for required in ("name", "scopes"):
-        if required not in checked:
-            raise BadRequest(f"{required}: required")
+async def create_checked(
+    request: web.Request, checked: dict[str, Any], *, actor: str
+) -> tuple[StoredCredential, str | None]:
+    """Create from checked fields; (the credential, its secret when the gateway made it).
+
+    Shared by every shape of the API: a username of the credentials file, or one the
+    database has, is a 409.
+    """
+    database, _ = admin_database(request)
     generated = "secret" not in checked
     secret = new_secret() if generated else check_secret(checked["secret"])
     username = checked.get("username") or new_username()
@@ -122,16 +129,27 @@ async def create_credential(request: web.Request) -> web.Response:
         stored = await database.create(new, actor=actor)
     except CredentialConflict:
         raise Conflict(f"username: {username!r} is taken") from None
-    await _changed(request)
+    await changed(request)
+    return stored, secret if generated else None
+
+
+async def create_credential(request: web.Request) -> web.Response:
+    """POST /admin/credentials: 201 with the credential; its secret only if generated."""
+    _, actor = admin_database(request)
+    checked = check_changes(await json_object(request), _CREATE_FIELDS)
+    for required in ("name", "scopes"):
+        if required not in checked:
+            raise BadRequest(f"{required}: required")
+    stored, secret = await create_checked(request, checked, actor=actor)
     answer = stored.public()
-    if generated:
+    if secret is not None:
         answer["secret"] = secret  # shown this once
     return web.json_response(answer, status=201)
 
 
 async def list_credentials(request: web.Request) -> web.Response:
     """GET /admin/credentials?offset=&limit=&search=: one page, oldest first."""
-    database, _ = _admin(request)
+    database, _ = admin_database(request)
     offset, limit = _page(request)
     search = request.query.get("search") or None
     found, total = await database.page(offset=offset, limit=limit, search=search)
@@ -147,24 +165,24 @@ async def list_credentials(request: web.Request) -> web.Response:
 
 async def get_credential(request: web.Request) -> web.Response:
     """GET /admin/credentials/{id}."""
-    database, _ = _admin(request)
+    database, _ = admin_database(request)
     return web.json_response((await _found(database, request)).public())
 
 
 async def update_credential(request: web.Request) -> web.Response:
     """PATCH /admin/credentials/{id}: name, scopes, agent, enabled, expires_at, info."""
-    database, actor = _admin(request)
-    changes = check_changes(await _body(request), sorted(EDITABLE))
+    database, actor = admin_database(request)
+    changes = check_changes(await json_object(request), sorted(EDITABLE))
     updated = await database.update(request.match_info["id"], changes, actor=actor)
     if updated is None:
         raise NotFound("no credential with this id")
-    await _changed(request)
+    await changed(request)
     return web.json_response(updated.public())
 
 
 async def rotate_credential(request: web.Request) -> web.Response:
     """POST /admin/credentials/{id}/rotate: a new secret, shown once; the old one stops."""
-    database, actor = _admin(request)
+    database, actor = admin_database(request)
     await _found(database, request)
     secret = new_secret()
     rotated = await database.rotate(
@@ -172,22 +190,22 @@ async def rotate_credential(request: web.Request) -> web.Response:
     )
     if rotated is None:
         raise NotFound("no credential with this id")
-    await _changed(request)
+    await changed(request)
     return web.json_response({**rotated.public(), "secret": secret})
 
 
 async def delete_credential(request: web.Request) -> web.Response:
     """DELETE /admin/credentials/{id}: 204; the credential stops at once."""
-    database, actor = _admin(request)
+    database, actor = admin_database(request)
     if await database.delete(request.match_info["id"], actor=actor) is None:
         raise NotFound("no credential with this id")
-    await _changed(request)
+    await changed(request)
     return web.Response(status=204)
 
 
 async def audit(request: web.Request) -> web.Response:
     """GET /admin/audit?offset=&limit=: every change, newest first (never a secret)."""
-    database, _ = _admin(request)
+    database, _ = admin_database(request)
     offset, limit = _page(request)
     entries, total = await database.audit(offset=offset, limit=limit)
     return web.json_response(
