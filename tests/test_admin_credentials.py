@@ -17,6 +17,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client import CollectorRegistry
+from realparts.oidc import OidcProvider
 from support import (
     FakeLRS,
     basic,
@@ -538,3 +539,41 @@ async def test_sql_lrs_and_rustici_shapes_need_admin(client: Client) -> None:
     ):
         answer = await client.request(method, path, json={"scopes": ["all"]}, headers=lms)
         assert answer.status == 403, (method, path)
+
+
+@pytest.mark.oidc
+async def test_an_oidc_admin_manages_credentials_and_is_audited_as_issuer_and_subject(
+    tmp_path: Path, aiohttp_server: Any, aiohttp_client: Any, oidc_provider: OidcProvider
+) -> None:
+    storage: TestServer = await aiohttp_server(FakeLRS().app())
+    config = write_config(
+        tmp_path,
+        str(storage.make_url("/xAPI/")),
+        USERS,
+        {
+            "auth": {
+                "backends": ["basic", "oidc"],
+                "scope_prefix": "lrs:",
+                "oidc": {"issuer": oidc_provider.issuer, "audience": oidc_provider.audience},
+            }
+        },
+    )
+    client: Client = await aiohttp_client(create_app(config, registry=CollectorRegistry()))
+    admin = {"Authorization": f"Bearer {await oidc_provider.token('admin', 'lrs:admin')}"}
+    writer = {
+        "Authorization": f"Bearer {await oidc_provider.token('lms-a', 'lrs:statements/write')}"
+    }
+
+    async def created() -> bool:  # discovery runs in the background at start
+        answer = await client.post(
+            "/admin/credentials", json={"name": "n", "scopes": ["all"]}, headers=admin
+        )
+        return answer.status == 201
+
+    await eventually(created, within=10, what="an OIDC admin's create")
+    refused = await client.post(
+        "/admin/credentials", json={"name": "n", "scopes": ["all"]}, headers=writer
+    )
+    assert refused.status == 403
+    entries = (await (await client.get("/admin/audit", headers=admin)).json())["entries"]
+    assert [e["actor"] for e in entries] == [f"oidc:{oidc_provider.issuer}/admin"]

@@ -52,10 +52,7 @@ _DEFAULT_PAGE, _MAX_PAGE = 50, 500
 
 
 def actor_of(principal: Principal) -> str:
-    """Who made a change, as the audit names them: `basic:alice`, `oidc:ISS/SUB`, ..."""
-    account = principal.agent.get("account") if principal.scheme == "oidc" else None
-    if isinstance(account, dict) and account.get("homePage") and account.get("name"):
-        return f"oidc:{account['homePage']}/{account['name']}"
+    """Who made a change, as the audit names them: `basic:alice`, `oidc:ISSUER/SUBJECT`, ..."""
     return f"{principal.scheme}:{principal.id}"
 
 
