@@ -146,6 +146,32 @@ class FakeLRS:
         return app
 
 
+def storing_script(stored: dict[str, Any] | None = None) -> Script:
+    """A FakeLRS script for a storage that remembers: what the gateway's pending resolver
+    needs to find a statement whose answer (or commit) was lost.
+
+    POSTed statements are kept in `stored` (by id) and answered with their ids; a GET with
+    `statementId` answers the statement kept under that id, else 404; anything else gets
+    an empty result, as FakeLRS answers without a script.
+    """
+    kept: dict[str, Any] = {} if stored is None else stored
+
+    async def script(request: web.Request, body: bytes) -> web.StreamResponse:
+        if request.method == "POST" and request.path.rstrip("/").endswith("statements"):
+            data = json.loads(body)
+            batch = data if isinstance(data, list) else [data]
+            kept.update((statement["id"], statement) for statement in batch)
+            return web.json_response([statement["id"] for statement in batch], headers=XAPI)
+        if request.method == "GET" and "statementId" in request.query:
+            statement_id = request.query["statementId"]
+            if statement_id in kept:
+                return web.json_response(kept[statement_id], headers=XAPI)
+            return web.json_response({"detail": "not found"}, status=404, headers=XAPI)
+        return web.json_response({"statements": [], "more": ""})
+
+    return script
+
+
 Behaviour = Callable[[web.Request, list[Any]], Awaitable[web.StreamResponse | None]]
 
 

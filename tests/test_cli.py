@@ -30,7 +30,15 @@ import pytest
 import yaml
 from aiohttp import web
 from pytest_aiohttp import AiohttpServer
-from support import FakeLRS, basic, credential, free_port, wait_until_serving, write_config
+from support import (
+    FakeLRS,
+    basic,
+    credential,
+    eventually,
+    free_port,
+    wait_until_serving,
+    write_config,
+)
 
 from gateway import __version__
 from gateway.auth.credentials import parse_credentials
@@ -660,7 +668,7 @@ async def refuses_connections(port: int) -> bool:
 async def test_serve_drains_in_flight_requests_on_sigterm(
     tmp_path: Path, aiohttp_server: AiohttpServer
 ) -> None:
-    reached = asyncio.Event()
+    reached, release = asyncio.Event(), asyncio.Event()
 
     async def slow_storage(request: web.Request, body: bytes) -> web.StreamResponse:
         # The gateway's own calls (readiness probe, about) answer at once.
@@ -669,7 +677,8 @@ async def test_serve_drains_in_flight_requests_on_sigterm(
         if request.path.endswith("/about"):
             return web.json_response({"version": ["1.0.3"]})
         reached.set()
-        await asyncio.sleep(1.5)
+        # Held until the test has seen the listener closed: in flight for as long as needed.
+        await asyncio.wait_for(release.wait(), RUN_TIMEOUT)
         return web.json_response(
             {"statements": [], "more": ""}, headers={"X-Experience-API-Version": "1.0.3"}
         )
@@ -710,17 +719,16 @@ async def test_serve_drains_in_flight_requests_on_sigterm(
         proc.send_signal(signal.SIGTERM)
 
         # The listener closes at once; the request already inside is still being served.
-        deadline = time.monotonic() + 1.0
-        while not await refuses_connections(port):
-            assert time.monotonic() < deadline, "still accepting connections after SIGTERM"
-            await asyncio.sleep(0.02)
+        await eventually(lambda: refuses_connections(port), 1.0, "no new connections after SIGTERM")
         assert not in_flight.done()
+        release.set()
 
         status, body = await asyncio.wait_for(in_flight, RUN_TIMEOUT)
         assert status == 200
         assert body == {"statements": [], "more": ""}
         code = await asyncio.wait_for(proc.wait(), 5)
     finally:
+        release.set()
         if proc.returncode is None:
             proc.kill()
             await proc.wait()

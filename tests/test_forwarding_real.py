@@ -259,13 +259,12 @@ async def test_a_second_ralph_gets_each_statement_as_storage_holds_it(
         (new_copy,) = (await wait_in_ralph(session, ralph_target, [new_id])).values()
         assert same_agent(new_copy["authority"], LMS_AGENT)
 
-        check = deadline_loop(10, "the target's backlog drained")
-        while True:
+        async def drained() -> bool:
             figures = (await forwarding_status(ralph_gateway))["ralph-target"]
-            if figures["backlog"] == 0 and figures["delivered"] == 8:
-                break
-            check()
-            await asyncio.sleep(0.1)
+            return bool(figures["backlog"] == 0 and figures["delivered"] == 8)
+
+        await eventually(drained, 10, "the target's backlog drained")
+        figures = (await forwarding_status(ralph_gateway))["ralph-target"]
         assert figures["dead_letters"] == 0, figures
         assert figures["dead_lettered_total"] == 0, figures
         assert figures["oldest_age"] is None, figures
@@ -361,10 +360,11 @@ async def test_a_ralph_target_down_then_up_gets_every_statement_once(
         assert response.status == 200, await response.text()
         ids += await response.json()
 
-    check = deadline_loop(10, "the target marked down")
-    while (figures := (await forwarding_status(client))["ralph-down"])["state"] != "down":
-        check()
-        await asyncio.sleep(0.05)
+    async def marked_down() -> bool:
+        return bool((await forwarding_status(client))["ralph-down"]["state"] == "down")
+
+    await eventually(marked_down, 10, "the target marked down")
+    figures = (await forwarding_status(client))["ralph-down"]  # down until the relay starts
     assert figures["up"] is False
     assert figures["backlog"] == 12  # kept for it, counted in backlog and lag
     assert figures["oldest_age"] > 0
@@ -375,10 +375,12 @@ async def test_a_ralph_target_down_then_up_gets_every_statement_once(
     try:
         async with aiohttp.ClientSession() as session:
             await wait_in_ralph(session, ralph_target, ids)  # ralph_one: each at most once
-            check = deadline_loop(10, "the backlog drained")
-            while (figures := (await forwarding_status(client))["ralph-down"])["backlog"]:
-                check()
-                await asyncio.sleep(0.05)
+
+            async def drained() -> bool:
+                return not (await forwarding_status(client))["ralph-down"]["backlog"]
+
+            await eventually(drained, 10, "the backlog drained")
+            figures = (await forwarding_status(client))["ralph-down"]
             assert (figures["state"], figures["up"], figures["oldest_age"]) == ("up", True, None)
             assert figures["delivered"] == 12
             assert figures["dead_lettered_total"] == 0
@@ -790,6 +792,19 @@ async def pending_count(client: Client) -> int:
     return count
 
 
+async def at_rest(client: Client) -> bool:
+    """Nothing pending and nothing queued for target t: no delivery is still to come.
+
+    Settling a write moves it out of pending and queues its deliveries in one commit, and a
+    delivery leaves the backlog once the target has answered; both are read through the
+    outbox's queue, behind any commit the requests answered so far have queued. At rest,
+    the target has had everything it will ever get, wrong deliveries included.
+    """
+    if await pending_count(client):
+        return False
+    return bool((await forwarding_status(client))["t"]["backlog"] == 0)
+
+
 async def test_resolver_forwards_what_storage_kept_and_never_what_it_did_not(
     make_gateway: MakeGateway,
 ) -> None:
@@ -828,10 +843,10 @@ async def test_resolver_forwards_what_storage_kept_and_never_what_it_did_not(
     assert len(stored.statements) == 2  # the dropped one never reached storage
 
     async def settled() -> bool:
-        return slow_id in target.received and await pending_count(client) == 0
+        return slow_id in target.received and await at_rest(client)
 
-    await eventually(settled, 6, "the slow statement forwarded and nothing left pending")
-    await asyncio.sleep(0.3)  # time for a wrong delivery of the dropped one to show
+    # At rest, a wrong delivery of the dropped one would have reached the target already.
+    await eventually(settled, 6, "the slow statement forwarded, nothing pending or queued")
     assert set(target.received) == {slow_id, ok_id}
     assert target.bodies[slow_id] == stored.statements[slow_id]  # exactly as stored
     # the resolver asked storage about both unanswered ones, the missing one included
@@ -887,8 +902,8 @@ async def test_a_slow_write_the_resolver_finds_is_forwarded_once(make_gateway: M
 
     async def delivered() -> bool:
         figures = (await forwarding_status(client))["t"]
-        return bool(figures["delivered"] >= 1)
+        return bool(figures["delivered"] >= 1) and await at_rest(client)
 
-    await eventually(delivered, 4, "the acknowledged statement forwarded")
-    await asyncio.sleep(0.5)  # time for a second delivery to show
+    # At rest (nothing pending, nothing queued), a second delivery would have shown already.
+    await eventually(delivered, 4, "the acknowledged statement forwarded, nothing left to do")
     assert target.received == Counter({sid: 1})

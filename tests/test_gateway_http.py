@@ -542,24 +542,30 @@ async def test_cache_expires_after_ttl(make_gateway: MakeGateway) -> None:
     assert checker.checks == before + 1
 
 
+async def answers(client: Client, headers: dict[str, str], status: int) -> bool:
+    return (await client.get("/whoami", headers=headers)).status == status
+
+
 async def test_credentials_file_reloads_and_survives_a_broken_edit(
-    make_gateway: MakeGateway, tmp_path: Path
+    make_gateway: MakeGateway, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     client, _ = await make_gateway()
     auth = tmp_path / "auth.json"
     assert (await client.get("/whoami", headers=basic("alice", "alice-pw"))).status == 200
     auth.write_text(json.dumps([credential("bob", "bob-pw", ["all"])]))
-    for _ in range(100):
-        if (await client.get("/whoami", headers=basic("bob", "bob-pw"))).status == 200:
-            break
-        await asyncio.sleep(0.02)
-    else:
-        pytest.fail("the new credentials file was not picked up")
+    bob = basic("bob", "bob-pw")
+    await eventually(lambda: answers(client, bob, 200), 5, "the new credentials file in use")
     # alice was removed: her cached success must not outlive the file change
     assert (await client.get("/whoami", headers=basic("alice", "alice-pw"))).status == 401
+
+    # The reloader has read the broken file once it says it kept the last good one.
+    def refusals() -> int:
+        return sum("not reloaded" in r.getMessage() for r in caplog.records)
+
+    before = refusals()
     auth.write_text("[{ broken")
-    await asyncio.sleep(0.3)
-    assert (await client.get("/whoami", headers=basic("bob", "bob-pw"))).status == 200
+    await eventually(lambda: refusals() > before, 5, "the broken credentials file refused")
+    assert (await client.get("/whoami", headers=bob)).status == 200
 
 
 async def test_rustici_lines(make_gateway: MakeGateway, tmp_path: Path) -> None:
@@ -569,10 +575,8 @@ async def test_rustici_lines(make_gateway: MakeGateway, tmp_path: Path) -> None:
         f"# rustici accounts\nroot_user:{hashed}:root\nplain_user:pw:plain:read-only\n"
         "writer2:pw2:write-only\n"
     )
-    for _ in range(100):
-        if (await client.get("/whoami", headers=basic("root_user", "pw-hashed"))).status == 200:
-            break
-        await asyncio.sleep(0.02)
+    root = basic("root_user", "pw-hashed")
+    await eventually(lambda: answers(client, root, 200), 5, "the Rustici file in use")
     response = await client.get("/whoami", headers=basic("plain_user", "pw:plain"))
     data = await response.json()
     assert data["scopes"] == ["all/read"]

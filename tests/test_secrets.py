@@ -37,7 +37,16 @@ import yaml
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client import CollectorRegistry
-from support import XAPI, FakeLRS, basic, free_port, wait_until_serving, write_config
+from prometheus_client.parser import text_string_to_metric_families
+from support import (
+    XAPI,
+    FakeLRS,
+    basic,
+    eventually,
+    free_port,
+    wait_until_serving,
+    write_config,
+)
 
 from gateway.http.app import create_app
 from gateway.http.keys import CONFIG, FORWARDER
@@ -543,10 +552,11 @@ async def test_no_secret_in_answers_logs_metrics_or_reprs(
     # Forwarding: stored, then both targets fail (HTTP 500, connection refused)
     await call("statement", "POST", "/xAPI/statements", [200], json=statement(), headers=alice)
     forwarder = app[FORWARDER]
-    deadline = time.monotonic() + 5
-    while not all(worker.failed for worker in forwarder.workers):
-        assert time.monotonic() < deadline, "the forwarding targets were never tried"
-        await asyncio.sleep(0.05)
+    await eventually(
+        lambda: all(worker.failed for worker in forwarder.workers),
+        5,
+        "every forwarding target tried",
+    )
     await call("admin forwarding", "GET", "/admin/forwarding", [200], headers=alice)
     await call("metrics", "GET", "/metrics", [200])
     await call("heartbeat", "GET", "/__heartbeat__", [503])
@@ -608,19 +618,23 @@ async def test_no_secret_from_a_rustici_file_or_a_storage_that_is_down(
     async with client.post("/xAPI/statements", json=statement(), headers=rusty) as response:
         await seen.answer("storage down, POST", response)
         assert response.status == 502
+
     # Broken files are not loaded, and the log says why without the line's secret.
+    def refusals() -> int:
+        return sum("not reloaded" in r.getMessage() for r in caplog.records)
+
+    async def refused(broken: str) -> None:
+        before = refusals()
+        credentials.write_text(broken)
+        await eventually(lambda: refusals() > before, 5, f"a refused reload of {broken!r}")
+
     for broken in (
         f"rusty:{RUSTICI_PW}\n",
         f"rusty:{RUSTICI_PW}:root\nrusty:{RUSTICI_PW}:root\n",
         f"rusty:{RUSTICI_PW}:rooot\n",
         f"{RUSTICI_PW}\n",
     ):
-        failures = sum("not reloaded" in r.getMessage() for r in caplog.records)
-        credentials.write_text(broken)
-        deadline = time.monotonic() + 5
-        while sum("not reloaded" in r.getMessage() for r in caplog.records) == failures:
-            assert time.monotonic() < deadline, f"no reload of {broken!r}"
-            await asyncio.sleep(0.02)
+        await refused(broken)
     seen.add("repr(config)", repr(app[CONFIG]))
     seen.logs(caplog.records)
     seen.assert_clean()
@@ -690,10 +704,11 @@ async def test_a_target_error_echoing_the_request_does_not_log_the_credential(
         "/xAPI/statements", json=statement(), headers=basic("alice", ALICE_PW)
     ) as response:
         assert response.status == 200
-    deadline = time.monotonic() + 5
-    while not any(_target_failed(r.getMessage()) for r in caplog.records):
-        assert time.monotonic() < deadline, "the target was never tried"
-        await asyncio.sleep(0.05)
+    await eventually(
+        lambda: any(_target_failed(r.getMessage()) for r in caplog.records),
+        5,
+        "the target tried and failed",
+    )
     await client.close()
     seen = Seen()
     seen.logs(caplog.records)
@@ -1172,11 +1187,24 @@ async def test_serve_with_json_logs_at_debug_never_shows_a_secret(
                 ) as response:
                     await seen.answer(where, response)
                     assert response.status == status, where
-            deadline = time.monotonic() + 5
-            while not target.headers:
-                assert time.monotonic() < deadline, "the forwarding target was never tried"
-                await asyncio.sleep(0.05)
-            await asyncio.sleep(0.5)  # the refused target's turn, and the logs
+
+            # Both targets fail (HTTP 500, connection refused; max_retries 0): a worker marks
+            # its target down and logs why in one step, so a scrape showing both down comes
+            # after both lines.
+            async def both_down() -> bool:
+                async with session.get(f"{base}/metrics") as response:
+                    assert response.status == 200, await response.text()
+                    text = await response.text()
+                up = {
+                    sample.labels["target"]: sample.value
+                    for family in text_string_to_metric_families(text)
+                    for sample in family.samples
+                    if sample.name == "lrs_gateway_forwarding_target_up"
+                }
+                return up.get("t500") == up.get("tdown") == 0
+
+            await eventually(both_down, 5, "both forwarding targets tried and marked down")
+            assert target.headers, "the forwarding target was never tried"
         # Header lines aiohttp's parser refuses, which it would log raw (issue 13). The 400
         # answers echo the line to its own sender: not recorded (not a log).
         for value in (

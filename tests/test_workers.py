@@ -7,10 +7,8 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +16,17 @@ import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from pytest_aiohttp import AiohttpServer
-from support import FakeLRS, basic, credential, wait_until_serving, write_config
+from support import (
+    FakeLRS,
+    basic,
+    credential,
+    eventually,
+    free_port,
+    listening_sockets,
+    storing_script,
+    wait_until_serving,
+    write_config,
+)
 
 from gateway import __version__
 from gateway.forwarding.forwarder import OUTBOX_FILE
@@ -28,13 +36,6 @@ from gateway.runtime.workers import merged_status
 
 RUN_TIMEOUT = 30.0
 ADMIN = credential("admin", "admin-pw", ["all", "admin"])
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def gateway_env() -> dict[str, str]:
@@ -69,13 +70,6 @@ def delivered_per_outbox(data_dir: Path) -> list[int]:
         finally:
             store.close()
     return counts
-
-
-async def wait_for(predicate: Any, within: float = RUN_TIMEOUT) -> None:
-    deadline = time.monotonic() + within
-    while not await predicate():
-        assert time.monotonic() < deadline, "timed out"
-        await asyncio.sleep(0.1)
 
 
 # -- the real thing: a supervisor and two worker processes -----------------------------------
@@ -147,7 +141,7 @@ async def test_two_workers_share_the_port_and_add_up(
                     status = await response.json()
                 return bool(status["targets"].get("t", {}).get("delivered") == sent)
 
-            await wait_for(drained)
+            await eventually(drained, RUN_TIMEOUT, "every statement forwarded")
             async with session.get(f"{base}/admin/forwarding", headers=auth) as response:
                 status = await response.json()
             assert status["workers"] == {"count": 2, "unanswered": 0}
@@ -161,7 +155,7 @@ async def test_two_workers_share_the_port_and_add_up(
                     figures = samples(await response.text())
                 return figures.get(delivered) == sent
 
-            await wait_for(scraped_delivered)
+            await eventually(scraped_delivered, RUN_TIMEOUT, "the deliveries in a scrape")
             posts = (("method", "POST"), ("route", "xapi.statements"), ("status_class", "2xx"))
             assert figures[("lrs_gateway_requests_total", posts)] == sent
             assert figures[("lrs_gateway_statements_accepted_total", ())] == sent
@@ -187,7 +181,7 @@ async def test_two_workers_share_the_port_and_add_up(
                 now = children_of(proc.pid)
                 return len(now) == 2 and victim not in now
 
-            await wait_for(replaced)
+            await eventually(replaced, RUN_TIMEOUT, "the killed worker replaced")
             await wait_until_serving(proc, f"{base}/__lbheartbeat__", RUN_TIMEOUT, listeners=2)
 
             # The dead worker's requests still count.
@@ -478,7 +472,9 @@ def monotonic_figures(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]]
 async def test_counters_never_go_down_when_a_worker_is_killed_under_load(
     tmp_path: Path, aiohttp_server: AiohttpServer
 ) -> None:
-    storage_lrs, target_lrs = FakeLRS(), FakeLRS()
+    # Storage answers the resolver's statementId question from what it stored: a write
+    # the killed worker answered but had not queued yet is then found and forwarded.
+    storage_lrs, target_lrs = FakeLRS(storing_script()), FakeLRS()
     storage = await aiohttp_server(storage_lrs.app())
     target = await aiohttp_server(target_lrs.app())
     port = free_port()
@@ -572,8 +568,15 @@ async def test_counters_never_go_down_when_a_worker_is_killed_under_load(
                 now = children_of(proc.pid)
                 return len(now) == 2 and min(workers) not in now
 
-            await wait_for(replaced)
-            await asyncio.sleep(1.5)  # scrapes across the new worker's start
+            await eventually(replaced, RUN_TIMEOUT, "the killed worker replaced")
+            # Scrapes across the new worker's start: while it starts, and once it listens.
+            await eventually(
+                lambda: listening_sockets(port) == 2, RUN_TIMEOUT, "the new worker listening"
+            )
+            started = len(scrapes)
+            await eventually(
+                lambda: len(scrapes) >= started + 20, RUN_TIMEOUT, "20 scrapes with it listening"
+            )
             loading = False
             await scraping
             sent = answered + lost
@@ -587,7 +590,7 @@ async def test_counters_never_go_down_when_a_worker_is_killed_under_load(
                     and figures.get(("lrs_gateway_forwarding_delivered_total", to_t), 0) >= answered
                 )
 
-            await wait_for(forwarded)
+            await eventually(forwarded, RUN_TIMEOUT, "every answered statement forwarded")
     finally:
         if proc.returncode is None:
             proc.send_signal(signal.SIGTERM)

@@ -27,6 +27,7 @@ import fuzzing
 import yaml
 
 with fuzzing.instrumented():
+    from gateway.config.loader import setting_paths
     from gateway.config.settings import (
         FORWARDINGS_ENV,
         Config,
@@ -90,26 +91,24 @@ STRINGS = [
 ]
 
 
-def _leaves(cls: Any, prefix: tuple[str, ...]) -> list[tuple[tuple[str, ...], Any]]:
-    out: list[tuple[tuple[str, ...], Any]] = []
-    hints = typing.get_type_hints(cls)
-    for fld in dataclasses.fields(cls):
-        if fld.metadata.get("internal"):
-            continue
-        hint = hints[fld.name]
-        if dataclasses.is_dataclass(hint):
-            out += _leaves(hint, (*prefix, fld.name))
-        else:
-            out.append(((*prefix, fld.name), hint))
-    return out
+def _leaves(cls: Any) -> list[tuple[tuple[str, ...], Any]]:
+    """Every setting of `cls` (the loader's own walk) with its declared type."""
+
+    def hint(path: tuple[str, ...]) -> Any:
+        where: Any = cls
+        for name in path:
+            where = typing.get_type_hints(where)[name]
+        return where
+
+    return [(path, hint(path)) for path in setting_paths(cls)]
 
 
 def is_secret(hint: Any) -> bool:
     return hint is Secret or Secret in typing.get_args(hint)
 
 
-LEAVES = _leaves(Config, ())
-TARGET_LEAVES = _leaves(ForwardingTarget, ())
+LEAVES = _leaves(Config)
+TARGET_LEAVES = _leaves(ForwardingTarget)
 SECTIONS = sorted({path[0] for path, _ in LEAVES if len(path) > 1})
 ENV_NAMES = ["LRS_GATEWAY__" + "__".join(path).upper() for path, _ in LEAVES]
 ENV_SECRETS = {
