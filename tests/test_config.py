@@ -618,3 +618,15 @@ def test_a_resolver_faster_than_storage_and_a_long_connect_timeout_are_warned_ab
         )
     )
     assert inspect_config(path, {}).warnings == ()
+
+
+@pytest.mark.parametrize(
+    "url", ["http://1[27.0.0.1:8100/xAPI/", "http://lrs.example:99999/xAPI/", "http:///xAPI/"]
+)
+def test_a_url_that_cannot_be_parsed_is_a_problem_not_a_crash(tmp_path: Path, url: str) -> None:
+    target = {"name": "t", "is_active": True, "url": url, "max_retries": 1, "timeout": 1}
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump({"storage": {"url": url}, "forwardings": [target]}))
+    errors = inspect_config(path, {}).errors
+    assert any("storage.url: must be an http:// or https:// URL" in e for e in errors), errors
+    assert any("forwardings[0] (t): url: must be an http" in e for e in errors), errors

@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 from gateway.config.constraints import (
     Problem,
@@ -82,6 +82,21 @@ OIDC_AGENTS = ("account", "openid", "group")
 SIGNED_STATEMENT_POLICIES = ("stamp", "verbatim")
 _HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # an RFC 9110 token
 _FORBIDDEN_OIDC_ALGORITHMS = ("none", "HS256", "HS384", "HS512")
+
+
+def _split(url: str) -> SplitResult | None:
+    """`url` split, or None where it cannot be (`http://1[27.0.0.1/`, a port of `99999`)."""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a port out of range or not a number
+    except ValueError:
+        return None
+    return parts
+
+
+def _is_http_url(url: str) -> bool:
+    parts = _split(url)
+    return parts is not None and parts.scheme in ("http", "https") and bool(parts.hostname)
 
 
 @dataclass(frozen=True)
@@ -256,10 +271,9 @@ class ForwardingTarget:
         """The name used in metrics, logs and the CLI."""
         if self.name:
             return self.name
-        parsed = urlsplit(self.url)
-        return re.sub(r"[^A-Za-z0-9_.:-]+", "_", f"{parsed.hostname}:{parsed.port or ''}").strip(
-            "_:"
-        )
+        parsed = _split(self.url)
+        where = self.url if parsed is None else f"{parsed.hostname}:{parsed.port or ''}"
+        return re.sub(r"[^A-Za-z0-9_.:-]+", "_", where).strip("_:")
 
 
 @dataclass(frozen=True)
@@ -387,7 +401,9 @@ def _validate(config: Config) -> list[Problem]:
         problems.append(
             (("store.url",), "store.url: must be sqlite:///PATH (the only database so far)")
         )
-    if not config.storage.url.startswith(("http://", "https://")):
+    if not config.storage.url.startswith(("http://", "https://")) or not _is_http_url(
+        config.storage.url
+    ):
         problems.append((("storage.url",), "storage.url: must be an http:// or https:// URL"))
     if (config.storage.basic_username is None) != (config.storage.basic_password is None):
         problems.append(
@@ -503,7 +519,7 @@ def _validate_targets(targets: tuple[ForwardingTarget, ...]) -> list[Problem]:
         def add(names: tuple[str, ...], message: str, key: str = key, where: str = where) -> None:
             problems.append((tuple(f"{key}.{name}" for name in names), f"{where}: {message}"))
 
-        if not target.url.startswith(("http://", "https://")):
+        if not target.url.startswith(("http://", "https://")) or not _is_http_url(target.url):
             add(("url",), "url: must be an http:// or https:// URL")
         if (target.basic_username is None) != (target.basic_password is None):
             add(
@@ -767,8 +783,8 @@ def _normalise_targets(
     """A target URL ending in the xAPI base (`/xAPI/`) gets `statements`, with a note."""
     normalised, notes = [], []
     for index, target in enumerate(targets):
-        parts = urlsplit(target.url)
-        if parts.path.rstrip("/").lower().endswith("/xapi"):
+        parts = _split(target.url)
+        if parts is not None and parts.path.rstrip("/").lower().endswith("/xapi"):
             path = parts.path.rstrip("/") + "/statements"
             target = dataclasses.replace(target, url=parts._replace(path=path).geturl())
             notes.append(
@@ -782,8 +798,12 @@ def _normalise_targets(
 def _warnings(config: Config) -> list[Problem]:
     """Values that are valid but probably wrong, each with its fix."""
     found: list[Problem] = []
-    storage = urlsplit(config.storage.url)
-    if storage.scheme in ("http", "https") and "xapi" not in storage.path.lower():
+    storage = _split(config.storage.url)
+    if (
+        storage is not None
+        and storage.scheme in ("http", "https")
+        and "xapi" not in storage.path.lower()
+    ):
         fixed = f"{storage.scheme}://{storage.netloc.rpartition('@')[2]}/xAPI/"
         found.append(
             (
@@ -793,8 +813,9 @@ def _warnings(config: Config) -> list[Problem]:
             )
         )
     for index, target in enumerate(config.forwardings):
-        path = urlsplit(target.url).path
-        if not path.rstrip("/").endswith("/statements"):
+        parts = _split(target.url)
+        path = "" if parts is None else parts.path
+        if parts is not None and not path.rstrip("/").endswith("/statements"):
             found.append(
                 (
                     (f"forwardings[{index}].url",),
