@@ -111,19 +111,9 @@ def _create(load: Load) -> Callable[[argparse.Namespace], int]:
             username = checked.get("username") or new_username()
             if username in _file_users(config):
                 raise CredentialConflict(f"the username {username!r} is in the credentials file")
-            stored = await database.create(
-                NewCredential(
-                    username=username,
-                    secret_hash=Secret(await hash_new_password(secret)),
-                    name=checked["name"],
-                    scopes=checked["scopes"],
-                    agent=checked.get("agent"),
-                    enabled=checked.get("enabled", True),
-                    expires_at=checked.get("expires_at"),
-                    info=checked.get("info"),
-                ),
-                actor=_actor(),
-            )
+            hashed = Secret(await hash_new_password(secret))
+            new = NewCredential.from_checked(checked, username=username, secret_hash=hashed)
+            stored = await database.create(new, actor=_actor())
             return stored.public()
 
         record = _run(load, args, work)

@@ -97,6 +97,22 @@ class NewCredential:
     expires_at: float | None = None
     info: str | None = None
 
+    @classmethod
+    def from_checked(
+        cls, checked: Mapping[str, Any], *, username: str, secret_hash: Secret
+    ) -> NewCredential:
+        """From fields `check_changes` passed (name and scopes required)."""
+        return cls(
+            username=username,
+            secret_hash=secret_hash,
+            name=checked["name"],
+            scopes=checked["scopes"],
+            agent=checked.get("agent"),
+            enabled=checked.get("enabled", True),
+            expires_at=checked.get("expires_at"),
+            info=checked.get("info"),
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class AuditEntry:

@@ -184,25 +184,22 @@ class SqliteCredentials:
         )
         return [_row(r) for r in rows]
 
-    async def get(self, credential_id: str) -> StoredCredential | None:
-        """The credential with this id."""
+    async def _one(self, column: str, value: str) -> StoredCredential | None:
         row = await self._call(
             lambda db: db.execute(
-                f"SELECT {_COLUMNS} FROM credentials WHERE id = ?",  # noqa: S608
-                (credential_id,),
+                f"SELECT {_COLUMNS} FROM credentials WHERE {column} = ?",  # noqa: S608
+                (value,),
             ).fetchone()
         )
         return None if row is None else _row(row)
 
+    async def get(self, credential_id: str) -> StoredCredential | None:
+        """The credential with this id."""
+        return await self._one("id", credential_id)
+
     async def by_username(self, username: str) -> StoredCredential | None:
         """The credential with this username."""
-        row = await self._call(
-            lambda db: db.execute(
-                f"SELECT {_COLUMNS} FROM credentials WHERE username = ?",  # noqa: S608
-                (username,),
-            ).fetchone()
-        )
-        return None if row is None else _row(row)
+        return await self._one("username", username)
 
     async def page(
         self, *, offset: int, limit: int, search: str | None = None

@@ -127,7 +127,7 @@ async def rustici_put(request: web.Request) -> web.Response:
     body = await _json(request)
     items = body
     if isinstance(body, dict):
-        items = body["xapiCredentials"] if "xapiCredentials" in body else [body]
+        items = body.get("xapiCredentials", [body])
     if not isinstance(items, list) or not items:
         raise BadRequest("the body must be a credential, a list of them, or {xapiCredentials}")
     checked = [_rustici_fields(item, f"credential {n + 1}") for n, item in enumerate(items)]

@@ -112,16 +112,8 @@ async def create_checked(
     username = checked.get("username") or new_username()
     if request.app[CREDENTIAL_SOURCES].file.get(username) is not None:
         raise Conflict(f"username: {username!r} is taken (by the credentials file)")
-    new = NewCredential(
-        username=username,
-        secret_hash=Secret(await hash_new_password(secret)),
-        name=checked["name"],
-        scopes=checked["scopes"],
-        agent=checked.get("agent"),
-        enabled=checked.get("enabled", True),
-        expires_at=checked.get("expires_at"),
-        info=checked.get("info"),
-    )
+    hashed = Secret(await hash_new_password(secret))
+    new = NewCredential.from_checked(checked, username=username, secret_hash=hashed)
     try:
         stored = await database.create(new, actor=actor)
     except CredentialConflict:
