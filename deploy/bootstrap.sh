@@ -7,6 +7,10 @@
 #                npm ci from tests/oidc/package-lock.json (needs Node >= 20 and npm)
 #   promtool     Prometheus' rule checker, for tests/test_deploy.py (deploy/prometheus):
 #                the Debian package `prometheus` when missing (needs root and apt-get)
+#   chromium     a headless browser for the web UI tests (tests/realparts/chromium.py):
+#                the Debian packages `chromium` and `chromium-driver` (/usr/bin/chromium,
+#                /usr/bin/chromedriver) when missing (needs root and apt-get); never a
+#                browser download at run time
 #
 # The venvs are made by deploy/demo/venvs.sh, which deploy/demo.sh shares (the demo installs
 # only the gateway's runtime dependencies and Ralph, never npm or apt). A venv is
@@ -89,4 +93,43 @@ ensure_promtool() {
 }
 
 ensure_promtool
-say "ready (.venv, .venv-ralph, tests/oidc/node_modules, promtool)"
+
+# ensure_chromium: /usr/bin/chromium and /usr/bin/chromedriver, from Debian's `chromium` and
+# `chromium-driver` when either is missing (the UI tests drive exactly these two, so selenium
+# never downloads a browser or a driver). `apt-get update` only when needed: apt knows no
+# candidate yet, or installing from the lists it has failed (stale lists). Without root (or
+# apt-get) it says so and goes on: the tests marked `chromium` then fail with the same advice.
+apt_install() { DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@"; }
+
+ensure_chromium() {
+    local log packages=(chromium chromium-driver)
+    if [[ -x /usr/bin/chromium && -x /usr/bin/chromedriver ]]; then
+        say "chromium and chromedriver are installed"
+        return 0
+    fi
+    if [[ "$(id -u)" -ne 0 ]] || ! command -v apt-get >/dev/null 2>&1; then
+        say "chromium or chromedriver is missing and cannot be installed here (needs root and apt-get):"
+        say "  skipping; install Debian's 'chromium' and 'chromium-driver' for the web UI tests"
+        return 0
+    fi
+    say "installing Chromium (Debian packages chromium, chromium-driver)"
+    log="$(mktemp)"
+    if ! {
+        if apt-cache show "${packages[@]}" >/dev/null 2>&1 && apt_install "${packages[@]}"; then
+            true
+        else
+            apt-get update -qq && apt_install "${packages[@]}"
+        fi
+    } >"$log" 2>&1; then
+        cat "$log" >&2
+        rm -f "$log"
+        die "apt-get install chromium chromium-driver failed; the web UI tests need" \
+            "/usr/bin/chromium and /usr/bin/chromedriver"
+    fi
+    rm -f "$log"
+    [[ -x /usr/bin/chromium && -x /usr/bin/chromedriver ]] \
+        || die "the chromium packages did not install /usr/bin/chromium and /usr/bin/chromedriver"
+}
+
+ensure_chromium
+say "ready (.venv, .venv-ralph, tests/oidc/node_modules, promtool, chromium)"

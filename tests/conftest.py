@@ -1,11 +1,14 @@
-"""Shared fixtures: a real Ralph LRS and a real OpenID provider for the whole session."""
+"""Shared fixtures for the whole session: real Ralph, OpenID provider, Learning Locker, Chromium."""
 
 from __future__ import annotations
 
+import os
 import secrets
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
+from realparts.chromium import ARTIFACTS_ENV, Chromium, run_chromium
 from realparts.learninglocker import ACTIVITY_PROFILES, LearningLockerServer, run_learning_locker
 from realparts.oidc import OidcClient, OidcProvider, run_oidc_provider
 from realparts.ralph import RalphServer, run_ralph
@@ -112,3 +115,30 @@ def oidc_provider(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OidcProv
         scopes=OIDC_SCOPES,
     ) as provider:
         yield provider
+
+
+@pytest.fixture(scope="session")
+def chromium(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Chromium]:
+    """A real headless Chromium (Debian's /usr/bin/chromium via /usr/bin/chromedriver).
+
+    One browser for the session (window 1280x900, so the viewport is 1280 wide), fresh
+    profile, offline (only 127.0.0.1 and localhost resolve); quit at the end with nothing
+    left running. Its helpers are coroutines (selenium runs in a worker thread, so the page
+    can talk to an aiohttp server in the test's loop); waits are explicit, `chromium.timeout`
+    s by default. Screenshots go
+    to `chromium.artifacts_dir`: `$LRS_GATEWAY_TEST_ARTIFACTS/chromium` when set, else a
+    pytest temporary directory. Mark the tests `@pytest.mark.chromium`; start each with
+    `await chromium.reset()` (blank page, no cookies).
+
+        await chromium.open(f"{server_url}/admin/login")
+        await chromium.fill("input[name=username]", "admin")
+        await chromium.click("button[type=submit]")
+        await chromium.wait_for_text("h1", "Credentials")
+        await chromium.screenshot("admin-credentials")
+    """
+    artifacts = os.environ.get(ARTIFACTS_ENV)
+    artifacts_dir = (
+        Path(artifacts) / "chromium" if artifacts else tmp_path_factory.mktemp("chromium-artifacts")
+    )
+    with run_chromium(artifacts_dir, workdir=tmp_path_factory.mktemp("chromium")) as browser:
+        yield browser
