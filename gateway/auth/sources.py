@@ -53,6 +53,7 @@ class CredentialSources:
         self._interval = poll_interval
         self._clock = clock
         self._stored: dict[str, tuple[StoredCredential, Credential]] = {}
+        self._stored_max_cost = 0  # of the database's hashes, kept with them
         self._generation: int | None = None
         self._listeners: list[Callable[[], None]] = []
         self._used: dict[str, float] = {}
@@ -81,8 +82,7 @@ class CredentialSources:
     @property
     def max_cost(self) -> int:
         """The highest bcrypt cost of any hash (unknown users are made to pay as much)."""
-        costs = [int(c.secret.reveal()[4:6]) for _, c in self._stored.values()]
-        return max([self.file.max_cost, *costs])
+        return max(self.file.max_cost, self._stored_max_cost)
 
     def on_change(self, listener: Callable[[], None]) -> None:
         """Call `listener` after the file or the database changed (to clear auth caches)."""
@@ -128,6 +128,9 @@ class CredentialSources:
             )
         changed = self._generation is not None
         self._stored, self._generation = held, generation
+        self._stored_max_cost = max(
+            (int(c.secret.reveal()[4:6]) for _, c in held.values()), default=0
+        )
         if changed:
             self._changed()
 

@@ -35,6 +35,7 @@ from gateway.secret import Secret
 from gateway.xapi.scopes import KNOWN_SCOPES
 
 __all__ = [
+    "AdminUiConfig",
     "AuthConfig",
     "BasicAuthConfig",
     "CallbackConfig",
@@ -355,6 +356,17 @@ class MetricsConfig:
 
 
 @dataclass(frozen=True)
+class AdminUiConfig:
+    """The web admin at /admin/: sessions for people (the API takes a credential per call)."""
+
+    enabled: bool = True
+    # Secure cookies only reach the gateway over https; false to try it on local http.
+    secure_cookie: bool = True
+    idle_timeout: float = field(default=1800.0, metadata=positive())  # seconds without a page
+    absolute_timeout: float = field(default=28800.0, metadata=positive())  # from the login
+
+
+@dataclass(frozen=True)
 class StoreConfig:
     """The control plane's database: credentials and their audit."""
 
@@ -382,6 +394,7 @@ class Config:
     rate_limit: RateLimitConfig = field(default_factory=RateLimitConfig)
     lockout: LockoutConfig = field(default_factory=LockoutConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
+    admin_ui: AdminUiConfig = field(default_factory=AdminUiConfig)
     base_dir: str = field(default=".", metadata={"internal": True})
 
     def resolve_path(self, value: str) -> Path:

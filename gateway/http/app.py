@@ -27,10 +27,13 @@ from gateway.config.settings import Config
 from gateway.forwarding.forwarder import OUTBOX_FILE, Forwarder
 from gateway.forwarding.metrics import ForwardingCollector, OutboxesCollector
 from gateway.http.abuse_guard import Guard
+from gateway.http.admin_ui.pages import AdminUi
+from gateway.http.admin_ui.sessions import SessionKeeper, session_key
 from gateway.http.alternate import alternate_syntax_middleware
 from gateway.http.cors import CorsPolicy, add_cors_headers, cors_middleware
 from gateway.http.handlers import operations
 from gateway.http.keys import (
+    ADMIN_UI,
     AUTHENTICATOR,
     CLOCK,
     CONFIG,
@@ -126,6 +129,16 @@ async def _authentication(app: web.Application) -> AsyncIterator[None]:
         )
         await store.load()
         app[CREDENTIAL_SOURCES] = store
+        if config.admin_ui.enabled:
+            # Beside the database: every worker process reads every session.
+            key = await asyncio.to_thread(session_key, _credential_database(app).parent)
+            keeper = SessionKeeper(
+                key,
+                clock=app[CLOCK],
+                idle=config.admin_ui.idle_timeout,
+                absolute=config.admin_ui.absolute_timeout,
+            )
+            app[ADMIN_UI] = AdminUi(config.admin_ui, keeper)
         await checker.prepare(store.max_cost)
         background.append(asyncio.create_task(file.watch(), name="credentials"))
         background.append(asyncio.create_task(store.watch(), name="credential-database"))
@@ -375,6 +388,7 @@ def create_app(
         app,
         metrics_path=config.metrics.path if on_main_port else None,
         credentials_api="basic" in config.auth.backends,
+        admin_ui=config.admin_ui.enabled,
     )
     if config.metrics.enabled and config.metrics.port is not None:
         app.cleanup_ctx.append(_metrics_site)

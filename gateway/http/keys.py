@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from gateway.config.settings import Config
     from gateway.forwarding.forwarder import Forwarder
     from gateway.http.abuse_guard import Guard
+    from gateway.http.admin_ui.pages import AdminUi
     from gateway.http.cors import CorsPolicy
     from gateway.http.metrics import Metrics
     from gateway.http.readiness import Readiness
@@ -30,6 +31,7 @@ if TYPE_CHECKING:
     from gateway.xapi.versions import VersionPolicy
 
 __all__ = [
+    "ADMIN_UI",
     "ALTERNATE_BODY",
     "AUTHENTICATOR",
     "CLOCK",
@@ -69,6 +71,8 @@ STORAGE_ABOUT: web.AppKey[StorageAbout] = web.AppKey("storage_about")
 VERSIONS: web.AppKey[VersionPolicy] = web.AppKey("versions")
 # Present only when server.cors lists origins: the gateway then answers CORS itself.
 CORS: web.AppKey[CorsPolicy] = web.AppKey("cors")
+# Present when the web admin is on (basic auth and admin_ui.enabled).
+ADMIN_UI: web.AppKey[AdminUi] = web.AppKey("admin_ui")
 # The readiness checker, whose last report the background loop keeps for the gauge.
 READINESS: web.AppKey[Readiness] = web.AppKey("readiness")
 

@@ -12,6 +12,7 @@ import time
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
+from gateway.auth.principal import Principal
 from gateway.errors import (
     AuthUnavailable,
     Forbidden,
@@ -35,6 +36,7 @@ from gateway.xapi.versions import VERSION_HEADER
 
 __all__ = [
     "auth_middleware",
+    "authenticate_request",
     "error_middleware",
     "render_error",
     "request_id_middleware",
@@ -138,16 +140,11 @@ async def throttle_middleware(request: web.Request, handler: Handler) -> web.Str
     return await handler(request)
 
 
-@web.middleware
-async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Who is calling (401), which xAPI version (400), whether they may (403)."""
-    info = route_info(request)
-    if info.public or (info.xapi and request.method == "OPTIONS"):
-        # A CORS preflight never carries credentials. With server.cors the gateway answered
-        # it already; without, the LRS behind does, so browser clients keep working as they
-        # did against the LRS itself: sent WITHOUT the gateway's credential (passthrough).
-        return await handler(request)
-    authorization = request.headers.get("Authorization")
+async def authenticate_request(request: web.Request, authorization: str | None) -> Principal:
+    """Who `authorization` proves, with the lockout, the metrics and the rate limit.
+
+    For every way in: a request's Authorization header, or the web admin's login form.
+    """
     attempts = request.app[METRICS].auth
     guard = request.app[GUARD]
     login_keys = guard.login_keys(request, authorization)
@@ -168,7 +165,21 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
         raise
     guard.login_succeeded(login_keys, authorization)
     guard.check_rate(f"principal:{principal.scheme}:{principal.id}", per_principal=True)
+    return principal
+
+
+@web.middleware
+async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Who is calling (401), which xAPI version (400), whether they may (403)."""
+    info = route_info(request)
+    if info.public or (info.xapi and request.method == "OPTIONS"):
+        # A CORS preflight never carries credentials. With server.cors the gateway answered
+        # it already; without, the LRS behind does, so browser clients keep working as they
+        # did against the LRS itself: sent WITHOUT the gateway's credential (passthrough).
+        return await handler(request)
+    principal = await authenticate_request(request, request.headers.get("Authorization"))
     request[PRINCIPAL] = principal
+    attempts = request.app[METRICS].auth
     if info.xapi:
         request.app[VERSIONS].check(request.headers.get(VERSION_HEADER))
     resource = info.resource

@@ -45,6 +45,12 @@ _INFO = {
         RouteInfo("admin.rustici"),
         RouteInfo("admin.rustici_one"),
         RouteInfo("admin.sqllrs"),
+        # The web admin authenticates people by its session cookie, not per request.
+        RouteInfo("admin_ui.index", public=True),
+        RouteInfo("admin_ui.login", public=True),
+        RouteInfo("admin_ui.logout", public=True),
+        RouteInfo("admin_ui.credentials", public=True),
+        RouteInfo("admin_ui.act", public=True),
         RouteInfo("lbheartbeat", public=True),
         RouteInfo("heartbeat", public=True),
         RouteInfo("metrics", public=True),

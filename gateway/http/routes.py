@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from gateway.http.admin_ui import pages
 from gateway.http.handlers import (
     admin_compat,
     admin_credentials,
@@ -18,7 +19,11 @@ __all__ = ["setup_routes"]
 
 
 def setup_routes(
-    app: web.Application, *, metrics_path: str | None, credentials_api: bool = False
+    app: web.Application,
+    *,
+    metrics_path: str | None,
+    credentials_api: bool = False,
+    admin_ui: bool = False,
 ) -> None:
     """Register every route; the catch-all for other /xAPI/ paths goes last."""
     router = app.router
@@ -66,6 +71,20 @@ def setup_routes(
         creds.add_route("POST", admin_compat.sqllrs_create)
         creds.add_route("PUT", admin_compat.sqllrs_update)
         creds.add_route("DELETE", admin_compat.sqllrs_delete)
+    if credentials_api and admin_ui:
+        router.add_get("/admin/", pages.index, name="admin_ui.index")
+        login = router.add_resource("/admin/login", name="admin_ui.login")
+        login.add_route("GET", pages.login_form)
+        login.add_route("POST", pages.login)
+        router.add_post("/admin/logout", pages.logout, name="admin_ui.logout")
+        page = router.add_resource("/admin/ui/credentials", name="admin_ui.credentials")
+        page.add_route("GET", pages.credentials_page)
+        page.add_route("POST", pages.create)
+        router.add_post(
+            "/admin/ui/credentials/{id}/{action:enable|disable|rotate|delete}",
+            pages.act,
+            name="admin_ui.act",
+        )
     role = app.get(WORKER)
     if role is not None:  # each worker keeps its own lockouts: siblings lift theirs too
         role.commands.register("lockout-clear", operations.lift_own_lockout(app[GUARD]))

@@ -1,0 +1,1 @@
+"""The web admin at /admin/: server-rendered pages over the credential database."""

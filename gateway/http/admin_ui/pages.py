@@ -1,0 +1,301 @@
+"""The web admin's pages: log in, credentials, log out.
+
+Credentials: list, search, create, enable, disable, rotate, delete. Server-rendered
+with autoescaping templates and usable without JavaScript (only the copy button uses
+it). Every state change is a POST carrying the session's CSRF token; a missing or wrong
+one is a 403 page. The login form counts failed logins toward the lockout like
+any other Basic login, and only a credential holding `admin` gets in.
+"""
+
+from __future__ import annotations
+
+import base64
+import secrets
+import time
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+from jinja2 import Environment, FileSystemLoader, select_autoescape
+
+from gateway.auth.passwords import hash_new_password
+from gateway.auth.principal import Principal
+from gateway.config.settings import AdminUiConfig
+from gateway.errors import GatewayError
+from gateway.http.admin_ui.sessions import COOKIE, AdminSession, SessionKeeper
+from gateway.http.handlers.admin_credentials import actor_of, changed, create_checked
+from gateway.http.keys import ADMIN_UI, CREDENTIAL_SOURCES, PRINCIPAL
+from gateway.http.middlewares import authenticate_request
+from gateway.secret import Secret
+from gateway.store.credentials import check_changes, new_secret
+from gateway.xapi.scopes import KNOWN_SCOPES
+
+__all__ = ["AdminUi", "act", "create", "credentials_page", "index", "login", "login_form", "logout"]
+
+LOGIN_COOKIE = "lrs_gateway_login"  # the login form's own CSRF token, before any session
+_TEMPLATES = Path(__file__).parent / "templates"
+
+
+def _when(moment: float | None) -> str:
+    if moment is None:
+        return "never"
+    return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(moment))
+
+
+class AdminUi:
+    """The templates, the session keeper and the cookie settings of the web admin."""
+
+    def __init__(self, config: AdminUiConfig, keeper: SessionKeeper) -> None:
+        self.config = config
+        self.keeper = keeper
+        self._env = Environment(
+            loader=FileSystemLoader(_TEMPLATES),
+            autoescape=select_autoescape(default=True, default_for_string=True),
+        )
+        self._env.filters["when"] = _when
+
+    def render(
+        self,
+        name: str,
+        *,
+        status: int = 200,
+        session: AdminSession | None = None,
+        **context: Any,
+    ) -> web.Response:
+        """A page, with headers that keep it out of frames, caches and other origins."""
+        nonce = secrets.token_urlsafe(16)
+        body = self._env.get_template(name).render(session=session, nonce=nonce, **context)
+        response = web.Response(text=body, status=status, content_type="text/html")
+        response.headers["Content-Security-Policy"] = (
+            "default-src 'none'; style-src 'unsafe-inline'; img-src 'self'; "
+            f"script-src 'nonce-{nonce}'; form-action 'self'; frame-ancestors 'none'; "
+            "base-uri 'none'"
+        )
+        response.headers["Cache-Control"] = "no-store"
+        response.headers["X-Content-Type-Options"] = "nosniff"
+        response.headers["Referrer-Policy"] = "no-referrer"
+        return response
+
+    def set_cookie(self, response: web.StreamResponse, name: str, value: str) -> None:
+        """HttpOnly, SameSite=Strict, Secure unless configured for local http."""
+        response.set_cookie(
+            name,
+            value,
+            path="/admin",
+            httponly=True,
+            samesite="Strict",
+            secure=self.config.secure_cookie,
+        )
+
+
+def _ui(request: web.Request) -> AdminUi:
+    return request.app[ADMIN_UI]
+
+
+def _admin_now(request: web.Request, session: AdminSession) -> Principal | None:
+    """The session's person as they are now: None once they no longer hold `admin`."""
+    if session.scheme != "basic":
+        return None  # only Basic logins so far; OIDC single sign-on comes with its own check
+    credential = request.app[CREDENTIAL_SOURCES].get(session.subject)
+    if credential is None or "admin" not in credential.scopes:
+        return None
+    return Principal(session.subject, credential.agent, credential.scopes, "basic")
+
+
+def _session(request: web.Request) -> tuple[AdminSession, Principal] | None:
+    session = _ui(request).keeper.read(request.cookies.get(COOKIE))
+    if session is None:
+        return None
+    principal = _admin_now(request, session)
+    return None if principal is None else (session, principal)
+
+
+def _redirect(location: str) -> web.Response:
+    """303 See Other: after a form, the browser GETs the next page."""
+    return web.Response(status=303, headers={"Location": location})
+
+
+def _to_login() -> web.Response:
+    response = _redirect("/admin/login")
+    response.del_cookie(COOKIE, path="/admin")
+    return response
+
+
+def _renewed(request: web.Request, response: web.Response, session: AdminSession) -> web.Response:
+    _ui(request).set_cookie(response, COOKIE, _ui(request).keeper.seal(session))
+    return response
+
+
+async def index(request: web.Request) -> web.Response:
+    """GET /admin/: the credentials page, or the login form."""
+    if _session(request) is None:
+        return _to_login()
+    return _redirect("/admin/ui/credentials")
+
+
+async def login_form(
+    request: web.Request, error: str | None = None, status: int = 200
+) -> web.Response:
+    """GET /admin/login."""
+    token = secrets.token_urlsafe(24)
+    response = _ui(request).render(
+        "login.html", title="Log in", login_token=token, error=error, status=status
+    )
+    _ui(request).set_cookie(response, LOGIN_COOKIE, token)
+    return response
+
+
+async def login(request: web.Request) -> web.Response:
+    """POST /admin/login: a credential holding `admin` gets a session."""
+    form = await request.post()
+    given = form.get("csrf")
+    expected = request.cookies.get(LOGIN_COOKIE)
+    if not isinstance(given, str) or not expected or not secrets.compare_digest(given, expected):
+        return _forbidden(request, "The login form has expired: load it again.", "/admin/login")
+    username, password = form.get("username"), form.get("password")
+    if not isinstance(username, str) or not isinstance(password, str) or not username:
+        return await login_form(request, "Username and password, please.", 400)
+    authorization = "Basic " + base64.b64encode(f"{username}:{password}".encode()).decode()
+    try:
+        principal = await authenticate_request(request, authorization)
+    except GatewayError as refused:
+        return await login_form(request, refused.message, refused.status)
+    if "admin" not in principal.scopes:
+        return _forbidden(request, "This credential does not hold the admin scope.", "/admin/login")
+    session = _ui(request).keeper.new(principal.id, principal.scheme)
+    response = _renewed(request, _redirect("/admin/ui/credentials"), session)
+    response.del_cookie(LOGIN_COOKIE, path="/admin")
+    return response
+
+
+def _forbidden(
+    request: web.Request, message: str, back: str, session: AdminSession | None = None
+) -> web.Response:
+    return _ui(request).render(
+        "message.html", title="Not allowed", message=message, back=back, status=403, session=session
+    )
+
+
+async def _checked_post(
+    request: web.Request,
+) -> tuple[AdminSession, Principal, Any] | web.Response:
+    """The session, the person and the form of a state change; else the page to answer."""
+    found = _session(request)
+    if found is None:
+        return _to_login()
+    session, principal = found
+    form = await request.post()
+    given = form.get("csrf")
+    if not session.csrf_matches(given if isinstance(given, str) else None):
+        return _forbidden(
+            request,
+            "This form has no valid CSRF token: reload the page.",
+            "/admin/ui/credentials",
+            session,
+        )
+    request[PRINCIPAL] = principal
+    return session, principal, form
+
+
+async def logout(request: web.Request) -> web.Response:
+    """POST /admin/logout."""
+    checked = await _checked_post(request)
+    if isinstance(checked, web.Response):
+        return checked
+    return _to_login()
+
+
+async def credentials_page(
+    request: web.Request,
+    *,
+    shown_secret: dict[str, str] | None = None,
+    error: str | None = None,
+    status: int = 200,
+    found: tuple[AdminSession, Principal] | None = None,
+) -> web.Response:
+    """GET /admin/ui/credentials?search=: the list, the create form, a new secret once."""
+    found = found or _session(request)
+    if found is None:
+        return _to_login()
+    session, _ = found
+    database = request.app[CREDENTIAL_SOURCES].database
+    assert database is not None
+    search = request.query.get("search") or None
+    credentials, total = await database.page(offset=0, limit=500, search=search)
+    response = _ui(request).render(
+        "credentials.html",
+        title="Credentials",
+        session=session,
+        credentials=credentials,
+        total=total,
+        search=search,
+        shown_secret=shown_secret,
+        error=error,
+        status=status,
+        known_scopes=" ".join(sorted(KNOWN_SCOPES)),
+    )
+    return _renewed(request, response, session)
+
+
+async def create(request: web.Request) -> web.Response:
+    """POST /admin/ui/credentials: create; the page then shows the secret once."""
+    checked = await _checked_post(request)
+    if isinstance(checked, web.Response):
+        return checked
+    session, principal, form = checked
+    fields: dict[str, Any] = {
+        "name": str(form.get("name", "")),
+        "scopes": str(form.get("scopes", "")).split(),
+    }
+    if str(form.get("username", "")).strip():
+        fields["username"] = str(form["username"]).strip()
+    try:
+        stored, secret = await create_checked(
+            request, check_changes(fields, sorted(fields)), actor=actor_of(principal)
+        )
+    except GatewayError as refused:
+        return await credentials_page(
+            request, error=refused.message, status=refused.status, found=(session, principal)
+        )
+    assert secret is not None
+    return await credentials_page(
+        request,
+        shown_secret={"username": stored.username, "secret": secret},
+        found=(session, principal),
+    )
+
+
+async def act(request: web.Request) -> web.Response:
+    """POST /admin/ui/credentials/{id}/{enable|disable|rotate|delete}."""
+    checked = await _checked_post(request)
+    if isinstance(checked, web.Response):
+        return checked
+    session, principal, form = checked
+    database = request.app[CREDENTIAL_SOURCES].database
+    assert database is not None
+    credential_id, action = request.match_info["id"], request.match_info["action"]
+    actor = actor_of(principal)
+    found = await database.get(credential_id)
+    if found is None:
+        return await credentials_page(
+            request, error="That credential is gone.", status=404, found=(session, principal)
+        )
+    shown: dict[str, str] | None = None
+    if action in ("enable", "disable"):
+        await database.update(credential_id, {"enabled": action == "enable"}, actor=actor)
+    elif action == "rotate":
+        secret = new_secret()
+        await database.rotate(credential_id, Secret(await hash_new_password(secret)), actor=actor)
+        shown = {"username": found.username, "secret": secret}
+    elif action == "delete":
+        if form.get("confirm") != "yes":
+            return await credentials_page(
+                request, error="Tick 'sure' to delete.", status=400, found=(session, principal)
+            )
+        await database.delete(credential_id, actor=actor)
+    else:
+        raise web.HTTPNotFound()
+    await changed(request)
+    if shown is not None:
+        return await credentials_page(request, shown_secret=shown, found=(session, principal))
+    return _renewed(request, _redirect("/admin/ui/credentials"), session)

@@ -1,0 +1,100 @@
+"""Admin sessions in a cookie: encrypted and signed (Fernet), with idle and absolute expiry.
+
+The key lives in the shared data_dir (created once, 0600), so every worker process reads
+every session. The cookie holds who logged in and the session's CSRF token; it is checked
+again on every request, and the person must still hold `admin` (a disabled admin is out
+at once).
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography.fernet import Fernet, InvalidToken
+
+from gateway.clock import Clock
+
+__all__ = ["COOKIE", "AdminSession", "SessionKeeper", "session_key"]
+
+COOKIE = "lrs_gateway_admin"
+KEY_FILE = "admin-session.key"
+
+
+def session_key(data_dir: Path) -> bytes:
+    """The Fernet key in `data_dir`, made on first use (several workers may race to it)."""
+    path = data_dir / KEY_FILE
+    data_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return path.read_bytes().strip()
+    key = Fernet.generate_key()
+    with os.fdopen(descriptor, "wb") as file:
+        file.write(key)
+    return key
+
+
+@dataclass(frozen=True, slots=True)
+class AdminSession:
+    """Who is logged in, and the token every form of this session must carry."""
+
+    subject: str  # the principal's id
+    scheme: str
+    csrf: str
+    issued_at: float
+    seen_at: float
+
+    def csrf_matches(self, given: str | None) -> bool:
+        """Whether a form's CSRF token is this session's (compared in constant time)."""
+        return given is not None and hmac.compare_digest(given, self.csrf)
+
+
+class SessionKeeper:
+    """Issues, reads and renews session cookies."""
+
+    def __init__(self, key: bytes, *, clock: Clock, idle: float, absolute: float) -> None:
+        self._fernet = Fernet(key)
+        self._clock = clock
+        self._idle = idle
+        self._absolute = absolute
+
+    def new(self, subject: str, scheme: str) -> AdminSession:
+        """A fresh session for a person who just logged in."""
+        now = self._clock.now()
+        return AdminSession(subject, scheme, secrets.token_urlsafe(32), now, now)
+
+    def seal(self, session: AdminSession) -> str:
+        """The cookie value: the session encrypted and signed."""
+        payload = {
+            "sub": session.subject,
+            "scheme": session.scheme,
+            "csrf": session.csrf,
+            "iat": session.issued_at,
+            "seen": session.seen_at,
+        }
+        return self._fernet.encrypt(json.dumps(payload).encode()).decode()
+
+    def read(self, cookie: str | None) -> AdminSession | None:
+        """The session in a cookie, renewed for this request; None if bad or expired."""
+        if not cookie:
+            return None
+        try:
+            payload = json.loads(self._fernet.decrypt(cookie.encode()))
+            session = AdminSession(
+                str(payload["sub"]),
+                str(payload["scheme"]),
+                str(payload["csrf"]),
+                float(payload["iat"]),
+                float(payload["seen"]),
+            )
+        except (InvalidToken, ValueError, KeyError, TypeError):
+            return None
+        now = self._clock.now()
+        if now - session.issued_at > self._absolute or now - session.seen_at > self._idle:
+            return None
+        return AdminSession(session.subject, session.scheme, session.csrf, session.issued_at, now)

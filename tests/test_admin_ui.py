@@ -1,0 +1,256 @@
+"""The web admin at /admin/: login, sessions, CSRF, credentials pages; and in a real browser."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+from prometheus_client import CollectorRegistry
+from realparts.chromium import Chromium
+from support import FakeLRS, basic, credential, write_config
+
+from gateway.clock import ManualClock
+from gateway.config.settings import Config
+from gateway.http.app import create_app
+from gateway.http.keys import CREDENTIAL_SOURCES
+
+Client = TestClient[web.Request, web.Application]
+USERS = [
+    credential("admin", "admin-password", ["all", "admin"]),
+    credential("lms", "lms-password", ["statements/write"]),
+]
+STATEMENT = {
+    "actor": {"mbox": "mailto:learner@example.com"},
+    "verb": {"id": "http://adlnet.gov/expapi/verbs/completed"},
+    "object": {"id": "http://example.com/course/1"},
+}
+CSRF = re.compile(r'name="csrf" value="([^"]+)"')
+
+
+@pytest.fixture
+async def config(tmp_path: Path, aiohttp_server: Any) -> Config:
+    storage: TestServer = await aiohttp_server(FakeLRS().app())
+    # Plain http in tests: the default (Secure cookies) is checked on its own below.
+    return write_config(
+        tmp_path, str(storage.make_url("/xAPI/")), USERS, {"admin_ui": {"secure_cookie": False}}
+    )
+
+
+@pytest.fixture
+async def client(config: Config, aiohttp_client: Any) -> Client:
+    made: Client = await aiohttp_client(create_app(config, registry=CollectorRegistry()))
+    return made
+
+
+def csrf_of(page: str) -> str:
+    found = CSRF.search(page)
+    assert found is not None, page
+    return found.group(1)
+
+
+async def log_in(
+    client: Client,
+    username: str = "admin",
+    password: str = "admin-password",  # noqa: S107
+) -> aiohttp.ClientResponse:
+    form = await client.get("/admin/login")
+    # Sent by hand: a Secure cookie (the default) never comes back over plain http.
+    token = form.cookies["lrs_gateway_login"].value
+    return await client.post(
+        "/admin/login",
+        data={"csrf": csrf_of(await form.text()), "username": username, "password": password},
+        headers={"Cookie": f"lrs_gateway_login={token}"},
+        allow_redirects=False,
+    )
+
+
+async def credentials_page(client: Client) -> str:
+    answer = await client.get("/admin/ui/credentials", allow_redirects=False)
+    assert answer.status == 200, answer.status
+    return await answer.text()
+
+
+async def test_without_a_session_every_page_leads_to_the_login(client: Client) -> None:
+    for path in ("/admin/", "/admin/ui/credentials"):
+        answer = await client.get(path, allow_redirects=False)
+        assert (answer.status, answer.headers["Location"]) == (303, "/admin/login")
+    answer = await client.post("/admin/ui/credentials", data={"name": "x"}, allow_redirects=False)
+    assert answer.status == 303
+
+
+async def test_an_admin_logs_in_and_the_cookie_is_locked_down(
+    tmp_path: Path, aiohttp_server: Any, aiohttp_client: Any
+) -> None:
+    storage: TestServer = await aiohttp_server(FakeLRS().app())
+    config = write_config(tmp_path, str(storage.make_url("/xAPI/")), USERS)  # the defaults
+    client: Client = await aiohttp_client(create_app(config, registry=CollectorRegistry()))
+    answer = await log_in(client)
+    assert (answer.status, answer.headers["Location"]) == (303, "/admin/ui/credentials")
+    cookie = next(c for c in answer.headers.getall("Set-Cookie") if "lrs_gateway_admin=" in c)
+    for flag in ("HttpOnly", "SameSite=Strict", "Secure", "Path=/admin"):
+        assert flag in cookie, cookie
+    assert "admin-password" not in cookie
+
+
+async def test_pages_forbid_framing_scripts_from_elsewhere_and_caching(client: Client) -> None:
+    answer = await client.get("/admin/login")
+    policy = answer.headers["Content-Security-Policy"]
+    assert "frame-ancestors 'none'" in policy
+    assert "script-src 'nonce-" in policy
+    assert answer.headers["Cache-Control"] == "no-store"
+
+
+@pytest.mark.parametrize(
+    ("username", "password", "status", "said"),
+    [
+        ("admin", "wrong-password", 401, "unknown user or wrong password"),
+        ("lms", "lms-password", 403, "does not hold the admin scope"),
+    ],
+)
+async def test_a_wrong_password_or_a_non_admin_does_not_get_in(
+    client: Client, username: str, password: str, status: int, said: str
+) -> None:
+    answer = await log_in(client, username, password)
+    assert answer.status == status
+    assert said in await answer.text()
+    assert "lrs_gateway_admin" not in answer.cookies
+    assert (await client.get("/admin/ui/credentials", allow_redirects=False)).status == 303
+
+
+async def test_a_login_without_the_forms_token_is_403(client: Client) -> None:
+    answer = await client.post(
+        "/admin/login", data={"username": "admin", "password": "admin-password"}
+    )
+    assert answer.status == 403
+    assert "expired" in await answer.text()
+
+
+async def test_failed_logins_count_toward_the_lockout(
+    tmp_path: Path, aiohttp_server: Any, aiohttp_client: Any
+) -> None:
+    storage: TestServer = await aiohttp_server(FakeLRS().app())
+    config = write_config(
+        tmp_path,
+        str(storage.make_url("/xAPI/")),
+        USERS,
+        {"admin_ui": {"secure_cookie": False}, "lockout": {"max_failures": 3, "tarpit": 0.01}},
+    )
+    client: Client = await aiohttp_client(create_app(config, registry=CollectorRegistry()))
+    statuses = [(await log_in(client, "admin", "wrong-password")).status for _ in range(4)]
+    assert statuses[:3] == [401, 401, 401]
+    assert statuses[3] == 429
+    # The Basic API sees the same lockout: it is one account.
+    answer = await client.get("/xAPI/statements", headers=basic("admin", "admin-password"))
+    assert answer.status == 429
+
+
+async def test_state_changes_need_the_sessions_csrf_token(client: Client) -> None:
+    await log_in(client)
+    page = await credentials_page(client)
+    refused = await client.post(
+        "/admin/ui/credentials", data={"name": "x", "scopes": "all"}, allow_redirects=False
+    )
+    assert refused.status == 403
+    forged = await client.post(
+        "/admin/ui/credentials",
+        data={"csrf": "forged", "name": "x", "scopes": "all"},
+        allow_redirects=False,
+    )
+    assert forged.status == 403
+    made = await client.post(
+        "/admin/ui/credentials", data={"csrf": csrf_of(page), "name": "x", "scopes": "all"}
+    )
+    assert made.status == 200
+    assert "shown this once" in await made.text()
+
+
+async def test_names_are_shown_escaped(client: Client) -> None:
+    await log_in(client)
+    page = await credentials_page(client)
+    name = "<script>alert(1)</script>"
+    made = await client.post(
+        "/admin/ui/credentials", data={"csrf": csrf_of(page), "name": name, "scopes": "all"}
+    )
+    text = await made.text()
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in text
+    assert name not in text
+
+
+async def test_an_idle_session_expires(config: Config, aiohttp_client: Any) -> None:
+    clock = ManualClock()
+    client: Client = await aiohttp_client(
+        create_app(config, registry=CollectorRegistry(), clock=clock)
+    )
+    await log_in(client)
+    await credentials_page(client)
+    clock.advance(config.admin_ui.idle_timeout - 1)
+    await credentials_page(client)  # a page renews the session
+    clock.advance(config.admin_ui.idle_timeout + 1)
+    answer = await client.get("/admin/ui/credentials", allow_redirects=False)
+    assert (answer.status, answer.headers["Location"]) == (303, "/admin/login")
+
+
+async def test_an_admin_who_loses_the_admin_scope_is_out_at_once(
+    client: Client, config: Config
+) -> None:
+    await log_in(client)
+    await credentials_page(client)
+    demoted = [credential("admin", "admin-password", ["all"]), USERS[1]]
+    (Path(config.base_dir) / "auth.json").write_text(json.dumps(demoted))
+    await client.app[CREDENTIAL_SOURCES].file.check_for_change()
+    answer = await client.get("/admin/ui/credentials", allow_redirects=False)
+    assert answer.status == 303
+
+
+async def test_logout_ends_the_session(client: Client) -> None:
+    await log_in(client)
+    page = await credentials_page(client)
+    answer = await client.post("/admin/logout", data={"csrf": csrf_of(page)}, allow_redirects=False)
+    assert answer.status == 303
+    assert (await client.get("/admin/ui/credentials", allow_redirects=False)).status == 303
+
+
+# -- in a real browser ---------------------------------------------------------------------
+
+
+@pytest.mark.chromium
+async def test_in_a_browser_an_admin_creates_a_credential_then_disables_it(
+    config: Config, aiohttp_server: Any, chromium: Chromium
+) -> None:
+    """Log in, create a credential, use it from here (200), disable it in the page, 401."""
+    server: TestServer = await aiohttp_server(create_app(config, registry=CollectorRegistry()))
+    base = str(server.make_url("")).rstrip("/")
+    await chromium.reset()
+    await chromium.open(f"{base}/admin/")
+    await chromium.screenshot("admin login")
+    await chromium.fill("input[name=username]", "admin")
+    await chromium.fill("input[name=password]", "admin-password")
+    await chromium.click("#login")
+    await chromium.wait_for_text("h1", "Credentials")
+    await chromium.fill("#create input[name=name]", "Moodle <prod>")
+    await chromium.fill("#create input[name=scopes]", "statements/write")
+    await chromium.click("#create-button")
+    username = await chromium.text("#shown-username")
+    secret = await chromium.text("#shown-secret")
+    await chromium.screenshot("admin credential created")
+    assert "Moodle <prod>" in await chromium.body_text()
+
+    async with aiohttp.ClientSession() as session:
+
+        async def post() -> int:
+            async with session.post(
+                f"{base}/xAPI/statements", json=STATEMENT, headers=basic(username, secret)
+            ) as answer:
+                return answer.status
+
+        assert await post() == 200
+        await chromium.click(f"tr[data-username='{username}'] button.disable")
+        await chromium.wait_for_text(f"tr[data-username='{username}'] td.enabled", "no")
+        await chromium.screenshot("admin credential disabled")
+        assert await post() == 401
