@@ -13,7 +13,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client import CollectorRegistry
 from realparts.chromium import Chromium
-from support import FakeLRS, basic, credential, write_config
+from support import FakeLRS, FakeTarget, basic, credential, eventually, write_config
 
 from gateway.clock import ManualClock
 from gateway.config.settings import Config
@@ -91,7 +91,7 @@ async def test_an_admin_logs_in_and_the_cookie_is_locked_down(
     config = write_config(tmp_path, str(storage.make_url("/xAPI/")), USERS)  # the defaults
     client: Client = await aiohttp_client(create_app(config, registry=CollectorRegistry()))
     answer = await log_in(client)
-    assert (answer.status, answer.headers["Location"]) == (303, "/admin/ui/credentials")
+    assert (answer.status, answer.headers["Location"]) == (303, "/admin/ui/overview")
     cookie = next(c for c in answer.headers.getall("Set-Cookie") if "lrs_gateway_admin=" in c)
     for flag in ("HttpOnly", "SameSite=Strict", "Secure", "Path=/admin"):
         assert flag in cookie, cookie
@@ -232,6 +232,9 @@ async def test_in_a_browser_an_admin_creates_a_credential_then_disables_it(
     await chromium.fill("input[name=username]", "admin")
     await chromium.fill("input[name=password]", "admin-password")
     await chromium.click("#login")
+    await chromium.wait_for_text("h1", "Overview")
+    await chromium.screenshot("admin overview")
+    await chromium.click("header a[href='/admin/ui/credentials']")
     await chromium.wait_for_text("h1", "Credentials")
     await chromium.fill("#create input[name=name]", "Moodle <prod>")
     await chromium.fill("#create input[name=scopes]", "statements/write")
@@ -254,3 +257,54 @@ async def test_in_a_browser_an_admin_creates_a_credential_then_disables_it(
         await chromium.wait_for_text(f"tr[data-username='{username}'] td.enabled", "no")
         await chromium.screenshot("admin credential disabled")
         assert await post() == 401
+    await chromium.click("header a[href='/admin/ui/forwarding']")
+    await chromium.wait_for_text("h1", "Forwarding")
+    await chromium.screenshot("admin forwarding")
+
+
+async def test_the_overview_tells_readiness_versions_and_credentials(client: Client) -> None:
+    await log_in(client)
+    answer = await client.get("/admin/ui/overview", allow_redirects=False)
+    text = await answer.text()
+    assert answer.status == 200
+    assert 'id="ready"' in text
+    assert "1.0.3" in text
+    assert "2 in the file, 0 in the database" in text
+
+
+async def test_the_forwarding_page_shows_each_targets_figures(
+    tmp_path: Path, aiohttp_server: Any, aiohttp_client: Any
+) -> None:
+    storage: TestServer = await aiohttp_server(FakeLRS().app())
+    target = FakeTarget()
+    target_server: TestServer = await aiohttp_server(target.app())
+    config = write_config(
+        tmp_path,
+        str(storage.make_url("/xAPI/")),
+        USERS,
+        {
+            "admin_ui": {"secure_cookie": False},
+            "data_dir": "data",
+            "forwardings": [
+                {
+                    "name": "analytics",
+                    "is_active": True,
+                    "url": str(target_server.make_url("/xAPI/statements")),
+                    "max_retries": 3,
+                    "timeout": 5,
+                }
+            ],
+        },
+    )
+    client: Client = await aiohttp_client(create_app(config, registry=CollectorRegistry()))
+    answer = await client.post(
+        "/xAPI/statements", json=STATEMENT, headers=basic("lms", "lms-password")
+    )
+    assert answer.status == 200
+    await log_in(client)
+
+    async def delivered() -> bool:
+        page = await (await client.get("/admin/ui/forwarding")).text()
+        return '<td class="delivered">1</td>' in page and 'data-target="analytics"' in page
+
+    await eventually(delivered, within=10, what="the delivery on the forwarding page")

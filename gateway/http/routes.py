@@ -77,6 +77,8 @@ def setup_routes(
         login.add_route("GET", pages.login_form)
         login.add_route("POST", pages.login)
         router.add_post("/admin/logout", pages.logout, name="admin_ui.logout")
+        router.add_get("/admin/ui/overview", pages.overview_page, name="admin_ui.overview")
+        router.add_get("/admin/ui/forwarding", pages.forwarding_page, name="admin_ui.forwarding")
         page = router.add_resource("/admin/ui/credentials", name="admin_ui.credentials")
         page.add_route("GET", pages.credentials_page)
         page.add_route("POST", pages.create)

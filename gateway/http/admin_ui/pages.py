@@ -24,13 +24,26 @@ from gateway.config.settings import AdminUiConfig
 from gateway.errors import GatewayError
 from gateway.http.admin_ui.sessions import COOKIE, AdminSession, SessionKeeper
 from gateway.http.handlers.admin_credentials import actor_of, changed, create_checked
-from gateway.http.keys import ADMIN_UI, CREDENTIAL_SOURCES, PRINCIPAL
+from gateway.http.handlers.operations import forwarding_document
+from gateway.http.keys import ADMIN_UI, CREDENTIAL_SOURCES, PRINCIPAL, STORAGE, VERSIONS
 from gateway.http.middlewares import authenticate_request
+from gateway.http.readiness import check_readiness
 from gateway.secret import Secret
 from gateway.store.credentials import check_changes, new_secret
 from gateway.xapi.scopes import KNOWN_SCOPES
 
-__all__ = ["AdminUi", "act", "create", "credentials_page", "index", "login", "login_form", "logout"]
+__all__ = [
+    "AdminUi",
+    "act",
+    "create",
+    "credentials_page",
+    "forwarding_page",
+    "index",
+    "login",
+    "login_form",
+    "logout",
+    "overview_page",
+]
 
 LOGIN_COOKIE = "lrs_gateway_login"  # the login form's own CSRF token, before any session
 _TEMPLATES = Path(__file__).parent / "templates"
@@ -130,7 +143,7 @@ async def index(request: web.Request) -> web.Response:
     """GET /admin/: the credentials page, or the login form."""
     if _session(request) is None:
         return _to_login()
-    return _redirect("/admin/ui/credentials")
+    return _redirect("/admin/ui/overview")
 
 
 async def login_form(
@@ -163,7 +176,7 @@ async def login(request: web.Request) -> web.Response:
     if "admin" not in principal.scopes:
         return _forbidden(request, "This credential does not hold the admin scope.", "/admin/login")
     session = _ui(request).keeper.new(principal.id, principal.scheme)
-    response = _renewed(request, _redirect("/admin/ui/credentials"), session)
+    response = _renewed(request, _redirect("/admin/ui/overview"), session)
     response.del_cookie(LOGIN_COOKIE, path="/admin")
     return response
 
@@ -299,3 +312,38 @@ async def act(request: web.Request) -> web.Response:
     if shown is not None:
         return await credentials_page(request, shown_secret=shown, found=(session, principal))
     return _renewed(request, _redirect("/admin/ui/credentials"), session)
+
+
+async def overview_page(request: web.Request) -> web.Response:
+    """GET /admin/ui/overview: readiness, storage and its versions, the credential counts."""
+    found = _session(request)
+    if found is None:
+        return _to_login()
+    session, _ = found
+    report = await check_readiness(request.app)
+    sources = request.app[CREDENTIAL_SOURCES]
+    response = _ui(request).render(
+        "overview.html",
+        title="Overview",
+        session=session,
+        ready=report.ready,
+        checks=report.checks,
+        storage_url=str(request.app[STORAGE].base.with_user(None)),  # no userinfo shown
+        versions=request.app[VERSIONS].versions,
+        file_users=len(sources.file),
+        database_users=len(sources) - len(sources.file),
+    )
+    return _renewed(request, response, session)
+
+
+async def forwarding_page(request: web.Request) -> web.Response:
+    """GET /admin/ui/forwarding: every target's state, backlog, lag, deliveries, dead letters."""
+    found = _session(request)
+    if found is None:
+        return _to_login()
+    session, _ = found
+    document = await forwarding_document(request.app)
+    response = _ui(request).render(
+        "forwarding.html", title="Forwarding", session=session, targets=document["targets"]
+    )
+    return _renewed(request, response, session)

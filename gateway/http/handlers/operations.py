@@ -38,6 +38,7 @@ from gateway.xapi.statements import parse_json_body
 
 __all__ = [
     "about",
+    "forwarding_document",
     "forwarding_status",
     "heartbeat",
     "lbheartbeat",
@@ -129,11 +130,16 @@ async def forwarding_status(request: web.Request) -> web.Response:
     """
     if "admin" not in request[PRINCIPAL].scopes:
         raise Forbidden("the forwarding status needs the admin scope")
-    own = await _own_forwarding(request.app)
-    role = request.app.get(WORKER)
+    return web.json_response(await forwarding_document(request.app))
+
+
+async def forwarding_document(app: web.Application) -> dict[str, Any]:
+    """Every forwarding target's figures, every worker's outbox added up."""
+    own = await _own_forwarding(app)
+    role = app.get(WORKER)
     # Outboxes of workers an earlier run had more of: what they delivered still counts,
     # as `lrs-gateway forwarding status` counts it.
-    config = request.app[CONFIG]
+    config = app[CONFIG]
     data_dir = config.resolve_path(config.data_dir)
     if role is not None:
         data_dir = shared_data_dir(data_dir, role)
@@ -141,11 +147,11 @@ async def forwarding_status(request: web.Request) -> web.Response:
         _retired, data_dir, 1 if role is None else role.count, [t.label for t in config.forwardings]
     )
     if role is None:
-        return web.json_response(merged_status([own, *retired]) if retired else own)
+        return merged_status([own, *retired]) if retired else own
     others, missing = await sibling_documents(role, "/forwarding")
     document = merged_status([own, *(json.loads(o) for o in others), *retired])
     document["workers"] = {"count": role.count, "unanswered": missing}
-    return web.json_response(document)
+    return document
 
 
 def _retired(data_dir: Path, count: int, names: list[str]) -> list[dict[str, Any]]:
