@@ -322,7 +322,9 @@ fi
 # While the Ralphs start: the demo credential, written afresh each run (its password is
 # kept), and the forwarding configuration.
 rm -f "$DEMO/auth.json"
-.venv/bin/lrs-gateway auth add --username demo --password "$DEMO_PASSWORD" --scope all \
+# --password=VALUE: a generated password may start with "-", which argparse would take
+# for an option of its own.
+.venv/bin/lrs-gateway auth add --username demo --password="$DEMO_PASSWORD" --scope all \
     --agent-mbox mailto:demo@example.com -w --file "$DEMO/auth.json" >/dev/null
 
 FORWARDINGS='[]'
