@@ -140,7 +140,7 @@ def _renewed(request: web.Request, response: web.Response, session: AdminSession
 
 
 async def index(request: web.Request) -> web.Response:
-    """GET /admin/: the credentials page, or the login form."""
+    """GET /admin/: the overview, or the login form."""
     if _session(request) is None:
         return _to_login()
     return _redirect("/admin/ui/overview")
