@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from realparts.chromium import ARTIFACTS_ENV, Chromium, run_chromium
 from realparts.learninglocker import ACTIVITY_PROFILES, LearningLockerServer, run_learning_locker
-from realparts.oidc import OidcClient, OidcProvider, run_oidc_provider
+from realparts.oidc import OidcClient, OidcProvider, OidcPublicClient, run_oidc_provider
 from realparts.ralph import RalphServer, run_ralph
 
 
@@ -99,6 +99,11 @@ def oidc_provider(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OidcProv
     for read/mine isolation), `admin`, `short-lived` (access tokens live 1 s, for expiry
     tests), `es256` (tokens signed ES256 instead of RS256). Everyone else: 300 s, RS256.
 
+    People sign in through its login page (Authorization Code + PKCE, public clients with
+    a loopback redirect to `/admin/callback` on any port): `admin-ui` may get every scope,
+    `admin-ui-no-admin` every one but `lrs:admin`. Any login name is an account; `alice`'s
+    ID token carries `groups: ["lrs-admins"]`, `bob`'s `groups: ["staff"]` (scope `groups`).
+
         token = await oidc_provider.token("lms-a", "lrs:statements/write")
         headers = {"Authorization": f"Bearer {token}"}
     """
@@ -108,11 +113,19 @@ def oidc_provider(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OidcProv
     ]
     clients.append(OidcClient("short-lived", secrets.token_urlsafe(24), access_token_ttl=1))
     clients.append(OidcClient("es256", secrets.token_urlsafe(24), alg="ES256"))
+    public_clients = [
+        OidcPublicClient("admin-ui"),
+        OidcPublicClient(
+            "admin-ui-no-admin", scopes=tuple(s for s in OIDC_SCOPES if s != "lrs:admin")
+        ),
+    ]
     with run_oidc_provider(
         tmp_path_factory.mktemp("oidc"),
         clients=clients,
         audience=OIDC_AUDIENCE,
         scopes=OIDC_SCOPES,
+        public_clients=public_clients,
+        accounts={"alice": {"groups": ["lrs-admins"]}, "bob": {"groups": ["staff"]}},
     ) as provider:
         yield provider
 

@@ -15,10 +15,23 @@
 //       "access_token_ttl": 300,                   // optional, overrides the default
 //       "alg": "RS256",                            // optional: RS256 | PS256 | ES256 | EdDSA
 //       "scopes": null                             // optional subset of "scopes" (null: all)
-//     }]
+//     }],
+//     "public_clients": [{                          // optional: Authorization Code + PKCE
+//       "client_id": "admin-ui",
+//       "redirect_uris": ["http://127.0.0.1/admin/callback"],  // loopback: any port matches
+//       "scopes": null                             // resource scopes it may get (null: all)
+//     }],
+//     "accounts": {"alice": {"groups": ["lrs-admins"]}}  // optional: extra ID token claims
 //   }
 //
-// Only the client_credentials grant is on. Resource indicators are on and every token
+// Public clients are native-type (RFC 8252: a loopback redirect URI matches on any port),
+// with no secret and PKCE (S256) required; people sign in on the provider's own
+// development login page (any login name is an account, the password is not checked)
+// and consent on its page, then the ID token carries `sub` = the login name plus the
+// account's claims from "accounts" (released by the `groups` scope), and the access token
+// is a JWT for `audience` with the granted resource scopes.
+//
+// The client_credentials grant serves the confidential clients. Resource indicators are on and every token
 // request resolves to `audience` (the default resource when the request names none; any
 // other `resource` is refused with invalid_target), so access tokens are JWTs
 // (`typ: at+jwt`) with iss = issuer, aud = audience, sub = client_id = the client id and
@@ -64,6 +77,14 @@ function loadConfig(path) {
       if (!scopes.has(scope)) fail(`client ${client.client_id}: scope ${scope} is not in "scopes"`);
     }
   }
+  for (const client of config.public_clients ?? []) {
+    if (!client.client_id || !Array.isArray(client.redirect_uris) || !client.redirect_uris.length) {
+      fail('every public client needs client_id and redirect_uris');
+    }
+    for (const scope of client.scopes ?? []) {
+      if (!scopes.has(scope)) fail(`client ${client.client_id}: scope ${scope} is not in "scopes"`);
+    }
+  }
   return config;
 }
 
@@ -81,7 +102,11 @@ const configPath = process.argv[2];
 if (!configPath) fail('usage: node provider.mjs CONFIG.json');
 const config = loadConfig(configPath);
 const defaultTtl = config.access_token_ttl ?? 300;
-const clientsById = new Map(config.clients.map((client) => [client.client_id, client]));
+const publicClients = config.public_clients ?? [];
+const clientsById = new Map(
+  [...config.clients, ...publicClients].map((client) => [client.client_id, client]),
+);
+const accounts = config.accounts ?? {};
 const keys = signingKeys();
 
 const provider = new Provider(config.issuer, {
@@ -92,14 +117,30 @@ const provider = new Provider(config.issuer, {
     response_types: [],
     redirect_uris: [],
     token_endpoint_auth_method: client.token_endpoint_auth_method ?? 'client_secret_basic',
-  })),
+  })).concat(publicClients.map((client) => ({
+    client_id: client.client_id,
+    application_type: 'native',
+    grant_types: ['authorization_code'],
+    response_types: ['code'],
+    redirect_uris: client.redirect_uris,
+    token_endpoint_auth_method: 'none',
+  }))),
+  pkce: { required: () => true },
+  // Claims in the ID token from the token endpoint too (not only from userinfo), as the
+  // admin-claim check reads them there.
+  conformIdTokenClaims: false,
+  claims: { openid: ['sub'], groups: ['groups'] },
+  findAccount: (_ctx, id) => ({
+    accountId: id,
+    claims: () => ({ ...(accounts[id] ?? {}), sub: id }),
+  }),
   jwks: { keys },
   // Listed in discovery's scopes_supported; clients carry no `scope` metadata, so this does
   // not restrict them (the resource server's scope list below does, by dropping).
-  scopes: ['openid', 'offline_access', ...config.scopes],
+  scopes: ['openid', 'offline_access', 'groups', ...config.scopes],
   cookies: { keys: [randomBytes(32).toString('hex')] },
   features: {
-    devInteractions: { enabled: false },
+    devInteractions: { enabled: publicClients.length > 0 },
     clientCredentials: { enabled: true },
     introspection: { enabled: true },
     revocation: { enabled: true },
@@ -133,6 +174,12 @@ provider.use(async (ctx, next) => {
   const started = Date.now();
   await next();
   log(`${ctx.method} ${ctx.path} ${ctx.status} ${Date.now() - started}ms`);
+});
+provider.on('authorization.success', (ctx) => {
+  log(`authorization.success client=${ctx.oidc.client?.clientId} account=${ctx.oidc.session?.accountId}`);
+});
+provider.on('authorization.error', (ctx, error) => {
+  log(`authorization.error client=${ctx.oidc?.client?.clientId} ${error.error ?? error.name}: ${error.error_description ?? error.message}`);
 });
 provider.on('grant.success', (ctx) => {
   log(`grant.success client=${ctx.oidc.client?.clientId} scope=${JSON.stringify(ctx.body?.scope ?? '')}`);

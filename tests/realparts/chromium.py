@@ -148,7 +148,9 @@ class Chromium:
     async def reset(self) -> None:
         """Forget the previous test: blank page, no cookies, no storage."""
         await self.run(lambda driver: driver.get("about:blank"))
-        await self.run(lambda driver: driver.delete_all_cookies())
+        # Every site's cookies (delete_all_cookies reaches only the current page's site):
+        # the OpenID provider's login session must not carry over to the next test.
+        await self.run(lambda driver: driver.execute_cdp_cmd("Network.clearBrowserCookies", {}))
 
     async def wait_for(
         self,

@@ -24,7 +24,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,6 +76,17 @@ class OidcClient:
     """The JWS algorithm of its access tokens."""
     scopes: tuple[str, ...] | None = None
     """Scopes it may be granted (others are dropped); None: every configured scope."""
+
+
+@dataclass(frozen=True)
+class OidcPublicClient:
+    """An Authorization Code + PKCE client (no secret), for people signing in."""
+
+    client_id: str
+    redirect_uris: tuple[str, ...] = ("http://127.0.0.1/admin/callback",)
+    """Loopback URIs match on any port (a native client, RFC 8252)."""
+    scopes: tuple[str, ...] | None = None
+    """Resource scopes it may be granted (others are dropped); None: every configured scope."""
 
 
 @dataclass(frozen=True)
@@ -181,9 +192,20 @@ def provider_config(
     audience: str,
     scopes: list[str],
     clients: list[OidcClient],
+    public_clients: Sequence[OidcPublicClient] = (),
+    accounts: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """Return the JSON config `provider.mjs` reads."""
     return {
+        "public_clients": [
+            {
+                "client_id": client.client_id,
+                "redirect_uris": list(client.redirect_uris),
+                "scopes": None if client.scopes is None else list(client.scopes),
+            }
+            for client in public_clients
+        ],
+        "accounts": {name: dict(claims) for name, claims in (accounts or {}).items()},
         "host": host,
         "port": port,
         "issuer": issuer,
@@ -254,10 +276,15 @@ def run_oidc_provider(
     clients: list[OidcClient],
     audience: str,
     scopes: list[str],
+    public_clients: Sequence[OidcPublicClient] = (),
+    accounts: Mapping[str, Mapping[str, Any]] | None = None,
     timeout: float = START_TIMEOUT,
 ) -> Iterator[OidcProvider]:
     """Start oidc-provider in `workdir`, yield it once discoverable, then stop it.
 
+    `public_clients` sign people in (the provider's own login page: any login name is an
+    account, the password is not checked); `accounts` adds claims to a login name's ID
+    token (e.g. `{"alice": {"groups": ["lrs-admins"]}}`, released by the `groups` scope).
     `workdir` receives the config (`oidc-config.json`, holding the client secrets) and the
     log (`oidc.log`). Node is `$LRS_GATEWAY_NODE`, else `node` on PATH.
     """
@@ -272,7 +299,9 @@ def run_oidc_provider(
     host = "127.0.0.1"
     port = free_port(host)
     issuer = f"http://{host}:{port}"
-    config = provider_config(host, port, issuer, audience, scopes, clients)
+    config = provider_config(
+        host, port, issuer, audience, scopes, clients, public_clients, accounts
+    )
     config_file.write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
     config_file.chmod(0o600)
     discovery_url = f"{issuer}/.well-known/openid-configuration"
