@@ -8,10 +8,13 @@ import contextlib
 import hashlib
 import inspect
 import json
+import os
+import signal
 import socket
+import sys
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -241,6 +244,62 @@ async def wait_until_serving(
                         return
             await asyncio.sleep(0.05)
     raise AssertionError(f"the gateway did not answer {url} in time")
+
+
+def gateway_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """This environment without the developer's LRS_GATEWAY_* settings, plus `extra`."""
+    env = {k: v for k, v in os.environ.items() if not k.upper().startswith("LRS_GATEWAY")}
+    return {**env, **(extra or {})}
+
+
+@dataclass
+class Served:
+    """A gateway subprocess started by `served_gateway`."""
+
+    proc: asyncio.subprocess.Process
+    base: str
+    log_file: Path
+
+    def log(self) -> str:
+        return self.log_file.read_text(errors="replace")
+
+
+@contextlib.asynccontextmanager
+async def served_gateway(
+    tmp_path: Path, port: int, *, workers: int = 1, within: float = 30.0
+) -> AsyncIterator[Served]:
+    """`lrs-gateway serve [--workers N]` on tmp_path/config.yaml, once every worker listens.
+
+    Output goes to tmp_path/gateway.log; on the way out, SIGTERM (then SIGKILL) and wait.
+    """
+    log_file = tmp_path / "gateway.log"
+    command = ["serve"] + (["--workers", str(workers)] if workers > 1 else [])
+    with log_file.open("ab") as log:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "gateway",
+            "--config",
+            str(tmp_path / "config.yaml"),
+            *command,
+            cwd=tmp_path,
+            env=gateway_env(),
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=log,
+            stderr=asyncio.subprocess.STDOUT,
+        )
+    served = Served(proc, f"http://127.0.0.1:{port}", log_file)
+    try:
+        await wait_until_serving(proc, f"{served.base}/__lbheartbeat__", within, listeners=workers)
+        yield served
+    finally:
+        if proc.returncode is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(proc.wait(), within)
+            except TimeoutError:
+                proc.kill()
+                await proc.wait()
 
 
 def listening_sockets(port: int) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 from pathlib import Path
@@ -17,8 +18,9 @@ from support import FakeLRS, FakeTarget, basic, credential, eventually, write_co
 
 from gateway.clock import ManualClock
 from gateway.config.settings import Config
+from gateway.http.admin_ui.activity import Activity, polyline
 from gateway.http.app import create_app
-from gateway.http.keys import CREDENTIAL_SOURCES
+from gateway.http.keys import ACTIVITY, CREDENTIAL_SOURCES
 
 Client = TestClient[web.Request, web.Application]
 USERS = [
@@ -262,6 +264,60 @@ async def test_in_a_browser_an_admin_creates_a_credential_then_disables_it(
     await chromium.screenshot("admin forwarding")
 
 
+async def test_the_send_again_button_replays_a_targets_dead_letters(
+    tmp_path: Path, aiohttp_server: Any, aiohttp_client: Any
+) -> None:
+    async def reject(request: web.Request, batch: list[Any]) -> web.StreamResponse | None:
+        return web.json_response({"error": "not today"}, status=400) if reject_all else None
+
+    reject_all = True
+    storage: TestServer = await aiohttp_server(FakeLRS().app())
+    target = FakeTarget(reject)
+    target_server: TestServer = await aiohttp_server(target.app())
+    config = write_config(
+        tmp_path,
+        str(storage.make_url("/xAPI/")),
+        USERS,
+        {
+            "admin_ui": {"secure_cookie": False},
+            "data_dir": "data",
+            "forwardings": [
+                {
+                    "name": "analytics",
+                    "is_active": True,
+                    "url": str(target_server.make_url("/xAPI/statements")),
+                    "max_retries": 1,
+                    "timeout": 5,
+                }
+            ],
+        },
+    )
+    client: Client = await aiohttp_client(create_app(config, registry=CollectorRegistry()))
+    answer = await client.post(
+        "/xAPI/statements", json=STATEMENT, headers=basic("lms", "lms-password")
+    )
+    (statement_id,) = await answer.json()
+    await log_in(client)
+
+    async def dead_letter_shown() -> bool:
+        page = await (await client.get("/admin/ui/forwarding")).text()
+        return '<td class="dead">1' in page and 'class="replay"' in page
+
+    await eventually(dead_letter_shown, within=10, what="the dead letter on the page")
+    page = await (await client.get("/admin/ui/forwarding")).text()
+    action = "/admin/ui/forwarding/analytics/replay"
+    assert f'action="{action}"' in page
+    forged = await client.post(action, data={"csrf": "forged"}, allow_redirects=False)
+    assert forged.status == 403
+    reject_all = False
+    replayed = await client.post(action, data={"csrf": csrf_of(page)}, allow_redirects=False)
+    assert replayed.status == 200
+    assert "1 dead letters of analytics are back in its queue" in await replayed.text()
+    await eventually(lambda: statement_id in target.stored, within=10, what="the delivery")
+    gone = await client.post("/admin/ui/forwarding/elsewhere/replay", data={"csrf": csrf_of(page)})
+    assert gone.status == 404
+
+
 async def test_the_overview_tells_readiness_versions_and_credentials(client: Client) -> None:
     await log_in(client)
     answer = await client.get("/admin/ui/overview", allow_redirects=False)
@@ -270,6 +326,53 @@ async def test_the_overview_tells_readiness_versions_and_credentials(client: Cli
     assert 'id="ready"' in text
     assert "1.0.3" in text
     assert "2 in the file, 0 in the database" in text
+
+
+async def test_the_overview_charts_request_error_and_login_rates(
+    config: Config, aiohttp_client: Any
+) -> None:
+    clock = ManualClock()
+    app = create_app(config, registry=CollectorRegistry(), clock=clock)
+    client: Client = await aiohttp_client(app)
+    activity = app[ACTIVITY]
+    await log_in(client)
+    page = await (await client.get("/admin/ui/overview")).text()
+    assert 'id="no-activity"' in page  # one sample is no rate yet
+    for _ in range(4):
+        answer = await client.post(
+            "/xAPI/statements", json=STATEMENT, headers=basic("lms", "wrong-password")
+        )
+        assert answer.status == 401
+    clock.advance(activity.interval)
+    await eventually(lambda: len(activity.rates()) == 1, what="the second sample")
+    page = await (await client.get("/admin/ui/overview")).text()
+    assert '<td id="rate-auth-refused">0.40</td>' in page  # 4 in 10 s
+    client_errors = re.search(r'<td id="rate-client-errors">([0-9.]+)</td>', page)
+    assert client_errors is not None
+    assert float(client_errors.group(1)) >= 0.4
+    assert '<svg id="chart"' in page
+
+
+def test_activity_rates_are_per_second_and_a_counter_reset_is_no_negative_rate() -> None:
+    clock = ManualClock()
+    totals = iter([{"requests": 10.0}, {"requests": 30.0}, {"requests": 5.0}])
+
+    async def read() -> dict[str, float]:
+        return next(totals)
+
+    activity = Activity(read, clock=clock, interval=10.0)
+
+    async def three_samples() -> list[float]:
+        for _ in range(3):
+            await activity.sample()
+            clock.advance(10)
+        return [r.per_second["requests"] for r in activity.rates()]
+
+    assert asyncio.run(three_samples()) == [2.0, 0.0]
+    assert (
+        polyline([0.0, 5.0, 10.0], width=100, height=50, top=10) == "0.0,50.0 50.0,25.0 100.0,0.0"
+    )
+    assert polyline([], width=100, height=50, top=10) == ""
 
 
 async def test_the_forwarding_page_shows_each_targets_figures(

@@ -388,6 +388,35 @@ async def test_replay_from_the_cli_requeues_dead_letters(make_setup: MakeSetup) 
     await eventually(lambda: set(target.stored) == set(ids), within=8)
 
 
+async def test_replay_through_the_admin_api_requeues_dead_letters(make_setup: MakeSetup) -> None:
+    async def reject(request: web.Request, batch: list[Any]) -> web.StreamResponse | None:
+        return web.json_response({"error": "not today"}, status=400) if reject_all else None
+
+    reject_all = True
+    target = FakeTarget(reject)
+    setup = await make_setup({"t": target})
+    ids = await post(setup, statement(1)) + await post(setup, statement(2))
+
+    async def dead_lettered() -> bool:
+        return bool((await status(setup))["t"]["dead_letters"] == 2)
+
+    await eventually(dead_lettered, what="both statements dead-lettered")
+    admin = basic("admin", "admin-pw")
+    refused = await setup.client.post("/admin/forwarding/t/replay", headers=basic("lms", "lms-pw"))
+    assert refused.status == 403
+    unknown = await setup.client.post("/admin/forwarding/nope/replay", headers=admin)
+    assert unknown.status == 404
+    assert "no forwarding target" in (await unknown.json())["message"]
+    reject_all = False
+    answer = await setup.client.post("/admin/forwarding/t/replay", headers=admin)
+    assert answer.status == 200
+    assert await answer.json() == {"target": "t", "requeued": 2}
+    await eventually(lambda: set(target.stored) == set(ids), within=8)
+    again = await setup.client.post("/admin/forwarding/t/replay", headers=admin)
+    assert await again.json() == {"target": "t", "requeued": 0}
+    assert (await status(setup))["t"]["dead_letters"] == 0
+
+
 async def test_forwarding_metrics(make_setup: MakeSetup) -> None:
     from prometheus_client.parser import text_string_to_metric_families
 

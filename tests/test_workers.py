@@ -14,15 +14,19 @@ from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 from pytest_aiohttp import AiohttpServer
 from support import (
     FakeLRS,
+    FakeTarget,
     basic,
     credential,
     eventually,
     free_port,
+    gateway_env,
     listening_sockets,
+    served_gateway,
     storing_script,
     wait_until_serving,
     write_config,
@@ -36,10 +40,6 @@ from gateway.runtime.workers import merged_status
 
 RUN_TIMEOUT = 30.0
 ADMIN = credential("admin", "admin-pw", ["all", "admin"])
-
-
-def gateway_env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if not k.upper().startswith("LRS_GATEWAY")}
 
 
 def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -315,6 +315,85 @@ def test_forwarding_status_of_workers_adds_up() -> None:
     assert figures["up"] is False  # not a sum of booleans
     assert (figures["down_since"], figures["last_error"]) == (100.0, "HTTP 503")
     assert figures["backlog"] == 7
+
+
+async def test_send_again_reaches_the_dead_letters_of_every_worker(
+    tmp_path: Path, aiohttp_server: AiohttpServer
+) -> None:
+    """Dead letters sit in both workers' outboxes; one replay call moves them all."""
+
+    async def reject(request: Any, batch: list[Any]) -> Any:
+        return web.json_response({"error": "not today"}, status=400) if reject_all else None
+
+    reject_all = True
+    target = FakeTarget(reject)
+    storage = await aiohttp_server(FakeLRS(storing_script()).app())
+    target_server = await aiohttp_server(target.app())
+    port = free_port()
+    write_config(
+        tmp_path,
+        str(storage.make_url("/xAPI/")),
+        [ADMIN],
+        {
+            "server": {"port": port, "shutdown_timeout": 5},
+            "data_dir": "data",
+            "forwardings": [
+                {
+                    "name": "t",
+                    "url": str(target_server.make_url("/xAPI/statements")),
+                    "is_active": True,
+                    "max_retries": 1,
+                    "timeout": 5,
+                }
+            ],
+        },
+    )
+    auth = basic("admin", "admin-pw")
+    sent = 20
+    async with served_gateway(tmp_path, port, workers=2) as served:
+        connector = aiohttp.TCPConnector(force_close=True)  # spread over both workers
+        async with aiohttp.ClientSession(connector=connector) as session:
+            for n in range(sent):
+                statement = {
+                    "actor": {"mbox": f"mailto:l{n}@example.org"},
+                    "verb": {"id": "http://adlnet.gov/expapi/verbs/completed"},
+                    "object": {"id": "http://example.org/course"},
+                }
+                async with session.post(
+                    f"{served.base}/xAPI/statements", json=statement, headers=auth
+                ) as response:
+                    assert response.status == 200, await response.text()
+
+            async def dead(expected: int) -> bool:
+                async with session.get(f"{served.base}/admin/forwarding", headers=auth) as answer:
+                    figures = (await answer.json())["targets"]["t"]
+                return bool(figures["dead_letters"] == expected)
+
+            await eventually(lambda: dead(sent), RUN_TIMEOUT, "every statement dead-lettered")
+            per_outbox = dead_per_outbox(tmp_path / "data")
+            assert len(per_outbox) == 2
+            assert min(per_outbox) > 0, per_outbox  # both workers hold some
+            reject_all = False
+            async with session.post(
+                f"{served.base}/admin/forwarding/t/replay", headers=auth
+            ) as response:
+                assert response.status == 200, await response.text()
+                assert await response.json() == {"target": "t", "requeued": sent}
+            await eventually(lambda: dead(0), RUN_TIMEOUT, "no dead letter left")
+            await eventually(lambda: len(target.stored) == sent, RUN_TIMEOUT, "all delivered")
+    assert "Traceback" not in served.log()
+    assert "forwarding to t: " in served.log()
+
+
+def dead_per_outbox(data_dir: Path) -> list[int]:
+    counts = []
+    for path in sorted(data_dir.rglob(OUTBOX_FILE)):
+        store = OutboxStore(path)
+        try:
+            counts.append(sum(s.dead_letters for s in store.stats(store.targets()).values()))
+        finally:
+            store.close()
+    return counts
 
 
 async def test_the_cli_and_the_admin_status_agree_after_fewer_workers(tmp_path: Path) -> None:

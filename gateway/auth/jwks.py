@@ -41,6 +41,9 @@ class ProviderKeys:
         self._refresh_interval = refresh_interval
         self._unknown_kid_interval = unknown_kid_interval
         self._jwks_uri: str | None = None
+        # Where people sign in (the web admin's single sign-on), once discovered.
+        self.authorization_endpoint: str | None = None
+        self.token_endpoint: str | None = None
         self._keys: dict[str | None, jwt.PyJWK] = {}
         self._fetched_at = 0.0
         self._last_refetch = -unknown_kid_interval
@@ -67,6 +70,9 @@ class ProviderKeys:
         if not isinstance(jwks_uri, str):
             raise ValueError("the discovery document has no jwks_uri")
         self._jwks_uri = jwks_uri
+        for name in ("authorization_endpoint", "token_endpoint"):
+            value = document.get(name)
+            setattr(self, name, value if isinstance(value, str) else None)
         await self._fetch_keys()
 
     async def _fetch_keys(self) -> None:

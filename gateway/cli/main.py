@@ -381,14 +381,12 @@ def _forwarding_replay(args: argparse.Namespace) -> int:
             return 0
         moved = 0
         for store in stores:  # each worker's outbox (one without workers)
-            while True:  # in chunks, each its own transaction, so a running gateway goes on
-                store.conn.execute("BEGIN IMMEDIATE")
-                count = store.requeue(args.target, transient_only=False, limit=1000)
-                store.conn.execute("COMMIT")
-                if not count:
-                    break
-                moved += count
-                _progress(moved, waiting)
+            before = moved
+
+            def progress(count: int, before: int = before) -> None:
+                _progress(before + count, waiting)
+
+            moved += store.replay_dead_letters(args.target, progress)
         print(file=sys.stderr)
     finally:
         for store in stores:

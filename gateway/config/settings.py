@@ -193,6 +193,18 @@ class OidcConfig:
     refresh_interval: float = field(default=3600.0, metadata=positive())
     unknown_kid_interval: float = 5.0  # at most one JWKS refetch per this, for unknown kids
     timeout: float = field(default=5.0, metadata=positive())
+    # The web admin's single sign-on: a public client (Authorization Code + PKCE) that
+    # redirects back to /admin/callback. Unset: the admin login form only.
+    admin_client_id: str | None = None
+    # Who is admin: the access token's `admin` scope (prefix applied), unless this names
+    # an ID token claim; then that claim must equal admin_claim_value (or list it).
+    admin_claim: str | None = None
+    admin_claim_value: str = "admin"
+    # More scopes to ask for at login (e.g. the one that releases admin_claim: "groups").
+    admin_scopes: tuple[str, ...] = ()
+    # Where the provider sends people back; default: this gateway's origin as the browser
+    # reached it + /admin/callback. Set it behind a proxy that rewrites Host.
+    admin_redirect_uri: str | None = None
 
 
 @dataclass(frozen=True)

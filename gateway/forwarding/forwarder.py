@@ -15,7 +15,7 @@ from gateway.config.settings import Config
 from gateway.errors import GatewayError
 from gateway.failurelog import FailureLog
 from gateway.forwarding.outbox import Outbox
-from gateway.forwarding.store import OutboxStore, TargetStats
+from gateway.forwarding.store import REPLAY_CHUNK, OutboxStore, TargetStats
 from gateway.forwarding.target_worker import TargetWorker
 from gateway.upstream.storage import StorageClient
 from gateway.upstream.target import Observe
@@ -203,6 +203,21 @@ class Forwarder:
             return store.stats(known)
 
         return await self.outbox.call(query)
+
+    async def replay(self, target: str) -> int:
+        """Move `target`'s dead letters in this outbox back into its queue; how many."""
+        moved = 0
+        while True:
+            count = await self.outbox.call(
+                lambda s: s.requeue(target, transient_only=False, limit=REPLAY_CHUNK)
+            )
+            if not count:
+                break
+            moved += count
+        for worker in self.workers:
+            if worker.name == target:
+                worker.wake()
+        return moved
 
     def failed(self) -> dict[str, int]:
         """Failed sends per target since start."""

@@ -17,10 +17,18 @@ from pathlib import Path
 
 from gateway.clock import SYSTEM_CLOCK, Clock
 
-__all__ = ["BACKLOG_FULL", "Claimed", "OutboxStore", "TargetState", "TargetStats"]
+__all__ = [
+    "BACKLOG_FULL",
+    "REPLAY_CHUNK",
+    "Claimed",
+    "OutboxStore",
+    "TargetState",
+    "TargetStats",
+]
 
 log = logging.getLogger(__name__)
 BACKLOG_FULL = "backlog full"
+REPLAY_CHUNK = 1000  # dead letters re-queued per transaction: deliveries go on in between
 _PENDING, _READY = 0, 1
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS statements (
@@ -356,6 +364,29 @@ class OutboxStore:
         )
         self.backlog[target] = self.backlog.get(target, 0) + len(seqs)
         return len(seqs)
+
+    def replay_dead_letters(
+        self, target: str, on_progress: Callable[[int], None] | None = None
+    ) -> int:
+        """Re-queue every dead letter of `target`, a chunk per transaction; how many moved.
+
+        For a connection of its own (the CLI beside a running gateway): the gateway's
+        deliveries go on between chunks. The gateway itself goes through its group commit.
+        """
+        moved = 0
+        while True:
+            self.conn.execute("BEGIN IMMEDIATE")
+            try:
+                count = self.requeue(target, transient_only=False, limit=REPLAY_CHUNK)
+                self.conn.execute("COMMIT")
+            except BaseException:
+                self.conn.execute("ROLLBACK")
+                raise
+            if not count:
+                return moved
+            moved += count
+            if on_progress is not None:
+                on_progress(moved)
 
     def collect_garbage(self) -> int:
         """Delete statements no delivery or dead letter needs any more."""

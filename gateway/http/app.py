@@ -18,6 +18,7 @@ from gateway.auth.basic import BasicBackend
 from gateway.auth.callback import CallbackBackend
 from gateway.auth.jwks import ProviderKeys
 from gateway.auth.oidc import OidcBackend
+from gateway.auth.oidc_login import AuthorizationCodeLogin
 from gateway.auth.passwords import PasswordChecker
 from gateway.auth.sources import CredentialSources
 from gateway.auth.store import CredentialStore
@@ -27,12 +28,14 @@ from gateway.config.settings import Config
 from gateway.forwarding.forwarder import OUTBOX_FILE, Forwarder
 from gateway.forwarding.metrics import ForwardingCollector, OutboxesCollector
 from gateway.http.abuse_guard import Guard
+from gateway.http.admin_ui.activity import Activity
 from gateway.http.admin_ui.pages import AdminUi
 from gateway.http.admin_ui.sessions import SessionKeeper, session_key
 from gateway.http.alternate import alternate_syntax_middleware
 from gateway.http.cors import CorsPolicy, add_cors_headers, cors_middleware
 from gateway.http.handlers import operations
 from gateway.http.keys import (
+    ACTIVITY,
     ADMIN_UI,
     AUTHENTICATOR,
     CLOCK,
@@ -42,6 +45,7 @@ from gateway.http.keys import (
     FORWARDER,
     GUARD,
     METRICS,
+    OIDC_LOGIN,
     PASSWORDS,
     REQUEST_ID,
     REQUEST_IDS,
@@ -172,7 +176,12 @@ async def _authentication(app: web.Application) -> AsyncIterator[None]:
                     clock=app[CLOCK],
                 )
                 background.append(asyncio.create_task(keys.run(), name="oidc-discovery"))
-                backends.append(OidcBackend(keys, auth.oidc, auth.scope_prefix))
+                bearer = OidcBackend(keys, auth.oidc, auth.scope_prefix)
+                backends.append(bearer)
+                if auth.oidc.admin_client_id is not None and ADMIN_UI in app:
+                    app[OIDC_LOGIN] = AuthorizationCodeLogin(
+                        session, keys, auth.oidc, bearer, auth.scope_prefix
+                    )
             elif name == "callback":
                 backends.append(CallbackBackend(session, auth.callback, clock=app[CLOCK]))
             elif name == "token":
@@ -295,6 +304,14 @@ async def _publishing(app: web.Application) -> AsyncIterator[None]:
     metrics.publish()  # a worker stopping cleanly loses nothing
 
 
+async def _activity(app: web.Application) -> AsyncIterator[None]:
+    """The web admin's overview: the gateway's own counters sampled in the background."""
+    task = asyncio.create_task(app[ACTIVITY].run(), name="admin-activity")
+    yield
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+
+
 async def _sibling_socket(app: web.Application) -> AsyncIterator[None]:
     """Answer the other workers: forwarding status and commands (lift a lockout)."""
     sibling_app = web.Application()
@@ -378,6 +395,9 @@ def create_app(
         app.cleanup_ctx.append(_sibling_socket)
     if metrics.shared:
         app.cleanup_ctx.append(_publishing)
+    if config.admin_ui.enabled and "basic" in config.auth.backends:
+        app[ACTIVITY] = Activity(metrics.activity_totals, clock=clock)
+        app.cleanup_ctx.append(_activity)
     app.on_response_prepare.append(_stamp_response)
     if config.server.cors.enabled:
         app[CORS] = CorsPolicy(config.server.cors)

@@ -12,6 +12,7 @@ from aiohttp import web
 
 if TYPE_CHECKING:
     from gateway.auth.base import Authenticator
+    from gateway.auth.oidc_login import AuthorizationCodeLogin
     from gateway.auth.passwords import PasswordChecker
     from gateway.auth.principal import Principal
     from gateway.auth.sources import CredentialSources
@@ -20,6 +21,7 @@ if TYPE_CHECKING:
     from gateway.config.settings import Config
     from gateway.forwarding.forwarder import Forwarder
     from gateway.http.abuse_guard import Guard
+    from gateway.http.admin_ui.activity import Activity
     from gateway.http.admin_ui.pages import AdminUi
     from gateway.http.cors import CorsPolicy
     from gateway.http.metrics import Metrics
@@ -31,6 +33,7 @@ if TYPE_CHECKING:
     from gateway.xapi.versions import VersionPolicy
 
 __all__ = [
+    "ACTIVITY",
     "ADMIN_UI",
     "ALTERNATE_BODY",
     "AUTHENTICATOR",
@@ -41,6 +44,7 @@ __all__ = [
     "FORWARDER",
     "GUARD",
     "METRICS",
+    "OIDC_LOGIN",
     "PASSWORDS",
     "PRINCIPAL",
     "READINESS",
@@ -73,6 +77,10 @@ VERSIONS: web.AppKey[VersionPolicy] = web.AppKey("versions")
 CORS: web.AppKey[CorsPolicy] = web.AppKey("cors")
 # Present when the web admin is on (basic auth and admin_ui.enabled).
 ADMIN_UI: web.AppKey[AdminUi] = web.AppKey("admin_ui")
+# With the web admin: the gateway's request and auth rates for the overview.
+ACTIVITY: web.AppKey[Activity] = web.AppKey("activity")
+# Present when auth.oidc.admin_client_id is set: the web admin's single sign-on.
+OIDC_LOGIN: web.AppKey[AuthorizationCodeLogin] = web.AppKey("oidc_login")
 # The readiness checker, whose last report the background loop keeps for the gauge.
 READINESS: web.AppKey[Readiness] = web.AppKey("readiness")
 

@@ -23,6 +23,7 @@ from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
+from prometheus_client.samples import Sample
 
 from gateway import __version__
 from gateway.failurelog import FailureLog
@@ -30,6 +31,7 @@ from gateway.http.route_info import route_info
 from gateway.upstream.target import status_class
 
 __all__ = [
+    "ACTIVITY_FIGURES",
     "PUBLISH_INTERVAL",
     "Cumulative",
     "Metrics",
@@ -41,6 +43,8 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 _NS = "lrs_gateway"
+# What the web admin's overview charts, from the gateway's own counters.
+ACTIVITY_FIGURES = ("requests", "client_errors", "server_errors", "auth_ok", "auth_refused")
 PUBLISH_INTERVAL = 1.0  # seconds: how stale another worker's cumulative figures may be
 
 # Labels → the running total a component keeps itself.
@@ -282,6 +286,39 @@ class Metrics:
         for collector in self._collectors:
             registry.register(collector)
         return generate_latest(registry)
+
+    def _activity_samples(self) -> Iterator[Sample]:
+        """The request and auth counters' samples (every worker's; blocking: file reads)."""
+        if self._shared_dir is None:
+            families = [*self.requests.collect(), *self.auth.collect()]
+        else:
+            registry = CollectorRegistry(auto_describe=False)
+            MultiProcessCollector(registry, path=str(self._shared_dir))  # type: ignore[no-untyped-call]
+            families = list(registry.collect())
+        for family in families:
+            yield from family.samples
+
+    def _activity_list(self) -> list[Sample]:
+        return list(self._activity_samples())
+
+    async def activity_totals(self) -> dict[str, float]:
+        """Requests (all, 4xx, 5xx) and auth outcomes (ok, refused) so far, for the overview."""
+        samples: list[Sample] = (
+            await asyncio.to_thread(self._activity_list) if self.shared else self._activity_list()
+        )
+        totals = dict.fromkeys(ACTIVITY_FIGURES, 0.0)
+        for sample in samples:
+            if sample.name == f"{_NS}_requests_total":
+                totals["requests"] += sample.value
+                kind = {"4xx": "client_errors", "5xx": "server_errors"}.get(
+                    sample.labels.get("status_class", "")
+                )
+                if kind is not None:
+                    totals[kind] += sample.value
+            elif sample.name == f"{_NS}_auth_attempts_total":
+                ok = sample.labels.get("result") == "ok"
+                totals["auth_ok" if ok else "auth_refused"] += sample.value
+        return totals
 
     async def exposition(self) -> web.Response:
         """The metrics in Prometheus text format."""

@@ -45,6 +45,11 @@ def setup_routes(
     router.add_post("/token", tokens.issue_token, name="token")
     router.add_get("/admin/forwarding", operations.forwarding_status, name="admin.forwarding")
     router.add_post("/admin/lockout/clear", operations.lockout_clear, name="admin.lockout_clear")
+    router.add_post(
+        "/admin/forwarding/{target}/replay",
+        operations.forwarding_replay,
+        name="admin.forwarding_replay",
+    )
     if credentials_api:
         credentials = router.add_resource("/admin/credentials", name="admin.credentials")
         credentials.add_route("GET", admin_credentials.list_credentials)
@@ -77,8 +82,13 @@ def setup_routes(
         login.add_route("GET", pages.login_form)
         login.add_route("POST", pages.login)
         router.add_post("/admin/logout", pages.logout, name="admin_ui.logout")
+        router.add_get("/admin/login/oidc", pages.sso_start, name="admin_ui.sso")
+        router.add_get("/admin/callback", pages.sso_callback, name="admin_ui.callback")
         router.add_get("/admin/ui/overview", pages.overview_page, name="admin_ui.overview")
         router.add_get("/admin/ui/forwarding", pages.forwarding_page, name="admin_ui.forwarding")
+        router.add_post(
+            "/admin/ui/forwarding/{target}/replay", pages.replay, name="admin_ui.replay"
+        )
         page = router.add_resource("/admin/ui/credentials", name="admin_ui.credentials")
         page.add_route("GET", pages.credentials_page)
         page.add_route("POST", pages.create)
@@ -90,6 +100,7 @@ def setup_routes(
     role = app.get(WORKER)
     if role is not None:  # each worker keeps its own lockouts: siblings lift theirs too
         role.commands.register("lockout-clear", operations.lift_own_lockout(app[GUARD]))
+        role.commands.register("forwarding-replay", operations.replay_own_dead_letters(app))
     router.add_get("/__lbheartbeat__", operations.lbheartbeat, name="lbheartbeat")
     router.add_get("/__heartbeat__", operations.heartbeat, name="heartbeat")
     if metrics_path is not None:

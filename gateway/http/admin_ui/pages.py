@@ -17,20 +17,39 @@ from typing import Any
 
 from aiohttp import web
 from jinja2 import Environment, FileSystemLoader, select_autoescape
+from yarl import URL
 
+from gateway.auth.oidc import oidc_agent
+from gateway.auth.oidc_login import AuthorizationCodeLogin, PendingLogin
 from gateway.auth.passwords import hash_new_password
 from gateway.auth.principal import Principal
 from gateway.config.settings import AdminUiConfig
 from gateway.errors import GatewayError
-from gateway.http.admin_ui.sessions import COOKIE, AdminSession, SessionKeeper
+from gateway.http.admin_ui.activity import polyline
+from gateway.http.admin_ui.sessions import (
+    COOKIE,
+    PENDING_COOKIE,
+    PENDING_LIFETIME,
+    AdminSession,
+    SessionKeeper,
+)
 from gateway.http.handlers.admin_credentials import actor_of, changed, create_checked
-from gateway.http.handlers.operations import forwarding_document
-from gateway.http.keys import ADMIN_UI, CREDENTIAL_SOURCES, PRINCIPAL, STORAGE, VERSIONS
+from gateway.http.handlers.operations import forwarding_document, replay_dead_letters
+from gateway.http.keys import (
+    ACTIVITY,
+    ADMIN_UI,
+    CONFIG,
+    CREDENTIAL_SOURCES,
+    OIDC_LOGIN,
+    PRINCIPAL,
+    STORAGE,
+    VERSIONS,
+)
 from gateway.http.middlewares import authenticate_request
 from gateway.http.readiness import check_readiness
 from gateway.secret import Secret
 from gateway.store.credentials import check_changes, new_secret
-from gateway.xapi.scopes import KNOWN_SCOPES
+from gateway.xapi.scopes import KNOWN_SCOPES, normalize_scopes
 
 __all__ = [
     "AdminUi",
@@ -43,9 +62,13 @@ __all__ = [
     "login_form",
     "logout",
     "overview_page",
+    "replay",
+    "sso_callback",
+    "sso_start",
 ]
 
 LOGIN_COOKIE = "lrs_gateway_login"  # the login form's own CSRF token, before any session
+_ADMIN_ONLY = normalize_scopes(["admin"], "")[0]
 _TEMPLATES = Path(__file__).parent / "templates"
 
 
@@ -107,12 +130,27 @@ def _ui(request: web.Request) -> AdminUi:
 
 def _admin_now(request: web.Request, session: AdminSession) -> Principal | None:
     """The session's person as they are now: None once they no longer hold `admin`."""
+    if session.scheme == "oidc":
+        return _signed_in_admin(request, session)
     if session.scheme != "basic":
-        return None  # only Basic logins so far; OIDC single sign-on comes with its own check
+        return None
     credential = request.app[CREDENTIAL_SOURCES].get(session.subject)
     if credential is None or "admin" not in credential.scopes:
         return None
     return Principal(session.subject, credential.agent, credential.scopes, "basic")
+
+
+def _signed_in_admin(request: web.Request, session: AdminSession) -> Principal | None:
+    """A single sign-on admin, checked at the provider when they signed in.
+
+    The session then lasts its idle and absolute limits; None once single sign-on is off.
+    """
+    if OIDC_LOGIN not in request.app:
+        return None
+    issuer = (request.app[CONFIG].auth.oidc.issuer or "").rstrip("/")
+    subject = session.subject.removeprefix(issuer + "/")
+    agent = oidc_agent("account", {"iss": issuer, "sub": subject})
+    return Principal(session.subject, agent, _ADMIN_ONLY, "oidc")
 
 
 def _session(request: web.Request) -> tuple[AdminSession, Principal] | None:
@@ -152,7 +190,12 @@ async def login_form(
     """GET /admin/login."""
     token = secrets.token_urlsafe(24)
     response = _ui(request).render(
-        "login.html", title="Log in", login_token=token, error=error, status=status
+        "login.html",
+        title="Log in",
+        login_token=token,
+        error=error,
+        status=status,
+        sso=OIDC_LOGIN in request.app,
     )
     _ui(request).set_cookie(response, LOGIN_COOKIE, token)
     return response
@@ -182,11 +225,102 @@ async def login(request: web.Request) -> web.Response:
 
 
 def _forbidden(
-    request: web.Request, message: str, back: str, session: AdminSession | None = None
+    request: web.Request,
+    message: str,
+    back: str,
+    session: AdminSession | None = None,
+    status: int = 403,
 ) -> web.Response:
     return _ui(request).render(
-        "message.html", title="Not allowed", message=message, back=back, status=403, session=session
+        "message.html",
+        title="Not allowed" if status == 403 else "Not signed in",
+        message=message,
+        back=back,
+        status=status,
+        session=session,
     )
+
+
+def _redirect_uri(request: web.Request, login: AuthorizationCodeLogin) -> str:
+    if login.redirect_uri is not None:
+        return login.redirect_uri
+    # The origin the browser used; the provider accepts only the registered URIs, so a
+    # forged Host header can only send the code somewhere the provider refuses.
+    return str(request.url.origin().join(URL("/admin/callback")))
+
+
+async def sso_start(request: web.Request) -> web.Response:
+    """GET /admin/login/oidc: off to the provider with a fresh state, nonce and PKCE."""
+    login = request.app.get(OIDC_LOGIN)
+    if login is None:
+        raise web.HTTPNotFound()
+    pending = PendingLogin.new(_redirect_uri(request, login))
+    try:
+        location = login.authorization_url(pending)
+    except GatewayError as refused:
+        return await login_form(request, refused.message, refused.status)
+    response = web.Response(status=302, headers={"Location": location})
+    response.headers["Cache-Control"] = "no-store"
+    response.set_cookie(
+        PENDING_COOKIE,
+        _ui(request).keeper.seal_pending(pending),
+        path="/admin",
+        httponly=True,
+        samesite="Lax",  # it must come back with the provider's cross-site redirect
+        secure=_ui(request).config.secure_cookie,
+        max_age=PENDING_LIFETIME,
+    )
+    return response
+
+
+async def sso_callback(request: web.Request) -> web.Response:
+    """GET /admin/callback: the provider sends the person back with a code (or an error)."""
+    login = request.app.get(OIDC_LOGIN)
+    if login is None:
+        raise web.HTTPNotFound()
+    pending = _ui(request).keeper.open_pending(request.cookies.get(PENDING_COOKIE))
+    if pending is None or not pending.state_matches(request.query.get("state")):
+        return _forbidden(
+            request,
+            "This sign-in has expired or was not started here: start again.",
+            "/admin/login",
+            status=400,
+        )
+    error = request.query.get("error")
+    code = request.query.get("code")
+    if error is not None or not code:
+        return _forbidden(
+            request,
+            f"The identity provider did not sign you in ({error or 'no code'}).",
+            "/admin/login",
+        )
+    try:
+        person = await login.finish(pending, code)
+    except GatewayError as refused:
+        return _forbidden(request, refused.message, "/admin/login", status=refused.status)
+    if not person.admin:
+        response = _forbidden(
+            request,
+            f"You are signed in as {person.display_name} ({person.id}), who is not an "
+            "administrator of this gateway.",
+            "/admin/login",
+        )
+    else:
+        session = _ui(request).keeper.new(person.id, "oidc")
+        # A page, not a redirect: after the provider's cross-site redirect the browser would
+        # not send a SameSite=Strict cookie with the next hop; from our own page it does.
+        response = _renewed(
+            request,
+            _ui(request).render(
+                "continue.html",
+                title="Signed in",
+                who=person.display_name,
+                next="/admin/ui/overview",
+            ),
+            session,
+        )
+    response.del_cookie(PENDING_COOKIE, path="/admin")
+    return response
 
 
 async def _checked_post(
@@ -324,6 +458,7 @@ async def overview_page(request: web.Request) -> web.Response:
     sources = request.app[CREDENTIAL_SOURCES]
     response = _ui(request).render(
         "overview.html",
+        activity=_activity_view(request),
         title="Overview",
         session=session,
         ready=report.ready,
@@ -336,14 +471,77 @@ async def overview_page(request: web.Request) -> web.Response:
     return _renewed(request, response, session)
 
 
-async def forwarding_page(request: web.Request) -> web.Response:
+_CHART_WIDTH, _CHART_HEIGHT = 600.0, 140.0
+
+
+def _activity_view(request: web.Request) -> dict[str, Any] | None:
+    """The latest rates and the chart's lines (None before two samples)."""
+    activity = request.app.get(ACTIVITY)
+    rates = activity.rates() if activity is not None else []
+    if activity is None or not rates:
+        return None
+    requests = [r.per_second.get("requests", 0.0) for r in rates]
+    errors = [
+        r.per_second.get("client_errors", 0.0) + r.per_second.get("server_errors", 0.0)
+        for r in rates
+    ]
+    refused = [r.per_second.get("auth_refused", 0.0) for r in rates]
+    top = max([*requests, *errors, *refused, 1.0])
+    size = {"width": _CHART_WIDTH, "height": _CHART_HEIGHT, "top": top}
+    return {
+        "now": rates[-1].per_second,
+        "minutes": round(len(rates) * activity.interval / 60, 1),
+        "top": top,
+        "width": _CHART_WIDTH,
+        "height": _CHART_HEIGHT,
+        "requests": polyline(requests, **size),
+        "errors": polyline(errors, **size),
+        "refused": polyline(refused, **size),
+    }
+
+
+async def forwarding_page(
+    request: web.Request,
+    *,
+    notice: str | None = None,
+    error: str | None = None,
+    status: int = 200,
+    found: tuple[AdminSession, Principal] | None = None,
+) -> web.Response:
     """GET /admin/ui/forwarding: every target's state, backlog, lag, deliveries, dead letters."""
-    found = _session(request)
+    found = found or _session(request)
     if found is None:
         return _to_login()
     session, _ = found
     document = await forwarding_document(request.app)
     response = _ui(request).render(
-        "forwarding.html", title="Forwarding", session=session, targets=document["targets"]
+        "forwarding.html",
+        title="Forwarding",
+        session=session,
+        targets=document["targets"],
+        configured={t.label for t in request.app[CONFIG].forwardings},
+        notice=notice,
+        error=error,
+        status=status,
     )
     return _renewed(request, response, session)
+
+
+async def replay(request: web.Request) -> web.Response:
+    """POST /admin/ui/forwarding/{target}/replay: the "send again" button."""
+    checked = await _checked_post(request)
+    if isinstance(checked, web.Response):
+        return checked
+    session, principal, _ = checked
+    target = request.match_info["target"]
+    try:
+        moved = await replay_dead_letters(request.app, target, actor_of(principal))
+    except GatewayError as refused:
+        return await forwarding_page(
+            request, error=refused.message, status=refused.status, found=(session, principal)
+        )
+    return await forwarding_page(
+        request,
+        notice=f"{moved} dead letters of {target} are back in its queue.",
+        found=(session, principal),
+    )

@@ -17,11 +17,23 @@ from pathlib import Path
 
 from cryptography.fernet import Fernet, InvalidToken
 
+from gateway.auth.oidc_login import PendingLogin
 from gateway.clock import Clock
 
-__all__ = ["COOKIE", "AdminSession", "SessionKeeper", "session_key"]
+__all__ = [
+    "COOKIE",
+    "PENDING_COOKIE",
+    "PENDING_LIFETIME",
+    "AdminSession",
+    "SessionKeeper",
+    "session_key",
+]
 
 COOKIE = "lrs_gateway_admin"
+# A single sign-on between its two legs (state, nonce, PKCE verifier): SameSite=Lax, since
+# the provider sends the browser back from another site.
+PENDING_COOKIE = "lrs_gateway_sso"
+PENDING_LIFETIME = 600  # seconds to sign in at the provider
 KEY_FILE = "admin-session.key"
 
 
@@ -98,3 +110,34 @@ class SessionKeeper:
         if now - session.issued_at > self._absolute or now - session.seen_at > self._idle:
             return None
         return AdminSession(session.subject, session.scheme, session.csrf, session.issued_at, now)
+
+    def seal_pending(self, pending: PendingLogin) -> str:
+        """The cookie value that carries a single sign-on to its callback."""
+        payload = {
+            "state": pending.state,
+            "nonce": pending.nonce,
+            "verifier": pending.verifier,
+            "redirect_uri": pending.redirect_uri,
+        }
+        return self._fernet.encrypt_at_time(
+            json.dumps(payload).encode(), int(self._clock.now())
+        ).decode()
+
+    def open_pending(self, cookie: str | None) -> PendingLogin | None:
+        """The sign-on a callback belongs to; None if absent, forged or too old."""
+        if not cookie:
+            return None
+        try:
+            payload = json.loads(
+                self._fernet.decrypt_at_time(
+                    cookie.encode(), PENDING_LIFETIME, int(self._clock.now())
+                )
+            )
+            return PendingLogin(
+                str(payload["state"]),
+                str(payload["nonce"]),
+                str(payload["verifier"]),
+                str(payload["redirect_uri"]),
+            )
+        except (InvalidToken, ValueError, KeyError, TypeError):
+            return None

@@ -10,7 +10,7 @@ from typing import Any
 
 from aiohttp import web
 
-from gateway.errors import BadRequest, Forbidden, WorkersUnavailable
+from gateway.errors import BadRequest, Forbidden, NotFound, WorkersUnavailable
 from gateway.http.abuse_guard import Guard, lockout_key
 from gateway.http.bodies import read_limited
 from gateway.http.keys import (
@@ -39,6 +39,7 @@ from gateway.xapi.statements import parse_json_body
 __all__ = [
     "about",
     "forwarding_document",
+    "forwarding_replay",
     "forwarding_status",
     "heartbeat",
     "lbheartbeat",
@@ -46,6 +47,8 @@ __all__ = [
     "lockout_clear",
     "metrics",
     "own_forwarding_status",
+    "replay_dead_letters",
+    "replay_own_dead_letters",
     "whoami",
 ]
 
@@ -156,6 +159,54 @@ async def forwarding_document(app: web.Application) -> dict[str, Any]:
 
 def _retired(data_dir: Path, count: int, names: list[str]) -> list[dict[str, Any]]:
     return retired_status(data_dir, count, names) if data_dir.is_dir() else []
+
+
+def replay_own_dead_letters(app: web.Application) -> Command:
+    """The sibling command that re-queues a target's dead letters in this worker's outbox."""
+
+    async def replay(payload: dict[str, Any]) -> dict[str, Any]:
+        forwarder = app.get(FORWARDER)
+        target = payload.get("target")
+        if forwarder is None or not isinstance(target, str):
+            return {"moved": 0}
+        return {"moved": await forwarder.replay(target)}
+
+    return replay
+
+
+async def replay_dead_letters(app: web.Application, target: str, actor: str) -> int:
+    """Re-queue `target`'s dead letters in every worker's outbox; how many moved.
+
+    404 for a target the configuration does not name; 503 when a worker did not answer
+    (what moved stays moved: a second call moves the rest).
+    """
+    config = app[CONFIG]
+    if target not in {t.label for t in config.forwardings}:
+        raise NotFound("no forwarding target has that name")
+    forwarder = app.get(FORWARDER)
+    moved = await forwarder.replay(target) if forwarder is not None else 0
+    role = app.get(WORKER)
+    missing = 0
+    if role is not None:
+        answers, missing = await sibling_command(role, "forwarding-replay", {"target": target})
+        moved += sum(int(answer.get("moved", 0)) for answer in answers)
+    log.info("forwarding to %s: %d dead letters re-queued by %s", target, moved, actor)
+    if missing:
+        raise WorkersUnavailable(
+            f"{moved} dead letters re-queued, but {missing} of {role.count if role else 1} "
+            "workers did not answer (one may be restarting): try again for theirs"
+        )
+    return moved
+
+
+async def forwarding_replay(request: web.Request) -> web.Response:
+    """POST /admin/forwarding/{target}/replay: its dead letters back in its queue (admin)."""
+    principal = request[PRINCIPAL]
+    if "admin" not in principal.scopes:
+        raise Forbidden("replaying dead letters needs the admin scope")
+    target = request.match_info["target"]
+    moved = await replay_dead_letters(request.app, target, f"{principal.scheme}:{principal.id}")
+    return web.json_response({"target": target, "requeued": moved})
 
 
 _MAX_LOCKOUT_REQUEST = 4096
