@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
-import os
-import signal
 import sqlite3
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -24,7 +20,7 @@ from support import (
     credential,
     eventually,
     free_port,
-    wait_until_serving,
+    served_gateway,
     write_config,
 )
 
@@ -315,25 +311,8 @@ async def test_a_change_reaches_every_worker_process_within_2_seconds(
             "lockout": {"enabled": False},
         },
     )
-    env = {k: v for k, v in os.environ.items() if not k.upper().startswith("LRS_GATEWAY")}
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "gateway",
-        "--config",
-        str(tmp_path / "config.yaml"),
-        "serve",
-        "--workers",
-        "2",
-        cwd=tmp_path,
-        env=env,
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        await wait_until_serving(proc, f"{base}/__lbheartbeat__", 30.0, listeners=2)
+    async with served_gateway(tmp_path, port, workers=2) as served:
+        base = served.base
         # A new connection per request: the kernel spreads them over both workers.
         connector = aiohttp.TCPConnector(force_close=True)
         async with aiohttp.ClientSession(connector=connector) as session:
@@ -387,13 +366,6 @@ async def test_a_change_reaches_every_worker_process_within_2_seconds(
         print(
             f"reached every worker: created in {created_in:.2f} s, disabled in {disabled_in:.2f} s"
         )
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            await asyncio.wait_for(proc.wait(), 20)
-        except TimeoutError:
-            proc.kill()
-            await proc.wait()
 
 
 async def test_a_login_this_process_does_not_know_reads_the_database_again(

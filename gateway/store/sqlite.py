@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
-import uuid
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -25,6 +24,16 @@ from gateway.store.credentials import (
     CredentialConflict,
     NewCredential,
     StoredCredential,
+)
+from gateway.store.rows import (
+    COLUMNS,
+    audit_entry,
+    column_value,
+    create_changes,
+    created,
+    credential,
+    insert_values,
+    update_changes,
 )
 
 __all__ = ["CREDENTIALS_FILE", "SqliteCredentials", "database_path", "sqlite_path"]
@@ -63,10 +72,6 @@ _MIGRATIONS = (
     INSERT INTO generation VALUES (1, 0);
     """,
 )
-_COLUMNS = (
-    "id, username, secret_hash, name, scopes, agent, enabled, expires_at, info, "
-    "created_at, updated_at, last_used_at"
-)
 
 
 def sqlite_path(url: str) -> Path:
@@ -85,33 +90,6 @@ def database_path(config: Config, data_dir: Path) -> Path:
     if config.store.url is not None:
         return config.resolve_path(str(sqlite_path(config.store.url)))
     return data_dir / CREDENTIALS_FILE
-
-
-def _row(row: sqlite3.Row) -> StoredCredential:
-    return StoredCredential(
-        id=row["id"],
-        username=row["username"],
-        secret_hash=Secret(row["secret_hash"]),
-        name=row["name"],
-        scopes=tuple(json.loads(row["scopes"])),
-        agent=json.loads(row["agent"]) if row["agent"] is not None else None,
-        enabled=bool(row["enabled"]),
-        expires_at=row["expires_at"],
-        info=row["info"],
-        created_at=row["created_at"],
-        updated_at=row["updated_at"],
-        last_used_at=row["last_used_at"],
-    )
-
-
-def _column_value(key: str, value: Any) -> Any:
-    if key == "scopes":
-        return json.dumps(list(value))
-    if key == "agent":
-        return None if value is None else json.dumps(value)
-    if key == "enabled":
-        return int(value)
-    return value
 
 
 class SqliteCredentials:
@@ -180,18 +158,18 @@ class SqliteCredentials:
     async def all(self) -> list[StoredCredential]:
         """Every credential, for the in-memory copy Basic authentication reads."""
         rows = await self._call(
-            lambda db: db.execute(f"SELECT {_COLUMNS} FROM credentials").fetchall()  # noqa: S608
+            lambda db: db.execute(f"SELECT {COLUMNS} FROM credentials").fetchall()  # noqa: S608
         )
-        return [_row(r) for r in rows]
+        return [credential(r) for r in rows]
 
     async def _one(self, column: str, value: str) -> StoredCredential | None:
         row = await self._call(
             lambda db: db.execute(
-                f"SELECT {_COLUMNS} FROM credentials WHERE {column} = ?",  # noqa: S608
+                f"SELECT {COLUMNS} FROM credentials WHERE {column} = ?",  # noqa: S608
                 (value,),
             ).fetchone()
         )
-        return None if row is None else _row(row)
+        return None if row is None else credential(row)
 
     async def get(self, credential_id: str) -> StoredCredential | None:
         """The credential with this id."""
@@ -215,14 +193,14 @@ class SqliteCredentials:
         def read(db: sqlite3.Connection) -> tuple[list[sqlite3.Row], int]:
             total = db.execute(f"SELECT count(*) FROM credentials{where}", args).fetchone()[0]  # noqa: S608
             rows = db.execute(
-                f"SELECT {_COLUMNS} FROM credentials{where} "  # noqa: S608
+                f"SELECT {COLUMNS} FROM credentials{where} "  # noqa: S608
                 "ORDER BY created_at, id LIMIT ? OFFSET ?",
                 (*args, limit, offset),
             ).fetchall()
             return rows, int(total)
 
         rows, total = await self._call(read)
-        return [_row(r) for r in rows], total
+        return [credential(r) for r in rows], total
 
     async def audit(self, *, offset: int, limit: int) -> tuple[list[AuditEntry], int]:
         """One page of the audit, newest first, with the total."""
@@ -235,19 +213,7 @@ class SqliteCredentials:
             return rows, int(total)
 
         rows, total = await self._call(read)
-        entries = [
-            AuditEntry(
-                r["id"],
-                r["at"],
-                r["actor"],
-                r["action"],
-                r["credential_id"],
-                r["username"],
-                json.loads(r["changes"]),
-            )
-            for r in rows
-        ]
-        return entries, total
+        return [audit_entry(r) for r in rows], total
 
     # -- changes ------------------------------------------------------------------------
 
@@ -280,50 +246,22 @@ class SqliteCredentials:
         self, new: NewCredential, *, actor: str, action: str = "create"
     ) -> StoredCredential:
         """Insert `new`; CredentialConflict when its username is taken."""
-        now = self._clock.now()
-        stored = StoredCredential(
-            id=str(uuid.uuid4()),
-            username=new.username,
-            secret_hash=new.secret_hash,
-            name=new.name,
-            scopes=new.scopes,
-            agent=new.agent,
-            enabled=new.enabled,
-            expires_at=new.expires_at,
-            info=new.info,
-            created_at=now,
-            updated_at=now,
-        )
+        stored = created(new, self._clock.now())
 
         def insert(db: sqlite3.Connection) -> StoredCredential:
-            values = {
-                "id": stored.id,
-                "username": stored.username,
-                "secret_hash": stored.secret_hash.reveal(),
-                "name": stored.name,
-                "scopes": stored.scopes,
-                "agent": stored.agent,
-                "enabled": stored.enabled,
-                "expires_at": stored.expires_at,
-                "info": stored.info,
-                "created_at": now,
-                "updated_at": now,
-            }
+            values = insert_values(stored)
             try:
                 db.execute(
                     f"INSERT INTO credentials ({', '.join(values)}) "  # noqa: S608
                     f"VALUES ({', '.join('?' for _ in values)})",
-                    [_column_value(k, v) for k, v in values.items()],
+                    list(values.values()),
                 )
             except sqlite3.IntegrityError:
                 raise CredentialConflict(f"the username {stored.username!r} is taken") from None
             return stored
 
         def audit(done: StoredCredential) -> tuple[str, dict[str, Any]]:
-            shown = done.public()
-            return action, {
-                k: shown[k] for k in ("name", "scopes", "agent", "enabled", "expires_at", "info")
-            }
+            return action, create_changes(done)
 
         done = await self._call(lambda db: self._change(db, insert, audit, actor))
         assert done is not None
@@ -337,36 +275,31 @@ class SqliteCredentials:
 
         def apply(db: sqlite3.Connection) -> StoredCredential | None:
             row = db.execute(
-                f"SELECT {_COLUMNS} FROM credentials WHERE id = ?",  # noqa: S608
+                f"SELECT {COLUMNS} FROM credentials WHERE id = ?",  # noqa: S608
                 (credential_id,),
             ).fetchone()
             if row is None:
                 return None
-            before.update(_row(row).public())
+            before.update(credential(row).public())
             if changes:
                 assignments = ", ".join(f"{key} = ?" for key in changes)
                 db.execute(
                     f"UPDATE credentials SET {assignments}, updated_at = ? WHERE id = ?",  # noqa: S608
                     [
-                        *(_column_value(k, v) for k, v in changes.items()),
+                        *(column_value(k, v) for k, v in changes.items()),
                         self._clock.now(),
                         credential_id,
                     ],
                 )
-            return _row(
+            return credential(
                 db.execute(
-                    f"SELECT {_COLUMNS} FROM credentials WHERE id = ?",  # noqa: S608
+                    f"SELECT {COLUMNS} FROM credentials WHERE id = ?",  # noqa: S608
                     (credential_id,),
                 ).fetchone()
             )
 
         def audit(done: StoredCredential) -> tuple[str, dict[str, Any]]:
-            after = done.public()
-            return "update", {
-                key: {"from": before[key], "to": after[key]}
-                for key in changes
-                if before[key] != after[key]
-            }
+            return "update", update_changes(before, done, changes)
 
         return await self._call(lambda db: self._change(db, apply, audit, actor))
 
@@ -381,10 +314,10 @@ class SqliteCredentials:
                 (secret_hash.reveal(), self._clock.now(), credential_id),
             )
             row = db.execute(
-                f"SELECT {_COLUMNS} FROM credentials WHERE id = ?",  # noqa: S608
+                f"SELECT {COLUMNS} FROM credentials WHERE id = ?",  # noqa: S608
                 (credential_id,),
             ).fetchone()
-            return None if row is None else _row(row)
+            return None if row is None else credential(row)
 
         return await self._call(
             lambda db: self._change(db, apply, lambda done: ("rotate", {}), actor)
@@ -395,13 +328,13 @@ class SqliteCredentials:
 
         def apply(db: sqlite3.Connection) -> StoredCredential | None:
             row = db.execute(
-                f"SELECT {_COLUMNS} FROM credentials WHERE id = ?",  # noqa: S608
+                f"SELECT {COLUMNS} FROM credentials WHERE id = ?",  # noqa: S608
                 (credential_id,),
             ).fetchone()
             if row is None:
                 return None
             db.execute("DELETE FROM credentials WHERE id = ?", (credential_id,))
-            return _row(row)
+            return credential(row)
 
         return await self._call(
             lambda db: self._change(db, apply, lambda done: ("delete", {}), actor)
