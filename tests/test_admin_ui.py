@@ -264,17 +264,11 @@ async def test_in_a_browser_an_admin_creates_a_credential_then_disables_it(
     await chromium.screenshot("admin forwarding")
 
 
-async def test_the_send_again_button_replays_a_targets_dead_letters(
-    tmp_path: Path, aiohttp_server: Any, aiohttp_client: Any
-) -> None:
-    async def reject(request: web.Request, batch: list[Any]) -> web.StreamResponse | None:
-        return web.json_response({"error": "not today"}, status=400) if reject_all else None
-
-    reject_all = True
+async def forwarding_config(tmp_path: Path, aiohttp_server: Any, target: FakeTarget) -> Config:
+    """A gateway forwarding to `target` as `analytics`; one failed try makes a dead letter."""
     storage: TestServer = await aiohttp_server(FakeLRS().app())
-    target = FakeTarget(reject)
     target_server: TestServer = await aiohttp_server(target.app())
-    config = write_config(
+    return write_config(
         tmp_path,
         str(storage.make_url("/xAPI/")),
         USERS,
@@ -292,6 +286,56 @@ async def test_the_send_again_button_replays_a_targets_dead_letters(
             ],
         },
     )
+
+
+@pytest.mark.chromium
+async def test_in_a_browser_send_again_delivers_the_dead_letters(
+    tmp_path: Path, aiohttp_server: Any, chromium: Chromium
+) -> None:
+    async def reject(request: web.Request, batch: list[Any]) -> web.StreamResponse | None:
+        return web.json_response({"error": "not today"}, status=400) if reject_all else None
+
+    reject_all = True
+    target = FakeTarget(reject)
+    config = await forwarding_config(tmp_path, aiohttp_server, target)
+    server: TestServer = await aiohttp_server(create_app(config, registry=CollectorRegistry()))
+    base = str(server.make_url("")).rstrip("/")
+    ids: list[str] = []
+    async with aiohttp.ClientSession() as session:
+        for n in range(3):
+            statement = {**STATEMENT, "actor": {"mbox": f"mailto:learner{n}@example.com"}}
+            async with session.post(
+                f"{base}/xAPI/statements", json=statement, headers=basic("lms", "lms-password")
+            ) as answer:
+                ids += await answer.json()
+    await chromium.reset()
+    await chromium.open(f"{base}/admin/login")
+    await chromium.fill("input[name=username]", "admin")
+    await chromium.fill("input[name=password]", "admin-password")
+    await chromium.click("#login")
+    await chromium.wait_for_text("h1", "Overview")
+
+    async def three_dead() -> bool:
+        await chromium.open(f"{base}/admin/ui/forwarding")
+        return (await chromium.text("tr[data-target='analytics'] td.dead")).startswith("3")
+
+    await eventually(three_dead, within=10, what="three dead letters on the page")
+    await chromium.screenshot("admin forwarding with dead letters")
+    reject_all = False
+    await chromium.click("tr[data-target='analytics'] button.replay")
+    await chromium.wait_for_text("#notice", "3 dead letters of analytics are back in its queue")
+    await eventually(lambda: set(target.stored) == set(ids), within=10, what="the deliveries")
+
+
+async def test_the_send_again_button_replays_a_targets_dead_letters(
+    tmp_path: Path, aiohttp_server: Any, aiohttp_client: Any
+) -> None:
+    async def reject(request: web.Request, batch: list[Any]) -> web.StreamResponse | None:
+        return web.json_response({"error": "not today"}, status=400) if reject_all else None
+
+    reject_all = True
+    target = FakeTarget(reject)
+    config = await forwarding_config(tmp_path, aiohttp_server, target)
     client: Client = await aiohttp_client(create_app(config, registry=CollectorRegistry()))
     answer = await client.post(
         "/xAPI/statements", json=STATEMENT, headers=basic("lms", "lms-password")
@@ -316,6 +360,50 @@ async def test_the_send_again_button_replays_a_targets_dead_letters(
     await eventually(lambda: statement_id in target.stored, within=10, what="the delivery")
     gone = await client.post("/admin/ui/forwarding/elsewhere/replay", data={"csrf": csrf_of(page)})
     assert gone.status == 404
+
+
+@pytest.mark.chromium
+async def test_in_a_browser_the_overview_draws_the_rates(
+    tmp_path: Path, aiohttp_server: Any, chromium: Chromium
+) -> None:
+    """Ten intervals of traffic (the clock advanced by hand) draw three lines in the chart."""
+    storage: TestServer = await aiohttp_server(FakeLRS().app())
+    config = write_config(
+        tmp_path,
+        str(storage.make_url("/xAPI/")),
+        USERS,  # wrong passwords on purpose: no lockout, so they stay 401s
+        {"admin_ui": {"secure_cookie": False}, "lockout": {"enabled": False}},
+    )
+    clock = ManualClock()
+    app = create_app(config, registry=CollectorRegistry(), clock=clock)
+    server: TestServer = await aiohttp_server(app)
+    base = str(server.make_url("")).rstrip("/")
+    activity = app[ACTIVITY]
+    async with aiohttp.ClientSession() as session:
+        for interval in range(10):
+            for n in range(interval % 4 + 2):
+                password = "lms-password" if n % 3 else "wrong-password"
+                async with session.post(
+                    f"{base}/xAPI/statements", json=STATEMENT, headers=basic("lms", password)
+                ) as answer:
+                    assert answer.status in (200, 401)
+            clock.advance(activity.interval)
+            await eventually(lambda i=interval: len(activity.rates()) == i + 1, what="a sample")
+    await chromium.reset()
+    await chromium.open(f"{base}/admin/login")
+    await chromium.fill("input[name=username]", "admin")
+    await chromium.fill("input[name=password]", "admin-password")
+    await chromium.click("#login")
+    await chromium.wait_for_text("h1", "Overview")
+    width = await chromium.run(
+        lambda driver: driver.execute_script(
+            "return document.querySelector('#chart polyline').getBBox().width"
+        )
+    )
+    assert width > 500  # the line spans the chart
+    lines = await chromium.find_all("#chart polyline")
+    assert len(lines) == 3
+    await chromium.screenshot("admin overview with rates")
 
 
 async def test_the_overview_tells_readiness_versions_and_credentials(client: Client) -> None:
