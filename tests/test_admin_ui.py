@@ -388,7 +388,11 @@ async def test_in_a_browser_the_overview_draws_the_rates(
                 ) as answer:
                     assert answer.status in (200, 401)
             clock.advance(activity.interval)
-            await eventually(lambda i=interval: len(activity.rates()) == i + 1, what="a sample")
+
+            def sampled(intervals: int = interval + 1) -> bool:
+                return len(activity.rates()) == intervals
+
+            await eventually(sampled, what="a sample")
     await chromium.reset()
     await chromium.open(f"{base}/admin/login")
     await chromium.fill("input[name=username]", "admin")
