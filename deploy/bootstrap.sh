@@ -11,6 +11,10 @@
 #                the Debian packages `chromium` and `chromium-driver` (/usr/bin/chromium,
 #                /usr/bin/chromedriver) when missing (needs root and apt-get); never a
 #                browser download at run time
+#   postgresql, redis-server  real servers for tests (tests/realparts/postgres.py, redis.py):
+#                the Debian packages `postgresql` (/usr/lib/postgresql/<version>/bin) and
+#                `redis-server` (/usr/bin/redis-server) when missing (needs root and apt-get);
+#                the tests start their own throwaway servers, never the system's services
 #
 # The venvs are made by deploy/demo/venvs.sh, which deploy/demo.sh shares (the demo installs
 # only the gateway's runtime dependencies and Ralph, never npm or apt). A venv is
@@ -132,4 +136,58 @@ ensure_chromium() {
 }
 
 ensure_chromium
-say "ready (.venv, .venv-ralph, tests/oidc/node_modules, promtool, chromium)"
+
+# ensure_db_servers: Debian's `postgresql` (a server >= 15 under /usr/lib/postgresql) and
+# `redis-server` (/usr/bin/redis-server) when either is missing; the tests run their own
+# throwaway servers from these binaries (tests/realparts/postgres.py, redis.py). Same rules
+# as ensure_chromium: `apt-get update` only when needed, and without root (or apt-get) it
+# says so and goes on (the tests marked `postgres` or `redis` then fail with the same advice).
+postgres_installed() {
+    local bin
+    for bin in /usr/lib/postgresql/*/bin/postgres; do
+        [[ -x "$bin" ]] && return 0
+    done
+    return 1
+}
+
+ensure_db_servers() {
+    local log packages=()
+    postgres_installed || packages+=(postgresql)
+    [[ -x /usr/bin/redis-server ]] || packages+=(redis-server)
+    if (( ${#packages[@]} == 0 )); then
+        say "postgresql and redis-server are installed"
+        return 0
+    fi
+    if [[ "$(id -u)" -ne 0 ]] || ! command -v apt-get >/dev/null 2>&1; then
+        say "${packages[*]} missing and cannot be installed here (needs root and apt-get):"
+        say "  skipping; install Debian's '${packages[*]}' for the PostgreSQL and Redis tests"
+        return 0
+    fi
+    say "installing Debian packages ${packages[*]}"
+    log="$(mktemp)"
+    if ! {
+        if apt-cache show "${packages[@]}" >/dev/null 2>&1 && apt_install "${packages[@]}"; then
+            true
+        else
+            apt-get update -qq && apt_install "${packages[@]}"
+        fi
+    } >"$log" 2>&1; then
+        cat "$log" >&2
+        rm -f "$log"
+        die "apt-get install ${packages[*]} failed; the PostgreSQL and Redis tests need them"
+    fi
+    rm -f "$log"
+    # Only the binaries are wanted: where systemd runs, do not leave the packages' own
+    # services running (the tests start their own servers on free ports).
+    if [[ -d /run/systemd/system ]] && command -v systemctl >/dev/null 2>&1; then
+        local package
+        for package in "${packages[@]}"; do
+            systemctl disable --now "$package.service" >/dev/null 2>&1 || true
+        done
+    fi
+    postgres_installed || die "the postgresql package did not install /usr/lib/postgresql/*/bin/postgres"
+    [[ -x /usr/bin/redis-server ]] || die "the redis-server package did not install /usr/bin/redis-server"
+}
+
+ensure_db_servers
+say "ready (.venv, .venv-ralph, tests/oidc/node_modules, promtool, chromium, postgresql, redis-server)"

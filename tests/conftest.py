@@ -11,7 +11,9 @@ import pytest
 from realparts.chromium import ARTIFACTS_ENV, Chromium, run_chromium
 from realparts.learninglocker import ACTIVITY_PROFILES, LearningLockerServer, run_learning_locker
 from realparts.oidc import OidcClient, OidcProvider, OidcPublicClient, run_oidc_provider
+from realparts.postgres import PostgresServer, run_postgres
 from realparts.ralph import RalphServer, run_ralph
+from realparts.redis import RedisServer, run_redis
 
 
 @pytest.fixture(scope="session")
@@ -155,3 +157,41 @@ def chromium(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Chromium]:
     )
     with run_chromium(artifacts_dir, workdir=tmp_path_factory.mktemp("chromium")) as browser:
         yield browser
+
+
+@pytest.fixture(scope="session")
+def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresServer]:
+    """A real PostgreSQL server (Debian's, >= 15), a throwaway cluster for the session.
+
+    It listens on 127.0.0.1 only, on a free port (`postgres.port`); `postgres.dsn` is
+    `postgresql://lrs_gateway:PASSWORD@127.0.0.1:PORT/lrs_gateway_test`, a superuser with a
+    password generated per session, so asyncpg takes it as it is. The database
+    `lrs_gateway_test` is shared by every test: `dsn = postgres.new_database()` gives a test
+    its own empty one (no rows or tables of other tests). `postgres.stop()` then
+    `postgres.start()` cut every connection and bring back the same data on the same port
+    (both block until done; run them with `asyncio.to_thread` if the test's own server
+    must keep serving meanwhile). A test that stops it must start it again (`finally`).
+    Not durable (fsync off); never runs as root (as `postgres` when the tests are root).
+    Mark the tests `@pytest.mark.postgres`.
+
+        connection = await asyncpg.connect(postgres.new_database())
+    """
+    with run_postgres(tmp_path_factory.mktemp("postgres")) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """A real Redis server (Debian's redis-server) for the session, no persistence.
+
+    `redis.url` is `redis://127.0.0.1:PORT/0` (loopback only, no password). The server is
+    shared by every test: call `redis.flush()` first (FLUSHALL), or use keys of your own.
+    `redis.stop()` then `redis.start()` cut every connection and bring back an EMPTY server
+    on the same port (nothing is saved, like a Redis without persistence after a restart);
+    a test that stops it must start it again (`finally`). Never runs as root (as `redis`
+    when the tests are root). Mark the tests `@pytest.mark.redis`.
+
+        client = aioredis.from_url(redis.url)  # import redis.asyncio as aioredis
+    """
+    with run_redis(tmp_path_factory.mktemp("redis")) as server:
+        yield server
