@@ -33,6 +33,7 @@ __all__ = [
     "PayloadTooLarge",
     "StorageRefused",
     "StorageUnavailable",
+    "StoreUnavailable",
     "TooManyRequests",
     "Unauthorized",
     "UnsupportedMediaType",
@@ -181,6 +182,14 @@ class AuthUnavailable(GatewayError):
     status = 503
     kind = "auth_unavailable"
     retry_after: float | None = None
+
+
+class StoreUnavailable(GatewayError):
+    """The gateway's own database (credentials, PostgreSQL) cannot be reached now."""
+
+    status = 503
+    kind = "service_unavailable"
+    retry_after: float | None = 5.0
 
 
 class WorkersUnavailable(GatewayError):

@@ -265,12 +265,15 @@ async def test_the_file_wins_on_a_username_clash(client: Client, config: Config)
 
 async def test_the_schema_has_a_version_and_opening_twice_migrates_once(tmp_path: Path) -> None:
     path = tmp_path / "db.sqlite3"
+    applied = []
     for _ in range(2):
         database = SqliteCredentials(path)
         await database.open()
+        applied.append(database.migrated)
         await database.close()
+    assert applied == [[1, 2], []]
     with sqlite3.connect(path) as db:
-        assert db.execute("PRAGMA user_version").fetchone()[0] == 1
+        assert db.execute("PRAGMA user_version").fetchone()[0] == 2
         assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
 

@@ -19,10 +19,11 @@ from typing import Any, TypeVar
 from gateway.auth.credentials import CredentialsError, parse_credentials
 from gateway.auth.passwords import UnusablePassword, hash_new_password
 from gateway.config.settings import Config
-from gateway.errors import BadRequest
+from gateway.errors import GatewayError
 from gateway.secret import Secret
 from gateway.store.credentials import (
     CredentialConflict,
+    CredentialDatabase,
     NewCredential,
     StoredCredential,
     check_changes,
@@ -30,7 +31,7 @@ from gateway.store.credentials import (
     new_secret,
     new_username,
 )
-from gateway.store.sqlite import SqliteCredentials, database_path
+from gateway.store.databases import credential_database
 
 __all__ = ["add_parsers"]
 
@@ -46,12 +47,12 @@ def _actor() -> str:
 
 
 def _run(
-    load: Load, args: argparse.Namespace, work: Callable[[SqliteCredentials, Config], Awaitable[T]]
+    load: Load, args: argparse.Namespace, work: Callable[[CredentialDatabase, Config], Awaitable[T]]
 ) -> T:
     config = load(args)
 
     async def run() -> T:
-        database = SqliteCredentials(database_path(config, config.resolve_path(config.data_dir)))
+        database = credential_database(config, config.resolve_path(config.data_dir))
         await database.open()
         try:
             return await work(database, config)
@@ -61,7 +62,7 @@ def _run(
     return asyncio.run(run())
 
 
-async def _find(database: SqliteCredentials, key: str) -> StoredCredential:
+async def _find(database: CredentialDatabase, key: str) -> StoredCredential:
     found = await database.get(key) or await database.by_username(key)
     if found is None:
         raise LookupError(f"no credential with id or username {key!r}")
@@ -107,7 +108,7 @@ def _create(load: Load) -> Callable[[argparse.Namespace], int]:
         generated = not args.secret_stdin
         secret = new_secret() if generated else check_secret(sys.stdin.readline().rstrip("\n"))
 
-        async def work(database: SqliteCredentials, config: Config) -> dict[str, Any]:
+        async def work(database: CredentialDatabase, config: Config) -> dict[str, Any]:
             username = checked.get("username") or new_username()
             if username in _file_users(config):
                 raise CredentialConflict(f"the username {username!r} is in the credentials file")
@@ -129,7 +130,7 @@ def _create(load: Load) -> Callable[[argparse.Namespace], int]:
 
 def _list(load: Load) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
-        async def work(database: SqliteCredentials, _: Config) -> list[dict[str, Any]]:
+        async def work(database: CredentialDatabase, _: Config) -> list[dict[str, Any]]:
             found, _total = await database.page(offset=0, limit=1_000_000, search=args.search)
             return [c.public() for c in found]
 
@@ -150,7 +151,7 @@ def _list(load: Load) -> Callable[[argparse.Namespace], int]:
 
 def _show_one(load: Load) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
-        async def work(database: SqliteCredentials, _: Config) -> dict[str, Any]:
+        async def work(database: CredentialDatabase, _: Config) -> dict[str, Any]:
             return (await _find(database, args.credential)).public()
 
         _show(_run(load, args, work), args.json)
@@ -161,7 +162,7 @@ def _show_one(load: Load) -> Callable[[argparse.Namespace], int]:
 
 def _set_enabled(load: Load, enabled: bool) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
-        async def work(database: SqliteCredentials, _: Config) -> dict[str, Any]:
+        async def work(database: CredentialDatabase, _: Config) -> dict[str, Any]:
             found = await _find(database, args.credential)
             updated = await database.update(found.id, {"enabled": enabled}, actor=_actor())
             if updated is None:
@@ -178,7 +179,7 @@ def _rotate(load: Load) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
         secret = new_secret()
 
-        async def work(database: SqliteCredentials, _: Config) -> dict[str, Any]:
+        async def work(database: CredentialDatabase, _: Config) -> dict[str, Any]:
             found = await _find(database, args.credential)
             hashed = Secret(await hash_new_password(secret))
             rotated = await database.rotate(found.id, hashed, actor=_actor())
@@ -196,7 +197,7 @@ def _rotate(load: Load) -> Callable[[argparse.Namespace], int]:
 
 def _delete(load: Load) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
-        async def work(database: SqliteCredentials, _: Config) -> str:
+        async def work(database: CredentialDatabase, _: Config) -> str:
             found = await _find(database, args.credential)
             await database.delete(found.id, actor=_actor())
             return found.username
@@ -213,7 +214,7 @@ def _import(load: Load) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
         text = Path(args.file).read_text(encoding="utf-8")
 
-        async def work(database: SqliteCredentials, config: Config) -> tuple[int, list[str]]:
+        async def work(database: CredentialDatabase, config: Config) -> tuple[int, list[str]]:
             parsed = parse_credentials(
                 text,
                 account_homepage=config.auth.basic.account_homepage,
@@ -252,7 +253,7 @@ def _guarded(run: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Nam
     def guarded(args: argparse.Namespace) -> int:
         try:
             return run(args)
-        except (BadRequest, CredentialConflict, CredentialsError, UnusablePassword) as exc:
+        except (GatewayError, CredentialConflict, CredentialsError, UnusablePassword) as exc:
             print(f"error: {exc}", file=sys.stderr)
         except LookupError as exc:
             print(f"error: {exc.args[0]}", file=sys.stderr)

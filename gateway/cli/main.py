@@ -20,7 +20,13 @@ from urllib.parse import urlsplit
 
 from gateway import __version__
 from gateway.auth.credentials import parse_credentials
-from gateway.cli import auth_commands, config_commands, credentials_commands, lockout_commands
+from gateway.cli import (
+    auth_commands,
+    config_commands,
+    credentials_commands,
+    lockout_commands,
+    store_commands,
+)
 from gateway.config.settings import BasicAuthConfig, Config
 from gateway.errors import ConfigError
 from gateway.runtime.logs import setup_logging
@@ -552,6 +558,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     lockout_commands.add_arguments(clear)
     credentials_commands.add_parsers(commands, _command, _load)
+    store_commands.add_parsers(commands, _command, _load)
     return parser
 
 

@@ -378,13 +378,24 @@ class AdminUiConfig:
     absolute_timeout: float = field(default=28800.0, metadata=positive())  # from the login
 
 
+STORE_MIGRATE_MODES = ("auto", "manual")
+STORE_SCHEMES = ("sqlite:///", "postgresql://", "postgres://")
+
+
 @dataclass(frozen=True)
 class StoreConfig:
     """The control plane's database: credentials and their audit."""
 
     # sqlite:///path (relative to the config file; sqlite:////abs/path); default:
-    # gateway.sqlite3 in data_dir, shared by every worker process.
-    url: str | None = None
+    # gateway.sqlite3 in data_dir, shared by every worker process. Or
+    # postgresql://user@host:5432/db?sslmode=verify-full: one database for every replica.
+    # Out of reprs: a URL may carry a password (better: LRS_GATEWAY__STORE__PASSWORD).
+    url: str | None = field(default=None, repr=False)
+    password: Secret | None = None  # PostgreSQL's, when the URL does not carry it
+    # auto: migrate the schema at start; manual: refuse to start on an old schema
+    # (run `lrs-gateway store migrate` first).
+    migrate: str = field(default="auto", metadata=one_of(STORE_MIGRATE_MODES))
+    timeout: float = field(default=5.0, metadata=positive())  # connect and each query
     # Seconds between checks for another process's change: how soon it reaches this one.
     poll_interval: float = field(default=1.0, metadata=positive())
 
@@ -422,9 +433,12 @@ def _validate(config: Config) -> list[Problem]:
     constraints declared on the fields (gateway.config.constraints).
     """
     problems: list[Problem] = []
-    if config.store.url is not None and not config.store.url.startswith("sqlite:///"):
+    if config.store.url is not None and not config.store.url.startswith(STORE_SCHEMES):
         problems.append(
-            (("store.url",), "store.url: must be sqlite:///PATH (the only database so far)")
+            (
+                ("store.url",),
+                "store.url: must be sqlite:///PATH or postgresql://USER@HOST:PORT/DATABASE",
+            )
         )
     if not config.storage.url.startswith(("http://", "https://")) or not _is_http_url(
         config.storage.url

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import aiohttp
 from aiohttp import web
+from cryptography.fernet import Fernet
 from prometheus_client import CollectorRegistry
 from prometheus_client.registry import Collector
 
@@ -30,7 +31,7 @@ from gateway.forwarding.metrics import ForwardingCollector, OutboxesCollector
 from gateway.http.abuse_guard import Guard
 from gateway.http.admin_ui.activity import Activity
 from gateway.http.admin_ui.pages import AdminUi
-from gateway.http.admin_ui.sessions import SessionKeeper, session_key
+from gateway.http.admin_ui.sessions import SESSION_KEY, SessionKeeper
 from gateway.http.alternate import alternate_syntax_middleware
 from gateway.http.cors import CorsPolicy, add_cors_headers, cors_middleware
 from gateway.http.handlers import operations
@@ -75,7 +76,8 @@ from gateway.http.routes import setup_routes
 from gateway.http.rules_middleware import request_rules_middleware
 from gateway.http.storage_about import StorageAbout, storage_about_loop
 from gateway.runtime.workers import WorkerRole, outbox_dirs, serve_siblings, shared_data_dir
-from gateway.store.sqlite import SqliteCredentials, database_path
+from gateway.store.credentials import CredentialDatabase
+from gateway.store.databases import credential_database
 from gateway.upstream.storage import StorageClient
 from gateway.upstream.target import storage_target
 from gateway.xapi.versions import VERSION_HEADER, VersionPolicy
@@ -113,7 +115,7 @@ async def _authentication(app: web.Application) -> AsyncIterator[None]:
     background: list[asyncio.Task[None]] = []
     backends: list[AuthBackend] = []
     store: CredentialSources | None = None
-    database: SqliteCredentials | None = None
+    database: CredentialDatabase | None = None
     if "basic" in auth.backends:
         file = CredentialStore(
             config.resolve_path(auth.basic.credentials_file),
@@ -122,7 +124,7 @@ async def _authentication(app: web.Application) -> AsyncIterator[None]:
             reload_interval=auth.basic.reload_interval,
         )
         await file.load()
-        database = SqliteCredentials(_credential_database(app), clock=app[CLOCK])
+        database = credential_database(config, _shared_data_dir(app), clock=app[CLOCK])
         await database.open()
         store = CredentialSources(
             file,
@@ -134,8 +136,8 @@ async def _authentication(app: web.Application) -> AsyncIterator[None]:
         await store.load()
         app[CREDENTIAL_SOURCES] = store
         if config.admin_ui.enabled:
-            # Beside the database: every worker process reads every session.
-            key = await asyncio.to_thread(session_key, _credential_database(app).parent)
+            # In the database: every worker process and replica reads every session.
+            key = await database.shared_key(SESSION_KEY, Fernet.generate_key)
             keeper = SessionKeeper(
                 key,
                 clock=app[CLOCK],
@@ -207,12 +209,12 @@ async def _authentication(app: web.Application) -> AsyncIterator[None]:
     await asyncio.to_thread(checker.close)
 
 
-def _credential_database(app: web.Application) -> Path:
-    """The credential database's file; every worker process opens the same one."""
+def _shared_data_dir(app: web.Application) -> Path:
+    """The data_dir every worker process shares (where the default database lives)."""
     config = app[CONFIG]
     data_dir = config.resolve_path(config.data_dir)
     role = app.get(WORKER)
-    return database_path(config, shared_data_dir(data_dir, role) if role is not None else data_dir)
+    return shared_data_dir(data_dir, role) if role is not None else data_dir
 
 
 async def _forwarding(app: web.Application) -> AsyncIterator[None]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 import secrets
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -143,8 +143,11 @@ class CredentialDatabase(Protocol):
     """Where credentials live (SQLite by default; the same interface for any other).
 
     `generation` grows with every change, so each process learns of another's change by
-    reading one number; `last used` writes do not count as changes.
+    reading one number; `last used` writes do not count as changes. `migrated` lists
+    the schema versions the last `open` applied.
     """
+
+    migrated: list[int]
 
     async def open(self) -> None:
         """Open it (creating or migrating its schema)."""
@@ -204,6 +207,14 @@ class CredentialDatabase(Protocol):
 
     async def audit(self, *, offset: int, limit: int) -> tuple[list[AuditEntry], int]:
         """One page of the audit, newest first, and the total."""
+        ...
+
+    async def shared_key(self, name: str, make: Callable[[], bytes]) -> bytes:
+        """The key called `name` that everyone using this database shares (made once)."""
+        ...
+
+    async def describe(self) -> dict[str, Any]:
+        """What `lrs-gateway store status` shows: kind, where (no secret), schema, counts."""
         ...
 
 

@@ -71,6 +71,10 @@ _MIGRATIONS = (
     CREATE TABLE generation (one INTEGER PRIMARY KEY CHECK (one = 1), value INTEGER NOT NULL);
     INSERT INTO generation VALUES (1, 0);
     """,
+    # 2: keys shared by every process using the database (the web admin's sessions).
+    """
+    CREATE TABLE shared_keys (name TEXT PRIMARY KEY, value BLOB NOT NULL);
+    """,
 )
 
 
@@ -100,6 +104,7 @@ class SqliteCredentials:
         self._clock = clock
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="credentials-db")
         self._db: sqlite3.Connection | None = None
+        self.migrated: list[int] = []  # the schema versions the last open applied
 
     async def _call(self, work: Callable[[sqlite3.Connection], T]) -> T:
         def run() -> T:
@@ -127,6 +132,7 @@ class SqliteCredentials:
                         if statement.strip():
                             db.execute(statement)
                     db.execute(f"PRAGMA user_version = {number}")
+                    self.migrated.append(number)
                 db.execute("COMMIT")
             except BaseException:
                 db.execute("ROLLBACK")
@@ -359,3 +365,31 @@ class SqliteCredentials:
                 raise
 
         await self._call(write)
+
+    async def shared_key(self, name: str, make: Callable[[], bytes]) -> bytes:
+        """The key called `name` every process of this database shares (made once)."""
+
+        def get_or_make(db: sqlite3.Connection) -> bytes:
+            db.execute(
+                "INSERT OR IGNORE INTO shared_keys (name, value) VALUES (?, ?)", (name, make())
+            )
+            row = db.execute("SELECT value FROM shared_keys WHERE name = ?", (name,)).fetchone()
+            return bytes(row[0])
+
+        return await self._call(get_or_make)
+
+    async def describe(self) -> dict[str, Any]:
+        """Kind, file, schema version, counts."""
+
+        def read(db: sqlite3.Connection) -> dict[str, Any]:
+            return {
+                "kind": "sqlite",
+                "where": str(self.path),
+                "schema_version": db.execute("PRAGMA user_version").fetchone()[0],
+                "schema_latest": len(_MIGRATIONS),
+                "credentials": db.execute("SELECT count(*) FROM credentials").fetchone()[0],
+                "audit_entries": db.execute("SELECT count(*) FROM audit").fetchone()[0],
+                "generation": db.execute("SELECT value FROM generation").fetchone()[0],
+            }
+
+        return await self._call(read)

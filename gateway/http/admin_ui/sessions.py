@@ -1,19 +1,17 @@
 """Admin sessions in a cookie: encrypted and signed (Fernet), with idle and absolute expiry.
 
-The key lives in the shared data_dir (created once, 0600), so every worker process reads
-every session. The cookie holds who logged in and the session's CSRF token; it is checked
-again on every request, and the person must still hold `admin` (a disabled admin is out
-at once).
+The key lives in the credential database (made once, by whoever comes first), so every
+worker process and every replica reads every session. The cookie holds who logged in and
+the session's CSRF token; it is checked again on every request, and the person must still
+hold `admin` (a disabled admin is out at once).
 """
 
 from __future__ import annotations
 
 import hmac
 import json
-import os
 import secrets
 from dataclasses import dataclass
-from pathlib import Path
 
 from cryptography.fernet import Fernet, InvalidToken
 
@@ -24,9 +22,9 @@ __all__ = [
     "COOKIE",
     "PENDING_COOKIE",
     "PENDING_LIFETIME",
+    "SESSION_KEY",
     "AdminSession",
     "SessionKeeper",
-    "session_key",
 ]
 
 COOKIE = "lrs_gateway_admin"
@@ -34,21 +32,7 @@ COOKIE = "lrs_gateway_admin"
 # the provider sends the browser back from another site.
 PENDING_COOKIE = "lrs_gateway_sso"
 PENDING_LIFETIME = 600  # seconds to sign in at the provider
-KEY_FILE = "admin-session.key"
-
-
-def session_key(data_dir: Path) -> bytes:
-    """The Fernet key in `data_dir`, made on first use (several workers may race to it)."""
-    path = data_dir / KEY_FILE
-    data_dir.mkdir(parents=True, exist_ok=True)
-    try:
-        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        return path.read_bytes().strip()
-    key = Fernet.generate_key()
-    with os.fdopen(descriptor, "wb") as file:
-        file.write(key)
-    return key
+SESSION_KEY = "admin-session"  # the Fernet key's name in the credential database
 
 
 @dataclass(frozen=True, slots=True)

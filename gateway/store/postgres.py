@@ -1,0 +1,446 @@
+"""The credential database in PostgreSQL: one database every replica shares (asyncpg).
+
+The same interface and rows as the SQLite file. A change writes its audit entry and bumps
+the generation in one transaction, so a replica that reads the new generation also reads
+the change; every replica polls that one number (`store.poll_interval`), so a change
+reaches all of them within about one interval. The schema's version lives in
+`lrs_gateway_migrations`; migrations run in order under an advisory lock, so replicas
+starting together migrate once.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeAlias, TypeVar
+from urllib.parse import urlsplit
+
+try:
+    import asyncpg
+except ImportError:  # the `postgresql` extra is not installed: SQLite only
+    asyncpg = None  # type: ignore[assignment]
+
+from gateway.clock import SYSTEM_CLOCK, Clock
+from gateway.errors import ConfigError, StoreUnavailable
+from gateway.secret import Secret
+from gateway.store.credentials import (
+    AuditEntry,
+    CredentialConflict,
+    NewCredential,
+    StoredCredential,
+)
+from gateway.store.rows import (
+    COLUMNS,
+    audit_entry,
+    column_value,
+    create_changes,
+    created,
+    credential,
+    insert_values,
+    update_changes,
+)
+
+__all__ = ["MIGRATIONS", "PostgresCredentials", "SchemaBehind", "schema_version"]
+
+if TYPE_CHECKING:
+    from asyncpg.pool import PoolConnectionProxy
+
+    # A connection of its own (the CLI) or one lent by the pool.
+    Connection: TypeAlias = asyncpg.Connection[asyncpg.Record] | PoolConnectionProxy[asyncpg.Record]
+
+# Any 64-bit number the gateway alone uses: replicas starting at once take turns.
+_MIGRATION_LOCK = 0x6C72735F67770001
+
+MIGRATIONS: tuple[str, ...] = (
+    # 1: credentials, their audit, and the change counter every replica polls.
+    """
+    CREATE TABLE credentials (
+        id TEXT PRIMARY KEY,
+        username TEXT NOT NULL UNIQUE,
+        secret_hash TEXT NOT NULL,
+        name TEXT NOT NULL,
+        scopes TEXT NOT NULL,
+        agent TEXT,
+        enabled BOOLEAN NOT NULL,
+        expires_at DOUBLE PRECISION,
+        info TEXT,
+        created_at DOUBLE PRECISION NOT NULL,
+        updated_at DOUBLE PRECISION NOT NULL,
+        last_used_at DOUBLE PRECISION
+    );
+    CREATE TABLE credential_audit (
+        id BIGSERIAL PRIMARY KEY,
+        at DOUBLE PRECISION NOT NULL,
+        actor TEXT NOT NULL,
+        action TEXT NOT NULL,
+        credential_id TEXT,
+        username TEXT,
+        changes TEXT NOT NULL
+    );
+    CREATE TABLE credential_generation (
+        one INTEGER PRIMARY KEY CHECK (one = 1),
+        value BIGINT NOT NULL
+    );
+    INSERT INTO credential_generation VALUES (1, 0);
+    """,
+    # 2: keys shared by every replica (the web admin's sessions).
+    """
+    CREATE TABLE shared_keys (name TEXT PRIMARY KEY, value BYTEA NOT NULL);
+    """,
+)
+
+_VERSIONS_TABLE = """
+    CREATE TABLE IF NOT EXISTS lrs_gateway_migrations (
+        version INTEGER PRIMARY KEY,
+        applied_at TIMESTAMPTZ NOT NULL DEFAULT now()
+    )
+"""
+
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _reachable(
+    method: Callable[P, Coroutine[Any, Any, R]],
+) -> Callable[P, Coroutine[Any, Any, R]]:
+    """A database that cannot be reached is a 503 (try again), never a 500."""
+
+    @functools.wraps(method)
+    async def call(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return await method(*args, **kwargs)
+        except (
+            OSError,
+            TimeoutError,
+            asyncpg.PostgresConnectionError,
+            asyncpg.InterfaceError,
+            asyncpg.CannotConnectNowError,
+        ) as exc:
+            raise StoreUnavailable(
+                f"the credential database cannot be reached ({type(exc).__name__}); try again"
+            ) from exc
+
+    return call
+
+
+class SchemaBehind(ConfigError):
+    """The database's schema is older than this gateway's and migrating is left to hand."""
+
+
+async def schema_version(conn: Connection) -> int:
+    """The newest migration applied (0 for an empty database)."""
+    exists = await conn.fetchval("SELECT to_regclass('lrs_gateway_migrations') IS NOT NULL")
+    if not exists:
+        return 0
+    return int(await conn.fetchval("SELECT coalesce(max(version), 0) FROM lrs_gateway_migrations"))
+
+
+async def migrate(conn: Connection) -> list[int]:
+    """Apply the migrations this database lacks, in order; the versions applied."""
+    applied: list[int] = []
+    async with conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", _MIGRATION_LOCK)
+        await conn.execute(_VERSIONS_TABLE)
+        done = await schema_version(conn)
+        for number, script in enumerate(MIGRATIONS[done:], start=done + 1):
+            await conn.execute(script)
+            await conn.execute("INSERT INTO lrs_gateway_migrations (version) VALUES ($1)", number)
+            applied.append(number)
+    return applied
+
+
+class PostgresCredentials:
+    """The CredentialDatabase on a PostgreSQL database (a small connection pool)."""
+
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        password: Secret | None = None,
+        clock: Clock = SYSTEM_CLOCK,
+        timeout: float = 5.0,
+        auto_migrate: bool = True,
+        pool_size: int = 4,
+    ) -> None:
+        self._dsn = dsn
+        self._password = password
+        self._clock = clock
+        self._timeout = timeout
+        self._auto_migrate = auto_migrate
+        self._pool_size = pool_size
+        self._pool: asyncpg.Pool[asyncpg.Record] | None = None
+        self.migrated: list[int] = []  # the schema versions the last open applied
+
+    def __repr__(self) -> str:
+        return f"PostgresCredentials({self._where()})"  # never the DSN: it may hold a password
+
+    def _where(self) -> str:
+        """host:port/database of the DSN, for messages (no user, no password)."""
+        parts = urlsplit(self._dsn)
+        return f"{parts.hostname or 'localhost'}:{parts.port or 5432}{parts.path}"
+
+    # -- life ---------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        """Connect; migrate (store.migrate: auto) or insist the schema is current."""
+        if asyncpg is None:
+            raise ConfigError(
+                "store.url is a PostgreSQL URL, but asyncpg is not installed: "
+                "pip install 'lrs-gateway[postgresql]'"
+            )
+        pool = await asyncpg.create_pool(
+            self._dsn,
+            password=self._password.reveal() if self._password is not None else None,
+            # No floor to keep: a pool keeping one logs a traceback a second while the
+            # database is down; connections are made when a call needs them.
+            min_size=0,
+            max_size=self._pool_size,
+            timeout=self._timeout,
+            command_timeout=self._timeout,
+        )
+        try:
+            async with pool.acquire() as conn:
+                if self._auto_migrate:
+                    self.migrated = await migrate(conn)
+                elif (version := await schema_version(conn)) < len(MIGRATIONS):
+                    raise SchemaBehind(
+                        f"the database's schema is at version {version}, this gateway needs "
+                        f"{len(MIGRATIONS)}: run `lrs-gateway store migrate`"
+                    )
+        except (OSError, TimeoutError, asyncpg.InterfaceError) as exc:
+            await pool.close()
+            raise ConfigError(
+                f"store.url: cannot reach PostgreSQL at {self._where()} "
+                f"({type(exc).__name__}: {exc})"
+            ) from None
+        except asyncpg.PostgresError as exc:  # a wrong password, no such database, ...
+            await pool.close()
+            raise ConfigError(f"store.url: PostgreSQL at {self._where()} refused: {exc}") from None
+        except BaseException:
+            await pool.close()
+            raise
+        self._pool = pool
+
+    async def close(self) -> None:
+        """Close the pool."""
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None
+
+    def _connected(self) -> asyncpg.Pool[asyncpg.Record]:
+        assert self._pool is not None, "the credential database is not open"
+        return self._pool
+
+    # -- reads --------------------------------------------------------------------------
+
+    @_reachable
+    async def generation(self) -> int:
+        """The change counter: another number means something changed."""
+        return int(await self._connected().fetchval("SELECT value FROM credential_generation"))
+
+    @_reachable
+    async def all(self) -> list[StoredCredential]:
+        """Every credential, for the in-memory copy Basic authentication reads."""
+        rows = await self._connected().fetch(f"SELECT {COLUMNS} FROM credentials")  # noqa: S608
+        return [credential(r) for r in rows]
+
+    async def _one(self, column: str, value: str) -> StoredCredential | None:
+        row = await self._connected().fetchrow(
+            f"SELECT {COLUMNS} FROM credentials WHERE {column} = $1",  # noqa: S608
+            value,
+        )
+        return None if row is None else credential(row)
+
+    @_reachable
+    async def get(self, credential_id: str) -> StoredCredential | None:
+        """The credential with this id."""
+        return await self._one("id", credential_id)
+
+    @_reachable
+    async def by_username(self, username: str) -> StoredCredential | None:
+        """The credential with this username."""
+        return await self._one("username", username)
+
+    @_reachable
+    async def page(
+        self, *, offset: int, limit: int, search: str | None = None
+    ) -> tuple[list[StoredCredential], int]:
+        """One page, oldest first, with the total; `search` matches name or username."""
+        where, args = "", []
+        if search:
+            pattern = "%" + search.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+            where = " WHERE name ILIKE $1 ESCAPE '\\' OR username ILIKE $1 ESCAPE '\\'"
+            args = [pattern + "%"]
+        pool = self._connected()
+        total = await pool.fetchval(f"SELECT count(*) FROM credentials{where}", *args)  # noqa: S608
+        rows = await pool.fetch(
+            f"SELECT {COLUMNS} FROM credentials{where} "  # noqa: S608
+            f"ORDER BY created_at, id LIMIT ${len(args) + 1} OFFSET ${len(args) + 2}",
+            *args,
+            limit,
+            offset,
+        )
+        return [credential(r) for r in rows], int(total)
+
+    @_reachable
+    async def audit(self, *, offset: int, limit: int) -> tuple[list[AuditEntry], int]:
+        """One page of the audit, newest first, with the total."""
+        pool = self._connected()
+        total = await pool.fetchval("SELECT count(*) FROM credential_audit")
+        rows = await pool.fetch(
+            "SELECT * FROM credential_audit ORDER BY id DESC LIMIT $1 OFFSET $2", limit, offset
+        )
+        return [audit_entry(r) for r in rows], int(total)
+
+    # -- changes ------------------------------------------------------------------------
+
+    async def _change(
+        self,
+        work: Callable[[Connection], Awaitable[StoredCredential | None]],
+        audit: Callable[[StoredCredential], tuple[str, dict[str, Any]]],
+        actor: str,
+    ) -> StoredCredential | None:
+        """`work` and its audit entry in one transaction that bumps the generation."""
+        async with self._connected().acquire() as conn, conn.transaction():
+            done = await work(conn)
+            if done is not None:
+                action, changes = audit(done)
+                await conn.execute(
+                    "INSERT INTO credential_audit "
+                    "(at, actor, action, credential_id, username, changes) "
+                    "VALUES ($1, $2, $3, $4, $5, $6)",
+                    self._clock.now(),
+                    actor,
+                    action,
+                    done.id,
+                    done.username,
+                    json.dumps(changes),
+                )
+                await conn.execute("UPDATE credential_generation SET value = value + 1")
+        return done
+
+    @_reachable
+    async def create(
+        self, new: NewCredential, *, actor: str, action: str = "create"
+    ) -> StoredCredential:
+        """Insert `new`; CredentialConflict when its username is taken."""
+        stored = created(new, self._clock.now())
+
+        async def insert(conn: Connection) -> StoredCredential:
+            values = insert_values(stored)
+            marks = ", ".join(f"${n}" for n in range(1, len(values) + 1))
+            try:
+                await conn.execute(
+                    f"INSERT INTO credentials ({', '.join(values)}) VALUES ({marks})",  # noqa: S608
+                    *values.values(),
+                )
+            except asyncpg.UniqueViolationError:
+                raise CredentialConflict(f"the username {stored.username!r} is taken") from None
+            return stored
+
+        done = await self._change(insert, lambda done: (action, create_changes(done)), actor)
+        assert done is not None
+        return done
+
+    async def _locked_row(self, conn: Connection, credential_id: str) -> Any:
+        return await conn.fetchrow(
+            f"SELECT {COLUMNS} FROM credentials WHERE id = $1 FOR UPDATE",  # noqa: S608
+            credential_id,
+        )
+
+    @_reachable
+    async def update(
+        self, credential_id: str, changes: Mapping[str, Any], *, actor: str
+    ) -> StoredCredential | None:
+        """Apply checked `changes` (editable fields only); None when there is no such id."""
+        before: dict[str, Any] = {}
+
+        async def apply(conn: Connection) -> StoredCredential | None:
+            row = await self._locked_row(conn, credential_id)
+            if row is None:
+                return None
+            before.update(credential(row).public())
+            if changes:
+                assignments = ", ".join(f"{key} = ${n}" for n, key in enumerate(changes, start=1))
+                count = len(changes)
+                await conn.execute(
+                    f"UPDATE credentials SET {assignments}, updated_at = ${count + 1} "  # noqa: S608
+                    f"WHERE id = ${count + 2}",
+                    *(column_value(k, v) for k, v in changes.items()),
+                    self._clock.now(),
+                    credential_id,
+                )
+            return credential(await self._locked_row(conn, credential_id))
+
+        return await self._change(
+            apply, lambda done: ("update", update_changes(before, done, changes)), actor
+        )
+
+    @_reachable
+    async def rotate(
+        self, credential_id: str, secret_hash: Secret, *, actor: str
+    ) -> StoredCredential | None:
+        """A new secret (already hashed); the old one stops at the next generation."""
+
+        async def apply(conn: Connection) -> StoredCredential | None:
+            row = await conn.fetchrow(
+                f"UPDATE credentials SET secret_hash = $1, updated_at = $2 WHERE id = $3 "  # noqa: S608
+                f"RETURNING {COLUMNS}",
+                secret_hash.reveal(),
+                self._clock.now(),
+                credential_id,
+            )
+            return None if row is None else credential(row)
+
+        return await self._change(apply, lambda done: ("rotate", {}), actor)
+
+    @_reachable
+    async def delete(self, credential_id: str, *, actor: str) -> StoredCredential | None:
+        """Remove it; None when there is no such id."""
+
+        async def apply(conn: Connection) -> StoredCredential | None:
+            row = await conn.fetchrow(
+                f"DELETE FROM credentials WHERE id = $1 RETURNING {COLUMNS}",  # noqa: S608
+                credential_id,
+            )
+            return None if row is None else credential(row)
+
+        return await self._change(apply, lambda done: ("delete", {}), actor)
+
+    @_reachable
+    async def touch(self, used: Mapping[str, float]) -> None:
+        """Record when usernames were last used (not a change: the generation stays)."""
+        if not used:
+            return
+        await self._connected().executemany(
+            "UPDATE credentials SET last_used_at = greatest(coalesce(last_used_at, 0), $1) "
+            "WHERE username = $2",
+            [(at, username) for username, at in used.items()],
+        )
+
+    @_reachable
+    async def shared_key(self, name: str, make: Callable[[], bytes]) -> bytes:
+        """The key called `name` every replica shares (made once, by whoever comes first)."""
+        pool = self._connected()
+        await pool.execute(
+            "INSERT INTO shared_keys (name, value) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+            name,
+            make(),
+        )
+        return bytes(await pool.fetchval("SELECT value FROM shared_keys WHERE name = $1", name))
+
+    @_reachable
+    async def describe(self) -> dict[str, Any]:
+        """Kind, host:port/database, schema version, counts."""
+        async with self._connected().acquire() as conn:
+            return {
+                "kind": "postgresql",
+                "where": self._where(),
+                "schema_version": await schema_version(conn),
+                "schema_latest": len(MIGRATIONS),
+                "credentials": await conn.fetchval("SELECT count(*) FROM credentials"),
+                "audit_entries": await conn.fetchval("SELECT count(*) FROM credential_audit"),
+                "generation": await conn.fetchval("SELECT value FROM credential_generation"),
+            }
