@@ -316,6 +316,16 @@ class LimitsConfig:
     header_timeout: float = field(default=10.0, metadata=positive())
     # Wait for a free storage connection, then 503.
     upstream_queue_timeout: float = field(default=5.0, metadata=positive())
+    # Rate limits and lockouts counted in Redis by every replica together
+    # (redis://host:6379/0, rediss:// for TLS); unset: each process counts alone. Out of
+    # reprs: a URL may carry a password (better: LRS_GATEWAY__LIMITS__SHARED_PASSWORD).
+    shared_url: str | None = field(default=None, repr=False)
+    shared_password: Secret | None = None
+    # Seconds a Redis call may take; beyond it (or on any failure) each process counts
+    # alone, and tries Redis again after shared_retry_interval.
+    shared_timeout: float = field(default=0.25, metadata=positive())
+    shared_retry_interval: float = field(default=5.0, metadata=positive())
+    shared_key_prefix: str = "lrs-gateway:"
 
 
 @dataclass(frozen=True)
@@ -439,6 +449,12 @@ def _validate(config: Config) -> list[Problem]:
                 ("store.url",),
                 "store.url: must be sqlite:///PATH or postgresql://USER@HOST:PORT/DATABASE",
             )
+        )
+    if config.limits.shared_url is not None and not config.limits.shared_url.startswith(
+        ("redis://", "rediss://", "unix://")
+    ):
+        problems.append(
+            (("limits.shared_url",), "limits.shared_url: must be redis://HOST:PORT/DB or rediss://")
         )
     if not config.storage.url.startswith(("http://", "https://")) or not _is_http_url(
         config.storage.url

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import ipaddress
 import logging
 import secrets
@@ -12,9 +13,10 @@ from aiohttp import web
 
 from gateway.clock import SYSTEM_CLOCK, Clock
 from gateway.config.settings import LockoutConfig, RateLimitConfig
-from gateway.errors import TooManyRequests
+from gateway.errors import StoreUnavailable, TooManyRequests
 from gateway.http.abuse_limits import FailureLockout, TokenBuckets, client_address
 from gateway.secret import keyed_digest
+from gateway.store.shared_limits import SharedLimits, SharedLimitsDown
 from gateway.ttlcache import TtlCache
 
 log = logging.getLogger(__name__)
@@ -36,11 +38,23 @@ def lockout_key(*, username: str | None = None, address: str | None = None) -> s
 
 
 class Guard:
-    """Holds the buckets and lockout state (bounded in memory) of one app."""
+    """Holds the buckets and lockout state (bounded in memory) of one app.
+
+    With `shared` (Redis), every replica counts together; whenever Redis cannot answer,
+    this process counts alone, as it does without Redis. Lockouts learnt from Redis are
+    kept here too, so a username locked out stays locked out while Redis is down.
+    """
 
     def __init__(
-        self, rate_limit: RateLimitConfig, lockout: LockoutConfig, *, clock: Clock = SYSTEM_CLOCK
+        self,
+        rate_limit: RateLimitConfig,
+        lockout: LockoutConfig,
+        *,
+        clock: Clock = SYSTEM_CLOCK,
+        shared: SharedLimits | None = None,
     ) -> None:
+        self.shared = shared
+        self._rate_limit = rate_limit
         self._trusted = [
             ipaddress.ip_network(cidr, strict=False) for cidr in rate_limit.trusted_proxies
         ]
@@ -69,12 +83,23 @@ class Guard:
         """The caller's address, X-Forwarded-For believed from trusted proxies only."""
         return client_address(request.remote, request.headers.get("X-Forwarded-For"), self._trusted)
 
-    def check_rate(self, key: str, *, per_principal: bool) -> None:
+    async def check_rate(self, key: str, *, per_principal: bool) -> None:
         """429 when `key` has spent its tokens."""
         if not self._rates_on:
             return
-        buckets = self._per_principal if per_principal else self._per_ip
-        wait = buckets.take(key)
+        wait: float | None = None
+        if self.shared is not None:
+            limits = self._rate_limit
+            rate, burst = (
+                (limits.per_principal_rate, limits.per_principal_burst)
+                if per_principal
+                else (limits.per_ip_rate, limits.per_ip_burst)
+            )
+            with contextlib.suppress(SharedLimitsDown):
+                wait = await self.shared.take(key, rate, burst)
+        if wait is None:
+            buckets = self._per_principal if per_principal else self._per_ip
+            wait = buckets.take(key)
         if wait > 0:
             raise TooManyRequests("too many requests; slow down", retry_after=wait)
 
@@ -96,14 +121,28 @@ class Guard:
     def _digest(self, authorization: str | None) -> bytes:
         return keyed_digest(self._key, (authorization or "").encode("utf-8", "replace"))
 
-    def check_lockout(self, keys: tuple[str, ...], authorization: str | None) -> None:
+    async def check_lockout(self, keys: tuple[str, ...], authorization: str | None) -> None:
         """429 while any key is locked out: no password check runs for it.
 
         A locked address still lets through credentials that succeeded lately.
         """
+        if not keys:
+            return
+        waits: list[float] | None = None
+        if self.shared is not None:
+            with contextlib.suppress(SharedLimitsDown):
+                waits = await self.shared.blocked_for(keys)
+            for key, held in zip(keys, waits or (), strict=False):
+                # Redis decides while it answers; kept here too, so a key locked out
+                # stays locked out if Redis goes away (and one lifted is lifted here).
+                if held > 0:
+                    self.lockout.hold(key, held)
+                elif self.lockout.blocked_for(key) > 0:
+                    self.lockout.lift(key)
+        if waits is None:  # no Redis, or it did not answer: this process's own count
+            waits = [self.lockout.blocked_for(key) for key in keys]
         proven: bool | None = None
-        for key in keys:
-            wait = self.lockout.blocked_for(key)
+        for key, wait in zip(keys, waits, strict=True):
             if wait <= 0:
                 continue
             if key.startswith("ip:"):
@@ -113,10 +152,20 @@ class Guard:
                     continue
             raise TooManyRequests("too many failed logins; try again later", retry_after=wait)
 
-    def login_failed(self, keys: tuple[str, ...]) -> None:
-        """Count a failed login against its username and address; log a lockout once."""
+    async def login_failed(self, keys: tuple[str, ...]) -> None:
+        """Count a failed login against its username and address; log a lockout once.
+
+        Counted here too when Redis counts it: the count to fall back on if Redis fails.
+        """
+        config = self._lockout_config
         for key in keys:
-            if self.lockout.failed(key):
+            began = self.lockout.failed(key)
+            if self.shared is not None:
+                with contextlib.suppress(SharedLimitsDown):  # else this process's count decides
+                    began = await self.shared.failed(
+                        key, config.max_failures, config.window, config.block
+                    )
+            if began:
                 kind, _, who = key.partition(":")
                 # One line per lockout (not per refused guess); never the password.
                 log.warning(
@@ -129,11 +178,24 @@ class Guard:
                     self._lockout_config.window,
                 )
 
-    def lift_lockout(self, key: str) -> bool:
-        """Lift a lockout (key from `lockout_key`) at once; whether one was in force."""
-        return self.lockout.lift(key)
+    async def lift_lockout(self, key: str) -> bool:
+        """Lift a lockout (key from `lockout_key`) at once; whether one was in force.
 
-    def login_succeeded(self, keys: tuple[str, ...], authorization: str | None) -> None:
+        Lifted in Redis too when it is shared; a Redis that does not answer is a 503 (the
+        lockout would otherwise come back from it).
+        """
+        locked = self.lockout.lift(key)
+        if self.shared is not None:
+            try:
+                locked = await self.shared.lift(key) or locked
+            except SharedLimitsDown:
+                raise StoreUnavailable(
+                    "the shared limits (Redis) did not answer: the lockout is lifted in "
+                    "this process only; try again"
+                ) from None
+        return locked
+
+    async def login_succeeded(self, keys: tuple[str, ...], authorization: str | None) -> None:
         """A success clears the username's failures, not the address's.
 
         One valid credential must not let a flood from the same address keep guessing; it is
@@ -144,4 +206,7 @@ class Guard:
         for key in keys:
             if key.startswith("user:"):
                 self.lockout.succeeded(key)
+                if self.shared is not None:
+                    with contextlib.suppress(SharedLimitsDown):
+                        await self.shared.succeeded(key)
         self._proven.put(self._digest(authorization), True, self._proven_ttl)

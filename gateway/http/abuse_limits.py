@@ -117,6 +117,15 @@ class FailureLockout:
             self._state.popitem(last=False)
         return blocked and not was_blocked
 
+    def hold(self, key: str, seconds: float) -> None:
+        """Block `key` for at least `seconds` from now (a lockout learnt from elsewhere)."""
+        now = self._monotonic()
+        count, start, until = self._state.get(key, (0, now, 0.0))
+        self._state[key] = (count, start, max(until, now + seconds))
+        self._state.move_to_end(key)
+        if len(self._state) > self._max_keys:
+            self._state.popitem(last=False)
+
     def succeeded(self, key: str) -> None:
         """A success forgets the key's failures."""
         self._state.pop(key, None)

@@ -78,6 +78,7 @@ from gateway.http.storage_about import StorageAbout, storage_about_loop
 from gateway.runtime.workers import WorkerRole, outbox_dirs, serve_siblings, shared_data_dir
 from gateway.store.credentials import CredentialDatabase
 from gateway.store.databases import credential_database
+from gateway.store.shared_limits import SharedLimits
 from gateway.upstream.storage import StorageClient
 from gateway.upstream.target import storage_target
 from gateway.xapi.versions import VERSION_HEADER, VersionPolicy
@@ -306,6 +307,17 @@ async def _publishing(app: web.Application) -> AsyncIterator[None]:
     metrics.publish()  # a worker stopping cleanly loses nothing
 
 
+async def _shared_limits(app: web.Application) -> AsyncIterator[None]:
+    """Redis for every replica's limits: its figures while it runs, closed at the end."""
+    shared = app[GUARD].shared
+    assert shared is not None
+    fallbacks = app[METRICS].shared_limits(lambda: shared.up, lambda: shared.fallbacks)
+    app[METRICS].add_cumulative(fallbacks)
+    yield
+    app[METRICS].remove_cumulative(fallbacks)
+    await shared.close()
+
+
 async def _activity(app: web.Application) -> AsyncIterator[None]:
     """The web admin's overview: the gateway's own counters sampled in the background."""
     task = asyncio.create_task(app[ACTIVITY].run(), name="admin-activity")
@@ -383,7 +395,18 @@ def create_app(
     app[METRICS] = metrics
     app[VERSIONS] = VersionPolicy(config.xapi.versions)
     app[STORAGE_ABOUT] = StorageAbout()
-    app[GUARD] = Guard(config.rate_limit, config.lockout, clock=clock)
+    shared_limits = None
+    if config.limits.shared_url is not None:
+        shared_limits = SharedLimits(
+            config.limits.shared_url,
+            password=config.limits.shared_password,
+            timeout=config.limits.shared_timeout,
+            retry_interval=config.limits.shared_retry_interval,
+            prefix=config.limits.shared_key_prefix,
+            clock=clock,
+        )
+        app.cleanup_ctx.append(_shared_limits)
+    app[GUARD] = Guard(config.rate_limit, config.lockout, clock=clock, shared=shared_limits)
     app[REQUEST_IDS] = RequestIds()
     if worker is not None and worker.count > 1:
         app[WORKER] = worker

@@ -65,6 +65,21 @@ class _BuildInfo(Collector):
         yield InfoMetricFamily(f"{_NS}_build", "Build information", value={"version": __version__})
 
 
+class _SharedLimitsUp(Collector):
+    """`lrs_gateway_shared_limits_up`: 1 while Redis answers the answering process."""
+
+    def __init__(self, up: Callable[[], bool]) -> None:
+        self._up = up
+
+    def collect(self) -> Iterator[Metric]:
+        """Yield the one family."""
+        yield GaugeMetricFamily(
+            f"{_NS}_shared_limits_up",
+            "Whether Redis counts rate limits and lockouts for every replica (0: each alone)",
+            value=1 if self._up() else 0,
+        )
+
+
 class _Workers(Collector):
     """`lrs_gateway_workers`: how many workers the supervisor runs."""
 
@@ -214,6 +229,17 @@ class Metrics:
                 registry=self.registry,
             )
         return self._jwks_refreshes
+
+    def shared_limits(self, up: Callable[[], bool], fallbacks: Callable[[], int]) -> Cumulative:
+        """Whether Redis answers the shared limits, and the calls counted here instead."""
+        self.add_collector(_SharedLimitsUp(up))
+        counter = Counter(
+            "shared_limits_fallbacks",
+            "Rate-limit and lockout calls counted in this process because Redis did not answer",
+            namespace=_NS,
+            registry=self.registry,
+        )
+        return Cumulative(counter, _unlabelled(fallbacks))
 
     def forwarding_failed(self) -> Counter:
         """The counter of failed sends per forwarding target (made when forwarding starts)."""

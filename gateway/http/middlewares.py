@@ -136,7 +136,7 @@ def _log_access(request: web.Request, request_id: str, status: int, started: flo
 async def throttle_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Per client address: a token bucket (429 with Retry-After past it)."""
     guard = request.app[GUARD]
-    guard.check_rate(f"ip:{guard.client_address(request)}", per_principal=False)
+    await guard.check_rate(f"ip:{guard.client_address(request)}", per_principal=False)
     return await handler(request)
 
 
@@ -149,11 +149,11 @@ async def authenticate_request(request: web.Request, authorization: str | None) 
     guard = request.app[GUARD]
     login_keys = guard.login_keys(request, authorization)
     try:
-        guard.check_lockout(login_keys, authorization)  # 429 before any bcrypt runs
+        await guard.check_lockout(login_keys, authorization)  # 429 before any bcrypt runs
         principal = await request.app[AUTHENTICATOR].authenticate(authorization)
     except Unauthorized:
         attempts.labels(_scheme_label(authorization), "bad_credentials").inc()
-        guard.login_failed(login_keys)
+        await guard.login_failed(login_keys)
         raise
     except (TooManyRequests, AuthUnavailable) as refused:
         if isinstance(refused, AuthUnavailable):
@@ -163,8 +163,8 @@ async def authenticate_request(request: web.Request, authorization: str | None) 
             # flood come straight back; a second's wait costs us a sleeping coroutine.
             await asyncio.sleep(request.app[CONFIG].lockout.tarpit)
         raise
-    guard.login_succeeded(login_keys, authorization)
-    guard.check_rate(f"principal:{principal.scheme}:{principal.id}", per_principal=True)
+    await guard.login_succeeded(login_keys, authorization)
+    await guard.check_rate(f"principal:{principal.scheme}:{principal.id}", per_principal=True)
     return principal
 
 

@@ -283,7 +283,7 @@ def check_guard(fdp: Any, header: str) -> None:
     if keys:
         fuzzing.check(keys[-1] == f"ip:{address}", f"{keys!r} for address {address!r}")
         fuzzing.check(all(len(k) <= 5 + 256 for k in keys[:-1]), f"long key in {keys!r}")
-    GUARD.check_lockout(keys, header)
+    run(GUARD.check_lockout(keys, header))
 
 
 def check_tokens(token: str) -> None:

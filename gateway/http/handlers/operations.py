@@ -230,7 +230,7 @@ def lift_own_lockout(guard: Guard) -> Command:
 
     async def lift(payload: dict[str, Any]) -> dict[str, Any]:
         subject = _lockout_subject(payload)
-        return {"was_locked_out": guard.lift_lockout(lockout_key(**subject))}
+        return {"was_locked_out": await guard.lift_lockout(lockout_key(**subject))}
 
     return lift
 
@@ -245,7 +245,7 @@ async def lockout_clear(request: web.Request) -> web.Response:
     if "admin" not in principal.scopes:
         raise Forbidden("lifting a lockout needs the admin scope")
     subject = _lockout_subject(parse_json_body(await read_limited(request, _MAX_LOCKOUT_REQUEST)))
-    locked = request.app[GUARD].lift_lockout(lockout_key(**subject))
+    locked = await request.app[GUARD].lift_lockout(lockout_key(**subject))
     answer: dict[str, Any] = dict(subject)
     role = request.app.get(WORKER)
     if role is not None:
