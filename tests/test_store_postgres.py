@@ -9,6 +9,7 @@ lockout of the credentials already known.
 from __future__ import annotations
 
 import asyncio
+import json
 import subprocess
 import sys
 import time
@@ -29,6 +30,8 @@ from support import (
     served_gateway,
     write_config,
 )
+
+from gateway.store.postgres import PostgresCredentials
 
 pytestmark = pytest.mark.postgres
 
@@ -281,3 +284,43 @@ async def test_while_the_database_is_down_known_credentials_work_and_changes_are
 async def _post_status(session: aiohttp.ClientSession, base: str, auth: dict[str, str]) -> int:
     async with session.post(f"{base}/xAPI/statements", json=STATEMENT, headers=auth) as answer:
         return answer.status
+
+
+async def test_store_copy_moves_credentials_and_their_audit_from_sqlite(
+    tmp_path: Path, postgres: PostgresServer
+) -> None:
+    """Created in the SQLite file, copied, then the PostgreSQL store knows them as they were."""
+    config = replica_config(tmp_path, "http://127.0.0.1:9/xAPI/", "sqlite:///data/gw.sqlite3", 1)
+    made = await asyncio.to_thread(
+        cli, config, "credentials", "create", "--name", "LMS", "-s", "statements/write", "--json"
+    )
+    assert made.returncode == 0, made.stderr
+    created = json.loads(made.stdout)
+    disabled = await asyncio.to_thread(
+        cli, config, "credentials", "disable", created["username"], "--json"
+    )
+    assert disabled.returncode == 0, disabled.stderr
+    dsn = await asyncio.to_thread(postgres.new_database)
+    copied = await asyncio.to_thread(cli, config, "store", "copy", "--to", dsn)
+    assert copied.returncode == 0, copied.stderr
+    assert copied.stdout.strip() == "copied 1 credentials and 2 audit entries"
+    again = await asyncio.to_thread(cli, config, "store", "copy", "--to", dsn)
+    assert again.returncode == 1
+    assert "already holds 1 credentials and 2 audit entries" in again.stderr
+    assert postgres.password is not None
+    assert postgres.password not in again.stdout + again.stderr + copied.stdout
+
+    database = PostgresCredentials(dsn)
+    await database.open()
+    try:
+        (stored,) = await database.all()
+        entries, _ = await database.audit(offset=0, limit=10)
+    finally:
+        await database.close()
+    assert (stored.id, stored.username, stored.enabled) == (
+        created["id"],
+        created["username"],
+        False,
+    )
+    assert stored.secret_hash.reveal().startswith("$2b$")  # the hash itself, as it was
+    assert [e.action for e in entries] == ["update", "create"]  # newest first, as before

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import sys
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import urlsplit
 
-from gateway.config.settings import Config
+from gateway.config.settings import STORE_SCHEMES, Config
 from gateway.errors import GatewayError
 from gateway.store.databases import credential_database
 from gateway.store.postgres import SchemaBehind
@@ -72,6 +74,78 @@ def _status(load: Load) -> Callable[[argparse.Namespace], int]:
     return run
 
 
+class StoreNotEmpty(Exception):
+    """A copy would mix two stores' rows (and their audits)."""
+
+
+def _with_url(config: Config, url: str | None) -> Config:
+    """`config` with another store.url (None: the configured one)."""
+    if url is None:
+        return config
+    return dataclasses.replace(config, store=dataclasses.replace(config.store, url=url))
+
+
+async def _copy(source_config: Config, target_config: Config) -> tuple[int, int, list[str]]:
+    """Every credential and audit entry of one store into another, as they are."""
+    source = credential_database(
+        source_config, source_config.resolve_path(source_config.data_dir), migrate=False
+    )
+    target = credential_database(
+        target_config, target_config.resolve_path(target_config.data_dir), migrate=True
+    )
+    await source.open()
+    try:
+        credentials = await source.all()
+        entries, total = await source.audit(offset=0, limit=1)
+        entries, _ = await source.audit(offset=0, limit=max(total, 1))
+    finally:
+        await source.close()
+    await target.open()
+    try:
+        held = await target.describe()
+        if held["credentials"] or held["audit_entries"]:
+            raise StoreNotEmpty(
+                f"the target store already holds {held['credentials']} credentials and "
+                f"{held['audit_entries']} audit entries: copy into an empty one"
+            )
+        skipped = await target.restore(credentials, list(reversed(entries)))
+    finally:
+        await target.close()
+    return len(credentials), len(entries), skipped
+
+
+def _copy_command(load: Load) -> Callable[[argparse.Namespace], int]:
+    def run(args: argparse.Namespace) -> int:
+        config = load(args)
+        for url in (args.source, args.target):
+            if url is not None and not url.startswith(STORE_SCHEMES):
+                print(f"error: not a store URL: {_masked(url)}", file=sys.stderr)
+                return 2
+        source, target = _with_url(config, args.source), _with_url(config, args.target)
+        if source.store.url == target.store.url:
+            print("error: --from and --to name the same store", file=sys.stderr)
+            return 2
+        try:
+            credentials, entries, skipped = asyncio.run(_copy(source, target))
+        except (GatewayError, StoreNotEmpty) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        print(
+            f"copied {credentials - len(skipped)} credentials and {entries} audit entries"
+            + (f"; skipped (already there): {', '.join(skipped)}" if skipped else "")
+        )
+        return 0
+
+    return run
+
+
+def _masked(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    return parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@")).geturl()
+
+
 def add_parsers(
     commands: Any,
     command: Callable[[Any, str, Any, str], argparse.ArgumentParser],
@@ -83,3 +157,11 @@ def add_parsers(
     command(parsers, "migrate", _migrate(load), "bring the database's schema up to date")
     status = command(parsers, "status", _status(load), "where it is, its schema, its counts")
     status.add_argument("--json", action="store_true")
+    copy = command(
+        parsers,
+        "copy",
+        _copy_command(load),
+        "copy credentials and their audit from one store to another (e.g. to PostgreSQL)",
+    )
+    copy.add_argument("--from", dest="source", help="a store URL (default: store.url)")
+    copy.add_argument("--to", dest="target", help="a store URL (default: store.url)")

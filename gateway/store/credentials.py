@@ -213,6 +213,15 @@ class CredentialDatabase(Protocol):
         """The key called `name` that everyone using this database shares (made once)."""
         ...
 
+    async def restore(
+        self, credentials: Sequence[StoredCredential], audit: Sequence[AuditEntry]
+    ) -> list[str]:
+        """Copy rows from another database as they are; the usernames it holds already.
+
+        Ids, hashes and times are kept; `audit` comes oldest first.
+        """
+        ...
+
     async def describe(self) -> dict[str, Any]:
         """What `lrs-gateway store status` shows: kind, where (no secret), schema, counts."""
         ...

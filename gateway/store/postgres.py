@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import functools
 import json
-from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeAlias, TypeVar
 from urllib.parse import urlsplit
 
@@ -33,6 +33,7 @@ from gateway.store.credentials import (
 from gateway.store.rows import (
     COLUMNS,
     audit_entry,
+    audit_row,
     column_value,
     create_changes,
     created,
@@ -444,3 +445,29 @@ class PostgresCredentials:
                 "audit_entries": await conn.fetchval("SELECT count(*) FROM credential_audit"),
                 "generation": await conn.fetchval("SELECT value FROM credential_generation"),
             }
+
+    @_reachable
+    async def restore(
+        self, credentials: Sequence[StoredCredential], audit: Sequence[AuditEntry]
+    ) -> list[str]:
+        """Copy rows as they are, in one transaction; the usernames already held here."""
+        skipped = []
+        async with self._connected().acquire() as conn, conn.transaction():
+            for stored in credentials:
+                values = insert_values(stored) | {"last_used_at": stored.last_used_at}
+                marks = ", ".join(f"${n}" for n in range(1, len(values) + 1))
+                row = await conn.fetchrow(
+                    f"INSERT INTO credentials ({', '.join(values)}) VALUES ({marks}) "  # noqa: S608
+                    "ON CONFLICT DO NOTHING RETURNING id",
+                    *values.values(),
+                )
+                if row is None:
+                    skipped.append(stored.username)
+            await conn.executemany(
+                "INSERT INTO credential_audit "
+                "(at, actor, action, credential_id, username, changes) "
+                "VALUES ($1, $2, $3, $4, $5, $6)",
+                [audit_row(entry) for entry in audit],
+            )
+            await conn.execute("UPDATE credential_generation SET value = value + 1")
+        return skipped

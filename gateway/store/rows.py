@@ -19,6 +19,7 @@ __all__ = [
     "COLUMNS",
     "Row",
     "audit_entry",
+    "audit_row",
     "column_value",
     "create_changes",
     "created",
@@ -131,4 +132,16 @@ def audit_entry(row: Row) -> AuditEntry:
         row["credential_id"],
         row["username"],
         json.loads(row["changes"]),
+    )
+
+
+def audit_row(entry: AuditEntry) -> tuple[float, str, str, str | None, str | None, str]:
+    """(at, actor, action, credential_id, username, changes) of an entry, to insert."""
+    return (
+        entry.at,
+        entry.actor,
+        entry.action,
+        entry.credential_id,
+        entry.username,
+        json.dumps(entry.changes),
     )

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar, cast
@@ -28,6 +28,7 @@ from gateway.store.credentials import (
 from gateway.store.rows import (
     COLUMNS,
     audit_entry,
+    audit_row,
     column_value,
     create_changes,
     created,
@@ -393,3 +394,35 @@ class SqliteCredentials:
             }
 
         return await self._call(read)
+
+    async def restore(
+        self, credentials: Sequence[StoredCredential], audit: Sequence[AuditEntry]
+    ) -> list[str]:
+        """Copy rows as they are, in one transaction; the usernames already held here."""
+
+        def copy(db: sqlite3.Connection) -> list[str]:
+            skipped = []
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                for stored in credentials:
+                    values = insert_values(stored) | {"last_used_at": stored.last_used_at}
+                    inserted = db.execute(
+                        f"INSERT OR IGNORE INTO credentials ({', '.join(values)}) "  # noqa: S608
+                        f"VALUES ({', '.join('?' for _ in values)})",
+                        list(values.values()),
+                    ).rowcount
+                    if not inserted:
+                        skipped.append(stored.username)
+                db.executemany(
+                    "INSERT INTO audit (at, actor, action, credential_id, username, changes) "
+                    "VALUES (?, ?, ?, ?, ?, ?)",
+                    [audit_row(entry) for entry in audit],
+                )
+                db.execute("UPDATE generation SET value = value + 1")
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            return skipped
+
+        return await self._call(copy)
