@@ -108,6 +108,8 @@ METRICS: dict[str, Family] = {
     "lrs_gateway_forwarding_dead_lettered": _forwarding(COUNTER),
     "lrs_gateway_forwarding_failed": _forwarding(COUNTER),
     "lrs_gateway_jwks_refreshes": Family(COUNTER, {}),
+    "lrs_gateway_shared_limits_up": Family(GAUGE, {}),
+    "lrs_gateway_shared_limits_fallbacks": Family(COUNTER, {}),
     "lrs_gateway_ready": Family(GAUGE, {}),
     "lrs_gateway_build_info": Family(GAUGE, {"version": FREE}),
 }
