@@ -3,8 +3,8 @@
     .venv/bin/python bench/bench.py [--duration 10] [--warmup 2] [--connections 16]
                                     [--rounds 1] [--no-batch] [--loadgen auto|wrk|asyncio]
                                     [--no-pin] [--profile --py-spy PATH]
-                                    [--no-token] [--no-workers] [--no-forwarding] [--no-lag]
-                                    [--no-flood]
+                                    [--no-token] [--no-workers] [--no-redis] [--no-forwarding]
+                                    [--no-lag] [--no-flood]
                                     [--no-rss] [--rss-statements 100000] ...
 
 On loopback only, with bounded durations, it starts:
@@ -19,7 +19,8 @@ On loopback only, with bounded durations, it starts:
   with a bearer gateway token (`python -m gateway token issue`); (e) three forwarding
   targets, outbox on (data_dir in the temporary directory); (f) `serve --workers 2`, its two
   workers allowed on both CPUs (so they share CPU 0 with the load generator and the stub,
-  while (c) has CPU 1 to itself); and, started for their run only,
+  while (c) has CPU 1 to itself); (g) rate limits and lockouts counted in a Redis of its own
+  (Debian's redis-server, on CPU 0: limits.shared_url); and, started for their run only,
   the bcrypt-flood gateways (lockout off, then on) and a fresh forwarding gateway for the
   memory run.
 
@@ -95,6 +96,7 @@ from profiling import run_profiles
 from report import Measured, RunInfo, filesystem_of, write_report
 from rss import run_rss
 from scenarios import (
+    REDIS_SERVER,
     Parts,
     Setups,
     check_setups,
@@ -145,6 +147,11 @@ def add_part_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-token", action="store_true", help="skip (d), the bearer token")
     parser.add_argument(
         "--no-workers", action="store_true", help="skip (f), the gateway with 2 worker processes"
+    )
+    parser.add_argument(
+        "--no-redis",
+        action="store_true",
+        help="skip (g), the gateway whose rate limits and lockouts are counted in Redis",
     )
     parser.add_argument(
         "--no-forwarding", action="store_true", help="skip (e) and the forwarding lag run"
@@ -286,6 +293,7 @@ def choose_parts(args: argparse.Namespace, src: Path) -> Parts:
     """The parts the flags ask for and the gateway under test can do; why others are not."""
     workers = not args.no_workers and has_workers_option(src)
     can = supports(src)
+    redis = not args.no_redis and can["shared_limits"] and Path(REDIS_SERVER).is_file()
     token = not args.no_token and can["token"]
     forwarding = not args.no_forwarding and can["forwarding"]
     lag = forwarding and not args.no_lag
@@ -300,6 +308,13 @@ def choose_parts(args: argparse.Namespace, src: Path) -> Parts:
             ("e", forwarding, "--no-forwarding" if args.no_forwarding else "no forwarding"),
             ("forwarding_lag", lag, "--no-lag / --no-forwarding"),
             ("f", workers, "--no-workers" if args.no_workers else "this gateway has no --workers"),
+            (
+                "g",
+                redis,
+                "--no-redis"
+                if args.no_redis
+                else f"no limits.shared_url in this gateway, or no {REDIS_SERVER}",
+            ),
             ("rss", rss, "--no-rss" if args.no_rss else "no forwarding"),
             (
                 "bcrypt_flood",
@@ -314,6 +329,7 @@ def choose_parts(args: argparse.Namespace, src: Path) -> Parts:
         forwarding=forwarding,
         lag=lag,
         workers=workers,
+        redis=redis,
         rss=rss,
         batch=not args.no_batch,
         half_load=args.half_load,

@@ -126,6 +126,7 @@ def supports(src: Path) -> dict[str, bool]:
         "token": "class TokensConfig" in config,
         "forwarding": "class ForwardingTarget" in config,
         "lockout": "class LockoutConfig" in config,
+        "shared_limits": "shared_url" in config,
     }
 
 

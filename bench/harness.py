@@ -126,6 +126,10 @@ class Bench:
             if process.poll() is not None:
                 sys.exit(f"bench: {name} exited early:\n{log.read_text()[-3000:]}")
             try:
+                if ready.startswith("tcp://"):  # not HTTP (Redis): accepting is ready
+                    host, _, port = ready.removeprefix("tcp://").rpartition(":")
+                    socket.create_connection((host, int(port)), timeout=1).close()
+                    break
                 with urllib.request.urlopen(ready, timeout=1):
                     break
             except urllib.error.HTTPError:

@@ -99,6 +99,8 @@ def compute_ratios(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
     ratio("e_batch/c_batch", "e_batch", "c_batch")
     ratio("e_batch/c_batch p99", "e_batch", "c_batch", "p99_ms")
     ratio("f/c", "f", "c")
+    ratio("g/c", "g", "c")  # what counting the limits in Redis costs
+    ratio("g/c p99", "g", "c", "p99_ms")
     ratio("f_batch/c_batch", "f_batch", "c_batch")
     for key in FLOOD_VARIANTS:
         ratio(f"{key}/c", key, "c")

@@ -18,6 +18,7 @@ from report import fmt_s, median_result
 from workload import AGENT, BENCH, PASSWORD, TARGETS, USERNAME, Bodies
 
 # (key, label, server, body file): one throughput run of the plan.
+REDIS_SERVER = "/usr/bin/redis-server"  # Debian's redis-server (tests/run's bootstrap)
 Step = tuple[str, str, Server, Path]
 
 
@@ -29,6 +30,7 @@ class Parts:
     forwarding: bool
     lag: bool
     workers: bool
+    redis: bool  # (g): rate limits and lockouts shared through a Redis of its own
     rss: bool
     batch: bool
     half_load: bool
@@ -123,6 +125,22 @@ def start_gateways(
         gateways["gateway-fwd"], _ = bench.start_gateway(
             "gateway-fwd", stub, overrides=forwarding_overrides(target_ports)
         )
+    if parts.redis:
+        port = free_port()
+        # On CPU 0, with the stub and the load generator: the gateway keeps CPU 1 alone.
+        redis = [REDIS_SERVER, "--port", str(port), "--bind", "127.0.0.1"]
+        bench.start(
+            "redis",
+            [*redis, "--save", "", "--appendonly", "no"],
+            0,
+            f"redis://127.0.0.1:{port}/0",
+            f"tcp://127.0.0.1:{port}",
+        )
+        gateways["gateway-redis"], _ = bench.start_gateway(
+            "gateway-redis",
+            stub,
+            overrides={"limits": {"shared_url": f"redis://127.0.0.1:{port}/0"}},
+        )
     return gateways, token
 
 
@@ -167,6 +185,8 @@ def throughput_plan(setups: Setups, bodies: Bodies, parts: Parts) -> list[Step]:
         plan.append(("e", "gateway, 3 forwarding targets", gateways["gateway-fwd"], one))
     if parts.workers:
         plan.append(("f", "gateway, 2 worker processes", gateways["gateway-2w"], one))
+    if parts.redis:
+        plan.append(("g", "gateway, limits shared in Redis", gateways["gateway-redis"], one))
     if not parts.batch:
         return plan
     plan += [
