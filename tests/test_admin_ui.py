@@ -221,6 +221,17 @@ async def test_logout_ends_the_session(client: Client) -> None:
 # -- in a real browser ---------------------------------------------------------------------
 
 
+async def browser_log_in(chromium: Chromium, base: str, *, screenshot: bool = False) -> None:
+    """Through the login form as `admin`, on to the overview."""
+    await chromium.open(f"{base}/admin/")
+    if screenshot:
+        await chromium.screenshot("admin login")
+    await chromium.fill("input[name=username]", "admin")
+    await chromium.fill("input[name=password]", "admin-password")
+    await chromium.click("#login")
+    await chromium.wait_for_text("h1", "Overview")
+
+
 @pytest.mark.chromium
 async def test_in_a_browser_an_admin_creates_a_credential_then_disables_it(
     config: Config, aiohttp_server: Any, chromium: Chromium
@@ -229,12 +240,7 @@ async def test_in_a_browser_an_admin_creates_a_credential_then_disables_it(
     server: TestServer = await aiohttp_server(create_app(config, registry=CollectorRegistry()))
     base = str(server.make_url("")).rstrip("/")
     await chromium.reset()
-    await chromium.open(f"{base}/admin/")
-    await chromium.screenshot("admin login")
-    await chromium.fill("input[name=username]", "admin")
-    await chromium.fill("input[name=password]", "admin-password")
-    await chromium.click("#login")
-    await chromium.wait_for_text("h1", "Overview")
+    await browser_log_in(chromium, base, screenshot=True)
     await chromium.screenshot("admin overview")
     await chromium.click("header a[href='/admin/ui/credentials']")
     await chromium.wait_for_text("h1", "Credentials")
@@ -309,11 +315,7 @@ async def test_in_a_browser_send_again_delivers_the_dead_letters(
             ) as answer:
                 ids += await answer.json()
     await chromium.reset()
-    await chromium.open(f"{base}/admin/login")
-    await chromium.fill("input[name=username]", "admin")
-    await chromium.fill("input[name=password]", "admin-password")
-    await chromium.click("#login")
-    await chromium.wait_for_text("h1", "Overview")
+    await browser_log_in(chromium, base)
 
     async def three_dead() -> bool:
         await chromium.open(f"{base}/admin/ui/forwarding")
@@ -394,11 +396,7 @@ async def test_in_a_browser_the_overview_draws_the_rates(
 
             await eventually(sampled, what="a sample")
     await chromium.reset()
-    await chromium.open(f"{base}/admin/login")
-    await chromium.fill("input[name=username]", "admin")
-    await chromium.fill("input[name=password]", "admin-password")
-    await chromium.click("#login")
-    await chromium.wait_for_text("h1", "Overview")
+    await browser_log_in(chromium, base)
     width = await chromium.run(
         lambda driver: driver.execute_script(
             "return document.querySelector('#chart polyline').getBBox().width"

@@ -72,11 +72,12 @@ async def test_the_script_counts_a_bucket_and_a_lockout(redis: RedisServer) -> N
         assert 0.9 < waits[3] <= 1.0
         began = [await shared.failed("user:bob", 3, 60, 30) for _ in range(4)]
         assert began == [False, False, True, False]  # one lockout, extended by the 4th
-        (held,) = await shared.blocked_for(["user:bob"])
+        ((held, failures),) = await shared.blocked_for(["user:bob"])
         assert 29 < held <= 30
-        assert await shared.blocked_for(["user:alice"]) == [0.0]
+        assert failures is True  # the 4th, after the lockout began
+        assert await shared.blocked_for(["user:alice"]) == [(0.0, False)]
         assert await shared.lift("user:bob") is True
-        assert await shared.blocked_for(["user:bob"]) == [0.0]
+        assert await shared.blocked_for(["user:bob"]) == [(0.0, False)]
         assert await shared.lift("user:bob") is False
         assert shared.up
         assert shared.fallbacks == 0

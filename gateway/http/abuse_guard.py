@@ -121,17 +121,23 @@ class Guard:
     def _digest(self, authorization: str | None) -> bytes:
         return keyed_digest(self._key, (authorization or "").encode("utf-8", "replace"))
 
-    async def check_lockout(self, keys: tuple[str, ...], authorization: str | None) -> None:
+    async def check_lockout(
+        self, keys: tuple[str, ...], authorization: str | None
+    ) -> frozenset[str]:
         """429 while any key is locked out: no password check runs for it.
 
-        A locked address still lets through credentials that succeeded lately.
+        A locked address still lets through credentials that succeeded lately. Returns
+        the keys with failures to clear on a success (with Redis, those it holds).
         """
         if not keys:
-            return
+            return frozenset()
         waits: list[float] | None = None
+        failing = frozenset(keys)
         if self.shared is not None:
             with contextlib.suppress(SharedLimitsDown):
-                waits = await self.shared.blocked_for(keys)
+                answers = await self.shared.blocked_for(keys)
+                waits = [held for held, _ in answers]
+                failing = frozenset(k for k, (_, has) in zip(keys, answers, strict=True) if has)
             for key, held in zip(keys, waits or (), strict=False):
                 # Redis decides while it answers; kept here too, so a key locked out
                 # stays locked out if Redis goes away (and one lifted is lifted here).
@@ -151,6 +157,7 @@ class Guard:
                 if proven:
                     continue
             raise TooManyRequests("too many failed logins; try again later", retry_after=wait)
+        return failing
 
     async def login_failed(self, keys: tuple[str, ...]) -> None:
         """Count a failed login against its username and address; log a lockout once.
@@ -195,7 +202,12 @@ class Guard:
                 ) from None
         return locked
 
-    async def login_succeeded(self, keys: tuple[str, ...], authorization: str | None) -> None:
+    async def login_succeeded(
+        self,
+        keys: tuple[str, ...],
+        authorization: str | None,
+        failing: frozenset[str] | None = None,
+    ) -> None:
         """A success clears the username's failures, not the address's.
 
         One valid credential must not let a flood from the same address keep guessing; it is
@@ -206,7 +218,9 @@ class Guard:
         for key in keys:
             if key.startswith("user:"):
                 self.lockout.succeeded(key)
-                if self.shared is not None:
+                # Only what Redis holds (`failing`, from the lockout check): a success
+                # costs no round trip of its own in the usual case.
+                if self.shared is not None and (failing is None or key in failing):
                     with contextlib.suppress(SharedLimitsDown):
                         await self.shared.succeeded(key)
         self._proven.put(self._digest(authorization), True, self._proven_ttl)

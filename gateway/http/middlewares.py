@@ -149,7 +149,7 @@ async def authenticate_request(request: web.Request, authorization: str | None) 
     guard = request.app[GUARD]
     login_keys = guard.login_keys(request, authorization)
     try:
-        await guard.check_lockout(login_keys, authorization)  # 429 before any bcrypt runs
+        failing = await guard.check_lockout(login_keys, authorization)  # 429 before bcrypt
         principal = await request.app[AUTHENTICATOR].authenticate(authorization)
     except Unauthorized:
         attempts.labels(_scheme_label(authorization), "bad_credentials").inc()
@@ -163,7 +163,7 @@ async def authenticate_request(request: web.Request, authorization: str | None) 
             # flood come straight back; a second's wait costs us a sleeping coroutine.
             await asyncio.sleep(request.app[CONFIG].lockout.tarpit)
         raise
-    await guard.login_succeeded(login_keys, authorization)
+    await guard.login_succeeded(login_keys, authorization, failing)
     await guard.check_rate(f"principal:{principal.scheme}:{principal.id}", per_principal=True)
     return principal
 

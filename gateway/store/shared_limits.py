@@ -148,15 +148,22 @@ class SharedLimits:
         )
         return float(wait)
 
-    async def blocked_for(self, keys: Sequence[str]) -> list[float]:
-        """Seconds each key stays locked out (0: not locked)."""
+    async def blocked_for(self, keys: Sequence[str]) -> list[tuple[float, bool]]:
+        """Per key: seconds it stays locked out (0: not locked), and whether it has failures.
+
+        One round trip; the failures tell a success whether there is anything to clear.
+        """
         if not keys:
             return []
         pipe = self._client.pipeline(transaction=False)
         for key in keys:
             pipe.pttl(self._prefix + "blocked:" + key)
+            pipe.exists(self._prefix + "failures:" + key)
         answers = await self._run(pipe.execute)
-        return [max(0, int(ms)) / 1000 for ms in answers]
+        return [
+            (max(0, int(ms)) / 1000, bool(failures))
+            for ms, failures in zip(answers[::2], answers[1::2], strict=True)
+        ]
 
     async def failed(self, key: str, max_failures: int, window: float, block: float) -> bool:
         """Count a failed login of `key`; True when its lockout begins now."""
