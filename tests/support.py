@@ -14,7 +14,7 @@ import socket
 import sys
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -246,7 +246,7 @@ async def wait_until_serving(
     raise AssertionError(f"the gateway did not answer {url} in time")
 
 
-def gateway_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+def gateway_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     """This environment without the developer's LRS_GATEWAY_* settings, plus `extra`."""
     env = {k: v for k, v in os.environ.items() if not k.upper().startswith("LRS_GATEWAY")}
     return {**env, **(extra or {})}

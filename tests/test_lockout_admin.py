@@ -7,8 +7,6 @@ locked out and the admin, calling from 127.0.0.1, is not.
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
 import sys
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
@@ -16,16 +14,18 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from support import basic, credential, free_port, wait_until_serving, write_config
+from support import (
+    basic,
+    credential,
+    free_port,
+    gateway_env,
+    served_gateway,
+    write_config,
+)
 
 RUN_TIMEOUT = 30.0
 ATTACKER = "203.0.113.7"
 ADMIN_ENV = {"LRS_GATEWAY_ADMIN_USER": "admin", "LRS_GATEWAY_ADMIN_PASSWORD": "admin-pw"}
-
-
-def clean_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.upper().startswith("LRS_GATEWAY")}
-    return {**env, **(extra or {})}
 
 
 @dataclass
@@ -61,7 +61,7 @@ class Gateway:
             "lockout",
             "clear",
             *args,
-            env=clean_env(env),
+            env=gateway_env(env),
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
@@ -89,37 +89,9 @@ async def gateway(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterat
             "rate_limit": {"trusted_proxies": ["127.0.0.1/32"]},
         },
     )
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "gateway",
-        "--config",
-        str(tmp_path / "config.yaml"),
-        "serve",
-        "--workers",
-        str(request.param),
-        cwd=tmp_path,
-        env=clean_env(),
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        await wait_until_serving(
-            proc, f"{base}/__lbheartbeat__", RUN_TIMEOUT, listeners=request.param
-        )
-        yield Gateway(base, tmp_path / "config.yaml")
-    finally:
-        if proc.returncode is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(proc.wait(), RUN_TIMEOUT)
-            except TimeoutError:
-                proc.kill()
-                await proc.wait()
-    _, err = await proc.communicate()
-    assert b"Traceback" not in err, err.decode()
+    async with served_gateway(tmp_path, port, workers=request.param, within=RUN_TIMEOUT) as served:
+        yield Gateway(served.base, tmp_path / "config.yaml")
+    assert "Traceback" not in served.log()
 
 
 async def locked_everywhere(gateway: Gateway, username: str, password: str) -> None:
