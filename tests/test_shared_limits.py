@@ -206,3 +206,42 @@ async def test_while_redis_is_down_each_process_counts_alone_and_locked_stays_lo
 
     await eventually(back, within=config_retry + 5, what="Redis used again")
     assert any("Redis answers again" in r.getMessage() for r in caplog.records)
+
+
+async def test_a_cached_basic_request_costs_one_round_trip_to_redis(
+    tmp_path: Path,
+    redis: RedisServer,
+    aiohttp_server: Any,
+    aiohttp_client: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Address, lockout and principal limits in one script; a success clears nothing."""
+    storage: TestServer = await aiohttp_server(FakeLRS().app())
+    config: Config = write_config(
+        tmp_path,
+        str(storage.make_url("/xAPI/")),
+        USERS,
+        limits_extra(redis, f"trips-{uuid.uuid4().hex}:"),
+    )
+    client: Client = await aiohttp_client(create_app(config, registry=CollectorRegistry()))
+    trips = 0
+    run = SharedLimits._run
+
+    async def counted(self: SharedLimits, call: Any) -> Any:
+        nonlocal trips
+        trips += 1
+        return await run(self, call)
+
+    monkeypatch.setattr(SharedLimits, "_run", counted)
+    lms = basic("lms", "lms-password") | FLOODER
+    assert (await client.post("/xAPI/statements", json=STATEMENT, headers=lms)).status == 200
+    trips = 0
+    for _ in range(5):
+        assert (await client.post("/xAPI/statements", json=STATEMENT, headers=lms)).status == 200
+    assert trips == 5
+    # A failure (admit, then a count per lockout key: username and address), then a
+    # success (admit, then the clearing of the username's failures).
+    wrong = basic("lms", "wrong") | FLOODER
+    assert (await client.post("/xAPI/statements", json=STATEMENT, headers=wrong)).status == 401
+    assert (await client.post("/xAPI/statements", json=STATEMENT, headers=lms)).status == 200
+    assert trips == 5 + 3 + 2

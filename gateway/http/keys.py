@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from gateway.clock import Clock
     from gateway.config.settings import Config
     from gateway.forwarding.forwarder import Forwarder
-    from gateway.http.abuse_guard import Guard
+    from gateway.http.abuse_guard import Admission, Guard
     from gateway.http.admin_ui.activity import Activity
     from gateway.http.admin_ui.pages import AdminUi
     from gateway.http.cors import CorsPolicy
@@ -35,6 +35,7 @@ if TYPE_CHECKING:
 __all__ = [
     "ACTIVITY",
     "ADMIN_UI",
+    "ADMISSION",
     "ALTERNATE_BODY",
     "AUTHENTICATOR",
     "CLOCK",
@@ -85,6 +86,8 @@ OIDC_LOGIN: web.AppKey[AuthorizationCodeLogin] = web.AppKey("oidc_login")
 READINESS: web.AppKey[Readiness] = web.AppKey("readiness")
 
 PRINCIPAL: web.RequestKey[Principal] = web.RequestKey("principal")
+# With limits in Redis: what the request's first round trip learnt (gateway.http.abuse_guard).
+ADMISSION: web.RequestKey[Admission] = web.RequestKey("admission")
 # The body of a request that came in the alternate syntax (its own stream is spent).
 ALTERNATE_BODY = web.RequestKey("alternate_body", bytes)
 REQUEST_ID = web.RequestKey("request_id", str)

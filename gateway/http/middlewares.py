@@ -21,6 +21,7 @@ from gateway.errors import (
     Unauthorized,
 )
 from gateway.http.keys import (
+    ADMISSION,
     AUTHENTICATOR,
     CONFIG,
     GUARD,
@@ -135,8 +136,9 @@ def _log_access(request: web.Request, request_id: str, status: int, started: flo
 @web.middleware
 async def throttle_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Per client address: a token bucket (429 with Retry-After past it)."""
-    guard = request.app[GUARD]
-    await guard.check_rate(f"ip:{guard.client_address(request)}", per_principal=False)
+    admission = await request.app[GUARD].admit(request, request.headers.get("Authorization"))
+    if admission is not None:
+        request[ADMISSION] = admission
     return await handler(request)
 
 
@@ -148,8 +150,10 @@ async def authenticate_request(request: web.Request, authorization: str | None) 
     attempts = request.app[METRICS].auth
     guard = request.app[GUARD]
     login_keys = guard.login_keys(request, authorization)
+    admission = request.get(ADMISSION)  # with Redis: the lockout state read already
     try:
-        failing = await guard.check_lockout(login_keys, authorization)  # 429 before bcrypt
+        # 429 before any bcrypt runs
+        failing = await guard.check_lockout(login_keys, authorization, admission)
         principal = await request.app[AUTHENTICATOR].authenticate(authorization)
     except Unauthorized:
         attempts.labels(_scheme_label(authorization), "bad_credentials").inc()
@@ -164,7 +168,9 @@ async def authenticate_request(request: web.Request, authorization: str | None) 
             await asyncio.sleep(request.app[CONFIG].lockout.tarpit)
         raise
     await guard.login_succeeded(login_keys, authorization, failing)
-    await guard.check_rate(f"principal:{principal.scheme}:{principal.id}", per_principal=True)
+    await guard.check_rate(
+        f"principal:{principal.scheme}:{principal.id}", per_principal=True, admission=admission
+    )
     return principal
 
 

@@ -45,6 +45,38 @@ redis.call('PEXPIRE', KEYS[1], math.ceil(burst / rate * 1000) + 1000)
 return tostring(wait)
 """
 
+# A request's admission, in one round trip: KEYS = the address's bucket, a principal's
+# bucket, then (blocked, failures) per lockout key; ARGV = address rate and burst,
+# principal rate and burst, whether to take the principal's token (only when no lockout
+# key is blocked). -> {address wait, principal wait or "", pttl, exists, pttl, exists...}
+_ADMIT = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local function take(key, rate, burst)
+  local held = redis.call('HMGET', key, 'tokens', 'stamp')
+  local tokens = tonumber(held[1]) or burst
+  local stamp = tonumber(held[2]) or now
+  tokens = math.min(burst, tokens + math.max(0, now - stamp) * rate)
+  local wait = 0
+  if tokens >= 1 then tokens = tokens - 1 else wait = (1 - tokens) / rate end
+  redis.call('HSET', key, 'tokens', tostring(tokens), 'stamp', tostring(now))
+  redis.call('PEXPIRE', key, math.ceil(burst / rate * 1000) + 1000)
+  return tostring(wait)
+end
+local out = {take(KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2])), ''}
+local blocked = false
+for i = 3, #KEYS, 2 do
+  local pttl = redis.call('PTTL', KEYS[i])
+  if pttl > 0 then blocked = true end
+  out[#out + 1] = pttl
+  out[#out + 1] = redis.call('EXISTS', KEYS[i + 1])
+end
+if ARGV[5] == '1' and not blocked then
+  out[2] = take(KEYS[2], tonumber(ARGV[3]), tonumber(ARGV[4]))
+end
+return out
+"""
+
 # A failed login: (max_failures, window ms, block ms) -> 1 when a lockout begins now.
 # Failures in flight while blocked extend the block but begin no new lockout.
 _FAILED = """
@@ -92,6 +124,7 @@ class SharedLimits:
         )
         self._take = self._client.register_script(_TAKE)
         self._failed = self._client.register_script(_FAILED)
+        self._admit = self._client.register_script(_ADMIT)
         self._prefix = prefix
         self._clock = clock
         self._retry_interval = retry_interval
@@ -147,6 +180,43 @@ class SharedLimits:
             lambda: self._take(keys=[self._prefix + "bucket:" + key], args=[repr(rate), burst])
         )
         return float(wait)
+
+    async def admit(
+        self,
+        address: tuple[str, float, int],
+        principal: tuple[str, float, int] | None,
+        lockout_keys: Sequence[str],
+    ) -> tuple[float, float | None, list[tuple[float, bool]]]:
+        """A request's limits in one round trip: address, lockout, principal.
+
+        The address's token is taken; the lockout keys are read; the principal's token is
+        taken only when none of them is locked out. `address` and `principal` are (key,
+        rate, burst). Returns the address's wait, the principal's (None when not taken)
+        and (seconds locked, has failures) per lockout key.
+        """
+        keys = [self._prefix + "bucket:" + address[0]]
+        keys.append(self._prefix + "bucket:" + (principal or address)[0])
+        for key in lockout_keys:
+            keys += [self._prefix + "blocked:" + key, self._prefix + "failures:" + key]
+        rate_of = principal or address
+        answer = await self._run(
+            lambda: self._admit(
+                keys=keys,
+                args=[
+                    repr(address[1]),
+                    address[2],
+                    repr(rate_of[1]),
+                    rate_of[2],
+                    "1" if principal is not None else "0",
+                ],
+            )
+        )
+        waits = [
+            (max(0, int(ms)) / 1000, bool(failures))
+            for ms, failures in zip(answer[2::2], answer[3::2], strict=True)
+        ]
+        taken = answer[1].decode() if isinstance(answer[1], bytes) else str(answer[1])
+        return float(answer[0]), float(taken) if taken else None, waits
 
     async def blocked_for(self, keys: Sequence[str]) -> list[tuple[float, bool]]:
         """Per key: seconds it stays locked out (0: not locked), and whether it has failures.
