@@ -246,6 +246,22 @@ async def wait_until_serving(
     raise AssertionError(f"the gateway did not answer {url} in time")
 
 
+def refusing_target() -> tuple[FakeTarget, Callable[[], None]]:
+    """A forwarding target that refuses every batch with 400 (a permanent reason: its
+    statements become dead letters) until the returned function is called.
+    """
+    refusing = True
+
+    async def refuse(request: web.Request, batch: list[Any]) -> web.StreamResponse | None:
+        return web.json_response({"error": "not today"}, status=400) if refusing else None
+
+    def accept() -> None:
+        nonlocal refusing
+        refusing = False
+
+    return FakeTarget(refuse), accept
+
+
 def gateway_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     """This environment without the developer's LRS_GATEWAY_* settings, plus `extra`."""
     env = {k: v for k, v in os.environ.items() if not k.upper().startswith("LRS_GATEWAY")}

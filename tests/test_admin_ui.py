@@ -14,7 +14,15 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client import CollectorRegistry
 from realparts.chromium import Chromium
-from support import FakeLRS, FakeTarget, basic, credential, eventually, write_config
+from support import (
+    FakeLRS,
+    FakeTarget,
+    basic,
+    credential,
+    eventually,
+    refusing_target,
+    write_config,
+)
 
 from gateway.clock import ManualClock
 from gateway.config.settings import Config
@@ -298,11 +306,7 @@ async def forwarding_config(tmp_path: Path, aiohttp_server: Any, target: FakeTar
 async def test_in_a_browser_send_again_delivers_the_dead_letters(
     tmp_path: Path, aiohttp_server: Any, chromium: Chromium
 ) -> None:
-    async def reject(request: web.Request, batch: list[Any]) -> web.StreamResponse | None:
-        return web.json_response({"error": "not today"}, status=400) if reject_all else None
-
-    reject_all = True
-    target = FakeTarget(reject)
+    target, accept = refusing_target()
     config = await forwarding_config(tmp_path, aiohttp_server, target)
     server: TestServer = await aiohttp_server(create_app(config, registry=CollectorRegistry()))
     base = str(server.make_url("")).rstrip("/")
@@ -323,7 +327,7 @@ async def test_in_a_browser_send_again_delivers_the_dead_letters(
 
     await eventually(three_dead, within=10, what="three dead letters on the page")
     await chromium.screenshot("admin forwarding with dead letters")
-    reject_all = False
+    accept()
     await chromium.click("tr[data-target='analytics'] button.replay")
     await chromium.wait_for_text("#notice", "3 dead letters of analytics are back in its queue")
     await eventually(lambda: set(target.stored) == set(ids), within=10, what="the deliveries")
@@ -332,11 +336,7 @@ async def test_in_a_browser_send_again_delivers_the_dead_letters(
 async def test_the_send_again_button_replays_a_targets_dead_letters(
     tmp_path: Path, aiohttp_server: Any, aiohttp_client: Any
 ) -> None:
-    async def reject(request: web.Request, batch: list[Any]) -> web.StreamResponse | None:
-        return web.json_response({"error": "not today"}, status=400) if reject_all else None
-
-    reject_all = True
-    target = FakeTarget(reject)
+    target, accept = refusing_target()
     config = await forwarding_config(tmp_path, aiohttp_server, target)
     client: Client = await aiohttp_client(create_app(config, registry=CollectorRegistry()))
     answer = await client.post(
@@ -355,7 +355,7 @@ async def test_the_send_again_button_replays_a_targets_dead_letters(
     assert f'action="{action}"' in page
     forged = await client.post(action, data={"csrf": "forged"}, allow_redirects=False)
     assert forged.status == 403
-    reject_all = False
+    accept()
     replayed = await client.post(action, data={"csrf": csrf_of(page)}, allow_redirects=False)
     assert replayed.status == 200
     assert "1 dead letters of analytics are back in its queue" in await replayed.text()

@@ -16,7 +16,16 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client import CollectorRegistry
-from support import FakeLRS, FakeTarget, basic, credential, eventually, free_port, write_config
+from support import (
+    FakeLRS,
+    FakeTarget,
+    basic,
+    credential,
+    eventually,
+    free_port,
+    refusing_target,
+    write_config,
+)
 
 from gateway.http.app import create_app
 from gateway.http.keys import FORWARDER
@@ -343,11 +352,7 @@ async def test_status_needs_admin(make_setup: MakeSetup) -> None:
 
 
 async def test_replay_from_the_cli_requeues_dead_letters(make_setup: MakeSetup) -> None:
-    async def reject(request: web.Request, batch: list[Any]) -> web.StreamResponse | None:
-        return web.json_response({"error": "not today"}, status=400) if reject_all else None
-
-    reject_all = True
-    target = FakeTarget(reject)
+    target, accept = refusing_target()
     setup = await make_setup({"t": target})
     ids = await post(setup, statement(1)) + await post(setup, statement(2))
 
@@ -355,7 +360,7 @@ async def test_replay_from_the_cli_requeues_dead_letters(make_setup: MakeSetup) 
         return bool((await status(setup))["t"]["dead_letters"] == 2)
 
     await eventually(dead_lettered, what="both statements dead-lettered")
-    reject_all = False
+    accept()
     config = str(setup.tmp_path / "config.yaml")
     out = await asyncio.to_thread(
         subprocess.run,
@@ -389,11 +394,7 @@ async def test_replay_from_the_cli_requeues_dead_letters(make_setup: MakeSetup) 
 
 
 async def test_replay_through_the_admin_api_requeues_dead_letters(make_setup: MakeSetup) -> None:
-    async def reject(request: web.Request, batch: list[Any]) -> web.StreamResponse | None:
-        return web.json_response({"error": "not today"}, status=400) if reject_all else None
-
-    reject_all = True
-    target = FakeTarget(reject)
+    target, accept = refusing_target()
     setup = await make_setup({"t": target})
     ids = await post(setup, statement(1)) + await post(setup, statement(2))
 
@@ -407,7 +408,7 @@ async def test_replay_through_the_admin_api_requeues_dead_letters(make_setup: Ma
     unknown = await setup.client.post("/admin/forwarding/nope/replay", headers=admin)
     assert unknown.status == 404
     assert "no forwarding target" in (await unknown.json())["message"]
-    reject_all = False
+    accept()
     answer = await setup.client.post("/admin/forwarding/t/replay", headers=admin)
     assert answer.status == 200
     assert await answer.json() == {"target": "t", "requeued": 2}

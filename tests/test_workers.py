@@ -14,18 +14,17 @@ from typing import Any
 
 import aiohttp
 import pytest
-from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 from pytest_aiohttp import AiohttpServer
 from support import (
     FakeLRS,
-    FakeTarget,
     basic,
     credential,
     eventually,
     free_port,
     gateway_env,
     listening_sockets,
+    refusing_target,
     served_gateway,
     storing_script,
     wait_until_serving,
@@ -322,11 +321,7 @@ async def test_send_again_reaches_the_dead_letters_of_every_worker(
 ) -> None:
     """Dead letters sit in both workers' outboxes; one replay call moves them all."""
 
-    async def reject(request: Any, batch: list[Any]) -> Any:
-        return web.json_response({"error": "not today"}, status=400) if reject_all else None
-
-    reject_all = True
-    target = FakeTarget(reject)
+    target, accept = refusing_target()
     storage = await aiohttp_server(FakeLRS(storing_script()).app())
     target_server = await aiohttp_server(target.app())
     port = free_port()
@@ -373,7 +368,7 @@ async def test_send_again_reaches_the_dead_letters_of_every_worker(
             per_outbox = dead_per_outbox(tmp_path / "data")
             assert len(per_outbox) == 2
             assert min(per_outbox) > 0, per_outbox  # both workers hold some
-            reject_all = False
+            accept()
             async with session.post(
                 f"{served.base}/admin/forwarding/t/replay", headers=auth
             ) as response:
