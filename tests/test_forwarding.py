@@ -27,6 +27,8 @@ from support import (
     write_config,
 )
 
+from gateway.forwarding.outbox import Outbox
+from gateway.forwarding.transaction import OutboxTransaction, SqliteTransaction
 from gateway.http.app import create_app
 from gateway.http.keys import FORWARDER
 
@@ -172,9 +174,12 @@ async def test_what_storage_refuses_is_never_forwarded(make_setup: MakeSetup, an
     outbox = setup.client.app[FORWARDER].outbox
     # The outbox runs operations in order: once this one is done, whatever the request
     # queued is committed. Nothing was queued for the target, so it can never be sent.
-    queued = await outbox.call(
-        lambda s: s.conn.execute("SELECT COUNT(*) FROM deliveries").fetchone()[0]
-    )
+
+    async def deliveries(tx: OutboxTransaction) -> int:
+        assert isinstance(tx, SqliteTransaction)
+        return int(tx.store.conn.execute("SELECT COUNT(*) FROM deliveries").fetchone()[0])
+
+    queued = await outbox.call(deliveries)
     assert queued == 0
     assert target.requests == []
     assert (await status(setup))["t"]["backlog"] == 0
@@ -321,11 +326,13 @@ async def test_backlog_cap_dead_letters_with_a_reason(
     assert figures["backlog"] == 2
     assert figures["dead_letters"] == figures["dead_lettered_total"] == 4  # counted, not lost
     forwarder = setup.client.app[FORWARDER]
-    reasons = await forwarder.outbox.call(
-        lambda s: [
-            r for (r, t) in s.conn.execute("SELECT reason, transient FROM dead_letters") if not t
-        ]
-    )
+
+    async def permanent_reasons(tx: OutboxTransaction) -> list[str]:
+        assert isinstance(tx, SqliteTransaction)
+        rows = tx.store.conn.execute("SELECT reason, transient FROM dead_letters")
+        return [reason for (reason, transient) in rows if not transient]
+
+    reasons = await forwarder.outbox.call(permanent_reasons)
     assert reasons == ["backlog full"] * 4  # permanent: replayed by hand, once it caught up
     full = [r for r in caplog.records if "backlog full" in r.getMessage()]
     assert len(full) == 1, [r.getMessage() for r in full]  # one line when it fills up
@@ -473,3 +480,21 @@ async def test_a_2_0_statement_never_reaches_a_1_0_target(make_setup: MakeSetup)
     figures = await status(setup)
     assert figures["old"]["dead_letters"] == 1
     assert figures["old"]["dead_lettered_total"] == 1
+
+
+async def test_an_outbox_operation_that_waits_fails_alone(tmp_path: Path) -> None:
+    """SQLite operations run in one step on the outbox thread: one that waits is a bug,
+    refused with an error, and the operations around it in the same commit still land."""
+    outbox = Outbox(tmp_path / "outbox.sqlite3", synchronous="normal")
+    await outbox.open()
+    try:
+
+        async def waits(tx: OutboxTransaction) -> None:
+            await asyncio.sleep(0)
+
+        with pytest.raises(RuntimeError, match="waited on something"):
+            await outbox.call(waits)
+        seqs = await outbox.call(lambda tx: tx.write_pending([("id-1", b"{}", None)]))
+        assert await outbox.call(lambda tx: tx.pending(time.time() + 60)) == [(seqs[0], "id-1")]
+    finally:
+        await outbox.close()

@@ -42,6 +42,7 @@ from realparts.ralph import RalphServer
 from support import XAPI, FakeLRS, basic, credential, eventually, write_config
 
 from gateway.forwarding.forwarder import OUTBOX_FILE
+from gateway.forwarding.transaction import OutboxTransaction
 from gateway.http.app import create_app
 from gateway.http.keys import FORWARDER
 from gateway.xapi.agents import agent_identity
@@ -788,8 +789,11 @@ def make_gateway(tmp_path: Path, aiohttp_server: Any, aiohttp_client: Any) -> Ma
 
 async def pending_count(client: Client) -> int:
     forwarder = client.app[FORWARDER]
-    count: int = await forwarder.outbox.call(lambda s: len(s.pending(time.time() + 3600)))
-    return count
+
+    async def count(tx: OutboxTransaction) -> int:
+        return len(await tx.pending(time.time() + 3600))
+
+    return await forwarder.outbox.call(count)
 
 
 async def at_rest(client: Client) -> bool:

@@ -15,8 +15,9 @@ from gateway.config.settings import Config
 from gateway.errors import GatewayError
 from gateway.failurelog import FailureLog
 from gateway.forwarding.outbox import Outbox
-from gateway.forwarding.store import REPLAY_CHUNK, OutboxStore, TargetStats
+from gateway.forwarding.store import REPLAY_CHUNK, TargetStats
 from gateway.forwarding.target_worker import TargetWorker
+from gateway.forwarding.transaction import OutboxTransaction
 from gateway.upstream.storage import StorageClient
 from gateway.upstream.target import Observe
 
@@ -189,7 +190,7 @@ class Forwarder:
                 self.snapshot = await self.status()
                 if self._clock.monotonic() - last_gc >= _GC_INTERVAL:
                     last_gc = self._clock.monotonic()
-                    await self.outbox.call(OutboxStore.collect_garbage)
+                    await self.outbox.call(lambda tx: tx.collect_garbage())
             except Exception as exc:  # the outbox: stale figures until it answers again
                 failing.failed(exc)
             await self._clock.sleep(_SNAPSHOT_INTERVAL)
@@ -198,9 +199,9 @@ class Forwarder:
         """Fresh per-target figures (configured targets first, then any the outbox knows)."""
         names = [t.label for t in self._config.forwardings]
 
-        def query(store: OutboxStore) -> dict[str, TargetStats]:
-            known = names + [t for t in store.targets() if t not in names]
-            return store.stats(known)
+        async def query(tx: OutboxTransaction) -> dict[str, TargetStats]:
+            known = names + [t for t in await tx.targets() if t not in names]
+            return await tx.stats(known)
 
         return await self.outbox.call(query)
 

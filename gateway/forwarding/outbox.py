@@ -1,7 +1,9 @@
 """The outbox store behind one thread, with group commits.
 
 The event loop never waits on SQLite, and the requests of a few milliseconds share one
-transaction (one fsync).
+transaction (one fsync). Operations are async functions of an `OutboxTransaction` (the
+same for any database); here the SQLite transaction's methods never wait, so the thread
+runs each operation to its end in one step, without an event loop.
 """
 
 from __future__ import annotations
@@ -12,24 +14,26 @@ import logging
 import queue
 import sqlite3
 import threading
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
 from gateway.clock import SYSTEM_CLOCK, Clock
 from gateway.forwarding.store import OutboxStore
+from gateway.forwarding.transaction import OutboxTransaction, SqliteTransaction
 
 __all__ = ["Outbox"]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-_Job = tuple[Callable[[OutboxStore], Any], asyncio.Future[Any]]
+Operation = Callable[[OutboxTransaction], Awaitable[T]]
+_Job = tuple[Callable[[OutboxTransaction], Awaitable[Any]], asyncio.Future[Any]]
 _MAX_GROUP = 512  # operations in one transaction at most
 _MAX_WAITING = 10_000  # operations queued at most; callers wait beyond that
 
 
 class Outbox:
-    """Runs `OutboxStore` operations on its own thread, in group-committed transactions."""
+    """Runs outbox operations on its own thread, in group-committed transactions."""
 
     def __init__(self, path: Path, *, synchronous: str, clock: Clock = SYSTEM_CLOCK) -> None:
         self._path = path
@@ -64,15 +68,15 @@ class Outbox:
         """Deliveries queued per target (read without a round trip to the thread)."""
         return dict(self._store.backlog) if self._store is not None else {}
 
-    async def call(self, operation: Callable[[OutboxStore], T]) -> T:
-        """Run `operation(store)` in the next group commit; its result once committed."""
+    async def call(self, operation: Operation[T]) -> T:
+        """Run `operation(transaction)` in the next group commit; its result once committed."""
         async with self._room:
             future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
             self._jobs.put((operation, future))
             return await future
 
     async def submit(
-        self, operation: Callable[[OutboxStore], Any], then: Callable[[asyncio.Future[Any]], None]
+        self, operation: Operation[Any], then: Callable[[asyncio.Future[Any]], None]
     ) -> None:
         """Queue `operation` for the next group commit without waiting for the commit.
 
@@ -112,13 +116,14 @@ class Outbox:
                 return
 
     def _commit(self, store: OutboxStore, group: list[_Job]) -> None:
+        transaction = SqliteTransaction(store)
         results: list[tuple[asyncio.Future[Any], bool, Any]] = []
         try:
             store.conn.execute("BEGIN IMMEDIATE")
             for index, (operation, future) in enumerate(group):
                 store.conn.execute(f"SAVEPOINT op{index}")
                 try:
-                    value = operation(store)
+                    value = _finish(operation(transaction))
                 except Exception as exc:  # one bad operation must not sink the group
                     store.conn.execute(f"ROLLBACK TO op{index}")
                     store.recount()  # the in-memory backlog may have moved with it
@@ -136,6 +141,20 @@ class Outbox:
             results = [(future, False, exc) for _, future in group]
         for future, ok, value in results:
             future.get_loop().call_soon_threadsafe(_settle, future, ok, value)
+
+
+def _finish(operation: Awaitable[T]) -> T:
+    """Run an operation whose awaits never wait (SQLite's) to its end, in one step."""
+    steps = operation.__await__()
+    try:
+        steps.send(None)
+    except StopIteration as done:
+        result: T = done.value
+        return result
+    close = getattr(steps, "close", None)
+    if close is not None:
+        close()
+    raise RuntimeError("an outbox operation waited on something; SQLite's never do")
 
 
 def _settle(future: asyncio.Future[Any], ok: bool, value: Any) -> None:

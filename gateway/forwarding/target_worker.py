@@ -22,7 +22,8 @@ from gateway.config.settings import ForwardingTarget
 from gateway.failurelog import FailureLog
 from gateway.forwarding.outbox import Outbox
 from gateway.forwarding.policy import DeliveryPolicy, Kind, Verdict
-from gateway.forwarding.store import Claimed, OutboxStore, TargetState
+from gateway.forwarding.store import Claimed, TargetState
+from gateway.forwarding.transaction import OutboxTransaction
 from gateway.upstream.h1 import AnswerTimeout, ConnectTimeout, H1Error
 from gateway.upstream.target import Observe, forwarding_target, status_class
 from gateway.xapi.attachments import unpack_parts
@@ -178,9 +179,7 @@ class TargetWorker:
         ]
         if unfit:
             reason = f"written in a newer xAPI version than the target's {self.target.xapi_version}"
-            await self._outbox.call(
-                partial(OutboxStore.dead_letter, target=self.name, seqs=unfit, reason=reason)
-            )
+            await self._dead_letter(unfit, reason)
             batch = [item for item in batch if item.seq not in unfit]
             if not batch:
                 return None
@@ -208,19 +207,19 @@ class TargetWorker:
                 log.warning(
                     "forwarding to %s: statement dead-lettered: %s", self.name, verdict.reason
                 )
-                await self._outbox.call(
-                    partial(
-                        OutboxStore.dead_letter, target=self.name, seqs=seqs, reason=verdict.reason
-                    )
-                )
+                await self._dead_letter(seqs, verdict.reason)
         return None
 
-    def _acked(
-        self, store: OutboxStore, seqs: Sequence[int], claim_next: bool
+    async def _dead_letter(self, seqs: Sequence[int], reason: str) -> None:
+        """Give up on these for a permanent reason (a human looks, then replays)."""
+        await self._outbox.call(lambda tx: tx.dead_letter(self.name, seqs, reason))
+
+    async def _acked(
+        self, tx: OutboxTransaction, seqs: Sequence[int], claim_next: bool
     ) -> list[Claimed] | None:
         """Delivered: ack, and perhaps claim what is next."""
-        store.ack(self.name, seqs)
-        return store.claim(self.name, self.target.batch_size) if claim_next else None
+        await tx.ack(self.name, seqs)
+        return await tx.claim(self.name, self.target.batch_size) if claim_next else None
 
     async def _answered(self) -> None:
         """The target answered (whatever it thought of the statements): it is up."""
@@ -247,10 +246,10 @@ class TargetWorker:
         now = self._clock.now()
         state = TargetState(False, now, verdict.reason)
 
-        def record(store: OutboxStore) -> None:
-            store.retry(self.name, seqs, now + pace.delay, verdict.reason)
+        async def record(tx: OutboxTransaction) -> None:
+            await tx.retry(self.name, seqs, now + pace.delay, verdict.reason)
             if going_down:
-                store.set_state(self.name, state)
+                await tx.set_state(self.name, state)
 
         await self._outbox.call(record)
         self._hold_until = self._clock.monotonic() + pace.delay

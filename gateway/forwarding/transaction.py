@@ -1,0 +1,149 @@
+"""What one outbox transaction can do, whatever the database behind it.
+
+The forwarder and the target workers write their operations as async functions of an
+`OutboxTransaction`; the outbox runs several of them in one group commit. The SQLite
+outbox runs them on its own thread (`SqliteTransaction` below, whose methods never wait);
+a database with an async driver can run them on the event loop. Every method is one step
+of the same transaction: a caller that needs two (ack, then claim the next batch) gets
+both or neither.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Protocol
+
+from gateway.forwarding.store import Claimed, OutboxStore, TargetState, TargetStats
+
+__all__ = ["OutboxTransaction", "SqliteTransaction"]
+
+
+class OutboxTransaction(Protocol):
+    """The outbox's operations inside one transaction."""
+
+    async def write_pending(
+        self, items: Sequence[tuple[str, bytes, bytes | None]], version: str | None = None
+    ) -> list[int]:
+        """Record (id, bytes, packed attachment parts) before storage sees them."""
+        ...
+
+    async def mark_ready(self, seqs: Sequence[int], targets: Sequence[tuple[str, int]]) -> None:
+        """Storage accepted them: one delivery per (target, backlog_limit)."""
+        ...
+
+    async def drop(self, seqs: Sequence[int]) -> None:
+        """Storage refused them: forget them (only while still pending)."""
+        ...
+
+    async def pending(self, created_before: float, limit: int = 500) -> list[tuple[int, str]]:
+        """Pending statements older than a moment: (seq, statement id)."""
+        ...
+
+    async def claim(self, target: str, limit: int) -> list[Claimed]:
+        """The oldest deliveries for `target`."""
+        ...
+
+    async def ack(self, target: str, seqs: Sequence[int]) -> None:
+        """Delivered."""
+        ...
+
+    async def retry(
+        self, target: str, seqs: Sequence[int], next_attempt: float, error: str
+    ) -> None:
+        """A transient failure: try again at `next_attempt`."""
+        ...
+
+    async def dead_letter(self, target: str, seqs: Sequence[int], reason: str) -> None:
+        """Give up on these deliveries for a permanent reason (they stay replayable)."""
+        ...
+
+    async def set_state(self, target: str, state: TargetState) -> None:
+        """Record that `target` went down or came back."""
+        ...
+
+    async def target_state(self, target: str) -> TargetState:
+        """Whether `target` was last seen up."""
+        ...
+
+    async def requeue(self, target: str, *, transient_only: bool, limit: int | None = None) -> int:
+        """Move dead letters of `target` back into its queue; how many moved."""
+        ...
+
+    async def collect_garbage(self) -> int:
+        """Delete statements no delivery or dead letter needs any more."""
+        ...
+
+    async def targets(self) -> list[str]:
+        """Every target the outbox knows of."""
+        ...
+
+    async def stats(self, targets: Iterable[str]) -> dict[str, TargetStats]:
+        """Per target: backlog, lag, totals."""
+        ...
+
+
+class SqliteTransaction:
+    """`OutboxTransaction` over the SQLite `OutboxStore`, on the outbox's own thread."""
+
+    def __init__(self, store: OutboxStore) -> None:
+        self.store = store  # SQLite's own, for what only SQLite has (tests, the CLI)
+
+    async def write_pending(
+        self, items: Sequence[tuple[str, bytes, bytes | None]], version: str | None = None
+    ) -> list[int]:
+        """See OutboxTransaction."""
+        return self.store.write_pending(items, version)
+
+    async def mark_ready(self, seqs: Sequence[int], targets: Sequence[tuple[str, int]]) -> None:
+        """See OutboxTransaction."""
+        self.store.mark_ready(seqs, targets)
+
+    async def drop(self, seqs: Sequence[int]) -> None:
+        """See OutboxTransaction."""
+        self.store.drop(seqs)
+
+    async def pending(self, created_before: float, limit: int = 500) -> list[tuple[int, str]]:
+        """See OutboxTransaction."""
+        return self.store.pending(created_before, limit)
+
+    async def claim(self, target: str, limit: int) -> list[Claimed]:
+        """See OutboxTransaction."""
+        return self.store.claim(target, limit)
+
+    async def ack(self, target: str, seqs: Sequence[int]) -> None:
+        """See OutboxTransaction."""
+        self.store.ack(target, seqs)
+
+    async def retry(
+        self, target: str, seqs: Sequence[int], next_attempt: float, error: str
+    ) -> None:
+        """See OutboxTransaction."""
+        self.store.retry(target, seqs, next_attempt, error)
+
+    async def dead_letter(self, target: str, seqs: Sequence[int], reason: str) -> None:
+        """See OutboxTransaction."""
+        self.store.dead_letter(target, seqs, reason)
+
+    async def set_state(self, target: str, state: TargetState) -> None:
+        """See OutboxTransaction."""
+        self.store.set_state(target, state)
+
+    async def target_state(self, target: str) -> TargetState:
+        """See OutboxTransaction."""
+        return self.store.target_state(target)
+
+    async def requeue(self, target: str, *, transient_only: bool, limit: int | None = None) -> int:
+        """See OutboxTransaction."""
+        return self.store.requeue(target, transient_only=transient_only, limit=limit)
+
+    async def collect_garbage(self) -> int:
+        """See OutboxTransaction."""
+        return self.store.collect_garbage()
+
+    async def targets(self) -> list[str]:
+        """See OutboxTransaction."""
+        return self.store.targets()
+
+    async def stats(self, targets: Iterable[str]) -> dict[str, TargetStats]:
+        """See OutboxTransaction."""
+        return self.store.stats(targets)
