@@ -30,6 +30,7 @@ from support import (
     write_config,
 )
 
+from gateway.clock import SYSTEM_CLOCK, ManualClock
 from gateway.config.settings import Config
 from gateway.http.app import create_app
 from gateway.store.shared_limits import SharedLimits
@@ -62,6 +63,27 @@ def limits_extra(redis: RedisServer, prefix: str, **more: Any) -> dict[str, Any]
         "rate_limit": {"trusted_proxies": ["127.0.0.1/32"]},
         **more,
     }
+
+
+async def gateway_with_redis(
+    tmp_path: Path,
+    redis: RedisServer,
+    aiohttp_server: Any,
+    aiohttp_client: Any,
+    prefix: str,
+    clock: ManualClock | None = None,
+) -> tuple[Client, Config]:
+    """One gateway in this process with its limits in `redis` under keys of its own."""
+    storage: TestServer = await aiohttp_server(FakeLRS().app())
+    config: Config = write_config(
+        tmp_path,
+        str(storage.make_url("/xAPI/")),
+        USERS,
+        limits_extra(redis, f"{prefix}-{uuid.uuid4().hex}:"),
+    )
+    app = create_app(config, registry=CollectorRegistry(), clock=clock or SYSTEM_CLOCK)
+    client: Client = await aiohttp_client(app)
+    return client, config
 
 
 async def test_the_script_counts_a_bucket_and_a_lockout(redis: RedisServer) -> None:
@@ -163,14 +185,10 @@ async def test_while_redis_is_down_each_process_counts_alone_and_locked_stays_lo
     aiohttp_client: Any,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    storage: TestServer = await aiohttp_server(FakeLRS().app())
-    config: Config = write_config(
-        tmp_path,
-        str(storage.make_url("/xAPI/")),
-        USERS,
-        limits_extra(redis, f"down-{uuid.uuid4().hex}:"),
+    clock = ManualClock()  # Redis's pause after a failure passes when the test says
+    client, config = await gateway_with_redis(
+        tmp_path, redis, aiohttp_server, aiohttp_client, "down", clock
     )
-    client: Client = await aiohttp_client(create_app(config, registry=CollectorRegistry()))
 
     async def post(username: str, password: str) -> int:
         where = {"X-Forwarded-For": f"203.0.113.{len(username)}"}  # one address each
@@ -197,14 +215,14 @@ async def test_while_redis_is_down_each_process_counts_alone_and_locked_stays_lo
         assert len(warnings) == 1  # one line for the outage, not one per request
     finally:
         await asyncio.to_thread(redis.start)
-    config_retry = config.limits.shared_retry_interval
+    clock.advance(config.limits.shared_retry_interval)  # the pause is over: try Redis
 
-    async def back() -> bool:  # the next try after the pause finds Redis again
+    async def back() -> bool:  # its first answer after the restart may still be refused
         await post("lms", "any-password")
         figures = samples(await (await client.get("/metrics")).text())
         return figures["lrs_gateway_shared_limits_up"] == 1
 
-    await eventually(back, within=config_retry + 5, what="Redis used again")
+    await eventually(back, within=5, what="Redis used again")
     assert any("Redis answers again" in r.getMessage() for r in caplog.records)
 
 
@@ -216,14 +234,7 @@ async def test_a_cached_basic_request_costs_one_round_trip_to_redis(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Address, lockout and principal limits in one script; a success clears nothing."""
-    storage: TestServer = await aiohttp_server(FakeLRS().app())
-    config: Config = write_config(
-        tmp_path,
-        str(storage.make_url("/xAPI/")),
-        USERS,
-        limits_extra(redis, f"trips-{uuid.uuid4().hex}:"),
-    )
-    client: Client = await aiohttp_client(create_app(config, registry=CollectorRegistry()))
+    client, _ = await gateway_with_redis(tmp_path, redis, aiohttp_server, aiohttp_client, "trips")
     trips = 0
     run = SharedLimits._run
 

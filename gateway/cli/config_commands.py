@@ -17,7 +17,7 @@ from gateway.config.loader import setting_paths
 from gateway.config.settings import Config, ConfigReport, inspect_config, resolve_config_path
 from gateway.secret import Secret
 
-__all__ = ["check_auth", "check_config", "config_report", "show_config"]
+__all__ = ["check_auth", "check_config", "config_report", "mask_url", "show_config"]
 
 MASK = "**********"
 
@@ -113,7 +113,7 @@ def check_config(args: argparse.Namespace) -> int:
 # -- config show ------------------------------------------------------------------------------
 
 
-def _mask_url(value: str) -> str:
+def mask_url(value: str) -> str:
     """A URL with its password (user:PASSWORD@) masked."""
     parts = urlsplit(value)
     if parts.password is None:
@@ -132,7 +132,7 @@ def _shown(value: Any) -> str:
     if isinstance(value, tuple):
         return json.dumps(list(value))
     if isinstance(value, str):
-        value = _mask_url(value) if "://" in value else value
+        value = mask_url(value) if "://" in value else value
     return json.dumps(value)
 
 

@@ -9,8 +9,8 @@ import json
 import sys
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import urlsplit
 
+from gateway.cli.config_commands import mask_url
 from gateway.config.settings import STORE_SCHEMES, Config
 from gateway.errors import GatewayError
 from gateway.store.databases import credential_database
@@ -119,7 +119,7 @@ def _copy_command(load: Load) -> Callable[[argparse.Namespace], int]:
         config = load(args)
         for url in (args.source, args.target):
             if url is not None and not url.startswith(STORE_SCHEMES):
-                print(f"error: not a store URL: {_masked(url)}", file=sys.stderr)
+                print(f"error: not a store URL: {mask_url(url)}", file=sys.stderr)
                 return 2
         source, target = _with_url(config, args.source), _with_url(config, args.target)
         if source.store.url == target.store.url:
@@ -137,13 +137,6 @@ def _copy_command(load: Load) -> Callable[[argparse.Namespace], int]:
         return 0
 
     return run
-
-
-def _masked(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    return parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@")).geturl()
 
 
 def add_parsers(

@@ -12,9 +12,10 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
+from gateway.auth.base import decode_basic
 from gateway.clock import SYSTEM_CLOCK, Clock
 from gateway.config.settings import LockoutConfig, RateLimitConfig
-from gateway.errors import StoreUnavailable, TooManyRequests
+from gateway.errors import StoreUnavailable, TooManyRequests, Unauthorized
 from gateway.http.abuse_limits import FailureLockout, TokenBuckets, client_address
 from gateway.secret import keyed_digest
 from gateway.store.shared_limits import SharedLimits, SharedLimitsDown
@@ -49,19 +50,18 @@ class Admission:
 
 
 def _basic_principal(authorization: str | None) -> str | None:
-    """The rate-limit key a Basic login will have once proven (`principal:basic:USER`)."""
+    """The rate-limit key a Basic login will have once proven (`principal:basic:USER`).
+
+    Decoded as the Basic backend decodes it, so the key is the one `check_rate` gets.
+    """
     scheme, _, credentials = (authorization or "").strip().partition(" ")
     if scheme.lower() != "basic":
         return None
     try:
-        decoded = base64.b64decode(credentials.strip(), validate=True)
-    except (binascii.Error, ValueError):
+        username, _ = decode_basic(credentials)
+    except Unauthorized:
         return None
-    username = decoded.partition(b":")[0]
-    try:
-        return "principal:basic:" + username.decode("utf-8")
-    except UnicodeDecodeError:
-        return None
+    return "principal:basic:" + username
 
 
 class Guard:
