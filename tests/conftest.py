@@ -31,6 +31,13 @@ def ralph_target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RalphServ
 
 
 @pytest.fixture(scope="session")
+def ralph_second_target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RalphServer]:
+    """A third independent Ralph LRS: a second forwarding target (scale-out tests)."""
+    with run_ralph(tmp_path_factory.mktemp("ralph-second-target")) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
 def learning_locker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LearningLockerServer]:
     """Learning Locker's LRS service (npm xapi-statements 5.0.1), statements in memory.
 

@@ -27,7 +27,7 @@ from support import (
     write_config,
 )
 
-from gateway.forwarding.outbox import Outbox
+from gateway.forwarding.outbox import SqliteOutbox
 from gateway.forwarding.transaction import OutboxTransaction, SqliteTransaction
 from gateway.http.app import create_app
 from gateway.http.keys import FORWARDER
@@ -485,7 +485,7 @@ async def test_a_2_0_statement_never_reaches_a_1_0_target(make_setup: MakeSetup)
 async def test_an_outbox_operation_that_waits_fails_alone(tmp_path: Path) -> None:
     """SQLite operations run in one step on the outbox thread: one that waits is a bug,
     refused with an error, and the operations around it in the same commit still land."""
-    outbox = Outbox(tmp_path / "outbox.sqlite3", synchronous="normal")
+    outbox = SqliteOutbox(tmp_path / "outbox.sqlite3", synchronous="normal")
     await outbox.open()
     try:
 

@@ -92,12 +92,16 @@ def test_every_outbox_adds_up_and_a_target_is_up_only_if_no_worker_has_it_down(
     registry = CollectorRegistry(auto_describe=False)
     registry.register(OutboxesCollector(lambda: paths, ["t", "idle"]))
     found = figures(registry)
-    target = (("target", "t"),)
+    # The workers' outboxes added up are one gateway's: named by worker 0's outbox id.
+    store = OutboxStore(tmp_path / OUTBOX_FILE)
+    ident = store.ident
+    store.close()
+    target = (("outbox", ident), ("target", "t"))
     assert found[("lrs_gateway_forwarding_delivered_total", target)] == 7
     assert found[("lrs_gateway_forwarding_backlog", target)] == 3
-    assert found[("lrs_gateway_forwarding_target_up", target)] == 0
+    assert found[("lrs_gateway_forwarding_target_up", (("target", "t"),))] == 0
     assert found[("lrs_gateway_forwarding_lag_seconds", target)] >= 0
     idle = (("target", "idle"),)  # configured, never sent to: shown, up, at 0
     assert found[("lrs_gateway_forwarding_target_up", idle)] == 1
-    assert found[("lrs_gateway_forwarding_delivered_total", idle)] == 0
+    assert found[("lrs_gateway_forwarding_delivered_total", (("outbox", ident), *idle))] == 0
     assert not (tmp_path / "worker-2").exists()

@@ -42,11 +42,17 @@ ADMIN = credential("admin", "admin-pw", ["all", "admin"])
 
 
 def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    return {
-        (s.name, tuple(sorted(s.labels.items()))): s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-    }
+    """Samples by name and labels; the `outbox` label (one outbox id per gateway) left out."""
+    found: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
+    outboxes = set()
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            if "outbox" in s.labels:
+                outboxes.add(s.labels["outbox"])
+            labels = tuple(sorted((k, v) for k, v in s.labels.items() if k != "outbox"))
+            found[(s.name, labels)] = s.value
+    assert len(outboxes) <= 1, outboxes  # the workers' outboxes are reported as one
+    return found
 
 
 def children_of(pid: int) -> set[int]:

@@ -93,6 +93,27 @@ def _refuse_stranded_outboxes(config: Config, workers: int) -> None:
         )
 
 
+def is_postgres(config: Config) -> bool:
+    """Whether `store.url` names PostgreSQL (imported here: asyncpg loads only when needed)."""
+    from gateway.store.databases import is_postgres as named
+
+    return named(config)
+
+
+def _refuse_local_backlog(config: Config) -> None:
+    """Switching to PostgreSQL must not strand what the SQLite outboxes still owe."""
+    from gateway.runtime.workers import stranded_backlogs
+
+    stranded = stranded_backlogs(config.resolve_path(config.data_dir), 0)
+    if stranded:
+        listed = ", ".join(f"{path} ({count} statements)" for path, count in stranded.items())
+        raise ConfigError(
+            f"store.url is PostgreSQL, but the SQLite outboxes in {listed} still hold "
+            "statements to forward, which it does not read: serve without store.url until "
+            "`lrs-gateway forwarding status` shows no backlog, then switch"
+        )
+
+
 def _serve(args: argparse.Namespace) -> int:
     # Imported here: the other commands start three times faster without aiohttp.
     from gateway.http.app import create_app
@@ -121,10 +142,13 @@ def _serve(args: argparse.Namespace) -> int:
         workers = config.server.workers if args.workers is None else args.workers
         if workers < 1:
             raise UsageError("--workers: must be at least 1")
-        _refuse_stranded_outboxes(config, workers)
         data_dir = config.resolve_path(config.data_dir)
-        if data_dir.is_dir():
-            retire_outboxes(data_dir, workers)
+        if is_postgres(config):
+            _refuse_local_backlog(config)
+        else:
+            _refuse_stranded_outboxes(config, workers)
+            if data_dir.is_dir():
+                retire_outboxes(data_dir, workers)
         if workers > 1:
             if config.server.port == 0:
                 raise ConfigError("server.port: workers share one port; 0 (any) cannot be")
@@ -328,7 +352,11 @@ def _forwarding_status(args: argparse.Namespace) -> int:
     config = _load(args)
     names = [t.label for t in config.forwardings]
     documents = []
-    for store in _open_outboxes(config):
+    if is_postgres(config):
+        from gateway.cli.shared_outbox import status_document
+
+        documents.append(status_document(config))
+    for store in [] if is_postgres(config) else _open_outboxes(config):
         try:
             known = names + [t for t in store.targets() if t not in names]
             documents.append({"targets": {n: asdict(s) for n, s in store.stats(known).items()}})
@@ -367,8 +395,31 @@ def _forwarding_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def _shared_replay(config: Config, target: str) -> int:
+    from gateway.cli.shared_outbox import replay, status_document
+
+    targets = status_document(config)["targets"]
+    if target not in targets:
+        print(
+            f"error: no forwarding target named {target!r} (known: "
+            f"{', '.join(sorted(targets)) or 'none'})",
+            file=sys.stderr,
+        )
+        return 1
+    waiting = targets[target]["dead_letters"]
+    if waiting == 0:
+        print(f"{target}: no dead letters")
+        return 0
+    moved = replay(config, target, lambda count: _progress(count, waiting))
+    print(file=sys.stderr)
+    print(f"{target}: {moved} dead letters re-queued")
+    return 0
+
+
 def _forwarding_replay(args: argparse.Namespace) -> int:
     config = _load(args)
+    if is_postgres(config):
+        return _shared_replay(config, args.target)
     stores = _open_outboxes(config)
     try:
         known = sorted(

@@ -69,6 +69,12 @@ def _status(load: Load) -> Callable[[argparse.Namespace], int]:
         print(f"credentials    {described['credentials']}")
         print(f"audit entries  {described['audit_entries']}")
         print(f"generation     {described['generation']} (changes so far)")
+        outbox = described.get("outbox")
+        if outbox:
+            print(
+                f"outbox         {outbox['statements']} statements, {outbox['deliveries']} "
+                f"deliveries owed, {outbox['dead_letters']} dead letters"
+            )
         return 0
 
     return run

@@ -408,6 +408,9 @@ class StoreConfig:
     timeout: float = field(default=5.0, metadata=positive())  # connect and each query
     # Seconds between checks for another process's change: how soon it reaches this one.
     poll_interval: float = field(default=1.0, metadata=positive())
+    # PostgreSQL: seconds a replica's claim on a batch of deliveries lasts (renewed while it
+    # works on it). A replica that dies holds its batch this long; then another sends it.
+    lease: float = field(default=30.0, metadata=positive())
 
 
 @dataclass(frozen=True)
@@ -886,6 +889,18 @@ def _warnings(config: Config) -> list[Problem]:
                     f"forwardings[{index}] ({target.label}): connect_timeout: "
                     f"{target.connect_timeout:g} s is longer than timeout ({target.timeout:g} "
                     "s), which a delivery takes in all: connecting gets at most timeout",
+                )
+            )
+    lease = config.store.lease
+    shared = (config.store.url or "").startswith(("postgresql://", "postgres://"))
+    for index, target in enumerate(config.forwardings):
+        if shared and target.is_active and lease < 2 * target.timeout:
+            found.append(
+                (
+                    ("store.lease", f"forwardings[{index}].timeout"),
+                    f"store.lease: {lease:g} s is less than twice forwardings[{index}] "
+                    f"({target.label}).timeout ({target.timeout:g} s): a claim could end "
+                    "while a send is still on its way, and another replica send it too",
                 )
             )
     pending, storage_timeout = config.outbox.resolve_pending_after, config.storage.timeout

@@ -14,17 +14,16 @@ from gateway.clock import SYSTEM_CLOCK, Clock
 from gateway.config.settings import Config
 from gateway.errors import GatewayError
 from gateway.failurelog import FailureLog
-from gateway.forwarding.outbox import Outbox
+from gateway.forwarding.outboxes import OUTBOX_FILE, outbox_for
 from gateway.forwarding.store import REPLAY_CHUNK, TargetStats
 from gateway.forwarding.target_worker import TargetWorker
-from gateway.forwarding.transaction import OutboxTransaction
+from gateway.forwarding.transaction import Outbox, OutboxTransaction
 from gateway.upstream.storage import StorageClient
 from gateway.upstream.target import Observe
 
 __all__ = ["OUTBOX_FILE", "Forwarder"]
 
 log = logging.getLogger(__name__)
-OUTBOX_FILE = "outbox.sqlite3"
 _GC_INTERVAL = 30.0
 _SNAPSHOT_INTERVAL = 2.0
 
@@ -50,11 +49,7 @@ class Forwarder:
         self._rng = rng if rng is not None else random.Random()  # the workers' jitter
         self._observe = observe
         self._storage = storage
-        self.outbox = Outbox(
-            config.resolve_path(config.data_dir) / OUTBOX_FILE,
-            synchronous=config.outbox.synchronous,
-            clock=clock,
-        )
+        self.outbox: Outbox = outbox_for(config, clock=clock)
         self._active = [t for t in config.forwardings if t.is_active]
         self._limits = [(t.label, t.backlog_limit) for t in self._active]
         self.workers: list[TargetWorker] = []
@@ -64,6 +59,9 @@ class Forwarder:
         # Pending rows whose request still waits for storage: the resolver must not touch
         # them, or it could drop one storage is about to accept (or queue one twice).
         self._in_flight: set[int] = set()
+        self._settling = FailureLog(
+            log, "outbox: settling writes (the resolver retries them)", clock=clock
+        )
 
     async def start(self) -> None:
         """Open the outbox, start a worker per active target, the resolver and the GC."""
@@ -122,10 +120,8 @@ class Forwarder:
         await self.outbox.submit(lambda s: s.drop(seqs), self._queued)
 
     def _queued(self, done: asyncio.Future[Any]) -> None:
-        if not done.cancelled() and done.exception() is not None:
-            log.error(
-                "outbox: settling a write failed (the resolver retries it): %s", done.exception()
-            )
+        if not done.cancelled() and (error := done.exception()) is not None:
+            self._settling.failed(error)
         for worker in self.workers:
             worker.wake()
 
@@ -158,7 +154,11 @@ class Forwarder:
     async def resolve_once(self) -> int:
         """Settle writes left pending by a crash or a lost answer; how many were settled."""
         threshold = self._config.outbox.resolve_pending_after
-        before = max(self._started_at, self._clock.now() - threshold)
+        before = self._clock.now() - threshold
+        if not self.outbox.shared:
+            # Rows from before this start have no request waiting for them any more. A
+            # shared outbox's may be another replica's, still waiting: only age tells.
+            before = max(self._started_at, before)
         settled = 0
         rows = await self.outbox.call(lambda s: s.pending(before))
         for seq, statement_id in rows:

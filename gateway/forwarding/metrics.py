@@ -3,6 +3,10 @@
 One process reads its forwarder's snapshot. Several workers each forward from an outbox of
 their own; their scrapes read every outbox file instead, whose per-target counters are
 durable, so the totals are the whole gateway's and never go down when a worker restarts.
+
+The outbox's figures carry its id (label `outbox`): replicas sharing one outbox (PostgreSQL)
+each report the same figures under the same id, replicas with their own (SQLite) under
+theirs, so `sum by (target) (max by (target, outbox) (...))` adds up either way.
 """
 
 from __future__ import annotations
@@ -27,6 +31,9 @@ log = logging.getLogger(__name__)
 _Families = dict[str, GaugeMetricFamily | CounterMetricFamily]
 
 
+_OUTBOX_LABELS = ["target", "outbox"]
+
+
 def _families() -> _Families:
     return {
         "up": GaugeMetricFamily(
@@ -35,28 +42,30 @@ def _families() -> _Families:
             labels=["target"],
         ),
         "backlog": GaugeMetricFamily(
-            "lrs_gateway_forwarding_backlog", "Statements waiting for a target", labels=["target"]
+            "lrs_gateway_forwarding_backlog",
+            "Statements waiting for a target",
+            labels=_OUTBOX_LABELS,
         ),
         "lag": GaugeMetricFamily(
             "lrs_gateway_forwarding_lag_seconds",
             "Age of the oldest statement a target has not received",
-            labels=["target"],
+            labels=_OUTBOX_LABELS,
         ),
         "dead": GaugeMetricFamily(
             "lrs_gateway_forwarding_dead_letters",
             "Statements in a target's dead letters (refused for a permanent reason)",
-            labels=["target"],
+            labels=_OUTBOX_LABELS,
         ),
         "delivered": CounterMetricFamily(
-            "lrs_gateway_forwarding_delivered", "Statements delivered", labels=["target"]
+            "lrs_gateway_forwarding_delivered", "Statements delivered", labels=_OUTBOX_LABELS
         ),
         "retried": CounterMetricFamily(
-            "lrs_gateway_forwarding_retried", "Statement deliveries retried", labels=["target"]
+            "lrs_gateway_forwarding_retried", "Statement deliveries retried", labels=_OUTBOX_LABELS
         ),
         "dead_total": CounterMetricFamily(
             "lrs_gateway_forwarding_dead_lettered",
             "Statements ever dead-lettered (permanent reasons only)",
-            labels=["target"],
+            labels=_OUTBOX_LABELS,
         ),
     }
 
@@ -64,8 +73,9 @@ def _families() -> _Families:
 class ForwardingCollector(Collector):
     """One process: up/down, backlog, lag and totals per target; no database work."""
 
-    def __init__(self, forwarder: Forwarder) -> None:
+    def __init__(self, forwarder: Forwarder, *, failed: bool = True) -> None:
         self._forwarder = forwarder
+        self._failed = failed  # False: the process-wide sum of every worker's reports it
 
     def collect(self) -> Iterator[Metric]:
         """Yield the families (labels: target name only)."""
@@ -82,15 +92,19 @@ class ForwardingCollector(Collector):
         up = {name: stats.up for name, stats in snapshot.items()} | self._forwarder.target_up()
         for name, value in up.items():
             families["up"].add_metric([name], 1.0 if value else 0.0)
+        outbox = self._forwarder.outbox.ident
         for name, stats in snapshot.items():
-            families["backlog"].add_metric([name], backlog.get(name, stats.backlog))
-            families["lag"].add_metric([name], stats.oldest_age or 0.0)
-            families["dead"].add_metric([name], stats.dead_letters)
-            families["delivered"].add_metric([name], stats.delivered)
-            families["retried"].add_metric([name], stats.retries)
-            families["dead_total"].add_metric([name], stats.dead_lettered_total)
+            labels = [name, outbox]
+            families["backlog"].add_metric(labels, backlog.get(name, stats.backlog))
+            families["lag"].add_metric(labels, stats.oldest_age or 0.0)
+            families["dead"].add_metric(labels, stats.dead_letters)
+            families["delivered"].add_metric(labels, stats.delivered)
+            families["retried"].add_metric(labels, stats.retries)
+            families["dead_total"].add_metric(labels, stats.dead_lettered_total)
         for name, count in failed.items():
             families["failed"].add_metric([name], count)
+        if not self._failed:
+            del families["failed"]
         yield from families.values()
 
 
@@ -98,6 +112,7 @@ class ForwardingCollector(Collector):
 class _Outbox:
     """What one outbox file says, per target."""
 
+    ident: str = ""  # its outbox id ("" in a file an older version made and none opened since)
     down: set[str] = field(default_factory=set)
     backlog: dict[str, int] = field(default_factory=dict)
     oldest: dict[str, float] = field(default_factory=dict)  # Unix time of the oldest owed
@@ -122,6 +137,7 @@ def _read_outbox(path: Path) -> _Outbox:
     try:
         conn.execute("BEGIN")  # one snapshot of the file
         found = _Outbox(
+            ident=_ident(conn),
             down={t for (t,) in conn.execute("SELECT target FROM target_states WHERE up = 0")},
             backlog=dict(conn.execute("SELECT target, COUNT(*) FROM deliveries GROUP BY target")),
             dead=dict(conn.execute("SELECT target, COUNT(*) FROM dead_letters GROUP BY target")),
@@ -141,6 +157,14 @@ def _read_outbox(path: Path) -> _Outbox:
         return found
     finally:
         conn.close()
+
+
+def _ident(conn: sqlite3.Connection) -> str:
+    try:
+        row = conn.execute("SELECT value FROM meta WHERE name = 'outbox-id'").fetchone()
+    except sqlite3.OperationalError:  # no meta table yet
+        return ""
+    return "" if row is None else str(row[0])
 
 
 class OutboxesCollector(Collector):
@@ -176,18 +200,21 @@ class OutboxesCollector(Collector):
         ]
         families = _families()
         now = time.time()
+        # The workers' outboxes added up are the gateway's: worker 0's id (the first) names them.
+        outbox = next((o.ident for o in outboxes if o.ident), "")
         for name in names:
+            labels = [name, outbox]
             oldest = [o.oldest[name] for o in outboxes if name in o.oldest]
             families["up"].add_metric([name], 0.0 if any(name in o.down for o in outboxes) else 1.0)
-            families["backlog"].add_metric([name], sum(o.backlog.get(name, 0) for o in outboxes))
-            families["lag"].add_metric([name], max(0.0, now - min(oldest)) if oldest else 0.0)
-            families["dead"].add_metric([name], sum(o.dead.get(name, 0) for o in outboxes))
+            families["backlog"].add_metric(labels, sum(o.backlog.get(name, 0) for o in outboxes))
+            families["lag"].add_metric(labels, max(0.0, now - min(oldest)) if oldest else 0.0)
+            families["dead"].add_metric(labels, sum(o.dead.get(name, 0) for o in outboxes))
             for family, counter in (
                 ("delivered", "delivered"),
                 ("retried", "retries"),
                 ("dead_total", "dead_letters"),
             ):
                 families[family].add_metric(
-                    [name], sum(o.counters.get((name, counter), 0) for o in outboxes)
+                    labels, sum(o.counters.get((name, counter), 0) for o in outboxes)
                 )
         yield from families.values()

@@ -14,33 +14,34 @@ import logging
 import queue
 import sqlite3
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from pathlib import Path
 from typing import Any, TypeVar
 
 from gateway.clock import SYSTEM_CLOCK, Clock
+from gateway.forwarding.operations import MAX_GROUP, Operation, OperationQueue
 from gateway.forwarding.store import OutboxStore
-from gateway.forwarding.transaction import OutboxTransaction, SqliteTransaction
+from gateway.forwarding.transaction import SqliteTransaction
 
-__all__ = ["Outbox"]
+__all__ = ["SqliteOutbox"]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-Operation = Callable[[OutboxTransaction], Awaitable[T]]
-_Job = tuple[Callable[[OutboxTransaction], Awaitable[Any]], asyncio.Future[Any]]
-_MAX_GROUP = 512  # operations in one transaction at most
-_MAX_WAITING = 10_000  # operations queued at most; callers wait beyond that
+_Job = tuple[Operation[Any], asyncio.Future[Any]]
 
 
-class Outbox:
+class SqliteOutbox(OperationQueue):
     """Runs outbox operations on its own thread, in group-committed transactions."""
 
+    shared = False  # this process alone writes and delivers from it
+    lease = None  # nothing to claim from another process
+
     def __init__(self, path: Path, *, synchronous: str, clock: Clock = SYSTEM_CLOCK) -> None:
+        super().__init__()
         self._path = path
         self._clock = clock
         self._synchronous = synchronous
         self._jobs: queue.Queue[_Job | None] = queue.Queue()
-        self._room = asyncio.Semaphore(_MAX_WAITING)
         self._thread: threading.Thread | None = None
         self._store: OutboxStore | None = None
         self.commits = 0  # transactions so far (bench and tests read it)
@@ -64,33 +65,16 @@ class Outbox:
             self._store.close()
 
     @property
+    def ident(self) -> str:
+        """The outbox's stable id (the `outbox` label of its metrics)."""
+        return self._store.ident if self._store is not None else ""
+
+    @property
     def backlog(self) -> dict[str, int]:
         """Deliveries queued per target (read without a round trip to the thread)."""
         return dict(self._store.backlog) if self._store is not None else {}
 
-    async def call(self, operation: Operation[T]) -> T:
-        """Run `operation(transaction)` in the next group commit; its result once committed."""
-        async with self._room:
-            future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-            self._jobs.put((operation, future))
-            return await future
-
-    async def submit(
-        self, operation: Operation[Any], then: Callable[[asyncio.Future[Any]], None]
-    ) -> None:
-        """Queue `operation` for the next group commit without waiting for the commit.
-
-        `then(future)` runs on the loop once it is committed (or failed). Only the room in
-        the queue is waited for.
-        """
-        await self._room.acquire()
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-
-        def done(settled: asyncio.Future[Any]) -> None:
-            self._room.release()
-            then(settled)
-
-        future.add_done_callback(done)
+    def _queue(self, operation: Operation[Any], future: asyncio.Future[Any]) -> None:
         self._jobs.put((operation, future))
 
     def _run(self) -> None:
@@ -102,7 +86,7 @@ class Outbox:
                 return
             group = [first]
             stop = False
-            while len(group) < _MAX_GROUP:
+            while len(group) < MAX_GROUP:
                 try:
                     job = self._jobs.get_nowait()
                 except queue.Empty:

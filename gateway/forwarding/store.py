@@ -10,6 +10,7 @@ the CLI and a restarted gateway see it.
 from __future__ import annotations
 
 import logging
+import secrets
 import sqlite3
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -102,8 +103,20 @@ def _requeue_transient(conn: sqlite3.Connection) -> None:
         )
 
 
+def _add_identity(conn: sqlite3.Connection) -> None:
+    """A stable id for the outbox: the `outbox` label of its metrics."""
+    conn.execute("CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL)")
+    conn.execute(
+        "INSERT OR IGNORE INTO meta (name, value) VALUES ('outbox-id', ?)", (secrets.token_hex(6),)
+    )
+
+
 # Ordered: PRAGMA user_version says how many of them a file has had.
-_MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_add_columns, _requeue_transient)
+_MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (
+    _add_columns,
+    _requeue_transient,
+    _add_identity,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,6 +174,9 @@ class OutboxStore:
         self.conn.execute("PRAGMA busy_timeout=5000")
         self.conn.executescript(_SCHEMA)
         self._migrate()
+        (self.ident,) = self.conn.execute(
+            "SELECT value FROM meta WHERE name = 'outbox-id'"
+        ).fetchone()
         self.backlog: dict[str, int] = {}
         self._full: set[str] = set()  # targets past backlog_limit (logged once per episode)
         self.recount()

@@ -19,11 +19,11 @@ from multidict import CIMultiDict
 
 from gateway.clock import SYSTEM_CLOCK, Clock
 from gateway.config.settings import ForwardingTarget
+from gateway.errors import StoreUnavailable
 from gateway.failurelog import FailureLog
-from gateway.forwarding.outbox import Outbox
 from gateway.forwarding.policy import DeliveryPolicy, Kind, Verdict
 from gateway.forwarding.store import Claimed, TargetState
-from gateway.forwarding.transaction import OutboxTransaction
+from gateway.forwarding.transaction import Outbox, OutboxTransaction
 from gateway.upstream.h1 import AnswerTimeout, ConnectTimeout, H1Error
 from gateway.upstream.target import Observe, forwarding_target, status_class
 from gateway.xapi.attachments import unpack_parts
@@ -94,6 +94,7 @@ class TargetWorker:
         self._down_since: float | None = None  # Unix time
         self._failures = 0  # transient failures in a row
         self._hold_until = 0.0  # monotonic: nothing is sent before (backoff, next probe)
+        self._claimed_at = 0.0  # monotonic: when the batch in hand was claimed (or renewed)
 
     def close(self) -> None:
         """Close the idle connection to the target."""
@@ -121,6 +122,7 @@ class TargetWorker:
                     batch = await self._outbox.call(
                         lambda s: s.claim(self.name, self.target.batch_size)
                     )
+                    self._claimed_at = self._clock.monotonic()
                 if batch:
                     batch = await self._deliver(batch)
                 else:
@@ -130,7 +132,8 @@ class TargetWorker:
                 raise
             except Exception as exc:  # the outbox or a bug: log, breathe, go on
                 batch = None
-                failing.failed(exc, traceback=True)
+                # A database out of reach is said in one line; anything else may be a bug.
+                failing.failed(exc, traceback=not isinstance(exc, StoreUnavailable))
                 await self._clock.sleep(1.0)
 
     async def _restore_state(self, failing: FailureLog) -> None:
@@ -186,6 +189,8 @@ class TargetWorker:
         pending: list[Sequence[Claimed]] = [batch]
         while pending:
             part = pending.pop()
+            if not await self._still_held(pending, part):
+                return None  # another replica has them now: claim afresh
             verdict = await self._send(part)
             seqs = [item.seq for item in part]
             if verdict.kind is Kind.RETRY:
@@ -198,6 +203,8 @@ class TargetWorker:
                 following = await self._outbox.call(
                     partial(self._acked, seqs=seqs, claim_next=not pending)
                 )
+                if following:
+                    self._claimed_at = self._clock.monotonic()
                 if not pending:
                     return following
             elif verdict.kind is Kind.SPLIT:
@@ -209,6 +216,22 @@ class TargetWorker:
                 )
                 await self._dead_letter(seqs, verdict.reason)
         return None
+
+    async def _still_held(
+        self, pending: Sequence[Sequence[Claimed]], part: Sequence[Claimed]
+    ) -> bool:
+        """Renew the claim on what is left of a batch once a third of its lease has gone.
+
+        A send is shorter than a lease (the configuration sees to it), but a batch split
+        again and again is not; without renewal another replica would send it too.
+        """
+        lease = self._outbox.lease
+        if lease is None or self._clock.monotonic() - self._claimed_at < lease / 3:
+            return True
+        seqs = [item.seq for chunk in (*pending, part) for item in chunk]
+        held = await self._outbox.call(lambda tx: tx.renew(self.name, seqs))
+        self._claimed_at = self._clock.monotonic()
+        return held == len(seqs)
 
     async def _dead_letter(self, seqs: Sequence[int], reason: str) -> None:
         """Give up on these for a permanent reason (a human looks, then replays)."""

@@ -10,12 +10,13 @@ both or neither.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-from typing import Protocol
+import asyncio
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from typing import Any, Protocol, TypeVar
 
 from gateway.forwarding.store import Claimed, OutboxStore, TargetState, TargetStats
 
-__all__ = ["OutboxTransaction", "SqliteTransaction"]
+__all__ = ["Outbox", "OutboxTransaction", "SqliteTransaction"]
 
 
 class OutboxTransaction(Protocol):
@@ -41,6 +42,10 @@ class OutboxTransaction(Protocol):
 
     async def claim(self, target: str, limit: int) -> list[Claimed]:
         """The oldest deliveries for `target`."""
+        ...
+
+    async def renew(self, target: str, seqs: Sequence[int]) -> int:
+        """Still working on these claimed deliveries: extend the claim; how many are held."""
         ...
 
     async def ack(self, target: str, seqs: Sequence[int]) -> None:
@@ -82,6 +87,55 @@ class OutboxTransaction(Protocol):
         ...
 
 
+T = TypeVar("T")
+
+
+class Outbox(Protocol):
+    """Where operations run, a few to a transaction: SQLite's thread or PostgreSQL's pool."""
+
+    commits: int
+
+    @property
+    def shared(self) -> bool:
+        """Whether other processes write and deliver from it too."""
+        ...
+
+    @property
+    def lease(self) -> float | None:
+        """Seconds a claim lasts unless renewed (None: claims never end)."""
+        ...
+
+    @property
+    def ident(self) -> str:
+        """The outbox's stable id (the `outbox` label of its metrics)."""
+        ...
+
+    @property
+    def backlog(self) -> dict[str, int]:
+        """Deliveries queued per target, read without a round trip."""
+        ...
+
+    async def open(self) -> None:
+        """Open (or create) it and start committing."""
+        ...
+
+    async def close(self) -> None:
+        """Finish queued operations and stop."""
+        ...
+
+    async def call(self, operation: Callable[[OutboxTransaction], Awaitable[T]]) -> T:
+        """Run `operation(transaction)` in the next group commit; its result once committed."""
+        ...
+
+    async def submit(
+        self,
+        operation: Callable[[OutboxTransaction], Awaitable[Any]],
+        then: Callable[[asyncio.Future[Any]], None],
+    ) -> None:
+        """Queue `operation` without waiting for its commit; `then(future)` once settled."""
+        ...
+
+
 class SqliteTransaction:
     """`OutboxTransaction` over the SQLite `OutboxStore`, on the outbox's own thread."""
 
@@ -109,6 +163,10 @@ class SqliteTransaction:
     async def claim(self, target: str, limit: int) -> list[Claimed]:
         """See OutboxTransaction."""
         return self.store.claim(target, limit)
+
+    async def renew(self, target: str, seqs: Sequence[int]) -> int:
+        """See OutboxTransaction: one process owns the file, its claims never end."""
+        return len(seqs)
 
     async def ack(self, target: str, seqs: Sequence[int]) -> None:
         """See OutboxTransaction."""

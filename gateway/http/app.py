@@ -237,12 +237,17 @@ async def _forwarding(app: web.Application) -> AsyncIterator[None]:
     metrics = app[METRICS]
     failed: Cumulative | None = None
     if metrics.shared and WORKER in app:
-        # Every worker's outbox: durable totals that add up, whichever worker answers.
-        root = shared_data_dir(config.resolve_path(config.data_dir), app[WORKER])
-        collector: Collector = OutboxesCollector(
-            lambda: [d / OUTBOX_FILE for d in outbox_dirs(root)],
-            [t.label for t in config.forwardings],
-        )
+        collector: Collector
+        if forwarder.outbox.shared:
+            # One outbox for all: whichever worker answers reads it whole.
+            collector = ForwardingCollector(forwarder, failed=False)
+        else:
+            # Every worker's outbox: durable totals that add up, whichever worker answers.
+            root = shared_data_dir(config.resolve_path(config.data_dir), app[WORKER])
+            collector = OutboxesCollector(
+                lambda: [d / OUTBOX_FILE for d in outbox_dirs(root)],
+                [t.label for t in config.forwardings],
+            )
         failed = Cumulative(
             metrics.forwarding_failed(), lambda: {(n,): c for n, c in forwarder.failed().items()}
         )

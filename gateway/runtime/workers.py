@@ -163,12 +163,12 @@ def retired_status(data_dir: Path, count: int, names: Sequence[str]) -> list[dic
 def stranded_backlogs(data_dir: Path, count: int) -> dict[Path, int]:
     """Outboxes of workers beyond `count` that still hold statements to forward.
 
-    Run with fewer workers than before, nobody would forward them: the caller refuses to
-    start instead.
+    Run with fewer workers than before (or none: the outbox moved to PostgreSQL), nobody
+    would forward them: the caller refuses to start instead.
     """
     stranded: dict[Path, int] = {}
-    for directory in outbox_dirs(data_dir)[1:]:
-        index = directory.name.removeprefix("worker-")
+    for directory in outbox_dirs(data_dir)[1 if count else 0 :]:
+        index = "0" if directory == data_dir else directory.name.removeprefix("worker-")
         path = directory / OUTBOX_FILE
         if not index.isdigit() or int(index) < count or not path.exists():
             continue

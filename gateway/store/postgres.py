@@ -42,7 +42,15 @@ from gateway.store.rows import (
     update_changes,
 )
 
-__all__ = ["MIGRATIONS", "PostgresCredentials", "SchemaBehind", "schema_version"]
+__all__ = [
+    "MIGRATIONS",
+    "PostgresCredentials",
+    "SchemaBehind",
+    "open_pool",
+    "schema_version",
+    "unreachable",
+    "where",
+]
 
 if TYPE_CHECKING:
     from asyncpg.pool import PoolConnectionProxy
@@ -89,7 +97,61 @@ MIGRATIONS: tuple[str, ...] = (
     """
     CREATE TABLE shared_keys (name TEXT PRIMARY KEY, value BYTEA NOT NULL);
     """,
+    # 3: the forwarding outbox every replica shares (gateway.forwarding.postgres_store).
+    # Counters are kept per owner (one process's run): replicas never wait on each
+    # other's counter rows, and status adds them up.
+    """
+    CREATE TABLE outbox_statements (
+        seq BIGSERIAL PRIMARY KEY,
+        statement_id TEXT NOT NULL,
+        body BYTEA NOT NULL,
+        attachments BYTEA,
+        version TEXT,
+        state SMALLINT NOT NULL,
+        created DOUBLE PRECISION NOT NULL
+    );
+    CREATE INDEX outbox_statements_pending ON outbox_statements (created) WHERE state = 0;
+    CREATE TABLE outbox_deliveries (
+        target TEXT NOT NULL,
+        seq BIGINT NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        next_attempt DOUBLE PRECISION NOT NULL DEFAULT 0,
+        last_error TEXT,
+        lease_owner TEXT,
+        lease_until DOUBLE PRECISION,
+        PRIMARY KEY (target, seq)
+    );
+    CREATE INDEX outbox_deliveries_seq ON outbox_deliveries (seq);
+    CREATE TABLE outbox_dead_letters (
+        target TEXT NOT NULL,
+        seq BIGINT NOT NULL,
+        reason TEXT NOT NULL,
+        transient BOOLEAN NOT NULL,
+        failed_at DOUBLE PRECISION NOT NULL,
+        PRIMARY KEY (target, seq)
+    );
+    CREATE INDEX outbox_dead_letters_seq ON outbox_dead_letters (seq);
+    CREATE TABLE outbox_counters (
+        target TEXT NOT NULL,
+        name TEXT NOT NULL,
+        owner TEXT NOT NULL,
+        value BIGINT NOT NULL,
+        PRIMARY KEY (target, name, owner)
+    );
+    CREATE TABLE outbox_target_states (
+        target TEXT PRIMARY KEY,
+        up BOOLEAN NOT NULL,
+        since DOUBLE PRECISION NOT NULL,
+        reason TEXT
+    );
+    INSERT INTO shared_keys (name, value)
+        VALUES ('outbox-id',
+                convert_to(substr(md5(random()::text || clock_timestamp()), 1, 12), 'UTF8'))
+        ON CONFLICT DO NOTHING;
+    """,
 )
+
+_OUTBOX_VERSION = 3  # the migration that made the outbox's tables
 
 _VERSIONS_TABLE = """
     CREATE TABLE IF NOT EXISTS lrs_gateway_migrations (
@@ -101,6 +163,19 @@ _VERSIONS_TABLE = """
 
 P = ParamSpec("P")
 R = TypeVar("R")
+
+
+def unreachable(exc: BaseException) -> bool:
+    """Whether `exc` means the database cannot be reached now (try again later)."""
+    return isinstance(exc, OSError | TimeoutError) or (
+        asyncpg is not None
+        and isinstance(
+            exc,
+            asyncpg.PostgresConnectionError
+            | asyncpg.InterfaceError
+            | asyncpg.CannotConnectNowError,
+        )
+    )
 
 
 def _reachable(
@@ -152,6 +227,64 @@ async def migrate(conn: Connection) -> list[int]:
     return applied
 
 
+def where(dsn: str) -> str:
+    """host:port/database of a DSN, for messages (no user, no password)."""
+    parts = urlsplit(dsn)
+    return f"{parts.hostname or 'localhost'}:{parts.port or 5432}{parts.path}"
+
+
+async def open_pool(
+    dsn: str,
+    *,
+    password: Secret | None,
+    query_timeout: float,
+    size: int,
+    auto_migrate: bool,
+) -> tuple[asyncpg.Pool[asyncpg.Record], list[int]]:
+    """A connection pool on a current schema, and the migrations it applied.
+
+    Migrates (store.migrate: auto) or insists the schema is current; ConfigError, one
+    line, when the database cannot be reached or refuses.
+    """
+    if asyncpg is None:
+        raise ConfigError(
+            "store.url is a PostgreSQL URL, but asyncpg is not installed: "
+            "pip install 'lrs-gateway[postgresql]'"
+        )
+    pool = await asyncpg.create_pool(
+        dsn,
+        password=password.reveal() if password is not None else None,
+        # No floor to keep: a pool keeping one logs a traceback a second while the
+        # database is down; connections are made when a call needs them.
+        min_size=0,
+        max_size=size,
+        timeout=query_timeout,
+        command_timeout=query_timeout,
+    )
+    applied: list[int] = []
+    try:
+        async with pool.acquire() as conn:
+            if auto_migrate:
+                applied = await migrate(conn)
+            elif (version := await schema_version(conn)) < len(MIGRATIONS):
+                raise SchemaBehind(
+                    f"the database's schema is at version {version}, this gateway needs "
+                    f"{len(MIGRATIONS)}: run `lrs-gateway store migrate`"
+                )
+    except (OSError, TimeoutError, asyncpg.InterfaceError) as exc:
+        await pool.close()
+        raise ConfigError(
+            f"store.url: cannot reach PostgreSQL at {where(dsn)} ({type(exc).__name__}: {exc})"
+        ) from None
+    except asyncpg.PostgresError as exc:  # a wrong password, no such database, ...
+        await pool.close()
+        raise ConfigError(f"store.url: PostgreSQL at {where(dsn)} refused: {exc}") from None
+    except BaseException:
+        await pool.close()
+        raise
+    return pool, applied
+
+
 class PostgresCredentials:
     """The CredentialDatabase on a PostgreSQL database (a small connection pool)."""
 
@@ -178,51 +311,19 @@ class PostgresCredentials:
         return f"PostgresCredentials({self._where()})"  # never the DSN: it may hold a password
 
     def _where(self) -> str:
-        """host:port/database of the DSN, for messages (no user, no password)."""
-        parts = urlsplit(self._dsn)
-        return f"{parts.hostname or 'localhost'}:{parts.port or 5432}{parts.path}"
+        return where(self._dsn)
 
     # -- life ---------------------------------------------------------------------------
 
     async def open(self) -> None:
         """Connect; migrate (store.migrate: auto) or insist the schema is current."""
-        if asyncpg is None:
-            raise ConfigError(
-                "store.url is a PostgreSQL URL, but asyncpg is not installed: "
-                "pip install 'lrs-gateway[postgresql]'"
-            )
-        pool = await asyncpg.create_pool(
+        self._pool, self.migrated = await open_pool(
             self._dsn,
-            password=self._password.reveal() if self._password is not None else None,
-            # No floor to keep: a pool keeping one logs a traceback a second while the
-            # database is down; connections are made when a call needs them.
-            min_size=0,
-            max_size=self._pool_size,
-            timeout=self._timeout,
-            command_timeout=self._timeout,
+            password=self._password,
+            query_timeout=self._timeout,
+            size=self._pool_size,
+            auto_migrate=self._auto_migrate,
         )
-        try:
-            async with pool.acquire() as conn:
-                if self._auto_migrate:
-                    self.migrated = await migrate(conn)
-                elif (version := await schema_version(conn)) < len(MIGRATIONS):
-                    raise SchemaBehind(
-                        f"the database's schema is at version {version}, this gateway needs "
-                        f"{len(MIGRATIONS)}: run `lrs-gateway store migrate`"
-                    )
-        except (OSError, TimeoutError, asyncpg.InterfaceError) as exc:
-            await pool.close()
-            raise ConfigError(
-                f"store.url: cannot reach PostgreSQL at {self._where()} "
-                f"({type(exc).__name__}: {exc})"
-            ) from None
-        except asyncpg.PostgresError as exc:  # a wrong password, no such database, ...
-            await pool.close()
-            raise ConfigError(f"store.url: PostgreSQL at {self._where()} refused: {exc}") from None
-        except BaseException:
-            await pool.close()
-            raise
-        self._pool = pool
 
     async def close(self) -> None:
         """Close the pool."""
@@ -444,6 +545,14 @@ class PostgresCredentials:
                 "credentials": await conn.fetchval("SELECT count(*) FROM credentials"),
                 "audit_entries": await conn.fetchval("SELECT count(*) FROM credential_audit"),
                 "generation": await conn.fetchval("SELECT value FROM credential_generation"),
+                # The forwarding outbox shares the database (and its schema version).
+                "outbox": {
+                    "statements": await conn.fetchval("SELECT count(*) FROM outbox_statements"),
+                    "deliveries": await conn.fetchval("SELECT count(*) FROM outbox_deliveries"),
+                    "dead_letters": await conn.fetchval("SELECT count(*) FROM outbox_dead_letters"),
+                }
+                if await schema_version(conn) >= _OUTBOX_VERSION
+                else None,
             }
 
     @_reachable

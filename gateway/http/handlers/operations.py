@@ -139,6 +139,9 @@ async def forwarding_status(request: web.Request) -> web.Response:
 async def forwarding_document(app: web.Application) -> dict[str, Any]:
     """Every forwarding target's figures, every worker's outbox added up."""
     own = await _own_forwarding(app)
+    forwarder = app.get(FORWARDER)
+    if forwarder is not None and forwarder.outbox.shared:
+        return own  # one outbox every worker and replica shares: this one's figures are all
     role = app.get(WORKER)
     # Outboxes of workers an earlier run had more of: what they delivered still counts,
     # as `lrs-gateway forwarding status` counts it.
@@ -187,7 +190,7 @@ async def replay_dead_letters(app: web.Application, target: str, actor: str) -> 
     moved = await forwarder.replay(target) if forwarder is not None else 0
     role = app.get(WORKER)
     missing = 0
-    if role is not None:
+    if role is not None and not (forwarder is not None and forwarder.outbox.shared):
         answers, missing = await sibling_command(role, "forwarding-replay", {"target": target})
         moved += sum(int(answer.get("moved", 0)) for answer in answers)
     log.info("forwarding to %s: %d dead letters re-queued by %s", target, moved, actor)
