@@ -630,3 +630,36 @@ def test_a_url_that_cannot_be_parsed_is_a_problem_not_a_crash(tmp_path: Path, ur
     errors = inspect_config(path, {}).errors
     assert any("storage.url: must be an http:// or https:// URL" in e for e in errors), errors
     assert any("forwardings[0] (t): url: must be an http" in e for e in errors), errors
+
+
+def test_a_shared_outbox_warns_of_a_short_lease_and_a_resolver_faster_than_a_write(
+    tmp_path: Path,
+) -> None:
+    target = {
+        "name": "lrs2",
+        "is_active": True,
+        "url": "http://lrs2.example.org/xAPI/statements",
+        "max_retries": 1,
+        "timeout": 20,
+    }
+    path = tmp_path / "config.yaml"
+    shared = {
+        "storage": {"url": "http://lrs.example.org/xAPI/", "timeout": 10},
+        "outbox": {"resolve_pending_after": 12},
+        "store": {"url": "postgresql://gw@db.example.org/gw", "lease": 30},
+        "forwardings": [target],
+    }
+    path.write_text(yaml.safe_dump(shared))
+    warnings = inspect_config(path, {}).warnings
+    assert any(
+        "store.lease: 30 s is less than twice forwardings[0] (lrs2).timeout (20 s)" in w
+        for w in warnings
+    ), warnings
+    assert any(
+        "outbox.resolve_pending_after: 12 s is not longer than a write may wait for storage "
+        "(10 s storage.timeout + 5 s limits.upstream_queue_timeout)" in w
+        for w in warnings
+    ), warnings
+    # A SQLite outbox is this process's: its own writes in flight are known, leases unused.
+    path.write_text(yaml.safe_dump({**shared, "store": {}}))
+    assert inspect_config(path, {}).warnings == ()

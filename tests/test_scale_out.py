@@ -78,6 +78,7 @@ def replica_config(
         # Above storage.timeout: a replica never settles a write another still waits on.
         "outbox": {"resolve_pending_after": 6},
         "lockout": {"enabled": False},
+        "limits": {"upstream_queue_timeout": 0.5},  # 5 + 0.5 s a write waits at most, < 6
     }
     path = directory / "config.yaml"
     path.write_text(yaml.safe_dump(raw))

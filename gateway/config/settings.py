@@ -914,4 +914,24 @@ def _warnings(config: Config) -> list[Problem]:
                 "would then never send it; keep it well above storage.timeout",
             )
         )
+    waiting = storage_timeout + config.limits.upstream_queue_timeout
+    if (
+        shared
+        and any(t.is_active for t in config.forwardings)
+        and storage_timeout < pending <= waiting
+    ):
+        found.append(
+            (
+                (
+                    "outbox.resolve_pending_after",
+                    "storage.timeout",
+                    "limits.upstream_queue_timeout",
+                ),
+                f"outbox.resolve_pending_after: {pending:g} s is not longer than a write "
+                f"may wait for storage ({storage_timeout:g} s storage.timeout + "
+                f"{config.limits.upstream_queue_timeout:g} s limits.upstream_queue_timeout): "
+                "with a shared outbox, another replica could settle a write that is still "
+                "on its way",
+            )
+        )
     return found
