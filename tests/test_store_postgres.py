@@ -31,6 +31,9 @@ from support import (
     write_config,
 )
 
+from gateway.forwarding.outboxes import OUTBOX_FILE
+from gateway.forwarding.postgres_outbox import PostgresOutbox
+from gateway.forwarding.store import OutboxStore, TargetState
 from gateway.store.postgres import MIGRATIONS, PostgresCredentials
 
 pytestmark = pytest.mark.postgres
@@ -327,3 +330,42 @@ async def test_store_copy_moves_credentials_and_their_audit_from_sqlite(
     )
     assert stored.secret_hash.reveal().startswith("$2b$")  # the hash itself, as it was
     assert [e.action for e in entries] == ["update", "create"]  # newest first, as before
+
+
+async def test_store_copy_moves_what_the_sqlite_outboxes_owe_and_they_forget_it(
+    tmp_path: Path, postgres: PostgresServer
+) -> None:
+    config = replica_config(tmp_path, "http://127.0.0.1:9/xAPI/", "sqlite:///data/gw.sqlite3", 1)
+    for directory in (tmp_path / "data", tmp_path / "data" / "worker-1"):
+        store = OutboxStore(directory / OUTBOX_FILE)
+        try:
+            items = [(f"{directory.name}-{n}", b'{"n":%d}' % n, None) for n in range(4)]
+            seqs = store.write_pending(items, "1.0.3")
+            store.mark_ready(seqs[:-1], [("t", 1000)])  # the last stays pending
+            store.ack("t", seqs[:1])  # delivered: not owed, not moved
+            store.dead_letter("t", seqs[1:2], "HTTP 400: refused")
+            store.set_state("t", TargetState(False, 1000.0, "HTTP 503"))
+        finally:
+            store.close()
+    dsn = await asyncio.to_thread(postgres.new_database)
+    copied = await asyncio.to_thread(cli, config, "store", "copy", "--to", dsn)
+    assert copied.returncode == 0, copied.stderr
+    assert "moved 2 deliveries owed and 2 dead letters from 2 SQLite outbox(es)" in copied.stdout
+
+    outbox = PostgresOutbox(dsn)
+    await outbox.open()
+    try:
+        stats = (await outbox.call(lambda tx: tx.stats(["t"])))["t"]
+        pending = await outbox.call(lambda tx: tx.pending(1e12))
+        claimed = await outbox.call(lambda tx: tx.claim("t", 10))
+    finally:
+        await outbox.close()
+    assert (stats.backlog, stats.dead_letters, stats.delivered, stats.up) == (2, 2, 2, False)
+    assert sorted(i for _, i in pending) == ["data-3", "worker-1-3"]  # the resolver's to settle
+    assert [c.body for c in claimed] == [b'{"n":2}', b'{"n":2}']  # owed: each file's third
+    for directory in (tmp_path / "data", tmp_path / "data" / "worker-1"):
+        store = OutboxStore(directory / OUTBOX_FILE)
+        try:
+            assert store.owed().statements == []  # nothing left here to send twice
+        finally:
+            store.close()

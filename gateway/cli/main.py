@@ -109,8 +109,9 @@ def _refuse_local_backlog(config: Config) -> None:
         listed = ", ".join(f"{path} ({count} statements)" for path, count in stranded.items())
         raise ConfigError(
             f"store.url is PostgreSQL, but the SQLite outboxes in {listed} still hold "
-            "statements to forward, which it does not read: serve without store.url until "
-            "`lrs-gateway forwarding status` shows no backlog, then switch"
+            "statements to forward, which it does not read: with those gateways stopped, "
+            "`lrs-gateway store copy --to <store.url>` moves them (or serve without "
+            "store.url until `lrs-gateway forwarding status` shows no backlog)"
         )
 
 

@@ -13,7 +13,7 @@ from typing import Any
 from gateway.cli.config_commands import mask_url
 from gateway.config.settings import STORE_SCHEMES, Config
 from gateway.errors import GatewayError
-from gateway.store.databases import credential_database
+from gateway.store.databases import credential_database, is_postgres
 from gateway.store.postgres import SchemaBehind
 
 __all__ = ["add_parsers"]
@@ -120,6 +120,41 @@ async def _copy(source_config: Config, target_config: Config) -> tuple[int, int,
     return len(credentials), len(entries), skipped
 
 
+async def _copy_outboxes(source: Config, target: Config) -> tuple[int, int, int]:
+    """Move what the SQLite outboxes in data_dir owe into PostgreSQL's; (files, owed, dead).
+
+    Each file's rows go in one PostgreSQL transaction, then leave the file: a gateway
+    started on it again (the writers must be stopped first) has nothing left to send twice.
+    """
+    from gateway.forwarding.outboxes import OUTBOX_FILE
+    from gateway.forwarding.postgres_outbox import PostgresOutbox
+    from gateway.forwarding.store import OutboxStore
+    from gateway.runtime.workers import outbox_dirs
+
+    data_dir = source.resolve_path(source.data_dir)
+    paths = [d / OUTBOX_FILE for d in outbox_dirs(data_dir) if (d / OUTBOX_FILE).exists()]
+    if not paths:
+        return 0, 0, 0
+    assert target.store.url is not None
+    outbox = PostgresOutbox(target.store.url, password=target.store.password, auto_migrate=True)
+    await outbox.open()
+    owed = dead = 0
+    try:
+        for path in paths:
+            store = await asyncio.to_thread(OutboxStore, path)
+            try:
+                rows = await asyncio.to_thread(store.owed)
+                await outbox.restore(rows, owner=f"copied from {store.ident}")
+                await asyncio.to_thread(store.forget, rows)
+            finally:
+                store.close()
+            owed += len(rows.deliveries)
+            dead += len(rows.dead_letters)
+    finally:
+        await outbox.close()
+    return len(paths), owed, dead
+
+
 def _copy_command(load: Load) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
         config = load(args)
@@ -133,6 +168,11 @@ def _copy_command(load: Load) -> Callable[[argparse.Namespace], int]:
             return 2
         try:
             credentials, entries, skipped = asyncio.run(_copy(source, target))
+            moved = (
+                asyncio.run(_copy_outboxes(source, target))
+                if is_postgres(target) and not is_postgres(source)
+                else None
+            )
         except (GatewayError, StoreNotEmpty) as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 1
@@ -140,6 +180,12 @@ def _copy_command(load: Load) -> Callable[[argparse.Namespace], int]:
             f"copied {credentials - len(skipped)} credentials and {entries} audit entries"
             + (f"; skipped (already there): {', '.join(skipped)}" if skipped else "")
         )
+        if moved is not None and moved[0]:
+            files, owed, dead = moved
+            print(
+                f"moved {owed} deliveries owed and {dead} dead letters from {files} SQLite "
+                "outbox(es) into PostgreSQL's"
+            )
         return 0
 
     return run
@@ -160,7 +206,8 @@ def add_parsers(
         parsers,
         "copy",
         _copy_command(load),
-        "copy credentials and their audit from one store to another (e.g. to PostgreSQL)",
+        "copy credentials and their audit from one store to another; to PostgreSQL, also "
+        "move what the SQLite outboxes in data_dir owe (stop the gateways first)",
     )
     copy.add_argument("--from", dest="source", help="a store URL (default: store.url)")
     copy.add_argument("--to", dest="target", help="a store URL (default: store.url)")

@@ -20,7 +20,13 @@ from typing import TYPE_CHECKING, Any
 from gateway.clock import SYSTEM_CLOCK, Clock
 from gateway.errors import StoreUnavailable
 from gateway.forwarding.operations import MAX_GROUP, Operation, OperationQueue
-from gateway.forwarding.postgres_store import PostgresTransaction, count_backlogs, outbox_id
+from gateway.forwarding.postgres_store import (
+    PostgresTransaction,
+    count_backlogs,
+    outbox_id,
+    restore_rows,
+)
+from gateway.forwarding.store import OutboxRows
 from gateway.secret import Secret
 from gateway.store.postgres import open_pool, unreachable, where
 
@@ -102,6 +108,16 @@ class PostgresOutbox(OperationQueue):
     def backlog(self) -> dict[str, int]:
         """Deliveries queued per target: counted every status read, moved by this process."""
         return dict(self._backlog)
+
+    async def restore(self, rows: OutboxRows, *, owner: str) -> int:
+        """Take in what another outbox owes (`store copy`), in one transaction; how many.
+
+        Statements get new sequence numbers (after every one here), in their order; the
+        counters are kept under `owner`, so the totals go on where they were.
+        """
+        assert self._pool is not None
+        async with self._pool.acquire(timeout=self._timeout) as conn, conn.transaction():
+            return await restore_rows(conn, rows, owner=owner)
 
     def _queue(self, operation: Operation[Any], future: asyncio.Future[Any]) -> None:
         if self._task is None or self._closing:

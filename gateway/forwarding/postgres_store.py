@@ -13,7 +13,7 @@ from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, TypeAlias
 
 from gateway.clock import Clock
-from gateway.forwarding.store import BACKLOG_FULL, Claimed, TargetState, TargetStats
+from gateway.forwarding.store import BACKLOG_FULL, Claimed, OutboxRows, TargetState, TargetStats
 
 if TYPE_CHECKING:
     import asyncpg
@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 
     Connection: TypeAlias = asyncpg.Connection[asyncpg.Record] | PoolConnectionProxy[asyncpg.Record]
 
-__all__ = ["PostgresTransaction", "count_backlogs", "outbox_id"]
+__all__ = ["PostgresTransaction", "count_backlogs", "outbox_id", "restore_rows"]
 
 _PENDING, _READY = 0, 1
 _DB_NOW = "extract(epoch FROM clock_timestamp())"
@@ -54,6 +54,50 @@ async def count_backlogs(conn: Connection) -> dict[str, int]:
     """Deliveries queued per target."""
     rows = await conn.fetch("SELECT target, count(*) FROM outbox_deliveries GROUP BY target")
     return {target: int(count) for target, count in rows}
+
+
+async def restore_rows(conn: Connection, rows: OutboxRows, *, owner: str) -> int:
+    """Insert another outbox's rows (new sequence numbers, same order); how many statements."""
+    statements = rows.statements
+    new = await conn.fetch(
+        "INSERT INTO outbox_statements "
+        "(statement_id, body, attachments, version, state, created) "
+        "SELECT i, b, a, v, st, c FROM unnest($1::text[], $2::bytea[], $3::bytea[], "
+        "$4::text[], $5::smallint[], $6::float8[]) WITH ORDINALITY AS u(i, b, a, v, st, c, n) "
+        "ORDER BY n RETURNING seq",
+        [row[1] for row in statements],
+        [row[2] for row in statements],
+        [row[3] for row in statements],
+        [row[4] for row in statements],
+        [row[5] for row in statements],
+        [row[6] for row in statements],
+    )
+    seq_of = dict(zip((row[0] for row in statements), sorted(r[0] for r in new), strict=True))
+    await conn.executemany(
+        "INSERT INTO outbox_deliveries (target, seq, attempts, next_attempt, last_error) "
+        "VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+        [(t, seq_of[seq], attempts, at, error) for t, seq, attempts, at, error in rows.deliveries],
+    )
+    await conn.executemany(
+        "INSERT INTO outbox_dead_letters (target, seq, reason, transient, failed_at) "
+        "VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+        [
+            (t, seq_of[seq], reason, transient, at)
+            for t, seq, reason, transient, at in rows.dead_letters
+        ],
+    )
+    await conn.executemany(
+        "INSERT INTO outbox_target_states (target, up, since, reason) VALUES ($1, $2, $3, $4) "
+        "ON CONFLICT DO NOTHING",
+        rows.states,
+    )
+    await conn.executemany(
+        "INSERT INTO outbox_counters (target, name, owner, value) VALUES ($1, $2, $3, $4) "
+        "ON CONFLICT (target, name, owner) "
+        "DO UPDATE SET value = outbox_counters.value + excluded.value",
+        [(target, name, owner, value) for target, name, value in rows.counters],
+    )
+    return len(statements)
 
 
 class PostgresTransaction:

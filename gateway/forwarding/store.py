@@ -22,6 +22,7 @@ __all__ = [
     "BACKLOG_FULL",
     "REPLAY_CHUNK",
     "Claimed",
+    "OutboxRows",
     "OutboxStore",
     "TargetState",
     "TargetStats",
@@ -153,6 +154,18 @@ class TargetStats:
     dead_lettered_total: int  # ever dead-lettered (each time once, permanent reasons only)
     down_since: float | None  # Unix time it went down; None while up
     last_error: str | None  # why it is down; None while up
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxRows:
+    """What an outbox still owes, as rows: for moving it into another outbox."""
+
+    # (seq, statement_id, body, attachments, version, state, created)
+    statements: list[tuple[int, str, bytes, bytes | None, str | None, int, float]]
+    deliveries: list[tuple[str, int, int, float, str | None]]  # target, seq, attempts, next, error
+    dead_letters: list[tuple[str, int, str, bool, float]]  # target, seq, reason, transient, at
+    states: list[tuple[str, bool, float, str | None]]  # target, up, since, reason
+    counters: list[tuple[str, str, int]]  # target, name, value
 
 
 def _marks(count: int) -> str:
@@ -403,6 +416,68 @@ class OutboxStore:
             moved += count
             if on_progress is not None:
                 on_progress(moved)
+
+    def owed(self) -> OutboxRows:
+        """Every statement still pending, owed to a target or dead-lettered, with its rows."""
+        statements = [
+            (
+                seq,
+                statement_id,
+                bytes(body),
+                None if parts is None else bytes(parts),
+                version,
+                state,
+                created,
+            )
+            for seq, statement_id, body, parts, version, state, created in self.conn.execute(
+                "SELECT seq, statement_id, body, attachments, version, state, created "
+                "FROM statements s WHERE state = ? OR EXISTS "
+                "(SELECT 1 FROM deliveries d WHERE d.seq = s.seq) OR EXISTS "
+                "(SELECT 1 FROM dead_letters x WHERE x.seq = s.seq) ORDER BY seq",
+                (_PENDING,),
+            )
+        ]
+        return OutboxRows(
+            statements=statements,
+            deliveries=list(
+                self.conn.execute(
+                    "SELECT target, seq, attempts, next_attempt, last_error FROM deliveries "
+                    "ORDER BY target, seq"
+                )
+            ),
+            dead_letters=[
+                (target, seq, reason, bool(transient), failed_at)
+                for target, seq, reason, transient, failed_at in self.conn.execute(
+                    "SELECT target, seq, reason, transient, failed_at FROM dead_letters"
+                )
+            ],
+            states=[
+                (target, bool(up), since, reason)
+                for target, up, since, reason in self.conn.execute(
+                    "SELECT target, up, since, reason FROM target_states"
+                )
+            ],
+            counters=list(self.conn.execute("SELECT target, name, value FROM counters")),
+        )
+
+    def forget(self, rows: OutboxRows) -> None:
+        """Delete what `owed` returned (moved elsewhere): nothing here sends it any more."""
+        seqs = [row[0] for row in rows.statements]
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            for chunk in range(0, len(seqs), 500):
+                part = seqs[chunk : chunk + 500]
+                for table in ("deliveries", "dead_letters", "statements"):
+                    self.conn.execute(
+                        f"DELETE FROM {table} WHERE seq IN ({_marks(len(part))})",
+                        part,
+                    )
+            self.conn.execute("DELETE FROM target_states")
+            self.conn.execute("COMMIT")
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+        self.recount()
 
     def collect_garbage(self) -> int:
         """Delete statements no delivery or dead letter needs any more."""
