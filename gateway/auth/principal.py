@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gateway.xapi.agents import agent_identity
+from gateway.xapi.restrictions import Restriction
 from gateway.xapi.scopes import ScopeSet
 
 __all__ = ["Principal"]
@@ -22,6 +23,7 @@ class Principal:
     scheme: str
     tenant: str | None = None
     expires_at: float | None = field(default=None, compare=False)  # bearer tokens: their exp
+    restriction: Restriction | None = None  # a launch token's actor/activity/registration
     agent_key: Hashable = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:

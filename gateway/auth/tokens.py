@@ -26,6 +26,7 @@ from gateway.auth.principal import Principal
 from gateway.config.settings import TokensConfig
 from gateway.errors import Forbidden, Unauthorized
 from gateway.xapi.agents import AgentError, validate_actor
+from gateway.xapi.restrictions import Restriction, RestrictionError
 from gateway.xapi.scopes import ScopeSet, covers, normalize_scopes
 
 __all__ = ["NEVER_IN_A_TOKEN", "Subjects", "TokenBackend", "TokenSigner"]
@@ -54,6 +55,7 @@ class TokenSigner:
     def __init__(self, config: TokensConfig, base_dir: Path) -> None:
         self.issuer = config.issuer
         self.max_lifetime = config.max_lifetime
+        self.sub_activities = config.sub_activities
         self.verifications = 0  # signature checks so far (tests read it)
         if config.secret is not None:
             self._algorithm = "HS256"
@@ -71,7 +73,11 @@ class TokenSigner:
             self._verifying_key = key.public_key()
 
     def issue(
-        self, principal: Principal, requested: Iterable[str], lifetime: float
+        self,
+        principal: Principal,
+        requested: Iterable[str],
+        lifetime: float,
+        restriction: Restriction | None = None,
     ) -> tuple[str, int]:
         """A token for `principal` with `requested` scopes; 403 when they are not all covered.
 
@@ -106,6 +112,8 @@ class TokenSigner:
             "agent": principal.agent,
             "via": principal.scheme,
         }
+        if restriction is not None:
+            claims["restrict"] = restriction.as_claim()
         token = jwt.encode(claims, self._signing_key, algorithm=self._algorithm)
         return token, expires
 
@@ -160,12 +168,21 @@ class TokenBackend:
             raise Unauthorized("the token was issued by another token")
         if via == _LOOKED_UP:
             scopes = self._still_granted(str(claims["sub"]), agent, scopes)
+        restriction = None
+        if "restrict" in claims:
+            try:
+                restriction = Restriction.parse(
+                    claims["restrict"], sub_activities=self._signer.sub_activities
+                )
+            except RestrictionError:
+                raise Unauthorized("the token carries a restriction that cannot be") from None
         return Principal(
             id=str(claims["sub"]),
             agent=agent,
             scopes=scopes,
             scheme="token",
             expires_at=float(claims["exp"]),
+            restriction=restriction,
         )
 
     def _still_granted(self, username: str, agent: dict[str, Any], scopes: ScopeSet) -> ScopeSet:

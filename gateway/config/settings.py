@@ -227,6 +227,9 @@ class TokensConfig:
     private_key_file: str | None = None
     issuer: str = "lrs-gateway"
     max_lifetime: float = field(default=3600.0, metadata=positive())
+    # A token restricted to an activity may also touch its sub-activities: IRIs that go on
+    # from it after a / ? or # (https://x.org/course/1 covers https://x.org/course/1/quiz).
+    sub_activities: bool = True
 
 
 @dataclass(frozen=True)

@@ -192,6 +192,8 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     if resource is not None and not is_allowed(principal.scopes, resource, request.method):
         attempts.labels(principal.scheme, "forbidden").inc()
         raise Forbidden(f"the credentials lack the scope to {request.method} {info.name}")
+    if principal.restriction is not None and info.xapi and resource is not None:
+        principal.restriction.check_request(resource, request.method, request.query)
     attempts.labels(principal.scheme, "ok").inc()
     return await handler(request)
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import parse_qsl, urlencode
 
 from aiohttp import web
 
@@ -171,7 +173,9 @@ async def post_statements(request: web.Request) -> web.Response:
         **_write_rules(request, attached),
     )
     batch = isinstance(data, list)
-    return await _send_write(request, "POST", data if batch else [data], batch, attached)
+    statements = data if batch else [data]
+    _check_restriction(request[PRINCIPAL], statements)
+    return await _send_write(request, "POST", statements, batch, attached)
 
 
 async def put_statements(request: web.Request) -> web.Response:
@@ -183,7 +187,14 @@ async def put_statements(request: web.Request) -> web.Response:
         request[PRINCIPAL].agent,
         **_write_rules(request, attached),
     )
+    _check_restriction(request[PRINCIPAL], [statement])
     return await _send_write(request, "PUT", [statement], False, attached)
+
+
+def _check_restriction(principal: Principal, statements: list[Any]) -> None:
+    """A launch token writes only inside its restriction (403 otherwise)."""
+    if principal.restriction is not None:
+        principal.restriction.check_write(statements)
 
 
 @dataclass
@@ -277,13 +288,38 @@ def _the_statement(data: dict[str, Any], wanted: str) -> tuple[Any, bool]:
     return (found[0] if found else None), True
 
 
-async def get_statements(request: web.Request) -> web.StreamResponse:
-    """Proxy a statement query; map `more`; for read/mine keep only the caller's."""
-    principal: Principal = request[PRINCIPAL]
+def _keeper(principal: Principal) -> Callable[[list[Any]], list[Any]] | None:
+    """What a page of statements is narrowed to for this caller; None: nothing to narrow."""
     mine = statements_read_mode(principal.scopes) == "mine"
+    restriction = principal.restriction
+    if not mine and restriction is None:
+        return None
+
+    def keep(statements: list[Any]) -> list[Any]:
+        kept = keep_own(statements, principal.agent_key) if mine else statements
+        return [s for s in kept if restriction.allows(s)] if restriction is not None else kept
+
+    return keep
+
+
+def _query_for(request: web.Request, principal: Principal, tail: str) -> str:
+    """The query storage is asked: a restricted token's filters added (fewer empty pages)."""
+    query = raw_query(request)
+    if principal.restriction is None or tail.rstrip("/") != "statements":
+        return query
+    pairs = parse_qsl(query, keep_blank_values=True)
+    return urlencode(principal.restriction.statement_query(pairs))
+
+
+async def get_statements(request: web.Request) -> web.StreamResponse:
+    """Proxy a statement query; map `more`; for read/mine and restricted tokens narrow it."""
+    principal: Principal = request[PRINCIPAL]
+    keep = _keeper(principal)
+    mine = keep is not None
     storage = request.app[STORAGE]
     public_url = request.app[CONFIG].server.public_url
-    passthrough, page = await _fetch(storage, request, xapi_tail(request), raw_query(request))
+    tail = xapi_tail(request)
+    passthrough, page = await _fetch(storage, request, tail, _query_for(request, principal, tail))
     if page is None:
         assert passthrough is not None
         return passthrough
@@ -293,19 +329,19 @@ async def get_statements(request: web.Request) -> web.StreamResponse:
     asked = _asked_id(request)
     if asked is not None:
         found, unwrapped = _the_statement(data, asked)
-        if found is None or (mine and not keep_own([found], principal.agent_key)):
+        if found is None or (keep is not None and not keep([found])):
             raise NotFound("no statement with that id")
         return page.response(found, mine or unwrapped)
     if "statements" not in data:  # a single statement nobody asked for by id: as it came
-        if mine and not keep_own([data], principal.agent_key):
+        if keep is not None and not keep([data]):
             raise NotFound("no statement with that id")
         return page.response(data, False)
     statements = data.get("statements")
     if not isinstance(statements, list):
         raise UpstreamUnavailable("the storage LRS answered with an unexpected document")
     more = data.get("more") or ""
-    if mine:
-        statements = keep_own(statements, principal.agent_key)
+    if keep is not None:
+        statements = keep(statements)
         pages = 1
         while not statements and more and pages < _MINE_MAX_PAGES:
             next_tail = upstream_tail_of_more(more, storage.base_path)
@@ -316,7 +352,7 @@ async def get_statements(request: web.Request) -> web.StreamResponse:
             if next_page is None or not isinstance(next_page.data, dict):
                 raise UpstreamUnavailable("the storage LRS failed while paging")
             page, data = next_page, next_page.data
-            statements = keep_own(data.get("statements") or [], principal.agent_key)
+            statements = keep(data.get("statements") or [])
             more = data.get("more") or ""
             pages += 1
     if more:
