@@ -4,8 +4,19 @@
                                     [--rounds 1] [--no-batch] [--loadgen auto|wrk|asyncio]
                                     [--no-pin] [--profile --py-spy PATH]
                                     [--no-token] [--no-workers] [--no-redis] [--no-forwarding]
-                                    [--no-lag] [--no-flood]
-                                    [--no-rss] [--rss-statements 100000] ...
+                                    [--no-postgres] [--no-lag] [--no-flood]
+                                    [--no-rss] [--rss-statements 100000]
+                                    [--rss-store sqlite|postgresql|both] ...
+
+e.g. the outbox in PostgreSQL against SQLite, and 3 processes against 1 (about 6 minutes):
+
+    .venv/bin/python bench/bench.py --no-token --no-workers --no-redis --no-lag --no-flood \
+        --no-batch --no-rss --duration 8 --rounds 3
+
+and the memory of a gateway whose outbox is in PostgreSQL over 1M statements:
+
+    .venv/bin/python bench/bench.py --no-token --no-workers --no-redis --no-forwarding \
+        --no-flood --no-batch --duration 2 --rss-store postgresql --rss-statements 1000000
 
 On loopback only, with bounded durations, it starts:
 - the stub LRS (bench/stub_lrs.py), and a second stub process serving three forwarding
@@ -20,9 +31,17 @@ On loopback only, with bounded durations, it starts:
   targets, outbox on (data_dir in the temporary directory); (f) `serve --workers 2`, its two
   workers allowed on both CPUs (so they share CPU 0 with the load generator and the stub,
   while (c) has CPU 1 to itself); (g) rate limits and lockouts counted in a Redis of its own
-  (Debian's redis-server, on CPU 0: limits.shared_url); and, started for their run only,
-  the bcrypt-flood gateways (lockout off, then on) and a fresh forwarding gateway for the
-  memory run.
+  (Debian's redis-server, on CPU 0: limits.shared_url); (h) forwarding exactly like (e) but
+  the outbox (and the credential database) in PostgreSQL (store.url; a cluster of its own,
+  bench/pgserver.py: Debian's binaries, fsync/synchronous_commit/full_page_writes on, on
+  CPU 0 like Redis), the gateway on CPU 1 like (e); (i) three separate `serve` processes
+  (not --workers), each on its own port, sharing one PostgreSQL outbox (another database
+  than (h)'s), allowed on both CPUs like (f)'s workers: the load generator spreads its
+  connections over the three (wrk: one thread per process; loadgen.py: connections take
+  the URLs in turn), a third each; and, started for their run only, the bcrypt-flood
+  gateways (lockout off, then on) and a fresh forwarding gateway per outbox store for the
+  memory run. (h) and (i) are skipped with --no-postgres or --no-forwarding, or (with the
+  reason in the report) when the PostgreSQL binaries or asyncpg are missing.
 
 Then, with one load generator (wrk if found, else bench/loadgen.py) and the same ~1 KB
 statement (and a 100-statement batch), it measures each setup for --duration seconds after
@@ -47,7 +66,10 @@ Then the runs that are not plain throughput:
   the flood's answers by status (401 checked, 503 bcrypt queue full, 429 locked out);
 - memory: a fresh forwarding gateway (3 targets), --rss-statements statements in batches of
   100 (closed loop, 8 connections, unique ids), VmRSS from /proc every --rss-sample-every
-  statements; the slope (MB per 100k statements) says whether it grows.
+  statements; the slope (MB per 100k statements) says whether it grows; VmRSS at the start,
+  middle and end. Once per --rss-store: sqlite (the outbox in data_dir), postgresql (in a
+  fresh database of the bench's PostgreSQL), or both (the default; sqlite only with
+  --no-postgres or without PostgreSQL).
 
 JSON goes to bench/results/<commit>-<UTC time>.json (with --profile, py-spy's raw stacks
 beside it).
@@ -68,9 +90,10 @@ Layout (each module imports only those above it):
 - procstats.py: CPU per process, thread and core, memory, other load (/proc);
 - configs.py: the gateway's config files, what the gateway under test supports, a token;
 - harness.py: start and stop servers, run the load generator, measure one setup;
+- pgserver.py: the bench's throwaway PostgreSQL cluster (durable settings);
 - probes.py: HTTP to the servers: metrics, /admin/forwarding, the stubs' counts;
 - report.py: tables, ratios, the issue's targets, the results JSON;
-- scenarios.py: the setups (a)-(f) and their throughput runs, the latency at half load;
+- scenarios.py: the setups (a)-(i) and their throughput runs, the latency at half load;
 - lag.py, flood.py, rss.py: the forwarding lag, the bcrypt flood, memory;
 - profiling.py: --profile (py-spy);
 - bench.py (this file): the options and a main that runs the chosen parts in order.
@@ -92,11 +115,14 @@ from configs import event_loop_of, has_workers_option, supports
 from flood import run_floods
 from harness import Bench, pick_loadgen, running
 from lag import run_lag
+from pgserver import SETTINGS as PG_SETTINGS
+from pgserver import postgres_missing
 from profiling import run_profiles
 from report import Measured, RunInfo, filesystem_of, write_report
 from rss import run_rss
 from scenarios import (
     REDIS_SERVER,
+    SCALE_OUT,
     Parts,
     Setups,
     check_setups,
@@ -154,7 +180,14 @@ def add_part_options(parser: argparse.ArgumentParser) -> None:
         help="skip (g), the gateway whose rate limits and lockouts are counted in Redis",
     )
     parser.add_argument(
-        "--no-forwarding", action="store_true", help="skip (e) and the forwarding lag run"
+        "--no-forwarding",
+        action="store_true",
+        help="skip the forwarding setups (e), (h), (i) and the forwarding lag run",
+    )
+    parser.add_argument(
+        "--no-postgres",
+        action="store_true",
+        help="skip (h) and (i), the outbox in PostgreSQL, and the PostgreSQL memory run",
     )
     parser.add_argument("--no-lag", action="store_true", help="skip the forwarding lag run")
     parser.add_argument("--lag-duration", type=float, default=20.0, metavar="SECONDS")
@@ -201,6 +234,13 @@ def add_output_options(parser: argparse.ArgumentParser) -> None:
         help="statements through the gateway in the memory run (issue: 1M)",
     )
     parser.add_argument("--rss-sample-every", type=int, default=10_000, metavar="STATEMENTS")
+    parser.add_argument(
+        "--rss-store",
+        choices=["sqlite", "postgresql", "both"],
+        default="both",
+        help="the memory run's outbox: SQLite in data_dir, PostgreSQL, or one run of each "
+        "(PostgreSQL only when available and not --no-postgres)",
+    )
     parser.add_argument(
         "--profile",
         action="store_true",
@@ -298,6 +338,16 @@ def choose_parts(args: argparse.Namespace, src: Path) -> Parts:
     forwarding = not args.no_forwarding and can["forwarding"]
     lag = forwarding and not args.no_lag
     rss = not args.no_rss and can["forwarding"]
+    pg_why = (
+        "--no-postgres"
+        if args.no_postgres
+        else "no store.url postgresql:// in this gateway"
+        if not can["postgres_store"] or not can["forwarding"]
+        else postgres_missing()
+    )
+    postgres = forwarding and pg_why is None
+    wanted_stores = ("sqlite", "postgresql") if args.rss_store == "both" else (args.rss_store,)
+    rss_stores = tuple(s for s in wanted_stores if s == "sqlite" or pg_why is None)
     flood_keys = [] if args.no_flood else [k for k in args.flood_variants.split(",") if k]
     if not can["lockout"]:
         flood_keys = []  # the flood gateways are configured through `lockout`
@@ -315,7 +365,34 @@ def choose_parts(args: argparse.Namespace, src: Path) -> Parts:
                 if args.no_redis
                 else f"no limits.shared_url in this gateway, or no {REDIS_SERVER}",
             ),
-            ("rss", rss, "--no-rss" if args.no_rss else "no forwarding"),
+            (
+                "rss",
+                rss and "sqlite" in rss_stores,
+                "--no-rss"
+                if args.no_rss
+                else "no forwarding"
+                if not rss
+                else f"--rss-store {args.rss_store}",
+            ),
+            (
+                "rss_postgres",
+                rss and "postgresql" in rss_stores,
+                "--no-rss"
+                if args.no_rss
+                else "no forwarding"
+                if not rss
+                else pg_why or f"--rss-store {args.rss_store}",
+            ),
+            (
+                "h",
+                postgres,
+                "--no-forwarding" if args.no_forwarding and pg_why is None else pg_why,
+            ),
+            (
+                "i",
+                postgres,
+                "--no-forwarding" if args.no_forwarding and pg_why is None else pg_why,
+            ),
             (
                 "bcrypt_flood",
                 bool(flood_keys),
@@ -330,7 +407,9 @@ def choose_parts(args: argparse.Namespace, src: Path) -> Parts:
         lag=lag,
         workers=workers,
         redis=redis,
-        rss=rss,
+        rss=rss and bool(rss_stores),
+        postgres=postgres,
+        rss_stores=rss_stores,
         batch=not args.no_batch,
         half_load=args.half_load,
         flood_keys=flood_keys,
@@ -339,7 +418,7 @@ def choose_parts(args: argparse.Namespace, src: Path) -> Parts:
 
 
 def run_parts(bench: Bench, parts: Parts, setups: Setups, bodies: Bodies) -> Measured:
-    """The chosen parts in order: throughput (a)-(f), half load, lag, flood, memory."""
+    """The chosen parts in order: throughput (a)-(i), half load, lag, flood, memory."""
     check_setups(setups, bodies, parts)
     results = run_throughput(bench, setups, throughput_plan(setups, bodies, parts))
     measured = Measured(results)
@@ -359,8 +438,21 @@ def run_parts(bench: Bench, parts: Parts, setups: Setups, bodies: Bodies) -> Mea
         )
     if parts.flood_keys:
         run_floods(bench, stub, bodies.one_file, parts.flood_keys, results)
+    if setups.postgres is not None:
+        measured.postgres = {
+            "version": setups.postgres.version,
+            "settings": dict(PG_SETTINGS),
+            "scale_out": SCALE_OUT,
+        }
     if parts.rss and setups.targets is not None:
-        measured.rss = run_rss(bench, stub, setups.target_ports, bodies.batch_template)
+        for store in parts.rss_stores:
+            figures = run_rss(
+                bench, stub, setups.target_ports, bodies.batch_template, store, setups.postgres
+            )
+            if store == "sqlite":
+                measured.rss = figures
+            else:
+                measured.rss_postgres = figures
     return measured
 
 

@@ -107,6 +107,11 @@ def forwarding_overrides(target_ports: list[int]) -> dict[str, Any]:
     }
 
 
+def postgres_overrides(target_ports: list[int], dsn: str) -> dict[str, Any]:
+    """Forwarding to the three stub targets, the outbox (and credentials) in PostgreSQL."""
+    return {**forwarding_overrides(target_ports), "store": {"url": dsn}}
+
+
 def _first_source(src: Path, *candidates: str) -> str:
     """The text of the first of `candidates` the gateway under test has (its layout moved)."""
     for candidate in candidates:
@@ -127,6 +132,8 @@ def supports(src: Path) -> dict[str, bool]:
         "forwarding": "class ForwardingTarget" in config,
         "lockout": "class LockoutConfig" in config,
         "shared_limits": "shared_url" in config,
+        "postgres_store": '"postgresql://"' in config
+        and (src / "gateway/forwarding/postgres_outbox.py").is_file(),
     }
 
 

@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from configs import write_gateway_config
 from procstats import DISTURBED, Watch, cpu_times, cpu_usage
@@ -109,15 +110,35 @@ class Bench:
         return env
 
     def start(
-        self, name: str, command: list[str], cpu: int | str, url: str, ready: str, src: Path = REPO
+        self,
+        name: str,
+        command: list[str],
+        cpu: int | str,
+        url: str,
+        ready: str,
+        src: Path = REPO,
+        *,
+        run_as: tuple[int, int] | None = None,
+        cwd: Path | None = None,
     ) -> Server:
-        """Start a server (the gateway's package taken from `src`) and wait until it answers."""
+        """Start a server (the gateway's package taken from `src`) and wait until it answers.
+
+        `run_as` (uid, gid): run it as that user (PostgreSQL refuses root); `cwd`: run it
+        there instead of in `src`.
+        """
         log = self.tmp / f"{name}.log"
         env = {k: v for k, v in os.environ.items() if not k.startswith("LRS_GATEWAY")}
         env["PYTHONPATH"] = str(src)
         with log.open("wb") as handle:
             process = subprocess.Popen(
-                self.pinned(cpu, command), stdout=handle, stderr=subprocess.STDOUT, cwd=src, env=env
+                self.pinned(cpu, command),
+                stdout=handle,
+                stderr=subprocess.STDOUT,
+                cwd=cwd or src,
+                env=env,
+                user=None if run_as is None else run_as[0],
+                group=None if run_as is None else run_as[1],
+                extra_groups=None if run_as is None else [],
             )
         server = Server(name, process, url, log)
         self.servers[name] = server
@@ -126,7 +147,7 @@ class Bench:
             if process.poll() is not None:
                 sys.exit(f"bench: {name} exited early:\n{log.read_text()[-3000:]}")
             try:
-                if ready.startswith("tcp://"):  # not HTTP (Redis): accepting is ready
+                if ready.startswith("tcp://"):  # not HTTP (Redis, PostgreSQL): accepting
                     host, _, port = ready.removeprefix("tcp://").rpartition(":")
                     socket.create_connection((host, int(port)), timeout=1).close()
                     break
@@ -149,8 +170,9 @@ class Bench:
         overrides: dict[str, Any] | None = None,
         users: list[dict[str, Any]] | None = None,
         workers: int = 1,
+        cpu: int | str | None = None,
     ) -> tuple[Server, Path]:
-        """A gateway on CPU 1; with `workers` > 1, its workers get CPUs 0 and 1."""
+        """A gateway on CPU 1 (or `cpu`); with `workers` > 1, its workers get CPUs 0 and 1."""
         port = free_port()
         config = write_gateway_config(
             self.tmp, name, port, stub.url, self.src, overrides=overrides, users=users
@@ -169,7 +191,7 @@ class Bench:
                 str(config),
                 *extra,
             ],
-            "0,1" if workers > 1 else 1,
+            cpu if cpu is not None else "0,1" if workers > 1 else 1,
             f"http://127.0.0.1:{port}/xAPI/",
             f"http://127.0.0.1:{port}/__lbheartbeat__",
             src=self.src,
@@ -204,7 +226,7 @@ class Bench:
 
     def loadgen_command(
         self,
-        url: str,
+        url: str | list[str],
         body_file: Path,
         *,
         connections: int,
@@ -212,12 +234,15 @@ class Bench:
         authorization: str | None = None,
         extra: list[str] | None = None,
     ) -> list[str]:
-        """bench/loadgen.py with the bench's headers (no Authorization with --auth-file)."""
+        """bench/loadgen.py with the bench's headers (no Authorization with --auth-file).
+
+        Several URLs: its connections take them in turn (a third each for three).
+        """
+        urls = [url] if isinstance(url, str) else url
         command = [
             sys.executable,
             str(BENCH / "loadgen.py"),
-            "--url",
-            url,
+            *(arg for one in urls for arg in ("--url", one)),
             "--body",
             str(body_file),
             "--connections",
@@ -233,11 +258,21 @@ class Bench:
         return self.pinned(0, command)
 
     def wrk_command(
-        self, url: str, body_file: Path, duration: float, authorization: str | None = None
+        self,
+        url: str,
+        body_file: Path,
+        duration: float,
+        authorization: str | None = None,
+        spread: list[str] | None = None,
     ) -> list[str]:
-        """wrk with a Lua script that posts `body_file` and prints a `BENCHJSON` line."""
+        """wrk with a Lua script that posts `body_file` and prints a `BENCHJSON` line.
+
+        `spread` (URLs of servers on 127.0.0.1): one wrk thread per server, each with a
+        share of the connections (wrk.lookup in setup(): its latencies stay one histogram).
+        """
         headers = request_headers(authorization)
-        tag = uuid.uuid5(uuid.NAMESPACE_OID, json.dumps(headers)).hex[:8]
+        ports = [urlsplit(one).port for one in spread or []]
+        tag = uuid.uuid5(uuid.NAMESPACE_OID, json.dumps([headers, ports])).hex[:8]
         script = self.tmp / f"{body_file.stem}-{tag}.lua"
         lines = [
             f"local f = io.open({json.dumps(str(body_file))}, 'rb')",
@@ -246,14 +281,27 @@ class Bench:
             "f:close()",
         ]
         lines += [f"wrk.headers[{json.dumps(k)}] = {json.dumps(v)}" for k, v in headers.items()]
+        threads, connections = self.args.threads, self.args.connections
+        if ports:
+            threads = len(ports)
+            connections = self.spread_connections(len(ports)) * len(ports)
+            lines += [
+                f"local ports = {{{', '.join(json.dumps(str(p)) for p in ports)}}}",
+                "local started = 0",
+                "function setup(thread)",
+                "  started = started + 1",
+                "  local port = ports[(started - 1) % #ports + 1]",
+                "  thread.addr = wrk.lookup('127.0.0.1', port)[1]",
+                "end",
+            ]
         lines.append(WRK_DONE)
         script.write_text("\n".join(lines) + "\n")
         return self.pinned(
             0,
             [
                 "wrk",
-                f"-t{self.args.threads}",
-                f"-c{self.args.connections}",
+                f"-t{threads}",
+                f"-c{connections}",
                 f"-d{max(1, round(duration))}s",
                 "--timeout",
                 "10s",
@@ -263,17 +311,29 @@ class Bench:
             ],
         )
 
+    def spread_connections(self, servers: int) -> int:
+        """Connections to each of `servers` when the load is spread: a share of the total."""
+        connections: int = self.args.connections
+        return max(1, round(connections / servers))
+
     def load(
-        self, url: str, body_file: Path, duration: float, authorization: str | None = None
+        self,
+        url: str,
+        body_file: Path,
+        duration: float,
+        authorization: str | None = None,
+        spread: list[str] | None = None,
     ) -> dict[str, Any]:
-        """One closed-loop run of the load generator; its raw figures."""
+        """One closed-loop run of the load generator (over the `spread` URLs); its figures."""
         if self.loadgen == "wrk":
-            command = self.wrk_command(url, body_file, duration, authorization)
+            command = self.wrk_command(url, body_file, duration, authorization, spread)
         else:
             command = self.loadgen_command(
-                url,
+                spread or url,
                 body_file,
-                connections=self.args.connections,
+                connections=self.spread_connections(len(spread)) * len(spread)
+                if spread
+                else self.args.connections,
                 duration=duration,
                 authorization=authorization,
             )
@@ -320,24 +380,34 @@ class Bench:
         companions: dict[str, int] | None = None,
         before_run: Callable[[], Any] | None = None,
         after_run: Callable[[Any], dict[str, Any]] | None = None,
+        spread: list[Server] | None = None,
     ) -> dict[str, Any]:
-        """Warm-up, then one measured run; `after_run(before_run())` adds to the result."""
+        """Warm-up, then one measured run; `after_run(before_run())` adds to the result.
+
+        `spread`: servers (`server` among them) that share the load, connections taking
+        them in turn; the server CPU is theirs added up.
+        """
         # `companions` (name -> pid) are the bench's own processes running alongside (a
         # flood): their CPU is theirs, not other load. before_run and after_run take their
         # figures around the measured run only.
         url = server.url + "statements"
+        urls = [s.url + "statements" for s in spread] if spread else None
         if quiet:
             self.quiet()
-        self.load(url, body_file, self.args.warmup, authorization)
+        self.load(url, body_file, self.args.warmup, authorization, urls)
         probe = before_run() if before_run is not None else None
         watch = self.watch(companions)
-        raw = self.load(url, body_file, self.args.duration, authorization)
+        raw = self.load(url, body_file, self.args.duration, authorization, urls)
         cpu = watch.stop()
         extra = after_run(probe) if after_run is not None else {}
         errors = raw_errors(raw)
         if errors:
             print_errors(label, errors, raw, server)
         result = {**run_figures(label, server, stub, body_file, raw, cpu, errors), **extra}
+        if spread:
+            result["server_cpu"] = sum(cpu["servers"].get(s.name, 0.0) for s in spread)
+            result["servers"] = [s.name for s in spread]
+            result["connections"] = self.spread_connections(len(spread)) * len(spread)
         print_run(label, result, cpu)
         return result
 

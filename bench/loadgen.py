@@ -21,6 +21,9 @@ Options for the bench's other runs:
   `PROGRESS <statements answered 2xx>` each K statements (the bench samples memory then).
 - `--auth-file FILE`: one `Authorization` value a line, used in turn (a password flood).
 - `--source-address ADDR`: connect from this local address (e.g. 127.0.0.2: another client).
+- `--url` more than once: the connections take the URLs in turn (connection i the i-th
+  modulo their number): one generator spreads its load over several servers, and its
+  latencies stay one distribution.
 - SIGTERM ends a run early (answers still in flight get half a second) and prints its figures.
 
 Prints one JSON line (`BENCHJSON {...}`) with the keys bench.py reads from wrk, plus
@@ -192,7 +195,7 @@ class Connection:
 
 
 async def closed_loop(
-    requests: Requests,
+    requests: list[Requests],
     tally: Tally,
     connections: int,
     duration: float,
@@ -203,8 +206,8 @@ async def closed_loop(
     deadline = time.perf_counter() + duration
     tickets: Iterator[int] = itertools.count() if limit is None else iter(range(limit))
 
-    async def one() -> None:
-        connection = Connection(requests, source, tally)
+    async def one(index: int) -> None:
+        connection = Connection(requests[index % len(requests)], source, tally)
         try:
             while (
                 time.perf_counter() < deadline
@@ -215,7 +218,7 @@ async def closed_loop(
         finally:
             connection.close()
 
-    tasks = [asyncio.create_task(one()) for _ in range(connections)]
+    tasks = [asyncio.create_task(one(index)) for index in range(connections)]
     stopped = asyncio.create_task(stop.wait())
     await asyncio.wait([*tasks, stopped], return_when=asyncio.FIRST_COMPLETED)
     if stop.is_set():  # SIGTERM: a moment for the answers in flight, then give up on them
@@ -227,7 +230,7 @@ async def closed_loop(
 
 
 async def open_loop(
-    requests: Requests,
+    requests: list[Requests],
     tally: Tally,
     connections: int,
     duration: float,
@@ -237,15 +240,15 @@ async def open_loop(
 ) -> None:
     queue: asyncio.Queue[float | None] = asyncio.Queue()
 
-    async def worker() -> None:
-        connection = Connection(requests, source, tally)
+    async def worker(index: int) -> None:
+        connection = Connection(requests[index % len(requests)], source, tally)
         try:
             while (scheduled := await queue.get()) is not None:
                 await connection.exchange(scheduled)
         finally:
             connection.close()
 
-    workers = [asyncio.create_task(worker()) for _ in range(connections)]
+    workers = [asyncio.create_task(worker(index)) for index in range(connections)]
     start = time.perf_counter()
     total = int(duration * rate)
     for index in range(total):
@@ -264,7 +267,7 @@ async def open_loop(
 async def run(
     args: argparse.Namespace, body: bytes, auth_values: list[str]
 ) -> tuple[dict[str, Any], list[str]]:
-    requests = Requests(args.url, body, args.header, auth_values, args.unique_ids)
+    requests = [Requests(url, body, args.header, auth_values, args.unique_ids) for url in args.url]
     tally = Tally(
         progress_every=args.progress_every,
         next_progress=args.progress_every,
@@ -331,7 +334,9 @@ def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--url", required=True)
+    parser.add_argument(
+        "--url", required=True, action="append", help="more than once: connections take turns"
+    )
     parser.add_argument("--body", required=True, help="file holding the request body")
     parser.add_argument("--header", action="append", default=[])
     parser.add_argument("--connections", type=int, default=16)

@@ -57,6 +57,23 @@ def process_times() -> dict[tuple[int, str], float]:
     return times
 
 
+def reaped_times(pids: list[int]) -> dict[int, float]:
+    """CPU seconds of the children each process waited for (cutime + cstime), by pid.
+
+    PostgreSQL's postmaster reaps its backends: their CPU stays counted after they exit
+    (a pooled connection closed when idle, a parallel worker).
+    """
+    ticks = os.sysconf("SC_CLK_TCK")
+    times = {}
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+        except OSError:
+            continue
+        times[pid] = (int(fields[13]) + int(fields[14])) / ticks
+    return times
+
+
 def children_by_parent() -> dict[int, list[int]]:
     """Every process's children (pids), from /proc: a `--workers` gateway's workers."""
     children: dict[int, list[int]] = {}
@@ -128,6 +145,7 @@ class Watch:
         self._machine = cpu_times()
         self._children = resource.getrusage(resource.RUSAGE_CHILDREN)
         self._processes = process_times()
+        self._reaped = reaped_times(list(servers.values()))
 
     def stop(self) -> dict[str, Any]:
         """Shares of a core since the start: per server, companion, load generator, others."""
@@ -141,8 +159,14 @@ class Watch:
         }
         kids = children_by_parent()
         family = {name: [pid, *kids.get(pid, [])] for name, pid in self._servers.items()}
+        waited = reaped_times(list(self._servers.values()))
         servers = {
-            name: sum(by_pid.get(pid, 0.0) for pid in pids) / seconds
+            name: (
+                sum(by_pid.get(pid, 0.0) for pid in pids)
+                + waited.get(pids[0], 0.0)
+                - self._reaped.get(pids[0], waited.get(pids[0], 0.0))
+            )
+            / seconds
             for name, pids in family.items()
         }
         companions = {

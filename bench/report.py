@@ -25,6 +25,13 @@ TARGETS_OF_ISSUE = {
     "rss_growth": "<= 10% (100k -> 1M)",
 }
 
+# What each ratio compares, printed beside it (the issue set no target for these).
+RATIO_NOTES = {
+    "g/c": "rate limits and lockouts counted in Redis vs in memory",
+    "h/e": "outbox in PostgreSQL vs SQLite, both durable (fsync per commit), same run",
+    "i/h": "3 `serve` processes vs 1, both on PostgreSQL; on 2 CPUs expect well under 3x",
+}
+
 NOT_MEASURED = {
     "added_p99_at_50pct_load": "off by default (--half-load)",
 }
@@ -59,6 +66,8 @@ class Measured:
     half: dict[str, Any] | None = None
     lag: dict[str, Any] | None = None
     rss: dict[str, Any] | None = None
+    rss_postgres: dict[str, Any] | None = None
+    postgres: dict[str, Any] | None = None  # the bench's cluster: version, settings
     profiles: dict[str, Any] = field(default_factory=dict)
 
 
@@ -101,10 +110,16 @@ def compute_ratios(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
     ratio("f/c", "f", "c")
     ratio("g/c", "g", "c")  # what counting the limits in Redis costs
     ratio("g/c p99", "g", "c", "p99_ms")
+    ratio("h/e", "h", "e")  # the outbox in PostgreSQL vs in SQLite
+    ratio("h/e p99", "h", "e", "p99_ms")
+    ratio("i/h", "i", "h")  # 3 processes on one PostgreSQL vs 1
+    ratio("i/h p99", "i", "h", "p99_ms")
+    ratio("h_batch/e_batch", "h_batch", "e_batch")
+    ratio("i_batch/h_batch", "i_batch", "h_batch")
     ratio("f_batch/c_batch", "f_batch", "c_batch")
     for key in FLOOD_VARIANTS:
         ratio(f"{key}/c", key, "c")
-    for key in ("b", "c", "c_quiet", "d", "e", "b_batch", "c_batch", "e_batch"):
+    for key in ("b", "c", "c_quiet", "d", "e", "h", "i", "b_batch", "c_batch", "e_batch"):
         direct = "a_batch" if key.endswith("batch") else "a"
         if key in results and direct in results:
             ratios[f"added_over_{direct}[{key}]"] = {
@@ -120,6 +135,7 @@ def target_checks(
     lag: dict[str, Any] | None,
     rss: dict[str, Any] | None,
     half: dict[str, Any] | None = None,
+    rss_postgres: dict[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
     """The issue's targets, with the figure this run measured and whether it is met."""
     checks: list[dict[str, Any]] = []
@@ -172,14 +188,16 @@ def target_checks(
             "every acked statement, once, everywhere",
             lag["exactly_once"],
         )
-    if rss is not None:
-        growth = rss["growth_from_10pct_to_last"]
+    for label, figures in (("", rss), (", PostgreSQL", rss_postgres)):
+        if figures is None:
+            continue
+        growth = figures["growth_from_10pct_to_last"]
         add(
-            "RSS growth (10% of N -> N)",
+            f"RSS growth (10% of N -> N){label}",
             growth,
             TARGETS_OF_ISSUE["rss_growth"],
             None if growth is None else growth <= 0.10,
-            f"N = {rss['statements']}",
+            f"N = {figures['statements']}",
         )
     return checks
 
@@ -235,6 +253,7 @@ def print_ratios(ratios: dict[str, Any]) -> None:
     for name, value in ratios.items():
         if isinstance(value, float):
             note = f"   (target {targets[name]})" if name in targets else ""
+            note += f"   ({RATIO_NOTES[name]})" if name in RATIO_NOTES else ""
             print(f"  {name:<30} {value:5.2f}x{note}")
     print("latency added over direct (a), at saturation (closed loop, all connections busy):")
     for name, value in ratios.items():
@@ -312,8 +331,55 @@ def print_flood(results: dict[str, dict[str, Any]], keys: list[str]) -> None:
     )
 
 
+def print_postgres(results: dict[str, dict[str, Any]], postgres: dict[str, Any]) -> None:
+    """What the PostgreSQL setups compare, how durable each outbox is, PostgreSQL's CPU."""
+    print(
+        f"\nPostgreSQL outbox: PostgreSQL {postgres['version']}, "
+        + ", ".join(f"{k}={v}" for k, v in postgres["settings"].items())
+        + " (each commit waits for its WAL flush), on CPU 0 with the load generator and the "
+        "stubs; the SQLite outbox of (e): WAL mode, synchronous=FULL (an fsync per group "
+        "commit), in data_dir on the same filesystem."
+    )
+    for key, what in (
+        ("h", "1 gateway, CPU 1 alone, as (e)"),
+        ("i", f"{postgres['scale_out']} `serve` processes on CPUs 0-1, one database"),
+    ):
+        for suffix in ("", "_batch"):
+            r = results.get(key + suffix)
+            if r is None:
+                continue
+            pg = r.get("postgres_cpu")
+            commits = r.get("postgres_commits_per_s")
+            per = BATCH_SIZE if suffix else 1
+            print(
+                f"  ({key}{suffix}) {what}: {r['rps']:.0f} req/s, p99 {r['p99_ms']:.2f} ms; "
+                f"gateway CPU {r['server_cpu'] * 100:.0f}%, PostgreSQL CPU "
+                + ("-" if pg is None else f"{pg * 100:.0f}%")
+                + (
+                    f"; {commits:.0f} commits/s in its database, "
+                    f"{r['rps'] * per / commits:.1f} statements per commit"
+                    if commits
+                    else ""
+                )
+                + (
+                    f"; {r['connections']} connections spread over them"
+                    if "connections" in r
+                    else ""
+                )
+            )
+    if "i" in results:
+        print(
+            f"  (i)'s load generator gives each process a share of the connections; on 2 CPUs "
+            f"the {postgres['scale_out']} processes share CPU 0 with it, the stubs and "
+            "PostgreSQL, so i/h stays well under 3x: it says what a second core adds, not "
+            "how replicas on their own machines scale."
+        )
+
+
 def print_rss(rss: dict[str, Any]) -> None:
     """The memory run: VmRSS by statements sent, then slope, growth and delivery."""
+    store = rss.get("store", "sqlite")
+    print(f"\nmemory, outbox in {'PostgreSQL' if store == 'postgresql' else 'SQLite'}:")
     print("\n| statements | seconds | VmRSS MB | backlog |")
     print("|---:|---:|---:|---:|")
     print(f"| 0 (before) | 0 | {(rss['rss_before_kb'] or 0) / 1024:.1f} | 0 |")
@@ -348,6 +414,24 @@ def print_rss(rss: dict[str, Any]) -> None:
         f"other load {rss['other_cpu'] * 100:.0f}%"
         f"{' (!)' if rss['other_cpu'] > DISTURBED else ''}"
     )
+    marks = [(k, rss.get(f"rss_{k}")) for k in ("start", "middle", "end")]
+    if all(point is not None for _, point in marks):
+        print(
+            "  VmRSS "
+            + ", ".join(
+                f"{k} {p['VmRSS_kb'] / 1024:.1f} MB (at {p['statements']})"
+                for k, p in marks
+                if p is not None
+            )
+            + f", after the drain {(rss['rss_after_drain_kb'] or 0) / 1024:.1f} MB; outbox "
+            f"{rss['outbox_bytes_after'] / 1e6:.1f} MB on disk after"
+            + (
+                f"; gateway CPU {rss['gateway_cpu'] * 100:.0f}%, PostgreSQL CPU "
+                f"{rss['postgres_cpu'] * 100:.0f}%"
+                if rss.get("postgres_cpu") is not None
+                else ""
+            )
+        )
 
 
 def print_targets(checks: list[dict[str, Any]]) -> None:
@@ -412,6 +496,7 @@ def settings(
         "flood_connections": args.flood_connections,
         "flood_variants": flood_keys,
         "rss_statements": args.rss_statements,
+        "rss_store": args.rss_store,
         "half_load": args.half_load,
         "rss_sample_every": args.rss_sample_every,
         "rate_limits": NO_RATE_LIMITS,
@@ -432,8 +517,12 @@ def write_report(
     not_measured = {**NOT_MEASURED, **skipped}
     if measured.half is not None:
         del not_measured["added_p99_at_50pct_load"]
-    checks = target_checks(results, ratios, measured.lag, measured.rss, measured.half)
+    checks = target_checks(
+        results, ratios, measured.lag, measured.rss, measured.half, measured.rss_postgres
+    )
     print_table(results, ratios, not_measured)
+    if measured.postgres is not None and any(k in results for k in ("h", "i")):
+        print_postgres(results, measured.postgres)
     print_targets(checks)
     data = {
         "commit": info.commit,
@@ -454,6 +543,8 @@ def write_report(
         "forwarding_lag": measured.lag,
         "half_load": measured.half,
         "rss": measured.rss,
+        "rss_postgres": measured.rss_postgres,
+        "postgres": measured.postgres,
         "not_measured": not_measured,
         "profiles": measured.profiles,
     }

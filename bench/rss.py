@@ -1,14 +1,20 @@
-"""Memory: a fresh forwarding gateway's RSS while N statements go through it."""
+"""Memory: a fresh forwarding gateway's RSS while N statements go through it.
+
+Once per outbox store asked for (--rss-store): SQLite in data_dir, or PostgreSQL (a fresh
+database in the bench's cluster, bench/pgserver.py).
+"""
 
 from __future__ import annotations
 
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from configs import forwarding_overrides
+from configs import forwarding_overrides, postgres_overrides
 from harness import Bench, Server, loadgen_result
+from pgserver import Postgres
 from probes import forwarding_status, stub_ids, stub_reset, wait_drained
 from procstats import vm_status
 from report import print_rss
@@ -55,7 +61,12 @@ def load_sampling(
 
 
 def measure_rss(
-    bench: Bench, gateway: Server, stub: Server, target_ports: list[int], batch_template: Path
+    bench: Bench,
+    gateway: Server,
+    stub: Server,
+    target_ports: list[int],
+    batch_template: Path,
+    outbox_bytes: Callable[[], int],
 ) -> dict[str, Any]:
     """--rss-statements through `gateway` in batches, then the drain: the raw figures."""
     args = bench.args
@@ -83,15 +94,15 @@ def measure_rss(
     )
     watch = bench.watch()
     raw, samples, load_seconds = load_sampling(gateway, command)
-    drained = wait_drained(gateway, args.drain_timeout)
+    # Every 2 s, not 0.1: with a PostgreSQL outbox each status read counts the backlog's
+    # rows (a full count of millions of rows after a 1M run), which would slow the drain.
+    drained = wait_drained(gateway, args.drain_timeout, interval=2.0)
     cpu = watch.stop()
     after_drain = vm_status(gateway.process.pid)
     left = forwarding_status(gateway)  # what the drain wait did not see delivered
     received = {name: stub_ids(base) for name, base in receivers}
     for _, base in receivers:
         stub_reset(base, "off")
-    data_dir = bench.tmp / "gateway-rss" / "data"
-    outbox_bytes = sum(p.stat().st_size for p in data_dir.glob("*") if p.is_file())
     return {
         "raw": raw,
         "samples": samples,
@@ -102,18 +113,22 @@ def measure_rss(
         "after_drain": after_drain,
         "left": left,
         "received": received,
-        "outbox_bytes": outbox_bytes,
+        "outbox_bytes": outbox_bytes(),
+        "gateway": gateway.name,
     }
 
 
-def rss_result(m: dict[str, Any], total: int) -> dict[str, Any]:
+def rss_result(m: dict[str, Any], total: int, store: str) -> dict[str, Any]:
     """The memory run's figures: RSS before and after, slopes, growth, delivery."""
     raw, samples, after_drain, left = m["raw"], m["samples"], m["after_drain"], m["left"]
     points = [(s["statements"] / 100_000, s["VmRSS"] / 1024) for s in samples if "VmRSS" in s]
+    with_rss = [s for s in samples if "VmRSS" in s]
+    middle = with_rss[(len(with_rss) - 1) // 2] if with_rss else None
     second_half = points[len(points) // 2 :]
     tenth = next((p for p in points if p[0] * 100_000 >= total / 10), points[0] if points else None)
     last = points[-1] if points else None
     return {
+        "store": store,
         "statements": raw["acked_statements"],
         "requests": raw["requests"],
         "errors": raw["status_errors"] + raw["read_errors"] + raw["timeout_errors"],
@@ -123,6 +138,10 @@ def rss_result(m: dict[str, Any], total: int) -> dict[str, Any]:
         "backlog_after_drain": sum(t["backlog"] for t in left.values()),
         "dead_letters_after_drain": sum(t["dead_letters"] for t in left.values()),
         "hwm_kb": after_drain.get("VmHWM"),
+        # VmRSS at the first, the middle and the last sample (kB) and how many statements in.
+        "rss_start": _point(with_rss[0]) if with_rss else None,
+        "rss_middle": _point(middle) if middle else None,
+        "rss_end": _point(with_rss[-1]) if with_rss else None,
         "samples": samples,
         "slope_mb_per_100k": slope(points),
         "slope_second_half_mb_per_100k": slope(second_half),
@@ -135,30 +154,56 @@ def rss_result(m: dict[str, Any], total: int) -> dict[str, Any]:
             r["statements"] >= raw["acked_statements"] for r in m["received"].values()
         ),
         "outbox_bytes_after": m["outbox_bytes"],
-        "gateway_cpu": m["cpu"]["servers"].get("gateway-rss", 0.0),
+        "gateway_cpu": m["cpu"]["servers"].get(m["gateway"], 0.0),
+        "postgres_cpu": m["cpu"]["servers"].get("postgres") if store == "postgresql" else None,
         "other_cpu": m["cpu"]["other"],
         "other_processes": m["cpu"]["others"],
     }
 
 
+def _point(sample: dict[str, Any]) -> dict[str, Any]:
+    return {"statements": sample["statements"], "VmRSS_kb": sample["VmRSS"]}
+
+
 def run_rss(
-    bench: Bench, stub: Server, target_ports: list[int], batch_template: Path
+    bench: Bench,
+    stub: Server,
+    target_ports: list[int],
+    batch_template: Path,
+    store: str = "sqlite",
+    pg: Postgres | None = None,
 ) -> dict[str, Any]:
-    """A fresh forwarding gateway; RSS while N statements go through it."""
+    """A fresh forwarding gateway (outbox in `store`); RSS while N statements go through it."""
     total, every = bench.args.rss_statements, bench.args.rss_sample_every
     requests = max(1, total // BATCH_SIZE)
+    where = "SQLite in data_dir" if store == "sqlite" else "PostgreSQL"
     print(
-        f"\nmemory: {requests * BATCH_SIZE} statements in batches of {BATCH_SIZE} through a "
-        f"fresh gateway forwarding to 3 targets; VmRSS every {every} statements",
+        f"\nmemory ({store}): {requests * BATCH_SIZE} statements in batches of {BATCH_SIZE} "
+        f"through a fresh gateway forwarding to 3 targets, outbox in {where}; VmRSS every "
+        f"{every} statements",
         flush=True,
     )
-    gateway, _ = bench.start_gateway(
-        "gateway-rss", stub, overrides=forwarding_overrides(target_ports)
-    )
+    if store == "sqlite":
+        name = "gateway-rss"
+        overrides = forwarding_overrides(target_ports)
+        data_dir = bench.tmp / name / "data"
+
+        def outbox_bytes() -> int:
+            return sum(p.stat().st_size for p in data_dir.glob("*") if p.is_file())
+
+    else:
+        assert pg is not None
+        name = "gateway-rss-pg"
+        overrides = postgres_overrides(target_ports, pg.create_database("bench_rss"))
+
+        def outbox_bytes() -> int:
+            return pg.database_bytes("bench_rss")
+
+    gateway, _ = bench.start_gateway(name, stub, overrides=overrides)
     try:
-        measured = measure_rss(bench, gateway, stub, target_ports, batch_template)
+        measured = measure_rss(bench, gateway, stub, target_ports, batch_template, outbox_bytes)
     finally:
         bench.stop(gateway.name)
-    result = rss_result(measured, total)
+    result = rss_result(measured, total, store)
     print_rss(result)
     return result

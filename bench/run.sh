@@ -8,10 +8,12 @@
 #   bash bench/run.sh --no-flood --no-rss --no-lag   # throughput runs only (~2.5 minutes)
 #   bash bench/run.sh --rss-statements 1000000       # the 1M statements (~+3 minutes)
 #
-# Parts: (a)-(e) throughput (--no-batch, --no-token, --no-forwarding skip some), the
+# Parts: (a)-(i) throughput (--no-batch, --no-token, --no-workers, --no-redis,
+# --no-forwarding, --no-postgres skip some; (h)/(i): the outbox in a PostgreSQL of its own,
+# 1 and 3 `serve` processes), the
 # forwarding lag at sustained load (--no-lag, --lag-duration, --lag-fraction), the bcrypt
 # flood (--no-flood, --flood-variants, --flood-connections), memory (--no-rss,
-# --rss-statements, --rss-sample-every). `.venv/bin/python bench/bench.py --help` lists all.
+# --rss-statements, --rss-sample-every, --rss-store sqlite|postgresql|both). `.venv/bin/python bench/bench.py --help` lists all.
 #
 # It makes sure the venv is there (deploy/bootstrap.sh), installs wrk from Debian when it is
 # missing and we may (root, apt-get), else falls back to bench/loadgen.py (and says so), then

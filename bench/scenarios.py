@@ -1,4 +1,4 @@
-"""The setups (a)-(f): how each is started, checked and measured; the latency at half load."""
+"""The setups (a)-(i): how each is started, checked and measured; the latency at half load."""
 
 from __future__ import annotations
 
@@ -6,12 +6,14 @@ import json
 import secrets
 import subprocess
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from configs import forwarding_overrides, issue_token
+from configs import forwarding_overrides, issue_token, postgres_overrides
 from harness import Bench, Server, free_port, loadgen_result
+from pgserver import Postgres, start_postgres
 from probes import forwarding_probe, post_once, stub_ids, wait_drained
 from procstats import DISTURBED
 from report import fmt_s, median_result
@@ -19,6 +21,7 @@ from workload import AGENT, BENCH, PASSWORD, TARGETS, USERNAME, Bodies
 
 # (key, label, server, body file): one throughput run of the plan.
 REDIS_SERVER = "/usr/bin/redis-server"  # Debian's redis-server (tests/run's bootstrap)
+SCALE_OUT = 3  # (i): separate `serve` processes sharing one PostgreSQL outbox
 Step = tuple[str, str, Server, Path]
 
 
@@ -32,10 +35,17 @@ class Parts:
     workers: bool
     redis: bool  # (g): rate limits and lockouts shared through a Redis of its own
     rss: bool
+    postgres: bool  # (h) and (i): the outbox in a PostgreSQL of its own
     batch: bool
     half_load: bool
     flood_keys: list[str]
     skipped: dict[str, str]  # part -> "skipped (why)", for the report's "not measured"
+    rss_stores: tuple[str, ...] = ("sqlite",)  # the memory run's outboxes: sqlite, postgresql
+
+    @property
+    def needs_postgres(self) -> bool:
+        """Whether any part needs the bench's PostgreSQL."""
+        return self.postgres or (self.rss and "postgresql" in self.rss_stores)
 
 
 @dataclass
@@ -48,6 +58,16 @@ class Setups:
     target_ports: list[int]
     targets: Server | None = None
     auth_of: dict[str, str | None] = field(default_factory=dict)
+    postgres: Postgres | None = None
+    # A server whose runs spread the load over several (it first among them): (i).
+    spread: dict[str, list[Server]] = field(default_factory=dict)
+    database_of: dict[str, str] = field(default_factory=dict)  # (h), (i): their database
+
+    @property
+    def forwarding(self) -> list[Server]:
+        """The forwarding gateways measured for throughput (one per outbox): (e), (h), (i)."""
+        names = ("gateway-fwd", "gateway-pg", "gateway-pg-1")
+        return [self.gateways[name] for name in names if name in self.gateways]
 
 
 def start_stubs(bench: Bench, parts: Parts) -> tuple[Server, Server | None, list[int]]:
@@ -63,7 +83,7 @@ def start_stubs(bench: Bench, parts: Parts) -> tuple[Server, Server | None, list
     )
     target_ports = [free_port() for _ in TARGETS]
     targets = None
-    if parts.forwarding or parts.rss:
+    if parts.forwarding or parts.rss or parts.postgres:
         targets = bench.start(
             "targets",
             [
@@ -144,12 +164,47 @@ def start_gateways(
     return gateways, token
 
 
+def start_postgres_gateways(
+    bench: Bench, stub: Server, pg: Postgres, target_ports: list[int]
+) -> tuple[dict[str, Server], list[Server]]:
+    """(h): one gateway like (e), outbox in PostgreSQL; (i): SCALE_OUT `serve` processes.
+
+    (h) has CPU 1 alone, as (e); (i)'s processes (each its own port, one database shared,
+    not (h)'s) may run on both CPUs, like (f)'s workers: on 2 cores they share CPU 0 with
+    the load generator, the stubs and PostgreSQL.
+    """
+    gateways = {}
+    gateways["gateway-pg"], _ = bench.start_gateway(
+        "gateway-pg",
+        stub,
+        overrides=postgres_overrides(target_ports, pg.create_database("bench_h")),
+    )
+    dsn = pg.create_database("bench_i")
+    replicas = []
+    for number in range(1, SCALE_OUT + 1):
+        name = f"gateway-pg-{number}"
+        gateways[name], _ = bench.start_gateway(
+            name, stub, overrides=postgres_overrides(target_ports, dsn), cpu="0,1"
+        )
+        replicas.append(gateways[name])
+    return gateways, replicas
+
+
 def start_setups(bench: Bench, parts: Parts) -> Setups:
     """Start every server of the throughput runs, waiting until each answers."""
     stub, targets, target_ports = start_stubs(bench, parts)
     baseline = start_baseline(bench, stub)
     gateways, token = start_gateways(bench, stub, parts, target_ports)
-    return Setups(stub, baseline, gateways, target_ports, targets, {"gateway-token": token})
+    setups = Setups(stub, baseline, gateways, target_ports, targets, {"gateway-token": token})
+    if parts.needs_postgres:
+        setups.postgres = start_postgres(bench)
+    if parts.postgres:
+        assert setups.postgres is not None
+        more, replicas = start_postgres_gateways(bench, stub, setups.postgres, target_ports)
+        gateways.update(more)
+        setups.spread[replicas[0].name] = replicas
+        setups.database_of = {"gateway-pg": "bench_h", replicas[0].name: "bench_i"}
+    return setups
 
 
 def check_setups(setups: Setups, bodies: Bodies, parts: Parts) -> None:
@@ -161,9 +216,10 @@ def check_setups(setups: Setups, bodies: Bodies, parts: Parts) -> None:
         authorization = setups.auth_of.get(server.name)
         post_once(server, stub, bodies.one_file.read_bytes(), ids_one, authorization)
         post_once(server, stub, bodies.batch_file.read_bytes(), ids_batch, authorization)
-    if parts.forwarding:
-        if wait_drained(setups.gateways["gateway-fwd"], 30) is None:
-            sys.exit("bench: gateway-fwd did not forward the first statements")
+    for gateway in setups.forwarding:
+        if wait_drained(gateway, 30) is None:
+            sys.exit(f"bench: {gateway.name} did not forward the first statements")
+    if setups.forwarding:
         for port in setups.target_ports:
             got = stub_ids(f"http://127.0.0.1:{port}/")
             if got["writes"] < 1:
@@ -187,6 +243,16 @@ def throughput_plan(setups: Setups, bodies: Bodies, parts: Parts) -> list[Step]:
         plan.append(("f", "gateway, 2 worker processes", gateways["gateway-2w"], one))
     if parts.redis:
         plan.append(("g", "gateway, limits shared in Redis", gateways["gateway-redis"], one))
+    if parts.postgres:
+        plan += [
+            ("h", "gateway, 3 forwarding targets, PostgreSQL outbox", gateways["gateway-pg"], one),
+            (
+                "i",
+                f"{SCALE_OUT} gateway processes, PostgreSQL outbox",
+                gateways["gateway-pg-1"],
+                one,
+            ),
+        ]
     if not parts.batch:
         return plan
     plan += [
@@ -202,21 +268,54 @@ def throughput_plan(setups: Setups, bodies: Bodies, parts: Parts) -> list[Step]:
         plan.append(
             ("f_batch", "gateway, 2 worker processes, batch 100", gateways["gateway-2w"], batch)
         )
+    if parts.postgres:
+        plan += [
+            ("h_batch", "gateway, PostgreSQL outbox, batch 100", gateways["gateway-pg"], batch),
+            (
+                "i_batch",
+                f"{SCALE_OUT} gateway processes, PostgreSQL outbox, batch 100",
+                gateways["gateway-pg-1"],
+                batch,
+            ),
+        ]
     return plan
 
 
 def measure_step(bench: Bench, setups: Setups, step: Step) -> dict[str, Any]:
     """One throughput run; after a forwarding one, wait until every backlog is 0."""
     key, label, server, body = step
-    forwarding = server.name == "gateway-fwd"
+    forwarding = server in setups.forwarding
+    spread = setups.spread.get(server.name)
+    pg, database = setups.postgres, setups.database_of.get(server.name)
+    before_run, after_run = None, forwarding_probe(server) if forwarding else None
+    if pg is not None and database is not None and after_run is not None:
+        # PostgreSQL's own count of the transactions committed during the measured run.
+        probe, started = after_run, [0.0]
+
+        def before() -> int:
+            started[0] = time.monotonic()
+            return pg.commits(database)
+
+        def after(commits_before: int) -> dict[str, Any]:
+            seconds = time.monotonic() - started[0]
+            return {
+                **probe(None),
+                "postgres_commits_per_s": (pg.commits(database) - commits_before) / seconds,
+            }
+
+        before_run, after_run = before, after
     result = bench.measure(
         f"({key}) {label}",
         server,
         body,
         setups.stub,
         authorization=setups.auth_of.get(server.name),
-        after_run=forwarding_probe(server) if forwarding else None,
+        before_run=before_run,
+        after_run=after_run,
+        spread=spread,
     )
+    if pg is not None and database is not None:
+        result["postgres_cpu"] = result["bench_servers_cpu"].get(pg.server.name)
     if forwarding:
         # The next run must find an idle gateway: wait for the backlog.
         result["drain_after_load_s"] = wait_drained(server, bench.args.drain_timeout)
