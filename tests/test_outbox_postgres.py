@@ -13,6 +13,7 @@ import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import pytest
@@ -21,6 +22,7 @@ from support import gateway_env, write_config
 
 from gateway.clock import ManualClock
 from gateway.errors import StoreUnavailable
+from gateway.forwarding.operations import Drop, MarkReady, WritePending
 from gateway.forwarding.postgres_outbox import PostgresOutbox
 from gateway.forwarding.store import BACKLOG_FULL, TargetState
 from gateway.forwarding.transaction import OutboxTransaction
@@ -306,3 +308,42 @@ async def test_the_forwarding_commands_read_and_replay_the_shared_outbox(
     assert postgres.password is not None
     for run in (status, replayed, unknown):
         assert postgres.password not in run.stdout + run.stderr
+
+
+async def test_the_request_paths_operations_of_a_group_are_merged_and_each_gets_its_own(
+    postgres: PostgresServer,
+) -> None:
+    dsn = await asyncio.to_thread(postgres.new_database)
+    async with replica(dsn) as outbox:
+        requests = [
+            [(f"r{n}-{k}", b'{"n":%d}' % n, None) for k in range(1 + n % 3)] for n in range(60)
+        ]
+        commits = outbox.commits
+        written = await asyncio.gather(
+            *(outbox.call(WritePending(items, "1.0.3")) for items in requests)
+        )
+        assert outbox.commits - commits < 30  # groups, not a commit per request
+        connection = await asyncpg.connect(dsn)
+        try:
+            rows = await connection.fetch("SELECT seq, statement_id FROM outbox_statements")
+            ids: dict[int, str] = {row[0]: row[1] for row in rows}
+        finally:
+            await connection.close()
+        for items, seqs in zip(requests, written, strict=True):
+            assert [ids[seq] for seq in seqs] == [item[0] for item in items]  # its own, in order
+        settled: list[asyncio.Future[Any]] = []
+        done = asyncio.Event()
+
+        def then(future: asyncio.Future[Any]) -> None:
+            settled.append(future)
+            if len(settled) == len(written):
+                done.set()
+
+        for n, seqs in enumerate(written):
+            await outbox.submit(MarkReady(seqs, TARGETS) if n % 4 else Drop(seqs), then)
+        await asyncio.wait_for(done.wait(), 10)
+        assert all(f.exception() is None for f in settled)
+        stats = await outbox.read(lambda tx: tx.stats(["a", "b"]))
+        kept = sum(len(seqs) for n, seqs in enumerate(written) if n % 4)
+        assert (stats["a"].backlog, stats["b"].backlog) == (kept, kept)
+        assert await outbox.read(lambda tx: tx.pending(1e12)) == []  # each settled, one way

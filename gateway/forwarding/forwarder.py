@@ -14,6 +14,7 @@ from gateway.clock import SYSTEM_CLOCK, Clock
 from gateway.config.settings import Config
 from gateway.errors import GatewayError
 from gateway.failurelog import FailureLog
+from gateway.forwarding.operations import Drop, MarkReady, WritePending
 from gateway.forwarding.outboxes import OUTBOX_FILE, outbox_for
 from gateway.forwarding.store import REPLAY_CHUNK, TargetStats
 from gateway.forwarding.target_worker import TargetWorker
@@ -99,7 +100,7 @@ class Forwarder:
 
         The caller must call `settled` when it stops waiting for storage, whatever happened.
         """
-        seqs = await self.outbox.call(lambda s: s.write_pending(items, version))
+        seqs = await self.outbox.call(WritePending(items, version))
         self._in_flight.update(seqs)
         return seqs
 
@@ -113,11 +114,11 @@ class Forwarder:
         The client does not wait for this commit: were it lost (a crash), the rows stay
         pending and the resolver finds them in storage, as for a lost answer.
         """
-        await self.outbox.submit(lambda s: s.mark_ready(seqs, self._limits), self._queued)
+        await self.outbox.submit(MarkReady(seqs, self._limits), self._queued)
 
     async def refused(self, seqs: Sequence[int]) -> None:
         """Storage refused them: nothing to forward (the resolver's to drop, if lost)."""
-        await self.outbox.submit(lambda s: s.drop(seqs), self._queued)
+        await self.outbox.submit(Drop(seqs), self._queued)
 
     def _queued(self, done: asyncio.Future[Any]) -> None:
         if not done.cancelled() and (error := done.exception()) is not None:
@@ -160,7 +161,7 @@ class Forwarder:
             # shared outbox's may be another replica's, still waiting: only age tells.
             before = max(self._started_at, before)
         settled = 0
-        rows = await self.outbox.call(lambda s: s.pending(before))
+        rows = await self.outbox.read(lambda s: s.pending(before))
         for seq, statement_id in rows:
             if seq in self._in_flight:
                 continue
@@ -203,7 +204,7 @@ class Forwarder:
             known = names + [t for t in await tx.targets() if t not in names]
             return await tx.stats(known)
 
-        return await self.outbox.call(query)
+        return await self.outbox.read(query)
 
     async def replay(self, target: str) -> int:
         """Move `target`'s dead letters in this outbox back into its queue; how many."""

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from gateway.forwarding.transaction import OutboxTransaction
 
-__all__ = ["MAX_GROUP", "Operation", "OperationQueue"]
+__all__ = ["MAX_GROUP", "Drop", "MarkReady", "Operation", "OperationQueue", "WritePending"]
 
 T = TypeVar("T")
 Operation = Callable[[OutboxTransaction], Awaitable[T]]
@@ -49,3 +50,43 @@ class OperationQueue:
 
         future.add_done_callback(done)
         self._queue(operation, future)
+
+
+# The request path's operations, two a request: as values, so that an outbox whose every
+# statement is a round trip (PostgreSQL) can merge those of a group into one statement
+# each. Anywhere else they are operations like any other.
+
+
+@dataclass(frozen=True, slots=True)
+class WritePending:
+    """Record statements before storage sees them: (id, bytes, packed attachment parts)."""
+
+    items: Sequence[tuple[str, bytes, bytes | None]]
+    version: str | None = None
+
+    async def __call__(self, tx: OutboxTransaction) -> list[int]:
+        """Run it alone."""
+        return await tx.write_pending(self.items, self.version)
+
+
+@dataclass(frozen=True, slots=True)
+class MarkReady:
+    """Storage accepted them: one delivery per (target, backlog_limit)."""
+
+    seqs: Sequence[int]
+    targets: Sequence[tuple[str, int]]
+
+    async def __call__(self, tx: OutboxTransaction) -> None:
+        """Run it alone."""
+        await tx.mark_ready(self.seqs, self.targets)
+
+
+@dataclass(frozen=True, slots=True)
+class Drop:
+    """Storage refused them: forget them (only while still pending)."""
+
+    seqs: Sequence[int]
+
+    async def __call__(self, tx: OutboxTransaction) -> None:
+        """Run it alone."""
+        await tx.drop(self.seqs)

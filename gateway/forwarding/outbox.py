@@ -74,6 +74,10 @@ class SqliteOutbox(OperationQueue):
         """Deliveries queued per target (read without a round trip to the thread)."""
         return dict(self._store.backlog) if self._store is not None else {}
 
+    async def read(self, operation: Operation[T]) -> T:
+        """A read: on the outbox's thread too (one connection), in the next group."""
+        return await self.call(operation)
+
     def _queue(self, operation: Operation[Any], future: asyncio.Future[Any]) -> None:
         self._jobs.put((operation, future))
 

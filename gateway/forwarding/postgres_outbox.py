@@ -15,11 +15,18 @@ import logging
 import os
 import secrets
 import socket
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from gateway.clock import SYSTEM_CLOCK, Clock
 from gateway.errors import StoreUnavailable
-from gateway.forwarding.operations import MAX_GROUP, Operation, OperationQueue
+from gateway.forwarding.operations import (
+    MAX_GROUP,
+    Drop,
+    MarkReady,
+    Operation,
+    OperationQueue,
+    WritePending,
+)
 from gateway.forwarding.postgres_store import (
     PostgresTransaction,
     count_backlogs,
@@ -36,8 +43,18 @@ if TYPE_CHECKING:
 __all__ = ["PostgresOutbox"]
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 _Job = tuple[Operation[Any], asyncio.Future[Any]]
-_POOL_SIZE = 2  # the group commits, and a CLI-style read beside them
+# Group commits in flight at once: a commit is mostly waiting for round trips, so a few
+# side by side (each its own connection) multiply what one connection can do.
+_COMMITTERS = 3
+_POOL_SIZE = _COMMITTERS + 2  # and reads (status, the resolver) beside them
+
+
+async def _keep_as_is(conn: Any) -> None:
+    """What a connection goes through when given back: nothing (no session state is set)."""
+
+
 _SWEEP_EVERY = 600.0  # seconds between sweeps for garbage the acks left (rare: see ack)
 
 
@@ -68,9 +85,11 @@ class PostgresOutbox(OperationQueue):
         self._pool: asyncpg.Pool[asyncpg.Record] | None = None
         self._jobs: collections.deque[_Job] = collections.deque()
         self._ready = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
         self._backlog: dict[str, int] = {}
+        self._full: set[str] = set()  # targets past backlog_limit (logged once an episode)
         self._reachable = True
+        self._outages = 0  # times it was found out of reach (commits note it as they begin)
         self._closing = False
         self._last_sweep = -_SWEEP_EVERY  # the first comes at the first chance
         self.ident = ""  # the outbox's stable id (the `outbox` label of its metrics)
@@ -87,19 +106,23 @@ class PostgresOutbox(OperationQueue):
             query_timeout=self._timeout,
             size=_POOL_SIZE,
             auto_migrate=self._auto_migrate,
+            reset=_keep_as_is,
         )
         async with self._pool.acquire() as conn:
             self.ident = await outbox_id(conn)
             self._backlog = await count_backlogs(conn)
-        self._task = asyncio.create_task(self._run(), name="outbox-postgres")
+        self._tasks = [
+            asyncio.create_task(self._run(index), name=f"outbox-postgres-{index}")
+            for index in range(_COMMITTERS)
+        ]
 
     async def close(self) -> None:
         """Finish queued operations, stop, close the pool."""
-        if self._task is not None:
+        if self._tasks:
             self._closing = True
             self._ready.set()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+            self._tasks = []
         if self._pool is not None:
             await self._pool.close()
             self._pool = None
@@ -119,13 +142,36 @@ class PostgresOutbox(OperationQueue):
         async with self._pool.acquire(timeout=self._timeout) as conn, conn.transaction():
             return await restore_rows(conn, rows, owner=owner)
 
+    async def read(self, operation: Operation[T]) -> T:
+        """Run a reading `operation` beside the group commits (status, pending rows).
+
+        On a connection of its own, in one snapshot: a slow read (the counts of a long
+        backlog) never holds up a commit.
+        """
+        assert self._pool is not None
+        started = self._outages
+        try:
+            async with (
+                self._pool.acquire(timeout=self._timeout) as conn,
+                conn.transaction(isolation="repeatable_read", readonly=True),
+            ):
+                tx = self._transaction(conn, 0)
+                value = await operation(tx)
+        except Exception as exc:
+            raise self._failure(exc) from None
+        self._back(started)
+        if tx.counted is not None:
+            self._backlog = dict(tx.counted)
+            self._full = {t for t in self._full if self._backlog.get(t, 0) > 0}
+        return value
+
     def _queue(self, operation: Operation[Any], future: asyncio.Future[Any]) -> None:
-        if self._task is None or self._closing:
+        if not self._tasks or self._closing:
             raise RuntimeError("the outbox is not open")
         self._jobs.append((operation, future))
         self._ready.set()
 
-    async def _run(self) -> None:
+    async def _run(self, index: int) -> None:
         try:
             while True:
                 await self._ready.wait()
@@ -135,16 +181,18 @@ class PostgresOutbox(OperationQueue):
                 if not self._jobs and not self._closing:
                     self._ready.clear()
                 if group:
-                    await self._commit(group)
+                    await self._commit(group, index)
         finally:
             stopped = RuntimeError("the outbox was closed")
             while self._jobs:
                 _settle(self._jobs.popleft()[1], False, stopped)
 
-    def _transaction(self, conn: Any) -> PostgresTransaction:
+    def _transaction(self, conn: Any, committer: int) -> PostgresTransaction:
         return PostgresTransaction(
             conn,
             owner=self.owner,
+            # Each committer counts under its own rows: they never wait on each other.
+            counters_owner=f"{self.owner}/{committer}",
             lease=self.lease,
             clock=self._clock,
             backlog=self._backlog,
@@ -152,27 +200,36 @@ class PostgresOutbox(OperationQueue):
         )
 
     def _committed(self, tx: PostgresTransaction) -> None:
+        for target in tx.overflowed - self._full:
+            log.warning(
+                "forwarding to %s: backlog full (its backlog_limit): new statements go to "
+                "its dead letters (`lrs-gateway forwarding replay` once it has caught up)",
+                target,
+            )
+        self._full |= tx.overflowed
         if tx.swept:
             self._last_sweep = self._clock.monotonic()
         if tx.counted is not None:
             self._backlog = dict(tx.counted)
+            self._full = {t for t in self._full if self._backlog.get(t, 0) > 0}
         for target, moved in tx.queued.items():
             self._backlog[target] = max(0, self._backlog.get(target, 0) + moved)
 
-    async def _commit(self, group: list[_Job]) -> None:
+    async def _commit(self, group: list[_Job], committer: int) -> None:
         assert self._pool is not None
+        started = self._outages
         try:
             async with self._pool.acquire(timeout=self._timeout) as conn:
-                tx = self._transaction(conn)
+                tx = self._transaction(conn, committer)
                 try:
                     async with conn.transaction():
-                        values = [await operation(tx) for operation, _ in group]
+                        values = await _run_group(tx, [operation for operation, _ in group])
                 except Exception as exc:
                     if unreachable(exc) or len(group) == 1:
                         raise
                     # One operation failed (or two replicas' commits crossed): each on its
                     # own, so only what fails fails.
-                    await self._one_by_one(conn, group)
+                    await self._one_by_one(conn, group, committer)
                     return
                 self.commits += 1
                 self._committed(tx)
@@ -181,13 +238,13 @@ class PostgresOutbox(OperationQueue):
             for _, future in group:
                 _settle(future, False, failure)
             return
-        self._back()
+        self._back(started)
         for (_, future), value in zip(group, values, strict=True):
             _settle(future, True, value)
 
-    async def _one_by_one(self, conn: Any, group: list[_Job]) -> None:
+    async def _one_by_one(self, conn: Any, group: list[_Job], committer: int) -> None:
         for operation, future in group:
-            tx = self._transaction(conn)
+            tx = self._transaction(conn, committer)
             try:
                 async with conn.transaction():
                     value = await operation(tx)
@@ -204,6 +261,7 @@ class PostgresOutbox(OperationQueue):
             return exc
         if self._reachable:
             self._reachable = False
+            self._outages += 1
             log.warning(
                 "outbox: PostgreSQL at %s cannot be reached (%s: %s); writes get 503 and "
                 "forwarding waits until it is back",
@@ -217,10 +275,42 @@ class PostgresOutbox(OperationQueue):
         failure.__cause__ = exc
         return failure
 
-    def _back(self) -> None:
-        if not self._reachable:
+    def _back(self, started: int) -> None:
+        """A commit or read begun in outage number `started` succeeded.
+
+        Only one begun after the database was found out of reach says it is back: another
+        committer's, in flight before, may still finish.
+        """
+        if not self._reachable and started == self._outages:
             self._reachable = True
             log.info("outbox: PostgreSQL at %s is back", where(self._dsn))
+
+
+async def _run_group(tx: PostgresTransaction, operations: list[Operation[Any]]) -> list[Any]:
+    """Every operation's result; the request path's merged into a statement per kind.
+
+    A group holds up to two operations per request in flight; as statements of their own
+    they would be as many round trips.
+    """
+    values: list[Any] = [None] * len(operations)
+    writes = [(i, op) for i, op in enumerate(operations) if isinstance(op, WritePending)]
+    if writes:
+        written = await tx.write_pending_batches([(op.items, op.version) for _, op in writes])
+        for (index, _), found in zip(writes, written, strict=True):
+            values[index] = found
+    ready: dict[tuple[tuple[str, int], ...], list[int]] = {}
+    for op in operations:
+        if isinstance(op, MarkReady):
+            ready.setdefault(tuple(op.targets), []).extend(op.seqs)
+    for targets, seqs in ready.items():
+        await tx.mark_ready(seqs, targets)
+    dropped = [seq for op in operations if isinstance(op, Drop) for seq in op.seqs]
+    if dropped:
+        await tx.drop(dropped)
+    for index, op in enumerate(operations):
+        if not isinstance(op, WritePending | MarkReady | Drop):
+            values[index] = await op(tx)
+    return values
 
 
 def _settle(future: asyncio.Future[Any], ok: bool, value: Any) -> None:

@@ -9,6 +9,8 @@ timed by the database's clock, which every replica shares (their own clocks may 
 
 from __future__ import annotations
 
+import dataclasses
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, TypeAlias
 
@@ -51,9 +53,85 @@ async def outbox_id(conn: Connection) -> str:
 
 
 async def count_backlogs(conn: Connection) -> dict[str, int]:
-    """Deliveries queued per target."""
-    rows = await conn.fetch("SELECT target, count(*) FROM outbox_deliveries GROUP BY target")
+    """Deliveries queued per target: what was queued less what left, from the counters.
+
+    Exact (both move in the transaction that moves a delivery) and cheap at any backlog;
+    counting the deliveries themselves would read them all.
+    """
+    rows = await conn.fetch(
+        "SELECT target, sum(CASE name WHEN 'queued' THEN value ELSE -value END) "
+        "FROM outbox_counters WHERE name IN ('queued', 'left') GROUP BY target"
+    )
     return {target: int(count) for target, count in rows}
+
+
+# One statement per operation: a group commit is mostly round trips. Each keeps its
+# counters in the same statement (`queued`, `left`: the backlog; `delivered`, ...).
+_BUMP = """
+    INSERT INTO outbox_counters (target, name, owner, value)
+    SELECT target, {name}, $OWNER, count(*) FROM {source} GROUP BY target
+    ON CONFLICT (target, name, owner)
+    DO UPDATE SET value = outbox_counters.value + excluded.value
+"""
+
+
+def _bump(name: str, source: str, owner: str) -> str:
+    return _BUMP.format(name=f"'{name}'", source=source).replace("$OWNER", owner)
+
+
+_MARK_READY = f"""
+    WITH ready AS (
+        UPDATE outbox_statements SET state = 1
+        WHERE state = 0 AND seq = ANY($1::bigint[]) RETURNING seq
+    ), ranked AS (
+        SELECT seq, row_number() OVER (ORDER BY seq) AS n FROM ready
+    ), plan AS (
+        SELECT t.target, r.seq, r.n <= t.room AS fits
+        FROM ranked r CROSS JOIN unnest($2::text[], $3::bigint[]) AS t(target, room)
+    ), queued AS (
+        INSERT INTO outbox_deliveries (target, seq)
+        SELECT target, seq FROM plan WHERE fits
+        ON CONFLICT DO NOTHING RETURNING target
+    ), dead AS (
+        INSERT INTO outbox_dead_letters (target, seq, reason, transient, failed_at)
+        SELECT target, seq, $4, false, $5 FROM plan WHERE NOT fits
+        ON CONFLICT (target, seq) DO UPDATE SET reason = excluded.reason,
+            transient = false, failed_at = excluded.failed_at
+        RETURNING target
+    ), counted_queued AS ({_bump("queued", "queued", "$6")}
+    ), counted_dead AS ({_bump("dead_letters", "dead", "$6")})
+    SELECT target, count(*) FROM dead GROUP BY target
+"""  # noqa: S608  (constants only)
+_REQUEUE = f"""
+    WITH picked AS (
+        DELETE FROM outbox_dead_letters WHERE (target, seq) IN (
+            SELECT target, seq FROM outbox_dead_letters WHERE target = $1
+            AND ($2 OR transient) ORDER BY seq LIMIT $3 FOR UPDATE SKIP LOCKED)
+        RETURNING seq
+    ), queued AS (
+        INSERT INTO outbox_deliveries (target, seq) SELECT $1, seq FROM picked
+        ON CONFLICT DO NOTHING RETURNING target
+    ), counted AS ({_bump("queued", "queued", "$4")})
+    SELECT count(*) FROM queued
+"""  # noqa: S608  (constants only)
+# The last target to get a statement deletes it (the deliveries of other targets, and
+# dead letters, keep it); rows another transaction holds are skipped, never waited for.
+_LEAVE = """
+    WITH gone AS (
+        DELETE FROM outbox_deliveries WHERE target = $1 AND seq = ANY($2::bigint[])
+        RETURNING target, seq
+    ), done AS (
+        DELETE FROM outbox_statements WHERE seq IN (
+            SELECT s.seq FROM outbox_statements s JOIN gone g ON g.seq = s.seq
+            WHERE s.state = 1
+            AND NOT EXISTS (SELECT 1 FROM outbox_deliveries d
+                            WHERE d.seq = s.seq AND d.target <> $1)
+            AND NOT EXISTS (SELECT 1 FROM outbox_dead_letters x WHERE x.seq = s.seq)
+            FOR UPDATE OF s SKIP LOCKED)
+    ), counted_left AS ({left}
+    ), counted_as AS ({named})
+    SELECT count(*) FROM gone
+"""
 
 
 async def restore_rows(conn: Connection, rows: OutboxRows, *, owner: str) -> int:
@@ -77,6 +155,10 @@ async def restore_rows(conn: Connection, rows: OutboxRows, *, owner: str) -> int
         "INSERT INTO outbox_deliveries (target, seq, attempts, next_attempt, last_error) "
         "VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
         [(t, seq_of[seq], attempts, at, error) for t, seq, attempts, at, error in rows.deliveries],
+    )
+    queued = Counter(target for target, *_ in rows.deliveries)
+    rows = dataclasses.replace(
+        rows, counters=[*rows.counters, *((t, "queued", n) for t, n in queued.items())]
     )
     await conn.executemany(
         "INSERT INTO outbox_dead_letters (target, seq, reason, transient, failed_at) "
@@ -113,6 +195,7 @@ class PostgresTransaction:
         conn: Connection,
         *,
         owner: str,
+        counters_owner: str | None = None,
         lease: float,
         clock: Clock,
         backlog: dict[str, int],
@@ -120,11 +203,13 @@ class PostgresTransaction:
     ) -> None:
         self.conn = conn
         self._owner = owner
+        self._counters_owner = counters_owner or owner
         self._lease = lease
         self._clock = clock
         self._backlog = backlog
         self.queued: dict[str, int] = {}  # deliveries this transaction added (or removed)
         self.counted: dict[str, int] | None = None  # backlogs counted in this transaction
+        self.overflowed: set[str] = set()  # targets whose backlog_limit refused statements
         self.sweep_due = sweep_due
         self.swept = False  # collect_garbage swept in this transaction
 
@@ -139,7 +224,7 @@ class PostgresTransaction:
                 "DO UPDATE SET value = outbox_counters.value + excluded.value",
                 target,
                 name,
-                self._owner,
+                self._counters_owner,
                 by,
             )
 
@@ -149,53 +234,59 @@ class PostgresTransaction:
         self, items: Sequence[tuple[str, bytes, bytes | None]], version: str | None = None
     ) -> list[int]:
         """See OutboxTransaction."""
-        rows = await self.conn.fetch(
+        return await self.write_pending_rows([(item, version) for item in items])
+
+    async def write_pending_batches(
+        self, batches: Sequence[tuple[Sequence[tuple[str, bytes, bytes | None]], str | None]]
+    ) -> list[list[int]]:
+        """Several write_pending in one statement: the seqs of each, in order."""
+        rows = [(item, version) for items, version in batches for item in items]
+        seqs = await self.write_pending_rows(rows)
+        found, start = [], 0
+        for items, _ in batches:
+            found.append(seqs[start : start + len(items)])
+            start += len(items)
+        return found
+
+    async def write_pending_rows(
+        self, rows: Sequence[tuple[tuple[str, bytes, bytes | None], str | None]]
+    ) -> list[int]:
+        """Insert pending rows ((id, bytes, parts), version) in order; their seqs."""
+        inserted = await self.conn.fetch(
             "INSERT INTO outbox_statements "
             "(statement_id, body, attachments, version, state, created) "
-            "SELECT i, b, a, $4, $5, $6 FROM unnest($1::text[], $2::bytea[], $3::bytea[]) "
-            "WITH ORDINALITY AS u(i, b, a, n) ORDER BY n RETURNING seq",
-            [item[0] for item in items],
-            [item[1] for item in items],
-            [item[2] for item in items],
-            version,
+            "SELECT i, b, a, v, $5, $6 FROM unnest($1::text[], $2::bytea[], $3::bytea[], "
+            "$4::text[]) WITH ORDINALITY AS u(i, b, a, v, n) ORDER BY n RETURNING seq",
+            [item[0] for item, _ in rows],
+            [item[1] for item, _ in rows],
+            [item[2] for item, _ in rows],
+            [version for _, version in rows],
             _PENDING,
             self._clock.now(),
         )
-        return sorted(row[0] for row in rows)
+        # A sequence hands out numbers in the order rows are inserted (ORDER BY n).
+        return sorted(row[0] for row in inserted)
 
     async def mark_ready(self, seqs: Sequence[int], targets: Sequence[tuple[str, int]]) -> None:
         """See OutboxTransaction (past `backlog_limit`, as the estimate tells it)."""
         if not seqs:
             return
-        ready = sorted(
-            row[0]
-            for row in await self.conn.fetch(
-                "UPDATE outbox_statements SET state = $1 "
-                "WHERE state = $2 AND seq = ANY($3::bigint[]) RETURNING seq",
-                _READY,
-                _PENDING,
-                list(seqs),
-            )
+        rooms = [
+            max(0, limit - self._backlog.get(target, 0) - self.queued.get(target, 0))
+            for target, limit in targets
+        ]
+        overflow = await self.conn.fetch(
+            _MARK_READY,
+            list(seqs),
+            [target for target, _ in targets],
+            rooms,
+            BACKLOG_FULL,
+            self._clock.now(),
+            self._counters_owner,
         )
-        if not ready:
-            return
-        queued_targets: list[str] = []
-        queued_seqs: list[int] = []
-        for target, limit in targets:
-            room = max(0, limit - self._backlog.get(target, 0) - self.queued.get(target, 0))
-            queued, overflow = ready[:room], ready[room:]
-            queued_targets.extend([target] * len(queued))
-            queued_seqs.extend(queued)
-            self._moved(target, len(queued))
-            if overflow:
-                await self._dead(target, overflow, BACKLOG_FULL)
-        if queued_seqs:
-            await self.conn.execute(
-                "INSERT INTO outbox_deliveries (target, seq) "
-                "SELECT * FROM unnest($1::text[], $2::bigint[]) ON CONFLICT DO NOTHING",
-                queued_targets,
-                queued_seqs,
-            )
+        for (target, _), room in zip(targets, rooms, strict=True):
+            self._moved(target, min(room, len(seqs)))
+        self.overflowed.update(row[0] for row in overflow)
 
     async def drop(self, seqs: Sequence[int]) -> None:
         """See OutboxTransaction."""
@@ -267,23 +358,23 @@ class PostgresTransaction:
         )
         return int(held.rsplit(" ", 1)[-1])
 
-    async def ack(self, target: str, seqs: Sequence[int]) -> None:
-        """See OutboxTransaction."""
-        deleted = await self.conn.execute(
-            "DELETE FROM outbox_deliveries WHERE target = $1 AND seq = ANY($2::bigint[])",
+    async def _leave(self, target: str, seqs: Sequence[int], counter: str) -> int:
+        """Deliveries leave the queue (delivered, or dead-lettered); how many did."""
+        left = await self.conn.fetchval(
+            _LEAVE.format(
+                left=_bump("left", "gone", "$3"),
+                named=_bump(counter, "gone", "$3") if counter else "SELECT 1",
+            ),
             target,
             list(seqs),
+            self._counters_owner,
         )
-        count = int(deleted.rsplit(" ", 1)[-1])
-        self._moved(target, -count)
-        await self._bump(target, "delivered", count)
-        # The last target to get a statement deletes it: the sweep is left only what two
-        # replicas acked side by side (neither saw the other's ack).
-        await self.conn.execute(
-            _DELETE_DONE + " AND s.seq = ANY($2::bigint[]) FOR UPDATE OF s SKIP LOCKED)",
-            _READY,
-            list(seqs),
-        )
+        self._moved(target, -int(left))
+        return int(left)
+
+    async def ack(self, target: str, seqs: Sequence[int]) -> None:
+        """See OutboxTransaction."""
+        await self._leave(target, seqs, "delivered")
 
     async def retry(
         self, target: str, seqs: Sequence[int], next_attempt: float, error: str
@@ -315,13 +406,9 @@ class PostgresTransaction:
 
     async def dead_letter(self, target: str, seqs: Sequence[int], reason: str) -> None:
         """See OutboxTransaction."""
-        deleted = await self.conn.execute(
-            "DELETE FROM outbox_deliveries WHERE target = $1 AND seq = ANY($2::bigint[])",
-            target,
-            list(seqs),
-        )
-        self._moved(target, -int(deleted.rsplit(" ", 1)[-1]))
+        # The dead letter first: leaving, the statement would be collected without it.
         await self._dead(target, seqs, reason)
+        await self._leave(target, seqs, "")
 
     async def set_state(self, target: str, state: TargetState) -> None:
         """See OutboxTransaction."""
@@ -344,20 +431,15 @@ class PostgresTransaction:
 
     async def requeue(self, target: str, *, transient_only: bool, limit: int | None = None) -> int:
         """See OutboxTransaction."""
-        moved = await self.conn.fetch(
-            "WITH picked AS ("
-            "  DELETE FROM outbox_dead_letters WHERE (target, seq) IN ("
-            "    SELECT target, seq FROM outbox_dead_letters WHERE target = $1"
-            "    AND ($2 OR transient) ORDER BY seq LIMIT $3 FOR UPDATE SKIP LOCKED)"
-            "  RETURNING seq"
-            ") INSERT INTO outbox_deliveries (target, seq) SELECT $1, seq FROM picked "
-            "ON CONFLICT DO NOTHING RETURNING seq",
+        moved = await self.conn.fetchval(
+            _REQUEUE,
             target,
             not transient_only,
             limit,
+            self._counters_owner,
         )
-        self._moved(target, len(moved))
-        return len(moved)
+        self._moved(target, int(moved))
+        return int(moved)
 
     async def collect_garbage(self) -> int:
         """See OutboxTransaction: a sweep for what acks left (see `ack`), every `sweep_every`.

@@ -140,7 +140,7 @@ class TargetWorker:
         """A target down before a restart stays down (probed at once: a restart may be the fix)."""
         while True:
             try:
-                state = await self._outbox.call(lambda s: s.target_state(self.name))
+                state = await self._outbox.read(lambda s: s.target_state(self.name))
                 break
             except Exception as exc:  # the outbox cannot answer yet: as in run()
                 failing.failed(exc)

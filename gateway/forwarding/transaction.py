@@ -127,6 +127,10 @@ class Outbox(Protocol):
         """Run `operation(transaction)` in the next group commit; its result once committed."""
         ...
 
+    async def read(self, operation: Callable[[OutboxTransaction], Awaitable[T]]) -> T:
+        """Run an operation that only reads, beside the group commits where it can."""
+        ...
+
     async def submit(
         self,
         operation: Callable[[OutboxTransaction], Awaitable[Any]],

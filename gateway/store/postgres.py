@@ -173,7 +173,11 @@ def unreachable(exc: BaseException) -> bool:
             exc,
             asyncpg.PostgresConnectionError
             | asyncpg.InterfaceError
-            | asyncpg.CannotConnectNowError,
+            # Shutting down, starting up, or ending this connection (57P01-57P03).
+            | asyncpg.exceptions.OperatorInterventionError
+            # A connection cut in the middle of a query leaves the client in a state
+            # it cannot go on from.
+            | asyncpg.InternalClientError,
         )
     )
 
@@ -187,13 +191,9 @@ def _reachable(
     async def call(*args: P.args, **kwargs: P.kwargs) -> R:
         try:
             return await method(*args, **kwargs)
-        except (
-            OSError,
-            TimeoutError,
-            asyncpg.PostgresConnectionError,
-            asyncpg.InterfaceError,
-            asyncpg.CannotConnectNowError,
-        ) as exc:
+        except Exception as exc:
+            if not unreachable(exc):
+                raise
             raise StoreUnavailable(
                 f"the credential database cannot be reached ({type(exc).__name__}); try again"
             ) from exc
@@ -240,11 +240,13 @@ async def open_pool(
     query_timeout: float,
     size: int,
     auto_migrate: bool,
+    reset: Callable[[Any], Awaitable[None]] | None = None,
 ) -> tuple[asyncpg.Pool[asyncpg.Record], list[int]]:
     """A connection pool on a current schema, and the migrations it applied.
 
     Migrates (store.migrate: auto) or insists the schema is current; ConfigError, one
-    line, when the database cannot be reached or refuses.
+    line, when the database cannot be reached or refuses. `reset` replaces what a
+    connection goes through when it is given back (a round trip, by default).
     """
     if asyncpg is None:
         raise ConfigError(
@@ -260,6 +262,7 @@ async def open_pool(
         max_size=size,
         timeout=query_timeout,
         command_timeout=query_timeout,
+        reset=reset,
     )
     applied: list[int] = []
     try:
