@@ -9,12 +9,30 @@ from typing import Any, TypeVar
 
 from gateway.forwarding.transaction import OutboxTransaction
 
-__all__ = ["MAX_GROUP", "Drop", "MarkReady", "Operation", "OperationQueue", "WritePending"]
+__all__ = [
+    "MAX_GROUP",
+    "Drop",
+    "MarkReady",
+    "Operation",
+    "OperationQueue",
+    "WritePending",
+    "settle",
+]
 
 T = TypeVar("T")
 Operation = Callable[[OutboxTransaction], Awaitable[T]]
 MAX_GROUP = 512  # operations in one transaction at most
 _MAX_WAITING = 10_000  # operations queued at most; callers wait beyond that
+
+
+def settle(future: asyncio.Future[Any], ok: bool, value: Any) -> None:
+    """Give an operation's caller its result (or error), unless it stopped waiting."""
+    if future.done():
+        return
+    if ok:
+        future.set_result(value)
+    else:
+        future.set_exception(value)
 
 
 class OperationQueue:

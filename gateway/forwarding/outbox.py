@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from gateway.clock import SYSTEM_CLOCK, Clock
-from gateway.forwarding.operations import MAX_GROUP, Operation, OperationQueue
+from gateway.forwarding.operations import MAX_GROUP, Operation, OperationQueue, settle
 from gateway.forwarding.store import OutboxStore
 from gateway.forwarding.transaction import SqliteTransaction
 
@@ -128,7 +128,7 @@ class SqliteOutbox(OperationQueue):
             store.recount()
             results = [(future, False, exc) for _, future in group]
         for future, ok, value in results:
-            future.get_loop().call_soon_threadsafe(_settle, future, ok, value)
+            future.get_loop().call_soon_threadsafe(settle, future, ok, value)
 
 
 def _finish(operation: Awaitable[T]) -> T:
@@ -143,12 +143,3 @@ def _finish(operation: Awaitable[T]) -> T:
     if close is not None:
         close()
     raise RuntimeError("an outbox operation waited on something; SQLite's never do")
-
-
-def _settle(future: asyncio.Future[Any], ok: bool, value: Any) -> None:
-    if future.cancelled():
-        return
-    if ok:
-        future.set_result(value)
-    else:
-        future.set_exception(value)

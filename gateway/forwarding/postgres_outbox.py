@@ -26,6 +26,7 @@ from gateway.forwarding.operations import (
     Operation,
     OperationQueue,
     WritePending,
+    settle,
 )
 from gateway.forwarding.postgres_store import (
     PostgresTransaction,
@@ -185,7 +186,7 @@ class PostgresOutbox(OperationQueue):
         finally:
             stopped = RuntimeError("the outbox was closed")
             while self._jobs:
-                _settle(self._jobs.popleft()[1], False, stopped)
+                settle(self._jobs.popleft()[1], False, stopped)
 
     def _transaction(self, conn: Any, committer: int) -> PostgresTransaction:
         return PostgresTransaction(
@@ -236,11 +237,11 @@ class PostgresOutbox(OperationQueue):
         except Exception as exc:
             failure = self._failure(exc)
             for _, future in group:
-                _settle(future, False, failure)
+                settle(future, False, failure)
             return
         self._back(started)
         for (_, future), value in zip(group, values, strict=True):
-            _settle(future, True, value)
+            settle(future, True, value)
 
     async def _one_by_one(self, conn: Any, group: list[_Job], committer: int) -> None:
         for operation, future in group:
@@ -249,11 +250,11 @@ class PostgresOutbox(OperationQueue):
                 async with conn.transaction():
                     value = await operation(tx)
             except Exception as exc:
-                _settle(future, False, self._failure(exc))
+                settle(future, False, self._failure(exc))
             else:
                 self.commits += 1
                 self._committed(tx)
-                _settle(future, True, value)
+                settle(future, True, value)
 
     def _failure(self, exc: Exception) -> Exception:
         """What a caller gets for `exc`: StoreUnavailable when the database is out of reach."""
@@ -311,12 +312,3 @@ async def _run_group(tx: PostgresTransaction, operations: list[Operation[Any]]) 
         if not isinstance(op, WritePending | MarkReady | Drop):
             values[index] = await op(tx)
     return values
-
-
-def _settle(future: asyncio.Future[Any], ok: bool, value: Any) -> None:
-    if future.done():
-        return
-    if ok:
-        future.set_result(value)
-    else:
-        future.set_exception(value)
