@@ -347,3 +347,23 @@ async def test_the_request_paths_operations_of_a_group_are_merged_and_each_gets_
         kept = sum(len(seqs) for n, seqs in enumerate(written) if n % 4)
         assert (stats["a"].backlog, stats["b"].backlog) == (kept, kept)
         assert await outbox.read(lambda tx: tx.pending(1e12)) == []  # each settled, one way
+
+
+async def test_a_tenants_pending_writes_are_settled_by_its_own_forwarders_only(
+    postgres: PostgresServer,
+) -> None:
+    """Each tenant's resolver asks its own storage: another tenant's pending rows, which
+    that storage would not hold, must never reach it (it would drop them)."""
+    dsn = await asyncio.to_thread(postgres.new_database)
+    physics = PostgresOutbox(dsn, tenant="physics")
+    default = PostgresOutbox(dsn)
+    await physics.open()
+    await default.open()
+    try:
+        await physics.call(WritePending([("p-1", b"{}", None)]))
+        await default.call(WritePending([("d-1", b"{}", None)]))
+        assert [i for _, i in await physics.read(lambda tx: tx.pending(1e12))] == ["p-1"]
+        assert [i for _, i in await default.read(lambda tx: tx.pending(1e12))] == ["d-1"]
+    finally:
+        await physics.close()
+        await default.close()

@@ -56,7 +56,11 @@ class BasicBackend:
         if not ok:
             raise Unauthorized("unknown user or wrong password")
         return Principal(
-            id=username, agent=credential.agent, scopes=credential.scopes, scheme="basic"
+            id=username,
+            agent=credential.agent,
+            scopes=credential.scopes,
+            scheme="basic",
+            tenant=credential.tenant,
         )
 
     def cache_figures(self) -> tuple[str, int, int]:

@@ -127,6 +127,10 @@ class CallbackBackend:
             return None
         role = PERMISSION_ROLES[str(permission)]
         scopes, _ = normalize_scopes(ROLE_SCOPES[role] if role else ())
+        tenant = answer.get("tenant")
+        if tenant is not None and not isinstance(tenant, str):
+            log.error("auth callback: answer with a 'tenant' that is not a name")
+            raise AuthUnavailable("the credentials cannot be checked right now")
         principal = Principal(
             id=username,
             scheme="callback",
@@ -135,6 +139,7 @@ class CallbackBackend:
                 "objectType": "Agent",
                 "account": {"homePage": self._config.account_homepage, "name": username},
             },
+            tenant=tenant,
         )
         ttl = float(expire) if expire is not None else self._config.cache_seconds_success
         self._cache.put(digest, principal, ttl)

@@ -27,6 +27,7 @@ class Credential:
     hashed: bool
     scopes: ScopeSet
     agent: dict[str, Any]
+    tenant: str | None = None  # its tenant's storage and targets (None: the default's)
 
 
 @dataclass(frozen=True)
@@ -38,11 +39,19 @@ class ParsedCredentials:
 
 
 def parse_credentials(
-    text: str, *, account_homepage: str, scope_prefix: str = ""
+    text: str,
+    *,
+    account_homepage: str,
+    scope_prefix: str = "",
+    tenants: frozenset[str] | None = None,
 ) -> ParsedCredentials:
-    """Parse either format; JSON when the text starts with `[`."""
+    """Parse either format; JSON when the text starts with `[`.
+
+    `tenants`: the configured tenant names; an entry naming another is an error (never
+    the default tenant in its place). None: not checked (commands that only read).
+    """
     if text.lstrip().startswith("["):
-        return _parse_ralph_json(text, account_homepage, scope_prefix)
+        return _parse_ralph_json(text, account_homepage, scope_prefix, tenants)
     return _parse_rustici_lines(text, account_homepage)
 
 
@@ -50,7 +59,9 @@ def _account(homepage: str, username: str) -> dict[str, Any]:
     return {"objectType": "Agent", "account": {"homePage": homepage, "name": username}}
 
 
-def _parse_ralph_json(text: str, homepage: str, prefix: str) -> ParsedCredentials:
+def _parse_ralph_json(
+    text: str, homepage: str, prefix: str, tenants: frozenset[str] | None
+) -> ParsedCredentials:
     try:
         entries = json.loads(text)
     except json.JSONDecodeError as exc:
@@ -87,9 +98,15 @@ def _parse_ralph_json(text: str, homepage: str, prefix: str) -> ParsedCredential
                 validate_agent(agent, f"{where}: agent")
             except AgentError as exc:
                 raise CredentialsError(str(exc)) from None
+        tenant = entry.get("tenant")
+        if tenant is not None and not isinstance(tenant, str):
+            raise CredentialsError(f"{where}: 'tenant' must be a tenant's name")
+        if tenant is not None and tenants is not None and tenant not in tenants:
+            known = ", ".join(sorted(tenants)) or "none configured"
+            raise CredentialsError(f"{where}: no tenant {tenant!r} (tenants: {known})")
         if username in users:
             raise CredentialsError(f"{where}: the username appears more than once")
-        users[username] = Credential(username, Secret(hashed), True, scopes, agent)
+        users[username] = Credential(username, Secret(hashed), True, scopes, agent, tenant)
     return ParsedCredentials(users, warnings)
 
 

@@ -69,12 +69,16 @@ class OidcBackend:
             (s for s in token_scopes(claims) if s.startswith(self._prefix)), self._prefix
         )
         issuer, subject = claims["iss"], claims["sub"]
+        tenant = claims.get(self._config.tenant_claim) if self._config.tenant_claim else None
+        if tenant is not None and not isinstance(tenant, str):
+            raise Unauthorized(f"the token's {self._config.tenant_claim} claim is not a name")
         return Principal(
             id=f"{issuer.rstrip('/')}/{subject}",
             scheme="oidc",
             scopes=scopes,
             agent=oidc_agent(self._config.agent, claims),
             expires_at=float(claims["exp"]),
+            tenant=tenant,
         )
 
     async def _verify(self, token: str) -> dict[str, Any]:

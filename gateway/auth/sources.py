@@ -74,10 +74,12 @@ class CredentialSources:
             return None
         return held[1]
 
-    def current(self, username: str) -> tuple[dict[str, Any], ScopeSet] | None:
-        """(agent, scopes) of `username` now: how gateway tokens find their user again."""
+    def current(self, username: str) -> tuple[dict[str, Any], ScopeSet, str | None] | None:
+        """(agent, scopes, tenant) of `username` now: how gateway tokens find their user."""
         credential = self.get(username)
-        return None if credential is None else (credential.agent, credential.scopes)
+        return (
+            None if credential is None else (credential.agent, credential.scopes, credential.tenant)
+        )
 
     @property
     def max_cost(self) -> int:

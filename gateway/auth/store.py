@@ -28,9 +28,16 @@ class CredentialStore:
     """Holds the last good credentials; a broken new file is logged and ignored."""
 
     def __init__(
-        self, path: Path, *, account_homepage: str, scope_prefix: str, reload_interval: float
+        self,
+        path: Path,
+        *,
+        account_homepage: str,
+        scope_prefix: str,
+        reload_interval: float,
+        tenants: frozenset[str] = frozenset(),
     ) -> None:
         self.path = path
+        self._tenants = tenants
         self._homepage = account_homepage
         self._prefix = scope_prefix
         self._interval = reload_interval
@@ -43,10 +50,12 @@ class CredentialStore:
         """The credential for `username`, if any."""
         return self._users.get(username)
 
-    def current(self, username: str) -> tuple[dict[str, Any], ScopeSet] | None:
-        """(agent, scopes) of `username` now: how gateway tokens find their user again."""
+    def current(self, username: str) -> tuple[dict[str, Any], ScopeSet, str | None] | None:
+        """(agent, scopes, tenant) of `username` now: how gateway tokens find their user."""
         credential = self._users.get(username)
-        return None if credential is None else (credential.agent, credential.scopes)
+        return (
+            None if credential is None else (credential.agent, credential.scopes, credential.tenant)
+        )
 
     def __len__(self) -> int:
         return len(self._users)
@@ -58,7 +67,12 @@ class CredentialStore:
     def _read(self) -> tuple[_Stamp, ParsedCredentials]:
         stat = os.stat(self.path)
         text = self.path.read_text(encoding="utf-8")
-        parsed = parse_credentials(text, account_homepage=self._homepage, scope_prefix=self._prefix)
+        parsed = parse_credentials(
+            text,
+            account_homepage=self._homepage,
+            scope_prefix=self._prefix,
+            tenants=self._tenants,
+        )
         return (stat.st_mtime_ns, stat.st_size, stat.st_ino), parsed
 
     async def load(self) -> None:

@@ -41,8 +41,8 @@ _LOOKED_UP = "basic"
 class Subjects(Protocol):
     """Where the users behind `basic` tokens are looked up again (the credentials file)."""
 
-    def current(self, username: str) -> tuple[dict[str, Any], ScopeSet] | None:
-        """(agent, scopes) of the user now, or None when the user is gone."""
+    def current(self, username: str) -> tuple[dict[str, Any], ScopeSet, str | None] | None:
+        """(agent, scopes, tenant) of the user now, or None when the user is gone."""
         ...
 
 
@@ -112,6 +112,8 @@ class TokenSigner:
             "agent": principal.agent,
             "via": principal.scheme,
         }
+        if principal.tenant is not None:
+            claims["tenant"] = principal.tenant
         if restriction is not None:
             claims["restrict"] = restriction.as_claim()
         token = jwt.encode(claims, self._signing_key, algorithm=self._algorithm)
@@ -166,8 +168,11 @@ class TokenBackend:
         via = claims.get("via")
         if via == "token":  # minted by a token before tokens stopped minting tokens
             raise Unauthorized("the token was issued by another token")
+        tenant = claims.get("tenant")
+        if tenant is not None and not isinstance(tenant, str):
+            raise Unauthorized("the token's tenant is not a name")
         if via == _LOOKED_UP:
-            scopes = self._still_granted(str(claims["sub"]), agent, scopes)
+            scopes = self._still_granted(str(claims["sub"]), agent, scopes, tenant)
         restriction = None
         if "restrict" in claims:
             try:
@@ -183,14 +188,19 @@ class TokenBackend:
             scheme="token",
             expires_at=float(claims["exp"]),
             restriction=restriction,
+            tenant=tenant,
         )
 
-    def _still_granted(self, username: str, agent: dict[str, Any], scopes: ScopeSet) -> ScopeSet:
+    def _still_granted(
+        self, username: str, agent: dict[str, Any], scopes: ScopeSet, tenant: str | None
+    ) -> ScopeSet:
         """The token's scopes its user still holds; 401 once the user is gone or changed."""
         now = self._subjects.current(username) if self._subjects is not None else None
         if now is None:
             raise Unauthorized("the token's user no longer exists")
-        current_agent, current_scopes = now
+        current_agent, current_scopes, current_tenant = now
         if current_agent != agent:
             raise Unauthorized("the token's user has another agent now")
+        if current_tenant != tenant:
+            raise Unauthorized("the token's user is in another tenant now")
         return frozenset(s for s in scopes if covers(current_scopes, s))

@@ -73,7 +73,10 @@ def _check_credentials(config: Config) -> tuple[list[str], list[str]]:
         return [f"{path}: {problem}"], []
     try:
         parsed = parse_credentials(
-            text, account_homepage=basic.account_homepage, scope_prefix=config.auth.scope_prefix
+            text,
+            account_homepage=basic.account_homepage,
+            scope_prefix=config.auth.scope_prefix,
+            tenants=frozenset(t.name for t in config.tenants),
         )
     except CredentialsError as exc:
         return [f"{path}: {exc}"], []

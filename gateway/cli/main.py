@@ -338,7 +338,13 @@ def _open_outboxes(config: Config) -> list[OutboxStore]:
     from gateway.runtime.workers import outbox_dirs
 
     data_dir = config.resolve_path(config.data_dir)
-    paths = [d / OUTBOX_FILE for d in outbox_dirs(data_dir) if (d / OUTBOX_FILE).exists()]
+    tenants = [Path("tenants") / t.name for t in config.tenants]
+    paths = [
+        path
+        for d in outbox_dirs(data_dir)
+        for path in (d / OUTBOX_FILE, *(d / t / OUTBOX_FILE for t in tenants))
+        if path.exists()
+    ]
     if not paths:
         raise ConfigError(f"{data_dir / OUTBOX_FILE}: no outbox yet (nothing was ever forwarded)")
     # WAL lets this process read and write while a running gateway uses the database.

@@ -73,6 +73,8 @@ RALPH_SENTRY_ENV = {
 FORWARDINGS_ENV = ("LRS_GATEWAY_XAPI_FORWARDINGS", "RALPH_XAPI_FORWARDINGS")
 # Per target, by name or index: LRS_GATEWAY__FORWARDINGS__ANALYTICS__BASIC_PASSWORD.
 TARGET_ENV_PREFIX = ENV_PREFIX + "FORWARDINGS__"
+TENANT_ENV_PREFIX = ENV_PREFIX + "TENANTS__"
+TENANT_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
 # Ours, though not settings: never "looks like ours but is misspelt".
 OTHER_VARIABLES = frozenset({CONFIG_PATH_ENV, *FORWARDINGS_ENV})
 # What a version in the configuration may be: the xAPI versions there are (1.0.x, 2.0.0).
@@ -199,6 +201,9 @@ class OidcConfig:
     # Who is admin: the access token's `admin` scope (prefix applied), unless this names
     # an ID token claim; then that claim must equal admin_claim_value (or list it).
     admin_claim: str | None = None
+    # The access token claim that names the caller's tenant (tenants:); without the claim
+    # in a token, the default tenant. A name no tenant has is refused (403).
+    tenant_claim: str | None = None
     admin_claim_value: str = "admin"
     # More scopes to ask for at login (e.g. the one that releases admin_claim: "groups").
     admin_scopes: tuple[str, ...] = ()
@@ -417,6 +422,19 @@ class StoreConfig:
 
 
 @dataclass(frozen=True)
+class TenantConfig:
+    """A tenant: its own storage LRS and forwarding targets, for the credentials in it.
+
+    The top-level `storage` and `forwardings` are the default tenant's (credentials with
+    no tenant), so a configuration without `tenants` works as it always did.
+    """
+
+    name: str
+    storage: StorageConfig
+    forwardings: tuple[ForwardingTarget, ...] = ()
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole configuration, loaded once."""
 
@@ -425,6 +443,7 @@ class Config:
     auth: AuthConfig = field(default_factory=AuthConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
     forwardings: tuple[ForwardingTarget, ...] = ()
+    tenants: tuple[TenantConfig, ...] = ()
     outbox: OutboxConfig = field(default_factory=OutboxConfig)
     data_dir: str = "./data"
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
@@ -435,6 +454,20 @@ class Config:
     store: StoreConfig = field(default_factory=StoreConfig)
     admin_ui: AdminUiConfig = field(default_factory=AdminUiConfig)
     base_dir: str = field(default=".", metadata={"internal": True})
+
+    def tenant(self, name: str) -> Config:
+        """The configuration as tenant `name` sees it: its storage, targets and outbox.
+
+        Its outboxes live in data_dir/tenants/NAME (PostgreSQL's rows carry the name).
+        """
+        (found,) = [t for t in self.tenants if t.name == name]
+        return dataclasses.replace(
+            self,
+            storage=found.storage,
+            forwardings=found.forwardings,
+            tenants=(),
+            data_dir=str(Path(self.data_dir) / "tenants" / name),
+        )
 
     def resolve_path(self, value: str) -> Path:
         """Resolve a path from the config relative to the config file's directory."""
@@ -478,6 +511,7 @@ def _validate(config: Config) -> list[Problem]:
     # Each message starts with its key.
     problems += [((m.partition(":")[0],), m) for m in _validate_cors(config.server.cors)]
     problems += _validate_targets(config.forwardings)
+    problems += _validate_tenants(config)
     for cidr in config.rate_limit.trusted_proxies:
         try:
             ipaddress.ip_network(cidr, strict=False)
@@ -567,6 +601,52 @@ def _validate_xapi(xapi: XapiConfig) -> list[Problem]:
             )
     if not xapi.versions:
         problems.append((("xapi.versions",), "xapi.versions: at least one version is needed"))
+    return problems
+
+
+def _validate_tenants(config: Config) -> list[Problem]:
+    problems: list[Problem] = []
+    names = [tenant.name for tenant in config.tenants]
+    labels = [t.label for t in config.forwardings]
+    for index, tenant in enumerate(config.tenants):
+        key = f"tenants[{index}]"
+        if TENANT_NAME.fullmatch(tenant.name) is None:
+            problems.append(
+                (
+                    (f"{key}.name",),
+                    f"{key}.name: {tenant.name[:40]!r}: lower-case letters, digits, - and _ "
+                    "(at most 63, a letter or digit first)",
+                )
+            )
+        if names.count(tenant.name) > 1:
+            problems.append(((f"{key}.name",), f"{key}.name: {tenant.name!r} is there twice"))
+        storage = tenant.storage
+        if not storage.url.startswith(("http://", "https://")) or not _is_http_url(storage.url):
+            problems.append(
+                ((f"{key}.storage.url",), f"{key}.storage.url: must be an http(s):// URL")
+            )
+        if (storage.basic_username is None) != (storage.basic_password is None):
+            problems.append(
+                (
+                    (f"{key}.storage.basic_username", f"{key}.storage.basic_password"),
+                    f"{key}.storage: basic_username and basic_password go together",
+                )
+            )
+        for message_keys, message in _validate_targets(tenant.forwardings):
+            problems.append(
+                (tuple(f"{key}.{k}" for k in message_keys), f"{key} ({tenant.name}): {message}")
+            )
+        for target in tenant.forwardings:
+            if target.label in labels:
+                problems.append(
+                    (
+                        (f"{key}.forwardings",),
+                        f"{key} ({tenant.name}): forwarding target {target.label!r}: the "
+                        "name is taken (target names are one namespace: metrics and the "
+                        "CLI name them alone)",
+                    )
+                )
+            labels.append(target.label)
     return problems
 
 
@@ -712,7 +792,11 @@ def inspect_config(path: Path, environ: Mapping[str, str]) -> ConfigReport:
         **environ,
     }
     targets_raw = _target_overrides(targets_raw, environ, errors)
-    settings = {k: v for k, v in environ.items() if not k.startswith(TARGET_ENV_PREFIX)}
+    if "tenants" in raw:
+        raw["tenants"] = _tenant_overrides(raw["tenants"], environ, errors)
+    settings = {
+        k: v for k, v in environ.items() if not k.startswith((TARGET_ENV_PREFIX, TENANT_ENV_PREFIX))
+    }
     from_env: dict[str, str] = {}
     config = build_dataclass(
         Config,
@@ -729,7 +813,12 @@ def inspect_config(path: Path, environ: Mapping[str, str]) -> ConfigReport:
     if config is None:  # every section has defaults: only a bug gets here
         return ConfigReport(None, errors=tuple(errors), warnings=tuple(warnings))
     targets, notes = _normalise_targets(targets)
-    config = dataclasses.replace(config, forwardings=targets)
+    tenants = []
+    for tenant in config.tenants:
+        their_targets, their_notes = _normalise_targets(tenant.forwardings)
+        tenants.append(dataclasses.replace(tenant, forwardings=their_targets))
+        notes += [f"tenants ({tenant.name}): {note}" for note in their_notes]
+    config = dataclasses.replace(config, forwardings=targets, tenants=tuple(tenants))
     if targets_source != str(path):  # the whole list from a JSON variable
         for index in range(len(targets)):
             from_env.setdefault(f"forwardings[{index}]", targets_source)
@@ -836,6 +925,49 @@ def _target_overrides(targets: Any, environ: Mapping[str, str], errors: list[str
         else:
             targets[index][key.lower()] = env_value(name, environ[name])
     return targets
+
+
+def _tenant_overrides(tenants: Any, environ: Mapping[str, str], errors: list[str]) -> Any:
+    """Tenants with their variables applied (secrets stay out of the file).
+
+    `LRS_GATEWAY__TENANTS__<NAME>__STORAGE__<KEY>` and
+    `LRS_GATEWAY__TENANTS__<NAME>__FORWARDINGS__<target>__<KEY>`.
+    """
+    if not isinstance(tenants, list):
+        return tenants  # refused when built
+    tenants = [dict(t) if isinstance(t, Mapping) else t for t in tenants]
+    storage_keys = {f.name for f in dataclasses.fields(StorageConfig)}
+    for name in sorted(environ):
+        if not name.startswith(TENANT_ENV_PREFIX):
+            continue
+        which, _, rest = name[len(TENANT_ENV_PREFIX) :].partition("__")
+        found = [
+            t
+            for t in tenants
+            if isinstance(t, dict)
+            and isinstance(t.get("name"), str)
+            and _env_key(t["name"]) == which.upper()
+        ]
+        section, _, key = rest.partition("__")
+        if len(found) != 1:
+            errors.append(f"environment {name}: no tenant named {which!r}")
+        elif section == "STORAGE" and key.lower() in storage_keys:
+            storage = found[0].get("storage")
+            storage = dict(storage) if isinstance(storage, Mapping) else {}
+            storage[key.lower()] = env_value(name, environ[name])
+            found[0]["storage"] = storage
+        elif section == "FORWARDINGS" and key:
+            found[0]["forwardings"] = _target_overrides(
+                found[0].get("forwardings") or [],
+                {TARGET_ENV_PREFIX + key: environ[name]},
+                errors,
+            )
+        else:
+            errors.append(
+                f"environment {name}: unknown setting (a tenant's: STORAGE__<KEY>, "
+                "FORWARDINGS__<target>__<KEY>)"
+            )
+    return tenants
 
 
 def _normalise_targets(

@@ -41,8 +41,10 @@ class Forwarder:
         clock: Clock = SYSTEM_CLOCK,
         rng: random.Random | None = None,
         storage_version: Callable[[], str] | None = None,
+        tenant: str | None = None,
     ) -> None:
         self._config = config
+        self.tenant = tenant  # whose statements (None: the default tenant's)
         # The version to ask storage in: one it speaks (the served list, narrowed to
         # storage's own), else a 1.0.3-only LRS would refuse every question.
         self._storage_version = storage_version or (lambda: config.xapi.versions[0])
@@ -50,7 +52,7 @@ class Forwarder:
         self._rng = rng if rng is not None else random.Random()  # the workers' jitter
         self._observe = observe
         self._storage = storage
-        self.outbox: Outbox = outbox_for(config, clock=clock)
+        self.outbox: Outbox = outbox_for(config, clock=clock, tenant=tenant)
         self._active = [t for t in config.forwardings if t.is_active]
         self._limits = [(t.label, t.backlog_limit) for t in self._active]
         self.workers: list[TargetWorker] = []
@@ -220,6 +222,11 @@ class Forwarder:
             if worker.name == target:
                 worker.wake()
         return moved
+
+    @property
+    def target_names(self) -> list[str]:
+        """The targets its configuration names (active or not)."""
+        return [t.label for t in self._config.forwardings]
 
     def failed(self) -> dict[str, int]:
         """Failed sends per target since start."""

@@ -23,6 +23,7 @@ from prometheus_client.registry import Collector
 
 from gateway.failurelog import FailureLog
 from gateway.forwarding.forwarder import Forwarder
+from gateway.forwarding.store import TargetStats
 
 __all__ = ["ForwardingCollector", "OutboxesCollector"]
 
@@ -71,28 +72,54 @@ def _families() -> _Families:
 
 
 class ForwardingCollector(Collector):
-    """One process: up/down, backlog, lag and totals per target; no database work."""
+    """One process: up/down, backlog, lag and totals per target; no database work.
 
-    def __init__(self, forwarder: Forwarder, *, failed: bool = True) -> None:
-        self._forwarder = forwarder
+    With tenants, one forwarder each: a target is reported once, by the forwarder whose
+    tenant has it (a shared outbox tells every forwarder about every target).
+    """
+
+    def __init__(self, forwarders: Sequence[Forwarder], *, failed: bool = True) -> None:
+        self._forwarders = list(forwarders)
         self._failed = failed  # False: the process-wide sum of every worker's reports it
 
     def collect(self) -> Iterator[Metric]:
         """Yield the families (labels: target name only)."""
-        snapshot = self._forwarder.snapshot
-        backlog = self._forwarder.outbox.backlog
-        failed = self._forwarder.failed()
         families = _families()
-        families["failed"] = CounterMetricFamily(
+        failed_family = CounterMetricFamily(
             "lrs_gateway_forwarding_failed",
             "Sends to a target that failed (since start)",
             labels=["target"],
         )
+        reported: set[str] = set()
+        for owned in (True, False):
+            for forwarder in self._forwarders:
+                mine = set(forwarder.target_names)
+                snapshot = {
+                    name: stats
+                    for name, stats in forwarder.snapshot.items()
+                    if (name in mine) == owned and name not in reported
+                }
+                reported.update(snapshot)
+                self._add(families, forwarder, snapshot, owned)
+        for forwarder in self._forwarders:
+            for name, count in forwarder.failed().items():
+                failed_family.add_metric([name], count)
+        if self._failed:
+            families["failed"] = failed_family
+        yield from families.values()
+
+    @staticmethod
+    def _add(
+        families: _Families, forwarder: Forwarder, snapshot: dict[str, TargetStats], owned: bool
+    ) -> None:
+        backlog = forwarder.outbox.backlog
         # The workers know now; the snapshot (2 s old at most) knows targets without one.
-        up = {name: stats.up for name, stats in snapshot.items()} | self._forwarder.target_up()
+        up = {name: stats.up for name, stats in snapshot.items()}
+        if owned:
+            up |= forwarder.target_up()
         for name, value in up.items():
             families["up"].add_metric([name], 1.0 if value else 0.0)
-        outbox = self._forwarder.outbox.ident
+        outbox = forwarder.outbox.ident
         for name, stats in snapshot.items():
             labels = [name, outbox]
             families["backlog"].add_metric(labels, backlog.get(name, stats.backlog))
@@ -101,11 +128,6 @@ class ForwardingCollector(Collector):
             families["delivered"].add_metric(labels, stats.delivered)
             families["retried"].add_metric(labels, stats.retries)
             families["dead_total"].add_metric(labels, stats.dead_lettered_total)
-        for name, count in failed.items():
-            families["failed"].add_metric([name], count)
-        if not self._failed:
-            del families["failed"]
-        yield from families.values()
 
 
 @dataclass

@@ -15,12 +15,17 @@ OUTBOX_FILE = "outbox.sqlite3"
 
 
 def outbox_for(
-    config: Config, *, clock: Clock = SYSTEM_CLOCK, migrate: bool | None = None
+    config: Config,
+    *,
+    clock: Clock = SYSTEM_CLOCK,
+    migrate: bool | None = None,
+    tenant: str | None = None,
 ) -> Outbox:
     """The outbox of `store.url`, not yet open.
 
-    PostgreSQL: the one every replica shares. Otherwise this process's file in data_dir
-    (a worker's own data_dir with `serve --workers`).
+    PostgreSQL: the one every replica shares (a tenant's rows carry its name). Otherwise
+    this process's file in data_dir (a worker's own with `serve --workers`; a tenant's
+    config has its own data_dir).
     """
     store = config.store
     if is_postgres(config):
@@ -32,6 +37,7 @@ def outbox_for(
             lease=store.lease,
             auto_migrate=store.migrate == "auto" if migrate is None else migrate,
             clock=clock,
+            tenant=tenant,
         )
     return SqliteOutbox(
         config.resolve_path(config.data_dir) / OUTBOX_FILE,

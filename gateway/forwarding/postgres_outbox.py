@@ -73,8 +73,10 @@ class PostgresOutbox(OperationQueue):
         lease: float = 30.0,
         auto_migrate: bool = True,
         clock: Clock = SYSTEM_CLOCK,
+        tenant: str | None = None,
     ) -> None:
         super().__init__()
+        self._tenant = tenant
         self._dsn = dsn
         self._password = password
         self._timeout = timeout
@@ -197,6 +199,7 @@ class PostgresOutbox(OperationQueue):
             lease=self.lease,
             clock=self._clock,
             backlog=self._backlog,
+            tenant=self._tenant,
             sweep_due=self._clock.monotonic() - self._last_sweep >= _SWEEP_EVERY,
         )
 

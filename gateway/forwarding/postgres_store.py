@@ -199,6 +199,7 @@ class PostgresTransaction:
         lease: float,
         clock: Clock,
         backlog: dict[str, int],
+        tenant: str | None = None,
         sweep_due: bool = True,
     ) -> None:
         self.conn = conn
@@ -207,6 +208,7 @@ class PostgresTransaction:
         self._lease = lease
         self._clock = clock
         self._backlog = backlog
+        self._tenant = tenant  # its pending rows are this tenant's to settle
         self.queued: dict[str, int] = {}  # deliveries this transaction added (or removed)
         self.counted: dict[str, int] | None = None  # backlogs counted in this transaction
         self.overflowed: set[str] = set()  # targets whose backlog_limit refused statements
@@ -254,8 +256,8 @@ class PostgresTransaction:
         """Insert pending rows ((id, bytes, parts), version) in order; their seqs."""
         inserted = await self.conn.fetch(
             "INSERT INTO outbox_statements "
-            "(statement_id, body, attachments, version, state, created) "
-            "SELECT i, b, a, v, $5, $6 FROM unnest($1::text[], $2::bytea[], $3::bytea[], "
+            "(statement_id, body, attachments, version, state, created, tenant) "
+            "SELECT i, b, a, v, $5, $6, $7 FROM unnest($1::text[], $2::bytea[], $3::bytea[], "
             "$4::text[]) WITH ORDINALITY AS u(i, b, a, v, n) ORDER BY n RETURNING seq",
             [item[0] for item, _ in rows],
             [item[1] for item, _ in rows],
@@ -263,6 +265,7 @@ class PostgresTransaction:
             [version for _, version in rows],
             _PENDING,
             self._clock.now(),
+            self._tenant,
         )
         # A sequence hands out numbers in the order rows are inserted (ORDER BY n).
         return sorted(row[0] for row in inserted)
@@ -301,10 +304,11 @@ class PostgresTransaction:
         """See OutboxTransaction."""
         rows = await self.conn.fetch(
             "SELECT seq, statement_id FROM outbox_statements WHERE state = $1 AND created < $2 "
-            "ORDER BY created LIMIT $3",
+            "AND tenant IS NOT DISTINCT FROM $4 ORDER BY created LIMIT $3",
             _PENDING,
             created_before,
             limit,
+            self._tenant,
         )
         return [(row[0], row[1]) for row in rows]
 

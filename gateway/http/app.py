@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -44,6 +45,7 @@ from gateway.http.keys import (
     CORS,
     CREDENTIAL_SOURCES,
     FORWARDER,
+    FORWARDERS,
     GUARD,
     METRICS,
     OIDC_LOGIN,
@@ -52,6 +54,7 @@ from gateway.http.keys import (
     REQUEST_IDS,
     STORAGE,
     STORAGE_ABOUT,
+    STORAGES,
     TOKEN_SIGNER,
     VERSIONS,
     WORKER,
@@ -92,19 +95,33 @@ log = logging.getLogger(__name__)
 
 
 async def _storage_session(app: web.Application) -> AsyncIterator[None]:
-    config = app[CONFIG].storage
-    connector = aiohttp.TCPConnector(limit=config.max_connections, ttl_dns_cache=300)
-    async with aiohttp.ClientSession(
-        connector=connector, auto_decompress=False, skip_auto_headers=("User-Agent",)
-    ) as session:
-        storage = StorageClient(
-            session,
-            storage_target(config, observe=app[METRICS].upstream),
-            queue_timeout=app[CONFIG].limits.upstream_queue_timeout,
-        )
-        app[STORAGE] = storage
+    """A client per tenant's storage LRS: its own pool and slots (one's outage is its own)."""
+    config = app[CONFIG]
+    storages: dict[str | None, StorageClient] = {}
+    async with contextlib.AsyncExitStack() as stack:
+        for tenant, storage_config in [(None, config.storage)] + [
+            (t.name, t.storage) for t in config.tenants
+        ]:
+            connector = aiohttp.TCPConnector(
+                limit=storage_config.max_connections, ttl_dns_cache=300
+            )
+            session = await stack.enter_async_context(
+                aiohttp.ClientSession(
+                    connector=connector,
+                    auto_decompress=False,
+                    skip_auto_headers=("User-Agent",),
+                )
+            )
+            storages[tenant] = StorageClient(
+                session,
+                storage_target(storage_config, observe=app[METRICS].upstream, tenant=tenant),
+                queue_timeout=config.limits.upstream_queue_timeout,
+            )
+        app[STORAGE] = storages[None]
+        app[STORAGES] = storages
         yield
-        storage.close()
+        for storage in storages.values():
+            storage.close()
 
 
 async def _authentication(app: web.Application) -> AsyncIterator[None]:
@@ -123,6 +140,7 @@ async def _authentication(app: web.Application) -> AsyncIterator[None]:
             account_homepage=auth.basic.account_homepage,
             scope_prefix=auth.scope_prefix,
             reload_interval=auth.basic.reload_interval,
+            tenants=frozenset(t.name for t in config.tenants),
         )
         await file.load()
         database = credential_database(config, _shared_data_dir(app), clock=app[CLOCK])
@@ -219,45 +237,70 @@ def _shared_data_dir(app: web.Application) -> Path:
 
 
 async def _forwarding(app: web.Application) -> AsyncIterator[None]:
-    """The durable fan-out, when any forwarding target is active."""
+    """The durable fan-out of every tenant with an active forwarding target."""
     config = app[CONFIG]
-    if not any(target.is_active for target in config.forwardings):
+    versions = app[VERSIONS]
+    scoped = [(None, config)] + [(t.name, config.tenant(t.name)) for t in config.tenants]
+    forwarders: dict[str | None, Forwarder] = {}
+    try:
+        for tenant, tenant_config in scoped:
+            if any(target.is_active for target in tenant_config.forwardings):
+                forwarder = Forwarder(
+                    tenant_config,
+                    app[STORAGES][tenant],
+                    observe=app[METRICS].upstream,
+                    clock=app[CLOCK],
+                    storage_version=lambda: versions.default,
+                    tenant=tenant,
+                )
+                await forwarder.start()
+                forwarders[tenant] = forwarder
+    except BaseException:
+        for forwarder in forwarders.values():
+            await forwarder.stop()
+        raise
+    if not forwarders:
         yield
         return
-    versions = app[VERSIONS]
-    forwarder = Forwarder(
-        config,
-        app[STORAGE],
-        observe=app[METRICS].upstream,
-        clock=app[CLOCK],
-        storage_version=lambda: versions.default,
-    )
-    await forwarder.start()
-    app[FORWARDER] = forwarder
+    app[FORWARDERS] = forwarders
+    if None in forwarders:
+        app[FORWARDER] = forwarders[None]  # the default tenant's
+    every = list(forwarders.values())
     metrics = app[METRICS]
     failed: Cumulative | None = None
     if metrics.shared and WORKER in app:
         collector: Collector
-        if forwarder.outbox.shared:
+        if all(forwarder.outbox.shared for forwarder in every):
             # One outbox for all: whichever worker answers reads it whole.
-            collector = ForwardingCollector(forwarder, failed=False)
+            collector = ForwardingCollector(every, failed=False)
         else:
-            # Every worker's outbox: durable totals that add up, whichever worker answers.
+            # Every worker's outboxes: durable totals that add up, whichever worker answers.
             root = shared_data_dir(config.resolve_path(config.data_dir), app[WORKER])
+            tenants = [t.name for t in config.tenants]
             collector = OutboxesCollector(
-                lambda: [d / OUTBOX_FILE for d in outbox_dirs(root)],
-                [t.label for t in config.forwardings],
+                lambda: [
+                    path
+                    for d in outbox_dirs(root)
+                    for path in (
+                        d / OUTBOX_FILE,
+                        *(d / "tenants" / t / OUTBOX_FILE for t in tenants),
+                    )
+                ],
+                [t.label for t in config.forwardings]
+                + [t.label for tenant in config.tenants for t in tenant.forwardings],
             )
         failed = Cumulative(
-            metrics.forwarding_failed(), lambda: {(n,): c for n, c in forwarder.failed().items()}
+            metrics.forwarding_failed(),
+            lambda: {(n,): c for f in every for n, c in f.failed().items()},
         )
         metrics.add_cumulative(failed)
     else:
-        collector = ForwardingCollector(forwarder)
+        collector = ForwardingCollector(every)
     metrics.add_collector(collector)
     yield
     metrics.remove_collector(collector)
-    await forwarder.stop()
+    for forwarder in every:
+        await forwarder.stop()
     if failed is not None:
         metrics.remove_cumulative(failed)
 
@@ -336,8 +379,8 @@ async def _sibling_socket(app: web.Application) -> AsyncIterator[None]:
     sibling_app = web.Application()
     sibling_app[CONFIG] = app[CONFIG]
     sibling_app[METRICS] = app[METRICS]
-    if FORWARDER in app:
-        sibling_app[FORWARDER] = app[FORWARDER]
+    if FORWARDERS in app:
+        sibling_app[FORWARDERS] = app[FORWARDERS]
     sibling_app.router.add_get("/forwarding", operations.own_forwarding_status)
     async for _ in serve_siblings(app[WORKER], sibling_app):
         yield

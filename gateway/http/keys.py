@@ -43,6 +43,7 @@ __all__ = [
     "CORS",
     "CREDENTIAL_SOURCES",
     "FORWARDER",
+    "FORWARDERS",
     "GUARD",
     "METRICS",
     "OIDC_LOGIN",
@@ -52,6 +53,7 @@ __all__ = [
     "REQUEST_ID",
     "REQUEST_IDS",
     "STORAGE",
+    "STORAGES",
     "STORAGE_ABOUT",
     "TOKEN_SIGNER",
     "VERSIONS",
@@ -72,6 +74,10 @@ WORKER: web.AppKey[WorkerRole] = web.AppKey("worker")
 GUARD: web.AppKey[Guard] = web.AppKey("guard")
 REQUEST_IDS: web.AppKey[RequestIds] = web.AppKey("request_ids")
 STORAGE: web.AppKey[StorageClient] = web.AppKey("storage")
+# Every tenant's storage, the default tenant's under None (separate pools and slots).
+STORAGES: web.AppKey[dict[str | None, StorageClient]] = web.AppKey("storages")
+# The forwarders of the tenants with active targets, the default tenant's under None.
+FORWARDERS: web.AppKey[dict[str | None, Forwarder]] = web.AppKey("forwarders")
 STORAGE_ABOUT: web.AppKey[StorageAbout] = web.AppKey("storage_about")
 VERSIONS: web.AppKey[VersionPolicy] = web.AppKey("versions")
 # Present only when server.cors lists origins: the gateway then answers CORS itself.

@@ -32,6 +32,7 @@ from gateway.http.keys import (
     VERSIONS,
 )
 from gateway.http.route_info import route_info
+from gateway.http.tenancy import check_tenant
 from gateway.xapi.scopes import is_allowed
 from gateway.xapi.versions import VERSION_HEADER
 
@@ -184,6 +185,7 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
         # did against the LRS itself: sent WITHOUT the gateway's credential (passthrough).
         return await handler(request)
     principal = await authenticate_request(request, request.headers.get("Authorization"))
+    check_tenant(request.app, principal)
     request[PRINCIPAL] = principal
     attempts = request.app[METRICS].auth
     if info.xapi:

@@ -20,12 +20,12 @@ from gateway.errors import GatewayError
 from gateway.http.keys import (
     AUTHENTICATOR,
     CONFIG,
-    FORWARDER,
     METRICS,
     READINESS,
     STORAGE,
     VERSIONS,
 )
+from gateway.http.tenancy import all_forwarders
 from gateway.upstream.storage import Occasionally, StorageClient, describe_credential
 from gateway.xapi.versions import VERSION_HEADER
 
@@ -138,12 +138,16 @@ async def probe_storage(storage: StorageClient, version: str, within: float) -> 
 
 async def _forwarding(app: web.Application, within: float) -> tuple[Check | None, dict[str, Any]]:
     """The outbox's check (it answered) and each target's figures; (None, {}) without one."""
-    forwarder = app.get(FORWARDER)
-    if forwarder is None:
+    forwarders = all_forwarders(app)
+    if not forwarders:
         return None, {}
+    stats: dict[str, Any] = {}
     try:
         async with asyncio.timeout(within):
-            stats = await forwarder.status()
+            for forwarder in forwarders:  # every tenant's outbox answers, or writes fail
+                found = await forwarder.status()
+                mine = set(forwarder.target_names)
+                stats |= {n: f for n, f in found.items() if n in mine or n not in stats}
     except TimeoutError:
         return Check(False, f"the outbox did not answer within {within:g} s", "timeout"), {}
     except Exception as error:  # any store failure means statement writes fail too

@@ -149,6 +149,10 @@ MIGRATIONS: tuple[str, ...] = (
                 convert_to(substr(md5(random()::text || clock_timestamp()), 1, 12), 'UTF8'))
         ON CONFLICT DO NOTHING;
     """,
+    # 4: tenants: a pending statement is settled against its own tenant's storage.
+    """
+    ALTER TABLE outbox_statements ADD COLUMN tenant TEXT;
+    """,
 )
 
 _OUTBOX_VERSION = 3  # the migration that made the outbox's tables

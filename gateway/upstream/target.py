@@ -73,8 +73,10 @@ class UpstreamTarget:
         )
 
 
-def storage_target(config: StorageConfig, *, observe: Observe | None = None) -> UpstreamTarget:
-    """The storage LRS of the configuration."""
+def storage_target(
+    config: StorageConfig, *, observe: Observe | None = None, tenant: str | None = None
+) -> UpstreamTarget:
+    """The storage LRS of the configuration (of a tenant: named `storage:TENANT`)."""
     headers: dict[str, str] = {}
     secrets: tuple[str, ...] = ()
     if config.basic_username is not None and config.basic_password is not None:
@@ -82,8 +84,8 @@ def storage_target(config: StorageConfig, *, observe: Observe | None = None) -> 
             config.basic_username, config.basic_password
         )
     return UpstreamTarget(
-        name="storage",
-        described="the storage LRS",
+        name="storage" if tenant is None else f"storage:{tenant}",
+        described="the storage LRS" if tenant is None else f"tenant {tenant}'s storage LRS",
         url=URL(config.url if config.url.endswith("/") else config.url + "/"),
         connect_timeout=config.connect_timeout,
         total_timeout=config.timeout,

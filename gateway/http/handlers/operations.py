@@ -11,12 +11,12 @@ from typing import Any
 from aiohttp import web
 
 from gateway.errors import BadRequest, Forbidden, NotFound, WorkersUnavailable
+from gateway.forwarding.forwarder import Forwarder
 from gateway.http.abuse_guard import Guard, lockout_key
 from gateway.http.bodies import read_limited
 from gateway.http.keys import (
     AUTHENTICATOR,
     CONFIG,
-    FORWARDER,
     GUARD,
     METRICS,
     PRINCIPAL,
@@ -26,6 +26,7 @@ from gateway.http.keys import (
     WORKER,
 )
 from gateway.http.readiness import check_readiness
+from gateway.http.tenancy import all_forwarders
 from gateway.runtime.workers import (
     Command,
     merged_status,
@@ -117,8 +118,16 @@ async def metrics(request: web.Request) -> web.Response:
 
 
 async def _own_forwarding(app: web.Application) -> dict[str, Any]:
-    forwarder = app.get(FORWARDER)
-    return {"targets": {}} if forwarder is None else forwarder.as_json(await forwarder.status())
+    """Every tenant's targets, each once: as the forwarder whose tenant has it sees it."""
+    targets: dict[str, Any] = {}
+    statuses = [(f, await f.status()) for f in all_forwarders(app)]
+    for owned in (True, False):
+        for forwarder, status in statuses:
+            mine = set(forwarder.target_names)
+            for name, figures in Forwarder.as_json(status)["targets"].items():
+                if (name in mine) == owned and name not in targets:
+                    targets[name] = figures
+    return {"targets": targets}
 
 
 async def own_forwarding_status(request: web.Request) -> web.Response:
@@ -139,8 +148,8 @@ async def forwarding_status(request: web.Request) -> web.Response:
 async def forwarding_document(app: web.Application) -> dict[str, Any]:
     """Every forwarding target's figures, every worker's outbox added up."""
     own = await _own_forwarding(app)
-    forwarder = app.get(FORWARDER)
-    if forwarder is not None and forwarder.outbox.shared:
+    forwarders = all_forwarders(app)
+    if forwarders and all(f.outbox.shared for f in forwarders):
         return own  # one outbox every worker and replica shares: this one's figures are all
     role = app.get(WORKER)
     # Outboxes of workers an earlier run had more of: what they delivered still counts,
@@ -164,15 +173,22 @@ def _retired(data_dir: Path, count: int, names: list[str]) -> list[dict[str, Any
     return retired_status(data_dir, count, names) if data_dir.is_dir() else []
 
 
+async def _replay(app: web.Application, target: str) -> int:
+    """Re-queue `target`'s dead letters in the outbox of the tenant that has it."""
+    for forwarder in all_forwarders(app):
+        if target in forwarder.target_names:
+            return await forwarder.replay(target)
+    return 0
+
+
 def replay_own_dead_letters(app: web.Application) -> Command:
     """The sibling command that re-queues a target's dead letters in this worker's outbox."""
 
     async def replay(payload: dict[str, Any]) -> dict[str, Any]:
-        forwarder = app.get(FORWARDER)
         target = payload.get("target")
-        if forwarder is None or not isinstance(target, str):
+        if not isinstance(target, str):
             return {"moved": 0}
-        return {"moved": await forwarder.replay(target)}
+        return {"moved": await _replay(app, target)}
 
     return replay
 
@@ -184,13 +200,16 @@ async def replay_dead_letters(app: web.Application, target: str, actor: str) -> 
     (what moved stays moved: a second call moves the rest).
     """
     config = app[CONFIG]
-    if target not in {t.label for t in config.forwardings}:
+    named = {t.label for t in config.forwardings} | {
+        t.label for tenant in config.tenants for t in tenant.forwardings
+    }
+    if target not in named:
         raise NotFound("no forwarding target has that name")
-    forwarder = app.get(FORWARDER)
-    moved = await forwarder.replay(target) if forwarder is not None else 0
+    moved = await _replay(app, target)
+    forwarders = all_forwarders(app)
     role = app.get(WORKER)
     missing = 0
-    if role is not None and not (forwarder is not None and forwarder.outbox.shared):
+    if role is not None and not (forwarders and all(f.outbox.shared for f in forwarders)):
         answers, missing = await sibling_command(role, "forwarding-replay", {"target": target})
         moved += sum(int(answer.get("moved", 0)) for answer in answers)
     log.info("forwarding to %s: %d dead letters re-queued by %s", target, moved, actor)

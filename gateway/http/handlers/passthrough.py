@@ -8,8 +8,9 @@ from multidict import CIMultiDict
 from gateway.errors import UpstreamError
 from gateway.http.bodies import LimitedStream, check_declared_length
 from gateway.http.forwarded_headers import forwarded_headers
-from gateway.http.keys import CONFIG, PRINCIPAL, REQUEST_ID, STORAGE
+from gateway.http.keys import CONFIG, PRINCIPAL, REQUEST_ID
 from gateway.http.route_info import raw_query, xapi_tail
+from gateway.http.tenancy import storage_for
 from gateway.upstream.storage import (
     hide_failure,
     read_capped,
@@ -72,7 +73,7 @@ async def _send(
     body: LimitedStream | None,
 ) -> web.StreamResponse | None:
     """Storage's answer to `method`, or None for a 405 to a HEAD."""
-    storage = request.app[STORAGE]
+    storage = storage_for(request)
     data = body.__aiter__() if body is not None else None
     head = request.method == "HEAD"
     # What no caller proved itself for (an OPTIONS: a CORS preflight, let through without

@@ -15,8 +15,9 @@ from gateway.errors import BadRequest, NotFound, UpstreamUnavailable
 from gateway.http.bodies import read_limited
 from gateway.http.forwarded_headers import forwarded_headers
 from gateway.http.handlers import passthrough
-from gateway.http.keys import CONFIG, FORWARDER, METRICS, PRINCIPAL, REQUEST_ID, STORAGE, VERSIONS
+from gateway.http.keys import CONFIG, METRICS, PRINCIPAL, REQUEST_ID, VERSIONS
 from gateway.http.route_info import raw_query, xapi_tail
+from gateway.http.tenancy import forwarder_for, storage_for
 from gateway.upstream.storage import (
     StorageClient,
     hide_failed_answer,
@@ -99,7 +100,7 @@ async def _send_write(
         packed = [pack_parts(found) for found in wanted]
         # What storage gets is built here from what was checked, never the client's body.
         payload, content_type = canonical_body(encoded, wanted)
-    forwarder = request.app.get(FORWARDER)
+    forwarder = forwarder_for(request)
     version = request.app[VERSIONS].answer_for(request.headers.get(VERSION_HEADER))
     seqs = (
         await forwarder.record_pending(
@@ -120,7 +121,7 @@ async def _send_write(
     headers.popall("Content-Encoding", None)
     # If storage's answer is lost (timeout, crash), the pending record stays and the
     # resolver asks storage about each statement later.
-    storage = request.app[STORAGE]
+    storage = storage_for(request)
     try:
         upstream = await storage.exchange(
             method,
@@ -316,7 +317,7 @@ async def get_statements(request: web.Request) -> web.StreamResponse:
     principal: Principal = request[PRINCIPAL]
     keep = _keeper(principal)
     mine = keep is not None
-    storage = request.app[STORAGE]
+    storage = storage_for(request)
     public_url = request.app[CONFIG].server.public_url
     tail = xapi_tail(request)
     passthrough, page = await _fetch(storage, request, tail, _query_for(request, principal, tail))
