@@ -20,13 +20,15 @@ from urllib.parse import urlencode
 import aiohttp
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestClient
+from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 from realparts.process import free_port
 from realparts.ralph import RalphServer
-from support import basic, credential, eventually, gateway_env, write_config
+from support import FakeLRS, basic, credential, eventually, gateway_env, write_config
+from test_callback_and_tokens import CallbackService
 from test_forwarding_real import ralph_one, ralph_target_entry
+from test_oidc import SigningProvider
 
 from gateway.auth.credentials import CredentialsError
 from gateway.auth.principal import Principal
@@ -243,3 +245,89 @@ async def test_a_callers_tenant_from_the_callback_or_a_token_must_be_configured(
         gateway.app,
         Principal("y", {"mbox": "mailto:y@example.org"}, frozenset(), "oidc", tenant="physics"),
     )
+
+
+async def test_the_oidc_claim_and_the_callback_answer_name_the_tenant(
+    tmp_path: Path, aiohttp_server: Any, aiohttp_client: Any
+) -> None:
+    """Scripted identity sources (the real provider issues no custom claims): whatever
+    names the tenant, the request goes to that tenant's storage, and an unknown one is 403."""
+    provider, service = SigningProvider(), CallbackService()
+    idp = web.Application()
+    idp.router.add_get("/.well-known/openid-configuration", provider.discovery)
+    idp.router.add_get("/jwks", provider.jwks)
+    idp_server: TestServer = await aiohttp_server(idp)
+    provider.issuer = str(idp_server.make_url("")).rstrip("/")
+    callback_app = web.Application()
+    callback_app.router.add_post("/verify", service.handle)
+    callback: TestServer = await aiohttp_server(callback_app)
+    default_lrs, physics_lrs = FakeLRS(), FakeLRS()
+    default_server: TestServer = await aiohttp_server(default_lrs.app())
+    physics_server: TestServer = await aiohttp_server(physics_lrs.app())
+    config = write_config(
+        tmp_path,
+        str(default_server.make_url("/xAPI/")),
+        [],
+        {
+            "auth": {
+                "backends": ["callback", "oidc"],
+                "scope_prefix": "lrs:",
+                "oidc": {"issuer": provider.issuer, "audience": "gw", "tenant_claim": "dept"},
+                "callback": {"url": str(callback.make_url("/verify"))},
+            },
+            "tenants": [
+                {"name": "physics", "storage": {"url": str(physics_server.make_url("/xAPI/"))}}
+            ],
+        },
+    )
+    client: Client = await aiohttp_client(create_app(config, registry=CollectorRegistry()))
+    await eventually(lambda: _status(client.get("/__heartbeat__"), 200), within=5, what="discovery")
+
+    def posted(lrs: FakeLRS) -> int:
+        return sum(1 for r in lrs.seen if r.method == "POST")
+
+    async def post(headers: dict[str, str], n: int) -> Any:
+        return await client.post(
+            "/xAPI/statements", json=statement("mailto:o@x.org", n), headers=headers
+        )
+
+    by_claim = {"Authorization": f"Bearer {provider.sign(dept='physics')}", **XAPI}
+    response = await client.post(
+        "/xAPI/statements", json=statement("mailto:o@x.org", 1), headers=by_claim
+    )
+    assert response.status == 200, await response.text()
+    assert (posted(physics_lrs), posted(default_lrs)) == (1, 0)
+    no_claim = {"Authorization": f"Bearer {provider.sign()}", **XAPI}
+    response = await client.post(
+        "/xAPI/statements", json=statement("mailto:o@x.org", 2), headers=no_claim
+    )
+    assert response.status == 200
+    assert (posted(physics_lrs), posted(default_lrs)) == (1, 1)  # no claim: the default
+    unknown = {"Authorization": f"Bearer {provider.sign(dept='chemistry')}", **XAPI}
+    response = await client.post(
+        "/xAPI/statements", json=statement("mailto:o@x.org", 3), headers=unknown
+    )
+    assert response.status == 403
+    assert "no tenant 'chemistry'" in (await response.json())["message"]
+
+    service.answers["clerk"] = {"verified": True, "permission": "ROOT", "tenant": "physics"}
+    service.answers["stray"] = {"verified": True, "permission": "ROOT", "tenant": "chemistry"}
+    response = await client.post(
+        "/xAPI/statements",
+        json=statement("mailto:o@x.org", 4),
+        headers={**basic("clerk", "pw"), **XAPI},
+    )
+    assert response.status == 200, await response.text()
+    assert (posted(physics_lrs), posted(default_lrs)) == (2, 1)
+    response = await client.post(
+        "/xAPI/statements",
+        json=statement("mailto:o@x.org", 5),
+        headers={**basic("stray", "pw"), **XAPI},
+    )
+    assert response.status == 403
+    assert (posted(physics_lrs), posted(default_lrs)) == (2, 1)  # nothing went anywhere
+
+
+async def _status(request: Any, expected: int) -> bool:
+    async with request as response:
+        return bool(response.status == expected)
