@@ -369,3 +369,47 @@ async def test_store_copy_moves_what_the_sqlite_outboxes_owe_and_they_forget_it(
             assert store.owed().statements == []  # nothing left here to send twice
         finally:
             store.close()
+
+
+async def test_store_copy_moves_a_tenants_outbox_with_its_tenant_and_serve_refuses_before(
+    tmp_path: Path, postgres: PostgresServer
+) -> None:
+    dsn = await asyncio.to_thread(postgres.new_database)
+    storage = "http://127.0.0.1:9/xAPI/"
+    write_config(
+        tmp_path,
+        storage,
+        [ADMIN],
+        {
+            "server": {"port": free_port()},
+            "data_dir": "data",
+            "store": {"url": dsn},
+            "tenants": [{"name": "physics", "storage": {"url": storage}}],
+        },
+    )
+    config = tmp_path / "config.yaml"
+    store = OutboxStore(tmp_path / "data" / "tenants" / "physics" / OUTBOX_FILE)
+    try:
+        seqs = store.write_pending([("p-owed", b"{}", None), ("p-pending", b"{}", None)])
+        store.mark_ready(seqs[:1], [("physics-target", 1000)])
+    finally:
+        store.close()
+    # A tenant's SQLite backlog would be stranded: serve says so instead of starting.
+    refused = await asyncio.to_thread(cli, config, "serve")
+    assert refused.returncode == 1
+    assert "tenants/physics" in refused.stderr
+    assert "still hold statements to forward" in refused.stderr
+    copied = await asyncio.to_thread(cli, config, "store", "copy", "--from", "sqlite:///gw.sqlite3")
+    assert copied.returncode == 0, copied.stderr
+    assert "moved 1 deliveries owed and 0 dead letters from 1 SQLite outbox(es)" in copied.stdout
+    physics, default = PostgresOutbox(dsn, tenant="physics"), PostgresOutbox(dsn)
+    await physics.open()
+    await default.open()
+    try:
+        assert [i for _, i in await physics.read(lambda tx: tx.pending(1e12))] == ["p-pending"]
+        assert await default.read(lambda tx: tx.pending(1e12)) == []  # never the default's
+        claimed = await physics.call(lambda tx: tx.claim("physics-target", 10))
+        assert len(claimed) == 1
+    finally:
+        await physics.close()
+        await default.close()

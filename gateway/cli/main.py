@@ -104,7 +104,13 @@ def _refuse_local_backlog(config: Config) -> None:
     """Switching to PostgreSQL must not strand what the SQLite outboxes still owe."""
     from gateway.runtime.workers import stranded_backlogs
 
-    stranded = stranded_backlogs(config.resolve_path(config.data_dir), 0)
+    data_dir = config.resolve_path(config.data_dir)
+    stranded = stranded_backlogs(data_dir, 0)
+    for tenant in config.tenants:  # each tenant's outboxes, in each worker's directory
+        for directory in [data_dir, *data_dir.glob("worker-*")]:
+            tenant_dir = directory / "tenants" / tenant.name
+            if tenant_dir.is_dir():
+                stranded |= stranded_backlogs(tenant_dir, 0)
     if stranded:
         listed = ", ".join(f"{path} ({count} statements)" for path, count in stranded.items())
         raise ConfigError(

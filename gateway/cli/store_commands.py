@@ -8,6 +8,7 @@ import dataclasses
 import json
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from gateway.cli.config_commands import mask_url
@@ -132,19 +133,29 @@ async def _copy_outboxes(source: Config, target: Config) -> tuple[int, int, int]
     from gateway.runtime.workers import outbox_dirs
 
     data_dir = source.resolve_path(source.data_dir)
-    paths = [d / OUTBOX_FILE for d in outbox_dirs(data_dir) if (d / OUTBOX_FILE).exists()]
-    if not paths:
+    # Each tenant's outboxes too: their pending rows carry the tenant, so that its own
+    # resolver (asking its own storage) settles them.
+    places: list[tuple[str | None, Path]] = [
+        (tenant, path)
+        for d in outbox_dirs(data_dir)
+        for tenant, path in [
+            (None, d / OUTBOX_FILE),
+            *((t.name, d / "tenants" / t.name / OUTBOX_FILE) for t in source.tenants),
+        ]
+        if path.exists()
+    ]
+    if not places:
         return 0, 0, 0
     assert target.store.url is not None
     outbox = PostgresOutbox(target.store.url, password=target.store.password, auto_migrate=True)
     await outbox.open()
     owed = dead = 0
     try:
-        for path in paths:
+        for tenant, path in places:
             store = await asyncio.to_thread(OutboxStore, path)
             try:
                 rows = await asyncio.to_thread(store.owed)
-                await outbox.restore(rows, owner=f"copied from {store.ident}")
+                await outbox.restore(rows, owner=f"copied from {store.ident}", tenant=tenant)
                 await asyncio.to_thread(store.forget, rows)
             finally:
                 store.close()
@@ -152,7 +163,7 @@ async def _copy_outboxes(source: Config, target: Config) -> tuple[int, int, int]
             dead += len(rows.dead_letters)
     finally:
         await outbox.close()
-    return len(paths), owed, dead
+    return len(places), owed, dead
 
 
 def _copy_command(load: Load) -> Callable[[argparse.Namespace], int]:

@@ -135,7 +135,7 @@ class PostgresOutbox(OperationQueue):
         """Deliveries queued per target: counted every status read, moved by this process."""
         return dict(self._backlog)
 
-    async def restore(self, rows: OutboxRows, *, owner: str) -> int:
+    async def restore(self, rows: OutboxRows, *, owner: str, tenant: str | None = None) -> int:
         """Take in what another outbox owes (`store copy`), in one transaction; how many.
 
         Statements get new sequence numbers (after every one here), in their order; the
@@ -143,7 +143,7 @@ class PostgresOutbox(OperationQueue):
         """
         assert self._pool is not None
         async with self._pool.acquire(timeout=self._timeout) as conn, conn.transaction():
-            return await restore_rows(conn, rows, owner=owner)
+            return await restore_rows(conn, rows, owner=owner, tenant=tenant)
 
     async def read(self, operation: Operation[T]) -> T:
         """Run a reading `operation` beside the group commits (status, pending rows).

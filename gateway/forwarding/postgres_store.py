@@ -134,13 +134,15 @@ _LEAVE = """
 """
 
 
-async def restore_rows(conn: Connection, rows: OutboxRows, *, owner: str) -> int:
+async def restore_rows(
+    conn: Connection, rows: OutboxRows, *, owner: str, tenant: str | None = None
+) -> int:
     """Insert another outbox's rows (new sequence numbers, same order); how many statements."""
     statements = rows.statements
     new = await conn.fetch(
         "INSERT INTO outbox_statements "
-        "(statement_id, body, attachments, version, state, created) "
-        "SELECT i, b, a, v, st, c FROM unnest($1::text[], $2::bytea[], $3::bytea[], "
+        "(statement_id, body, attachments, version, state, created, tenant) "
+        "SELECT i, b, a, v, st, c, $7 FROM unnest($1::text[], $2::bytea[], $3::bytea[], "
         "$4::text[], $5::smallint[], $6::float8[]) WITH ORDINALITY AS u(i, b, a, v, st, c, n) "
         "ORDER BY n RETURNING seq",
         [row[1] for row in statements],
@@ -149,6 +151,7 @@ async def restore_rows(conn: Connection, rows: OutboxRows, *, owner: str) -> int
         [row[4] for row in statements],
         [row[5] for row in statements],
         [row[6] for row in statements],
+        tenant,
     )
     seq_of = dict(zip((row[0] for row in statements), sorted(r[0] for r in new), strict=True))
     await conn.executemany(
