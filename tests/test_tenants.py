@@ -331,3 +331,63 @@ async def test_the_oidc_claim_and_the_callback_answer_name_the_tenant(
 async def _status(request: Any, expected: int) -> bool:
     async with request as response:
         return bool(response.status == expected)
+
+
+async def test_a_database_credential_carries_its_tenant(
+    ralph: RalphServer, ralph_target: RalphServer, tmp_path: Path, aiohttp_client: Any
+) -> None:
+    """Made through the admin API with a tenant, a credential writes to that tenant's LRS;
+    a tenant nobody configured is a 400 at creation and on change."""
+    config = write_config(
+        tmp_path,
+        ralph.url,
+        [credential("admin", "admin-pw", ["all", "admin"])],
+        {
+            "storage": {"basic_username": ralph.username, "basic_password": ralph.password},
+            "data_dir": "data",
+            "tenants": [
+                {
+                    "name": "physics",
+                    "storage": {
+                        "url": ralph_target.url,
+                        "basic_username": ralph_target.username,
+                        "basic_password": ralph_target.password,
+                    },
+                }
+            ],
+        },
+    )
+    client: Client = await aiohttp_client(create_app(config, registry=CollectorRegistry()))
+    admin = basic("admin", "admin-pw")
+    made = await client.post(
+        "/admin/credentials",
+        json={"name": "physics LMS", "scopes": ["statements/write"], "tenant": "physics"},
+        headers=admin,
+    )
+    assert made.status == 201, await made.text()
+    body = await made.json()
+    assert body["tenant"] == "physics"
+    item = statement("mailto:db@example.org", 1)
+    response = await client.post(
+        "/xAPI/statements", json=item, headers={**basic(body["username"], body["secret"]), **XAPI}
+    )
+    assert response.status == 200, await response.text()
+    async with aiohttp.ClientSession() as session:
+        assert await ralph_one(session, ralph_target, item["id"]) is not None
+        assert await ralph_one(session, ralph, item["id"]) is None
+    refused = await client.post(
+        "/admin/credentials",
+        json={"name": "x", "scopes": ["all"], "tenant": "chemistry"},
+        headers=admin,
+    )
+    assert refused.status == 400
+    assert "no tenant 'chemistry'" in (await refused.json())["message"]
+    changed = await client.patch(
+        f"/admin/credentials/{body['id']}", json={"tenant": "chemistry"}, headers=admin
+    )
+    assert changed.status == 400
+    moved = await client.patch(
+        f"/admin/credentials/{body['id']}", json={"tenant": None}, headers=admin
+    )
+    assert moved.status == 200
+    assert (await moved.json())["tenant"] is None

@@ -118,7 +118,7 @@ class CredentialSources:
             agent = record.agent or _account(self._homepage, record.username)
             held[record.username] = (
                 record,
-                Credential(record.username, record.secret_hash, True, scopes, agent),
+                Credential(record.username, record.secret_hash, True, scopes, agent, record.tenant),
             )
         clashes = sorted(r.username for r in stored if self.file.get(r.username) is not None)
         if clashes:

@@ -38,7 +38,7 @@ __all__ = [
 MIN_SECRET_BYTES = 12  # a chosen secret shorter than this is refused
 MAX_SECRET_BYTES = 72  # bcrypt reads no further
 # Fields a PATCH may change; the username and the secret have their own ways (rotate).
-EDITABLE = frozenset({"name", "scopes", "agent", "enabled", "expires_at", "info"})
+EDITABLE = frozenset({"name", "scopes", "agent", "enabled", "expires_at", "info", "tenant"})
 _USERNAME = re.compile(r"[A-Za-z0-9._~@+-]{1,128}")
 
 
@@ -62,6 +62,7 @@ class StoredCredential:
     created_at: float
     updated_at: float
     last_used_at: float | None = None  # coarse: written at most once a minute
+    tenant: str | None = None  # its tenant's storage and targets (None: the default's)
 
     def usable(self, now: float) -> bool:
         """Enabled and not expired at `now`."""
@@ -81,6 +82,7 @@ class StoredCredential:
             "created_at": self.created_at,
             "updated_at": self.updated_at,
             "last_used_at": self.last_used_at,
+            "tenant": self.tenant,
         }
 
 
@@ -96,6 +98,7 @@ class NewCredential:
     enabled: bool = True
     expires_at: float | None = None
     info: str | None = None
+    tenant: str | None = None
 
     @classmethod
     def from_checked(
@@ -111,6 +114,7 @@ class NewCredential:
             enabled=checked.get("enabled", True),
             expires_at=checked.get("expires_at"),
             info=checked.get("info"),
+            tenant=checked.get("tenant"),
         )
 
 
@@ -326,4 +330,7 @@ def check_changes(body: Mapping[str, Any], allowed: Sequence[str]) -> dict[str, 
             checked[key] = check_username(value)
         elif key == "secret":
             checked[key] = check_secret(value)
+        elif key == "tenant":
+            # Whether it is configured is the caller's to check (the store has no config).
+            checked[key] = None if value is None else check_text("tenant", value, 63)
     return checked

@@ -153,6 +153,10 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE outbox_statements ADD COLUMN tenant TEXT;
     """,
+    # 5: a credential's tenant (its storage and targets; NULL: the default tenant).
+    """
+    ALTER TABLE credentials ADD COLUMN tenant TEXT;
+    """,
 )
 
 _OUTBOX_VERSION = 3  # the migration that made the outbox's tables

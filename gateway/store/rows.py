@@ -37,9 +37,9 @@ class Row(Protocol):
 
 COLUMNS = (
     "id, username, secret_hash, name, scopes, agent, enabled, expires_at, info, "
-    "created_at, updated_at, last_used_at"
+    "created_at, updated_at, last_used_at, tenant"
 )
-AUDITED_ON_CREATE = ("name", "scopes", "agent", "enabled", "expires_at", "info")
+AUDITED_ON_CREATE = ("name", "scopes", "agent", "enabled", "expires_at", "info", "tenant")
 
 
 def credential(row: Row) -> StoredCredential:
@@ -57,6 +57,7 @@ def credential(row: Row) -> StoredCredential:
         created_at=row["created_at"],
         updated_at=row["updated_at"],
         last_used_at=row["last_used_at"],
+        tenant=row["tenant"],
     )
 
 
@@ -85,6 +86,7 @@ def created(new: NewCredential, now: float) -> StoredCredential:
         info=new.info,
         created_at=now,
         updated_at=now,
+        tenant=new.tenant,
     )
 
 
@@ -102,6 +104,7 @@ def insert_values(stored: StoredCredential) -> dict[str, Any]:
         "info": stored.info,
         "created_at": stored.created_at,
         "updated_at": stored.updated_at,
+        "tenant": stored.tenant,
     }
     return {key: column_value(key, value) for key, value in values.items()}
 

@@ -76,6 +76,10 @@ _MIGRATIONS = (
     """
     CREATE TABLE shared_keys (name TEXT PRIMARY KEY, value BLOB NOT NULL);
     """,
+    # 3: a credential's tenant (its storage and targets; NULL: the default tenant).
+    """
+    ALTER TABLE credentials ADD COLUMN tenant TEXT;
+    """,
 )
 
 

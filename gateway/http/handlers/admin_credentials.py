@@ -16,7 +16,7 @@ from gateway.auth.passwords import hash_new_password
 from gateway.auth.principal import Principal
 from gateway.errors import BadRequest, Conflict, Forbidden, NotFound
 from gateway.http.bodies import read_limited
-from gateway.http.keys import CREDENTIAL_SOURCES, PRINCIPAL
+from gateway.http.keys import CONFIG, CREDENTIAL_SOURCES, PRINCIPAL
 from gateway.secret import Secret
 from gateway.store.credentials import (
     EDITABLE,
@@ -47,7 +47,17 @@ __all__ = [
 ]
 
 _MAX_REQUEST = 64 * 1024
-_CREATE_FIELDS = ("name", "scopes", "agent", "username", "secret", "expires_at", "enabled", "info")
+_CREATE_FIELDS = (
+    "name",
+    "scopes",
+    "agent",
+    "username",
+    "secret",
+    "expires_at",
+    "enabled",
+    "info",
+    "tenant",
+)
 _DEFAULT_PAGE, _MAX_PAGE = 50, 500
 
 
@@ -112,6 +122,7 @@ async def create_checked(
     username = checked.get("username") or new_username()
     if request.app[CREDENTIAL_SOURCES].file.get(username) is not None:
         raise Conflict(f"username: {username!r} is taken (by the credentials file)")
+    _check_tenant(request, checked)
     hashed = Secret(await hash_new_password(secret))
     new = NewCredential.from_checked(checked, username=username, secret_hash=hashed)
     try:
@@ -120,6 +131,17 @@ async def create_checked(
         raise Conflict(f"username: {username!r} is taken") from None
     await changed(request)
     return stored, secret if generated else None
+
+
+def _check_tenant(request: web.Request, checked: dict[str, Any]) -> None:
+    """400 for a tenant the configuration does not have: never the default instead."""
+    tenant = checked.get("tenant")
+    known = {t.name for t in request.app[CONFIG].tenants}
+    if tenant is not None and tenant not in known:
+        raise BadRequest(
+            f"tenant: no tenant {tenant!r} is configured (tenants: "
+            f"{', '.join(sorted(known)) or 'none'})"
+        )
 
 
 async def create_credential(request: web.Request) -> web.Response:
@@ -159,9 +181,10 @@ async def get_credential(request: web.Request) -> web.Response:
 
 
 async def update_credential(request: web.Request) -> web.Response:
-    """PATCH /admin/credentials/{id}: name, scopes, agent, enabled, expires_at, info."""
+    """PATCH /admin/credentials/{id}: name, scopes, agent, enabled, expires_at, info, tenant."""
     database, actor = admin_database(request)
     changes = check_changes(await json_object(request), sorted(EDITABLE))
+    _check_tenant(request, changes)
     updated = await database.update(request.match_info["id"], changes, actor=actor)
     if updated is None:
         raise NotFound("no credential with this id")
