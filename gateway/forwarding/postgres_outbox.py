@@ -1,10 +1,12 @@
 """The outbox in PostgreSQL, shared by every replica, with group commits on the event loop.
 
-The operations of a few milliseconds share one transaction (one round trip to commit),
-as with SQLite; asyncpg never blocks the loop, so no thread is needed. One operation that
-fails sends the others to a transaction each, so it alone fails. A database that cannot be
-reached fails its callers with StoreUnavailable (a 503 to a client: nothing is accepted
-that is not recorded), logged once when it goes and once when it is back.
+The operations of a few milliseconds share one transaction, as with SQLite; asyncpg never
+blocks the loop, so no thread is needed. A commit is mostly round trips, so the request
+path's operations of a group become one statement per kind, and three commits are in
+flight at once; reads run beside them. One operation that fails sends the others to a
+transaction each, so it alone fails. A database that cannot be reached fails its callers
+with StoreUnavailable (a 503 to a client: nothing is accepted that is not recorded),
+logged once when it goes and once when it is back.
 """
 
 from __future__ import annotations
@@ -50,13 +52,11 @@ _Job = tuple[Operation[Any], asyncio.Future[Any]]
 # side by side (each its own connection) multiply what one connection can do.
 _COMMITTERS = 3
 _POOL_SIZE = _COMMITTERS + 2  # and reads (status, the resolver) beside them
+_SWEEP_EVERY = 600.0  # seconds between sweeps for garbage the acks left (rare: see ack)
 
 
 async def _keep_as_is(conn: Any) -> None:
     """What a connection goes through when given back: nothing (no session state is set)."""
-
-
-_SWEEP_EVERY = 600.0  # seconds between sweeps for garbage the acks left (rare: see ack)
 
 
 class PostgresOutbox(OperationQueue):
@@ -142,8 +142,11 @@ class PostgresOutbox(OperationQueue):
         counters are kept under `owner`, so the totals go on where they were.
         """
         assert self._pool is not None
-        async with self._pool.acquire(timeout=self._timeout) as conn, conn.transaction():
-            return await restore_rows(conn, rows, owner=owner, tenant=tenant)
+        try:
+            async with self._pool.acquire(timeout=self._timeout) as conn, conn.transaction():
+                return await restore_rows(conn, rows, owner=owner, tenant=tenant)
+        except Exception as exc:
+            raise self._failure(exc) from None
 
     async def read(self, operation: Operation[T]) -> T:
         """Run a reading `operation` beside the group commits (status, pending rows).
