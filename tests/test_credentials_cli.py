@@ -170,3 +170,28 @@ async def test_import_moves_ralph_and_rustici_files_into_the_database(
             "/xAPI/statements", json=STATEMENT, headers=basic(username, password)
         )
         assert answer.status == 200, username
+
+
+async def test_credentials_create_takes_a_configured_tenant_only(
+    tmp_path: Path, aiohttp_server: Any, aiohttp_client: Any
+) -> None:
+    default_lrs, physics_lrs = FakeLRS(), FakeLRS()
+    default: TestServer = await aiohttp_server(default_lrs.app())
+    physics: TestServer = await aiohttp_server(physics_lrs.app())
+    config = write_config(
+        tmp_path,
+        str(default.make_url("/xAPI/")),
+        USERS,
+        {"tenants": [{"name": "physics", "storage": {"url": str(physics.make_url("/xAPI/"))}}]},
+    )
+    refused = cli(config, "create", "--name", "x", "-s", "all", "--tenant", "chemistry")
+    assert refused.returncode == 1
+    assert "no tenant 'chemistry' is configured (tenants: physics)" in refused.stderr
+    made = ok(cli(config, "create", "--name", "LMS", "-s", "all", "--tenant", "physics", "--json"))
+    assert made["tenant"] == "physics"
+    client: Client = await aiohttp_client(create_app(config, registry=CollectorRegistry()))
+    auth = basic(made["username"], made["secret"])
+    assert (await client.post("/xAPI/statements", json=STATEMENT, headers=auth)).status == 200
+    posted = [r for r in physics_lrs.seen if r.method == "POST"]
+    assert len(posted) == 1  # to the tenant's LRS
+    assert not [r for r in default_lrs.seen if r.method == "POST"]

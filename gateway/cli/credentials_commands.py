@@ -104,6 +104,8 @@ def _create(load: Load) -> Callable[[argparse.Namespace], int]:
             fields["info"] = args.info
         if args.disabled:
             fields["enabled"] = False
+        if args.tenant is not None:
+            fields["tenant"] = args.tenant
         checked = check_changes(fields, sorted(fields))
         generated = not args.secret_stdin
         secret = new_secret() if generated else check_secret(sys.stdin.readline().rstrip("\n"))
@@ -112,6 +114,12 @@ def _create(load: Load) -> Callable[[argparse.Namespace], int]:
             username = checked.get("username") or new_username()
             if username in _file_users(config):
                 raise CredentialConflict(f"the username {username!r} is in the credentials file")
+            tenants = {t.name for t in config.tenants}
+            if checked.get("tenant") is not None and checked["tenant"] not in tenants:
+                raise LookupError(
+                    f"no tenant {checked['tenant']!r} is configured (tenants: "
+                    f"{', '.join(sorted(tenants)) or 'none'})"
+                )
             hashed = Secret(await hash_new_password(secret))
             new = NewCredential.from_checked(checked, username=username, secret_hash=hashed)
             stored = await database.create(new, actor=_actor())
@@ -287,6 +295,7 @@ def add_parsers(
     create.add_argument("--expires-at", type=float, help="Unix time in seconds")
     create.add_argument("--info", help="who holds it, a URL")
     create.add_argument("--disabled", action="store_true")
+    create.add_argument("--tenant", help="its tenant (tenants:); default: the default tenant")
     listing = command(parsers, "list", _guarded(_list(load)), "list credentials")
     listing.add_argument("--search", help="part of a name or username")
     for name, run, text in (
