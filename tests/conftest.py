@@ -111,7 +111,8 @@ def oidc_provider(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OidcProv
     People sign in through its login page (Authorization Code + PKCE, public clients with
     a loopback redirect to `/admin/callback` on any port): `admin-ui` may get every scope,
     `admin-ui-no-admin` every one but `lrs:admin`. Any login name is an account; `alice`'s
-    ID token carries `groups: ["lrs-admins"]`, `bob`'s `groups: ["staff"]` (scope `groups`).
+    ID token carries `groups: ["lrs-admins"]`, `bob`'s `groups: ["staff"]` (scope `groups`);
+    `dora` and `erin` are admins by `groups` with `dept` physics and chemistry.
 
         token = await oidc_provider.token("lms-a", "lrs:statements/write")
         headers = {"Authorization": f"Bearer {token}"}
@@ -134,7 +135,12 @@ def oidc_provider(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OidcProv
         audience=OIDC_AUDIENCE,
         scopes=OIDC_SCOPES,
         public_clients=public_clients,
-        accounts={"alice": {"groups": ["lrs-admins"]}, "bob": {"groups": ["staff"]}},
+        accounts={
+            "alice": {"groups": ["lrs-admins"]},
+            "bob": {"groups": ["staff"]},
+            "dora": {"groups": ["lrs-admins"], "dept": "physics"},
+            "erin": {"groups": ["lrs-admins"], "dept": "chemistry"},
+        },
     ) as provider:
         yield provider
 

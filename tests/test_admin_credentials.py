@@ -271,9 +271,9 @@ async def test_the_schema_has_a_version_and_opening_twice_migrates_once(tmp_path
         await database.open()
         applied.append(database.migrated)
         await database.close()
-    assert applied == [[1, 2, 3], []]
+    assert applied == [[1, 2, 3, 4], []]
     with sqlite3.connect(path) as db:
-        assert db.execute("PRAGMA user_version").fetchone()[0] == 3
+        assert db.execute("PRAGMA user_version").fetchone()[0] == 4
         assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
 

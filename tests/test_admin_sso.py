@@ -200,6 +200,59 @@ async def test_a_configured_claim_decides_who_is_admin(
         await chromium.wait_for_text("#message", "not an administrator")
 
 
+@pytest.mark.chromium
+async def test_a_tenant_claim_makes_a_tenants_admin(
+    tmp_path: Path,
+    fake_storage: dict[str, Any],
+    oidc_provider: OidcProvider,
+    aiohttp_server: Any,
+    chromium: Chromium,
+) -> None:
+    """dora's `dept` is physics: she administers physics alone; erin's names no tenant
+    the gateway has: no session."""
+    config = write_config(
+        tmp_path,
+        fake_storage["url"],
+        USERS,
+        {
+            "admin_ui": {"secure_cookie": False},
+            "tenants": [{"name": "physics", "storage": fake_storage}],
+            "auth": {
+                "backends": ["basic", "oidc"],
+                "scope_prefix": "lrs:",
+                "oidc": {
+                    "issuer": oidc_provider.issuer,
+                    "audience": oidc_provider.audience,
+                    "admin_client_id": "admin-ui",
+                    "admin_claim": "groups",
+                    "admin_claim_value": "lrs-admins",
+                    "admin_scopes": ["groups"],
+                    "tenant_claim": "dept",
+                },
+            },
+        },
+    )
+    server, base = await started(config, aiohttp_server)
+    async with aiohttp.ClientSession() as session:
+        for name, tenant in (("default one", None), ("physics one", "physics")):
+            async with session.post(
+                f"{base}/admin/credentials",
+                json={"name": name, "scopes": ["all"], "tenant": tenant},
+                headers=basic("admin", "admin-password"),
+            ) as answer:
+                assert answer.status == 201
+    await sign_in_at_provider(chromium, base, "dora")
+    await chromium.wait_for_text("h1", "Overview")
+    await chromium.open(f"{base}/admin/ui/credentials")
+    await chromium.wait_for_text("#bound-tenant", "of tenant physics")
+    page = await chromium.body_text()
+    assert "physics one" in page
+    assert "default one" not in page
+    await sign_in_at_provider(chromium, base, "erin")
+    await chromium.wait_for_text("#message", "of a tenant this gateway does not have")
+    del server
+
+
 # -- the two legs, without a browser --------------------------------------------------------
 
 

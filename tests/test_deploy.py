@@ -101,7 +101,8 @@ def _outbox(kind: str) -> Family:
 
 METRICS: dict[str, Family] = {
     "lrs_gateway_requests": Family(
-        COUNTER, {"route": ROUTES, "method": METHODS, "status_class": STATUS_CLASSES}
+        COUNTER,
+        {"route": ROUTES, "method": METHODS, "status_class": STATUS_CLASSES, "tenant": FREE},
     ),
     "lrs_gateway_request_duration_seconds": Family(HISTOGRAM, {"route": ROUTES, "method": METHODS}),
     "lrs_gateway_requests_in_flight": Family(GAUGE, {}),
@@ -110,7 +111,7 @@ METRICS: dict[str, Family] = {
     "lrs_gateway_bcrypt_duration_seconds": Family(HISTOGRAM, {}),
     "lrs_gateway_upstream_requests": Family(COUNTER, {"target": FREE, "outcome": OUTCOMES}),
     "lrs_gateway_upstream_duration_seconds": Family(HISTOGRAM, {"target": FREE}),
-    "lrs_gateway_statements_accepted": Family(COUNTER, {}),
+    "lrs_gateway_statements_accepted": Family(COUNTER, {"tenant": FREE}),
     "lrs_gateway_forwarding_target_up": _forwarding(GAUGE),
     "lrs_gateway_forwarding_backlog": _outbox(GAUGE),
     "lrs_gateway_forwarding_lag_seconds": _outbox(GAUGE),

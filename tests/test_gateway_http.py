@@ -460,7 +460,12 @@ async def test_metrics_parse_and_count_requests(make_gateway: MakeGateway) -> No
         samples[
             (
                 "lrs_gateway_requests_total",
-                (("method", "GET"), ("route", "xapi.statements"), ("status_class", "2xx")),
+                (
+                    ("method", "GET"),
+                    ("route", "xapi.statements"),
+                    ("status_class", "2xx"),
+                    ("tenant", "default"),
+                ),
             )
         ]
         == 1
@@ -494,7 +499,7 @@ async def test_metrics_parse_and_count_requests(make_gateway: MakeGateway) -> No
         == 3
     )
     assert samples[("lrs_gateway_bcrypt_duration_seconds_count", ())] == 3
-    assert samples[("lrs_gateway_statements_accepted_total", ())] == 2
+    assert samples[("lrs_gateway_statements_accepted_total", (("tenant", "default"),))] == 2
     assert samples[
         ("lrs_gateway_upstream_requests_total", (("outcome", "2xx"), ("target", "storage")))
     ] == (len(fake.seen) + len(fake.about_calls))  # client traffic and readiness checks

@@ -161,9 +161,16 @@ async def test_two_workers_share_the_port_and_add_up(
                 return figures.get(delivered) == sent
 
             await eventually(scraped_delivered, RUN_TIMEOUT, "the deliveries in a scrape")
-            posts = (("method", "POST"), ("route", "xapi.statements"), ("status_class", "2xx"))
+            posts = (
+                ("method", "POST"),
+                ("route", "xapi.statements"),
+                ("status_class", "2xx"),
+                ("tenant", "default"),
+            )
             assert figures[("lrs_gateway_requests_total", posts)] == sent
-            assert figures[("lrs_gateway_statements_accepted_total", ())] == sent
+            assert (
+                figures[("lrs_gateway_statements_accepted_total", (("tenant", "default"),))] == sent
+            )
             assert figures[("lrs_gateway_workers", ())] == 2
             assert figures[("lrs_gateway_build_info", (("version", __version__),))] == 1
             assert figures[("lrs_gateway_ready", ())] in (0, 1)
@@ -691,7 +698,12 @@ async def test_counters_never_go_down_when_a_worker_is_killed_under_load(
         assert not dropped, f"scrape {n} of {len(scrapes)}: {dropped}"
         previous = now
     final = samples(scrapes[-1][1])
-    posts = (("method", "POST"), ("route", "xapi.statements"), ("status_class", "2xx"))
+    posts = (
+        ("method", "POST"),
+        ("route", "xapi.statements"),
+        ("status_class", "2xx"),
+        ("tenant", "default"),
+    )
     assert answered <= final[("lrs_gateway_requests_total", posts)] <= sent
     counted = final[
         (
@@ -700,9 +712,18 @@ async def test_counters_never_go_down_when_a_worker_is_killed_under_load(
         )
     ]
     assert answered <= counted <= sent
-    assert answered <= final[("lrs_gateway_statements_accepted_total", ())] <= sent
+    assert (
+        answered
+        <= final[("lrs_gateway_statements_accepted_total", (("tenant", "default"),))]
+        <= sent
+    )
     assert answered <= final[("lrs_gateway_forwarding_delivered_total", to_t)] <= sent
-    metrics_route = (("method", "GET"), ("route", "metrics"), ("status_class", "2xx"))
+    metrics_route = (
+        ("method", "GET"),
+        ("route", "metrics"),
+        ("status_class", "2xx"),
+        ("tenant", ""),
+    )
     # Each scrape is counted once answered: the last one is not in its own figures.
     assert len(scrapes) - 1 <= final[("lrs_gateway_requests_total", metrics_route)]
     assert final[("lrs_gateway_workers", ())] == 2

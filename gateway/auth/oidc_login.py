@@ -67,6 +67,7 @@ class SignedIn:
     subject: str
     admin: bool
     display_name: str
+    tenant: str | None = None  # the tenant claim (`auth.oidc.tenant_claim`): a tenant's admin
 
     @property
     def id(self) -> str:
@@ -136,6 +137,10 @@ class AuthorizationCodeLogin:
         tokens = await self._exchange(pending, code)
         claims = await self._id_token_claims(tokens.get("id_token"), pending.nonce)
         access_token = tokens.get("access_token")
+        tenant_claim = self._config.tenant_claim
+        tenant = claims.get(tenant_claim) if tenant_claim else None
+        if tenant is not None and not isinstance(tenant, str):
+            raise Unauthorized(f"the ID token's {tenant_claim} claim is not a name")
         if self._config.admin_claim is not None:
             admin = _claim_holds(
                 claims.get(self._config.admin_claim), self._config.admin_claim_value
@@ -143,10 +148,12 @@ class AuthorizationCodeLogin:
         elif isinstance(access_token, str):
             principal = await self._bearer.authenticate("bearer", access_token)
             admin = principal is not None and "admin" in principal.scopes
+            if principal is not None and tenant is None:
+                tenant = principal.tenant
         else:
             admin = False
         name = claims.get("preferred_username") or claims.get("email") or claims["sub"]
-        return SignedIn(claims["iss"], claims["sub"], admin, str(name))
+        return SignedIn(claims["iss"], claims["sub"], admin, str(name), tenant)
 
     async def _exchange(self, pending: PendingLogin, code: str) -> dict[str, Any]:
         endpoint = self._keys.token_endpoint

@@ -35,6 +35,7 @@ from gateway.secret import Secret
 from gateway.xapi.scopes import KNOWN_SCOPES
 
 __all__ = [
+    "DEFAULT_TENANT",
     "AdminUiConfig",
     "AuthConfig",
     "BasicAuthConfig",
@@ -75,6 +76,7 @@ FORWARDINGS_ENV = ("LRS_GATEWAY_XAPI_FORWARDINGS", "RALPH_XAPI_FORWARDINGS")
 TARGET_ENV_PREFIX = ENV_PREFIX + "FORWARDINGS__"
 TENANT_ENV_PREFIX = ENV_PREFIX + "TENANTS__"
 TENANT_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
+DEFAULT_TENANT = "default"  # what the top-level storage and forwardings are called
 # Ours, though not settings: never "looks like ours but is misspelt".
 OTHER_VARIABLES = frozenset({CONFIG_PATH_ENV, *FORWARDINGS_ENV})
 # What a version in the configuration may be: the xAPI versions there are (1.0.x, 2.0.0).
@@ -616,6 +618,14 @@ def _validate_tenants(config: Config) -> list[Problem]:
                     (f"{key}.name",),
                     f"{key}.name: {tenant.name[:40]!r}: lower-case letters, digits, - and _ "
                     "(at most 63, a letter or digit first)",
+                )
+            )
+        if tenant.name == DEFAULT_TENANT:
+            problems.append(
+                (
+                    (f"{key}.name",),
+                    f"{key}.name: {DEFAULT_TENANT!r} names the top-level storage and "
+                    "forwardings (metrics, the admin API and tokens call it so): pick another",
                 )
             )
         if names.count(tenant.name) > 1:

@@ -78,6 +78,7 @@ from gateway.http.route_info import XAPI_PREFIX
 from gateway.http.routes import setup_routes
 from gateway.http.rules_middleware import request_rules_middleware
 from gateway.http.storage_about import StorageAbout, storage_about_loop
+from gateway.http.tenancy import tenant_label_of
 from gateway.runtime.workers import WorkerRole, outbox_dirs, serve_siblings, shared_data_dir
 from gateway.store.credentials import CredentialDatabase
 from gateway.store.databases import credential_database
@@ -418,7 +419,7 @@ def create_app(
     app = web.Application(
         middlewares=[
             request_id_middleware,  # outermost: it logs the answer the client really got
-            metrics_middleware(metrics),
+            metrics_middleware(metrics, tenant_label_of),
             error_middleware,  # whatever happens below becomes a JSON answer
             throttle_middleware,  # per address, before any work for the request
             alternate_syntax_middleware,  # POST ?method=X: the ordinary request from here on

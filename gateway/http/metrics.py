@@ -128,10 +128,12 @@ class Metrics:
     ) -> None:
         self.registry = registry
         self._shared_dir = shared_dir
+        # tenant: the caller's ("default" for the top-level storage; "" before
+        # authentication answered): the configured tenants bound it.
         self.requests = Counter(
             "requests",
             "HTTP requests answered",
-            ["route", "method", "status_class"],
+            ["route", "method", "status_class", "tenant"],
             namespace=_NS,
             registry=registry,
         )
@@ -190,6 +192,7 @@ class Metrics:
         self.statements_accepted = Counter(
             "statements_accepted",
             "Statements the storage LRS accepted through the gateway",
+            ["tenant"],
             namespace=_NS,
             registry=registry,
         )
@@ -213,6 +216,7 @@ class Metrics:
         # Labelled children looked up once: `labels()` costs more than the update itself.
         self._upstream_counts: dict[tuple[str, str], Any] = {}
         self._upstream_durations: dict[str, Any] = {}
+        self._accepted: dict[str, Any] = {}
 
     @property
     def shared(self) -> bool:
@@ -303,6 +307,13 @@ class Metrics:
             duration = self._upstream_durations[target] = self.upstream_duration.labels(target)
         duration.observe(seconds)
 
+    def accepted(self, tenant: str, count: int) -> None:
+        """`count` statements the storage LRS of `tenant` (its label) accepted."""
+        child = self._accepted.get(tenant)
+        if child is None:
+            child = self._accepted[tenant] = self.statements_accepted.labels(tenant)
+        child.inc(count)
+
     def _shared_body(self) -> bytes:
         """Every worker's files plus the scrape-time collectors (blocking: file reads)."""
         assert self._shared_dir is not None
@@ -386,11 +397,15 @@ def _unlabelled(count: Callable[[], int]) -> Read:
 _KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH"})
 
 
-def metrics_middleware(metrics: Metrics) -> web.middleware:  # type: ignore[valid-type]
-    """Count and time every request by route name, method and status class."""
+def metrics_middleware(metrics: Metrics, tenant_of: Callable[[web.Request], str]) -> web.middleware:  # type: ignore[valid-type]
+    """Count and time every request by route name, method and status class (and tenant).
+
+    `tenant_of`: the tenant label of an answered request (read after the handler, once
+    authentication has said who called).
+    """
     # Labelled children looked up once per label set: `labels()` costs more than the update.
     durations: dict[tuple[str, str], Any] = {}
-    counts: dict[tuple[str, str, str], Any] = {}
+    counts: dict[tuple[str, str, str, str], Any] = {}
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -410,7 +425,7 @@ def metrics_middleware(metrics: Metrics) -> web.middleware:  # type: ignore[vali
             if duration is None:
                 duration = durations[key] = metrics.duration.labels(route, method)
             duration.observe(time.perf_counter() - started)
-            count_key = (route, method, status_class(status))
+            count_key = (route, method, status_class(status), tenant_of(request))
             count = counts.get(count_key)
             if count is None:
                 count = counts[count_key] = metrics.requests.labels(*count_key)

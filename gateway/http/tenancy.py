@@ -10,12 +10,37 @@ from __future__ import annotations
 from aiohttp import web
 
 from gateway.auth.principal import Principal
+from gateway.config.settings import DEFAULT_TENANT
 from gateway.errors import Forbidden
 from gateway.forwarding.forwarder import Forwarder
 from gateway.http.keys import CONFIG, FORWARDERS, PRINCIPAL, STORAGES
 from gateway.upstream.storage import StorageClient
 
-__all__ = ["all_forwarders", "check_tenant", "forwarder_for", "storage_for"]
+__all__ = [
+    "all_forwarders",
+    "check_tenant",
+    "forwarder_for",
+    "storage_for",
+    "tenant_label",
+    "tenant_label_of",
+]
+
+
+def tenant_label(tenant: str | None) -> str:
+    """A tenant as people and metrics name it: the default tenant is "default"."""
+    return DEFAULT_TENANT if tenant is None else tenant
+
+
+def tenant_label_of(request: web.Request) -> str:
+    """The metrics label of a request's tenant: "" when no caller was authenticated."""
+    principal = request.get(PRINCIPAL)
+    if principal is None:
+        return ""
+    # An unconfigured tenant is refused (403) but must not make a label of its own.
+    tenant = principal.tenant
+    if tenant is not None and tenant not in request.app[STORAGES]:
+        return ""
+    return tenant_label(tenant)
 
 
 def check_tenant(app: web.Application, principal: Principal) -> None:

@@ -26,6 +26,7 @@ __all__ = [
     "CredentialConflict",
     "CredentialDatabase",
     "NewCredential",
+    "OfTenant",
     "StoredCredential",
     "check_agent",
     "check_scopes",
@@ -119,6 +120,13 @@ class NewCredential:
 
 
 @dataclass(frozen=True, slots=True)
+class OfTenant:
+    """A listing limited to one tenant's rows (`name` None: the default tenant's)."""
+
+    name: str | None
+
+
+@dataclass(frozen=True, slots=True)
 class AuditEntry:
     """One change: who made it, when, to which credential, and what changed (no secrets)."""
 
@@ -129,10 +137,12 @@ class AuditEntry:
     credential_id: str | None
     username: str | None
     changes: Mapping[str, Any]
+    tenant: str | None = None  # the credential's tenant after the change (before a delete)
 
     def public(self) -> dict[str, Any]:
         """The entry as the admin API shows it."""
         return {
+            "tenant": self.tenant,
             "id": self.id,
             "at": self.at,
             "actor": self.actor,
@@ -178,9 +188,17 @@ class CredentialDatabase(Protocol):
         ...
 
     async def page(
-        self, *, offset: int, limit: int, search: str | None = None
+        self,
+        *,
+        offset: int,
+        limit: int,
+        search: str | None = None,
+        tenant: OfTenant | None = None,
     ) -> tuple[list[StoredCredential], int]:
-        """One page, oldest first, and the total; `search` matches name or username."""
+        """One page, oldest first, and the total; `search` matches name or username.
+
+        `tenant`: that tenant's credentials only (None: every tenant's).
+        """
         ...
 
     async def create(
@@ -209,8 +227,10 @@ class CredentialDatabase(Protocol):
         """Record when usernames were last used (not a change: the generation stays)."""
         ...
 
-    async def audit(self, *, offset: int, limit: int) -> tuple[list[AuditEntry], int]:
-        """One page of the audit, newest first, and the total."""
+    async def audit(
+        self, *, offset: int, limit: int, tenant: OfTenant | None = None
+    ) -> tuple[list[AuditEntry], int]:
+        """One page of the audit, newest first, and the total (`tenant`: its entries only)."""
         ...
 
     async def shared_key(self, name: str, make: Callable[[], bytes]) -> bytes:

@@ -11,7 +11,6 @@ starting together migrate once.
 from __future__ import annotations
 
 import functools
-import json
 from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeAlias, TypeVar
 from urllib.parse import urlsplit
@@ -28,9 +27,11 @@ from gateway.store.credentials import (
     AuditEntry,
     CredentialConflict,
     NewCredential,
+    OfTenant,
     StoredCredential,
 )
 from gateway.store.rows import (
+    AUDIT_COLUMNS,
     COLUMNS,
     audit_entry,
     audit_row,
@@ -157,8 +158,17 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE credentials ADD COLUMN tenant TEXT;
     """,
+    # 6: the tenant of each audit entry's credential, so a tenant's admin sees its own.
+    """
+    ALTER TABLE credential_audit ADD COLUMN tenant TEXT;
+    UPDATE credential_audit AS a SET tenant = c.tenant
+        FROM credentials AS c WHERE c.id = a.credential_id;
+    """,
 )
 
+_INSERT_AUDIT = (
+    f"INSERT INTO credential_audit ({AUDIT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7)"  # noqa: S608
+)
 _OUTBOX_VERSION = 3  # the migration that made the outbox's tables
 
 _VERSIONS_TABLE = """
@@ -378,14 +388,24 @@ class PostgresCredentials:
 
     @_reachable
     async def page(
-        self, *, offset: int, limit: int, search: str | None = None
+        self,
+        *,
+        offset: int,
+        limit: int,
+        search: str | None = None,
+        tenant: OfTenant | None = None,
     ) -> tuple[list[StoredCredential], int]:
         """One page, oldest first, with the total; `search` matches name or username."""
-        where, args = "", []
+        conditions: list[str] = []
+        args: list[str | None] = []
         if search:
             pattern = "%" + search.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-            where = " WHERE name ILIKE $1 ESCAPE '\\' OR username ILIKE $1 ESCAPE '\\'"
-            args = [pattern + "%"]
+            conditions.append("(name ILIKE $1 ESCAPE '\\' OR username ILIKE $1 ESCAPE '\\')")
+            args.append(pattern + "%")
+        if tenant is not None:
+            args.append(tenant.name)
+            conditions.append(f"tenant IS NOT DISTINCT FROM ${len(args)}")  # NULL: default's
+        where = " WHERE " + " AND ".join(conditions) if conditions else ""
         pool = self._connected()
         total = await pool.fetchval(f"SELECT count(*) FROM credentials{where}", *args)  # noqa: S608
         rows = await pool.fetch(
@@ -398,12 +418,21 @@ class PostgresCredentials:
         return [credential(r) for r in rows], int(total)
 
     @_reachable
-    async def audit(self, *, offset: int, limit: int) -> tuple[list[AuditEntry], int]:
+    async def audit(
+        self, *, offset: int, limit: int, tenant: OfTenant | None = None
+    ) -> tuple[list[AuditEntry], int]:
         """One page of the audit, newest first, with the total."""
+        where, args = (
+            ("", []) if tenant is None else (" WHERE tenant IS NOT DISTINCT FROM $1", [tenant.name])
+        )
         pool = self._connected()
-        total = await pool.fetchval("SELECT count(*) FROM credential_audit")
+        total = await pool.fetchval(f"SELECT count(*) FROM credential_audit{where}", *args)  # noqa: S608
         rows = await pool.fetch(
-            "SELECT * FROM credential_audit ORDER BY id DESC LIMIT $1 OFFSET $2", limit, offset
+            f"SELECT * FROM credential_audit{where} ORDER BY id DESC "  # noqa: S608
+            f"LIMIT ${len(args) + 1} OFFSET ${len(args) + 2}",
+            *args,
+            limit,
+            offset,
         )
         return [audit_entry(r) for r in rows], int(total)
 
@@ -420,17 +449,17 @@ class PostgresCredentials:
             done = await work(conn)
             if done is not None:
                 action, changes = audit(done)
-                await conn.execute(
-                    "INSERT INTO credential_audit "
-                    "(at, actor, action, credential_id, username, changes) "
-                    "VALUES ($1, $2, $3, $4, $5, $6)",
+                entry = AuditEntry(
+                    0,
                     self._clock.now(),
                     actor,
                     action,
                     done.id,
                     done.username,
-                    json.dumps(changes),
+                    changes,
+                    done.tenant,
                 )
+                await conn.execute(_INSERT_AUDIT, *audit_row(entry))
                 await conn.execute("UPDATE credential_generation SET value = value + 1")
         return done
 
@@ -583,11 +612,6 @@ class PostgresCredentials:
                 )
                 if row is None:
                     skipped.append(stored.username)
-            await conn.executemany(
-                "INSERT INTO credential_audit "
-                "(at, actor, action, credential_id, username, changes) "
-                "VALUES ($1, $2, $3, $4, $5, $6)",
-                [audit_row(entry) for entry in audit],
-            )
+            await conn.executemany(_INSERT_AUDIT, [audit_row(entry) for entry in audit])
             await conn.execute("UPDATE credential_generation SET value = value + 1")
         return skipped

@@ -16,6 +16,7 @@ from gateway.store.credentials import AuditEntry, NewCredential, StoredCredentia
 
 __all__ = [
     "AUDITED_ON_CREATE",
+    "AUDIT_COLUMNS",
     "COLUMNS",
     "Row",
     "audit_entry",
@@ -135,11 +136,17 @@ def audit_entry(row: Row) -> AuditEntry:
         row["credential_id"],
         row["username"],
         json.loads(row["changes"]),
+        row["tenant"],
     )
 
 
-def audit_row(entry: AuditEntry) -> tuple[float, str, str, str | None, str | None, str]:
-    """(at, actor, action, credential_id, username, changes) of an entry, to insert."""
+AUDIT_COLUMNS = "at, actor, action, credential_id, username, changes, tenant"
+
+
+def audit_row(
+    entry: AuditEntry,
+) -> tuple[float, str, str, str | None, str | None, str, str | None]:
+    """The values of AUDIT_COLUMNS for an entry, to insert."""
     return (
         entry.at,
         entry.actor,
@@ -147,4 +154,5 @@ def audit_row(entry: AuditEntry) -> tuple[float, str, str, str | None, str | Non
         entry.credential_id,
         entry.username,
         json.dumps(entry.changes),
+        entry.tenant,
     )

@@ -9,12 +9,11 @@ sees the new generation also sees the change. The schema carries its version
 from __future__ import annotations
 
 import asyncio
-import json
 import sqlite3
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, TypeVar, cast
+from typing import Any, TypeVar
 
 from gateway.clock import SYSTEM_CLOCK, Clock
 from gateway.config.settings import Config
@@ -23,9 +22,11 @@ from gateway.store.credentials import (
     AuditEntry,
     CredentialConflict,
     NewCredential,
+    OfTenant,
     StoredCredential,
 )
 from gateway.store.rows import (
+    AUDIT_COLUMNS,
     COLUMNS,
     audit_entry,
     audit_row,
@@ -79,6 +80,11 @@ _MIGRATIONS = (
     # 3: a credential's tenant (its storage and targets; NULL: the default tenant).
     """
     ALTER TABLE credentials ADD COLUMN tenant TEXT;
+    """,
+    # 4: the tenant of each audit entry's credential, so a tenant's admin sees its own.
+    """
+    ALTER TABLE audit ADD COLUMN tenant TEXT;
+    UPDATE audit SET tenant = (SELECT tenant FROM credentials WHERE id = audit.credential_id);
     """,
 )
 
@@ -191,15 +197,25 @@ class SqliteCredentials:
         return await self._one("username", username)
 
     async def page(
-        self, *, offset: int, limit: int, search: str | None = None
+        self,
+        *,
+        offset: int,
+        limit: int,
+        search: str | None = None,
+        tenant: OfTenant | None = None,
     ) -> tuple[list[StoredCredential], int]:
         """One page, oldest first, with the total; `search` matches name or username."""
-        where, args = "", cast(tuple[str, ...], ())
+        conditions: list[str] = []
+        args: tuple[str | None, ...] = ()
         if search:
             pattern = "%" + search.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
             pattern += "%"
-            where = " WHERE name LIKE ? ESCAPE '\\' OR username LIKE ? ESCAPE '\\'"
+            conditions.append("(name LIKE ? ESCAPE '\\' OR username LIKE ? ESCAPE '\\')")
             args = (pattern, pattern)
+        if tenant is not None:
+            conditions.append("tenant IS ?")  # IS: the default tenant's is NULL
+            args = (*args, tenant.name)
+        where = " WHERE " + " AND ".join(conditions) if conditions else ""
 
         def read(db: sqlite3.Connection) -> tuple[list[sqlite3.Row], int]:
             total = db.execute(f"SELECT count(*) FROM credentials{where}", args).fetchone()[0]  # noqa: S608
@@ -213,13 +229,18 @@ class SqliteCredentials:
         rows, total = await self._call(read)
         return [credential(r) for r in rows], total
 
-    async def audit(self, *, offset: int, limit: int) -> tuple[list[AuditEntry], int]:
+    async def audit(
+        self, *, offset: int, limit: int, tenant: OfTenant | None = None
+    ) -> tuple[list[AuditEntry], int]:
         """One page of the audit, newest first, with the total."""
+        where, args = ("", ()) if tenant is None else (" WHERE tenant IS ?", (tenant.name,))
+        # IS: the default tenant's rows have none (NULL)
 
         def read(db: sqlite3.Connection) -> tuple[list[sqlite3.Row], int]:
-            total = db.execute("SELECT count(*) FROM audit").fetchone()[0]
+            total = db.execute(f"SELECT count(*) FROM audit{where}", args).fetchone()[0]  # noqa: S608
             rows = db.execute(
-                "SELECT * FROM audit ORDER BY id DESC LIMIT ? OFFSET ?", (limit, offset)
+                f"SELECT * FROM audit{where} ORDER BY id DESC LIMIT ? OFFSET ?",  # noqa: S608
+                (*args, limit, offset),
             ).fetchall()
             return rows, int(total)
 
@@ -241,10 +262,19 @@ class SqliteCredentials:
             done = work(db)
             if done is not None:
                 action, changes = audit(done)
+                entry = AuditEntry(
+                    0,
+                    self._clock.now(),
+                    actor,
+                    action,
+                    done.id,
+                    done.username,
+                    changes,
+                    done.tenant,
+                )
                 db.execute(
-                    "INSERT INTO audit (at, actor, action, credential_id, username, changes) "
-                    "VALUES (?, ?, ?, ?, ?, ?)",
-                    (self._clock.now(), actor, action, done.id, done.username, json.dumps(changes)),
+                    f"INSERT INTO audit ({AUDIT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",  # noqa: S608
+                    audit_row(entry),
                 )
                 db.execute("UPDATE generation SET value = value + 1")
             db.execute("COMMIT")
@@ -418,8 +448,7 @@ class SqliteCredentials:
                     if not inserted:
                         skipped.append(stored.username)
                 db.executemany(
-                    "INSERT INTO audit (at, actor, action, credential_id, username, changes) "
-                    "VALUES (?, ?, ?, ?, ?, ?)",
+                    f"INSERT INTO audit ({AUDIT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",  # noqa: S608
                     [audit_row(entry) for entry in audit],
                 )
                 db.execute("UPDATE generation SET value = value + 1")

@@ -129,7 +129,7 @@ const provider = new Provider(config.issuer, {
   // Claims in the ID token from the token endpoint too (not only from userinfo), as the
   // admin-claim check reads them there.
   conformIdTokenClaims: false,
-  claims: { openid: ['sub'], groups: ['groups'] },
+  claims: { openid: ['sub'], groups: ['groups', 'dept'] },
   findAccount: (_ctx, id) => ({
     accountId: id,
     claims: () => ({ ...(accounts[id] ?? {}), sub: id }),

@@ -25,6 +25,7 @@ from gateway.auth.passwords import hash_new_password
 from gateway.auth.principal import Principal
 from gateway.config.settings import AdminUiConfig
 from gateway.errors import GatewayError
+from gateway.http.admin_scope import Admin, admin_of
 from gateway.http.admin_ui.activity import polyline
 from gateway.http.admin_ui.sessions import (
     COOKIE,
@@ -33,7 +34,7 @@ from gateway.http.admin_ui.sessions import (
     AdminSession,
     SessionKeeper,
 )
-from gateway.http.handlers.admin_credentials import actor_of, changed, create_checked
+from gateway.http.handlers.admin_credentials import changed, create_checked
 from gateway.http.handlers.operations import forwarding_document, replay_dead_letters
 from gateway.http.keys import (
     ACTIVITY,
@@ -47,8 +48,9 @@ from gateway.http.keys import (
 )
 from gateway.http.middlewares import authenticate_request
 from gateway.http.readiness import check_readiness
+from gateway.http.tenancy import tenant_label
 from gateway.secret import Secret
-from gateway.store.credentials import check_changes, new_secret
+from gateway.store.credentials import OfTenant, check_changes, new_secret
 from gateway.xapi.scopes import KNOWN_SCOPES, normalize_scopes
 
 __all__ = [
@@ -137,7 +139,9 @@ def _admin_now(request: web.Request, session: AdminSession) -> Principal | None:
     credential = request.app[CREDENTIAL_SOURCES].get(session.subject)
     if credential is None or "admin" not in credential.scopes:
         return None
-    return Principal(session.subject, credential.agent, credential.scopes, "basic")
+    return Principal(
+        session.subject, credential.agent, credential.scopes, "basic", credential.tenant
+    )
 
 
 def _signed_in_admin(request: web.Request, session: AdminSession) -> Principal | None:
@@ -150,7 +154,7 @@ def _signed_in_admin(request: web.Request, session: AdminSession) -> Principal |
     issuer = (request.app[CONFIG].auth.oidc.issuer or "").rstrip("/")
     subject = session.subject.removeprefix(issuer + "/")
     agent = oidc_agent("account", {"iss": issuer, "sub": subject})
-    return Principal(session.subject, agent, _ADMIN_ONLY, "oidc")
+    return Principal(session.subject, agent, _ADMIN_ONLY, "oidc", session.tenant)
 
 
 def _session(request: web.Request) -> tuple[AdminSession, Principal] | None:
@@ -305,8 +309,17 @@ async def sso_callback(request: web.Request) -> web.Response:
             "administrator of this gateway.",
             "/admin/login",
         )
+    elif person.tenant is not None and person.tenant not in {
+        t.name for t in request.app[CONFIG].tenants
+    }:
+        response = _forbidden(
+            request,
+            f"You are signed in as {person.display_name} ({person.id}), of a tenant this "
+            "gateway does not have.",
+            "/admin/login",
+        )
     else:
-        session = _ui(request).keeper.new(person.id, "oidc")
+        session = _ui(request).keeper.new(person.id, "oidc", person.tenant)
         # A page, not a redirect: after the provider's cross-site redirect the browser would
         # not send a SameSite=Strict cookie with the next hop; from our own page it does.
         response = _renewed(
@@ -364,11 +377,16 @@ async def credentials_page(
     found = found or _session(request)
     if found is None:
         return _to_login()
-    session, _ = found
+    session, principal = found
+    admin = admin_of(principal, "the credentials page")
     database = request.app[CREDENTIAL_SOURCES].database
     assert database is not None
     search = request.query.get("search") or None
-    credentials, total = await database.page(offset=0, limit=500, search=search)
+    try:
+        listing = admin.listing(request)
+    except GatewayError as refused:
+        listing, error, status = admin.within(None, request), refused.message, refused.status
+    credentials, total = await database.page(offset=0, limit=500, search=search, tenant=listing)
     response = _ui(request).render(
         "credentials.html",
         title="Credentials",
@@ -380,8 +398,20 @@ async def credentials_page(
         error=error,
         status=status,
         known_scopes=" ".join(sorted(KNOWN_SCOPES)),
+        **_tenancy(request, admin, listing),
     )
     return _renewed(request, response, session)
+
+
+def _tenancy(request: web.Request, admin: Admin, listing: OfTenant | None) -> dict[str, Any]:
+    """What the credentials page shows of tenants (nothing when none is configured)."""
+    names = [t.name for t in request.app[CONFIG].tenants]
+    return {
+        "tenants": [tenant_label(None), *names] if names else [],
+        "bound_tenant": admin.tenant,
+        "listed_tenant": None if listing is None else tenant_label(listing.name),
+        "tenant_label": tenant_label,
+    }
 
 
 async def create(request: web.Request) -> web.Response:
@@ -396,10 +426,11 @@ async def create(request: web.Request) -> web.Response:
     }
     if str(form.get("username", "")).strip():
         fields["username"] = str(form["username"]).strip()
+    tenant = str(form.get("tenant", "")).strip()
+    if tenant and tenant != tenant_label(None):
+        fields["tenant"] = tenant
     try:
-        stored, secret = await create_checked(
-            request, check_changes(fields, sorted(fields)), actor=actor_of(principal)
-        )
+        stored, secret = await create_checked(request, check_changes(fields, sorted(fields)))
     except GatewayError as refused:
         return await credentials_page(
             request, error=refused.message, status=refused.status, found=(session, principal)
@@ -421,9 +452,10 @@ async def act(request: web.Request) -> web.Response:
     database = request.app[CREDENTIAL_SOURCES].database
     assert database is not None
     credential_id, action = request.match_info["id"], request.match_info["action"]
-    actor = actor_of(principal)
+    admin = admin_of(principal, "changing credentials")
+    actor = admin.actor
     found = await database.get(credential_id)
-    if found is None:
+    if found is None or not admin.reaches(found.tenant):
         return await credentials_page(
             request, error="That credential is gone.", status=404, found=(session, principal)
         )
@@ -512,14 +544,15 @@ async def forwarding_page(
     found = found or _session(request)
     if found is None:
         return _to_login()
-    session, _ = found
+    session, principal = found
+    mine = admin_of(principal, "the forwarding page").targets(request.app[CONFIG])
     document = await forwarding_document(request.app)
     response = _ui(request).render(
         "forwarding.html",
         title="Forwarding",
         session=session,
-        targets=document["targets"],
-        configured={t.label for t in request.app[CONFIG].forwardings},
+        targets={name: t for name, t in document["targets"].items() if name in mine},
+        configured=mine,
         notice=notice,
         error=error,
         status=status,
@@ -535,7 +568,9 @@ async def replay(request: web.Request) -> web.Response:
     session, principal, _ = checked
     target = request.match_info["target"]
     try:
-        moved = await replay_dead_letters(request.app, target, actor_of(principal))
+        moved = await replay_dead_letters(
+            request.app, target, admin_of(principal, "replaying dead letters")
+        )
     except GatewayError as refused:
         return await forwarding_page(
             request, error=refused.message, status=refused.status, found=(session, principal)

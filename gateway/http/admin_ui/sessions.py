@@ -8,6 +8,7 @@ hold `admin` (a disabled admin is out at once).
 
 from __future__ import annotations
 
+import dataclasses
 import hmac
 import json
 import secrets
@@ -44,10 +45,17 @@ class AdminSession:
     csrf: str
     issued_at: float
     seen_at: float
+    tenant: str | None = None  # a single sign-on admin's tenant (a Basic one's is read live)
 
     def csrf_matches(self, given: str | None) -> bool:
         """Whether a form's CSRF token is this session's (compared in constant time)."""
         return given is not None and hmac.compare_digest(given, self.csrf)
+
+
+def _tenant(value: object) -> str | None:
+    if value is not None and not isinstance(value, str):
+        raise TypeError("a session's tenant is a name")
+    return value
 
 
 class SessionKeeper:
@@ -59,10 +67,10 @@ class SessionKeeper:
         self._idle = idle
         self._absolute = absolute
 
-    def new(self, subject: str, scheme: str) -> AdminSession:
+    def new(self, subject: str, scheme: str, tenant: str | None = None) -> AdminSession:
         """A fresh session for a person who just logged in."""
         now = self._clock.now()
-        return AdminSession(subject, scheme, secrets.token_urlsafe(32), now, now)
+        return AdminSession(subject, scheme, secrets.token_urlsafe(32), now, now, tenant)
 
     def seal(self, session: AdminSession) -> str:
         """The cookie value: the session encrypted and signed."""
@@ -72,6 +80,7 @@ class SessionKeeper:
             "csrf": session.csrf,
             "iat": session.issued_at,
             "seen": session.seen_at,
+            "tenant": session.tenant,
         }
         return self._fernet.encrypt(json.dumps(payload).encode()).decode()
 
@@ -87,13 +96,16 @@ class SessionKeeper:
                 str(payload["csrf"]),
                 float(payload["iat"]),
                 float(payload["seen"]),
+                # A cookie from before tenants has no "tenant": it signs in again rather than
+                # be taken for an admin of every tenant.
+                _tenant(payload["tenant"]),
             )
         except (InvalidToken, ValueError, KeyError, TypeError):
             return None
         now = self._clock.now()
         if now - session.issued_at > self._absolute or now - session.seen_at > self._idle:
             return None
-        return AdminSession(session.subject, session.scheme, session.csrf, session.issued_at, now)
+        return dataclasses.replace(session, seen_at=now)
 
     def seal_pending(self, pending: PendingLogin) -> str:
         """The cookie value that carries a single sign-on to its callback."""

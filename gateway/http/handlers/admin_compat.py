@@ -7,12 +7,16 @@ Rustici Engine (`/admin/xapi/credentials`): a credential's `id` is its Basic use
 `secret` its password; `permissionsLevel` USER, ROOT, READONLY, WRITEONLY map onto the
 scopes of Rustici's roles. PUT takes one credential or a list (bare, or as
 `{"xapiCredentials": [...]}`); an `id` that exists is updated, any other is created.
-OAuth credentials are refused (400) until the gateway speaks OAuth 1.0a.
+OAuth credentials are refused (400) until the gateway speaks OAuth 1.0a. As in Engine,
+the `engineTenantName` header names the tenant a call works in ("default": the default
+tenant); without it, a tenant's admin works in its own and the gateway's admin lists every
+tenant's credentials and creates in the default tenant.
 
 SQL LRS (`/admin/creds`): `api-key` is the Basic username and `secret-key` the password.
 PUT and DELETE name a pair by both, as SQL LRS does; the gateway checks the secret-key
 against its hash. GET lists keys and scopes, never secret keys (the gateway keeps only
-hashes; SQL LRS would show them).
+hashes; SQL LRS would show them); `?tenant=` limits it to one tenant. A tenant's admin
+sees and makes its own tenant's pairs only.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from aiohttp import web
 
 from gateway.auth.passwords import hash_new_password
 from gateway.errors import BadRequest, NotFound
+from gateway.http.admin_scope import Admin
 from gateway.http.bodies import read_limited
 from gateway.http.handlers.admin_credentials import (
     admin_database,
@@ -34,6 +39,7 @@ from gateway.http.keys import PASSWORDS
 from gateway.secret import Secret
 from gateway.store.credentials import (
     CredentialDatabase,
+    OfTenant,
     StoredCredential,
     check_changes,
     check_secret,
@@ -121,9 +127,15 @@ def _rustici_fields(body: object, where: str) -> dict[str, Any]:
         raise BadRequest(f"{where}: {exc.message}") from None
 
 
+def _engine_tenant(request: web.Request, admin: Admin) -> OfTenant | None:
+    """The tenant Engine's `engineTenantName` header names (None: every tenant)."""
+    return admin.within(request.headers.get("engineTenantName"), request)
+
+
 async def rustici_put(request: web.Request) -> web.Response:
     """PUT /admin/xapi/credentials: create or update each credential given."""
-    database, actor = admin_database(request)
+    database, admin = admin_database(request)
+    tenant = _engine_tenant(request, admin)
     body = await _json(request)
     items = body
     if isinstance(body, dict):
@@ -134,17 +146,21 @@ async def rustici_put(request: web.Request) -> web.Response:
     answers = []
     for fields in checked:  # all checked before any is written
         existing = await database.by_username(fields["username"]) if "username" in fields else None
+        if existing is not None and not _in(existing, admin, tenant):
+            existing = None  # another tenant's: creating it is a 409 (usernames are global)
         if existing is None:
             fields.setdefault("name", fields.get("username") or "rustici credential")
             fields.setdefault("scopes", tuple(ROLE_SCOPES["user"]))  # Engine's default level
-            stored, secret = await create_checked(request, fields, actor=actor)
+            if tenant is not None:
+                fields["tenant"] = tenant.name
+            stored, secret = await create_checked(request, fields)
             shown = _rustici_shape(stored)
             if secret is not None:
                 shown["secret"] = secret
         else:
             secret = fields.pop("secret", None)
             fields.pop("username", None)
-            stored = await _update(request, database, existing, fields, secret, actor)
+            stored = await _update(request, database, existing, fields, secret, admin.actor)
             shown = _rustici_shape(stored)
         answers.append(shown)
     return web.json_response({"xapiCredentials": answers})
@@ -181,31 +197,40 @@ async def _json(request: web.Request) -> object:
     return body
 
 
-async def _by_id(database: CredentialDatabase, request: web.Request) -> StoredCredential:
+def _in(found: StoredCredential, admin: Admin, tenant: OfTenant | None) -> bool:
+    """Whether a credential is the admin's to see, in the tenant the call names."""
+    return admin.reaches(found.tenant) and (tenant is None or found.tenant == tenant.name)
+
+
+async def _by_id(
+    database: CredentialDatabase, request: web.Request, admin: Admin
+) -> StoredCredential:
     found = await database.by_username(request.match_info["id"])
-    if found is None:
+    if found is None or not _in(found, admin, _engine_tenant(request, admin)):
         raise NotFound("no credential with this id")
     return found
 
 
 async def rustici_list(request: web.Request) -> web.Response:
     """GET /admin/xapi/credentials: every credential, in Rustici's shape (no secrets)."""
-    database, _ = admin_database(request)
-    found, _total = await database.page(offset=0, limit=1_000_000)
+    database, admin = admin_database(request)
+    found, _total = await database.page(
+        offset=0, limit=1_000_000, tenant=_engine_tenant(request, admin)
+    )
     return web.json_response({"xapiCredentials": [_rustici_shape(c) for c in found]})
 
 
 async def rustici_get(request: web.Request) -> web.Response:
     """GET /admin/xapi/credentials/{id}."""
-    database, _ = admin_database(request)
-    return web.json_response(_rustici_shape(await _by_id(database, request)))
+    database, admin = admin_database(request)
+    return web.json_response(_rustici_shape(await _by_id(database, request, admin)))
 
 
 async def rustici_delete(request: web.Request) -> web.Response:
     """DELETE /admin/xapi/credentials/{id}: 204."""
-    database, actor = admin_database(request)
-    found = await _by_id(database, request)
-    await database.delete(found.id, actor=actor)
+    database, admin = admin_database(request)
+    found = await _by_id(database, request, admin)
+    await database.delete(found.id, actor=admin.actor)
     await changed(request)
     return web.Response(status=204)
 
@@ -224,47 +249,51 @@ def _scopes_of(body: dict[str, Any]) -> tuple[str, ...]:
 
 async def _pair(request: web.Request, body: dict[str, Any]) -> StoredCredential:
     """The credential an `api-key` + `secret-key` pair names (404 when none matches)."""
-    database, _ = admin_database(request)
+    database, admin = admin_database(request)
     key, secret = body.get("api-key"), body.get("secret-key")
     if not isinstance(key, str) or not isinstance(secret, str):
         raise BadRequest("api-key and secret-key: both required, strings")
     found = await database.by_username(key)
     # The same answer whether the key or the secret is wrong: no key can be probed for.
-    if found is None or not await request.app[PASSWORDS].check(secret, found.secret_hash.reveal()):
+    if (
+        found is None
+        or not admin.reaches(found.tenant)
+        or not await request.app[PASSWORDS].check(secret, found.secret_hash.reveal())
+    ):
         raise NotFound("no credential with this api-key and secret-key")
     return found
 
 
 async def sqllrs_create(request: web.Request) -> web.Response:
     """POST /admin/creds {"scopes"}: a new pair, its secret-key shown this once."""
-    _, actor = admin_database(request)
+    admin_database(request)
     body = await json_object(request)
     unknown = sorted(set(body) - {"scopes"})
     if unknown:
         raise BadRequest(f"unknown field {unknown[0][:40]!r}; allowed: scopes")
     scopes = _scopes_of(body)
-    fields = {"name": "sql-lrs credential", "scopes": scopes}
-    stored, secret = await create_checked(request, fields, actor=actor)
+    fields: dict[str, Any] = {"name": "sql-lrs credential", "scopes": scopes}
+    stored, secret = await create_checked(request, fields)
     return web.json_response({**_sqllrs_shape(stored), "secret-key": secret})
 
 
 async def sqllrs_list(request: web.Request) -> web.Response:
-    """GET /admin/creds: every pair's api-key and scopes."""
-    database, _ = admin_database(request)
-    found, _total = await database.page(offset=0, limit=1_000_000)
+    """GET /admin/creds?tenant=: every pair's api-key and scopes."""
+    database, admin = admin_database(request)
+    found, _total = await database.page(offset=0, limit=1_000_000, tenant=admin.listing(request))
     return web.json_response([_sqllrs_shape(c) for c in found])
 
 
 async def sqllrs_update(request: web.Request) -> web.Response:
     """PUT /admin/creds {"api-key", "secret-key", "scopes"}: new scopes for the pair."""
-    database, actor = admin_database(request)
+    database, admin = admin_database(request)
     body = await json_object(request)
     unknown = sorted(set(body) - {"api-key", "secret-key", "scopes"})
     if unknown:
         raise BadRequest(f"unknown field {unknown[0][:40]!r}")
     scopes = _scopes_of(body)
     found = await _pair(request, body)
-    updated = await database.update(found.id, {"scopes": scopes}, actor=actor)
+    updated = await database.update(found.id, {"scopes": scopes}, actor=admin.actor)
     if updated is None:
         raise NotFound("no credential with this api-key and secret-key")
     await changed(request)
@@ -273,9 +302,9 @@ async def sqllrs_update(request: web.Request) -> web.Response:
 
 async def sqllrs_delete(request: web.Request) -> web.Response:
     """DELETE /admin/creds {"api-key", "secret-key"}: the pair stops at once."""
-    database, actor = admin_database(request)
+    database, admin = admin_database(request)
     body = await json_object(request)
     found = await _pair(request, body)
-    await database.delete(found.id, actor=actor)
+    await database.delete(found.id, actor=admin.actor)
     await changed(request)
     return web.json_response({"api-key": found.username})

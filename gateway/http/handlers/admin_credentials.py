@@ -1,6 +1,7 @@
 """/admin/credentials and /admin/audit: credentials in the database, managed over HTTP.
 
-Every call needs the `admin` scope. A secret is shown once, in the answer that made it
+Every call needs the `admin` scope; an admin bound to a tenant works within it alone
+(gateway.http.admin_scope). A secret is shown once, in the answer that made it
 (create with a generated secret, rotate); no answer ever holds a hash. A change is in
 effect in the answering process when the answer leaves, and in every other worker within
 the database poll interval (`store.poll_interval`).
@@ -13,10 +14,10 @@ from typing import Any
 from aiohttp import web
 
 from gateway.auth.passwords import hash_new_password
-from gateway.auth.principal import Principal
-from gateway.errors import BadRequest, Conflict, Forbidden, NotFound
+from gateway.errors import BadRequest, Conflict, NotFound
+from gateway.http.admin_scope import Admin, request_admin
 from gateway.http.bodies import read_limited
-from gateway.http.keys import CONFIG, CREDENTIAL_SOURCES, PRINCIPAL
+from gateway.http.keys import CONFIG, CREDENTIAL_SOURCES
 from gateway.secret import Secret
 from gateway.store.credentials import (
     EDITABLE,
@@ -32,7 +33,6 @@ from gateway.store.credentials import (
 from gateway.xapi.statements import parse_json_body
 
 __all__ = [
-    "actor_of",
     "admin_database",
     "audit",
     "changed",
@@ -61,20 +61,13 @@ _CREATE_FIELDS = (
 _DEFAULT_PAGE, _MAX_PAGE = 50, 500
 
 
-def actor_of(principal: Principal) -> str:
-    """Who made a change, as the audit names them: `basic:alice`, `oidc:ISSUER/SUBJECT`, ..."""
-    return f"{principal.scheme}:{principal.id}"
-
-
-def admin_database(request: web.Request) -> tuple[CredentialDatabase, str]:
-    """The database and who is asking, for a caller holding `admin` (else 403)."""
-    principal = request[PRINCIPAL]
-    if "admin" not in principal.scopes:
-        raise Forbidden("managing credentials needs the admin scope")
+def admin_database(request: web.Request) -> tuple[CredentialDatabase, Admin]:
+    """The database and the admin asking, for a caller holding `admin` (else 403)."""
+    admin = request_admin(request, "managing credentials")
     database = request.app[CREDENTIAL_SOURCES].database
     if database is None:  # pragma: no cover - the app always opens one with basic auth
         raise NotFound("no credential database: the basic backend is not enabled")
-    return database, actor_of(principal)
+    return database, admin
 
 
 def _page(request: web.Request) -> tuple[int, int]:
@@ -96,9 +89,11 @@ async def json_object(request: web.Request) -> dict[str, Any]:
     return body
 
 
-async def _found(database: CredentialDatabase, request: web.Request) -> StoredCredential:
+async def _found(
+    database: CredentialDatabase, request: web.Request, admin: Admin
+) -> StoredCredential:
     found = await database.get(request.match_info["id"])
-    if found is None:
+    if found is None or not admin.reaches(found.tenant):  # another tenant's: not there
         raise NotFound("no credential with this id")
     return found
 
@@ -109,14 +104,15 @@ async def changed(request: web.Request) -> None:
 
 
 async def create_checked(
-    request: web.Request, checked: dict[str, Any], *, actor: str
+    request: web.Request, checked: dict[str, Any]
 ) -> tuple[StoredCredential, str | None]:
     """Create from checked fields; (the credential, its secret when the gateway made it).
 
     Shared by every shape of the API: a username of the credentials file, or one the
-    database has, is a 409.
+    database has, is a 409. A bound admin's credential is in its tenant.
     """
-    database, _ = admin_database(request)
+    database, admin = admin_database(request)
+    checked["tenant"] = admin.tenant_of_new(checked.get("tenant"))
     generated = "secret" not in checked
     secret = new_secret() if generated else check_secret(checked["secret"])
     username = checked.get("username") or new_username()
@@ -126,7 +122,7 @@ async def create_checked(
     hashed = Secret(await hash_new_password(secret))
     new = NewCredential.from_checked(checked, username=username, secret_hash=hashed)
     try:
-        stored = await database.create(new, actor=actor)
+        stored = await database.create(new, actor=admin.actor)
     except CredentialConflict:
         raise Conflict(f"username: {username!r} is taken") from None
     await changed(request)
@@ -146,12 +142,12 @@ def _check_tenant(request: web.Request, checked: dict[str, Any]) -> None:
 
 async def create_credential(request: web.Request) -> web.Response:
     """POST /admin/credentials: 201 with the credential; its secret only if generated."""
-    _, actor = admin_database(request)
+    admin_database(request)
     checked = check_changes(await json_object(request), _CREATE_FIELDS)
     for required in ("name", "scopes"):
         if required not in checked:
             raise BadRequest(f"{required}: required")
-    stored, secret = await create_checked(request, checked, actor=actor)
+    stored, secret = await create_checked(request, checked)
     answer = stored.public()
     if secret is not None:
         answer["secret"] = secret  # shown this once
@@ -159,11 +155,13 @@ async def create_credential(request: web.Request) -> web.Response:
 
 
 async def list_credentials(request: web.Request) -> web.Response:
-    """GET /admin/credentials?offset=&limit=&search=: one page, oldest first."""
-    database, _ = admin_database(request)
+    """GET /admin/credentials?offset=&limit=&search=&tenant=: one page, oldest first."""
+    database, admin = admin_database(request)
     offset, limit = _page(request)
     search = request.query.get("search") or None
-    found, total = await database.page(offset=offset, limit=limit, search=search)
+    found, total = await database.page(
+        offset=offset, limit=limit, search=search, tenant=admin.listing(request)
+    )
     return web.json_response(
         {
             "credentials": [c.public() for c in found],
@@ -176,16 +174,19 @@ async def list_credentials(request: web.Request) -> web.Response:
 
 async def get_credential(request: web.Request) -> web.Response:
     """GET /admin/credentials/{id}."""
-    database, _ = admin_database(request)
-    return web.json_response((await _found(database, request)).public())
+    database, admin = admin_database(request)
+    return web.json_response((await _found(database, request, admin)).public())
 
 
 async def update_credential(request: web.Request) -> web.Response:
     """PATCH /admin/credentials/{id}: name, scopes, agent, enabled, expires_at, info, tenant."""
-    database, actor = admin_database(request)
+    database, admin = admin_database(request)
     changes = check_changes(await json_object(request), sorted(EDITABLE))
+    await _found(database, request, admin)
+    if "tenant" in changes:
+        changes["tenant"] = admin.tenant_of_new(changes["tenant"])
     _check_tenant(request, changes)
-    updated = await database.update(request.match_info["id"], changes, actor=actor)
+    updated = await database.update(request.match_info["id"], changes, actor=admin.actor)
     if updated is None:
         raise NotFound("no credential with this id")
     await changed(request)
@@ -194,11 +195,11 @@ async def update_credential(request: web.Request) -> web.Response:
 
 async def rotate_credential(request: web.Request) -> web.Response:
     """POST /admin/credentials/{id}/rotate: a new secret, shown once; the old one stops."""
-    database, actor = admin_database(request)
-    await _found(database, request)
+    database, admin = admin_database(request)
+    await _found(database, request, admin)
     secret = new_secret()
     rotated = await database.rotate(
-        request.match_info["id"], Secret(await hash_new_password(secret)), actor=actor
+        request.match_info["id"], Secret(await hash_new_password(secret)), actor=admin.actor
     )
     if rotated is None:
         raise NotFound("no credential with this id")
@@ -208,18 +209,19 @@ async def rotate_credential(request: web.Request) -> web.Response:
 
 async def delete_credential(request: web.Request) -> web.Response:
     """DELETE /admin/credentials/{id}: 204; the credential stops at once."""
-    database, actor = admin_database(request)
-    if await database.delete(request.match_info["id"], actor=actor) is None:
+    database, admin = admin_database(request)
+    await _found(database, request, admin)
+    if await database.delete(request.match_info["id"], actor=admin.actor) is None:
         raise NotFound("no credential with this id")
     await changed(request)
     return web.Response(status=204)
 
 
 async def audit(request: web.Request) -> web.Response:
-    """GET /admin/audit?offset=&limit=: every change, newest first (never a secret)."""
-    database, _ = admin_database(request)
+    """GET /admin/audit?offset=&limit=&tenant=: every change, newest first (no secret)."""
+    database, admin = admin_database(request)
     offset, limit = _page(request)
-    entries, total = await database.audit(offset=offset, limit=limit)
+    entries, total = await database.audit(offset=offset, limit=limit, tenant=admin.listing(request))
     return web.json_response(
         {"entries": [e.public() for e in entries], "total": total, "offset": offset, "limit": limit}
     )

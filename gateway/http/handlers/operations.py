@@ -13,10 +13,12 @@ from aiohttp import web
 from gateway.errors import BadRequest, Forbidden, NotFound, WorkersUnavailable
 from gateway.forwarding.forwarder import Forwarder
 from gateway.http.abuse_guard import Guard, lockout_key
+from gateway.http.admin_scope import Admin, request_admin
 from gateway.http.bodies import read_limited
 from gateway.http.keys import (
     AUTHENTICATOR,
     CONFIG,
+    CREDENTIAL_SOURCES,
     GUARD,
     METRICS,
     PRINCIPAL,
@@ -140,9 +142,12 @@ async def forwarding_status(request: web.Request) -> web.Response:
 
     With several workers: every worker's outbox added up, and how many did not answer.
     """
-    if "admin" not in request[PRINCIPAL].scopes:
-        raise Forbidden("the forwarding status needs the admin scope")
-    return web.json_response(await forwarding_document(request.app))
+    admin = request_admin(request, "the forwarding status")
+    document = await forwarding_document(request.app)
+    if admin.bound:  # a tenant's admin sees its tenant's targets alone
+        mine = admin.targets(request.app[CONFIG])
+        document["targets"] = {n: t for n, t in document["targets"].items() if n in mine}
+    return web.json_response(document)
 
 
 async def forwarding_document(app: web.Application) -> dict[str, Any]:
@@ -193,18 +198,16 @@ def replay_own_dead_letters(app: web.Application) -> Command:
     return replay
 
 
-async def replay_dead_letters(app: web.Application, target: str, actor: str) -> int:
+async def replay_dead_letters(app: web.Application, target: str, admin: Admin) -> int:
     """Re-queue `target`'s dead letters in every worker's outbox; how many moved.
 
-    404 for a target the configuration does not name; 503 when a worker did not answer
-    (what moved stays moved: a second call moves the rest).
+    404 for a target the configuration does not name (or another tenant's, for a tenant's
+    admin); 503 when a worker did not answer (what moved stays moved: a second call moves
+    the rest).
     """
-    config = app[CONFIG]
-    named = {t.label for t in config.forwardings} | {
-        t.label for tenant in config.tenants for t in tenant.forwardings
-    }
-    if target not in named:
+    if target not in admin.targets(app[CONFIG]):
         raise NotFound("no forwarding target has that name")
+    actor = admin.actor
     moved = await _replay(app, target)
     forwarders = all_forwarders(app)
     role = app.get(WORKER)
@@ -223,11 +226,9 @@ async def replay_dead_letters(app: web.Application, target: str, actor: str) -> 
 
 async def forwarding_replay(request: web.Request) -> web.Response:
     """POST /admin/forwarding/{target}/replay: its dead letters back in its queue (admin)."""
-    principal = request[PRINCIPAL]
-    if "admin" not in principal.scopes:
-        raise Forbidden("replaying dead letters needs the admin scope")
+    admin = request_admin(request, "replaying dead letters")
     target = request.match_info["target"]
-    moved = await replay_dead_letters(request.app, target, f"{principal.scheme}:{principal.id}")
+    moved = await replay_dead_letters(request.app, target, admin)
     return web.json_response({"target": target, "requeued": moved})
 
 
@@ -247,6 +248,21 @@ def _lockout_subject(body: object) -> dict[str, str]:
     return {kind: value}
 
 
+def _check_lockout_reach(request: web.Request, admin: Admin, subject: dict[str, str]) -> None:
+    """A tenant's admin lifts its own credentials' lockouts, not an address's.
+
+    An address may be anyone's (a shared proxy, another tenant's clients); a username
+    that is not the tenant's is answered as unknown, so none can be probed for.
+    """
+    username = subject.get("username")
+    if username is None:
+        raise Forbidden("lifting an address's lockout needs an admin of every tenant")
+    sources = request.app.get(CREDENTIAL_SOURCES)
+    found = None if sources is None else sources.get(username)
+    if found is None or found.tenant != admin.tenant:
+        raise NotFound("no credential of this tenant has that username")
+
+
 def lift_own_lockout(guard: Guard) -> Command:
     """The sibling command that lifts a lockout in this worker."""
 
@@ -264,9 +280,10 @@ async def lockout_clear(request: web.Request) -> web.Response:
     503, and the call can be repeated.
     """
     principal = request[PRINCIPAL]
-    if "admin" not in principal.scopes:
-        raise Forbidden("lifting a lockout needs the admin scope")
+    admin = request_admin(request, "lifting a lockout")
     subject = _lockout_subject(parse_json_body(await read_limited(request, _MAX_LOCKOUT_REQUEST)))
+    if admin.bound:
+        _check_lockout_reach(request, admin, subject)
     locked = await request.app[GUARD].lift_lockout(lockout_key(**subject))
     answer: dict[str, Any] = dict(subject)
     role = request.app.get(WORKER)

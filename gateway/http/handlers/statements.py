@@ -17,7 +17,7 @@ from gateway.http.forwarded_headers import forwarded_headers
 from gateway.http.handlers import passthrough
 from gateway.http.keys import CONFIG, METRICS, PRINCIPAL, REQUEST_ID, VERSIONS
 from gateway.http.route_info import raw_query, xapi_tail
-from gateway.http.tenancy import forwarder_for, storage_for
+from gateway.http.tenancy import forwarder_for, storage_for, tenant_label
 from gateway.upstream.storage import (
     StorageClient,
     hide_failed_answer,
@@ -134,7 +134,7 @@ async def _send_write(
         hide_failed_answer(upstream, storage, request[REQUEST_ID])
         accepted = 200 <= upstream.status < 300
         if accepted:
-            request.app[METRICS].statements_accepted.inc(len(statements))
+            request.app[METRICS].accepted(tenant_label(request[PRINCIPAL].tenant), len(statements))
         if forwarder is not None:
             await (forwarder.accepted(seqs) if accepted else forwarder.refused(seqs))
     finally:

@@ -7,6 +7,7 @@ from typing import Any
 
 from aiohttp import web
 
+from gateway.config.settings import DEFAULT_TENANT
 from gateway.errors import BadRequest, Forbidden, NotFound
 from gateway.http.bodies import read_limited
 from gateway.http.keys import PRINCIPAL, TOKEN_SIGNER
@@ -108,7 +109,8 @@ def _rustici_request(body: dict[str, Any], tenant: str | None) -> tuple[list[str
     if "restrict" in body:
         raise BadRequest("restrict goes with scopes, not with permissions (Rustici's shape)")
     tenant_name = permissions.get("tenantName")
-    if tenant_name is not None and tenant_name != tenant:
+    # Rustici calls the tenant of a system without tenants "default", as we do.
+    if tenant_name is not None and tenant_name != (tenant or DEFAULT_TENANT):
         # Never a default: a token for a tenant the caller is not in is refused.
         raise Forbidden(f"permissions.tenantName: the caller is not in tenant {tenant_name!r}")
     # Rustici's xAPI credential roles (root, read-only, ...) stand for their scopes.
