@@ -291,6 +291,16 @@ TARGET = (
             "environment LRS_GATEWAY__AUTH__TOKENS__SECRET: auth.tokens.secret: must be at least",
         ),
         (
+            "auth:\n  backends: [basic, oauth]\n",
+            {"LRS_GATEWAY__AUTH__OAUTH__ENCRYPTION_KEY": "short"},
+            "auth.oauth.encryption_key: needed when the oauth backend is on, 32 bytes",
+        ),
+        (
+            "auth:\n  backends: [oauth]\n  oauth:\n    encryption_key: " + "k" * 40 + "\n",
+            {},
+            "auth.backends: oauth needs basic too",
+        ),
+        (
             "",
             {
                 "LRS_GATEWAY_XAPI_FORWARDINGS": json.dumps(

@@ -17,7 +17,12 @@ from realparts.postgres import PostgresServer
 
 from gateway.clock import ManualClock
 from gateway.secret import Secret
-from gateway.store.credentials import CredentialConflict, CredentialDatabase, NewCredential
+from gateway.store.credentials import (
+    CredentialConflict,
+    CredentialDatabase,
+    NewCredential,
+    OfTenant,
+)
 from gateway.store.postgres import MIGRATIONS, PostgresCredentials, SchemaBehind
 from gateway.store.sqlite import SqliteCredentials
 
@@ -168,6 +173,64 @@ async def test_a_shared_key_is_made_once_for_everyone(
 
 
 @pytest.mark.postgres
+async def test_tenant_filters_list_and_audit_each_tenants_own(
+    database: CredentialDatabase,
+) -> None:
+    await database.create(new("default-one"), actor="basic:admin")
+    physics = await database.create(new("physics-one", tenant="physics"), actor="basic:admin")
+    await database.update(physics.id, {"name": "renamed"}, actor="basic:physadmin")
+    listed, total = await database.page(offset=0, limit=10, tenant=OfTenant("physics"))
+    assert ([c.username for c in listed], total) == (["physics-one"], 1)
+    listed, total = await database.page(offset=0, limit=10, tenant=OfTenant(None))
+    assert ([c.username for c in listed], total) == (["default-one"], 1)
+    found, _ = await database.page(offset=0, limit=10, search="one", tenant=OfTenant("physics"))
+    assert [c.username for c in found] == ["physics-one"]
+    entries, total = await database.audit(offset=0, limit=10, tenant=OfTenant("physics"))
+    assert total == 2
+    assert {(e.action, e.tenant) for e in entries} == {("create", "physics"), ("update", "physics")}
+    _, everything = await database.audit(offset=0, limit=10)
+    assert everything == 3
+
+
+async def test_a_nonce_is_taken_once_everywhere_until_it_expires(
+    opener: tuple[Open, ManualClock],
+) -> None:
+    """Two opened databases are two processes: a nonce one took, the other refuses."""
+    make, clock = opener
+    first, second = make(), make()
+    await first.open()
+    await second.open()
+    try:
+        assert await first.remember_nonce("nonce-abc", clock.now() + 300)
+        assert not await second.remember_nonce("nonce-abc", clock.now() + 300)
+        assert await second.remember_nonce("nonce-abd", clock.now() + 300)
+        clock.advance(301)  # expired: the same key may come again (a new timestamp would)
+        assert await second.remember_nonce("nonce-abc", clock.now() + 300)
+        assert not await first.remember_nonce("nonce-abc", clock.now() + 300)
+    finally:
+        await first.close()
+        await second.close()
+
+
+async def test_an_oauth_consumer_keeps_its_sealed_secret(database: CredentialDatabase) -> None:
+    sealed = Secret("gAAAA-sealed-by-fernet")
+    made = await database.create(
+        new("consumer", auth_type="oauth", sealed_secret=sealed, secret_hash=Secret("")),
+        actor="basic:admin",
+    )
+    assert (made.auth_type, made.sealed_secret) == ("oauth", sealed)
+    assert "gAAAA" not in repr(made)
+    again = await database.by_username("consumer")
+    assert again is not None
+    assert (again.auth_type, again.sealed_secret) == ("oauth", sealed)
+    rotated = await database.rotate(
+        made.id, Secret(""), actor="basic:admin", sealed_secret=Secret("gAAAA-another")
+    )
+    assert rotated is not None
+    assert rotated.sealed_secret == Secret("gAAAA-another")
+    assert (await database.by_username("consumer")).public()["auth_type"] == "oauth"  # type: ignore[union-attr]
+
+
 async def test_replicas_starting_together_migrate_once(postgres: PostgresServer) -> None:
     dsn = await asyncio.to_thread(postgres.new_database)
     replicas = [PostgresCredentials(dsn) for _ in range(4)]

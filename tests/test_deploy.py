@@ -75,7 +75,7 @@ ROUTES = frozenset(
 )
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH", "OTHER"})
 STATUS_CLASSES = frozenset({"1xx", "2xx", "3xx", "4xx", "5xx"})
-SCHEMES = frozenset({"basic", "oidc", "callback", "token", "bearer", "none", "other"})
+SCHEMES = frozenset({"basic", "oidc", "callback", "token", "bearer", "oauth", "none", "other"})
 AUTH_RESULTS = frozenset({"ok", "bad_credentials", "forbidden", "error"})
 CACHE_RESULTS = frozenset({"hit", "miss"})
 OUTCOMES = frozenset({"2xx", "3xx", "4xx", "5xx", "timeout", "error"})

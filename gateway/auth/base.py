@@ -8,6 +8,8 @@ import hashlib
 from collections.abc import Sequence
 from typing import Protocol
 
+from gateway.auth.oauth1 import SCHEME as OAUTH_SCHEME
+from gateway.auth.oauth1 import OAuthBackend, SignedRequest
 from gateway.auth.principal import Principal
 from gateway.clock import SYSTEM_CLOCK, Clock
 from gateway.errors import Unauthorized
@@ -55,26 +57,37 @@ class Authenticator:
         bearer_cache_size: int = 10_000,
         bearer_cache_ttl: float = 300.0,
         clock: Clock = SYSTEM_CLOCK,
+        oauth: OAuthBackend | None = None,
     ) -> None:
         self._backends = tuple(backends)
+        self._oauth = oauth
         self._clock = clock
-        self.challenges = tuple(backend.challenge for backend in self._backends)
+        self.challenges = tuple(backend.challenge for backend in self._backends) + (
+            () if oauth is None else (oauth.challenge,)
+        )
         # A verified bearer token is good until its exp: verifying a JWT on every request
         # was a third of a request's cost (bench/). Keyed on a digest, bounded, and never
         # longer than `bearer_cache_ttl`.
         self._bearer: TtlCache[bytes, Principal] = TtlCache(bearer_cache_size, clock=clock)
         self._bearer_ttl = bearer_cache_ttl
 
-    async def authenticate(self, authorization: str | None) -> Principal:
+    async def authenticate(
+        self, authorization: str | None, signed: SignedRequest | None = None
+    ) -> Principal:
         """Return the caller's Principal or raise Unauthorized.
 
         When two backends take the same scheme (Basic from the file, then the callback), a
-        failure of the first lets the next one try; the last failure is the answer.
+        failure of the first lets the next one try; the last failure is the answer. An
+        OAuth signature covers the whole request: `signed` says what was signed.
         """
         if not authorization:
             raise Unauthorized("authentication is required")
         scheme, _, credentials = authorization.strip().partition(" ")
         scheme = scheme.lower()
+        if scheme == OAUTH_SCHEME and self._oauth is not None:
+            if signed is None:
+                raise Unauthorized("OAuth signatures are checked on xAPI requests only")
+            return await self._oauth.authenticate(signed)
         digest = b""
         if scheme == "bearer":
             digest = hashlib.sha256(credentials.strip().encode("utf-8", "replace")).digest()

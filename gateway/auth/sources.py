@@ -1,5 +1,8 @@
 """Where Basic credentials are looked up: the credentials file first, then the database.
 
+OAuth consumers (database credentials of auth type OAUTH) are held apart: their sealed
+secrets are opened once per load, and Basic never accepts them.
+
 The file wins on a username both hold (it is the operator's, edited by hand; a clash is
 logged once per change). The database's credentials are held in memory, read again
 whenever its generation moves (polled, so a change made by any process reaches this one
@@ -15,10 +18,12 @@ from collections.abc import Callable
 from typing import Any
 
 from gateway.auth.credentials import Credential
+from gateway.auth.oauth1 import Consumer, ConsumerSecrets
 from gateway.auth.store import CredentialStore
 from gateway.clock import SYSTEM_CLOCK, Clock
 from gateway.failurelog import FailureLog
-from gateway.store.credentials import CredentialDatabase, StoredCredential
+from gateway.secret import Secret
+from gateway.store.credentials import OAUTH, CredentialDatabase, StoredCredential
 from gateway.xapi.scopes import ScopeSet, normalize_scopes
 
 __all__ = ["CredentialSources"]
@@ -46,8 +51,11 @@ class CredentialSources:
         account_homepage: str,
         poll_interval: float = 1.0,
         clock: Clock = SYSTEM_CLOCK,
+        consumer_secrets: ConsumerSecrets | None = None,
     ) -> None:
         self.file = file
+        self._consumer_secrets = consumer_secrets  # None: OAuth is off, consumers unused
+        self._consumers: dict[str, tuple[StoredCredential, Consumer]] = {}
         self.database = database
         self._homepage = account_homepage
         self._interval = poll_interval
@@ -74,6 +82,13 @@ class CredentialSources:
             return None
         return held[1]
 
+    def consumer(self, key: str) -> Consumer | None:
+        """The usable OAuth consumer with this key now, if any."""
+        held = self._consumers.get(key)
+        if held is None or not held[0].usable(self._clock.now()):
+            return None
+        return held[1]
+
     def current(self, username: str) -> tuple[dict[str, Any], ScopeSet, str | None] | None:
         """(agent, scopes, tenant) of `username` now: how gateway tokens find their user."""
         credential = self.get(username)
@@ -92,11 +107,11 @@ class CredentialSources:
 
     def used(self, username: str) -> None:
         """A request authenticated as `username` (kept until the next coarse write)."""
-        if username in self._stored and username not in self._used:
+        if (username in self._stored or username in self._consumers) and username not in self._used:
             self._used[username] = self._clock.now()
 
     def __len__(self) -> int:
-        return len(self.file) + len(self._stored)
+        return len(self.file) + len(self._stored) + len(self._consumers)
 
     # -- keeping the copy current -------------------------------------------------------
 
@@ -111,11 +126,23 @@ class CredentialSources:
         generation = await self.database.generation()
         stored = await self.database.all()
         held: dict[str, tuple[StoredCredential, Credential]] = {}
+        consumers: dict[str, tuple[StoredCredential, Consumer]] = {}
+        unopened = 0
         for record in stored:
             if self.file.get(record.username) is not None:
                 continue
             scopes, _ = normalize_scopes(record.scopes)
             agent = record.agent or _account(self._homepage, record.username)
+            if record.auth_type == OAUTH:
+                secret = self._open(record)
+                if secret is None:
+                    unopened += 1
+                else:
+                    consumers[record.username] = (
+                        record,
+                        Consumer(record.username, secret, agent, scopes, record.tenant),
+                    )
+                continue
             held[record.username] = (
                 record,
                 Credential(record.username, record.secret_hash, True, scopes, agent, record.tenant),
@@ -128,13 +155,25 @@ class CredentialSources:
                 len(clashes),
                 ", ".join(clashes[:10]),
             )
+        if unopened and self._consumer_secrets is not None:
+            log.warning(
+                "credentials: %d OAuth consumer secret(s) cannot be opened with "
+                "auth.oauth.encryption_key (sealed with another key?): those consumers are "
+                "refused until they are rotated",
+                unopened,
+            )
         changed = self._generation is not None
-        self._stored, self._generation = held, generation
+        self._stored, self._consumers, self._generation = held, consumers, generation
         self._stored_max_cost = max(
             (int(c.secret.reveal()[4:6]) for _, c in held.values()), default=0
         )
         if changed:
             self._changed()
+
+    def _open(self, record: StoredCredential) -> Secret | None:
+        if self._consumer_secrets is None or record.sealed_secret is None:
+            return None
+        return self._consumer_secrets.open(record.sealed_secret)
 
     async def refresh_on_miss(self) -> bool:
         """A login this process cannot match: read the database again if it changed.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import ipaddress
 import json
 import re
@@ -47,6 +48,7 @@ __all__ = [
     "LimitsConfig",
     "LockoutConfig",
     "MetricsConfig",
+    "OAuthConfig",
     "OidcConfig",
     "OutboxConfig",
     "RateLimitConfig",
@@ -82,7 +84,7 @@ OTHER_VARIABLES = frozenset({CONFIG_PATH_ENV, *FORWARDINGS_ENV})
 # What a version in the configuration may be: the xAPI versions there are (1.0.x, 2.0.0).
 XAPI_VERSIONS = ("1.0", "1.0.0", "1.0.1", "1.0.2", "1.0.3", "2.0", "2.0.0")
 VALIDATION_MODES = ("strict", "basic")
-AVAILABLE_BACKENDS = ("basic", "oidc", "callback", "token")
+AVAILABLE_BACKENDS = ("basic", "oidc", "callback", "token", "oauth")
 OIDC_AGENTS = ("account", "openid", "group")
 SIGNED_STATEMENT_POLICIES = ("stamp", "verbatim")
 _HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # an RFC 9110 token
@@ -240,6 +242,18 @@ class TokensConfig:
 
 
 @dataclass(frozen=True)
+class OAuthConfig:
+    """Two-legged OAuth 1.0a for xAPI 1.0.x clients (consumers in the credential database)."""
+
+    # Seals consumer secrets in the database (it must read them back to check signatures):
+    # a random string of 32 bytes or more, the same on every replica.
+    encryption_key: Secret | None = None
+    # How far a request's oauth_timestamp may be from the gateway's clock; nonces are
+    # remembered this long.
+    timestamp_window: float = field(default=300.0, metadata=positive())
+
+
+@dataclass(frozen=True)
 class AuthConfig:
     """Which schemes are on, and their settings."""
 
@@ -249,6 +263,7 @@ class AuthConfig:
     oidc: OidcConfig = field(default_factory=OidcConfig)
     callback: CallbackConfig = field(default_factory=CallbackConfig)
     tokens: TokensConfig = field(default_factory=TokensConfig)
+    oauth: OAuthConfig = field(default_factory=OAuthConfig)
 
 
 @dataclass(frozen=True)
@@ -587,6 +602,37 @@ def _validate_auth(auth: AuthConfig) -> list[Problem]:
             problems.append(
                 (("auth.tokens.secret",), "auth.tokens.secret: must be at least 32 bytes")
             )
+    if "oauth" in auth.backends:
+        problems += _validate_oauth(auth)
+    return problems
+
+
+def _validate_oauth(auth: AuthConfig) -> list[Problem]:
+    problems: list[Problem] = []
+    key = auth.oauth.encryption_key
+    if key is None or len(key.reveal().encode()) < 32:
+        problems.append(
+            (
+                ("auth.backends", "auth.oauth.encryption_key"),
+                "auth.oauth.encryption_key: needed when the oauth backend is on, 32 bytes or "
+                "more (e.g. `openssl rand -base64 32`; the same on every replica)",
+            )
+        )
+    if "basic" not in auth.backends:
+        problems.append(
+            (
+                ("auth.backends",),
+                "auth.backends: oauth needs basic too (OAuth consumers live in the credential "
+                "database, which the basic backend opens)",
+            )
+        )
+    if importlib.util.find_spec("oauthlib") is None:
+        problems.append(
+            (
+                ("auth.backends",),
+                "auth.backends: oauth needs oauthlib: pip install 'lrs-gateway[oauth1]'",
+            )
+        )
     return problems
 
 

@@ -7,6 +7,7 @@ import binascii
 import contextlib
 import ipaddress
 import logging
+import re
 import secrets
 from dataclasses import dataclass
 
@@ -22,6 +23,7 @@ from gateway.store.shared_limits import SharedLimits, SharedLimitsDown
 from gateway.ttlcache import TtlCache
 
 log = logging.getLogger(__name__)
+_CONSUMER_KEY = re.compile(r'oauth_consumer_key="([^"]*)"')
 
 __all__ = ["Admission", "Guard", "lockout_key"]
 
@@ -106,6 +108,14 @@ class Guard:
         self._proven: TtlCache[bytes, bool] = TtlCache(lockout.max_tracked, clock=clock)
         self._proven_ttl = lockout.block
 
+    def trusts_peer(self, request: web.Request) -> bool:
+        """Whether the request came straight from one of `rate_limit.trusted_proxies`."""
+        try:
+            peer = ipaddress.ip_address(request.remote or "")
+        except ValueError:
+            return False
+        return any(peer in network for network in self._trusted)
+
     def client_address(self, request: web.Request) -> str:
         """The caller's address, X-Forwarded-For believed from trusted proxies only."""
         return client_address(request.remote, request.headers.get("X-Forwarded-For"), self._trusted)
@@ -164,11 +174,16 @@ class Guard:
         return Admission(keys, lockout, principal, taken)
 
     def login_keys(self, request: web.Request, authorization: str | None) -> tuple[str, ...]:
-        """Lockout keys of a Basic login attempt: its username and its address."""
+        """Lockout keys of a Basic (or OAuth) attempt: its username (consumer key), address."""
         if not self._lockout_on or not authorization:
             return ()
         scheme, _, credentials = authorization.strip().partition(" ")
-        if scheme.lower() != "basic":
+        scheme = scheme.lower()
+        if scheme == "oauth":  # a bad signature counts against the consumer and the address
+            address = f"ip:{self.client_address(request)}"
+            found = _CONSUMER_KEY.search(credentials)
+            return (address,) if found is None else (f"user:{found.group(1)[:256]}", address)
+        if scheme != "basic":
             return ()
         address = f"ip:{self.client_address(request)}"
         try:

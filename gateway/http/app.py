@@ -19,6 +19,7 @@ from gateway.auth.base import AuthBackend, Authenticator
 from gateway.auth.basic import BasicBackend
 from gateway.auth.callback import CallbackBackend
 from gateway.auth.jwks import ProviderKeys
+from gateway.auth.oauth1 import ConsumerSecrets, OAuthBackend
 from gateway.auth.oidc import OidcBackend
 from gateway.auth.oidc_login import AuthorizationCodeLogin
 from gateway.auth.passwords import PasswordChecker
@@ -42,6 +43,7 @@ from gateway.http.keys import (
     AUTHENTICATOR,
     CLOCK,
     CONFIG,
+    CONSUMER_SECRETS,
     CORS,
     CREDENTIAL_SOURCES,
     FORWARDER,
@@ -146,12 +148,17 @@ async def _authentication(app: web.Application) -> AsyncIterator[None]:
         await file.load()
         database = credential_database(config, _shared_data_dir(app), clock=app[CLOCK])
         await database.open()
+        consumer_secrets = None
+        if "oauth" in auth.backends:
+            assert auth.oauth.encryption_key is not None  # validated
+            consumer_secrets = app[CONSUMER_SECRETS] = ConsumerSecrets(auth.oauth.encryption_key)
         store = CredentialSources(
             file,
             database,
             account_homepage=auth.basic.account_homepage,
             poll_interval=config.store.poll_interval,
             clock=app[CLOCK],
+            consumer_secrets=consumer_secrets,
         )
         await store.load()
         app[CREDENTIAL_SOURCES] = store
@@ -211,7 +218,19 @@ async def _authentication(app: web.Application) -> AsyncIterator[None]:
                 app[TOKEN_SIGNER] = signer
                 # Tokens of file users are checked against the file as it is now.
                 backends.append(TokenBackend(signer, store))
-        authenticator = Authenticator(backends, clock=app[CLOCK])
+        oauth = None
+        if "oauth" in auth.backends:
+            assert store is not None  # validated: oauth needs basic, which makes it
+            assert database is not None
+            oauth = OAuthBackend(
+                store.consumer,
+                database,
+                window=auth.oauth.timestamp_window,
+                clock=app[CLOCK],
+                refresh_on_miss=store.refresh_on_miss,
+                on_used=store.used,
+            )
+        authenticator = Authenticator(backends, clock=app[CLOCK], oauth=oauth)
         if store is not None:
             store.on_change(authenticator.forget_tokens)
         app[AUTHENTICATOR] = authenticator

@@ -12,6 +12,7 @@ from aiohttp import web
 
 if TYPE_CHECKING:
     from gateway.auth.base import Authenticator
+    from gateway.auth.oauth1 import ConsumerSecrets
     from gateway.auth.oidc_login import AuthorizationCodeLogin
     from gateway.auth.passwords import PasswordChecker
     from gateway.auth.principal import Principal
@@ -40,6 +41,7 @@ __all__ = [
     "AUTHENTICATOR",
     "CLOCK",
     "CONFIG",
+    "CONSUMER_SECRETS",
     "CORS",
     "CREDENTIAL_SOURCES",
     "FORWARDER",
@@ -68,6 +70,8 @@ TOKEN_SIGNER: web.AppKey[TokenSigner] = web.AppKey("token_signer")
 PASSWORDS: web.AppKey[PasswordChecker] = web.AppKey("passwords")
 # Present when the basic backend is on: the credentials file over the credential database.
 CREDENTIAL_SOURCES: web.AppKey[CredentialSources] = web.AppKey("credential_sources")
+# With the oauth backend: seals the consumer secrets the admin API stores.
+CONSUMER_SECRETS: web.AppKey[ConsumerSecrets] = web.AppKey("consumer_secrets")
 METRICS: web.AppKey[Metrics] = web.AppKey("metrics")
 FORWARDER: web.AppKey[Forwarder] = web.AppKey("forwarder")
 WORKER: web.AppKey[WorkerRole] = web.AppKey("worker")

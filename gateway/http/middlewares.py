@@ -12,9 +12,11 @@ import time
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
+from gateway.auth.oauth1 import SignedRequest
 from gateway.auth.principal import Principal
 from gateway.errors import (
     AuthUnavailable,
+    BadRequest,
     Forbidden,
     GatewayError,
     TooManyRequests,
@@ -22,6 +24,7 @@ from gateway.errors import (
 )
 from gateway.http.keys import (
     ADMISSION,
+    ALTERNATE_BODY,
     AUTHENTICATOR,
     CONFIG,
     GUARD,
@@ -143,6 +146,29 @@ async def throttle_middleware(request: web.Request, handler: Handler) -> web.Str
     return await handler(request)
 
 
+def signed_request(request: web.Request, authorization: str) -> SignedRequest:
+    """What an OAuth 1.0a client signed: the method and the URI it addressed.
+
+    Behind a trusted proxy (`rate_limit.trusted_proxies`) the URI's scheme and host are
+    the proxy's `X-Forwarded-Proto` and `-Host`: the ones the client used.
+    """
+    if ALTERNATE_BODY in request:
+        raise BadRequest(
+            "an OAuth-signed request cannot use the alternate request syntax (?method=): "
+            "send the request itself"
+        )
+    scheme, host = request.scheme, request.host
+    if request.app[GUARD].trusts_peer(request):
+        scheme = request.headers.get("X-Forwarded-Proto", scheme).split(",")[0].strip()
+        host = request.headers.get("X-Forwarded-Host", host).split(",")[0].strip()
+    return SignedRequest(
+        request.method,
+        f"{scheme}://{host}{request.raw_path}",
+        authorization,
+        xapi_version=request.headers.get(VERSION_HEADER),
+    )
+
+
 async def authenticate_request(request: web.Request, authorization: str | None) -> Principal:
     """Who `authorization` proves, with the lockout, the metrics and the rate limit.
 
@@ -155,7 +181,10 @@ async def authenticate_request(request: web.Request, authorization: str | None) 
     try:
         # 429 before any bcrypt runs
         failing = await guard.check_lockout(login_keys, authorization, admission)
-        principal = await request.app[AUTHENTICATOR].authenticate(authorization)
+        signed = None
+        if authorization and authorization.lstrip()[:6].lower() == "oauth ":
+            signed = signed_request(request, authorization.strip())
+        principal = await request.app[AUTHENTICATOR].authenticate(authorization, signed)
     except Unauthorized:
         attempts.labels(_scheme_label(authorization), "bad_credentials").inc()
         await guard.login_failed(login_keys)
@@ -205,4 +234,4 @@ def _scheme_label(authorization: str | None) -> str:
     if not authorization:
         return "none"
     scheme = authorization.strip().partition(" ")[0].lower()
-    return scheme if scheme in ("basic", "bearer") else "other"
+    return scheme if scheme in ("basic", "bearer", "oauth") else "other"

@@ -19,9 +19,11 @@ from gateway.xapi.agents import AgentError, validate_agent
 from gateway.xapi.scopes import KNOWN_SCOPES, normalize_scopes
 
 __all__ = [
+    "BASIC",
     "EDITABLE",
     "MAX_SECRET_BYTES",
     "MIN_SECRET_BYTES",
+    "OAUTH",
     "AuditEntry",
     "CredentialConflict",
     "CredentialDatabase",
@@ -36,6 +38,7 @@ __all__ = [
     "new_username",
 ]
 
+BASIC, OAUTH = "basic", "oauth"  # a credential's auth type: a Basic password, an OAuth consumer
 MIN_SECRET_BYTES = 12  # a chosen secret shorter than this is refused
 MAX_SECRET_BYTES = 72  # bcrypt reads no further
 # Fields a PATCH may change; the username and the secret have their own ways (rotate).
@@ -64,6 +67,8 @@ class StoredCredential:
     updated_at: float
     last_used_at: float | None = None  # coarse: written at most once a minute
     tenant: str | None = None  # its tenant's storage and targets (None: the default's)
+    auth_type: str = BASIC  # BASIC (a password, hashed) or OAUTH (a consumer secret, sealed)
+    sealed_secret: Secret | None = field(default=None, repr=False)  # OAUTH's, encrypted
 
     def usable(self, now: float) -> bool:
         """Enabled and not expired at `now`."""
@@ -84,6 +89,7 @@ class StoredCredential:
             "updated_at": self.updated_at,
             "last_used_at": self.last_used_at,
             "tenant": self.tenant,
+            "auth_type": self.auth_type,
         }
 
 
@@ -100,13 +106,25 @@ class NewCredential:
     expires_at: float | None = None
     info: str | None = None
     tenant: str | None = None
+    auth_type: str = BASIC
+    sealed_secret: Secret | None = field(default=None, repr=False)
 
     @classmethod
     def from_checked(
-        cls, checked: Mapping[str, Any], *, username: str, secret_hash: Secret
+        cls,
+        checked: Mapping[str, Any],
+        *,
+        username: str,
+        secret_hash: Secret,
+        sealed_secret: Secret | None = None,
     ) -> NewCredential:
-        """From fields `check_changes` passed (name and scopes required)."""
+        """From fields `check_changes` passed (name and scopes required).
+
+        An OAUTH credential has a sealed consumer secret and no password hash.
+        """
         return cls(
+            auth_type=BASIC if sealed_secret is None else OAUTH,
+            sealed_secret=sealed_secret,
             username=username,
             secret_hash=secret_hash,
             name=checked["name"],
@@ -214,9 +232,22 @@ class CredentialDatabase(Protocol):
         ...
 
     async def rotate(
-        self, credential_id: str, secret_hash: Secret, *, actor: str
+        self,
+        credential_id: str,
+        secret_hash: Secret,
+        *,
+        actor: str,
+        sealed_secret: Secret | None = None,
     ) -> StoredCredential | None:
-        """Replace the secret (already hashed); None when there is no such id."""
+        """Replace the secret (already hashed, or sealed for OAUTH); None: no such id."""
+        ...
+
+    async def remember_nonce(self, key: str, expires_at: float) -> bool:
+        """Remember an OAuth nonce until `expires_at`; False when it is remembered already.
+
+        Every process and replica using the database shares them (a replay is refused
+        wherever it lands); expired ones are dropped as new ones come.
+        """
         ...
 
     async def delete(self, credential_id: str, *, actor: str) -> StoredCredential | None:
@@ -353,4 +384,8 @@ def check_changes(body: Mapping[str, Any], allowed: Sequence[str]) -> dict[str, 
         elif key == "tenant":
             # Whether it is configured is the caller's to check (the store has no config).
             checked[key] = None if value is None else check_text("tenant", value, 63)
+        elif key == "auth_type":
+            if value not in (BASIC, OAUTH):
+                raise BadRequest(f"auth_type: {BASIC!r} (a password) or {OAUTH!r} (a consumer)")
+            checked[key] = value
     return checked

@@ -164,11 +164,23 @@ MIGRATIONS: tuple[str, ...] = (
     UPDATE credential_audit AS a SET tenant = c.tenant
         FROM credentials AS c WHERE c.id = a.credential_id;
     """,
+    # 7: OAuth 1.0a consumers (their secret sealed, not hashed) and the nonces they used.
+    """
+    ALTER TABLE credentials ADD COLUMN auth_type TEXT NOT NULL DEFAULT 'basic';
+    ALTER TABLE credentials ADD COLUMN sealed_secret TEXT;
+    CREATE TABLE oauth_nonces (key TEXT PRIMARY KEY, expires_at DOUBLE PRECISION NOT NULL);
+    CREATE INDEX oauth_nonces_expiry ON oauth_nonces (expires_at);
+    """,
 )
 
 _INSERT_AUDIT = (
     f"INSERT INTO credential_audit ({AUDIT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7)"  # noqa: S608
 )
+_ROTATE = (
+    "UPDATE credentials SET secret_hash = $1, sealed_secret = $2, updated_at = $3 "  # noqa: S608
+    f"WHERE id = $4 RETURNING {COLUMNS}"
+)
+_NONCE_SWEEP_EVERY = 60.0  # seconds between deletions of expired OAuth nonces
 _OUTBOX_VERSION = 3  # the migration that made the outbox's tables
 
 _VERSIONS_TABLE = """
@@ -327,6 +339,7 @@ class PostgresCredentials:
         self._pool_size = pool_size
         self._pool: asyncpg.Pool[asyncpg.Record] | None = None
         self.migrated: list[int] = []  # the schema versions the last open applied
+        self._nonces_swept_at = float("-inf")
 
     def __repr__(self) -> str:
         return f"PostgresCredentials({self._where()})"  # never the DSN: it may hold a password
@@ -522,21 +535,44 @@ class PostgresCredentials:
 
     @_reachable
     async def rotate(
-        self, credential_id: str, secret_hash: Secret, *, actor: str
+        self,
+        credential_id: str,
+        secret_hash: Secret,
+        *,
+        actor: str,
+        sealed_secret: Secret | None = None,
     ) -> StoredCredential | None:
         """A new secret (already hashed); the old one stops at the next generation."""
 
         async def apply(conn: Connection) -> StoredCredential | None:
             row = await conn.fetchrow(
-                f"UPDATE credentials SET secret_hash = $1, updated_at = $2 WHERE id = $3 "  # noqa: S608
-                f"RETURNING {COLUMNS}",
+                _ROTATE,
                 secret_hash.reveal(),
+                None if sealed_secret is None else sealed_secret.reveal(),
                 self._clock.now(),
                 credential_id,
             )
             return None if row is None else credential(row)
 
         return await self._change(apply, lambda done: ("rotate", {}), actor)
+
+    @_reachable
+    async def remember_nonce(self, key: str, expires_at: float) -> bool:
+        """Remember an OAuth nonce; False when it is there already (a replay)."""
+        now = self._clock.now()
+        pool = self._connected()
+        if self._nonces_swept_at + _NONCE_SWEEP_EVERY <= now:
+            self._nonces_swept_at = now
+            await pool.execute("DELETE FROM oauth_nonces WHERE expires_at <= $1", now)
+        row = await pool.fetchrow(
+            "INSERT INTO oauth_nonces (key, expires_at) VALUES ($1, $2) "
+            "ON CONFLICT (key) DO UPDATE SET expires_at = excluded.expires_at "
+            "WHERE oauth_nonces.expires_at <= $3 RETURNING key",
+            key,
+            expires_at,
+            now,
+        )
+        return row is not None
 
     @_reachable
     async def delete(self, credential_id: str, *, actor: str) -> StoredCredential | None:

@@ -38,9 +38,18 @@ class Row(Protocol):
 
 COLUMNS = (
     "id, username, secret_hash, name, scopes, agent, enabled, expires_at, info, "
-    "created_at, updated_at, last_used_at, tenant"
+    "created_at, updated_at, last_used_at, tenant, auth_type, sealed_secret"
 )
-AUDITED_ON_CREATE = ("name", "scopes", "agent", "enabled", "expires_at", "info", "tenant")
+AUDITED_ON_CREATE = (
+    "name",
+    "scopes",
+    "agent",
+    "enabled",
+    "expires_at",
+    "info",
+    "tenant",
+    "auth_type",
+)
 
 
 def credential(row: Row) -> StoredCredential:
@@ -59,6 +68,8 @@ def credential(row: Row) -> StoredCredential:
         updated_at=row["updated_at"],
         last_used_at=row["last_used_at"],
         tenant=row["tenant"],
+        auth_type=row["auth_type"],
+        sealed_secret=None if row["sealed_secret"] is None else Secret(row["sealed_secret"]),
     )
 
 
@@ -88,6 +99,8 @@ def created(new: NewCredential, now: float) -> StoredCredential:
         created_at=now,
         updated_at=now,
         tenant=new.tenant,
+        auth_type=new.auth_type,
+        sealed_secret=new.sealed_secret,
     )
 
 
@@ -106,6 +119,8 @@ def insert_values(stored: StoredCredential) -> dict[str, Any]:
         "created_at": stored.created_at,
         "updated_at": stored.updated_at,
         "tenant": stored.tenant,
+        "auth_type": stored.auth_type,
+        "sealed_secret": None if stored.sealed_secret is None else stored.sealed_secret.reveal(),
     }
     return {key: column_value(key, value) for key, value in values.items()}
 

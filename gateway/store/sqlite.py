@@ -43,6 +43,7 @@ __all__ = ["CREDENTIALS_FILE", "SqliteCredentials", "database_path", "sqlite_pat
 CREDENTIALS_FILE = "gateway.sqlite3"  # in the configured data_dir, unless store.url says
 
 T = TypeVar("T")
+_NONCE_SWEEP_EVERY = 60.0  # seconds between deletions of expired OAuth nonces
 
 _MIGRATIONS = (
     # 1: credentials, their audit, and the change counter every process polls.
@@ -86,6 +87,13 @@ _MIGRATIONS = (
     ALTER TABLE audit ADD COLUMN tenant TEXT;
     UPDATE audit SET tenant = (SELECT tenant FROM credentials WHERE id = audit.credential_id);
     """,
+    # 5: OAuth 1.0a consumers (their secret sealed, not hashed) and the nonces they used.
+    """
+    ALTER TABLE credentials ADD COLUMN auth_type TEXT NOT NULL DEFAULT 'basic';
+    ALTER TABLE credentials ADD COLUMN sealed_secret TEXT;
+    CREATE TABLE oauth_nonces (key TEXT PRIMARY KEY, expires_at REAL NOT NULL);
+    CREATE INDEX oauth_nonces_expiry ON oauth_nonces (expires_at);
+    """,
 )
 
 
@@ -116,6 +124,7 @@ class SqliteCredentials:
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="credentials-db")
         self._db: sqlite3.Connection | None = None
         self.migrated: list[int] = []  # the schema versions the last open applied
+        self._nonces_swept_at = float("-inf")
 
     async def _call(self, work: Callable[[sqlite3.Connection], T]) -> T:
         def run() -> T:
@@ -345,14 +354,21 @@ class SqliteCredentials:
         return await self._call(lambda db: self._change(db, apply, audit, actor))
 
     async def rotate(
-        self, credential_id: str, secret_hash: Secret, *, actor: str
+        self,
+        credential_id: str,
+        secret_hash: Secret,
+        *,
+        actor: str,
+        sealed_secret: Secret | None = None,
     ) -> StoredCredential | None:
         """A new secret (already hashed); the old one stops at the next generation."""
+        sealed = None if sealed_secret is None else sealed_secret.reveal()
 
         def apply(db: sqlite3.Connection) -> StoredCredential | None:
             db.execute(
-                "UPDATE credentials SET secret_hash = ?, updated_at = ? WHERE id = ?",
-                (secret_hash.reveal(), self._clock.now(), credential_id),
+                "UPDATE credentials SET secret_hash = ?, sealed_secret = ?, updated_at = ? "
+                "WHERE id = ?",
+                (secret_hash.reveal(), sealed, self._clock.now(), credential_id),
             )
             row = db.execute(
                 f"SELECT {COLUMNS} FROM credentials WHERE id = ?",  # noqa: S608
@@ -363,6 +379,30 @@ class SqliteCredentials:
         return await self._call(
             lambda db: self._change(db, apply, lambda done: ("rotate", {}), actor)
         )
+
+    async def remember_nonce(self, key: str, expires_at: float) -> bool:
+        """Remember an OAuth nonce; False when it is there already (a replay)."""
+        now = self._clock.now()
+
+        def remember(db: sqlite3.Connection) -> bool:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                if self._nonces_swept_at + _NONCE_SWEEP_EVERY <= now:
+                    db.execute("DELETE FROM oauth_nonces WHERE expires_at <= ?", (now,))
+                    self._nonces_swept_at = now
+                row = db.execute(
+                    "INSERT INTO oauth_nonces (key, expires_at) VALUES (?, ?) "
+                    "ON CONFLICT (key) DO UPDATE SET expires_at = excluded.expires_at "
+                    "WHERE oauth_nonces.expires_at <= ? RETURNING key",
+                    (key, expires_at, now),
+                ).fetchone()
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            return row is not None
+
+        return await self._call(remember)
 
     async def delete(self, credential_id: str, *, actor: str) -> StoredCredential | None:
         """Remove it; None when there is no such id."""

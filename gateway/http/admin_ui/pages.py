@@ -21,7 +21,6 @@ from yarl import URL
 
 from gateway.auth.oidc import oidc_agent
 from gateway.auth.oidc_login import AuthorizationCodeLogin, PendingLogin
-from gateway.auth.passwords import hash_new_password
 from gateway.auth.principal import Principal
 from gateway.config.settings import AdminUiConfig
 from gateway.errors import GatewayError
@@ -34,7 +33,7 @@ from gateway.http.admin_ui.sessions import (
     AdminSession,
     SessionKeeper,
 )
-from gateway.http.handlers.admin_credentials import changed, create_checked
+from gateway.http.handlers.admin_credentials import changed, create_checked, rotated_secret
 from gateway.http.handlers.operations import forwarding_document, replay_dead_letters
 from gateway.http.keys import (
     ACTIVITY,
@@ -49,8 +48,7 @@ from gateway.http.keys import (
 from gateway.http.middlewares import authenticate_request
 from gateway.http.readiness import check_readiness
 from gateway.http.tenancy import tenant_label
-from gateway.secret import Secret
-from gateway.store.credentials import OfTenant, check_changes, new_secret
+from gateway.store.credentials import OfTenant, check_changes
 from gateway.xapi.scopes import KNOWN_SCOPES, normalize_scopes
 
 __all__ = [
@@ -463,8 +461,12 @@ async def act(request: web.Request) -> web.Response:
     if action in ("enable", "disable"):
         await database.update(credential_id, {"enabled": action == "enable"}, actor=actor)
     elif action == "rotate":
-        secret = new_secret()
-        await database.rotate(credential_id, Secret(await hash_new_password(secret)), actor=actor)
+        try:
+            _, secret = await rotated_secret(request, database, found, actor)
+        except GatewayError as refused:
+            return await credentials_page(
+                request, error=refused.message, status=refused.status, found=(session, principal)
+            )
         shown = {"username": found.username, "secret": secret}
     elif action == "delete":
         if form.get("confirm") != "yes":

@@ -7,7 +7,8 @@ Rustici Engine (`/admin/xapi/credentials`): a credential's `id` is its Basic use
 `secret` its password; `permissionsLevel` USER, ROOT, READONLY, WRITEONLY map onto the
 scopes of Rustici's roles. PUT takes one credential or a list (bare, or as
 `{"xapiCredentials": [...]}`); an `id` that exists is updated, any other is created.
-OAuth credentials are refused (400) until the gateway speaks OAuth 1.0a. As in Engine,
+`OAUTH` makes an OAuth 1.0a consumer (`id` its key, `secret` its secret; needs the oauth
+backend); a credential's auth type does not change (delete it and create it). As in Engine,
 the `engineTenantName` header names the tenant a call works in ("default": the default
 tenant); without it, a tenant's admin works in its own and the gateway's admin lists every
 tenant's credentials and creates in the default tenant.
@@ -25,7 +26,6 @@ from typing import Any
 
 from aiohttp import web
 
-from gateway.auth.passwords import hash_new_password
 from gateway.errors import BadRequest, NotFound
 from gateway.http.admin_scope import Admin
 from gateway.http.bodies import read_limited
@@ -34,15 +34,16 @@ from gateway.http.handlers.admin_credentials import (
     changed,
     create_checked,
     json_object,
+    rotated_secret,
 )
 from gateway.http.keys import PASSWORDS
-from gateway.secret import Secret
 from gateway.store.credentials import (
+    BASIC,
+    OAUTH,
     CredentialDatabase,
     OfTenant,
     StoredCredential,
     check_changes,
-    check_secret,
 )
 from gateway.xapi.scopes import ROLE_SCOPES
 from gateway.xapi.statements import parse_json_body
@@ -61,6 +62,7 @@ __all__ = [
 # Rustici's permission levels, as its credentials-file roles.
 _LEVELS = {"USER": "user", "ROOT": "root", "READONLY": "read-only", "WRITEONLY": "write-only"}
 _MAX_REQUEST = 256 * 1024
+_AUTH_TYPES = {"BASICAUTH": BASIC, "OAUTH": OAUTH}
 _RUSTICI_FIELDS = ("id", "name", "info", "secret", "isEnabled", "auth", "permissionsLevel")
 
 
@@ -84,7 +86,7 @@ def _rustici_shape(stored: StoredCredential) -> dict[str, Any]:
         "name": stored.name,
         "info": stored.info or "",
         "isEnabled": stored.enabled,
-        "auth": {"xapiCredentialAuthType": "BASICAUTH"},
+        "auth": {"xapiCredentialAuthType": "OAUTH" if stored.auth_type == OAUTH else "BASICAUTH"},
         # None when the scopes are no Rustici role's (set through the native API).
         "permissionsLevel": {"xapiCredentialPermissionsLevel": level},
         "scopes": list(stored.scopes),
@@ -100,12 +102,12 @@ def _rustici_fields(body: object, where: str) -> dict[str, Any]:
     unknown = sorted(set(body) - set(_RUSTICI_FIELDS))
     if unknown:
         raise BadRequest(f"{where}: unknown field {unknown[0][:40]!r}")
-    auth = _enum(body, "auth", "xapiCredentialAuthType") or "BASICAUTH"
-    if auth == "OAUTH":
-        raise BadRequest(f"{where}: auth: OAUTH credentials are not supported yet (only BASICAUTH)")
-    if auth != "BASICAUTH":
+    auth = _enum(body, "auth", "xapiCredentialAuthType")
+    if auth not in (None, *_AUTH_TYPES):
         raise BadRequest(f"{where}: auth: must be BASICAUTH or OAUTH")
     fields: dict[str, Any] = {}
+    if auth is not None:
+        fields["auth_type"] = _AUTH_TYPES[auth]
     if body.get("name") is not None:
         fields["name"] = body["name"]
     if body.get("info"):
@@ -158,6 +160,11 @@ async def rustici_put(request: web.Request) -> web.Response:
             if secret is not None:
                 shown["secret"] = secret
         else:
+            if fields.pop("auth_type", existing.auth_type) != existing.auth_type:
+                raise BadRequest(
+                    f"credential {existing.username!r}: auth: its type does not change "
+                    "(delete it and create it again)"
+                )
             secret = fields.pop("secret", None)
             fields.pop("username", None)
             stored = await _update(request, database, existing, fields, secret, admin.actor)
@@ -178,17 +185,9 @@ async def _update(
     if from_update is None:
         raise NotFound("the credential was deleted meanwhile")
     if secret is not None:
-        hashed = Secret(await _hash(secret))
-        rotated = await database.rotate(existing.id, hashed, actor=actor)
-        if rotated is None:
-            raise NotFound("the credential was deleted meanwhile")
-        from_update = rotated
+        from_update, _ = await rotated_secret(request, database, from_update, actor, secret)
     await changed(request)
     return from_update
-
-
-async def _hash(secret: str) -> str:
-    return await hash_new_password(check_secret(secret))
 
 
 async def _json(request: web.Request) -> object:
@@ -257,6 +256,7 @@ async def _pair(request: web.Request, body: dict[str, Any]) -> StoredCredential:
     # The same answer whether the key or the secret is wrong: no key can be probed for.
     if (
         found is None
+        or found.auth_type != BASIC  # an OAuth consumer is no SQL LRS key pair
         or not admin.reaches(found.tenant)
         or not await request.app[PASSWORDS].check(secret, found.secret_hash.reveal())
     ):

@@ -17,10 +17,11 @@ from gateway.auth.passwords import hash_new_password
 from gateway.errors import BadRequest, Conflict, NotFound
 from gateway.http.admin_scope import Admin, request_admin
 from gateway.http.bodies import read_limited
-from gateway.http.keys import CONFIG, CREDENTIAL_SOURCES
+from gateway.http.keys import CONFIG, CONSUMER_SECRETS, CREDENTIAL_SOURCES
 from gateway.secret import Secret
 from gateway.store.credentials import (
     EDITABLE,
+    OAUTH,
     CredentialConflict,
     CredentialDatabase,
     NewCredential,
@@ -43,6 +44,7 @@ __all__ = [
     "json_object",
     "list_credentials",
     "rotate_credential",
+    "rotated_secret",
     "update_credential",
 ]
 
@@ -57,6 +59,7 @@ _CREATE_FIELDS = (
     "enabled",
     "info",
     "tenant",
+    "auth_type",
 )
 _DEFAULT_PAGE, _MAX_PAGE = 50, 500
 
@@ -119,14 +122,57 @@ async def create_checked(
     if request.app[CREDENTIAL_SOURCES].file.get(username) is not None:
         raise Conflict(f"username: {username!r} is taken (by the credentials file)")
     _check_tenant(request, checked)
-    hashed = Secret(await hash_new_password(secret))
-    new = NewCredential.from_checked(checked, username=username, secret_hash=hashed)
+    if checked.get("auth_type") == OAUTH:
+        # A consumer secret is read back to check signatures: sealed, never hashed.
+        new = NewCredential.from_checked(
+            checked, username=username, secret_hash=Secret(""), sealed_secret=_seal(request, secret)
+        )
+    else:
+        hashed = Secret(await hash_new_password(secret))
+        new = NewCredential.from_checked(checked, username=username, secret_hash=hashed)
     try:
         stored = await database.create(new, actor=admin.actor)
     except CredentialConflict:
         raise Conflict(f"username: {username!r} is taken") from None
     await changed(request)
     return stored, secret if generated else None
+
+
+def _seal(request: web.Request, secret: str) -> Secret:
+    """A consumer secret as the database keeps it; 400 while OAuth is off."""
+    secrets = request.app.get(CONSUMER_SECRETS)
+    if secrets is None:
+        raise BadRequest(
+            "auth_type: OAuth consumers need the oauth backend (auth.backends and "
+            "auth.oauth.encryption_key)"
+        )
+    return secrets.seal(secret)
+
+
+async def rotated_secret(
+    request: web.Request,
+    database: CredentialDatabase,
+    found: StoredCredential,
+    actor: str,
+    secret: str | None = None,
+) -> tuple[StoredCredential, str]:
+    """A new secret for `found` (`secret`, else one made): hashed, or sealed (OAuth).
+
+    404 if it went meanwhile. The old one stops at once here, elsewhere within the poll
+    interval.
+    """
+    secret = new_secret() if secret is None else check_secret(secret)
+    if found.auth_type == OAUTH:
+        rotated = await database.rotate(
+            found.id, Secret(""), actor=actor, sealed_secret=_seal(request, secret)
+        )
+    else:
+        hashed = Secret(await hash_new_password(secret))
+        rotated = await database.rotate(found.id, hashed, actor=actor)
+    if rotated is None:
+        raise NotFound("no credential with this id")
+    await changed(request)
+    return rotated, secret
 
 
 def _check_tenant(request: web.Request, checked: dict[str, Any]) -> None:
@@ -196,14 +242,8 @@ async def update_credential(request: web.Request) -> web.Response:
 async def rotate_credential(request: web.Request) -> web.Response:
     """POST /admin/credentials/{id}/rotate: a new secret, shown once; the old one stops."""
     database, admin = admin_database(request)
-    await _found(database, request, admin)
-    secret = new_secret()
-    rotated = await database.rotate(
-        request.match_info["id"], Secret(await hash_new_password(secret)), actor=admin.actor
-    )
-    if rotated is None:
-        raise NotFound("no credential with this id")
-    await changed(request)
+    found = await _found(database, request, admin)
+    rotated, secret = await rotated_secret(request, database, found, admin.actor)
     return web.json_response({**rotated.public(), "secret": secret})
 
 
