@@ -41,7 +41,10 @@ On loopback only, with bounded durations, it starts:
   the URLs in turn), a third each; and, started for their run only, the bcrypt-flood
   gateways (lockout off, then on) and a fresh forwarding gateway per outbox store for the
   memory run. (h) and (i) are skipped with --no-postgres or --no-forwarding, or (with the
-  reason in the report) when the PostgreSQL binaries or asyncpg are missing.
+  reason in the report) when the PostgreSQL binaries or asyncpg are missing. (j) is (e)
+  with a `filter` on each target (bench/configs.py FILTERS: verb and activity prefix;
+  registration and platform; another course's prefix, which keeps every statement from
+  its target): what judging statements on the request path costs (--no-filters skips it).
 
 Then, with one load generator (wrk if found, else bench/loadgen.py) and the same ~1 KB
 statement (and a 100-statement batch), it measures each setup for --duration seconds after
@@ -188,6 +191,11 @@ def add_part_options(parser: argparse.ArgumentParser) -> None:
         "--no-postgres",
         action="store_true",
         help="skip (h) and (i), the outbox in PostgreSQL, and the PostgreSQL memory run",
+    )
+    parser.add_argument(
+        "--no-filters",
+        action="store_true",
+        help="skip (j), (e) with a filter on each forwarding target",
     )
     parser.add_argument("--no-lag", action="store_true", help="skip the forwarding lag run")
     parser.add_argument("--lag-duration", type=float, default=20.0, metavar="SECONDS")
@@ -356,6 +364,11 @@ def choose_parts(args: argparse.Namespace, src: Path) -> Parts:
         for key, wanted, why in (
             ("d", token, "--no-token" if args.no_token else "no token backend"),
             ("e", forwarding, "--no-forwarding" if args.no_forwarding else "no forwarding"),
+            (
+                "j",
+                forwarding and can["filters"] and not args.no_filters,
+                "--no-filters / --no-forwarding, or no forwarding filters in this gateway",
+            ),
             ("forwarding_lag", lag, "--no-lag / --no-forwarding"),
             ("f", workers, "--no-workers" if args.no_workers else "this gateway has no --workers"),
             (
@@ -409,6 +422,7 @@ def choose_parts(args: argparse.Namespace, src: Path) -> Parts:
         redis=redis,
         rss=rss and bool(rss_stores),
         postgres=postgres,
+        filters=forwarding and can["filters"] and not args.no_filters,
         rss_stores=rss_stores,
         batch=not args.no_batch,
         half_load=args.half_load,

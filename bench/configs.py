@@ -107,6 +107,27 @@ def forwarding_overrides(target_ports: list[int]) -> dict[str, Any]:
     }
 
 
+# (j): each target filtered, as an institution would (the bench statement is course
+# analytical-engine's, completed): one takes it by verb and activity prefix, one by
+# registration and platform, one never (another course's).
+FILTERS = (
+    {
+        "verb": ["http://adlnet.gov/expapi/verbs/completed"],
+        "activity_prefix": ["https://courses.example.com/xapi/activities/analytical-engine/"],
+    },
+    {"registration": ["0f5a9a9e-1b7e-4a52-9d7e-6c3a1f2b8d41"], "platform": ["Example LMS 4.2"]},
+    {"activity_prefix": ["https://courses.example.com/xapi/activities/difference-engine/"]},
+)
+
+
+def filtered_overrides(target_ports: list[int]) -> dict[str, Any]:
+    """Forwarding to the three stub targets, each with a filter (FILTERS)."""
+    overrides = forwarding_overrides(target_ports)
+    for target, spec in zip(overrides["forwardings"], FILTERS, strict=True):
+        target["filter"] = spec
+    return overrides
+
+
 def postgres_overrides(target_ports: list[int], dsn: str) -> dict[str, Any]:
     """Forwarding to the three stub targets, the outbox (and credentials) in PostgreSQL."""
     return {**forwarding_overrides(target_ports), "store": {"url": dsn}}
@@ -132,6 +153,7 @@ def supports(src: Path) -> dict[str, bool]:
         "forwarding": "class ForwardingTarget" in config,
         "lockout": "class LockoutConfig" in config,
         "shared_limits": "shared_url" in config,
+        "filters": "filter: Mapping[str, Any]" in config,
         "postgres_store": '"postgresql://"' in config
         and (src / "gateway/forwarding/postgres_outbox.py").is_file(),
     }

@@ -110,6 +110,8 @@ def compute_ratios(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
     ratio("f/c", "f", "c")
     ratio("g/c", "g", "c")  # what counting the limits in Redis costs
     ratio("g/c p99", "g", "c", "p99_ms")
+    ratio("j/e", "j", "e")  # a filter on each target vs none
+    ratio("j/e p99", "j", "e", "p99_ms")
     ratio("h/e", "h", "e")  # the outbox in PostgreSQL vs in SQLite
     ratio("h/e p99", "h", "e", "p99_ms")
     ratio("i/h", "i", "h")  # 3 processes on one PostgreSQL vs 1

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from configs import forwarding_overrides, issue_token, postgres_overrides
+from configs import filtered_overrides, forwarding_overrides, issue_token, postgres_overrides
 from harness import Bench, Server, free_port, loadgen_result
 from pgserver import Postgres, start_postgres
 from probes import forwarding_probe, post_once, stub_ids, wait_drained
@@ -36,6 +36,7 @@ class Parts:
     redis: bool  # (g): rate limits and lockouts shared through a Redis of its own
     rss: bool
     postgres: bool  # (h) and (i): the outbox in a PostgreSQL of its own
+    filters: bool  # (j): (e) with a filter on each target
     batch: bool
     half_load: bool
     flood_keys: list[str]
@@ -66,7 +67,7 @@ class Setups:
     @property
     def forwarding(self) -> list[Server]:
         """The forwarding gateways measured for throughput (one per outbox): (e), (h), (i)."""
-        names = ("gateway-fwd", "gateway-pg", "gateway-pg-1")
+        names = ("gateway-fwd", "gateway-pg", "gateway-pg-1", "gateway-filtered")
         return [self.gateways[name] for name in names if name in self.gateways]
 
 
@@ -144,6 +145,10 @@ def start_gateways(
     if parts.forwarding:
         gateways["gateway-fwd"], _ = bench.start_gateway(
             "gateway-fwd", stub, overrides=forwarding_overrides(target_ports)
+        )
+    if parts.filters:
+        gateways["gateway-filtered"], _ = bench.start_gateway(
+            "gateway-filtered", stub, overrides=filtered_overrides(target_ports)
         )
     if parts.redis:
         port = free_port()
@@ -239,6 +244,10 @@ def throughput_plan(setups: Setups, bodies: Bodies, parts: Parts) -> list[Step]:
         plan.append(("d", "gateway, bearer gateway token", gateways["gateway-token"], one))
     if parts.forwarding:
         plan.append(("e", "gateway, 3 forwarding targets", gateways["gateway-fwd"], one))
+    if parts.filters:
+        plan.append(
+            ("j", "gateway, 3 forwarding targets, each filtered", gateways["gateway-filtered"], one)
+        )
     if parts.workers:
         plan.append(("f", "gateway, 2 worker processes", gateways["gateway-2w"], one))
     if parts.redis:

@@ -1139,6 +1139,7 @@ def test_forwarding_status_shows_state_and_replay_refuses_unknown_targets(tmp_pa
         "retries",
         "dead",
         "letters",
+        "filtered",
     ]
     assert row.split()[:3] == ["lrs2", "down", "1"]
     assert "lrs2: down since 2023-11-14T22:13:20Z: connection refused" in rest

@@ -126,10 +126,12 @@ def mask_url(value: str) -> str:
     return parts._replace(netloc=f"{user}:{MASK}@{host}").geturl()
 
 
-def _shown(value: Any) -> str:
+def _shown(value: Any, *, open_mapping: bool = False) -> str:
     """A value as YAML would write it, secrets masked."""
     if isinstance(value, Secret):
         return json.dumps(MASK)
+    if isinstance(value, Mapping) and open_mapping:  # a filter: nothing secret in it
+        return json.dumps(dict(value))
     if isinstance(value, Mapping):  # forwarding headers: their values may be API keys
         return json.dumps({key: MASK for key in value})
     if isinstance(value, tuple):
@@ -163,14 +165,27 @@ def _rows(config: Config, origins: Mapping[str, str]) -> list[tuple[str, str, st
             rows.append((key, "[]", _origin(origins, key, None)))
         for index, target in enumerate(value):
             prefix = f"forwardings[{index}]"
-            for fld in dataclasses.fields(target):
-                rows.append(
-                    (
-                        f"{prefix}.{fld.name}",
-                        _shown(getattr(target, fld.name)),
-                        _origin(origins, f"{prefix}.{fld.name}", prefix),
-                    )
-                )
+            rows += _target_rows(target, prefix, origins)
+    return rows
+
+
+def _target_rows(
+    target: Any, prefix: str, origins: Mapping[str, str]
+) -> list[tuple[str, str, str]]:
+    """A forwarding target's rows; a section of it (pseudonymise) a row per key."""
+    rows = []
+    for fld in dataclasses.fields(target):
+        value = getattr(target, fld.name)
+        if dataclasses.is_dataclass(value):
+            section = f"{prefix}.{fld.name}"
+            for inner in dataclasses.fields(value):
+                key = f"{section}.{inner.name}"
+                shown = _shown(getattr(value, inner.name))
+                rows.append((key, shown, _origin(origins, key, prefix)))
+            continue
+        key = f"{prefix}.{fld.name}"
+        shown = _shown(value, open_mapping=fld.name == "filter")
+        rows.append((key, shown, _origin(origins, key, prefix)))
     return rows
 
 

@@ -381,13 +381,14 @@ def _forwarding_status(args: argparse.Namespace) -> int:
         return 0
     print(
         f"{'target':<24} {'state':<5} {'backlog':>9} {'oldest':>9} {'delivered':>10} "
-        f"{'retries':>8} {'dead letters':>12}"
+        f"{'retries':>8} {'dead letters':>12} {'filtered':>9}"
     )
     for name, s in targets.items():
         oldest = "-" if s["oldest_age"] is None else f"{s['oldest_age']:.1f}s"
         print(
             f"{name:<24} {s.get('state', '-'):<5} {s['backlog']:>9} {oldest:>9} "
-            f"{s['delivered']:>10} {s['retries']:>8} {s['dead_letters']:>12}"
+            f"{s['delivered']:>10} {s['retries']:>8} {s['dead_letters']:>12} "
+            f"{s.get('filtered', 0):>9}"
         )
     for name, s in targets.items():
         if s.get("state") == "down":

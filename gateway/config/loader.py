@@ -383,6 +383,10 @@ def _convert(hint: Any, value: Any) -> Any:
             raise ValueError(f"expected a finite number, got {_describe(value)}")
         return number
     if origin in (dict, Mapping, collections.abc.Mapping):
+        if len(args) == 2 and args[1] is Any:  # free-form (a filter): checked by its owner
+            if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+                raise ValueError(f"expected a mapping, got {_describe(value)}")
+            return types.MappingProxyType(dict(value))
         if not isinstance(value, dict) or not all(
             isinstance(k, str) and isinstance(v, str) for k, v in value.items()
         ):

@@ -33,6 +33,7 @@ from gateway.config.loader import (
 from gateway.errors import ConfigError
 from gateway.headers import RESERVED_HEADERS
 from gateway.secret import Secret
+from gateway.xapi.filters import FilterError, StatementFilter
 from gateway.xapi.scopes import KNOWN_SCOPES
 
 __all__ = [
@@ -51,6 +52,7 @@ __all__ = [
     "OAuthConfig",
     "OidcConfig",
     "OutboxConfig",
+    "PseudonymiseConfig",
     "RateLimitConfig",
     "SentryConfig",
     "ServerConfig",
@@ -76,6 +78,7 @@ RALPH_SENTRY_ENV = {
 FORWARDINGS_ENV = ("LRS_GATEWAY_XAPI_FORWARDINGS", "RALPH_XAPI_FORWARDINGS")
 # Per target, by name or index: LRS_GATEWAY__FORWARDINGS__ANALYTICS__BASIC_PASSWORD.
 TARGET_ENV_PREFIX = ENV_PREFIX + "FORWARDINGS__"
+_TARGET_SECTIONS = frozenset({"pseudonymise"})  # a target's keys that hold keys of their own
 TENANT_ENV_PREFIX = ENV_PREFIX + "TENANTS__"
 TENANT_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
 DEFAULT_TENANT = "default"  # what the top-level storage and forwardings are called
@@ -282,6 +285,18 @@ class StorageConfig:
 
 
 @dataclass(frozen=True)
+class PseudonymiseConfig:
+    """A target's copies with every agent pseudonymised (off without a key).
+
+    See gateway.xapi.pseudonyms.
+    """
+
+    key: Secret | None = None  # 32+ bytes; from the environment (…__PSEUDONYMISE__KEY)
+    homepage: str = "https://pseudonyms.example.org"  # the accounts' homePage
+    signed: str = "strip"  # a signed statement: strip its signature, or skip it
+
+
+@dataclass(frozen=True)
 class ForwardingTarget:
     """A forwarding LRS in Ralph's RALPH_XAPI_FORWARDINGS format, plus optional extras."""
 
@@ -303,6 +318,9 @@ class ForwardingTarget:
     backlog_limit: int = field(default=1_000_000, metadata=positive())
     # Seconds to connect (default: `timeout`).
     connect_timeout: float | None = field(default=None, metadata=positive())
+    # Which statements it gets (gateway.xapi.filters): none, every statement.
+    filter: Mapping[str, Any] | None = None
+    pseudonymise: PseudonymiseConfig = field(default_factory=PseudonymiseConfig)
 
     @property
     def label(self) -> str:
@@ -527,7 +545,7 @@ def _validate(config: Config) -> list[Problem]:
     problems += _validate_xapi(config.xapi)
     # Each message starts with its key.
     problems += [((m.partition(":")[0],), m) for m in _validate_cors(config.server.cors)]
-    problems += _validate_targets(config.forwardings)
+    problems += _validate_targets(config.forwardings, Path(config.base_dir))
     problems += _validate_tenants(config)
     for cidr in config.rate_limit.trusted_proxies:
         try:
@@ -688,7 +706,7 @@ def _validate_tenants(config: Config) -> list[Problem]:
                     f"{key}.storage: basic_username and basic_password go together",
                 )
             )
-        for message_keys, message in _validate_targets(tenant.forwardings):
+        for message_keys, message in _validate_targets(tenant.forwardings, Path(config.base_dir)):
             problems.append(
                 (tuple(f"{key}.{k}" for k in message_keys), f"{key} ({tenant.name}): {message}")
             )
@@ -706,7 +724,7 @@ def _validate_tenants(config: Config) -> list[Problem]:
     return problems
 
 
-def _validate_targets(targets: tuple[ForwardingTarget, ...]) -> list[Problem]:
+def _validate_targets(targets: tuple[ForwardingTarget, ...], base: Path) -> list[Problem]:
     problems: list[Problem] = []
     labels = [target.label for target in targets]
     for index, target in enumerate(targets):
@@ -731,6 +749,18 @@ def _validate_targets(targets: tuple[ForwardingTarget, ...]) -> list[Problem]:
             )
         if labels.count(target.label) > 1:
             add(("name",), "name: two targets share it (set distinct names)")
+        if target.filter is not None:
+            try:
+                StatementFilter.compile(target.filter, base)
+            except FilterError as exc:
+                add(("filter",), str(exc))
+        pseudonymise = target.pseudonymise
+        if pseudonymise.key is not None and len(pseudonymise.key.reveal().encode()) < 32:
+            add(("pseudonymise.key",), "pseudonymise.key: 32 bytes or more")
+        if pseudonymise.key is not None and not _is_http_url(pseudonymise.homepage):
+            add(("pseudonymise.homepage",), "pseudonymise.homepage: an http(s):// URL")
+        if pseudonymise.signed not in ("strip", "skip"):
+            add(("pseudonymise.signed",), "pseudonymise.signed: strip or skip")
         for name, header_value in target.headers.items():
             if (
                 _HEADER_NAME.fullmatch(name) is None
@@ -973,11 +1003,20 @@ def _target_overrides(targets: Any, environ: Mapping[str, str], errors: list[str
                 if targets
                 else f"environment {name}: no forwarding targets are configured"
             )
-        elif key.lower() not in keys:
+        elif key.lower().partition("__")[0] not in keys or (
+            "__" in key and key.lower().partition("__")[0] not in _TARGET_SECTIONS
+        ):
             errors.append(
                 f"environment {name}: unknown setting (a target's keys: "
                 f"{', '.join(k.upper() for k in sorted(keys))})"
             )
+        elif "__" in key and key.lower().partition("__")[0] in _TARGET_SECTIONS:
+            # A section's key: …__PSEUDONYMISE__KEY
+            section, _, inner = key.lower().partition("__")
+            current = targets[index].get(section)
+            merged = dict(current) if isinstance(current, Mapping) else {}
+            merged[inner] = env_value(name, environ[name])
+            targets[index][section] = merged
         else:
             targets[index][key.lower()] = env_value(name, environ[name])
     return targets

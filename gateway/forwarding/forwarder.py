@@ -8,11 +8,12 @@ import logging
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
 from gateway.clock import SYSTEM_CLOCK, Clock
 from gateway.config.settings import Config
-from gateway.errors import GatewayError
+from gateway.errors import GatewayError, UpstreamUnavailable
 from gateway.failurelog import FailureLog
 from gateway.forwarding.operations import Drop, MarkReady, WritePending
 from gateway.forwarding.outboxes import OUTBOX_FILE, outbox_for
@@ -21,6 +22,7 @@ from gateway.forwarding.target_worker import TargetWorker
 from gateway.forwarding.transaction import Outbox, OutboxTransaction
 from gateway.upstream.storage import StorageClient
 from gateway.upstream.target import Observe
+from gateway.xapi.filters import StatementFilter, voided_id
 
 __all__ = ["OUTBOX_FILE", "Forwarder"]
 
@@ -55,6 +57,7 @@ class Forwarder:
         self.outbox: Outbox = outbox_for(config, clock=clock, tenant=tenant)
         self._active = [t for t in config.forwardings if t.is_active]
         self._limits = [(t.label, t.backlog_limit) for t in self._active]
+        self._filters: dict[str, StatementFilter] = {}  # compiled by start()
         self.workers: list[TargetWorker] = []
         self._tasks: list[asyncio.Task[None]] = []
         self._started_at = self._clock.now()
@@ -68,11 +71,19 @@ class Forwarder:
 
     async def start(self) -> None:
         """Open the outbox, start a worker per active target, the resolver and the GC."""
+        # Checked by the configuration already; a profile file is read: off the loop.
+        self._filters = await asyncio.to_thread(self._compile_filters)
         await self.outbox.open()
         self._started_at = self._clock.now()
         for target in self._active:
             worker = TargetWorker(
-                target, self.outbox, observe=self._observe, clock=self._clock, rng=self._rng
+                target,
+                self.outbox,
+                observe=self._observe,
+                clock=self._clock,
+                rng=self._rng,
+                statement_filter=self._filters.get(target.label),
+                voided_lookup=self._voided,
             )
             self.workers.append(worker)
             self._tasks.append(asyncio.create_task(worker.run(), name=f"forward-{worker.name}"))
@@ -83,6 +94,14 @@ class Forwarder:
             len(self.workers),
             ", ".join(w.name for w in self.workers) or "-",
         )
+
+    def _compile_filters(self) -> dict[str, StatementFilter]:
+        base = Path(self._config.base_dir)
+        return {
+            t.label: StatementFilter.compile(t.filter, base)
+            for t in self._active
+            if t.filter is not None
+        }
 
     async def stop(self) -> None:
         """Stop the background work; what is queued stays in the outbox for next time."""
@@ -110,13 +129,45 @@ class Forwarder:
         """The request no longer waits: from now on the resolver may settle what is left."""
         self._in_flight.difference_update(seqs)
 
-    async def accepted(self, seqs: Sequence[int]) -> None:
-        """Storage accepted them: queue them for every active target.
+    async def accepted(
+        self,
+        seqs: Sequence[int],
+        statements: Sequence[Any] | None = None,
+        version: str | None = None,
+    ) -> None:
+        """Storage accepted them: queue each for the active targets whose filter takes it.
 
-        The client does not wait for this commit: were it lost (a crash), the rows stay
+        Without `statements` (the resolver) every target gets them, and each target's
+        worker applies its filter as it sends. A voiding statement goes to every filtered
+        target too: its worker sends it only where the statement it voids went. The
+        client does not wait for this commit: were it lost (a crash), the rows stay
         pending and the resolver finds them in storage, as for a lost answer.
         """
-        await self.outbox.submit(MarkReady(seqs, self._limits), self._queued)
+        if statements is None or not self._filters:
+            await self.outbox.submit(MarkReady(seqs, self._limits), self._queued)
+            return
+        groups: dict[tuple[tuple[str, int], ...], list[int]] = {}
+        kept_from: dict[str, int] = {}
+        for seq, statement in zip(seqs, statements, strict=True):
+            if voided_id(statement) is not None:
+                chosen = tuple(self._limits)
+            else:
+                chosen = tuple(
+                    limit
+                    for limit in self._limits
+                    # The cheap conditions only: a profile's templates are the worker's.
+                    if (check := self._filters.get(limit[0])) is None
+                    or check.quick(statement, version)
+                )
+                for name in self._filters.keys() - {target for target, _ in chosen}:
+                    kept_from[name] = kept_from.get(name, 0) + 1
+            groups.setdefault(chosen, []).append(seq)
+        counted = tuple(kept_from.items())
+        for index, (targets, group) in enumerate(groups.items()):
+            # The counts ride with one of the groups: one commit either way.
+            await self.outbox.submit(
+                MarkReady(group, targets, counted if index == 0 else ()), self._queued
+            )
 
     async def refused(self, seqs: Sequence[int]) -> None:
         """Storage refused them: nothing to forward (the resolver's to drop, if lost)."""
@@ -129,6 +180,46 @@ class Forwarder:
             worker.wake()
 
     # -- background ---------------------------------------------------------------------
+
+    async def _voided(self, statement_id: str) -> dict[str, Any] | None:
+        """The statement a voiding one voids, from storage; None when storage has none.
+
+        Asked as `voidedStatementId`, then as `statementId` (an LRS that does not void
+        keeps serving it so; one that ignores `voidedStatementId` answers a list, whose
+        other statements are never taken for it). Raises GatewayError when storage cannot
+        tell now (the worker asks again later).
+        """
+        for parameter in ("voidedStatementId", "statementId"):
+            found = await self._statement_by(parameter, statement_id)
+            if found is not None:
+                return found
+        return None
+
+    async def _statement_by(self, parameter: str, statement_id: str) -> dict[str, Any] | None:
+        headers = {"X-Experience-API-Version": self._storage_version()}
+        async with self._storage.request(
+            "GET",
+            "statements",
+            raw_query=f"{parameter}={statement_id}",
+            headers=headers,
+            decompress=True,
+        ) as response:
+            if response.status == 404:
+                return None
+            if response.status != 200:
+                raise UpstreamUnavailable(
+                    f"storage answered HTTP {response.status} about a voided statement"
+                )
+            data: Any = json.loads(await response.read())
+        listed = data.get("statements") if isinstance(data, dict) else None
+        candidates = listed if isinstance(listed, list) else [data]
+        for candidate in candidates:
+            # UUIDs compare without regard to case: an LRS may store them lower-cased.
+            if isinstance(candidate, dict) and str(candidate.get("id", "")).lower() == (
+                statement_id.lower()
+            ):
+                return candidate
+        return None
 
     async def _in_storage(self, statement_id: str) -> bool | None:
         """Whether storage holds the statement; None when it cannot tell now."""

@@ -68,6 +68,21 @@ def _families() -> _Families:
             "Statements ever dead-lettered (permanent reasons only)",
             labels=_OUTBOX_LABELS,
         ),
+        "filtered": CounterMetricFamily(
+            "lrs_gateway_forwarding_filtered",
+            "Statements a target's filter kept from it",
+            labels=_OUTBOX_LABELS,
+        ),
+        "skipped_signed": CounterMetricFamily(
+            "lrs_gateway_forwarding_signed_skipped",
+            "Signed statements a pseudonymising target did not get (signed: skip)",
+            labels=_OUTBOX_LABELS,
+        ),
+        "signature_stripped": CounterMetricFamily(
+            "lrs_gateway_forwarding_signature_stripped",
+            "Signed statements a pseudonymising target got without their signature",
+            labels=_OUTBOX_LABELS,
+        ),
     }
 
 
@@ -128,6 +143,9 @@ class ForwardingCollector(Collector):
             families["delivered"].add_metric(labels, stats.delivered)
             families["retried"].add_metric(labels, stats.retries)
             families["dead_total"].add_metric(labels, stats.dead_lettered_total)
+            families["filtered"].add_metric(labels, stats.filtered)
+            families["skipped_signed"].add_metric(labels, stats.skipped_signed)
+            families["signature_stripped"].add_metric(labels, stats.signature_stripped)
 
 
 @dataclass
@@ -235,6 +253,9 @@ class OutboxesCollector(Collector):
                 ("delivered", "delivered"),
                 ("retried", "retries"),
                 ("dead_total", "dead_letters"),
+                ("filtered", "filtered"),
+                ("skipped_signed", "skipped_signed"),
+                ("signature_stripped", "signature_stripped"),
             ):
                 families[family].add_metric(
                     labels, sum(o.counters.get((name, counter), 0) for o in outboxes)

@@ -89,14 +89,20 @@ class WritePending:
 
 @dataclass(frozen=True, slots=True)
 class MarkReady:
-    """Storage accepted them: one delivery per (target, backlog_limit)."""
+    """Storage accepted them: one delivery per (target, backlog_limit).
+
+    `filtered`: how many of them each target's filter kept from it (counted alone).
+    """
 
     seqs: Sequence[int]
     targets: Sequence[tuple[str, int]]
+    filtered: Sequence[tuple[str, int]] = ()
 
     async def __call__(self, tx: OutboxTransaction) -> None:
         """Run it alone."""
         await tx.mark_ready(self.seqs, self.targets)
+        if self.filtered:
+            await tx.count("filtered", self.filtered)
 
 
 @dataclass(frozen=True, slots=True)

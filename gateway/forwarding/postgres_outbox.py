@@ -309,8 +309,15 @@ async def _run_group(tx: PostgresTransaction, operations: list[Operation[Any]]) 
     for op in operations:
         if isinstance(op, MarkReady):
             ready.setdefault(tuple(op.targets), []).extend(op.seqs)
+    filtered: dict[str, int] = {}
     for targets, seqs in ready.items():
         await tx.mark_ready(seqs, targets)
+    for op in operations:
+        if isinstance(op, MarkReady):
+            for target, count in op.filtered:
+                filtered[target] = filtered.get(target, 0) + count
+    if filtered:
+        await tx.count("filtered", list(filtered.items()))
     dropped = [seq for op in operations if isinstance(op, Drop) for seq in op.seqs]
     if dropped:
         await tx.drop(dropped)

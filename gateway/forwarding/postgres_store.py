@@ -79,6 +79,13 @@ def _bump(name: str, source: str, owner: str) -> str:
     return _BUMP.format(name=f"'{name}'", source=source).replace("$OWNER", owner)
 
 
+_LEAVING = frozenset({"delivered", "dead_letters", "filtered", "skipped_signed"})
+_COUNT = """
+    INSERT INTO outbox_counters (target, name, owner, value)
+    SELECT target, $3, $4, value FROM unnest($1::text[], $2::bigint[]) AS c(target, value)
+    ON CONFLICT (target, name, owner)
+    DO UPDATE SET value = outbox_counters.value + excluded.value
+"""
 _MARK_READY = f"""
     WITH ready AS (
         UPDATE outbox_statements SET state = 1
@@ -367,6 +374,8 @@ class PostgresTransaction:
 
     async def _leave(self, target: str, seqs: Sequence[int], counter: str) -> int:
         """Deliveries leave the queue (delivered, or dead-lettered); how many did."""
+        # Written into the statement: one of the gateway's own names, never input.
+        assert counter in _LEAVING or not counter, counter
         left = await self.conn.fetchval(
             _LEAVE.format(
                 left=_bump("left", "gone", "$3"),
@@ -379,9 +388,21 @@ class PostgresTransaction:
         self._moved(target, -int(left))
         return int(left)
 
-    async def ack(self, target: str, seqs: Sequence[int]) -> None:
+    async def ack(self, target: str, seqs: Sequence[int], *, counter: str = "delivered") -> None:
         """See OutboxTransaction."""
-        await self._leave(target, seqs, "delivered")
+        await self._leave(target, seqs, counter)
+
+    async def count(self, counter: str, counts: Sequence[tuple[str, int]]) -> None:
+        """See OutboxTransaction."""
+        counted = [(target, count) for target, count in counts if count]
+        if counted:
+            await self.conn.execute(
+                _COUNT,
+                [target for target, _ in counted],
+                [count for _, count in counted],
+                counter,
+                self._counters_owner,
+            )
 
     async def retry(
         self, target: str, seqs: Sequence[int], next_attempt: float, error: str
@@ -525,6 +546,9 @@ class PostgresTransaction:
                 dead_lettered_total=counters.get((target, "dead_letters"), 0),
                 down_since=None if state.up else state.since,
                 last_error=None if state.up else state.reason,
+                filtered=counters.get((target, "filtered"), 0),
+                skipped_signed=counters.get((target, "skipped_signed"), 0),
+                signature_stripped=counters.get((target, "signature_stripped"), 0),
             )
         return result
 

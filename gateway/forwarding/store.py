@@ -154,6 +154,9 @@ class TargetStats:
     dead_lettered_total: int  # ever dead-lettered (each time once, permanent reasons only)
     down_since: float | None  # Unix time it went down; None while up
     last_error: str | None  # why it is down; None while up
+    filtered: int = 0  # statements its filter kept from it
+    skipped_signed: int = 0  # signed statements not sent (pseudonymise.signed: skip)
+    signature_stripped: int = 0  # signed statements sent without their signature
 
 
 @dataclass(frozen=True, slots=True)
@@ -324,14 +327,20 @@ class OutboxStore:
             for seq, body, attempts, parts, version in rows
         ]
 
-    def ack(self, target: str, seqs: Sequence[int]) -> None:
-        """Delivered."""
+    def ack(self, target: str, seqs: Sequence[int], *, counter: str = "delivered") -> None:
+        """Done with them: delivered, or not sent (`counter` says why)."""
         deleted = self.conn.execute(
             f"DELETE FROM deliveries WHERE target = ? AND seq IN ({_marks(len(seqs))})",
             (target, *seqs),
         ).rowcount
         self.backlog[target] = self.backlog.get(target, 0) - deleted
-        self._bump(target, "delivered", deleted)
+        self._bump(target, counter, deleted)
+
+    def count(self, counter: str, counts: Sequence[tuple[str, int]]) -> None:
+        """Add to each target's `counter`."""
+        for target, count in counts:
+            if count:
+                self._bump(target, counter, count)
 
     def retry(self, target: str, seqs: Sequence[int], next_attempt: float, error: str) -> None:
         """A transient failure: try again at `next_attempt`."""
@@ -526,5 +535,8 @@ class OutboxStore:
                 dead_lettered_total=counters.get("dead_letters", 0),
                 down_since=None if state.up else state.since,
                 last_error=None if state.up else state.reason,
+                filtered=counters.get("filtered", 0),
+                skipped_signed=counters.get("skipped_signed", 0),
+                signature_stripped=counters.get("signature_stripped", 0),
             )
         return result

@@ -8,26 +8,32 @@ batch. Only a permanent reason (a 4xx about one statement) makes a dead letter.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import json
 import logging
 import math
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
+from typing import Any
 
 from multidict import CIMultiDict
 
 from gateway.clock import SYSTEM_CLOCK, Clock
 from gateway.config.settings import ForwardingTarget
-from gateway.errors import StoreUnavailable
+from gateway.errors import GatewayError, StoreUnavailable
 from gateway.failurelog import FailureLog
 from gateway.forwarding.policy import DeliveryPolicy, Kind, Verdict
 from gateway.forwarding.store import Claimed, TargetState
 from gateway.forwarding.transaction import Outbox, OutboxTransaction
 from gateway.upstream.h1 import AnswerTimeout, ConnectTimeout, H1Error
 from gateway.upstream.target import Observe, forwarding_target, status_class
-from gateway.xapi.attachments import unpack_parts
+from gateway.xapi.attachments import pack_parts, unpack_parts
+from gateway.xapi.filters import StatementFilter, voided_id
 from gateway.xapi.multipart import Part, build
+from gateway.xapi.pseudonyms import Pseudonymiser, is_signed, without_signature
+from gateway.xapi.statements import encode_statement
 
 __all__ = ["TargetWorker"]
 
@@ -35,6 +41,7 @@ log = logging.getLogger(__name__)
 _IDLE_POLL = 1.0  # seconds between looks at the queue (the CLI replays without waking us)
 _REASON_CHARS = 300
 _ANSWER_LIMIT = 1 << 20  # bytes of a target's answer read (it is a list of ids)
+_LOOKUP_PAUSE = 5.0  # seconds before asking storage again where a voided statement went
 
 
 def _minor(version: str) -> tuple[int, ...]:
@@ -70,8 +77,25 @@ class TargetWorker:
         observe: Observe | None = None,
         clock: Clock = SYSTEM_CLOCK,
         rng: random.Random | None = None,
+        statement_filter: StatementFilter | None = None,
+        voided_lookup: Callable[[str], Awaitable[dict[str, Any] | None]] | None = None,
     ) -> None:
         self.target = target
+        # Applied again as statements are sent: the resolver and voiding statements queue
+        # without judging (a voiding statement goes where the statement it voids went).
+        self._filter = statement_filter
+        self._voided_lookup = voided_lookup
+        key = target.pseudonymise.key
+        self._pseudonymiser = (
+            None
+            if key is None
+            else Pseudonymiser(key.reveal().encode(), target.pseudonymise.homepage)
+        )
+        self._skip_signed = target.pseudonymise.signed == "skip"
+        self._stripped: set[int] = set()  # sent without their signature: counted once acked
+        self._lookups = FailureLog(
+            log, f"forwarding to {target.label}: asking storage for a voided statement", clock=clock
+        )
         self._clock = clock
         self._rng = rng if rng is not None else random.Random()
         self._policy = DeliveryPolicy(
@@ -173,6 +197,17 @@ class TargetWorker:
 
     async def _deliver(self, batch: Sequence[Claimed]) -> Sequence[Claimed] | None:
         """Send a claimed batch; the next batch when it could be claimed in the same commit."""
+        if self._filter is not None:
+            judged = await self._filtered(batch)
+            if judged is None:
+                return batch  # storage could not tell where a voided statement went: again
+            batch = judged
+            if not batch:
+                return None
+        if self._pseudonymiser is not None:
+            batch = await self._pseudonymised(batch)
+            if not batch:
+                return None
         # An xAPI 2.0 statement is never sent to a target that speaks only 1.0.x.
         target_minor = _minor(self.target.xapi_version)
         unfit = [
@@ -217,6 +252,72 @@ class TargetWorker:
                 await self._dead_letter(seqs, verdict.reason)
         return None
 
+    async def _filtered(self, batch: Sequence[Claimed]) -> Sequence[Claimed] | None:
+        """What of the batch the filter lets through; the rest acked as filtered.
+
+        A voiding statement goes only where the statement it voids went: judged by that
+        statement (in the batch, else storage's copy; none there, nowhere). None when
+        storage cannot tell now: the same batch is judged again after a pause.
+        """
+        assert self._filter is not None
+        parsed = {item.seq: _parsed(item.body) for item in batch}
+        by_id = {
+            str(statement.get("id", "")).lower(): (statement, item.version)
+            for item in batch
+            if isinstance(statement := parsed[item.seq], dict)
+        }
+        kept: list[Claimed] = []
+        dropped: list[Claimed] = []
+        for item in batch:
+            statement = parsed[item.seq]
+            written_in = item.version
+            voided = voided_id(statement)
+            if voided is not None:
+                if voided in by_id:
+                    statement, written_in = by_id[voided]
+                elif self._voided_lookup is not None:
+                    try:
+                        statement = await self._voided_lookup(voided)
+                    except (GatewayError, ValueError) as exc:
+                        self._lookups.failed(exc)
+                        await self._clock.sleep(_LOOKUP_PAUSE)
+                        return None
+                else:
+                    statement = None
+            goes = statement is not None and self._filter.matches(statement, written_in)
+            (kept if goes else dropped).append(item)
+        if dropped:
+            seqs = [item.seq for item in dropped]
+            await self._outbox.call(lambda tx: tx.ack(self.name, seqs, counter="filtered"))
+        return kept
+
+    async def _pseudonymised(self, batch: Sequence[Claimed]) -> list[Claimed]:
+        """The batch as this target gets it: every agent a pseudonym.
+
+        A signed statement's signature cannot hold once it is changed: it is stripped
+        (attachment and part), or the statement is not sent (`skipped_signed`).
+        """
+        assert self._pseudonymiser is not None
+        copies: list[Claimed] = []
+        skipped: list[int] = []
+        for item in batch:
+            statement = _parsed(item.body)
+            if not isinstance(statement, dict):
+                skipped.append(item.seq)  # never sent unchanged: it would carry identities
+                continue
+            attachments = item.attachments
+            if is_signed(statement):
+                if self._skip_signed:
+                    skipped.append(item.seq)
+                    continue
+                statement, attachments = _unsigned(statement, attachments)
+                self._stripped.add(item.seq)
+            body = encode_statement(self._pseudonymiser.statement(statement))
+            copies.append(dataclasses.replace(item, body=body, attachments=attachments))
+        if skipped:
+            await self._outbox.call(lambda tx: tx.ack(self.name, skipped, counter="skipped_signed"))
+        return copies
+
     async def _still_held(
         self, pending: Sequence[Sequence[Claimed]], part: Sequence[Claimed]
     ) -> bool:
@@ -242,6 +343,10 @@ class TargetWorker:
     ) -> list[Claimed] | None:
         """Delivered: ack, and perhaps claim what is next."""
         await tx.ack(self.name, seqs)
+        stripped = self._stripped.intersection(seqs)
+        if stripped:
+            await tx.count("signature_stripped", [(self.name, len(stripped))])
+            self._stripped.difference_update(stripped)
         return await tx.claim(self.name, self.target.batch_size) if claim_next else None
 
     async def _answered(self) -> None:
@@ -318,6 +423,35 @@ class TargetWorker:
             response.status, response.headers, reason, count, self._clock.now()
         )
         return verdict, status_class(response.status)
+
+
+def _unsigned(
+    statement: dict[str, Any], attachments: bytes | None
+) -> tuple[dict[str, Any], bytes | None]:
+    """The statement without its signature attachment, and its parts without that part."""
+    unsigned = without_signature(statement)
+    still = {a.get("sha2") for a in unsigned.get("attachments", []) if isinstance(a, dict)}
+    gone = {
+        str(a.get("sha2", "")).lower()
+        for a in statement.get("attachments", [])
+        if isinstance(a, dict) and a.get("sha2") not in still
+    }
+    if attachments is None:
+        return unsigned, None
+    parts = [
+        part
+        for part in unpack_parts(attachments)
+        if (part.header("X-Experience-API-Hash") or "").lower() not in gone
+    ]
+    return unsigned, pack_parts(parts)
+
+
+def _parsed(body: bytes) -> Any:
+    """A queued statement's JSON (the outbox holds what storage accepted: it parses)."""
+    try:
+        return json.loads(body)
+    except ValueError:
+        return None
 
 
 def _when(moment: float | None) -> str:

@@ -48,8 +48,12 @@ class OutboxTransaction(Protocol):
         """Still working on these claimed deliveries: extend the claim; how many are held."""
         ...
 
-    async def ack(self, target: str, seqs: Sequence[int]) -> None:
-        """Delivered."""
+    async def ack(self, target: str, seqs: Sequence[int], *, counter: str = "delivered") -> None:
+        """Done with them: `delivered`, or not sent (`filtered`, `skipped_signed`)."""
+        ...
+
+    async def count(self, counter: str, counts: Sequence[tuple[str, int]]) -> None:
+        """Add to each target's `counter` (e.g. `filtered` as statements are queued)."""
         ...
 
     async def retry(
@@ -172,9 +176,13 @@ class SqliteTransaction:
         """See OutboxTransaction: one process owns the file, its claims never end."""
         return len(seqs)
 
-    async def ack(self, target: str, seqs: Sequence[int]) -> None:
+    async def ack(self, target: str, seqs: Sequence[int], *, counter: str = "delivered") -> None:
         """See OutboxTransaction."""
-        self.store.ack(target, seqs)
+        self.store.ack(target, seqs, counter=counter)
+
+    async def count(self, counter: str, counts: Sequence[tuple[str, int]]) -> None:
+        """See OutboxTransaction."""
+        self.store.count(counter, counts)
 
     async def retry(
         self, target: str, seqs: Sequence[int], next_attempt: float, error: str

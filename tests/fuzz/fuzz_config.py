@@ -185,8 +185,14 @@ def target(fdp: Any) -> dict[str, Any]:
         choice = fdp.ConsumeIntInRange(0, 3)
         if choice == 0:
             out.pop(path[0], None)
-        else:
-            out[path[0]] = secret_value(fdp) if is_secret(hint) else value(fdp)
+            continue
+        node = out  # a section of a target (pseudonymise) holds keys of its own
+        for part in path[:-1]:
+            child = node.get(part)
+            if not isinstance(child, dict):
+                child = node[part] = {}
+            node = child
+        node[path[-1]] = secret_value(fdp) if is_secret(hint) else value(fdp)
     return out
 
 

@@ -136,7 +136,11 @@ async def _send_write(
         if accepted:
             request.app[METRICS].accepted(tenant_label(request[PRINCIPAL].tenant), len(statements))
         if forwarder is not None:
-            await (forwarder.accepted(seqs) if accepted else forwarder.refused(seqs))
+            await (
+                forwarder.accepted(seqs, statements, version)
+                if accepted
+                else forwarder.refused(seqs)
+            )
     finally:
         if forwarder is not None:
             forwarder.settled(seqs)
