@@ -13,6 +13,7 @@ import signal
 import socket
 import sys
 import time
+import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -42,6 +43,26 @@ def free_port(host: str = "127.0.0.1") -> int:
         sock.bind((host, 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+def voiding(statement_id: str, voider: str) -> dict[str, Any]:
+    """A voiding statement by `voider` (an mbox) for the statement `statement_id`."""
+    return {
+        "id": str(uuid.uuid4()),
+        "actor": {"mbox": voider},
+        "verb": {"id": "http://adlnet.gov/expapi/verbs/voided"},
+        "object": {"objectType": "StatementRef", "id": statement_id},
+    }
+
+
+async def forwarding_drained(client: Any, headers: dict[str, str], within: float = 30.0) -> None:
+    """Until every forwarding target's backlog is 0 (GET /admin/forwarding as an admin)."""
+
+    async def done() -> bool:
+        status = await (await client.get("/admin/forwarding", headers=headers)).json()
+        return all(t["backlog"] == 0 for t in status["targets"].values())
+
+    await eventually(done, within=within, what="every forwarding target drained")
 
 
 async def eventually(

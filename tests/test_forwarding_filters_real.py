@@ -21,7 +21,7 @@ from aiohttp.test_utils import TestClient
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 from realparts.ralph import RalphServer
-from support import basic, credential, eventually, write_config
+from support import basic, credential, eventually, forwarding_drained, voiding, write_config
 from test_forwarding_real import ralph_target_entry
 
 from gateway.http.app import create_app
@@ -32,7 +32,6 @@ Client = TestClient[web.Request, web.Application]
 XAPI = {"X-Experience-API-Version": "1.0.3"}
 LMS = {**basic("lms", "lms-password"), **XAPI}
 COURSE_X = "https://course.example.org/x/"
-VOIDED = "http://adlnet.gov/expapi/verbs/voided"
 
 
 def statement(learner: str, n: int) -> dict[str, Any]:
@@ -108,25 +107,12 @@ async def test_a_filtered_target_gets_its_statements_and_their_voiding_only(
     others = [s for s in items if not in_course_x(s)]
     assert len(xs) == 100
     voided = xs[:5] + others[:5]
-    voidings = [
-        {
-            "id": str(uuid.uuid4()),
-            "actor": {"mbox": voider},
-            "verb": {"id": VOIDED},
-            "object": {"objectType": "StatementRef", "id": s["id"]},
-        }
-        for s in voided
-    ]
+    voidings = [voiding(s["id"], voider) for s in voided]
     answer = await client.post("/xAPI/statements", json=voidings, headers=LMS)
     assert answer.status == 200, await answer.text()
 
     async with aiohttp.ClientSession() as session:
-
-        async def arrived() -> bool:
-            status = await (await client.get("/admin/forwarding", headers=LMS)).json()
-            return all(t["backlog"] == 0 for t in status["targets"].values())
-
-        await eventually(arrived, within=60, what="every queue drained")
+        await forwarding_drained(client, LMS, within=60)
         # (Ralph lists voided statements in queries too: each target holds what it got.)
         assert await ids_of(session, ralph_target, learner) == {s["id"] for s in items}
         assert await ids_of(session, ralph_target, voider) == {v["id"] for v in voidings}

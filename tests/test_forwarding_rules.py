@@ -20,7 +20,7 @@ from aiohttp.test_utils import TestClient
 from prometheus_client import CollectorRegistry
 from realparts.learninglocker import LearningLockerServer
 from realparts.ralph import RalphServer
-from support import basic, credential, eventually, write_config
+from support import basic, credential, forwarding_drained, voiding, write_config
 from test_forwarding_filters_real import ids_of
 from test_forwarding_real import ralph_one, ralph_target_entry
 from test_profiles import conforming
@@ -34,7 +34,6 @@ XAPI = {"X-Experience-API-Version": "1.0.3"}
 LMS = {**basic("lms", "lms-password"), **XAPI}
 PROFILE = Path(__file__).parent / "data" / "cmi5_profile.jsonld"
 CMI5 = "https://w3id.org/xapi/cmi5#"
-VOIDED = "http://adlnet.gov/expapi/verbs/voided"
 KINDS = ["completed", "passed", "launched", "initialized", "terminated", "plain"]
 
 
@@ -121,23 +120,11 @@ async def test_three_targets_each_get_what_their_rules_say(
         by_kind.setdefault(kind, []).append(made)
     voided = by_kind["completed"][:4] + by_kind["launched"][:4]
     voider = f"mailto:admin-{uuid.uuid4().hex[:10]}@example.org"
-    voidings: list[dict[str, Any]] = [
-        {
-            "id": str(uuid.uuid4()),
-            "actor": {"mbox": voider},
-            "verb": {"id": VOIDED},
-            "object": {"objectType": "StatementRef", "id": s["id"]},
-        }
-        for s in voided
-    ]
+    voidings = [voiding(s["id"], voider) for s in voided]
     answer = await client.post("/xAPI/statements", json=voidings, headers=LMS)
     assert answer.status == 200, await answer.text()
 
-    async def drained() -> bool:
-        status = await (await client.get("/admin/forwarding", headers=LMS)).json()
-        return all(t["backlog"] == 0 for t in status["targets"].values())
-
-    await eventually(drained, within=90, what="every target drained")
+    await forwarding_drained(client, LMS, within=90)
     every_id = {s["id"] for _, s in statements}
     taken = {s["id"] for s in by_kind["completed"] + by_kind["passed"]}
     assert len(every_id) == 360
@@ -148,9 +135,9 @@ async def test_three_targets_each_get_what_their_rules_say(
         # Learning Locker: the completions and passes, and the voiding of completions only.
         for _, made in statements:
             assert await ll_has(session, learning_locker, made["id"]) is (made["id"] in taken)
-        for voiding, target in zip(voidings, voided, strict=True):
+        for made_void, target in zip(voidings, voided, strict=True):
             expected = target["id"] in taken
-            assert await ll_has(session, learning_locker, voiding["id"]) is expected
+            assert await ll_has(session, learning_locker, made_void["id"]) is expected
         # Research: everything, and nobody's identity.
         copies = [await ralph_one(session, ralph_second_target, sid) for sid in sorted(every_id)]
     assert all(copy is not None for copy in copies)

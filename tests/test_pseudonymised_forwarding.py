@@ -22,7 +22,7 @@ from support import (
     FakeTarget,
     basic,
     credential,
-    eventually,
+    forwarding_drained,
     signed_body,
     write_config,
 )
@@ -63,14 +63,6 @@ def research_targets(ralph_target: RalphServer, skipping: TestServer) -> list[di
     ]
 
 
-async def drained(client: Client) -> None:
-    async def done() -> bool:
-        status = await (await client.get("/admin/forwarding", headers=LMS)).json()
-        return all(t["backlog"] == 0 for t in status["targets"].values())
-
-    await eventually(done, within=30, what="every target drained")
-
-
 async def test_the_research_copy_has_a_pseudonym_for_every_agent(
     ralph: RalphServer,
     ralph_target: RalphServer,
@@ -95,7 +87,7 @@ async def test_the_research_copy_has_a_pseudonym_for_every_agent(
     items = [statement(learner, n) for n in range(20)]
     answer = await client.post("/xAPI/statements", json=items, headers=LMS)
     assert answer.status == 200, await answer.text()
-    await drained(client)
+    await forwarding_drained(client, LMS)
     async with aiohttp.ClientSession() as session:
         research = [await ralph_one(session, ralph_target, s["id"]) for s in items]
         original = await ralph_one(session, ralph, items[0]["id"])
@@ -151,7 +143,7 @@ async def test_a_signed_statement_loses_its_signature_or_is_skipped(
         headers={**LMS, "Content-Type": f'multipart/mixed; boundary="{boundary}"'},
     )
     assert answer.status == 200, await answer.text()
-    await drained(client)
+    await forwarding_drained(client, LMS)
     async with aiohttp.ClientSession() as session:
         copy = await ralph_one(session, ralph_target, signed["id"])
     assert copy is not None

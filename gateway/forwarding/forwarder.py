@@ -196,6 +196,10 @@ class Forwarder:
         return None
 
     async def _statement_by(self, parameter: str, statement_id: str) -> dict[str, Any] | None:
+        """The statement storage answers for `parameter`=id; None for 404 or another's.
+
+        Raises GatewayError for any other answer, ValueError for one that is not JSON.
+        """
         headers = {"X-Experience-API-Version": self._storage_version()}
         async with self._storage.request(
             "GET",
@@ -208,7 +212,7 @@ class Forwarder:
                 return None
             if response.status != 200:
                 raise UpstreamUnavailable(
-                    f"storage answered HTTP {response.status} about a voided statement"
+                    f"storage answered HTTP {response.status} about statement {statement_id}"
                 )
             data: Any = json.loads(await response.read())
         listed = data.get("statements") if isinstance(data, dict) else None
@@ -223,27 +227,10 @@ class Forwarder:
 
     async def _in_storage(self, statement_id: str) -> bool | None:
         """Whether storage holds the statement; None when it cannot tell now."""
-        headers = {"X-Experience-API-Version": self._storage_version()}
         try:
-            async with self._storage.request(
-                "GET",
-                "statements",
-                raw_query=f"statementId={statement_id}",
-                headers=headers,
-                decompress=True,
-            ) as response:
-                if response.status == 404:
-                    return False
-                if response.status != 200:
-                    return None
-                data: Any = json.loads(await response.read())
+            return await self._statement_by("statementId", statement_id) is not None
         except (GatewayError, ValueError):
             return None
-        if isinstance(data, dict) and "statements" in data:  # Ralph answers with a result
-            return bool(data["statements"])
-        found = data.get("id") if isinstance(data, dict) else None
-        # UUIDs compare without regard to case: an LRS may store them lower-cased.
-        return isinstance(found, str) and found.lower() == statement_id.lower()
 
     async def resolve_once(self) -> int:
         """Settle writes left pending by a crash or a lost answer; how many were settled."""
