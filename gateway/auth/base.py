@@ -71,6 +71,11 @@ class Authenticator:
         self._bearer: TtlCache[bytes, Principal] = TtlCache(bearer_cache_size, clock=clock)
         self._bearer_ttl = bearer_cache_ttl
 
+    @property
+    def takes_oauth(self) -> bool:
+        """Whether OAuth 1.0a signatures are checked (the oauth backend is on)."""
+        return self._oauth is not None
+
     async def authenticate(
         self, authorization: str | None, signed: SignedRequest | None = None
     ) -> Principal:

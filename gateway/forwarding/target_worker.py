@@ -300,10 +300,11 @@ class TargetWorker:
         assert self._pseudonymiser is not None
         copies: list[Claimed] = []
         skipped: list[int] = []
+        unreadable: list[int] = []
         for item in batch:
             statement = _parsed(item.body)
             if not isinstance(statement, dict):
-                skipped.append(item.seq)  # never sent unchanged: it would carry identities
+                unreadable.append(item.seq)  # never sent unchanged: it would carry identities
                 continue
             attachments = item.attachments
             if is_signed(statement):
@@ -316,6 +317,8 @@ class TargetWorker:
             copies.append(dataclasses.replace(item, body=body, attachments=attachments))
         if skipped:
             await self._outbox.call(lambda tx: tx.ack(self.name, skipped, counter="skipped_signed"))
+        if unreadable:
+            await self._dead_letter(unreadable, "not a JSON statement: cannot be pseudonymised")
         return copies
 
     async def _still_held(
@@ -337,6 +340,7 @@ class TargetWorker:
     async def _dead_letter(self, seqs: Sequence[int], reason: str) -> None:
         """Give up on these for a permanent reason (a human looks, then replays)."""
         await self._outbox.call(lambda tx: tx.dead_letter(self.name, seqs, reason))
+        self._stripped.difference_update(seqs)
 
     async def _acked(
         self, tx: OutboxTransaction, seqs: Sequence[int], claim_next: bool

@@ -181,10 +181,13 @@ async def authenticate_request(request: web.Request, authorization: str | None) 
     try:
         # 429 before any bcrypt runs
         failing = await guard.check_lockout(login_keys, authorization, admission)
+        authenticator = request.app[AUTHENTICATOR]
         signed = None
-        if authorization and authorization.lstrip()[:6].lower() == "oauth ":
+        oauth = authorization and authorization.lstrip()[:6].lower() == "oauth "
+        if oauth and authenticator.takes_oauth:
+            assert authorization is not None
             signed = signed_request(request, authorization.strip())
-        principal = await request.app[AUTHENTICATOR].authenticate(authorization, signed)
+        principal = await authenticator.authenticate(authorization, signed)
     except Unauthorized:
         attempts.labels(_scheme_label(authorization), "bad_credentials").inc()
         await guard.login_failed(login_keys)
