@@ -186,14 +186,19 @@ def target(fdp: Any) -> dict[str, Any]:
         if choice == 0:
             out.pop(path[0], None)
             continue
-        node = out  # a section of a target (pseudonymise) holds keys of its own
-        for part in path[:-1]:
-            child = node.get(part)
-            if not isinstance(child, dict):
-                child = node[part] = {}
-            node = child
-        node[path[-1]] = secret_value(fdp) if is_secret(hint) else value(fdp)
+        # A section of a target (pseudonymise) holds keys of its own.
+        put(out, path, secret_value(fdp) if is_secret(hint) else value(fdp))
     return out
+
+
+def put(node: dict[str, Any], path: tuple[str, ...], leaf: Any) -> None:
+    """Set `leaf` at `path` below `node`, making the sections on the way."""
+    for part in path[:-1]:
+        child = node.get(part)
+        if not isinstance(child, dict):
+            child = node[part] = {}
+        node = child
+    node[path[-1]] = leaf
 
 
 def raw_config(fdp: Any) -> dict[str, Any]:
@@ -206,13 +211,7 @@ def raw_config(fdp: Any) -> dict[str, Any]:
             raw["forwardings"] = [target(fdp) for _ in range(fdp.ConsumeIntInRange(0, 2))]
         else:
             path, hint = fdp.PickValueInList(LEAVES)
-            node = raw
-            for part in path[:-1]:
-                child = node.get(part)
-                if not isinstance(child, dict):
-                    child = node[part] = {}
-                node = child
-            node[path[-1]] = secret_value(fdp) if is_secret(hint) else value(fdp)
+            put(raw, path, secret_value(fdp) if is_secret(hint) else value(fdp))
     return raw
 
 
