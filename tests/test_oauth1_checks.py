@@ -20,13 +20,17 @@ URL = "http://gateway.example.org/xAPI/statements?limit=2"
 
 
 class Book:
-    def __init__(self) -> None:
+    """Nonces kept until they expire, as the databases keep them."""
+
+    def __init__(self, clock: ManualClock | None = None) -> None:
         self.kept: dict[str, float] = {}
         self.writes = 0
+        self._clock = clock
 
     async def remember_nonce(self, key: str, expires_at: float) -> bool:
         self.writes += 1
-        if key in self.kept:
+        now = self._clock.now() if self._clock is not None else 0.0
+        if key in self.kept and self.kept[key] > now:
             return False
         self.kept[key] = expires_at
         return True
@@ -106,3 +110,15 @@ async def test_a_header_without_its_parameters_or_with_one_twice_is_401() -> Non
     with pytest.raises(Unauthorized, match="oauth_nonce is given twice"):
         await checker.authenticate(SignedRequest("GET", URL, twice))
     assert book.writes == 0
+
+
+async def test_a_nonce_is_kept_as_long_as_its_timestamp_passes_the_window() -> None:
+    """A timestamp ahead of the gateway's clock stays good for longer than the window from
+    now: its nonce must be kept that long too, or the request could be replayed."""
+    clock = ManualClock()
+    book = Book(clock)
+    ahead = signed(clock, timestamp=str(int(clock.now()) + 290))
+    assert await backend(clock, book).authenticate(ahead)
+    clock.advance(350)  # past now + window, still within the window of its timestamp
+    with pytest.raises(Unauthorized, match="replayed"):
+        await backend(clock, book).authenticate(ahead)

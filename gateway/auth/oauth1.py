@@ -183,10 +183,11 @@ class OAuthBackend:
         secret = _DUMMY_SECRET if consumer is None else consumer.secret.reveal()
         if not _verifies(signed, params, secret) or consumer is None:
             raise Unauthorized("the OAuth signature does not verify for this consumer")
-        # A nonce is one use per consumer and timestamp (RFC 5849 3.3), for the window.
+        # A nonce is one use per consumer and timestamp (RFC 5849 3.3), remembered as long
+        # as that timestamp passes the window check (a future one, for longer than now's).
         # Hashed: a fixed length, and no character a database would refuse.
         used = hashlib.sha256(f"{key}\0{stamp}\0{nonce}".encode()).hexdigest()
-        if not await self._nonces.remember_nonce(used, self._clock.now() + self._window):
+        if not await self._nonces.remember_nonce(used, stamp + self._window + 1):
             raise Unauthorized("this oauth_nonce was used already: a replayed request")
         if self._on_used is not None:
             self._on_used(consumer.key)
