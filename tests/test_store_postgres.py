@@ -31,6 +31,7 @@ from support import (
     write_config,
 )
 
+from gateway.clock import ManualClock
 from gateway.forwarding.outboxes import OUTBOX_FILE
 from gateway.forwarding.postgres_outbox import PostgresOutbox
 from gateway.forwarding.store import OutboxStore, TargetState
@@ -336,9 +337,13 @@ async def test_store_copy_moves_what_the_sqlite_outboxes_owe_and_they_forget_it(
     tmp_path: Path, postgres: PostgresServer
 ) -> None:
     config = replica_config(tmp_path, "http://127.0.0.1:9/xAPI/", "sqlite:///data/gw.sqlite3", 1)
-    for directory in (tmp_path / "data", tmp_path / "data" / "worker-1"):
-        store = OutboxStore(directory / OUTBOX_FILE)
+    for directory, went_live in (
+        (tmp_path / "data", 5000.0),
+        (tmp_path / "data" / "worker-1", 4000.0),
+    ):
+        store = OutboxStore(directory / OUTBOX_FILE, clock=ManualClock(start=went_live))
         try:
+            store.went_live(["t"])  # each worker's own moment: the earliest is the target's
             items = [(f"{directory.name}-{n}", b'{"n":%d}' % n, None) for n in range(4)]
             seqs = store.write_pending(items, "1.0.3")
             store.mark_ready(seqs[:-1], [("t", 1000)])  # the last stays pending
@@ -358,9 +363,13 @@ async def test_store_copy_moves_what_the_sqlite_outboxes_owe_and_they_forget_it(
         stats = (await outbox.call(lambda tx: tx.stats(["t"])))["t"]
         pending = await outbox.call(lambda tx: tx.pending(1e12))
         claimed = await outbox.call(lambda tx: tx.claim("t", 10))
+        live = await outbox.call(lambda tx: tx.live_start("t"))
     finally:
         await outbox.close()
     assert (stats.backlog, stats.dead_letters, stats.delivered, stats.up) == (2, 2, 2, False)
+    # Where live forwarding began travels too (a backfill's boundary), with its first ids.
+    assert live.since == 4000.0
+    assert {"data-0", "data-1", "data-2", "worker-1-0"} <= live.window_ids
     assert sorted(i for _, i in pending) == ["data-3", "worker-1-3"]  # the resolver's to settle
     assert [c.body for c in claimed] == [b'{"n":2}', b'{"n":2}']  # owed: each file's third
     for directory in (tmp_path / "data", tmp_path / "data" / "worker-1"):

@@ -74,6 +74,9 @@ class Forwarder:
         # Checked by the configuration already; a profile file is read: off the loop.
         self._filters = await asyncio.to_thread(self._compile_filters)
         await self.outbox.open()
+        # Before the first statement: a backfill's history ends where live forwarding began.
+        live = [t.label for t in self._active]
+        await self.outbox.call(lambda tx: tx.went_live(live))
         self._started_at = self._clock.now()
         for target in self._active:
             worker = TargetWorker(

@@ -33,6 +33,7 @@ from gateway.forwarding.operations import (
 from gateway.forwarding.postgres_store import (
     PostgresTransaction,
     count_backlogs,
+    live_origins,
     outbox_id,
     restore_rows,
 )
@@ -90,6 +91,9 @@ class PostgresOutbox(OperationQueue):
         self._ready = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._backlog: dict[str, int] = {}
+        # When live forwarding to each target began (see went_live): mark_ready keeps the
+        # ids of a target's first moments. Read at open, refreshed by went_live.
+        self._origins: dict[str, float | None] = {}
         self._full: set[str] = set()  # targets past backlog_limit (logged once an episode)
         self._reachable = True
         self._outages = 0  # times it was found out of reach (commits note it as they begin)
@@ -114,6 +118,7 @@ class PostgresOutbox(OperationQueue):
         async with self._pool.acquire() as conn:
             self.ident = await outbox_id(conn)
             self._backlog = await count_backlogs(conn)
+            self._origins = await live_origins(conn)
         self._tasks = [
             asyncio.create_task(self._run(index), name=f"outbox-postgres-{index}")
             for index in range(_COMMITTERS)
@@ -166,9 +171,7 @@ class PostgresOutbox(OperationQueue):
         except Exception as exc:
             raise self._failure(exc) from None
         self._back(started)
-        if tx.counted is not None:
-            self._backlog = dict(tx.counted)
-            self._full = {t for t in self._full if self._backlog.get(t, 0) > 0}
+        self._counted(tx)
         return value
 
     def _queue(self, operation: Operation[Any], future: asyncio.Future[Any]) -> None:
@@ -202,6 +205,7 @@ class PostgresOutbox(OperationQueue):
             lease=self.lease,
             clock=self._clock,
             backlog=self._backlog,
+            origins=self._origins,
             tenant=self._tenant,
             sweep_due=self._clock.monotonic() - self._last_sweep >= _SWEEP_EVERY,
         )
@@ -216,11 +220,18 @@ class PostgresOutbox(OperationQueue):
         self._full |= tx.overflowed
         if tx.swept:
             self._last_sweep = self._clock.monotonic()
-        if tx.counted is not None:
-            self._backlog = dict(tx.counted)
-            self._full = {t for t in self._full if self._backlog.get(t, 0) > 0}
+        self._origins.update(tx.went)
+        self._counted(tx)
         for target, moved in tx.queued.items():
             self._backlog[target] = max(0, self._backlog.get(target, 0) + moved)
+
+    def _counted(self, tx: PostgresTransaction) -> None:
+        """Backlogs `tx` counted (stats, backlog_of) replace the estimate."""
+        if tx.counted is not None:
+            self._backlog = dict(tx.counted)
+        self._backlog.update(tx.recounted)
+        if tx.counted is not None or tx.recounted:
+            self._full = {t for t in self._full if self._backlog.get(t, 0) > 0}
 
     async def _commit(self, group: list[_Job], committer: int) -> None:
         assert self._pool is not None

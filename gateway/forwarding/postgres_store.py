@@ -10,12 +10,25 @@ timed by the database's clock, which every replica shares (their own clocks may 
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, TypeAlias
 
 from gateway.clock import Clock
-from gateway.forwarding.store import BACKLOG_FULL, Claimed, OutboxRows, TargetState, TargetStats
+from gateway.forwarding.store import (
+    BACKFILL_COLUMNS,
+    BACKLOG_FULL,
+    LIVE_WINDOW,
+    BackfillBusy,
+    BackfillState,
+    Claimed,
+    LiveStart,
+    OutboxRows,
+    TargetState,
+    TargetStats,
+    backfill_of,
+)
 
 if TYPE_CHECKING:
     import asyncpg
@@ -23,7 +36,13 @@ if TYPE_CHECKING:
 
     Connection: TypeAlias = asyncpg.Connection[asyncpg.Record] | PoolConnectionProxy[asyncpg.Record]
 
-__all__ = ["PostgresTransaction", "count_backlogs", "outbox_id", "restore_rows"]
+__all__ = [
+    "PostgresTransaction",
+    "count_backlogs",
+    "live_origins",
+    "outbox_id",
+    "restore_rows",
+]
 
 _PENDING, _READY = 0, 1
 _DB_NOW = "extract(epoch FROM clock_timestamp())"
@@ -43,6 +62,7 @@ _ALL_TARGETS = f"""
     UNION SELECT DISTINCT target FROM outbox_dead_letters
     UNION SELECT DISTINCT target FROM outbox_counters
     UNION SELECT target FROM outbox_target_states
+    UNION SELECT target FROM outbox_backfills
 """  # noqa: S608  (constants only)
 
 
@@ -63,6 +83,12 @@ async def count_backlogs(conn: Connection) -> dict[str, int]:
         "FROM outbox_counters WHERE name IN ('queued', 'left') GROUP BY target"
     )
     return {target: int(count) for target, count in rows}
+
+
+async def live_origins(conn: Connection) -> dict[str, float | None]:
+    """When live forwarding to each target began (None: before the outbox kept it)."""
+    rows = await conn.fetch("SELECT target, since FROM outbox_live_origins")
+    return {row[0]: row[1] for row in rows}
 
 
 # One statement per operation: a group commit is mostly round trips. Each keeps its
@@ -86,10 +112,10 @@ _COUNT = """
     ON CONFLICT (target, name, owner)
     DO UPDATE SET value = outbox_counters.value + excluded.value
 """
-_MARK_READY = f"""
+_MARK_READY = """
     WITH ready AS (
         UPDATE outbox_statements SET state = 1
-        WHERE state = 0 AND seq = ANY($1::bigint[]) RETURNING seq
+        WHERE state = 0 AND seq = ANY($1::bigint[]) RETURNING seq{ready_ids}
     ), ranked AS (
         SELECT seq, row_number() OVER (ORDER BY seq) AS n FROM ready
     ), plan AS (
@@ -105,10 +131,27 @@ _MARK_READY = f"""
         ON CONFLICT (target, seq) DO UPDATE SET reason = excluded.reason,
             transient = false, failed_at = excluded.failed_at
         RETURNING target
-    ), counted_queued AS ({_bump("queued", "queued", "$6")}
-    ), counted_dead AS ({_bump("dead_letters", "dead", "$6")})
+    ), counted_queued AS ({counted_queued}
+    ), counted_dead AS ({counted_dead}){window}
     SELECT target, count(*) FROM dead GROUP BY target
-"""  # noqa: S608  (constants only)
+"""
+# In a target's first LIVE_WINDOW seconds, the ids queued for it (and dead-lettered for a
+# full backlog) are kept too: $7, the targets whose window is open (see went_live).
+_LIVE_WINDOW_IDS = """, windowed AS (
+        INSERT INTO outbox_live_window (target, statement_id)
+        SELECT w.target, lower(r.statement_id)
+        FROM ready r CROSS JOIN unnest($7::text[]) AS w(target)
+        ON CONFLICT DO NOTHING
+    )"""
+_MARK_READY_PARTS = {
+    "counted_queued": _bump("queued", "queued", "$6"),
+    "counted_dead": _bump("dead_letters", "dead", "$6"),
+}
+# Past the window (almost always) the statement is as it was before windows were kept.
+_MARK_READY_QUEUE = _MARK_READY.format(ready_ids="", window="", **_MARK_READY_PARTS)
+_MARK_READY_LIVE = _MARK_READY.format(
+    ready_ids=", statement_id", window=_LIVE_WINDOW_IDS, **_MARK_READY_PARTS
+)
 _REQUEUE = f"""
     WITH picked AS (
         DELETE FROM outbox_dead_letters WHERE (target, seq) IN (
@@ -189,6 +232,18 @@ async def restore_rows(
         "DO UPDATE SET value = outbox_counters.value + excluded.value",
         [(target, name, owner, value) for target, name, value in rows.counters],
     )
+    # The earliest moment each target went live; unknown (NULL) wins over any moment.
+    await conn.executemany(
+        "INSERT INTO outbox_live_origins AS o (target, since) VALUES ($1, $2) "
+        "ON CONFLICT (target) DO UPDATE SET since = CASE WHEN o.since IS NULL OR "
+        "excluded.since IS NULL THEN NULL ELSE least(o.since, excluded.since) END",
+        rows.origins,
+    )
+    await conn.executemany(
+        "INSERT INTO outbox_live_window (target, statement_id) VALUES ($1, $2) "
+        "ON CONFLICT DO NOTHING",
+        rows.window,
+    )
     return len(statements)
 
 
@@ -209,6 +264,7 @@ class PostgresTransaction:
         lease: float,
         clock: Clock,
         backlog: dict[str, int],
+        origins: dict[str, float | None] | None = None,
         tenant: str | None = None,
         sweep_due: bool = True,
     ) -> None:
@@ -218,9 +274,12 @@ class PostgresTransaction:
         self._lease = lease
         self._clock = clock
         self._backlog = backlog
+        self._origins = origins if origins is not None else {}  # the outbox's, as it read them
         self._tenant = tenant  # its pending rows are this tenant's to settle
         self.queued: dict[str, int] = {}  # deliveries this transaction added (or removed)
         self.counted: dict[str, int] | None = None  # backlogs counted in this transaction
+        self.recounted: dict[str, int] = {}  # a target's backlog counted (backlog_of)
+        self.went: dict[str, float | None] = {}  # origins went_live read back
         self.overflowed: set[str] = set()  # targets whose backlog_limit refused statements
         self.sweep_due = sweep_due
         self.swept = False  # collect_garbage swept in this transaction
@@ -281,25 +340,69 @@ class PostgresTransaction:
         return sorted(row[0] for row in inserted)
 
     async def mark_ready(self, seqs: Sequence[int], targets: Sequence[tuple[str, int]]) -> None:
-        """See OutboxTransaction (past `backlog_limit`, as the estimate tells it)."""
+        """See OutboxTransaction (past `backlog_limit`, as the estimate tells it).
+
+        In a target's first LIVE_WINDOW seconds live, the ids it gets are kept too (as the
+        outbox's origins, and this transaction's went_live, tell it).
+        """
         if not seqs:
             return
         rooms = [
             max(0, limit - self._backlog.get(target, 0) - self.queued.get(target, 0))
             for target, limit in targets
         ]
-        overflow = await self.conn.fetch(
-            _MARK_READY,
+        now = self._clock.now()
+        opening = [target for target, _ in targets if self._opening(target, now)]
+        arguments = [
             list(seqs),
             [target for target, _ in targets],
             rooms,
             BACKLOG_FULL,
-            self._clock.now(),
+            now,
             self._counters_owner,
-        )
+        ]
+        if opening:
+            overflow = await self.conn.fetch(_MARK_READY_LIVE, *arguments, opening)
+        else:
+            overflow = await self.conn.fetch(_MARK_READY_QUEUE, *arguments)
         for (target, _), room in zip(targets, rooms, strict=True):
             self._moved(target, min(room, len(seqs)))
         self.overflowed.update(row[0] for row in overflow)
+
+    def _opening(self, target: str, now: float) -> bool:
+        """Whether `target` went live less than LIVE_WINDOW seconds ago."""
+        since = self.went[target] if target in self.went else self._origins.get(target)
+        return since is not None and now < since + LIVE_WINDOW
+
+    async def went_live(self, targets: Sequence[str]) -> None:
+        """See OutboxTransaction: the moment kept is read back (another replica's, maybe)."""
+        names = sorted(set(targets))
+        if not names:
+            return
+        await self.conn.execute(
+            "INSERT INTO outbox_live_origins (target, since) "
+            "SELECT t, $2 FROM unnest($1::text[]) AS t ON CONFLICT DO NOTHING",
+            names,
+            self._clock.now(),
+        )
+        # A statement of its own: it sees a row another replica committed while this one
+        # waited on it (the INSERT's snapshot would not).
+        rows = await self.conn.fetch(
+            "SELECT target, since FROM outbox_live_origins WHERE target = ANY($1::text[])",
+            names,
+        )
+        self.went.update((row[0], row[1]) for row in rows)
+
+    async def live_start(self, target: str) -> LiveStart:
+        """See OutboxTransaction."""
+        row = await self.conn.fetchrow(
+            "SELECT since, array(SELECT statement_id FROM outbox_live_window w "
+            "WHERE w.target = o.target) FROM outbox_live_origins o WHERE target = $1",
+            target,
+        )
+        if row is None:
+            return LiveStart(known=False, since=None, window_ids=frozenset())
+        return LiveStart(known=True, since=row[0], window_ids=frozenset(row[1]))
 
     async def drop(self, seqs: Sequence[int]) -> None:
         """See OutboxTransaction."""
@@ -485,6 +588,101 @@ class PostgresTransaction:
         )
         return int(deleted.rsplit(" ", 1)[-1])
 
+    # -- backfills ----------------------------------------------------------------------
+
+    async def backfill(self, target: str) -> BackfillState | None:
+        """See OutboxTransaction."""
+        row = await self.conn.fetchrow(_SELECT_BACKFILLS + " WHERE target = $1", target)
+        return None if row is None else backfill_of(tuple(row))
+
+    async def claim_backfill(
+        self,
+        target: str,
+        holder: str,
+        since: str | None,
+        until: str,
+        *,
+        stale_after: float,
+        restart: bool = False,
+    ) -> BackfillState:
+        """See OutboxTransaction (and OutboxStore.claim_backfill), in one statement."""
+        row = await self.conn.fetchrow(
+            _CLAIM_BACKFILL, target, holder, since, until, self._clock.now(), stale_after, restart
+        )
+        if row is None:
+            raise BackfillBusy(target)
+        return backfill_of(tuple(row))
+
+    async def backfill_page(
+        self,
+        target: str,
+        holder: str,
+        items: Sequence[tuple[str, bytes, bytes | None, str | None]],
+        progress: BackfillState,
+    ) -> bool:
+        """See OutboxTransaction (and OutboxStore.backfill_page), in one statement."""
+        held = await self.conn.fetchval(
+            _BACKFILL_PAGE,
+            target,
+            holder,
+            progress.cursor,
+            json.dumps(list(progress.tie_ids)),
+            progress.first,
+            progress.queued,
+            progress.skipped,
+            self._clock.now(),
+            [item[0] for item in items],
+            [item[1] for item in items],
+            [item[2] for item in items],
+            [item[3] for item in items],
+            self._tenant,
+            self._counters_owner,
+        )
+        if not held:
+            return False
+        self._moved(target, len(items))  # new statements: every delivery is a new row
+        return True
+
+    async def beat_backfill(self, target: str, holder: str) -> bool:
+        """See OutboxTransaction."""
+        done = await self.conn.execute(
+            "UPDATE outbox_backfills SET updated_at = $3 "
+            "WHERE target = $1 AND state = 'running' AND holder = $2",
+            target,
+            holder,
+            self._clock.now(),
+        )
+        return done.endswith(" 1")
+
+    async def finish_backfill(self, target: str, holder: str) -> bool:
+        """See OutboxTransaction."""
+        done = await self.conn.execute(
+            "UPDATE outbox_backfills SET state = 'done', updated_at = $3, finished_at = $3, "
+            "holder = NULL WHERE target = $1 AND state = 'running' AND holder = $2",
+            target,
+            holder,
+            self._clock.now(),
+        )
+        return done.endswith(" 1")
+
+    async def backlog_of(self, target: str) -> int:
+        """See OutboxTransaction: from the counters, as `count_backlogs` (exact, cheap).
+
+        A backfill asks this while it waits for room, perhaps behind a backlog of millions:
+        counting the deliveries would read every one of them each time; the counters are
+        a few rows per process run.
+        """
+        count = int(
+            await self.conn.fetchval(
+                "SELECT coalesce(sum(CASE name WHEN 'queued' THEN value ELSE -value END), 0) "
+                "FROM outbox_counters WHERE target = $1 AND name IN ('queued', 'left')",
+                target,
+            )
+        )
+        self.queued.pop(target, None)  # counted: what came before is in the count
+        self.recounted[target] = count
+        return count
+
     # -- operating it -------------------------------------------------------------------
 
     async def targets(self) -> list[str]:
@@ -498,6 +696,7 @@ class PostgresTransaction:
         now = self._clock.now()
         backlogs = self.counted = await count_backlogs(self.conn)
         self.queued.clear()  # counted: what came before is in the count
+        self.recounted.clear()
         counters: dict[tuple[str, str], int] = {
             (row[0], row[1]): int(row[2])
             for row in await self.conn.fetch(
@@ -531,6 +730,12 @@ class PostgresTransaction:
                 names,
             )
         }
+        backfills = {
+            row[0]: backfill_of(tuple(row))
+            for row in await self.conn.fetch(
+                _SELECT_BACKFILLS + " WHERE target = ANY($1::text[])", names
+            )
+        }
         result = {}
         for target in names:
             state = states.get(target, TargetState())
@@ -549,6 +754,8 @@ class PostgresTransaction:
                 filtered=counters.get((target, "filtered"), 0),
                 skipped_signed=counters.get((target, "skipped_signed"), 0),
                 signature_stripped=counters.get((target, "signature_stripped"), 0),
+                backfilled=counters.get((target, "backfilled"), 0),
+                backfill=backfills.get(target),
             )
         return result
 
@@ -564,3 +771,51 @@ _DELETE_DONE = """
         AND NOT EXISTS (SELECT 1 FROM outbox_deliveries d WHERE d.seq = s.seq)
         AND NOT EXISTS (SELECT 1 FROM outbox_dead_letters x WHERE x.seq = s.seq)
 """
+
+_SELECT_BACKFILLS = f"SELECT {BACKFILL_COLUMNS} FROM outbox_backfills"  # noqa: S608
+# Resumed: an interrupted (running) backfill keeps its range and progress, unless $7
+# (restart); otherwise a fresh one. No row comes back while another holder's heartbeat
+# ($5 - updated_at) is younger than $6: BackfillBusy. Two runs claiming at once take
+# turns on the row (or on its key), the second seeing what the first wrote.
+_RESUME = "(b.state = 'running' AND NOT $7::boolean)"
+_CLAIM_BACKFILL = f"""
+    INSERT INTO outbox_backfills AS b ({BACKFILL_COLUMNS})
+    VALUES ($1, $3, $4, NULL, '[]', NULL, 0, 0, 'running', $5, $5, NULL, $2)
+    ON CONFLICT (target) DO UPDATE SET
+        since = CASE WHEN {_RESUME} THEN b.since ELSE excluded.since END,
+        until = CASE WHEN {_RESUME} THEN b.until ELSE excluded.until END,
+        cursor = CASE WHEN {_RESUME} THEN b.cursor END,
+        tie_ids = CASE WHEN {_RESUME} THEN b.tie_ids ELSE '[]' END,
+        first = CASE WHEN {_RESUME} THEN b.first END,
+        queued = CASE WHEN {_RESUME} THEN b.queued ELSE 0 END,
+        skipped = CASE WHEN {_RESUME} THEN b.skipped ELSE 0 END,
+        started_at = CASE WHEN {_RESUME} THEN b.started_at ELSE excluded.started_at END,
+        state = 'running',
+        finished_at = NULL,
+        updated_at = excluded.updated_at,
+        holder = excluded.holder
+    WHERE b.state <> 'running' OR b.holder IS NOT DISTINCT FROM $2 OR $5 - b.updated_at >= $6
+    RETURNING {BACKFILL_COLUMNS}
+"""  # noqa: S608  (constants only)
+# The page and the cursor, or neither: nothing is queued unless $2 holds the running
+# backfill (an UPDATE waits for a run taking it over, then sees the new holder).
+_BACKFILL_PAGE = f"""
+    WITH held AS (
+        UPDATE outbox_backfills SET cursor = $3, tie_ids = $4, first = $5, queued = $6,
+            skipped = $7, updated_at = $8
+        WHERE target = $1 AND state = 'running' AND holder = $2
+        RETURNING target
+    ), stored AS (
+        INSERT INTO outbox_statements
+            (statement_id, body, attachments, version, state, created, tenant)
+        SELECT i, b, a, v, {_READY}, $8, $13
+        FROM held CROSS JOIN unnest($9::text[], $10::bytea[], $11::bytea[], $12::text[])
+            WITH ORDINALITY AS u(i, b, a, v, n)
+        ORDER BY n RETURNING seq
+    ), queued AS (
+        INSERT INTO outbox_deliveries (target, seq) SELECT $1, seq FROM stored
+        RETURNING target
+    ), counted_queued AS ({_bump("queued", "queued", "$14")}
+    ), counted_backfilled AS ({_bump("backfilled", "queued", "$14")})
+    SELECT count(*) FROM held
+"""  # noqa: S608  (constants only)

@@ -9,19 +9,29 @@ the CLI and a restarted gateway see it.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
 import secrets
 import sqlite3
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from gateway.clock import SYSTEM_CLOCK, Clock
 
 __all__ = [
+    "BACKFILL_COLUMNS",
+    "BACKFILL_STALE",
     "BACKLOG_FULL",
+    "LIVE_WINDOW",
     "REPLAY_CHUNK",
+    "BackfillBusy",
+    "BackfillState",
     "Claimed",
+    "LiveStart",
     "OutboxRows",
     "OutboxStore",
     "TargetState",
@@ -31,6 +41,12 @@ __all__ = [
 log = logging.getLogger(__name__)
 BACKLOG_FULL = "backlog full"
 REPLAY_CHUNK = 1000  # dead letters re-queued per transaction: deliveries go on in between
+# Seconds after a target goes live during which the ids queued for it are kept: a backfill
+# skips them (gateway.forwarding.backfill explains the boundary between history and live).
+LIVE_WINDOW = 120.0
+# Seconds without a page or heartbeat after which a running backfill was interrupted
+# (its command died): another run may take it over, and figures show it as stale.
+BACKFILL_STALE = 60.0
 _PENDING, _READY = 0, 1
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS statements (
@@ -112,11 +128,52 @@ def _add_identity(conn: sqlite3.Connection) -> None:
     )
 
 
+def _add_backfill(conn: sqlite3.Connection) -> None:
+    """Backfills and the moment each target went live (targets known already: unknown)."""
+    # One statement at a time: executescript would commit the migration's transaction.
+    for statement in _BACKFILL_SCHEMA.split(";"):
+        if statement.strip():
+            conn.execute(statement)
+    conn.execute(
+        "INSERT OR IGNORE INTO live_origins(target, since) SELECT target, NULL FROM ("
+        "SELECT target FROM deliveries UNION SELECT target FROM dead_letters "
+        "UNION SELECT target FROM counters UNION SELECT target FROM target_states)"
+    )
+
+
+_BACKFILL_SCHEMA = """
+CREATE TABLE IF NOT EXISTS backfills (
+    target TEXT PRIMARY KEY,
+    since TEXT,
+    until TEXT NOT NULL,
+    cursor TEXT,
+    tie_ids TEXT NOT NULL DEFAULT '[]',
+    first TEXT,
+    queued INTEGER NOT NULL DEFAULT 0,
+    skipped INTEGER NOT NULL DEFAULT 0,
+    state TEXT NOT NULL,
+    holder TEXT,
+    started_at REAL NOT NULL,
+    updated_at REAL NOT NULL,
+    finished_at REAL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS live_origins (
+    target TEXT PRIMARY KEY,
+    since REAL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS live_window (
+    target TEXT NOT NULL,
+    statement_id TEXT NOT NULL,
+    PRIMARY KEY (target, statement_id)
+) WITHOUT ROWID;
+"""
+
 # Ordered: PRAGMA user_version says how many of them a file has had.
 _MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (
     _add_columns,
     _requeue_transient,
     _add_identity,
+    _add_backfill,
 )
 
 
@@ -157,6 +214,107 @@ class TargetStats:
     filtered: int = 0  # statements its filter kept from it
     skipped_signed: int = 0  # signed statements not sent (pseudonymise.signed: skip)
     signature_stripped: int = 0  # signed statements sent without their signature
+    backfilled: int = 0  # statements a backfill queued for it (from storage's history)
+    backfill: BackfillState | None = None  # its backfill, running or done
+
+
+class BackfillBusy(Exception):
+    """Another backfill of the same target holds it (its heartbeat is recent)."""
+
+
+@dataclass(frozen=True, slots=True)
+class BackfillState:
+    """A target's backfill from storage's history: its range, cursor and figures.
+
+    Timestamps (`since`, `until`, `cursor`, `first`) are storage's `stored` values, as
+    ISO 8601 strings; `tie_ids` are the ids queued whose `stored` equals `cursor` (a resume
+    asks from a little before the cursor and skips them).
+    """
+
+    target: str
+    since: str | None
+    until: str
+    cursor: str | None
+    tie_ids: tuple[str, ...]
+    first: str | None  # the first statement's `stored` (where the span starts without since)
+    queued: int
+    skipped: int  # statements live forwarding had queued already (the boundary's overlap)
+    state: str  # "running" or "done"
+    started_at: float
+    updated_at: float  # the last page or heartbeat (a stale running one was interrupted)
+    finished_at: float | None = None
+    holder: str | None = None  # which run holds it (a token, not a secret)
+
+    @classmethod
+    def from_document(cls, document: Any) -> BackfillState | None:
+        """One from a status document (JSON), None unless it has this version's fields."""
+        if not isinstance(document, dict):
+            return None
+        try:
+            return cls(**{**document, "tie_ids": tuple(document.get("tie_ids") or ())})
+        except TypeError:  # another version's fields (a worker of another version)
+            return None
+
+    def status(self, now: float) -> str:
+        """ "done", "running", or "interrupted" (running, but silent for BACKFILL_STALE)."""
+        if self.state == "done":
+            return "done"
+        return "interrupted" if now - self.updated_at >= BACKFILL_STALE else "running"
+
+    @property
+    def fraction(self) -> float:
+        """How far it is, 0 to 1: the share of its `stored` span behind the cursor."""
+        if self.state == "done":
+            return 1.0
+        start = self.since or self.first
+        if start is None or self.cursor is None:
+            return 0.0
+        try:
+            begin, end, at = (
+                datetime.fromisoformat(t).timestamp() for t in (start, self.until, self.cursor)
+            )
+        except ValueError:
+            return 0.0
+        return 0.0 if end <= begin else min(1.0, max(0.0, (at - begin) / (end - begin)))
+
+
+@dataclass(frozen=True, slots=True)
+class LiveStart:
+    """When live forwarding to a target began in an outbox, and the ids queued at first.
+
+    `known` False: never live here. `since` None: before this outbox kept the moment.
+    """
+
+    known: bool
+    since: float | None
+    window_ids: frozenset[str]
+
+
+BACKFILL_COLUMNS = (
+    "target, since, until, cursor, tie_ids, first, queued, skipped, state, started_at, "
+    "updated_at, finished_at, holder"
+)
+
+
+def backfill_of(row: Sequence[Any]) -> BackfillState:
+    """A `backfills` row (in `BACKFILL_COLUMNS` order) as a BackfillState."""
+    target, since, until, cursor, tie_ids, first, queued, skipped, state, *times, holder = row
+    started, updated, finished = times
+    return BackfillState(
+        target=target,
+        since=since,
+        until=until,
+        cursor=cursor,
+        tie_ids=tuple(json.loads(tie_ids)),
+        first=first,
+        queued=int(queued),
+        skipped=int(skipped),
+        state=state,
+        started_at=float(started),
+        updated_at=float(updated),
+        finished_at=None if finished is None else float(finished),
+        holder=holder,
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,6 +327,8 @@ class OutboxRows:
     dead_letters: list[tuple[str, int, str, bool, float]]  # target, seq, reason, transient, at
     states: list[tuple[str, bool, float, str | None]]  # target, up, since, reason
     counters: list[tuple[str, str, int]]  # target, name, value
+    origins: list[tuple[str, float | None]] = dataclasses.field(default_factory=list)
+    window: list[tuple[str, str]] = dataclasses.field(default_factory=list)  # target, id
 
 
 def _marks(count: int) -> str:
@@ -195,6 +355,11 @@ class OutboxStore:
         ).fetchone()
         self.backlog: dict[str, int] = {}
         self._full: set[str] = set()  # targets past backlog_limit (logged once per episode)
+        # When each target went live here (None: before this was kept); see went_live.
+        self.origins: dict[str, float | None] = dict(
+            self.conn.execute("SELECT target, since FROM live_origins")
+        )
+        self._seen_version = -1  # PRAGMA data_version when the backlog was last counted
         self.recount()
 
     def _migrate(self) -> None:
@@ -219,6 +384,13 @@ class OutboxStore:
         """Backlog counts from the database (at start, and after a failed commit)."""
         rows = self.conn.execute("SELECT target, COUNT(*) FROM deliveries GROUP BY target")
         self.backlog = {target: count for target, count in rows}
+        (self._seen_version,) = self.conn.execute("PRAGMA data_version").fetchone()
+
+    def recount_if_changed(self) -> None:
+        """Count again if another connection committed (the CLI's replay or backfill)."""
+        (version,) = self.conn.execute("PRAGMA data_version").fetchone()
+        if version != self._seen_version:
+            self.recount()
 
     def _bump(self, target: str, name: str, by: int) -> None:
         self.conn.execute(
@@ -289,6 +461,54 @@ class OutboxStore:
                     )
             elif queued:
                 self._full.discard(target)
+        self._keep_live_ids(seqs, [target for target, _ in targets])
+
+    def _keep_live_ids(self, seqs: Sequence[int], targets: Sequence[str]) -> None:
+        """In a target's first LIVE_WINDOW seconds: keep the ids queued for it."""
+        now = self._clock.now()
+        opening = [
+            t
+            for t in targets
+            if (since := self.origins.get(t)) is not None and now < since + LIVE_WINDOW
+        ]
+        if not opening or not seqs:
+            return
+        ids = [
+            statement_id
+            for (statement_id,) in self.conn.execute(
+                f"SELECT statement_id FROM statements WHERE seq IN ({_marks(len(seqs))})", seqs
+            )
+        ]
+        self.conn.executemany(
+            "INSERT OR IGNORE INTO live_window(target, statement_id) VALUES (?, ?)",
+            [(target, statement_id.lower()) for target in opening for statement_id in ids],
+        )
+
+    def went_live(self, targets: Sequence[str]) -> None:
+        """These targets are forwarded to from now on: the first time is kept, per target."""
+        now = self._clock.now()
+        for target in targets:
+            if target not in self.origins:
+                self.conn.execute(
+                    "INSERT OR IGNORE INTO live_origins(target, since) VALUES (?, ?)",
+                    (target, now),
+                )
+                self.origins[target] = now
+
+    def live_start(self, target: str) -> LiveStart:
+        """When live forwarding to `target` began here, and the ids of its first moments."""
+        row = self.conn.execute(
+            "SELECT since FROM live_origins WHERE target = ?", (target,)
+        ).fetchone()
+        if row is None:
+            return LiveStart(known=False, since=None, window_ids=frozenset())
+        ids = frozenset(
+            statement_id
+            for (statement_id,) in self.conn.execute(
+                "SELECT statement_id FROM live_window WHERE target = ?", (target,)
+            )
+        )
+        return LiveStart(known=True, since=row[0], window_ids=ids)
 
     def drop(self, seqs: Sequence[int]) -> None:
         """Storage refused them: forget them (only while still pending)."""
@@ -467,6 +687,9 @@ class OutboxStore:
                 )
             ],
             counters=list(self.conn.execute("SELECT target, name, value FROM counters")),
+            # When each target went live: a backfill's boundary, wherever the rows go.
+            origins=list(self.conn.execute("SELECT target, since FROM live_origins")),
+            window=list(self.conn.execute("SELECT target, statement_id FROM live_window")),
         )
 
     def forget(self, rows: OutboxRows) -> None:
@@ -497,19 +720,155 @@ class OutboxStore:
             (_READY,),
         ).rowcount
 
+    # -- backfills ----------------------------------------------------------------------
+
+    def backfill(self, target: str) -> BackfillState | None:
+        """`target`'s backfill, running or done (None: never backfilled here)."""
+        row = self.conn.execute(
+            f"SELECT {BACKFILL_COLUMNS} FROM backfills WHERE target = ?", (target,)
+        ).fetchone()
+        return None if row is None else backfill_of(row)
+
+    def backfills(self) -> dict[str, BackfillState]:
+        """Every target's backfill."""
+        rows = self.conn.execute(f"SELECT {BACKFILL_COLUMNS} FROM backfills ORDER BY target")
+        return {row[0]: backfill_of(row) for row in rows}
+
+    def claim_backfill(
+        self,
+        target: str,
+        holder: str,
+        since: str | None,
+        until: str,
+        *,
+        stale_after: float,
+        restart: bool = False,
+    ) -> BackfillState:
+        """Hold `target`'s backfill for `holder`: an interrupted one resumes, else a new one.
+
+        Raises BackfillBusy while another holder's heartbeat is younger than `stale_after`.
+        A running backfill keeps its own range unless `restart`; a done one is replaced.
+        """
+        now = self._clock.now()
+        found = self.backfill(target)
+        if (
+            found is not None
+            and found.state == "running"
+            and found.holder != holder
+            and now - found.updated_at < stale_after
+        ):
+            raise BackfillBusy(target)
+        if found is not None and found.state == "running" and not restart:
+            self.conn.execute(
+                "UPDATE backfills SET holder = ?, updated_at = ? WHERE target = ?",
+                (holder, now, target),
+            )
+            return replace(found, holder=holder, updated_at=now)
+        self.conn.execute(
+            f"INSERT OR REPLACE INTO backfills ({BACKFILL_COLUMNS}) "
+            "VALUES (?, ?, ?, NULL, '[]', NULL, 0, 0, 'running', ?, ?, NULL, ?)",
+            (target, since, until, now, now, holder),
+        )
+        found = self.backfill(target)
+        assert found is not None
+        return found
+
+    def backfill_page(
+        self,
+        target: str,
+        holder: str,
+        items: Sequence[tuple[str, bytes, bytes | None, str | None]],
+        progress: BackfillState,
+    ) -> bool:
+        """Queue a page of history for `target` and move the cursor, both or neither.
+
+        `items`: (id, statement bytes, packed attachment parts, version), in stored order;
+        `progress`: the backfill as it stands after them. False: `holder` lost the backfill
+        (another run took over an interrupted one): nothing was queued.
+        """
+        if not self._holds(target, holder):
+            return False
+        now = self._clock.now()
+        seqs = []
+        for statement_id, body, attachments, version in items:
+            cursor = self.conn.execute(
+                "INSERT INTO statements(statement_id, body, attachments, version, state, "
+                "created) VALUES (?, ?, ?, ?, ?, ?)",
+                (statement_id, body, attachments, version, _READY, now),
+            )
+            assert cursor.lastrowid is not None
+            seqs.append(cursor.lastrowid)
+        self.conn.executemany(
+            "INSERT INTO deliveries(target, seq) VALUES (?, ?)", [(target, seq) for seq in seqs]
+        )
+        self.backlog[target] = self.backlog.get(target, 0) + len(seqs)
+        if seqs:
+            self._bump(target, "backfilled", len(seqs))
+        self.conn.execute(
+            "UPDATE backfills SET cursor = ?, tie_ids = ?, first = ?, queued = ?, skipped = ?, "
+            "updated_at = ? WHERE target = ?",
+            (
+                progress.cursor,
+                json.dumps(list(progress.tie_ids)),
+                progress.first,
+                progress.queued,
+                progress.skipped,
+                now,
+                target,
+            ),
+        )
+        return True
+
+    def beat_backfill(self, target: str, holder: str) -> bool:
+        """Still at it (waiting for room): False once another run holds the backfill."""
+        if not self._holds(target, holder):
+            return False
+        self.conn.execute(
+            "UPDATE backfills SET updated_at = ? WHERE target = ?", (self._clock.now(), target)
+        )
+        return True
+
+    def finish_backfill(self, target: str, holder: str) -> bool:
+        """Every statement of the range is queued: the backfill is done."""
+        if not self._holds(target, holder):
+            return False
+        now = self._clock.now()
+        self.conn.execute(
+            "UPDATE backfills SET state = 'done', updated_at = ?, finished_at = ?, holder = NULL "
+            "WHERE target = ?",
+            (now, now, target),
+        )
+        return True
+
+    def _holds(self, target: str, holder: str) -> bool:
+        row = self.conn.execute(
+            "SELECT holder FROM backfills WHERE target = ? AND state = 'running'", (target,)
+        ).fetchone()
+        return row is not None and row[0] == holder
+
+    def backlog_of(self, target: str) -> int:
+        """Deliveries queued for `target`, counted in the database (any process's)."""
+        (count,) = self.conn.execute(
+            "SELECT COUNT(*) FROM deliveries WHERE target = ?", (target,)
+        ).fetchone()
+        return int(count)
+
     # -- operating it -------------------------------------------------------------------
 
     def targets(self) -> list[str]:
         """Every target the database knows of."""
         rows = self.conn.execute(
             "SELECT target FROM deliveries UNION SELECT target FROM dead_letters "
-            "UNION SELECT target FROM counters UNION SELECT target FROM target_states"
+            "UNION SELECT target FROM counters UNION SELECT target FROM target_states "
+            "UNION SELECT target FROM backfills"
         )
         return sorted(target for (target,) in rows)
 
     def stats(self, targets: Iterable[str]) -> dict[str, TargetStats]:
         """Per target: backlog, age of the oldest undelivered statement, totals."""
         now = self._clock.now()
+        self.recount_if_changed()
+        backfills = self.backfills()
         result = {}
         for target in targets:
             counters = dict(
@@ -538,5 +897,7 @@ class OutboxStore:
                 filtered=counters.get("filtered", 0),
                 skipped_signed=counters.get("skipped_signed", 0),
                 signature_stripped=counters.get("signature_stripped", 0),
+                backfilled=counters.get("backfilled", 0),
+                backfill=backfills.get(target),
             )
         return result

@@ -14,7 +14,14 @@ import asyncio
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any, Protocol, TypeVar
 
-from gateway.forwarding.store import Claimed, OutboxStore, TargetState, TargetStats
+from gateway.forwarding.store import (
+    BackfillState,
+    Claimed,
+    LiveStart,
+    OutboxStore,
+    TargetState,
+    TargetStats,
+)
 
 __all__ = ["Outbox", "OutboxTransaction", "SqliteTransaction"]
 
@@ -88,6 +95,55 @@ class OutboxTransaction(Protocol):
 
     async def stats(self, targets: Iterable[str]) -> dict[str, TargetStats]:
         """Per target: backlog, lag, totals."""
+        ...
+
+    # -- backfills (gateway.forwarding.backfill) ----------------------------------------
+
+    async def went_live(self, targets: Sequence[str]) -> None:
+        """These targets are forwarded to from now on (the first time is kept)."""
+        ...
+
+    async def live_start(self, target: str) -> LiveStart:
+        """When live forwarding to `target` began, and the ids queued in its first moments."""
+        ...
+
+    async def backfill(self, target: str) -> BackfillState | None:
+        """`target`'s backfill, running or done."""
+        ...
+
+    async def claim_backfill(
+        self,
+        target: str,
+        holder: str,
+        since: str | None,
+        until: str,
+        *,
+        stale_after: float,
+        restart: bool = False,
+    ) -> BackfillState:
+        """Hold `target`'s backfill (resume an interrupted one); BackfillBusy if held."""
+        ...
+
+    async def backfill_page(
+        self,
+        target: str,
+        holder: str,
+        items: Sequence[tuple[str, bytes, bytes | None, str | None]],
+        progress: BackfillState,
+    ) -> bool:
+        """Queue (id, bytes, parts, version) for `target` and record `progress`, atomically."""
+        ...
+
+    async def beat_backfill(self, target: str, holder: str) -> bool:
+        """The holder is still at it; False once it no longer holds the backfill."""
+        ...
+
+    async def finish_backfill(self, target: str, holder: str) -> bool:
+        """The backfill is done; False once `holder` no longer holds it."""
+        ...
+
+    async def backlog_of(self, target: str) -> int:
+        """Deliveries queued for `target` now, whoever queued them."""
         ...
 
 
@@ -217,3 +273,52 @@ class SqliteTransaction:
     async def stats(self, targets: Iterable[str]) -> dict[str, TargetStats]:
         """See OutboxTransaction."""
         return self.store.stats(targets)
+
+    async def went_live(self, targets: Sequence[str]) -> None:
+        """See OutboxTransaction."""
+        self.store.went_live(targets)
+
+    async def live_start(self, target: str) -> LiveStart:
+        """See OutboxTransaction."""
+        return self.store.live_start(target)
+
+    async def backfill(self, target: str) -> BackfillState | None:
+        """See OutboxTransaction."""
+        return self.store.backfill(target)
+
+    async def claim_backfill(
+        self,
+        target: str,
+        holder: str,
+        since: str | None,
+        until: str,
+        *,
+        stale_after: float,
+        restart: bool = False,
+    ) -> BackfillState:
+        """See OutboxTransaction."""
+        return self.store.claim_backfill(
+            target, holder, since, until, stale_after=stale_after, restart=restart
+        )
+
+    async def backfill_page(
+        self,
+        target: str,
+        holder: str,
+        items: Sequence[tuple[str, bytes, bytes | None, str | None]],
+        progress: BackfillState,
+    ) -> bool:
+        """See OutboxTransaction."""
+        return self.store.backfill_page(target, holder, items, progress)
+
+    async def beat_backfill(self, target: str, holder: str) -> bool:
+        """See OutboxTransaction."""
+        return self.store.beat_backfill(target, holder)
+
+    async def finish_backfill(self, target: str, holder: str) -> bool:
+        """See OutboxTransaction."""
+        return self.store.finish_backfill(target, holder)
+
+    async def backlog_of(self, target: str) -> int:
+        """See OutboxTransaction."""
+        return self.store.backlog_of(target)

@@ -171,6 +171,51 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE TABLE oauth_nonces (key TEXT PRIMARY KEY, expires_at DOUBLE PRECISION NOT NULL);
     CREATE INDEX oauth_nonces_expiry ON oauth_nonces (expires_at);
     """,
+    # 8: backfills of a target from storage's history, and when live forwarding to each
+    # target began (with the ids queued in its first moments). Targets the outbox knew
+    # already went live before this was kept: their moment is unknown (NULL).
+    """
+    CREATE TABLE outbox_backfills (
+        target TEXT PRIMARY KEY,
+        since TEXT,
+        until TEXT NOT NULL,
+        cursor TEXT,
+        tie_ids TEXT NOT NULL DEFAULT '[]',
+        first TEXT,
+        queued BIGINT NOT NULL DEFAULT 0,
+        skipped BIGINT NOT NULL DEFAULT 0,
+        state TEXT NOT NULL CHECK (state IN ('running', 'done')),
+        holder TEXT,
+        started_at DOUBLE PRECISION NOT NULL,
+        updated_at DOUBLE PRECISION NOT NULL,
+        finished_at DOUBLE PRECISION
+    );
+    CREATE TABLE outbox_live_origins (
+        target TEXT PRIMARY KEY,
+        since DOUBLE PRECISION
+    );
+    CREATE TABLE outbox_live_window (
+        target TEXT NOT NULL,
+        statement_id TEXT NOT NULL,
+        PRIMARY KEY (target, statement_id)
+    );
+    INSERT INTO outbox_live_origins (target, since)
+        SELECT target, NULL FROM (
+            -- The targets with deliveries, one index probe each (a backlog may be long).
+            WITH RECURSIVE t AS (
+                (SELECT target FROM outbox_deliveries ORDER BY target LIMIT 1)
+                UNION ALL
+                SELECT (SELECT d.target FROM outbox_deliveries d WHERE d.target > t.target
+                        ORDER BY d.target LIMIT 1)
+                FROM t WHERE t.target IS NOT NULL
+            )
+            SELECT target FROM t WHERE target IS NOT NULL
+            UNION SELECT target FROM outbox_dead_letters
+            UNION SELECT target FROM outbox_counters
+            UNION SELECT target FROM outbox_target_states
+        ) AS known
+        ON CONFLICT DO NOTHING;
+    """,
 )
 
 _INSERT_AUDIT = (
