@@ -22,6 +22,7 @@ from gateway import __version__
 from gateway.auth.credentials import parse_credentials
 from gateway.cli import (
     auth_commands,
+    backfill_command,
     config_commands,
     credentials_commands,
     lockout_commands,
@@ -402,11 +403,33 @@ def _forwarding_status(args: argparse.Namespace) -> int:
                 .replace("+00:00", "Z")
             )
             print(f"{name}: down{when}: {s.get('last_error') or 'no answer'}")
+    for name, s in targets.items():
+        if s.get("backfill"):
+            print(_backfill_line(name, s["backfill"], s.get("backfilled", 0)))
     print(
         "(dead letters: statements a target refused for good; "
         "`forwarding replay --target NAME` sends them again)"
     )
     return 0
+
+
+def _backfill_line(name: str, backfill: dict[str, Any], backfilled: int) -> str:
+    """One target's backfill, as `forwarding status` shows it."""
+    import time
+
+    from gateway.forwarding.store import BackfillState
+
+    state = BackfillState.from_document(backfill)
+    if state is None:
+        return f"{name}: a backfill this version cannot read"
+    how = state.status(time.time())
+    if how == "interrupted":
+        how += " (`forwarding backfill` again resumes it)"
+    return (
+        f"{name}: backfill {how}, {state.fraction:.0%} of ({state.since or 'the beginning'}, "
+        f"{state.until}]: {state.queued} queued, {state.skipped} left to live forwarding "
+        f"({backfilled} backfilled in all)"
+    )
 
 
 def _shared_replay(config: Config, target: str) -> int:
@@ -613,6 +636,7 @@ def _parser() -> argparse.ArgumentParser:
         forwarding_commands, "replay", _forwarding_replay, "re-queue a target's dead letters"
     )
     replay.add_argument("--target", required=True, help="the target's name")
+    backfill_command.add_parser(forwarding_commands, _command, _load)
     lockout = _command(commands, "lockout", None, "failed-login lockouts")
     lockout_parsers = lockout.add_subparsers(dest="lockout_command", required=True)
     clear = _command(

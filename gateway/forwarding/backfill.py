@@ -1,0 +1,410 @@
+"""Backfill: copy the storage LRS's history to one forwarding target, through its outbox.
+
+Storage is paged in `stored` order (`ascending=true`, `since`/`until`, then its `more`
+links, `attachments=true`); each page is queued for the one target in the outbox together
+with the cursor, in one transaction, so a crash or Ctrl-C resumes exactly where the last
+page ended. The target's worker sends what is queued as it sends live statements: through
+the target's filter and pseudonymisation, with retries, and with 204/409 for ids the
+target knows counting as delivered.
+
+The boundary with live traffic. Each outbox keeps the moment live forwarding to a target
+began (`went_live`, before the first statement) and the ids it queued for the target in
+its first LIVE_WINDOW seconds. A backfill's history ends, by default, BOUNDARY_MARGIN
+seconds after that moment, and skips those ids: what storage stored before live
+forwarding began comes from history, what came after comes live, and what is on both sides
+of the line (a request under way at that moment, storage's clock a little off the
+gateway's) is sent once, because live forwarding kept its id. This holds while requests
+take less than the margin and the clocks agree within it; in a rolling deploy where older
+replicas (without the target) keep taking statements for longer, pass `--until` the moment
+the last of them stopped (anything sent twice is then refused by the target as known, never
+stored twice).
+
+Storage's `X-Experience-API-Consistent-Through` is the watermark: the cursor never passes
+it (a statement stored earlier but not yet visible would be skipped), so a backfill whose
+range reaches past it waits and asks again.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import socket
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from urllib.parse import quote
+
+from gateway import jsoncodec
+from gateway.clock import SYSTEM_CLOCK, Clock
+from gateway.errors import GatewayError
+from gateway.forwarding.store import BACKFILL_STALE, BackfillState, LiveStart
+from gateway.forwarding.transaction import Outbox
+from gateway.upstream.storage import StorageClient, read_capped
+from gateway.xapi.attachments import pack_parts
+from gateway.xapi.multipart import Part, boundary_of, parse_answer
+from gateway.xapi.results import upstream_tail_of_more
+
+__all__ = [
+    "BOUNDARY_MARGIN",
+    "Backfill",
+    "BackfillError",
+    "BackfillLost",
+    "Progress",
+    "default_until",
+    "holder_gone",
+    "parse_time",
+]
+
+log = logging.getLogger(__name__)
+BOUNDARY_MARGIN = 60.0  # seconds of history after live forwarding began (see above)
+RESUME_OVERLAP = timedelta(seconds=1)  # a resume asks from this much before the cursor
+_BEAT = 10.0  # seconds between heartbeats while waiting
+_MAX_PAGE_BYTES = 256 * 1024 * 1024
+
+
+class BackfillError(Exception):
+    """The backfill cannot go on (a message for the operator)."""
+
+
+class BackfillLost(BackfillError):
+    """Another run took over this backfill (this one was thought interrupted)."""
+
+
+def holder_gone(holder: str | None) -> bool:
+    """Whether the run holding a backfill died (known only for one on this host)."""
+    host, _, rest = (holder or "").partition("/")
+    pid = rest.partition("/")[0]
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, someone else's
+        return False
+    return False
+
+
+def parse_time(value: str) -> datetime:
+    """An ISO 8601 timestamp as an aware datetime (UTC when it names no offset)."""
+    parsed = datetime.fromisoformat(value.strip())
+    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
+
+
+def _iso(moment: datetime) -> str:
+    return moment.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+def default_until(starts: Sequence[LiveStart], target: str) -> str:
+    """Where history ends for `target`: BOUNDARY_MARGIN after live forwarding began.
+
+    `starts`: what each outbox of the target's tenant knows. Raises BackfillError when no
+    outbox knows when (never live yet, or live since before the moment was kept).
+    """
+    known = [start for start in starts if start.known]
+    if not known:
+        raise BackfillError(
+            f"live forwarding to {target} has not begun: start the gateway with it first "
+            "(the backfill ends where live forwarding began), or give --until"
+        )
+    if any(start.since is None for start in known):
+        raise BackfillError(
+            f"{target} was forwarded to before this version kept when live forwarding "
+            "began: give --until (e.g. when the target was added)"
+        )
+    began = min(start.since for start in known if start.since is not None)
+    return _iso(datetime.fromtimestamp(began + BOUNDARY_MARGIN, UTC))
+
+
+@dataclass(frozen=True, slots=True)
+class Progress:
+    """What a progress display shows."""
+
+    state: BackfillState
+    rate: float  # statements queued per second over this run
+    eta: float | None  # seconds left, from the share of the range covered
+    waiting: str | None = None  # why it waits now (the target's backlog, the watermark)
+
+
+@dataclass(frozen=True, slots=True)
+class _Row:
+    statement_id: str
+    stored: datetime
+    body: bytes
+    parts: bytes | None
+    version: str | None
+
+
+class Backfill:
+    """One run of a target's backfill: resumes an interrupted one, holds it while running."""
+
+    def __init__(
+        self,
+        outbox: Outbox,
+        storage: StorageClient,
+        target: str,
+        *,
+        version: str,
+        clock: Clock = SYSTEM_CLOCK,
+        page_size: int = 500,
+        ahead: int = 5000,
+        max_rate: float | None = None,
+        skip_ids: frozenset[str] = frozenset(),
+        on_progress: Callable[[Progress], None] | None = None,
+        holder: str | None = None,
+        stale_after: float = BACKFILL_STALE,
+    ) -> None:
+        self._outbox = outbox
+        self._storage = storage
+        self.target = target
+        self._version = version  # asked of storage; the version recorded with each row
+        self._clock = clock
+        self._rate = max_rate
+        # A page is at most a second's worth under a rate limit: the bursts stay small.
+        self._page_size = max(1, min(page_size, int(max_rate))) if max_rate else page_size
+        self._ahead = max(ahead, self._page_size)
+        self._skip_ids = skip_ids
+        self._on_progress = on_progress
+        # Names this run (host/pid/token): a run on the same host can tell one that died.
+        self.holder = holder or f"{socket.gethostname()}/{os.getpid()}/{secrets.token_hex(4)}"
+        self._stale_after = stale_after
+        self._started = clock.monotonic()
+        self._queued_here = 0
+        self._fraction_before: float | None = None  # how far earlier runs had come
+        self._next_at = clock.monotonic()  # the rate limit's next free moment
+
+    async def run(self, since: str | None, until: str, *, restart: bool = False) -> BackfillState:
+        """Queue every statement storage stored in (since, until] for the target; the end."""
+        state = await self._outbox.call(
+            lambda tx: tx.claim_backfill(
+                self.target,
+                self.holder,
+                since,
+                until,
+                stale_after=self._stale_after,
+                restart=restart,
+            )
+        )
+        if state.cursor is not None:
+            log.info(
+                "backfill of %s: resuming after %s (%d queued so far)",
+                self.target,
+                state.cursor,
+                state.queued,
+            )
+        until_at = parse_time(state.until)
+        while True:
+            state, watermark = await self._pass(state, until_at)
+            if watermark is None or watermark >= until_at:
+                break
+            # Storage may not show everything stored before `until` yet: ask again later.
+            self._report(state, f"storage is consistent through {_iso(watermark)}")
+            await self._clock.sleep(1.0)
+        if not await self._outbox.call(lambda tx: tx.finish_backfill(self.target, self.holder)):
+            raise BackfillLost(f"another run took over the backfill of {self.target}")
+        done = replace(state, state="done", holder=None)
+        self._report(done, None)
+        return done
+
+    async def _pass(
+        self, state: BackfillState, until_at: datetime
+    ) -> tuple[BackfillState, datetime | None]:
+        """Page storage from the cursor to the end; the state and storage's watermark."""
+        query = {"ascending": "true", "attachments": "true", "limit": str(self._page_size)}
+        query["until"] = state.until
+        since = state.since
+        if state.cursor is not None:
+            since = _iso(parse_time(state.cursor) - RESUME_OVERLAP)
+        if since is not None:
+            query["since"] = since
+        tail = "statements?" + "&".join(f"{k}={quote(v, safe='')}" for k, v in query.items())
+        watermark: datetime | None = None
+        while tail:
+            path, _, raw_query = tail.partition("?")
+            statements, parts, more, page_mark = await self._page(path, raw_query)
+            if page_mark is not None:
+                watermark = page_mark if watermark is None else min(watermark, page_mark)
+            bound = until_at if watermark is None else min(until_at, watermark)
+            rows, skipped = self._rows(statements, parts, state, bound)
+            beyond = any(row.stored > bound for row in rows)
+            rows = [row for row in rows if row.stored <= bound]
+            state = await self._queue(state, rows, skipped)
+            if beyond or not more:
+                break
+            next_tail = upstream_tail_of_more(more, self._storage.base_path)
+            if next_tail is None:
+                raise BackfillError("storage gave a `more` link outside its xAPI base")
+            tail = next_tail
+        return state, watermark
+
+    async def _page(
+        self, path: str, raw_query: str
+    ) -> tuple[list[Any], dict[str, Part], str, datetime | None]:
+        """One page: its statements, attachment parts by sha2, `more`, the watermark."""
+        headers = {"X-Experience-API-Version": self._version}
+        try:
+            async with self._storage.request(
+                "GET", path, raw_query=raw_query, headers=headers, decompress=True
+            ) as response:
+                body = await read_capped(response, _MAX_PAGE_BYTES)
+                status = response.status
+                content_type = response.headers.get("Content-Type", "")
+                consistent = response.headers.get("X-Experience-API-Consistent-Through")
+        except GatewayError as exc:
+            raise BackfillError(f"storage: {exc.message}") from None
+        if status != 200:
+            raise BackfillError(f"storage answered HTTP {status} to a statement query")
+        parts: dict[str, Part] = {}
+        try:
+            if content_type.lower().startswith("multipart/"):
+                answer = parse_answer(body, boundary_of(content_type))
+                body = answer.parts[0].body if answer.parts else b"{}"
+                for part in answer.parts[1:]:
+                    sha2 = part.header("X-Experience-API-Hash")
+                    if sha2:
+                        parts[sha2.lower()] = part
+            data = jsoncodec.loads(body)
+        except (GatewayError, ValueError):
+            raise BackfillError(
+                "storage answered a statement query with no statement result"
+            ) from None
+        if not isinstance(data, dict) or not isinstance(data.get("statements"), list):
+            raise BackfillError("storage answered a statement query with no statement result")
+        more = data.get("more") or ""
+        mark: datetime | None = None
+        if consistent:
+            try:
+                mark = parse_time(consistent)
+            except ValueError:
+                mark = None  # unreadable: as if absent
+        return data["statements"], parts, more if isinstance(more, str) else "", mark
+
+    def _rows(
+        self,
+        statements: list[Any],
+        parts: dict[str, Part],
+        state: BackfillState,
+        bound: datetime,
+    ) -> tuple[list[_Row], int]:
+        """The page's statements not queued yet, in stored order; how many live had."""
+        cursor = None if state.cursor is None else parse_time(state.cursor)
+        ties = set(state.tie_ids)
+        rows: list[_Row] = []
+        skipped = 0
+        for statement in statements:
+            if not isinstance(statement, dict):
+                raise BackfillError("storage listed a statement that is not an object")
+            statement_id = str(statement.get("id", "")).lower()
+            stored = statement.get("stored")
+            if not statement_id or not isinstance(stored, str):
+                raise BackfillError("storage listed a statement without an id or stored time")
+            try:
+                at = parse_time(stored)
+            except ValueError:
+                raise BackfillError(
+                    f"storage listed {statement_id} with an unreadable stored"
+                ) from None
+            if cursor is not None and (at < cursor or (at == cursor and statement_id in ties)):
+                continue  # queued by the run this one resumes
+            if statement_id in self._skip_ids:
+                if at <= bound:
+                    skipped += 1  # live forwarding queued it (the boundary's overlap)
+                continue
+            rows.append(
+                _Row(
+                    statement_id,
+                    at,
+                    jsoncodec.dumps(statement),
+                    pack_parts(_parts_of(statement, parts)),
+                    "2.0.0" if str(statement.get("version", "")).startswith("2.") else None,
+                )
+            )
+        rows.sort(key=lambda row: row.stored)  # some LRSs order a page's statements otherwise
+        return rows, skipped
+
+    async def _queue(self, state: BackfillState, rows: list[_Row], skipped: int) -> BackfillState:
+        """Wait for room and the rate limit, then queue the rows with the new cursor."""
+        if not rows and not skipped:
+            return state
+        if rows:
+            await self._room(state, len(rows))
+            await self._pace(len(rows))
+        progress = state
+        if rows:
+            last = rows[-1].stored
+            same = [row.statement_id for row in rows if row.stored == last]
+            old = None if state.cursor is None else parse_time(state.cursor)
+            tie_ids = (*state.tie_ids, *same) if old == last else tuple(same)
+            progress = replace(
+                state,
+                cursor=_iso(last) if old != last else state.cursor,
+                tie_ids=tie_ids,
+                first=state.first or _iso(rows[0].stored),
+            )
+        progress = replace(
+            progress, queued=state.queued + len(rows), skipped=state.skipped + skipped
+        )
+        items = [
+            (row.statement_id, row.body, row.parts, row.version or self._version) for row in rows
+        ]
+        held = await self._outbox.call(
+            lambda tx: tx.backfill_page(self.target, self.holder, items, progress)
+        )
+        if not held:
+            raise BackfillLost(f"another run took over the backfill of {self.target}")
+        self._queued_here += len(rows)
+        self._report(progress, None)
+        return progress
+
+    async def _room(self, state: BackfillState, count: int) -> None:
+        """Until the target's backlog leaves room for `count` more (the outbox stays small)."""
+        last_beat = self._clock.monotonic()
+        while True:
+            backlog = await self._outbox.read(lambda tx: tx.backlog_of(self.target))
+            if backlog + count <= self._ahead:
+                return
+            self._report(state, f"the target's backlog is {backlog}")
+            if self._clock.monotonic() - last_beat >= _BEAT:
+                last_beat = self._clock.monotonic()
+                if not await self._outbox.call(
+                    lambda tx: tx.beat_backfill(self.target, self.holder)
+                ):
+                    raise BackfillLost(f"another run took over the backfill of {self.target}")
+            await self._clock.sleep(0.5)
+
+    async def _pace(self, count: int) -> None:
+        """At most `max_rate` statements a second, on average."""
+        if not self._rate:
+            return
+        wait = self._next_at - self._clock.monotonic()
+        if wait > 0:
+            await self._clock.sleep(wait)
+        self._next_at = max(self._next_at, self._clock.monotonic()) + count / self._rate
+
+    def _report(self, state: BackfillState, waiting: str | None) -> None:
+        if self._on_progress is None:
+            return
+        elapsed = max(1e-6, self._clock.monotonic() - self._started)
+        rate = self._queued_here / elapsed
+        fraction = state.fraction
+        if self._fraction_before is None:
+            self._fraction_before = fraction
+        covered = fraction - self._fraction_before
+        eta = None
+        if covered > 0.0 and fraction < 1.0:
+            eta = elapsed * (1.0 - fraction) / covered
+        self._on_progress(Progress(state, rate, eta, waiting))
+
+
+def _parts_of(statement: dict[str, Any], parts: dict[str, Part]) -> list[Part]:
+    """The attachment parts a statement claims, each once (fileUrl ones have none)."""
+    found: list[Part] = []
+    attachments = statement.get("attachments")
+    for attachment in attachments if isinstance(attachments, list) else []:
+        sha2 = attachment.get("sha2") if isinstance(attachment, dict) else None
+        part = parts.get(sha2.lower()) if isinstance(sha2, str) else None
+        if part is not None and part not in found:
+            found.append(part)
+    return found
