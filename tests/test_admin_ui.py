@@ -5,6 +5,9 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import time
+import uuid
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +29,8 @@ from support import (
 
 from gateway.clock import ManualClock
 from gateway.config.settings import Config
+from gateway.forwarding.forwarder import OUTBOX_FILE
+from gateway.forwarding.store import BACKFILL_STALE, OutboxStore
 from gateway.http.admin_ui.activity import Activity, polyline
 from gateway.http.app import create_app
 from gateway.http.keys import ACTIVITY, CREDENTIAL_SOURCES
@@ -501,3 +506,87 @@ async def test_the_forwarding_page_shows_each_targets_figures(
         return '<td class="delivered">1</td>' in page and 'data-target="analytics"' in page
 
     await eventually(delivered, within=10, what="the delivery on the forwarding page")
+    page = await (await client.get("/admin/ui/forwarding")).text()
+    assert '<td class="backfilled">0</td>' in page
+    assert 'id="backfills"' not in page  # no backfill: no table of them
+
+
+def backfill_cells(page: str, target: str) -> dict[str, str]:
+    """The cells of `target`'s row in the page's table of backfills, by class."""
+    row = re.search(rf'<tr data-backfill="{target}">(.*?)</tr>', page, re.DOTALL)
+    assert row is not None, page
+    return dict(re.findall(r'<td class="backfill-(\w+)">([^<]*)</td>', row.group(1)))
+
+
+async def test_the_forwarding_page_shows_each_targets_backfill(
+    tmp_path: Path, aiohttp_server: Any, aiohttp_client: Any
+) -> None:
+    """Running, interrupted (no page for longer than BACKFILL_STALE) and done."""
+    storage: TestServer = await aiohttp_server(FakeLRS().app())
+    target = FakeTarget()
+    target_server: TestServer = await aiohttp_server(target.app())
+    url = str(target_server.make_url("/xAPI/statements"))
+    names = ("analytics", "archive", "warehouse", "plain")
+    config = write_config(
+        tmp_path,
+        str(storage.make_url("/xAPI/")),
+        USERS,
+        {
+            "admin_ui": {"secure_cookie": False},
+            "data_dir": "data",
+            "forwardings": [
+                {"name": name, "is_active": True, "url": url, "max_retries": 3, "timeout": 5}
+                for name in names
+            ],
+        },
+    )
+    client: Client = await aiohttp_client(create_app(config, registry=CollectorRegistry()))
+    # Another connection to the gateway's outbox, as the backfill command's would be.
+    clock = ManualClock(start=time.time() - 2 * BACKFILL_STALE)
+    store = OutboxStore(config.resolve_path(config.data_dir) / OUTBOX_FILE, clock=clock)
+    since, until = "2024-01-01T00:00:00+00:00", "2024-01-11T00:00:00+00:00"
+
+    def backfill(name: str, count: int, cursor: str, *, done: bool = False) -> None:
+        holder = uuid.uuid4().hex
+        claimed = store.claim_backfill(name, holder, since, until, stale_after=BACKFILL_STALE)
+        items = []
+        for _ in range(count):
+            statement_id = str(uuid.uuid4())
+            body = json.dumps({**STATEMENT, "id": statement_id}).encode()
+            items.append((statement_id, body, None, None))
+        progress = replace(claimed, cursor=cursor, first=since, queued=count, skipped=1)
+        assert store.backfill_page(name, holder, items, progress)
+        if done:
+            assert store.finish_backfill(name, holder)
+
+    try:
+        backfill("archive", 4, "2024-01-06T00:00:00+00:00")  # then silent: interrupted
+        clock.advance(2 * BACKFILL_STALE)
+        backfill("analytics", 3, "2024-01-03T12:00:00+00:00")  # a quarter of the range
+        backfill("warehouse", 2, until, done=True)
+    finally:
+        store.close()
+    await log_in(client)
+    page = await (await client.get("/admin/ui/forwarding")).text()
+    assert backfill_cells(page, "analytics") == {
+        "state": "running",
+        "progress": "25 %",
+        "queued": "3",
+        "skipped": "1",
+        "cursor": "2024-01-03T12:00:00+00:00",
+    }
+    archive = backfill_cells(page, "archive")
+    assert (archive["state"], archive["progress"]) == ("interrupted (stale)", "50 %")
+    warehouse = backfill_cells(page, "warehouse")
+    assert (warehouse["state"], warehouse["progress"]) == ("done", "100 %")
+    assert 'data-backfill="plain"' not in page
+    targets = re.search(r'<table id="targets">(.*?)</table>', page, re.DOTALL)
+    assert targets is not None
+    backfilled = dict(
+        re.findall(
+            r'<tr data-target="(\w+)">.*?<td class="backfilled">(\d+)</td>',
+            targets.group(1),
+            re.DOTALL,
+        )
+    )
+    assert backfilled == {"analytics": "3", "archive": "4", "warehouse": "2", "plain": "0"}

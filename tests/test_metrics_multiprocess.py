@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import sqlite3
+import time
 import uuid
+from dataclasses import replace
 from pathlib import Path
+from types import SimpleNamespace
+from typing import cast
 
 from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.exposition import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from gateway.forwarding.forwarder import OUTBOX_FILE
-from gateway.forwarding.metrics import OutboxesCollector
-from gateway.forwarding.store import OutboxStore, TargetState
+from gateway.clock import ManualClock
+from gateway.forwarding.forwarder import OUTBOX_FILE, Forwarder
+from gateway.forwarding.metrics import ForwardingCollector, OutboxesCollector
+from gateway.forwarding.store import BACKFILL_STALE, OutboxStore, TargetState
 from gateway.http.metrics import Cumulative, Metrics, auth_figures
 
 Figures = dict[tuple[str, tuple[tuple[str, str], ...]], float]
@@ -105,3 +111,122 @@ def test_every_outbox_adds_up_and_a_target_is_up_only_if_no_worker_has_it_down(
     assert found[("lrs_gateway_forwarding_target_up", idle)] == 1
     assert found[("lrs_gateway_forwarding_delivered_total", (("outbox", ident), *idle))] == 0
     assert not (tmp_path / "worker-2").exists()
+
+
+# -- backfills: counted, their progress, running or not --------------------------------------
+
+SINCE, UNTIL = "2024-01-01T00:00:00+00:00", "2024-01-11T00:00:00+00:00"  # ten days of history
+BACKFILL_FAMILIES = {
+    "lrs_gateway_forwarding_backfilled": "counter",
+    "lrs_gateway_forwarding_backfill_progress": "gauge",
+    "lrs_gateway_forwarding_backfill_running": "gauge",
+}
+
+
+def backfill(
+    store: OutboxStore, target: str, count: int, cursor: str, *, done: bool = False
+) -> None:
+    """A backfill of `target` that queued `count` statements up to `cursor` (then finished)."""
+    holder = uuid.uuid4().hex
+    claimed = store.claim_backfill(target, holder, SINCE, UNTIL, stale_after=BACKFILL_STALE)
+    items = [(str(uuid.uuid4()), b"{}", None, None) for _ in range(count)]
+    progress = replace(claimed, cursor=cursor, first=SINCE, queued=count, skipped=1)
+    assert store.backfill_page(target, holder, items, progress)
+    if done:
+        assert store.finish_backfill(target, holder)
+
+
+def backfilled_outbox(path: Path) -> str:
+    """Targets `running` (a quarter through), `stale` (half through, silent for two minutes),
+    `done` and `plain` (never backfilled): the outbox's id."""
+    clock = ManualClock(start=time.time() - 2 * BACKFILL_STALE)
+    store = OutboxStore(path, clock=clock)
+    try:
+        backfill(store, "stale", 4, "2024-01-06T00:00:00+00:00")
+        clock.advance(2 * BACKFILL_STALE)  # now
+        backfill(store, "running", 3, "2024-01-03T12:00:00+00:00")
+        backfill(store, "done", 2, "2024-01-11T00:00:00+00:00", done=True)
+        seqs = store.write_pending([(str(uuid.uuid4()), b"{}", None)])
+        store.mark_ready(seqs, [("plain", 1000)])
+        return str(store.ident)
+    finally:
+        store.close()
+
+
+def assert_backfill_figures(text: str, outbox: str) -> None:
+    """The figures of `backfilled_outbox`, as exposed (checked with Prometheus' parser)."""
+    found: Figures = {}
+    for family in text_string_to_metric_families(text):
+        if family.name in BACKFILL_FAMILIES:
+            assert family.type == BACKFILL_FAMILIES[family.name], family.name
+        for s in family.samples:
+            found[(s.name, tuple(sorted(s.labels.items())))] = s.value
+
+    def value(name: str, target: str) -> float | None:
+        return found.get((name, (("outbox", outbox), ("target", target))))
+
+    queued = {"running": 3, "stale": 4, "done": 2, "plain": 0}
+    for target, count in queued.items():
+        assert value("lrs_gateway_forwarding_backfilled_total", target) == count, target
+    progress = "lrs_gateway_forwarding_backfill_progress"
+    assert value(progress, "running") == 0.25
+    assert value(progress, "stale") == 0.5
+    assert value(progress, "done") == 1.0
+    running = "lrs_gateway_forwarding_backfill_running"
+    assert value(running, "running") == 1.0
+    assert value(running, "stale") == 0.0  # interrupted: no page for longer than BACKFILL_STALE
+    assert value(running, "done") == 0.0
+    for name in (progress, running):  # only targets with a backfill
+        assert value(name, "plain") is None
+        assert not [key for key in found if key[0] == name and ("target", "plain") in key[1]]
+
+
+def test_the_outboxes_collector_reports_backfills(tmp_path: Path) -> None:
+    # Worker 1 holds the backfills; worker 0's outbox (whose id names them all) has none.
+    ident = backfilled_outbox(tmp_path / "worker-1" / OUTBOX_FILE)
+    store = OutboxStore(tmp_path / OUTBOX_FILE)
+    zero = store.ident
+    store.close()
+    assert zero != ident
+    paths = [tmp_path / OUTBOX_FILE, tmp_path / "worker-1" / OUTBOX_FILE]
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(OutboxesCollector(lambda: paths, ["running", "stale", "done", "plain"]))
+    assert_backfill_figures(generate_latest(registry).decode(), zero)
+
+
+def test_the_forwarding_collector_reports_backfills(tmp_path: Path) -> None:
+    ident = backfilled_outbox(tmp_path / OUTBOX_FILE)
+    store = OutboxStore(tmp_path / OUTBOX_FILE)
+    try:
+        snapshot = store.stats(["running", "stale", "done", "plain"])
+    finally:
+        store.close()
+    forwarder = SimpleNamespace(
+        target_names=list(snapshot),
+        snapshot=snapshot,
+        outbox=SimpleNamespace(ident=ident, backlog={}),
+        failed=dict,
+        target_up=dict,
+    )
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(ForwardingCollector([cast(Forwarder, forwarder)]))
+    assert_backfill_figures(generate_latest(registry).decode(), ident)
+
+
+def test_an_outbox_from_before_backfills_still_counts(tmp_path: Path) -> None:
+    """A file an older version made: no `backfills` table, no `backfilled` counter."""
+    outbox(tmp_path, delivered=2, owed=1)
+    conn = sqlite3.connect(tmp_path / OUTBOX_FILE)
+    with conn:
+        conn.execute("DROP TABLE backfills")
+    conn.close()
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(OutboxesCollector(lambda: [tmp_path / OUTBOX_FILE], ["t"]))
+    found = figures(registry)
+    delivered = [v for (n, _), v in found.items() if n == "lrs_gateway_forwarding_delivered_total"]
+    backfilled = [
+        v for (n, _), v in found.items() if n == "lrs_gateway_forwarding_backfilled_total"
+    ]
+    assert delivered == [2]
+    assert backfilled == [0]
+    assert not [n for n, _ in found if "backfill_" in n]

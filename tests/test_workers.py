@@ -32,8 +32,8 @@ from support import (
 )
 
 from gateway import __version__
-from gateway.forwarding.forwarder import OUTBOX_FILE
-from gateway.forwarding.store import OutboxStore
+from gateway.forwarding.forwarder import OUTBOX_FILE, Forwarder
+from gateway.forwarding.store import BackfillState, OutboxStore, TargetStats
 from gateway.runtime.supervisor import worker_command
 from gateway.runtime.workers import merged_status
 
@@ -327,6 +327,54 @@ def test_forwarding_status_of_workers_adds_up() -> None:
     assert figures["up"] is False  # not a sum of booleans
     assert (figures["down_since"], figures["last_error"]) == (100.0, "HTTP 503")
     assert figures["backlog"] == 7
+
+
+def test_a_backfill_in_one_workers_outbox_is_the_targets_backfill() -> None:
+    """Status documents as workers send them (JSON of TargetStats): one holds the backfill."""
+    backfill = BackfillState(
+        target="a",
+        since=None,
+        until="2024-01-11T00:00:00+00:00",
+        cursor="2024-01-03T12:00:00+00:00",
+        tie_ids=("0b4e5d1c-8a4c-4c7e-9a3f-1f2e3d4c5b6a",),
+        first="2024-01-01T00:00:00+00:00",
+        queued=40,
+        skipped=2,
+        state="running",
+        started_at=1_700_000_000.0,
+        updated_at=1_700_000_100.0,
+        holder="5f0c",
+    )
+
+    def document(backfilled: int, found: BackfillState | None) -> dict[str, Any]:
+        stats = TargetStats(
+            state="up",
+            up=True,
+            backlog=1,
+            oldest_age=None,
+            delivered=3,
+            retries=0,
+            dead_letters=0,
+            dead_lettered_total=0,
+            down_since=None,
+            last_error=None,
+            backfilled=backfilled,
+            backfill=found,
+        )
+        parsed: dict[str, Any] = json.loads(json.dumps(Forwarder.as_json({"a": stats})))
+        return parsed
+
+    assert document(0, None)["targets"]["a"]["backfill"] is None
+    expected = document(40, backfill)["targets"]["a"]["backfill"]
+    assert (expected["cursor"], expected["queued"]) == (backfill.cursor, 40)
+    for order in ([(0, None), (40, backfill), (0, None)], [(40, backfill), (5, None)]):
+        merged = merged_status([document(*worker) for worker in order])["targets"]["a"]
+        assert merged["backfill"] == expected, order  # whichever worker reports it first
+        assert merged["backfilled"] == sum(count for count, _ in order)
+        assert merged["delivered"] == 3 * len(order)
+    alone = merged_status([document(0, None), document(2, None)])["targets"]["a"]
+    assert alone["backfill"] is None
+    assert alone["backfilled"] == 2
 
 
 async def test_send_again_reaches_the_dead_letters_of_every_worker(

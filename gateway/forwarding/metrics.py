@@ -23,7 +23,7 @@ from prometheus_client.registry import Collector
 
 from gateway.failurelog import FailureLog
 from gateway.forwarding.forwarder import Forwarder
-from gateway.forwarding.store import TargetStats
+from gateway.forwarding.store import BACKFILL_COLUMNS, BackfillState, TargetStats, backfill_of
 
 __all__ = ["ForwardingCollector", "OutboxesCollector"]
 
@@ -83,7 +83,33 @@ def _families() -> _Families:
             "Signed statements a pseudonymising target got without their signature",
             labels=_OUTBOX_LABELS,
         ),
+        "backfilled": CounterMetricFamily(
+            "lrs_gateway_forwarding_backfilled",
+            "Statements a backfill queued for a target (from storage's history)",
+            labels=_OUTBOX_LABELS,
+        ),
+        "backfill_progress": GaugeMetricFamily(
+            "lrs_gateway_forwarding_backfill_progress",
+            "How far a target's backfill is, 0 to 1 (1 once done; targets with one only)",
+            labels=_OUTBOX_LABELS,
+        ),
+        "backfill_running": GaugeMetricFamily(
+            "lrs_gateway_forwarding_backfill_running",
+            "1 while a target's backfill runs, 0 once done or interrupted (targets with one only)",
+            labels=_OUTBOX_LABELS,
+        ),
     }
+
+
+def _add_backfill(
+    families: _Families, labels: list[str], backfill: BackfillState | None, now: float
+) -> None:
+    """A target's backfill, if it has one: progress, and running unless done or stale."""
+    if backfill is None:
+        return
+    running = backfill.status(now) == "running"
+    families["backfill_progress"].add_metric(labels, backfill.fraction)
+    families["backfill_running"].add_metric(labels, 1.0 if running else 0.0)
 
 
 class ForwardingCollector(Collector):
@@ -135,6 +161,7 @@ class ForwardingCollector(Collector):
         for name, value in up.items():
             families["up"].add_metric([name], 1.0 if value else 0.0)
         outbox = forwarder.outbox.ident
+        now = time.time()
         for name, stats in snapshot.items():
             labels = [name, outbox]
             families["backlog"].add_metric(labels, backlog.get(name, stats.backlog))
@@ -146,6 +173,8 @@ class ForwardingCollector(Collector):
             families["filtered"].add_metric(labels, stats.filtered)
             families["skipped_signed"].add_metric(labels, stats.skipped_signed)
             families["signature_stripped"].add_metric(labels, stats.signature_stripped)
+            families["backfilled"].add_metric(labels, stats.backfilled)
+            _add_backfill(families, labels, stats.backfill, now)
 
 
 @dataclass
@@ -158,6 +187,7 @@ class _Outbox:
     oldest: dict[str, float] = field(default_factory=dict)  # Unix time of the oldest owed
     dead: dict[str, int] = field(default_factory=dict)
     counters: dict[tuple[str, str], int] = field(default_factory=dict)
+    backfills: dict[str, BackfillState] = field(default_factory=dict)
 
     def targets(self) -> set[str]:
         """Every target this file knows of."""
@@ -166,6 +196,7 @@ class _Outbox:
             | self.backlog.keys()
             | self.dead.keys()
             | {target for target, _ in self.counters}
+            | self.backfills.keys()
         )
 
 
@@ -184,6 +215,7 @@ def _read_outbox(path: Path) -> _Outbox:
             counters={
                 (t, n): v for t, n, v in conn.execute("SELECT target, name, value FROM counters")
             },
+            backfills=_backfills(conn),
         )
         for target in found.backlog:
             row = conn.execute(
@@ -207,10 +239,28 @@ def _ident(conn: sqlite3.Connection) -> str:
     return "" if row is None else str(row[0])
 
 
+_BACKFILLS = f"SELECT {BACKFILL_COLUMNS} FROM backfills"  # noqa: S608  (constants only)
+
+
+def _backfills(conn: sqlite3.Connection) -> dict[str, BackfillState]:
+    try:
+        return {row[0]: backfill_of(row) for row in conn.execute(_BACKFILLS)}
+    except sqlite3.OperationalError as exc:  # a file an older version made: no backfills
+        if "no such table" not in str(exc):
+            raise
+        return {}
+
+
+def _latest(backfills: Sequence[BackfillState]) -> BackfillState | None:
+    """A target's backfill: it lives in one outbox (the latest updated, should there be more)."""
+    return max(backfills, key=lambda b: b.updated_at, default=None)
+
+
 class OutboxesCollector(Collector):
     """Several workers: every outbox file read at scrape time (call it off the event loop).
 
-    Counts add up, the lag is the largest, a target is up only if no outbox has it down.
+    Counts add up, the lag is the largest, a target is up only if no outbox has it down;
+    a target's backfill is in one outbox.
     """
 
     def __init__(self, outboxes: Callable[[], Sequence[Path]], names: Sequence[str]) -> None:
@@ -256,8 +306,11 @@ class OutboxesCollector(Collector):
                 ("filtered", "filtered"),
                 ("skipped_signed", "skipped_signed"),
                 ("signature_stripped", "signature_stripped"),
+                ("backfilled", "backfilled"),
             ):
                 families[family].add_metric(
                     labels, sum(o.counters.get((name, counter), 0) for o in outboxes)
                 )
+            backfill = _latest([o.backfills[name] for o in outboxes if name in o.backfills])
+            _add_backfill(families, labels, backfill, now)
         yield from families.values()

@@ -268,7 +268,7 @@ def _merge_figure(key: str, mine: Any, theirs: Any) -> Any:
     if key == "down_since":  # the earliest: how long the target has been failing someone
         times = [t for t in (mine, theirs) if t is not None]
         return min(times) if times else None
-    if key == "last_error":
+    if key in ("last_error", "backfill"):  # a backfill lives in one worker's outbox
         return mine if mine is not None else theirs
     if isinstance(theirs, int | float) and not isinstance(theirs, bool):
         return (mine or 0) + theirs
@@ -279,7 +279,8 @@ def merged_status(documents: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """Forwarding status documents of several workers as one.
 
     Counts add up; the oldest age is the largest; a target is up only when every worker
-    says so (`state` down if any says down), down since the earliest, with the first error.
+    says so (`state` down if any says down), down since the earliest, with the first error;
+    a backfill is the one worker's whose outbox has it.
     """
     targets: dict[str, dict[str, Any]] = {}
     for document in documents:

@@ -24,6 +24,7 @@ from gateway.auth.oidc_login import AuthorizationCodeLogin, PendingLogin
 from gateway.auth.principal import Principal
 from gateway.config.settings import AdminUiConfig
 from gateway.errors import GatewayError
+from gateway.forwarding.store import BackfillState
 from gateway.http.admin_scope import Admin, admin_of
 from gateway.http.admin_ui.activity import polyline
 from gateway.http.admin_ui.sessions import (
@@ -534,6 +535,28 @@ def _activity_view(request: web.Request) -> dict[str, Any] | None:
     }
 
 
+def _backfill_view(figures: dict[str, Any], now: float) -> dict[str, Any] | None:
+    """A target's backfill as the page shows it (None: it has none).
+
+    The status document holds it as a dict (a BackfillState's fields, perhaps from another
+    worker's JSON): made a BackfillState again for its `fraction`.
+    """
+    backfill = BackfillState.from_document(figures.get("backfill"))
+    if backfill is None:
+        return None
+    state = backfill.status(now)
+    return {
+        "state": state,
+        "percent": backfill.fraction * 100,  # shown rounded down
+        "queued": backfill.queued,
+        "skipped": backfill.skipped,
+        "cursor": backfill.cursor,
+        "since": backfill.since or backfill.first,
+        "until": backfill.until,
+        "updated_at": backfill.updated_at,
+    }
+
+
 async def forwarding_page(
     request: web.Request,
     *,
@@ -542,18 +565,29 @@ async def forwarding_page(
     status: int = 200,
     found: tuple[AdminSession, Principal] | None = None,
 ) -> web.Response:
-    """GET /admin/ui/forwarding: every target's state, backlog, lag, deliveries, dead letters."""
+    """GET /admin/ui/forwarding: every target's state, backlog, lag, deliveries, dead letters.
+
+    And each target's backfill, if it has one: running, interrupted or done, and how far.
+    """
     found = found or _session(request)
     if found is None:
         return _to_login()
     session, principal = found
     mine = admin_of(principal, "the forwarding page").targets(request.app[CONFIG])
     document = await forwarding_document(request.app)
+    targets = {name: t for name, t in document["targets"].items() if name in mine}
+    now = time.time()
+    backfills = {
+        name: view
+        for name, figures in targets.items()
+        if (view := _backfill_view(figures, now)) is not None
+    }
     response = _ui(request).render(
         "forwarding.html",
         title="Forwarding",
         session=session,
-        targets={name: t for name, t in document["targets"].items() if name in mine},
+        targets=targets,
+        backfills=backfills,
         configured=mine,
         notice=notice,
         error=error,
