@@ -162,7 +162,8 @@ async def test_a_backfill_killed_half_way_resumes_and_each_id_arrives_once(
             def half_way() -> bool:
                 return bool(outbox_figures(data_dir, "analytics")["queued"] >= HISTORY // 2)
 
-            await eventually(half_way, within=120, what="the backfill half way")
+            # It first waits for the boundary (60 s after the gateway started) to settle.
+            await eventually(half_way, within=240, what="the backfill half way")
             run.send_signal(signal.SIGKILL)
             served.proc.send_signal(signal.SIGKILL)
             await run.wait()
@@ -219,6 +220,10 @@ async def test_the_backfill_refuses_what_it_cannot_do(
     _, err = await run.communicate()
     assert run.returncode == 1
     assert "not an ISO 8601 timestamp" in err.decode()
+    run = await backfill_command(tmp_path / "config.yaml", "--until", "2100-01-01T00:00:00Z")
+    _, err = await run.communicate()
+    assert run.returncode == 1
+    assert "is in the future: a backfill ends at a moment passed" in err.decode()
     unknown = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -275,7 +280,13 @@ async def test_a_backfill_goes_through_the_targets_filter_and_pseudonyms(
             assert answer.status == 200, await answer.text()
         async with served_gateway(tmp_path, port):
             run = await backfill_command(
-                tmp_path / "config.yaml", "--since", since, "--wait", target="course-x"
+                tmp_path / "config.yaml",
+                "--since",
+                since,
+                "--until",
+                datetime.now(UTC).isoformat(),
+                "--wait",
+                target="course-x",
             )
             _, err = await asyncio.wait_for(run.communicate(), 120)
             assert run.returncode == 0, err.decode()
@@ -355,6 +366,8 @@ async def test_a_backfill_on_the_shared_postgresql_outbox(
                 tmp_path / "r0" / "config.yaml",
                 "--since",
                 since,
+                "--until",
+                datetime.now(UTC).isoformat(),
                 "--page-size",
                 "50",
                 "--wait",
@@ -448,6 +461,20 @@ async def test_a_tenants_target_is_backfilled_from_its_storage_into_its_outbox(
     assert backfill is not None
     assert backfill.state == "done"
     assert not (tmp_path / "data" / "outbox.sqlite3").exists()
+    # The same range again: done already (timestamps compared as moments, not as text).
+    again = await backfill_command(
+        tmp_path / "config.yaml",
+        "--tenant",
+        "physics",
+        "--since",
+        since.replace("+00:00", "Z"),
+        "--until",
+        until,
+        target="physics-copy",
+    )
+    out, err = await again.communicate()
+    assert again.returncode == 0, err.decode()
+    assert "this backfill is done already (5 statements queued)" in out.decode()
     unknown = await backfill_command(tmp_path / "config.yaml", "--tenant", "biology")
     _, err = await unknown.communicate()
     assert unknown.returncode == 1
@@ -527,7 +554,13 @@ async def test_attachments_are_backfilled_from_a_multipart_answer(
             assert answer.status == 200, await answer.text()
         async with served_gateway(tmp_path, port):
             run = await backfill_command(
-                tmp_path / "config.yaml", "--since", since, "--wait", target="archive"
+                tmp_path / "config.yaml",
+                "--since",
+                since,
+                "--until",
+                datetime.now(UTC).isoformat(),
+                "--wait",
+                target="archive",
             )
             out, err = await asyncio.wait_for(run.communicate(), 120)
             assert run.returncode == 0, err.decode()

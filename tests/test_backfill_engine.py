@@ -12,6 +12,7 @@ import asyncio
 import hashlib
 import json
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -146,7 +147,12 @@ class Rig:
 async def rig(tmp_path: Path) -> Any:
     history = History([])
     app = web.Application()
-    app.router.add_get("/xAPI/statements", history.handle)
+
+    async def statements(request: web.Request) -> web.StreamResponse:
+        # Looked up per request: a test may put another handler in front of the history.
+        return await history.handle(request)
+
+    app.router.add_get("/xAPI/statements", statements)
     server = TestServer(app)
     await server.start_server()
     config = write_config(tmp_path, str(server.make_url("/xAPI/")), [])
@@ -233,15 +239,19 @@ async def test_the_cursor_never_passes_storages_consistency_watermark(rig: Rig) 
     # Storage is consistent through the middle for its first answers, then through all.
     rig.history.consistent_through = [middle, middle, iso(START + timedelta(days=2))]
     waits: list[str] = []
+    queued_at_first_wait: list[int] = []
 
     def note(progress: Progress) -> None:
         if progress.waiting:
             waits.append(progress.waiting)
+            if not queued_at_first_wait:
+                queued_at_first_wait.append(progress.state.queued)
 
     done = await job(rig, page_size=50, on_progress=note).run(None, UNTIL)
     assert done.queued == 30
     assert sorted(rig.queued_ids()) == sorted(s["id"] for s in rig.history.statements)
     assert any("consistent through" in w for w in waits)
+    assert queued_at_first_wait == [15]  # 0 to 14 ms: up to the watermark, not past it
     assert len(rig.history.queries) >= 2
 
 
@@ -301,3 +311,99 @@ def test_history_ends_a_margin_after_live_forwarding_began() -> None:
         default_until([LiveStart(known=False, since=None, window_ids=frozenset())], "new")
     with pytest.raises(BackfillError, match="give --until"):
         default_until([LiveStart(known=True, since=None, window_ids=frozenset())], "new")
+
+
+class InstantClock:
+    """A clock whose sleeps pass at once (and move it on): waits and backoff, no waiting."""
+
+    def __init__(self) -> None:
+        self.slept: list[float] = []
+        self._at = 1_000.0
+
+    def now(self) -> float:
+        return 1_700_000_000.0 + self._at
+
+    def monotonic(self) -> float:
+        return self._at
+
+    async def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        self._at += max(0.0, seconds)
+        await asyncio.sleep(0)
+
+
+@dataclass
+class Flaky:
+    """Answers `failures` requests with `status`, then lets the history's handler answer."""
+
+    inner: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    status: int
+    failures: int
+    answered: int = 0
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        self.answered += 1
+        if self.answered <= self.failures:
+            return web.json_response({"message": "busy"}, status=self.status)
+        return await self.inner(request)
+
+
+async def test_storage_failing_for_a_while_is_asked_again_with_backoff(rig: Rig) -> None:
+    rig.history.statements = made(10)
+    flaky = Flaky(rig.history.handle, 503, failures=3)
+    handle = rig.history.handle
+    rig.history.handle = flaky.handle  # type: ignore[method-assign]
+    clock = InstantClock()
+    try:
+        done = await job(rig, clock=clock).run(None, UNTIL)
+    finally:
+        rig.history.handle = handle  # type: ignore[method-assign]
+    assert done.queued == 10
+    assert clock.slept[:3] == [1.0, 2.0, 4.0]
+
+
+async def test_storage_failing_for_good_stops_the_run_with_its_reason(rig: Rig) -> None:
+    rig.history.statements = made(10)
+    for status, reason in (
+        (503, "HTTP 503 \\(6 times in a row\\)"),
+        (401, "refused the gateway's credential"),
+    ):
+        flaky = Flaky(rig.history.handle, status, failures=100)
+        rig.history.handle = flaky.handle  # type: ignore[method-assign]
+        with pytest.raises(BackfillError, match=reason):
+            await job(rig, clock=InstantClock(), stale_after=0.0).run(None, UNTIL)
+    assert rig.queued_ids() == []
+
+
+async def test_a_more_that_ends_early_is_caught_by_the_last_look_from_the_cursor(
+    rig: Rig,
+) -> None:
+    rig.history.statements = made(30)
+    original = rig.history.handle
+    calls = 0
+
+    async def forgetful(request: web.Request) -> web.StreamResponse:
+        nonlocal calls
+        calls += 1
+        answer = await original(request)
+        if calls == 2:  # the second page forgets its `more`, as an expired cursor might
+            document = json.loads(answer.body)  # type: ignore[attr-defined]
+            return web.json_response({**document, "more": ""})
+        return answer
+
+    rig.history.handle = forgetful  # type: ignore[method-assign]
+    done = await job(rig, page_size=10).run(None, UNTIL)
+    assert done.queued == 30
+    assert sorted(rig.queued_ids()) == sorted(s["id"] for s in rig.history.statements)
+
+
+async def test_a_page_too_large_is_asked_for_in_halves(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rig.history.statements = made(40)
+    monkeypatch.setattr("gateway.forwarding.backfill._MAX_PAGE_BYTES", 2_000)
+    done = await job(rig, page_size=40).run(None, UNTIL)
+    assert done.queued == 40
+    limits = {int(q["limit"]) for q in rig.history.queries}
+    assert 40 in limits
+    assert min(limits) < 20  # halved until a page fits

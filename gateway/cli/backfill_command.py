@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import sqlite3
 import sys
 import time
 from collections.abc import Callable
@@ -18,12 +19,16 @@ from typing import Any, TextIO
 import aiohttp
 
 from gateway.config.settings import Config
+from gateway.errors import GatewayError
 from gateway.forwarding.backfill import (
+    BOUNDARY_MARGIN,
     Backfill,
     BackfillError,
+    BackfillLost,
     Progress,
     default_until,
     holder_gone,
+    iso_time,
     parse_time,
 )
 from gateway.forwarding.outboxes import OUTBOX_FILE, outbox_for
@@ -99,10 +104,13 @@ def run(args: argparse.Namespace, load: Load) -> int:
         )
     if not target.is_active:
         return _error(f"{args.target} is not active: no worker would deliver what is queued")
+    moments: dict[str, str | None] = {}
     for flag, value in (("--since", args.since), ("--until", args.until)):
+        moments[flag] = None
         if value is not None:
             try:
-                parse_time(value)
+                # As storage is asked, and compared with a backfill's range as kept.
+                moments[flag] = iso_time(parse_time(value))
             except ValueError:
                 return _error(f"{flag}: {value!r} is not an ISO 8601 timestamp")
     if args.max_rate is not None and args.max_rate <= 0:
@@ -110,7 +118,7 @@ def run(args: argparse.Namespace, load: Load) -> int:
     if args.page_size < 1:
         return _error("--page-size must be 1 or more")
     try:
-        return asyncio.run(_backfill(root, config, args))
+        return asyncio.run(_backfill(root, config, args, moments["--since"], moments["--until"]))
     except KeyboardInterrupt:
         print(
             f"\ninterrupted: `forwarding backfill --target {args.target}` again resumes "
@@ -118,6 +126,10 @@ def run(args: argparse.Namespace, load: Load) -> int:
             file=sys.stderr,
         )
         return 130
+    except (GatewayError, sqlite3.Error, OSError) as exc:
+        # The outbox (its database) failed: nothing half-done stays, the cursor is kept.
+        message = exc.message if isinstance(exc, GatewayError) else str(exc)
+        return _error(f"the outbox: {message} (run the command again to resume)")
 
 
 def _error(message: str) -> int:
@@ -125,24 +137,27 @@ def _error(message: str) -> int:
     return 1
 
 
-async def _backfill(root: Config, config: Config, args: argparse.Namespace) -> int:
+async def _backfill(
+    root: Config, config: Config, args: argparse.Namespace, since: str | None, until: str | None
+) -> int:
     # Never migrates PostgreSQL: the replicas' schema is `store migrate`'s to change.
     outbox = outbox_for(config, migrate=False, tenant=args.tenant)
     await outbox.open()
     try:
         starts = await _live_starts(root, args.tenant, outbox, args.target)
         found = await outbox.read(lambda tx: tx.backfill(args.target))
-        try:
-            until = args.until or default_until(starts, args.target)
-        except BackfillError as exc:
-            if found is None or found.state != "running" or args.restart:
-                return _error(str(exc))
-            until = found.until  # resuming: the range it began with
+        if until is None:
+            try:
+                until = default_until(starts, args.target)
+            except BackfillError as exc:
+                if found is None or found.state != "running" or args.restart:
+                    return _error(str(exc))
+                until = found.until  # resuming: the range it began with
         if (
             found is not None
             and found.state == "done"
             and not args.restart
-            and (found.since, found.until) == (args.since, until)
+            and (found.since, found.until) == (since, until)
         ):
             print(
                 f"{args.target}: this backfill is done already ({found.queued} statements "
@@ -153,7 +168,7 @@ async def _backfill(root: Config, config: Config, args: argparse.Namespace) -> i
             found is not None
             and found.state == "running"
             and not args.restart
-            and (found.since, found.until) != (args.since, until)
+            and (found.since, found.until) != (since, until)
         ):
             print(
                 f"{args.target}: resuming the unfinished backfill of "
@@ -161,6 +176,21 @@ async def _backfill(root: Config, config: Config, args: argparse.Namespace) -> i
                 "this one instead",
                 file=sys.stderr,
             )
+        # Statements stored up to `until` may still be on their way to storage and to live
+        # forwarding's first ids: the boundary is read once every one of them has landed.
+        resumed = found is not None and found.state == "running" and not args.restart
+        settle = _settled_at(config, found.until if resumed and found is not None else until)
+        wait = settle - time.time()
+        if wait > BOUNDARY_MARGIN + _request_limit(config):
+            return _error(f"--until {until} is in the future: a backfill ends at a moment passed")
+        if wait > 0:
+            print(
+                f"{args.target}: waiting {wait:.0f} s for what storage stored up to the "
+                "boundary with live forwarding to land",
+                file=sys.stderr,
+            )
+            await asyncio.sleep(wait)
+            starts = await _live_starts(root, args.tenant, outbox, args.target)
         skip = frozenset().union(*(start.window_ids for start in starts))
         display = _Display(sys.stderr)
         async with aiohttp.ClientSession(auto_decompress=False) as session:
@@ -181,12 +211,15 @@ async def _backfill(root: Config, config: Config, args: argparse.Namespace) -> i
                     if found is not None and holder_gone(found.holder)
                     else BACKFILL_STALE,
                 )
-                state = await job.run(args.since, until, restart=args.restart)
+                state = await job.run(since, until, restart=args.restart)
             except BackfillBusy:
                 return _error(
                     f"another backfill of {args.target} is running (run this again once it "
                     "stops; an interrupted one is taken over after a minute)"
                 )
+            except BackfillLost as exc:
+                display.end()
+                return _error(str(exc))
             except BackfillError as exc:
                 display.end()
                 return _error(f"{exc} (run the command again to resume)")
@@ -232,12 +265,27 @@ async def _live_starts(
 
 
 async def _wait_delivered(outbox: Outbox, target: str, display: _Display) -> None:
-    """Until the target's backlog (backfilled and live) is delivered."""
-    while (backlog := await outbox.read(lambda tx: tx.backlog_of(target))) > 0:
-        display.line(f"{target}: {backlog} statements still to deliver")
+    """Until what the backfill queued is delivered (live statements after it may wait)."""
+    finished = time.time()
+    while True:
+        figures = (await outbox.read(lambda tx: tx.stats([target])))[target]
+        oldest = figures.oldest_age
+        if oldest is None or time.time() - oldest > finished:
+            break  # the oldest statement owed is newer than the backfill's last page
+        display.line(f"{target}: delivering, {figures.backlog} statements in its backlog")
         await asyncio.sleep(1.0)
     display.end()
-    print(f"{target}: everything queued is delivered")
+    print(f"{target}: everything the backfill queued is delivered (or dead-lettered)")
+
+
+def _request_limit(config: Config) -> float:
+    """The longest a statement write may take from storage's answer to the outbox."""
+    return config.storage.timeout + config.limits.upstream_queue_timeout + 1.0
+
+
+def _settled_at(config: Config, until: str) -> float:
+    """When every statement stored up to `until` has been queued live, if it was."""
+    return parse_time(until).timestamp() + _request_limit(config)
 
 
 class _Display:

@@ -38,7 +38,12 @@ from urllib.parse import quote
 
 from gateway import jsoncodec
 from gateway.clock import SYSTEM_CLOCK, Clock
-from gateway.errors import GatewayError
+from gateway.errors import (
+    GatewayError,
+    StorageUnavailable,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+)
 from gateway.forwarding.store import BACKFILL_STALE, BackfillState, LiveStart
 from gateway.forwarding.transaction import Outbox
 from gateway.upstream.storage import StorageClient, read_capped
@@ -54,6 +59,7 @@ __all__ = [
     "Progress",
     "default_until",
     "holder_gone",
+    "iso_time",
     "parse_time",
 ]
 
@@ -61,7 +67,11 @@ log = logging.getLogger(__name__)
 BOUNDARY_MARGIN = 60.0  # seconds of history after live forwarding began (see above)
 RESUME_OVERLAP = timedelta(seconds=1)  # a resume asks from this much before the cursor
 _BEAT = 10.0  # seconds between heartbeats while waiting
-_MAX_PAGE_BYTES = 256 * 1024 * 1024
+_MAX_PAGE_BYTES = 256 * 1024 * 1024  # a larger page is asked again in halves
+_RETRIES = 5  # transient storage failures in a row before the run stops (resumably)
+_TRANSIENT = frozenset({408, 429, 500, 502, 503, 504})
+_FOLLOW_MORE_WITHIN = 30.0  # seconds after which a page's `more` is not trusted any more
+_WATERMARK_PATIENCE = 600.0  # seconds storage's watermark may stand still below `until`
 
 
 class BackfillError(Exception):
@@ -93,7 +103,8 @@ def parse_time(value: str) -> datetime:
     return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
 
 
-def _iso(moment: datetime) -> str:
+def iso_time(moment: datetime) -> str:
+    """A moment as storage is asked about it: UTC, microseconds, `Z`."""
     return moment.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
@@ -115,7 +126,7 @@ def default_until(starts: Sequence[LiveStart], target: str) -> str:
             "began: give --until (e.g. when the target was added)"
         )
     began = min(start.since for start in known if start.since is not None)
-    return _iso(datetime.fromtimestamp(began + BOUNDARY_MARGIN, UTC))
+    return iso_time(datetime.fromtimestamp(began + BOUNDARY_MARGIN, UTC))
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,6 +146,24 @@ class _Row:
     body: bytes
     parts: bytes | None
     version: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class _Pass:
+    """How a pass over storage ended."""
+
+    state: BackfillState
+    watermark: datetime | None  # the lowest Consistent-Through storage gave (None: none)
+    queued: int
+    complete: bool  # False: ask again from the cursor (a `more` may have expired)
+
+
+class _TooLarge(Exception):
+    """A page over _MAX_PAGE_BYTES: ask for fewer statements at a time."""
+
+
+class _Transient(Exception):
+    """Storage failed in a way worth asking again (5xx, 429, a timeout, no connection)."""
 
 
 class Backfill:
@@ -159,7 +188,7 @@ class Backfill:
         self._outbox = outbox
         self._storage = storage
         self.target = target
-        self._version = version  # asked of storage; the version recorded with each row
+        self._version = version  # asked of storage in
         self._clock = clock
         self._rate = max_rate
         # A page is at most a second's worth under a rate limit: the bursts stay small.
@@ -174,9 +203,14 @@ class Backfill:
         self._queued_here = 0
         self._fraction_before: float | None = None  # how far earlier runs had come
         self._next_at = clock.monotonic()  # the rate limit's next free moment
+        self._last_beat = clock.monotonic()
 
     async def run(self, since: str | None, until: str, *, restart: bool = False) -> BackfillState:
-        """Queue every statement storage stored in (since, until] for the target; the end."""
+        """Queue every statement storage stored in (since, until] for the target; the end.
+
+        Passes over storage from the cursor until one finds nothing new: the last one
+        checks that storage's `more` links did not end early.
+        """
         state = await self._outbox.call(
             lambda tx: tx.claim_backfill(
                 self.target,
@@ -195,51 +229,102 @@ class Backfill:
                 state.queued,
             )
         until_at = parse_time(state.until)
+        mark: datetime | None = None  # the watermark while waiting for it
+        mark_since = self._clock.monotonic()
         while True:
-            state, watermark = await self._pass(state, until_at)
-            if watermark is None or watermark >= until_at:
-                break
-            # Storage may not show everything stored before `until` yet: ask again later.
-            self._report(state, f"storage is consistent through {_iso(watermark)}")
-            await self._clock.sleep(1.0)
+            done = await self._pass(state, until_at)
+            state = done.state
+            if not done.complete:
+                continue
+            if done.watermark is not None and done.watermark < until_at:
+                if mark is None or done.watermark > mark:
+                    mark, mark_since = done.watermark, self._clock.monotonic()
+                elif self._clock.monotonic() - mark_since > _WATERMARK_PATIENCE:
+                    raise BackfillError(
+                        f"storage has said for {_WATERMARK_PATIENCE / 60:.0f} minutes that it "
+                        f"is consistent only through {iso_time(mark)}: run it again later, "
+                        "or give an earlier --until"
+                    )
+                # Storage may not show everything stored before `until` yet: ask again.
+                self._report(state, f"storage is consistent through {iso_time(mark)}")
+                await self._wait(1.0)
+                continue
+            if done.queued:
+                continue
+            break
         if not await self._outbox.call(lambda tx: tx.finish_backfill(self.target, self.holder)):
-            raise BackfillLost(f"another run took over the backfill of {self.target}")
-        done = replace(state, state="done", holder=None)
-        self._report(done, None)
-        return done
+            raise self._lost()
+        finished = replace(state, state="done", holder=None)
+        self._report(finished, None)
+        return finished
 
-    async def _pass(
-        self, state: BackfillState, until_at: datetime
-    ) -> tuple[BackfillState, datetime | None]:
-        """Page storage from the cursor to the end; the state and storage's watermark."""
+    async def _pass(self, state: BackfillState, until_at: datetime) -> _Pass:
+        """Page storage from the cursor to the end of the range (or of what it shows)."""
         query = {"ascending": "true", "attachments": "true", "limit": str(self._page_size)}
         query["until"] = state.until
         since = state.since
         if state.cursor is not None:
-            since = _iso(parse_time(state.cursor) - RESUME_OVERLAP)
+            # Ties: what shares the cursor's stored time and is not queued yet comes again.
+            since = iso_time(parse_time(state.cursor) - RESUME_OVERLAP)
         if since is not None:
             query["since"] = since
         tail = "statements?" + "&".join(f"{k}={quote(v, safe='')}" for k, v in query.items())
         watermark: datetime | None = None
-        while tail:
+        queued = 0
+        while True:
             path, _, raw_query = tail.partition("?")
-            statements, parts, more, page_mark = await self._page(path, raw_query)
+            asked = self._clock.monotonic()
+            try:
+                statements, parts, more, page_mark = await self._page(state, path, raw_query)
+            except _TooLarge:
+                if self._page_size == 1:
+                    raise BackfillError(
+                        f"storage's answer for one statement is over {_MAX_PAGE_BYTES} bytes"
+                    ) from None
+                self._page_size = max(1, self._page_size // 2)
+                log.warning(
+                    "backfill of %s: a page is over %d bytes; asking for %d statements at a time",
+                    self.target,
+                    _MAX_PAGE_BYTES,
+                    self._page_size,
+                )
+                return _Pass(state, watermark, queued, complete=False)
             if page_mark is not None:
                 watermark = page_mark if watermark is None else min(watermark, page_mark)
             bound = until_at if watermark is None else min(until_at, watermark)
-            rows, skipped = self._rows(statements, parts, state, bound)
+            rows, live = self._rows(statements, parts, state, bound)
             beyond = any(row.stored > bound for row in rows)
             rows = [row for row in rows if row.stored <= bound]
-            state = await self._queue(state, rows, skipped)
+            state = await self._queue(state, rows, live)
+            queued += len(rows)
             if beyond or not more:
-                break
+                return _Pass(state, watermark, queued, complete=True)
             next_tail = upstream_tail_of_more(more, self._storage.base_path)
             if next_tail is None:
                 raise BackfillError("storage gave a `more` link outside its xAPI base")
+            if self._clock.monotonic() - asked > _FOLLOW_MORE_WITHIN:
+                # A long wait (the target's backlog, retries): a `more` link may have
+                # expired (Ralph's point in time lasts a minute); ask from the cursor.
+                return _Pass(state, watermark, queued, complete=False)
             tail = next_tail
-        return state, watermark
 
     async def _page(
+        self, state: BackfillState, path: str, raw_query: str
+    ) -> tuple[list[Any], dict[str, Part], str, datetime | None]:
+        """One page, asked again (with backoff) while storage fails transiently."""
+        for attempt in range(_RETRIES + 1):
+            try:
+                return await self._fetch(path, raw_query)
+            except _Transient as exc:
+                if attempt == _RETRIES:
+                    raise BackfillError(f"{exc} ({_RETRIES + 1} times in a row)") from None
+                delay = min(30.0, 2.0**attempt)
+                log.warning("backfill of %s: %s; asking again in %.0f s", self.target, exc, delay)
+                self._report(state, f"{exc}; asking again")
+                await self._wait(delay)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _fetch(
         self, path: str, raw_query: str
     ) -> tuple[list[Any], dict[str, Part], str, datetime | None]:
         """One page: its statements, attachment parts by sha2, `more`, the watermark."""
@@ -248,14 +333,28 @@ class Backfill:
             async with self._storage.request(
                 "GET", path, raw_query=raw_query, headers=headers, decompress=True
             ) as response:
-                body = await read_capped(response, _MAX_PAGE_BYTES)
                 status = response.status
+                try:
+                    body = await read_capped(response, _MAX_PAGE_BYTES)
+                except UpstreamUnavailable:
+                    if status == 200:
+                        raise _TooLarge from None
+                    body = b""
                 content_type = response.headers.get("Content-Type", "")
                 consistent = response.headers.get("X-Experience-API-Consistent-Through")
-        except GatewayError as exc:
-            raise BackfillError(f"storage: {exc.message}") from None
+        except (UpstreamTimeout, UpstreamUnavailable, StorageUnavailable) as exc:
+            raise _Transient(f"storage: {exc.message}") from None
+        if status in (401, 403):
+            raise BackfillError(
+                f"storage refused the gateway's credential (HTTP {status}): check the "
+                "storage section's credential in the configuration"
+            )
+        if status in _TRANSIENT:
+            raise _Transient(f"storage answered HTTP {status}")
         if status != 200:
-            raise BackfillError(f"storage answered HTTP {status} to a statement query")
+            raise BackfillError(
+                f"storage answered HTTP {status} to a statement query: {_summary(body)}"
+            )
         parts: dict[str, Part] = {}
         try:
             if content_type.lower().startswith("multipart/"):
@@ -273,13 +372,17 @@ class Backfill:
         if not isinstance(data, dict) or not isinstance(data.get("statements"), list):
             raise BackfillError("storage answered a statement query with no statement result")
         more = data.get("more") or ""
+        if not isinstance(more, str):
+            raise BackfillError(
+                "storage answered a statement query with a `more` that is not a URL"
+            )
         mark: datetime | None = None
         if consistent:
             try:
                 mark = parse_time(consistent)
             except ValueError:
                 mark = None  # unreadable: as if absent
-        return data["statements"], parts, more if isinstance(more, str) else "", mark
+        return data["statements"], parts, more, mark
 
     def _rows(
         self,
@@ -287,12 +390,12 @@ class Backfill:
         parts: dict[str, Part],
         state: BackfillState,
         bound: datetime,
-    ) -> tuple[list[_Row], int]:
-        """The page's statements not queued yet, in stored order; how many live had."""
+    ) -> tuple[list[_Row], list[tuple[str, datetime]]]:
+        """The page's statements not queued yet, in stored order; those live forwarding had."""
         cursor = None if state.cursor is None else parse_time(state.cursor)
         ties = set(state.tie_ids)
         rows: list[_Row] = []
-        skipped = 0
+        live: list[tuple[str, datetime]] = []
         for statement in statements:
             if not isinstance(statement, dict):
                 raise BackfillError("storage listed a statement that is not an object")
@@ -307,10 +410,10 @@ class Backfill:
                     f"storage listed {statement_id} with an unreadable stored"
                 ) from None
             if cursor is not None and (at < cursor or (at == cursor and statement_id in ties)):
-                continue  # queued by the run this one resumes
+                continue  # behind the cursor: seen already, by this run or the one it resumes
             if statement_id in self._skip_ids:
                 if at <= bound:
-                    skipped += 1  # live forwarding queued it (the boundary's overlap)
+                    live.append((statement_id, at))  # live forwarding queued it
                 continue
             rows.append(
                 _Row(
@@ -318,61 +421,58 @@ class Backfill:
                     at,
                     jsoncodec.dumps(statement),
                     pack_parts(_parts_of(statement, parts)),
-                    "2.0.0" if str(statement.get("version", "")).startswith("2.") else None,
+                    # As the live path records it: the version a 1.0.x client would send.
+                    "2.0.0" if str(statement.get("version", "")).startswith("2.") else "1.0.3",
                 )
             )
         rows.sort(key=lambda row: row.stored)  # some LRSs order a page's statements otherwise
-        return rows, skipped
+        return rows, live
 
-    async def _queue(self, state: BackfillState, rows: list[_Row], skipped: int) -> BackfillState:
-        """Wait for room and the rate limit, then queue the rows with the new cursor."""
-        if not rows and not skipped:
+    async def _queue(
+        self, state: BackfillState, rows: list[_Row], live: list[tuple[str, datetime]]
+    ) -> BackfillState:
+        """Wait for room and the rate limit, then queue the rows and move the cursor.
+
+        The cursor passes what live forwarding had too (seen, never to be counted again).
+        """
+        if not rows and not live:
             return state
         if rows:
             await self._room(state, len(rows))
             await self._pace(len(rows))
-        progress = state
-        if rows:
-            last = rows[-1].stored
-            same = [row.statement_id for row in rows if row.stored == last]
-            old = None if state.cursor is None else parse_time(state.cursor)
-            tie_ids = (*state.tie_ids, *same) if old == last else tuple(same)
-            progress = replace(
-                state,
-                cursor=_iso(last) if old != last else state.cursor,
-                tie_ids=tie_ids,
-                first=state.first or _iso(rows[0].stored),
-            )
+        seen = [(row.statement_id, row.stored) for row in rows] + live
+        last = max(at for _, at in seen)
+        same = [statement_id for statement_id, at in seen if at == last]
+        old = None if state.cursor is None else parse_time(state.cursor)
+        if old is not None and old > last:  # all of it at the cursor's time or before
+            last, same = old, []
         progress = replace(
-            progress, queued=state.queued + len(rows), skipped=state.skipped + skipped
+            state,
+            cursor=state.cursor if old == last else iso_time(last),
+            tie_ids=(*state.tie_ids, *same) if old == last else tuple(same),
+            first=state.first or iso_time(min(at for _, at in seen)),
+            queued=state.queued + len(rows),
+            skipped=state.skipped + len(live),
         )
-        items = [
-            (row.statement_id, row.body, row.parts, row.version or self._version) for row in rows
-        ]
+        items = [(row.statement_id, row.body, row.parts, row.version) for row in rows]
         held = await self._outbox.call(
             lambda tx: tx.backfill_page(self.target, self.holder, items, progress)
         )
         if not held:
-            raise BackfillLost(f"another run took over the backfill of {self.target}")
+            raise self._lost()
+        self._last_beat = self._clock.monotonic()
         self._queued_here += len(rows)
         self._report(progress, None)
         return progress
 
     async def _room(self, state: BackfillState, count: int) -> None:
         """Until the target's backlog leaves room for `count` more (the outbox stays small)."""
-        last_beat = self._clock.monotonic()
         while True:
             backlog = await self._outbox.read(lambda tx: tx.backlog_of(self.target))
             if backlog + count <= self._ahead:
                 return
             self._report(state, f"the target's backlog is {backlog}")
-            if self._clock.monotonic() - last_beat >= _BEAT:
-                last_beat = self._clock.monotonic()
-                if not await self._outbox.call(
-                    lambda tx: tx.beat_backfill(self.target, self.holder)
-                ):
-                    raise BackfillLost(f"another run took over the backfill of {self.target}")
-            await self._clock.sleep(0.5)
+            await self._wait(0.5)
 
     async def _pace(self, count: int) -> None:
         """At most `max_rate` statements a second, on average."""
@@ -380,8 +480,22 @@ class Backfill:
             return
         wait = self._next_at - self._clock.monotonic()
         if wait > 0:
-            await self._clock.sleep(wait)
+            await self._wait(wait)
         self._next_at = max(self._next_at, self._clock.monotonic()) + count / self._rate
+
+    async def _wait(self, seconds: float) -> None:
+        """Sleep on the clock, telling the outbox every _BEAT seconds that this run lives."""
+        if self._clock.monotonic() - self._last_beat >= _BEAT:
+            self._last_beat = self._clock.monotonic()
+            if not await self._outbox.call(lambda tx: tx.beat_backfill(self.target, self.holder)):
+                raise self._lost()
+        await self._clock.sleep(seconds)
+
+    def _lost(self) -> BackfillLost:
+        return BackfillLost(
+            f"another run took over the backfill of {self.target} (this one was silent for "
+            f"{self._stale_after:.0f} s, or its process looked gone): that run carries on"
+        )
 
     def _report(self, state: BackfillState, waiting: str | None) -> None:
         if self._on_progress is None:
@@ -396,6 +510,12 @@ class Backfill:
         if covered > 0.0 and fraction < 1.0:
             eta = elapsed * (1.0 - fraction) / covered
         self._on_progress(Progress(state, rate, eta, waiting))
+
+
+def _summary(body: bytes) -> str:
+    """The start of an error answer, for the operator (one line)."""
+    text = body[:200].decode("utf-8", errors="replace").replace("\n", " ").strip()
+    return text or "(no body)"
 
 
 def _parts_of(statement: dict[str, Any], parts: dict[str, Part]) -> list[Part]:

@@ -755,7 +755,7 @@ class PostgresTransaction:
                 skipped_signed=counters.get((target, "skipped_signed"), 0),
                 signature_stripped=counters.get((target, "signature_stripped"), 0),
                 backfilled=counters.get((target, "backfilled"), 0),
-                backfill=backfills.get(target),
+                backfill=None if target not in backfills else backfills[target].shown(),
             )
         return result
 

@@ -256,10 +256,14 @@ class BackfillState:
             return None
 
     def status(self, now: float) -> str:
-        """ "done", "running", or "interrupted" (running, but silent for BACKFILL_STALE)."""
+        """Done, running, or interrupted (running, but silent for BACKFILL_STALE)."""
         if self.state == "done":
             return "done"
         return "interrupted" if now - self.updated_at >= BACKFILL_STALE else "running"
+
+    def shown(self) -> BackfillState:
+        """As status documents carry it: without the ids at the cursor (a resume's only)."""
+        return replace(self, tie_ids=())
 
     @property
     def fraction(self) -> float:
@@ -405,13 +409,19 @@ class OutboxStore:
         self, items: Sequence[tuple[str, bytes, bytes | None]], version: str | None = None
     ) -> list[int]:
         """Record (id, statement bytes, packed attachment parts) before storage sees them."""
+        return self._insert([(*item, version) for item in items], _PENDING)
+
+    def _insert(
+        self, items: Sequence[tuple[str, bytes, bytes | None, str | None]], state: int
+    ) -> list[int]:
+        """Statement rows (id, bytes, parts, version) in `state`, created now; their seqs."""
         now = self._clock.now()
         seqs = []
-        for statement_id, body, attachments in items:
+        for statement_id, body, attachments, version in items:
             cursor = self.conn.execute(
                 "INSERT INTO statements(statement_id, body, attachments, version, state, "
                 "created) VALUES (?, ?, ?, ?, ?, ?)",
-                (statement_id, body, attachments, version, _PENDING, now),
+                (statement_id, body, attachments, version, state, now),
             )
             assert cursor.lastrowid is not None
             seqs.append(cursor.lastrowid)
@@ -789,15 +799,7 @@ class OutboxStore:
         if not self._holds(target, holder):
             return False
         now = self._clock.now()
-        seqs = []
-        for statement_id, body, attachments, version in items:
-            cursor = self.conn.execute(
-                "INSERT INTO statements(statement_id, body, attachments, version, state, "
-                "created) VALUES (?, ?, ?, ?, ?, ?)",
-                (statement_id, body, attachments, version, _READY, now),
-            )
-            assert cursor.lastrowid is not None
-            seqs.append(cursor.lastrowid)
+        seqs = self._insert(items, _READY)
         self.conn.executemany(
             "INSERT INTO deliveries(target, seq) VALUES (?, ?)", [(target, seq) for seq in seqs]
         )
@@ -898,6 +900,6 @@ class OutboxStore:
                 skipped_signed=counters.get("skipped_signed", 0),
                 signature_stripped=counters.get("signature_stripped", 0),
                 backfilled=counters.get("backfilled", 0),
-                backfill=backfills.get(target),
+                backfill=None if target not in backfills else backfills[target].shown(),
             )
         return result
