@@ -197,15 +197,16 @@ class TargetWorker:
 
     async def _deliver(self, batch: Sequence[Claimed]) -> Sequence[Claimed] | None:
         """Send a claimed batch; the next batch when it could be claimed in the same commit."""
+        parsed: dict[int, Any] = {}  # statements parsed once, by seq, for both steps
         if self._filter is not None:
-            judged = await self._filtered(batch)
+            judged = await self._filtered(batch, parsed)
             if judged is None:
                 return batch  # storage could not tell where a voided statement went: again
             batch = judged
             if not batch:
                 return None
         if self._pseudonymiser is not None:
-            batch = await self._pseudonymised(batch)
+            batch = await self._pseudonymised(batch, parsed)
             if not batch:
                 return None
         # An xAPI 2.0 statement is never sent to a target that speaks only 1.0.x.
@@ -252,7 +253,9 @@ class TargetWorker:
                 await self._dead_letter(seqs, verdict.reason)
         return None
 
-    async def _filtered(self, batch: Sequence[Claimed]) -> Sequence[Claimed] | None:
+    async def _filtered(
+        self, batch: Sequence[Claimed], parsed: dict[int, Any]
+    ) -> Sequence[Claimed] | None:
         """What of the batch the filter lets through; the rest acked as filtered.
 
         A voiding statement goes only where the statement it voids went: judged by that
@@ -260,7 +263,7 @@ class TargetWorker:
         storage cannot tell now: the same batch is judged again after a pause.
         """
         assert self._filter is not None
-        parsed = {item.seq: _parsed(item.body) for item in batch}
+        parsed.update((item.seq, _parsed(item.body)) for item in batch)
         by_id = {
             str(statement.get("id", "")).lower(): (statement, item.version)
             for item in batch
@@ -291,7 +294,9 @@ class TargetWorker:
             await self._outbox.call(lambda tx: tx.ack(self.name, seqs, counter="filtered"))
         return kept
 
-    async def _pseudonymised(self, batch: Sequence[Claimed]) -> list[Claimed]:
+    async def _pseudonymised(
+        self, batch: Sequence[Claimed], parsed: dict[int, Any]
+    ) -> list[Claimed]:
         """The batch as this target gets it: every agent a pseudonym.
 
         A signed statement's signature cannot hold once it is changed: it is stripped
@@ -302,7 +307,7 @@ class TargetWorker:
         skipped: list[int] = []
         unreadable: list[int] = []
         for item in batch:
-            statement = _parsed(item.body)
+            statement = parsed[item.seq] if item.seq in parsed else _parsed(item.body)
             if not isinstance(statement, dict):
                 unreadable.append(item.seq)  # never sent unchanged: it would carry identities
                 continue
