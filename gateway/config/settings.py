@@ -968,6 +968,17 @@ def _env_key(name: str) -> str:
     return re.sub(r"[^A-Z0-9]", "_", name.upper())
 
 
+def _named(items: list[Any], which: str) -> list[int]:
+    """Where the items named `which` (as a variable spells a name) are in a list."""
+    return [
+        index
+        for index, item in enumerate(items)
+        if isinstance(item, dict)
+        and isinstance(item.get("name"), str)
+        and _env_key(item["name"]) == which.upper()
+    ]
+
+
 def _target_overrides(targets: Any, environ: Mapping[str, str], errors: list[str]) -> Any:
     """Targets with `LRS_GATEWAY__FORWARDINGS__<name or index>__<KEY>` applied."""
     if not isinstance(targets, list):
@@ -978,13 +989,7 @@ def _target_overrides(targets: Any, environ: Mapping[str, str], errors: list[str
         if not name.startswith(TARGET_ENV_PREFIX):
             continue
         which, _, key = name[len(TARGET_ENV_PREFIX) :].partition("__")
-        by_name = [
-            i
-            for i, t in enumerate(targets)
-            if isinstance(t, dict)
-            and isinstance(t.get("name"), str)
-            and _env_key(t["name"]) == which.upper()
-        ]
+        by_name = _named(targets, which)
         index = (
             by_name[0]
             if len(by_name) == 1
@@ -1036,13 +1041,7 @@ def _tenant_overrides(tenants: Any, environ: Mapping[str, str], errors: list[str
         if not name.startswith(TENANT_ENV_PREFIX):
             continue
         which, _, rest = name[len(TENANT_ENV_PREFIX) :].partition("__")
-        found = [
-            t
-            for t in tenants
-            if isinstance(t, dict)
-            and isinstance(t.get("name"), str)
-            and _env_key(t["name"]) == which.upper()
-        ]
+        found = [tenants[i] for i in _named(tenants, which)]
         section, _, key = rest.partition("__")
         if len(found) != 1:
             errors.append(f"environment {name}: no tenant named {which!r}")
