@@ -97,18 +97,34 @@ def outbox_figures(data_dir: Path, target: str) -> dict[str, Any]:
     return {"queued": queued, "skipped": skipped, "state": state, "counters": counters}
 
 
-async def backfill_command(
-    config: Path, *args: str, target: str = "analytics"
-) -> asyncio.subprocess.Process:
+def storage_config(
+    directory: Path,
+    storage: RalphServer | LearningLockerServer,
+    targets: list[dict[str, Any]],
+    **sections: Any,
+) -> None:
+    """A gateway config in `directory`: `storage` as storage LRS, these targets, data/."""
+    write_gateway_config(
+        directory,
+        storage.url,
+        [credential("lms", "lms-password", ["all"])],
+        {
+            "data_dir": "data",
+            "storage": {"basic_username": storage.username, "basic_password": storage.password},
+            "forwardings": targets,
+            **sections,
+        },
+    )
+
+
+async def gateway_command(config: Path, *args: str) -> asyncio.subprocess.Process:
+    """`lrs-gateway --config CONFIG ARGS...`, its output piped."""
     return await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
         "gateway",
         "--config",
         str(config),
-        "forwarding",
-        "backfill",
-        *("--target", target),
         *args,
         env=gateway_env(),
         stdout=asyncio.subprocess.PIPE,
@@ -116,23 +132,35 @@ async def backfill_command(
     )
 
 
+async def backfill_command(
+    config: Path, *args: str, target: str = "analytics"
+) -> asyncio.subprocess.Process:
+    return await gateway_command(config, "forwarding", "backfill", "--target", target, *args)
+
+
+async def backfilled(config: Path, target: str, since: str, *args: str) -> str:
+    """Backfill `target` from `since` to now, then wait for the delivery; its output."""
+    run = await backfill_command(
+        config,
+        "--since",
+        since,
+        "--until",
+        datetime.now(UTC).isoformat(),
+        "--wait",
+        *args,
+        target=target,
+    )
+    out, err = await asyncio.wait_for(run.communicate(), 120)
+    assert run.returncode == 0, err.decode()
+    return out.decode()
+
+
 async def test_a_backfill_killed_half_way_resumes_and_each_id_arrives_once(
     storage_lrs: RalphServer, new_target: RalphServer, tmp_path: Path
 ) -> None:
     port = free_port()
-    write_gateway_config(
-        tmp_path,
-        storage_lrs.url,
-        [credential("lms", "lms-password", ["all"])],
-        {
-            "server": {"port": port},
-            "data_dir": "data",
-            "storage": {
-                "basic_username": storage_lrs.username,
-                "basic_password": storage_lrs.password,
-            },
-            "forwardings": [ralph_target_entry(new_target, "analytics")],
-        },
+    storage_config(
+        tmp_path, storage_lrs, [ralph_target_entry(new_target, "analytics")], server={"port": port}
     )
     data_dir = tmp_path / "data"
     storage_auth = {**basic(storage_lrs.username, storage_lrs.password), **XAPI}
@@ -198,19 +226,7 @@ async def test_a_backfill_killed_half_way_resumes_and_each_id_arrives_once(
 async def test_the_backfill_refuses_what_it_cannot_do(
     storage_lrs: RalphServer, new_target: RalphServer, tmp_path: Path
 ) -> None:
-    write_gateway_config(
-        tmp_path,
-        storage_lrs.url,
-        [credential("lms", "lms-password", ["all"])],
-        {
-            "data_dir": "data",
-            "storage": {
-                "basic_username": storage_lrs.username,
-                "basic_password": storage_lrs.password,
-            },
-            "forwardings": [ralph_target_entry(new_target, "analytics")],
-        },
-    )
+    storage_config(tmp_path, storage_lrs, [ralph_target_entry(new_target, "analytics")])
     # Never served: nobody knows where live forwarding began.
     run = await backfill_command(tmp_path / "config.yaml")
     _, err = await run.communicate()
@@ -224,19 +240,7 @@ async def test_the_backfill_refuses_what_it_cannot_do(
     _, err = await run.communicate()
     assert run.returncode == 1
     assert "is in the future: a backfill ends at a moment passed" in err.decode()
-    unknown = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "gateway",
-        "--config",
-        str(tmp_path / "config.yaml"),
-        "forwarding",
-        "backfill",
-        "--target",
-        "nobody",
-        env=gateway_env(),
-        stderr=asyncio.subprocess.PIPE,
-    )
+    unknown = await backfill_command(tmp_path / "config.yaml", target="nobody")
     _, err = await unknown.communicate()
     assert unknown.returncode == 1
     assert "no forwarding target named 'nobody'" in err.decode()
@@ -246,29 +250,21 @@ async def test_a_backfill_goes_through_the_targets_filter_and_pseudonyms(
     storage_lrs: RalphServer, ralph_target: RalphServer, tmp_path: Path
 ) -> None:
     port = free_port()
-    write_gateway_config(
+    storage_config(
         tmp_path,
-        storage_lrs.url,
-        [credential("lms", "lms-password", ["all"])],
-        {
-            "server": {"port": port},
-            "data_dir": "data",
-            "storage": {
-                "basic_username": storage_lrs.username,
-                "basic_password": storage_lrs.password,
-            },
-            "forwardings": [
-                ralph_target_entry(
-                    ralph_target,
-                    "course-x",
-                    filter={"activity_prefix": ["https://course.example.org/x/"]},
-                    pseudonymise={
-                        "key": "a research key of at least 32 bytes, kept apart",
-                        "homepage": "https://pseudonyms.example.org",
-                    },
-                )
-            ],
-        },
+        storage_lrs,
+        [
+            ralph_target_entry(
+                ralph_target,
+                "course-x",
+                filter={"activity_prefix": ["https://course.example.org/x/"]},
+                pseudonymise={
+                    "key": "a research key of at least 32 bytes, kept apart",
+                    "homepage": "https://pseudonyms.example.org",
+                },
+            )
+        ],
+        server={"port": port},
     )
     since = datetime.now(UTC).isoformat()
     mine = [statement(n, "x" if n % 3 == 0 else "y") for n in range(30)]
@@ -279,28 +275,8 @@ async def test_a_backfill_goes_through_the_targets_filter_and_pseudonyms(
         ) as answer:
             assert answer.status == 200, await answer.text()
         async with served_gateway(tmp_path, port):
-            run = await backfill_command(
-                tmp_path / "config.yaml",
-                "--since",
-                since,
-                "--until",
-                datetime.now(UTC).isoformat(),
-                "--wait",
-                target="course-x",
-            )
-            _, err = await asyncio.wait_for(run.communicate(), 120)
-            assert run.returncode == 0, err.decode()
-            status = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                "gateway",
-                "--config",
-                str(tmp_path / "config.yaml"),
-                "forwarding",
-                "status",
-                env=gateway_env(),
-                stdout=asyncio.subprocess.PIPE,
-            )
+            await backfilled(tmp_path / "config.yaml", "course-x", since)
+            status = await gateway_command(tmp_path / "config.yaml", "forwarding", "status")
             shown, _ = await status.communicate()
         assert "course-x: backfill done, 100%" in shown.decode()
         target_auth = {**basic(ralph_target.username, ralph_target.password), **XAPI}
@@ -338,20 +314,12 @@ async def test_a_backfill_on_the_shared_postgresql_outbox(
     ports = [free_port(), free_port()]
     for n, port in enumerate(ports):
         (tmp_path / f"r{n}").mkdir()
-        write_gateway_config(
+        storage_config(
             tmp_path / f"r{n}",
-            storage_lrs.url,
-            [credential("lms", "lms-password", ["all"])],
-            {
-                "server": {"port": port},
-                "data_dir": "data",
-                "store": {"url": dsn},
-                "storage": {
-                    "basic_username": storage_lrs.username,
-                    "basic_password": storage_lrs.password,
-                },
-                "forwardings": [ralph_target_entry(ralph_second_target, "warehouse")],
-            },
+            storage_lrs,
+            [ralph_target_entry(ralph_second_target, "warehouse")],
+            server={"port": port},
+            store={"url": dsn},
         )
     async with aiohttp.ClientSession() as session:
         async with session.post(
@@ -362,20 +330,10 @@ async def test_a_backfill_on_the_shared_postgresql_outbox(
             served_gateway(tmp_path / "r0", ports[0]),
             served_gateway(tmp_path / "r1", ports[1]),
         ):
-            run = await backfill_command(
-                tmp_path / "r0" / "config.yaml",
-                "--since",
-                since,
-                "--until",
-                datetime.now(UTC).isoformat(),
-                "--page-size",
-                "50",
-                "--wait",
-                target="warehouse",
+            out = await backfilled(
+                tmp_path / "r0" / "config.yaml", "warehouse", since, "--page-size", "50"
             )
-            out, err = await asyncio.wait_for(run.communicate(), 120)
-            assert run.returncode == 0, err.decode()
-            assert "backfill done: 300 statements queued" in out.decode()
+            assert "backfill done: 300 statements queued" in out
         at_target = set(await all_ids(session, ralph_second_target))
     assert {s["id"] for s in mine} <= at_target
     connection = await asyncpg.connect(dsn)
@@ -492,29 +450,21 @@ async def test_attachments_are_backfilled_from_a_multipart_answer(
     ll_storage: LearningLockerServer, learning_locker: LearningLockerServer, tmp_path: Path
 ) -> None:
     port = free_port()
-    write_gateway_config(
+    storage_config(
         tmp_path,
-        ll_storage.url,
-        [credential("lms", "lms-password", ["all"])],
-        {
-            "server": {"port": port},
-            "data_dir": "data",
-            "storage": {
-                "basic_username": ll_storage.username,
-                "basic_password": ll_storage.password,
-            },
-            "forwardings": [
-                {
-                    "name": "archive",
-                    "is_active": True,
-                    "url": learning_locker.url + "statements",
-                    "basic_username": learning_locker.username,
-                    "basic_password": learning_locker.password,
-                    "max_retries": 3,
-                    "timeout": 5,
-                }
-            ],
-        },
+        ll_storage,
+        [
+            {
+                "name": "archive",
+                "is_active": True,
+                "url": learning_locker.url + "statements",
+                "basic_username": learning_locker.username,
+                "basic_password": learning_locker.password,
+                "max_retries": 3,
+                "timeout": 5,
+            }
+        ],
+        server={"port": port},
     )
     content = b"a certificate of completion\nsecond line\n"
     sha2 = hashlib.sha256(content).hexdigest()
@@ -553,18 +503,8 @@ async def test_attachments_are_backfilled_from_a_multipart_answer(
         ) as answer:
             assert answer.status == 200, await answer.text()
         async with served_gateway(tmp_path, port):
-            run = await backfill_command(
-                tmp_path / "config.yaml",
-                "--since",
-                since,
-                "--until",
-                datetime.now(UTC).isoformat(),
-                "--wait",
-                target="archive",
-            )
-            out, err = await asyncio.wait_for(run.communicate(), 120)
-            assert run.returncode == 0, err.decode()
-            assert "2 statements queued" in out.decode()
+            out = await backfilled(tmp_path / "config.yaml", "archive", since)
+            assert "2 statements queued" in out
         async with session.get(
             learning_locker.url + "statements",
             params={"statementId": with_file["id"], "attachments": "true"},
