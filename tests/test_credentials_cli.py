@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
@@ -100,6 +101,38 @@ async def test_the_cli_manages_what_a_running_gateway_uses(
     ]
     assert all(e["actor"].startswith("cli:") for e in entries)
     assert made["secret"] not in json.dumps(entries)
+
+
+async def test_a_slow_reload_never_undoes_a_newer_one(
+    config: Config, aiohttp_client: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The poll's read, begun just before the CLI's change and slow to finish, must not
+    overwrite a read that saw the change (a newly made credential then got a 401)."""
+    client: Client = await aiohttp_client(create_app(config, registry=CollectorRegistry()))
+    sources = client.app[CREDENTIAL_SOURCES]
+    database = sources.database
+    assert database is not None
+    real_all = database.all
+    read, release = asyncio.Event(), asyncio.Event()
+
+    async def slow_all() -> Any:
+        rows = await real_all()  # as the database was before the change below
+        read.set()
+        await release.wait()
+        return rows
+
+    monkeypatch.setattr(database, "all", slow_all)
+    slow = asyncio.create_task(sources.load())  # the poll, just before the change
+    await read.wait()
+    monkeypatch.setattr(database, "all", real_all)
+    made = ok(cli(config, "create", "--name", "LMS", "-s", "statements/write", "--json"))
+    fresh = asyncio.create_task(sources.check_for_change())  # a read after it
+    await asyncio.sleep(0.1)  # as far as it gets before the slow read ends
+    release.set()
+    await asyncio.gather(slow, fresh)
+    assert sources.get(made["username"]) is not None
+    auth = basic(made["username"], made["secret"])
+    assert (await client.post("/xAPI/statements", json=STATEMENT, headers=auth)).status == 200
 
 
 def test_a_chosen_secret_comes_from_stdin_and_is_not_printed(config: Config) -> None:

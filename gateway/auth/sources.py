@@ -68,6 +68,7 @@ class CredentialSources:
         self._flushed_at = clock.monotonic()
         self._refreshed_at = -MISS_REFRESH_EVERY
         self._refreshing: asyncio.Future[bool] | None = None
+        self._loading = asyncio.Lock()
         file.on_change(self._changed)
 
     # -- what BasicBackend and TokenBackend read ----------------------------------------
@@ -123,6 +124,16 @@ class CredentialSources:
         """Read the database's credentials now (the file is loaded by its own store)."""
         if self.database is None:
             return
+        async with self._loading:
+            await self._read()
+
+    async def _read(self) -> None:
+        """One read of the database; the caller holds `_loading`.
+
+        Reads one at a time: a slow read begun before a change must not finish after (and
+        overwrite) a read that saw it.
+        """
+        assert self.database is not None
         generation = await self.database.generation()
         stored = await self.database.all()
         held: dict[str, tuple[StoredCredential, Credential]] = {}
@@ -178,29 +189,39 @@ class CredentialSources:
     async def refresh_on_miss(self) -> bool:
         """A login this process cannot match: read the database again if it changed.
 
-        True when the database had changed (the caller may look again). Concurrent misses
-        share one read, and reads are at most MISS_REFRESH_EVERY apart.
+        True when what the caller looked at is older than what is held now (the caller
+        may look again): the database had changed, or another read (the poll's) took in a
+        change while this one waited for it. Concurrent misses share one read, and reads
+        are at most MISS_REFRESH_EVERY apart.
         """
         if self.database is None:
             return False
+        seen = self._generation  # what the caller's lookup just read
         if self._refreshing is not None:
             return await asyncio.shield(self._refreshing)
         now = self._clock.monotonic()
         if now - self._refreshed_at < MISS_REFRESH_EVERY:
             return False
         self._refreshed_at = now
-        self._refreshing = asyncio.ensure_future(self._reload_if_changed())
+        self._refreshing = asyncio.ensure_future(self._reload_if_changed(seen))
         try:
             return await asyncio.shield(self._refreshing)
         finally:
             self._refreshing = None
 
-    async def _reload_if_changed(self) -> bool:
+    async def _reload_if_changed(self, seen: int | None = None) -> bool:
+        """Read the database again if its generation moved.
+
+        Whether what is held once done is newer than `seen` (what a caller looked at).
+        """
         assert self.database is not None
-        if await self.database.generation() == self._generation:
-            return False
-        await self.load()
-        return True
+        async with self._loading:
+            if seen is not None and self._generation != seen:
+                return True  # another read took in a change while this one waited
+            if await self.database.generation() == self._generation:
+                return False
+            await self._read()
+            return True
 
     async def check_for_change(self) -> None:
         """Reload when another process (or this one) changed the database."""
