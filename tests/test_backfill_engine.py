@@ -13,7 +13,7 @@ import hashlib
 import json
 import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -35,7 +35,7 @@ from gateway.forwarding.backfill import (
     parse_time,
 )
 from gateway.forwarding.outbox import SqliteOutbox
-from gateway.forwarding.store import LiveStart, OutboxStore
+from gateway.forwarding.store import BackfillState, LiveStart, OutboxStore
 from gateway.upstream.storage import StorageClient
 from gateway.upstream.target import storage_target
 from gateway.xapi.attachments import unpack_parts
@@ -407,3 +407,23 @@ async def test_a_page_too_large_is_asked_for_in_halves(
     limits = {int(q["limit"]) for q in rig.history.queries}
     assert 40 in limits
     assert min(limits) < 20  # halved until a page fits
+
+
+def test_progress_is_1_only_once_done() -> None:
+    """The interrupted-backfill alert reads progress 1 as done: a running one never says 1."""
+    state = BackfillState(
+        target="new",
+        since=iso(START),
+        until=UNTIL,
+        cursor=UNTIL,  # every page queued, not yet marked done
+        tie_ids=(),
+        first=None,
+        queued=10,
+        skipped=0,
+        state="running",
+        started_at=0.0,
+        updated_at=0.0,
+    )
+    assert 0.99 <= state.fraction < 1.0
+    assert replace(state, state="done").fraction == 1.0
+    assert replace(state, cursor=iso(START + timedelta(hours=6))).fraction == 0.25

@@ -447,6 +447,7 @@ def test_rule_unit_tests_prove_the_lag_alert_fires_and_stays_quiet() -> None:
         "LrsGatewayForwardingLag",
         "LrsGatewayForwardingDeadLetters",
         "LrsGatewayForwardingTargetDown",
+        "LrsGatewayForwardingBackfillInterrupted",
     ):
         assert (alert, True) in cases, f"no unit test shows {alert} firing"
         assert (alert, False) in cases, f"no unit test shows {alert} quiet"
@@ -482,6 +483,8 @@ def test_rules_cover_what_operators_alert_on() -> None:
         "lrs_gateway_forwarding_lag_seconds",
         "lrs_gateway_forwarding_dead_letters",
         "lrs_gateway_forwarding_target_up == 0",
+        "lrs_gateway_forwarding_backfill_progress) < 1",
+        "lrs_gateway_forwarding_backfill_running) == 0",
         "lrs_gateway_upstream_requests_total",
         'status_class="5xx"',
         'result="bad_credentials"',
@@ -738,6 +741,9 @@ def test_rule_unit_tests_show_one_alert_per_outbox_not_per_replica() -> None:
     for alert in ("LrsGatewayForwardingLag", "LrsGatewayForwardingDeadLetters"):
         assert alert in shared, f"no unit test: {alert} once for replicas sharing an outbox"
         assert alert in separate, f"no unit test: {alert} per outbox for separate outboxes"
+    # A backfill lives in one outbox: what matters is that replicas sharing it alert once.
+    assert "LrsGatewayForwardingBackfillInterrupted" in outbox_alerts()
+    assert "LrsGatewayForwardingBackfillInterrupted" in shared, "no unit test: a shared backfill"
 
 
 def test_dashboard_counts_each_outbox_once(promtool: str, tmp_path: Path) -> None:

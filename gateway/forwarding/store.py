@@ -44,6 +44,7 @@ REPLAY_CHUNK = 1000  # dead letters re-queued per transaction: deliveries go on 
 # Seconds after a target goes live during which the ids queued for it are kept: a backfill
 # skips them (gateway.forwarding.backfill explains the boundary between history and live).
 LIVE_WINDOW = 120.0
+_ALMOST_DONE = 0.999  # a running backfill's progress at most: 1 is for done ones
 # Seconds without a page or heartbeat after which a running backfill was interrupted
 # (its command died): another run may take it over, and figures show it as stale.
 BACKFILL_STALE = 60.0
@@ -279,7 +280,8 @@ class BackfillState:
             )
         except ValueError:
             return 0.0
-        return 0.0 if end <= begin else min(1.0, max(0.0, (at - begin) / (end - begin)))
+        # 1 means done (the alert for an interrupted backfill reads it so): never before.
+        return 0.0 if end <= begin else min(_ALMOST_DONE, max(0.0, (at - begin) / (end - begin)))
 
 
 @dataclass(frozen=True, slots=True)
