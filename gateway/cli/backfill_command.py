@@ -64,8 +64,9 @@ def add_parser(commands: Any, command: Callable[..., argparse.ArgumentParser], l
     )
     parser.add_argument(
         "--until",
-        help="only statements stored up to this time (default: where live forwarding to "
-        "the target began, which the outbox keeps)",
+        help="only statements stored up to this time (default: a minute after live "
+        "forwarding to the target began, which the outbox keeps; what live forwarding sent "
+        "is skipped)",
     )
     parser.add_argument(
         "--max-rate", type=float, help="statements queued per second at most (default: no limit)"
@@ -83,7 +84,7 @@ def add_parser(commands: Any, command: Callable[..., argparse.ArgumentParser], l
         "--restart", action="store_true", help="start over instead of resuming an unfinished one"
     )
     parser.add_argument(
-        "--wait", action="store_true", help="then wait until the target's backlog is delivered"
+        "--wait", action="store_true", help="then wait until what it queued is delivered"
     )
 
 
@@ -330,7 +331,7 @@ def _describe(state: BackfillState, progress: Progress) -> str:
     eta = "-" if progress.eta is None else _duration(progress.eta)
     text = (
         f"{state.target} [{'#' * filled}{'.' * (width - filled)}] {fraction:4.0%} "
-        f"{state.queued} queued, {state.skipped} live, {progress.rate:.0f}/s, ETA {eta}"
+        f"{state.queued} queued, {state.skipped} sent live, {progress.rate:.0f}/s, ETA {eta}"
     )
     if progress.waiting:
         text += f" (waiting: {progress.waiting})"
