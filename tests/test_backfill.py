@@ -14,7 +14,9 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import os
 import signal
+import socket
 import sqlite3
 import sys
 import uuid
@@ -244,6 +246,19 @@ async def test_the_backfill_refuses_what_it_cannot_do(
     _, err = await unknown.communicate()
     assert unknown.returncode == 1
     assert "no forwarding target named 'nobody'" in err.decode()
+    # A backfill held by a live run (this test's process, on this host): refused at once.
+    store = OutboxStore(tmp_path / "data" / "outbox.sqlite3")
+    try:
+        store.went_live(["analytics"])
+        holder = f"{socket.gethostname()}/{os.getpid()}/test"
+        store.claim_backfill("analytics", holder, None, "2020-01-01T00:00:00Z", stale_after=60.0)
+    finally:
+        store.close()
+    # Refused before the boundary's wait (a minute, the target having just gone live).
+    busy = await backfill_command(tmp_path / "config.yaml")
+    _, err = await asyncio.wait_for(busy.communicate(), 20)
+    assert busy.returncode == 1
+    assert "another backfill of analytics is running" in err.decode()
 
 
 async def test_a_backfill_goes_through_the_targets_filter_and_pseudonyms(

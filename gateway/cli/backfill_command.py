@@ -138,6 +138,13 @@ def _error(message: str) -> int:
     return 1
 
 
+def _busy(target: str) -> int:
+    return _error(
+        f"another backfill of {target} is running (run this again once it stops; an "
+        "interrupted one is taken over after a minute)"
+    )
+
+
 async def _backfill(
     root: Config, config: Config, args: argparse.Namespace, since: str | None, until: str | None
 ) -> int:
@@ -177,6 +184,12 @@ async def _backfill(
                 "this one instead",
                 file=sys.stderr,
             )
+        if (
+            found is not None
+            and found.status(time.time()) == "running"
+            and not holder_gone(found.holder)
+        ):
+            return _busy(args.target)  # now, rather than after the wait below
         # Statements stored up to `until` may still be on their way to storage and to live
         # forwarding's first ids: the boundary is read once every one of them has landed.
         resumed = found is not None and found.state == "running" and not args.restart
@@ -214,10 +227,7 @@ async def _backfill(
                 )
                 state = await job.run(since, until, restart=args.restart)
             except BackfillBusy:
-                return _error(
-                    f"another backfill of {args.target} is running (run this again once it "
-                    "stops; an interrupted one is taken over after a minute)"
-                )
+                return _busy(args.target)
             except BackfillLost as exc:
                 display.end()
                 return _error(str(exc))
