@@ -35,7 +35,7 @@ from gateway.forwarding.backfill import (
     parse_time,
 )
 from gateway.forwarding.outbox import SqliteOutbox
-from gateway.forwarding.store import BackfillState, LiveStart, OutboxStore
+from gateway.forwarding.store import LIVE_WINDOW, BackfillState, LiveStart, OutboxStore
 from gateway.upstream.storage import StorageClient
 from gateway.upstream.target import storage_target
 from gateway.xapi.attachments import unpack_parts
@@ -298,19 +298,27 @@ async def test_a_page_storage_cannot_give_stops_the_run_resumably(rig: Rig) -> N
         await job(rig).run(None, UNTIL)
 
 
-def test_history_ends_a_margin_after_live_forwarding_began() -> None:
+def test_history_ends_at_the_latest_moment_the_live_ids_vouch_for() -> None:
+    """A minute before the backfill runs; not before a minute after live forwarding began
+    (the earliest outbox's), nor past a minute before its id window closed."""
     began = START.timestamp()
     starts = [
         LiveStart(known=True, since=began + 5, window_ids=frozenset()),
         LiveStart(known=True, since=began, window_ids=frozenset()),
         LiveStart(known=False, since=None, window_ids=frozenset()),
     ]
-    until = parse_time(default_until(starts, "new"))
-    assert until == START + timedelta(seconds=BOUNDARY_MARGIN)
+
+    def until(now: float) -> datetime:
+        return parse_time(default_until(starts, "new", began + now))
+
+    margin = timedelta(seconds=BOUNDARY_MARGIN)
+    assert until(10) == START + margin  # right after the start: it waits for this
+    assert until(300) == START + timedelta(seconds=300) - margin
+    assert until(86_400) == START + timedelta(seconds=LIVE_WINDOW) - margin
     with pytest.raises(BackfillError, match="has not begun"):
-        default_until([LiveStart(known=False, since=None, window_ids=frozenset())], "new")
+        default_until([LiveStart(known=False, since=None, window_ids=frozenset())], "new", began)
     with pytest.raises(BackfillError, match="give --until"):
-        default_until([LiveStart(known=True, since=None, window_ids=frozenset())], "new")
+        default_until([LiveStart(known=True, since=None, window_ids=frozenset())], "new", began)
 
 
 class InstantClock:

@@ -156,7 +156,7 @@ async def _backfill(
         found = await outbox.read(lambda tx: tx.backfill(args.target))
         if until is None:
             try:
-                until = default_until(starts, args.target)
+                until = default_until(starts, args.target, time.time())
             except BackfillError as exc:
                 if found is None or found.state != "running" or args.restart:
                     return _error(str(exc))

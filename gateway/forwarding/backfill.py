@@ -9,15 +9,16 @@ target knows counting as delivered.
 
 The boundary with live traffic. Each outbox keeps the moment live forwarding to a target
 began (`went_live`, before the first statement) and the ids it queued for the target in
-its first LIVE_WINDOW seconds. A backfill's history ends, by default, BOUNDARY_MARGIN
-seconds after that moment, and skips those ids: what storage stored before live
-forwarding began comes from history, what came after comes live, and what is on both sides
-of the line (a request under way at that moment, storage's clock a little off the
-gateway's) is sent once, because live forwarding kept its id. This holds while requests
-take less than the margin and the clocks agree within it; in a rolling deploy where older
-replicas (without the target) keep taking statements for longer, pass `--until` the moment
-the last of them stopped (anything sent twice is then refused by the target as known, never
-stored twice).
+its first LIVE_WINDOW seconds (ten minutes). A backfill's history ends, by default, at the
+latest moment those ids vouch for (`default_until`): a minute before the backfill runs,
+or, run later, a minute before the window closed. It skips those ids: anything storage
+stored up to the end that live forwarding did not send comes from history, what live
+forwarding sent is not sent again, and what is stored after comes live. This holds while
+a request takes less than BOUNDARY_MARGIN and the clocks of storage and gateway agree
+within it. Replicas still running without the target (a rollout under way) forward none
+of what they take: run the backfill once every replica has the target; a rollout that
+ended more than nine minutes after the first replica went live needs `--until` the moment
+it ended (an overlap is then refused by the target as known, never stored twice).
 
 Storage's `X-Experience-API-Consistent-Through` is the watermark: the cursor never passes
 it (a statement stored earlier but not yet visible would be skipped), so a backfill whose
@@ -44,7 +45,7 @@ from gateway.errors import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
-from gateway.forwarding.store import BACKFILL_STALE, BackfillState, LiveStart
+from gateway.forwarding.store import BACKFILL_STALE, LIVE_WINDOW, BackfillState, LiveStart
 from gateway.forwarding.transaction import Outbox
 from gateway.upstream.storage import StorageClient, read_capped
 from gateway.xapi.attachments import pack_parts
@@ -108,11 +109,15 @@ def iso_time(moment: datetime) -> str:
     return moment.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
-def default_until(starts: Sequence[LiveStart], target: str) -> str:
-    """Where history ends for `target`: BOUNDARY_MARGIN after live forwarding began.
+def default_until(starts: Sequence[LiveStart], target: str, now: float) -> str:
+    """Where history ends for `target` by default: the latest moment the live ids vouch for.
 
-    `starts`: what each outbox of the target's tenant knows. Raises BackfillError when no
-    outbox knows when (never live yet, or live since before the moment was kept).
+    Live forwarding kept the ids it queued in its first LIVE_WINDOW seconds; what storage
+    stored up to LIVE_WINDOW less BOUNDARY_MARGIN after it began is either among them or
+    was never sent live. So: BOUNDARY_MARGIN before `now` (everything stored earlier has
+    landed), at most that far into the window, and at least BOUNDARY_MARGIN after live
+    forwarding began (a run right after the first start waits for it). `starts`: what each
+    outbox of the target's tenant knows. BackfillError when none knows when it began.
     """
     known = [start for start in starts if start.known]
     if not known:
@@ -126,7 +131,8 @@ def default_until(starts: Sequence[LiveStart], target: str) -> str:
             "began: give --until (e.g. when the target was added)"
         )
     began = min(start.since for start in known if start.since is not None)
-    return iso_time(datetime.fromtimestamp(began + BOUNDARY_MARGIN, UTC))
+    end = min(now - BOUNDARY_MARGIN, began + LIVE_WINDOW - BOUNDARY_MARGIN)
+    return iso_time(datetime.fromtimestamp(max(began + BOUNDARY_MARGIN, end), UTC))
 
 
 @dataclass(frozen=True, slots=True)

@@ -43,7 +43,9 @@ BACKLOG_FULL = "backlog full"
 REPLAY_CHUNK = 1000  # dead letters re-queued per transaction: deliveries go on in between
 # Seconds after a target goes live during which the ids queued for it are kept: a backfill
 # skips them (gateway.forwarding.backfill explains the boundary between history and live).
-LIVE_WINDOW = 120.0
+# Ten minutes: a backfill run within them ends a minute before it runs, later at their
+# end less a minute, so a rollout of the target shorter than that loses nothing.
+LIVE_WINDOW = 600.0
 _ALMOST_DONE = 0.999  # a running backfill's progress at most: 1 is for done ones
 # Seconds without a page or heartbeat after which a running backfill was interrupted
 # (its command died): another run may take it over, and figures show it as stale.
