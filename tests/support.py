@@ -32,6 +32,7 @@ from gateway.http.readiness import PROBE_REQUEST_ID
 
 if TYPE_CHECKING:
     from realparts.learninglocker import LearningLockerServer
+    from realparts.ralph import RalphServer
 
 XAPI = {"X-Experience-API-Version": "1.0.3"}
 FAST_SALT = bcrypt.gensalt(4)  # tests need bcrypt to run, not to be slow
@@ -356,16 +357,19 @@ def listening_sockets(port: int) -> int:
     return count
 
 
-def learning_locker_config(
-    ll: LearningLockerServer, directory: Path, users: list[dict[str, Any]], **sections: Any
+def storage_config(
+    lrs: RalphServer | LearningLockerServer,
+    directory: Path,
+    users: list[dict[str, Any]],
+    **sections: Any,
 ) -> Config:
-    """A gateway config in `directory` with a Learning Locker service as storage."""
+    """A gateway config in `directory` with a real LRS (its credential) as storage."""
     directory.mkdir(exist_ok=True)
     return write_config(
         directory,
-        ll.url,
+        lrs.url,
         users,
-        {"storage": {"basic_username": ll.username, "basic_password": ll.password}, **sections},
+        {"storage": {"basic_username": lrs.username, "basic_password": lrs.password}, **sections},
     )
 
 

@@ -31,7 +31,15 @@ import pytest
 from realparts.learninglocker import LearningLockerServer, run_learning_locker
 from realparts.postgres import PostgresServer
 from realparts.ralph import RalphServer, run_ralph
-from support import basic, credential, eventually, free_port, gateway_env, served_gateway
+from support import (
+    basic,
+    credential,
+    eventually,
+    free_port,
+    gateway_env,
+    served_gateway,
+    storage_config,
+)
 from support import write_config as write_gateway_config
 from test_forwarding_real import ralph_target_entry
 
@@ -39,6 +47,7 @@ from gateway.forwarding.store import OutboxStore
 
 pytestmark = pytest.mark.ralph
 
+LMS_USERS = [credential("lms", "lms-password", ["all"])]
 HISTORY = 10_000
 LIVE = 40
 XAPI = {"X-Experience-API-Version": "1.0.3"}
@@ -99,26 +108,6 @@ def outbox_figures(data_dir: Path, target: str) -> dict[str, Any]:
     return {"queued": queued, "skipped": skipped, "state": state, "counters": counters}
 
 
-def storage_config(
-    directory: Path,
-    storage: RalphServer | LearningLockerServer,
-    targets: list[dict[str, Any]],
-    **sections: Any,
-) -> None:
-    """A gateway config in `directory`: `storage` as storage LRS, these targets, data/."""
-    write_gateway_config(
-        directory,
-        storage.url,
-        [credential("lms", "lms-password", ["all"])],
-        {
-            "data_dir": "data",
-            "storage": {"basic_username": storage.username, "basic_password": storage.password},
-            "forwardings": targets,
-            **sections,
-        },
-    )
-
-
 async def gateway_command(config: Path, *args: str) -> asyncio.subprocess.Process:
     """`lrs-gateway --config CONFIG ARGS...`, its output piped."""
     return await asyncio.create_subprocess_exec(
@@ -162,7 +151,12 @@ async def test_a_backfill_killed_half_way_resumes_and_each_id_arrives_once(
 ) -> None:
     port = free_port()
     storage_config(
-        tmp_path, storage_lrs, [ralph_target_entry(new_target, "analytics")], server={"port": port}
+        storage_lrs,
+        tmp_path,
+        LMS_USERS,
+        data_dir="data",
+        forwardings=[ralph_target_entry(new_target, "analytics")],
+        server={"port": port},
     )
     data_dir = tmp_path / "data"
     storage_auth = {**basic(storage_lrs.username, storage_lrs.password), **XAPI}
@@ -228,7 +222,13 @@ async def test_a_backfill_killed_half_way_resumes_and_each_id_arrives_once(
 async def test_the_backfill_refuses_what_it_cannot_do(
     storage_lrs: RalphServer, new_target: RalphServer, tmp_path: Path
 ) -> None:
-    storage_config(tmp_path, storage_lrs, [ralph_target_entry(new_target, "analytics")])
+    storage_config(
+        storage_lrs,
+        tmp_path,
+        LMS_USERS,
+        data_dir="data",
+        forwardings=[ralph_target_entry(new_target, "analytics")],
+    )
     # Never served: nobody knows where live forwarding began.
     run = await backfill_command(tmp_path / "config.yaml")
     _, err = await run.communicate()
@@ -266,9 +266,11 @@ async def test_a_backfill_goes_through_the_targets_filter_and_pseudonyms(
 ) -> None:
     port = free_port()
     storage_config(
-        tmp_path,
         storage_lrs,
-        [
+        tmp_path,
+        LMS_USERS,
+        data_dir="data",
+        forwardings=[
             ralph_target_entry(
                 ralph_target,
                 "course-x",
@@ -328,11 +330,12 @@ async def test_a_backfill_on_the_shared_postgresql_outbox(
     storage_auth = {**basic(storage_lrs.username, storage_lrs.password), **XAPI}
     ports = [free_port(), free_port()]
     for n, port in enumerate(ports):
-        (tmp_path / f"r{n}").mkdir()
         storage_config(
-            tmp_path / f"r{n}",
             storage_lrs,
-            [ralph_target_entry(ralph_second_target, "warehouse")],
+            tmp_path / f"r{n}",
+            LMS_USERS,
+            data_dir="data",
+            forwardings=[ralph_target_entry(ralph_second_target, "warehouse")],
             server={"port": port},
             store={"url": dsn},
         )
@@ -466,9 +469,11 @@ async def test_attachments_are_backfilled_from_a_multipart_answer(
 ) -> None:
     port = free_port()
     storage_config(
-        tmp_path,
         ll_storage,
-        [
+        tmp_path,
+        LMS_USERS,
+        data_dir="data",
+        forwardings=[
             {
                 "name": "archive",
                 "is_active": True,

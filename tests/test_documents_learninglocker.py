@@ -30,7 +30,7 @@ from aiohttp.test_utils import TestClient
 from multidict import CIMultiDict
 from prometheus_client import CollectorRegistry
 from realparts.learninglocker import LearningLockerServer
-from support import XAPI, basic, credential, learning_locker_config
+from support import XAPI, basic, credential, storage_config
 from yarl import URL
 
 from gateway.http.app import create_app
@@ -108,7 +108,7 @@ class Profile:
 
 async def start_gateway(ll: LearningLockerServer, tmp_path: Path, aiohttp_client: Any) -> Client:
     """The gateway with the service's xAPI root as storage, the service's credential upstream."""
-    config = learning_locker_config(ll, tmp_path, USERS)
+    config = storage_config(ll, tmp_path, USERS)
     client: Client = await aiohttp_client(create_app(config, registry=CollectorRegistry()))
     return client
 

@@ -21,7 +21,14 @@ from aiohttp.test_utils import TestClient
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 from realparts.ralph import RalphServer
-from support import basic, credential, eventually, forwarding_drained, voiding, write_config
+from support import (
+    basic,
+    credential,
+    eventually,
+    forwarding_drained,
+    storage_config,
+    voiding,
+)
 from test_forwarding_real import ralph_target_entry
 
 from gateway.http.app import create_app
@@ -79,22 +86,19 @@ async def test_a_filtered_target_gets_its_statements_and_their_voiding_only(
     tmp_path: Path,
     aiohttp_client: Any,
 ) -> None:
-    config = write_config(
+    config = storage_config(
+        ralph,
         tmp_path,
-        ralph.url,
         [credential("lms", "lms-password", ["all", "admin"])],
-        {
-            "storage": {"basic_username": ralph.username, "basic_password": ralph.password},
-            "data_dir": "data",
-            "forwardings": [
-                ralph_target_entry(ralph_target, "everything"),
-                ralph_target_entry(
-                    ralph_second_target,
-                    "course-x",
-                    filter={"activity_prefix": [COURSE_X]},
-                ),
-            ],
-        },
+        data_dir="data",
+        forwardings=[
+            ralph_target_entry(ralph_target, "everything"),
+            ralph_target_entry(
+                ralph_second_target,
+                "course-x",
+                filter={"activity_prefix": [COURSE_X]},
+            ),
+        ],
     )
     client: Client = await aiohttp_client(create_app(config, registry=CollectorRegistry()))
     learner = f"mailto:learner-{uuid.uuid4().hex[:10]}@example.org"

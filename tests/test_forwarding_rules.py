@@ -20,7 +20,7 @@ from aiohttp.test_utils import TestClient
 from prometheus_client import CollectorRegistry
 from realparts.learninglocker import LearningLockerServer
 from realparts.ralph import RalphServer
-from support import basic, credential, forwarding_drained, voiding, write_config
+from support import basic, credential, forwarding_drained, storage_config, voiding
 from test_forwarding_filters_real import ids_of
 from test_forwarding_real import ralph_one, ralph_target_entry
 from test_profiles import conforming
@@ -98,15 +98,12 @@ async def test_three_targets_each_get_what_their_rules_say(
             "homepage": "https://p.example.org",
         },
     )
-    config = write_config(
+    config = storage_config(
+        ralph,
         tmp_path,
-        ralph.url,
         [credential("lms", "lms-password", ["all", "admin"])],
-        {
-            "storage": {"basic_username": ralph.username, "basic_password": ralph.password},
-            "data_dir": "data",
-            "forwardings": [ralph_target_entry(ralph_target, "everything"), completions, research],
-        },
+        data_dir="data",
+        forwardings=[ralph_target_entry(ralph_target, "everything"), completions, research],
     )
     client: Client = await aiohttp_client(create_app(config, registry=CollectorRegistry()))
     learner = f"mailto:grace-{uuid.uuid4().hex[:10]}@example.org"

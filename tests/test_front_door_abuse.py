@@ -22,7 +22,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from multidict import MultiDict
 from prometheus_client import CollectorRegistry
 from realparts.learninglocker import LearningLockerServer
-from support import FakeLRS, basic, credential, learning_locker_config, write_config
+from support import FakeLRS, basic, credential, storage_config, write_config
 
 from gateway.errors import BadRequest
 from gateway.http.app import create_app
@@ -114,7 +114,7 @@ async def test_learning_locker_never_gets_a_statement_past_the_gateway(
     learning_locker: LearningLockerServer, tmp_path: Path, aiohttp_client: Any
 ) -> None:
     """Learning Locker answers /xAPI/STATEMENTS as /xAPI/statements; the gateway must not."""
-    config = learning_locker_config(learning_locker, tmp_path / "gw", [ROOT])
+    config = storage_config(learning_locker, tmp_path / "gw", [ROOT])
     client: Client = await aiohttp_client(create_app(config, registry=CollectorRegistry()))
     auth = basic("root", "root-pw")
     for path in ("/xAPI/STATEMENTS", "/xAPI/Statements/"):

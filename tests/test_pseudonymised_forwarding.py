@@ -24,6 +24,7 @@ from support import (
     credential,
     forwarding_drained,
     signed_body,
+    storage_config,
     write_config,
 )
 from test_forwarding_real import ralph_one, ralph_target_entry
@@ -72,15 +73,12 @@ async def test_the_research_copy_has_a_pseudonym_for_every_agent(
 ) -> None:
     skipping = FakeTarget()
     skipping_server: TestServer = await aiohttp_server(skipping.app())
-    config = write_config(
+    config = storage_config(
+        ralph,
         tmp_path,
-        ralph.url,
         [credential("lms", "lms-password", ["all", "admin"])],
-        {
-            "storage": {"basic_username": ralph.username, "basic_password": ralph.password},
-            "data_dir": "data",
-            "forwardings": research_targets(ralph_target, skipping_server),
-        },
+        data_dir="data",
+        forwardings=research_targets(ralph_target, skipping_server),
     )
     client: Client = await aiohttp_client(create_app(config, registry=CollectorRegistry()))
     learner = f"mailto:zq-{uuid.uuid4().hex[:10]}@example.org"

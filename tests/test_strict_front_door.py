@@ -28,8 +28,8 @@ from support import (
     basic,
     credential,
     eventually,
-    learning_locker_config,
     signed_body,
+    storage_config,
     write_config,
 )
 
@@ -162,7 +162,7 @@ async def test_in_front_of_ralph_every_invalid_class_is_refused_by_the_gateway(
 async def test_in_front_of_learning_locker_every_invalid_class_is_refused_by_the_gateway(
     learning_locker: LearningLockerServer, tmp_path: Path, aiohttp_client: Any
 ) -> None:
-    config = learning_locker_config(learning_locker, tmp_path / "gw", [ADMIN])
+    config = storage_config(learning_locker, tmp_path / "gw", [ADMIN])
     gateway: Client = await aiohttp_client(create_app(config, registry=CollectorRegistry()))
     await every_invalid_class_is_refused(gateway)
 
@@ -172,7 +172,7 @@ async def test_learning_locker_gets_signed_statements_without_authority_verbatim
     learning_locker: LearningLockerServer, tmp_path: Path, aiohttp_client: Any
 ) -> None:
     """Data 2.6: a signed statement normally has no authority; storage stamps its own."""
-    config = learning_locker_config(
+    config = storage_config(
         learning_locker, tmp_path / "gw", [ADMIN], xapi={"signed_statements": "verbatim"}
     )
     gateway: Client = await aiohttp_client(create_app(config, registry=CollectorRegistry()))
@@ -200,7 +200,7 @@ async def test_an_invalid_authority_is_refused_in_front_of_learning_locker(
 ) -> None:
     """Data 2.4.9: the gateway used to replace it, so the LRS's own 400 never came."""
     for mode in ("strict", "basic"):
-        config = learning_locker_config(
+        config = storage_config(
             learning_locker, tmp_path / mode, [ADMIN], xapi={"validation": mode}
         )
         gateway: Client = await aiohttp_client(create_app(config, registry=CollectorRegistry()))

@@ -14,7 +14,7 @@ from aiohttp.test_utils import TestClient
 from cryptography.hazmat.primitives.asymmetric import rsa
 from prometheus_client import CollectorRegistry
 from realparts.learninglocker import LearningLockerServer
-from support import SIGNATURE_USAGE, basic, credential, learning_locker_config, signed_body
+from support import SIGNATURE_USAGE, basic, credential, signed_body, storage_config
 
 from gateway.http.app import create_app
 from gateway.xapi.multipart import boundary_of, parse
@@ -29,7 +29,7 @@ NOTES = "Notes — ü, 日本 and a last line\n".encode() * 20
 async def start_gateway(
     ll: LearningLockerServer, tmp_path: Path, aiohttp_client: Any, **sections: Any
 ) -> Client:
-    config = learning_locker_config(ll, tmp_path, [ADMIN], **sections)
+    config = storage_config(ll, tmp_path, [ADMIN], **sections)
     client: Client = await aiohttp_client(create_app(config, registry=CollectorRegistry()))
     return client
 

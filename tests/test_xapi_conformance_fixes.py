@@ -17,7 +17,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client import CollectorRegistry
 from realparts.learninglocker import LearningLockerServer
-from support import FakeLRS, basic, credential, learning_locker_config, write_config
+from support import FakeLRS, basic, credential, storage_config, write_config
 
 from gateway.errors import BadRequest
 from gateway.http.app import create_app
@@ -41,7 +41,7 @@ def statement(**extra: Any) -> dict[str, Any]:
 
 
 async def ll_gateway(ll: LearningLockerServer, tmp_path: Path, aiohttp_client: Any) -> Client:
-    config = learning_locker_config(ll, tmp_path, [ADMIN])
+    config = storage_config(ll, tmp_path, [ADMIN])
     client: Client = await aiohttp_client(create_app(config, registry=CollectorRegistry()))
     return client
 
